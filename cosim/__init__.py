@@ -1,0 +1,1 @@
+"""Bit-accurate cosimulation of a multi-exit design, and a cycle-level pipeline simulation."""

@@ -1,0 +1,5 @@
+import sys
+
+from exitflow.cli import main
+
+sys.exit(main())

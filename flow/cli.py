@@ -1,0 +1,170 @@
+"""The ``exitflow`` command line.
+
+Every subcommand is a function ``cmd_<name>(args) -> int``. Errors a user can cause are
+:class:`~exitflow.errors.ExitflowError`: printed as one line on stderr, exit code 2 (3 for a
+feature that is not available here), no traceback unless ``--debug`` is given. Anything else is
+a bug in exitflow: one line saying so, exit code 1, and the traceback with ``--debug``.
+
+Heavy libraries (torch, FINN, numpy) are imported inside the subcommands that need them, so
+``exitflow boards`` and ``exitflow --help`` start fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+
+from . import __version__
+from .errors import ExitflowError, NotAvailableError
+
+# (name, one-line help, the issue that delivers it when it is not here yet)
+COMMANDS: list[tuple[str, str, str | None]] = [
+    ("boards", "list the board catalogue, or show one board", None),
+    ("train", "train a quantised multi-exit network from a config", "quant/ (issue #3)"),
+    ("profile", "profile exits of a trained network: exit rate and accuracy per threshold", "quant/ (issue #3)"),
+    ("sweep", "search exits, thresholds and folding under a board budget", "dse/ (issue #5)"),
+    ("build", "generate FINN hardware for every stage and exit unit of a design", "hardware generation (issue #4)"),
+    ("cosim", "bit-accurate and cycle-level cosimulation of a design", "cosim/ (issue #6)"),
+    ("report", "rebuild the HTML report of a run folder", "the end-to-end run (issue #7)"),
+    ("run", "the whole flow: train, profile, sweep, build, cosim, report", "the end-to-end run (issue #7)"),
+]
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+# ---------------------------------------------------------------------------- boards
+
+
+def _board_rows(boards) -> list[list[str]]:
+    rows = []
+    for b in boards:
+        r, s = b.resources, b.shell
+        rows.append(
+            [b.name, b.part, b.finn_board, f"{b.clock_mhz:g}", f"{r.lut:,}", f"{r.ff:,}", f"{r.bram18:,}",
+             f"{r.uram:,}", f"{r.dsp:,}", f"{s.lut:,}/{s.ff:,}/{s.bram18}"]
+        )
+    return rows
+
+
+def _table(header: list[str], rows: list[list[str]], right: set[int]) -> str:
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)]
+    def fmt(cells):
+        return "  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+    lines = [fmt(header), "  ".join("-" * w for w in widths)]
+    lines += [fmt(r) for r in rows]
+    return "\n".join(lines)
+
+
+def cmd_boards(args: argparse.Namespace) -> int:
+    from exitflow.boards import get_board, load_catalogue, user_board_dirs
+    from exitflow.schema import to_data
+
+    boards = [get_board(args.name)] if args.name else list(load_catalogue().values())
+    if args.json:
+        print(json.dumps([to_data(b) for b in boards], indent=2))
+        return 0
+    header = ["board", "part", "FINN board", "MHz", "LUT", "FF", "BRAM18", "URAM", "DSP", "shell LUT/FF/BRAM18"]
+    print(_table(header, _board_rows(boards), right={3, 4, 5, 6, 7, 8, 9}))
+    if not args.name:
+        print(f"\nTotals are device datasheet figures; the shell is an estimate. "
+              f"Add a board: one YAML file in {user_board_dirs()[0]}")
+    return 0
+
+
+# ---------------------------------------------------------------------------- later issues
+
+
+def _not_yet(name: str, where: str) -> Callable[[argparse.Namespace], int]:
+    def handler(args: argparse.Namespace) -> int:
+        raise NotAvailableError(f"`exitflow {name}` is not in exitflow {__version__} yet; it arrives with {where}")
+
+    return handler
+
+
+def _add_planned_arguments(name: str, p: argparse.ArgumentParser) -> None:
+    """The arguments each later subcommand will take, so that ``--help`` documents them now."""
+    if name == "train":
+        p.add_argument("config", help="training config (YAML)")
+        p.add_argument("--out", required=True, help="run folder to write model.pt, config.yaml, train_log.json")
+    elif name == "profile":
+        p.add_argument("dir", help="run folder holding model.pt")
+    elif name == "sweep":
+        p.add_argument("dir", help="run folder holding profile.npz")
+        p.add_argument("--board", required=True, help="board name (see `exitflow boards`)")
+        p.add_argument("--objective", choices=["throughput", "latency"], default="throughput")
+        p.add_argument("--min-accuracy", type=float, help="accuracy floor")
+        p.add_argument("--max-latency-us", type=float, help="latency limit in microseconds")
+        p.add_argument("--util", type=float, default=0.85, help="utilisation cap of the board budget")
+    elif name == "build":
+        p.add_argument("dir", help="run folder")
+        p.add_argument("--design", help="design YAML (default: DIR/sweep/design.yaml)")
+    elif name == "cosim":
+        p.add_argument("dir", help="run folder")
+        p.add_argument("--design", help="design YAML (default: DIR/sweep/design.yaml)")
+        p.add_argument("--samples", type=int, help="number of test samples")
+        p.add_argument("--cycle", action="store_true", help="also run the cycle-level pipeline simulation")
+    elif name == "report":
+        p.add_argument("dir", help="run folder")
+    elif name == "run":
+        p.add_argument("config", nargs="?", help="run config (YAML); the built-in default when left out")
+        p.add_argument("--out", required=True, help="run folder")
+        p.add_argument("--force", action="store_true", help="redo every step")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="exitflow",
+        description="FPGA co-design of early-exit neural networks (Brevitas -> FINN -> PYNQ).",
+        epilog="Bad input exits with code 2 and one line on stderr; --debug shows the traceback.",
+    )
+    parser.add_argument("--version", action="version", version=f"exitflow {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback on errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
+    sub.required = True
+    for name, help_text, later in COMMANDS:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show the full traceback on errors")
+        if name == "boards":
+            p.add_argument("name", nargs="?", help="show only this board")
+            p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+            p.set_defaults(handler=cmd_boards)
+        else:
+            _add_planned_arguments(name, p)
+            p.set_defaults(handler=_not_yet(name, later))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    prog = f"exitflow {args.command}"
+    try:
+        return int(args.handler(args) or 0)
+    except ExitflowError as err:
+        if args.debug:
+            traceback.print_exc()
+        print(f"{prog}: error: {_one_line(str(err))}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+    except Exception as err:  # a bug in exitflow, not in the user's input
+        if args.debug:
+            traceback.print_exc()
+        print(
+            f"{prog}: internal error: {type(err).__name__}: {_one_line(str(err))} "
+            "(a bug in exitflow; rerun with --debug for the traceback and report it)",
+            file=sys.stderr,
+        )
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,34 @@
+"""Errors exitflow reports to its users.
+
+Everything a user can cause (a malformed file, an unknown board, an illegal value, data of the
+wrong shape) raises an :class:`ExitflowError`. The command line prints its message as one line
+on stderr and exits with code 2; ``--debug`` adds the traceback. Any other exception is a bug in
+exitflow and is reported as such.
+"""
+
+from __future__ import annotations
+
+
+class ExitflowError(Exception):
+    """A problem with the user's input, explained in one line that says how to fix it."""
+
+    exit_code = 2
+
+
+class ConfigError(ExitflowError):
+    """A configuration, design or board file is malformed or holds an illegal value."""
+
+
+class BoardError(ConfigError):
+    """An unknown board name, or a malformed board file."""
+
+
+class DataError(ExitflowError):
+    """A data set file is missing, malformed, or holds data of the wrong shape or range."""
+
+
+class NotAvailableError(ExitflowError):
+    """A feature that needs a tool (Vivado, Vitis HLS, a board) or a later exitflow version that
+    is not here. Exit code 3, so scripts can tell it from bad input."""
+
+    exit_code = 3

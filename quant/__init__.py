@@ -1,0 +1,1 @@
+"""Quantised multi-exit CNNs with Brevitas: build, train, calibrate exits, profile, export."""
