@@ -91,11 +91,13 @@ def board_dirs() -> list[Path]:
 
 def load_board_file(path: str | Path) -> Board:
     """Load one board file; a malformed file raises :class:`BoardError` naming it and the field."""
-    data = read_yaml(path)
-    if data is None:
-        raise BoardError(f"{path}: board file is empty")
     try:
+        data = read_yaml(path)
+        if data is None:
+            raise BoardError(f"{path}: board file is empty")
         return from_data(Board, data, source=f"board file {path}")
+    except BoardError:
+        raise
     except ConfigError as err:
         raise BoardError(str(err)) from None
 

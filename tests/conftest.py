@@ -1,0 +1,38 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest_plugins = ["exitflow.testing", "pytester"]
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def repo() -> Path:
+    return REPO
+
+
+@pytest.fixture
+def exitflow_cmd() -> list[str]:
+    """The installed console script, as a user runs it."""
+    script = Path(sys.executable).parent / "exitflow"
+    assert script.is_file(), f"console script missing at {script}; run ./setup.sh"
+    return [str(script)]
+
+
+@pytest.fixture
+def user_boards(tmp_path, monkeypatch) -> Path:
+    """An empty user board folder, in place of ~/.config/exitflow/boards."""
+    folder = tmp_path / "user_boards"
+    folder.mkdir()
+    monkeypatch.setenv("EXITFLOW_BOARDS", str(folder))
+    return folder
+
+
+@pytest.fixture(autouse=True)
+def _isolated_user_config(tmp_path_factory, monkeypatch):
+    """Tests never read the developer's own ~/.config/exitflow."""
+    if "EXITFLOW_BOARDS" not in os.environ:
+        monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path_factory.mktemp("xdg")))
