@@ -244,6 +244,7 @@ class _CifarUnpickler(pickle.Unpickler):
         ("numpy._core.multiarray", "_reconstruct"),
         ("numpy", "ndarray"),
         ("numpy", "dtype"),
+        ("_codecs", "encode"),  # protocol-2 pickles written by Python 3 encode array bytes with it
     }
 
     def find_class(self, module: str, name: str):  # noqa: D401
@@ -270,7 +271,9 @@ def read_cifar10_python(path: str | Path) -> ImageSet:
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
         raise DataError(f"{path}: 'data' has shape {data.shape} and dtype {data.dtype}; expected (N, 3072) uint8")
     labels = np.asarray(batch["labels"])
-    return ImageSet(str(path), data.reshape(-1, 3, 32, 32).copy(), labels.astype(np.int64) if labels.dtype.kind in "iu" else labels, 10)
+    if labels.ndim != 1 or labels.dtype.kind not in "iu":
+        raise DataError(f"{path}: 'labels' must be a list of integers; got {labels.dtype} of shape {labels.shape}")
+    return ImageSet(str(path), data.reshape(-1, 3, 32, 32).copy(), labels.astype(np.int64), 10)
 
 
 def read_npz(path: str | Path, num_classes: int | None = None) -> ImageSet:
@@ -313,18 +316,21 @@ def concat(sets: list[ImageSet], name: str) -> ImageSet:
 def split_indices(y: np.ndarray, fractions: tuple[float, ...], seed: int) -> list[np.ndarray]:
     """Stratified, deterministic split of ``range(len(y))`` into ``len(fractions)`` parts.
 
-    Within every class the samples are permuted with ``seed`` and cut at the cumulative
-    fractions, so each part keeps the class balance; each part is then shuffled.
+    Part sizes are ``fractions * len(y)`` rounded by largest remainder, so they add up exactly.
+    The samples are grouped by class (shuffled within each class with ``seed``) and the part
+    labels are spread evenly over that order, so every class lands in every part in proportion,
+    even for tiny classes. Each part is then shuffled.
     """
     rng = np.random.default_rng(seed)
-    parts: list[list[np.ndarray]] = [[] for _ in fractions]
-    bounds = np.cumsum(fractions)
-    for cls in np.unique(y):
-        idx = rng.permutation(np.flatnonzero(y == cls))
-        cuts = np.round(bounds[:-1] * len(idx)).astype(int)
-        for part, chunk in zip(parts, np.split(idx, cuts)):
-            part.append(chunk)
-    return [rng.permutation(np.concatenate(p)) if p else np.zeros(0, dtype=np.int64) for p in parts]
+    n = len(y)
+    exact = np.asarray(fractions, dtype=float) * n
+    counts = np.floor(exact).astype(int)
+    for k in np.argsort(-(exact - counts), kind="stable")[: n - counts.sum()]:
+        counts[k] += 1
+    order = np.concatenate([rng.permutation(np.flatnonzero(y == c)) for c in rng.permutation(np.unique(y))])
+    keys = np.concatenate([(np.arange(c) + 0.5) / max(c, 1) for c in counts])
+    labels = np.repeat(np.arange(len(counts)), counts)[np.argsort(keys, kind="stable")]
+    return [rng.permutation(order[labels == k]) for k in range(len(counts))]
 
 
 def _folder(spec: DataSpec) -> Path:
@@ -392,15 +398,13 @@ def load_splits(spec: DataSpec = DataSpec()) -> Splits:
     data, test = load_dataset(spec)
     if test is None:
         fractions = (1.0 - spec.val_fraction - spec.test_fraction, spec.val_fraction, spec.test_fraction)
-        train_i, val_i, test_i = split_indices(data.y, fractions, spec.seed)
-        parts = (data.take(train_i), data.take(val_i), data.take(test_i))
+        indices = split_indices(data.y, fractions, spec.seed)
     else:
         if test.shape != data.shape:
             raise DataError(f"{spec.path}: test images are {test.shape}, training images {data.shape}")
-        train_i, val_i = split_indices(data.y, (1.0 - spec.val_fraction, spec.val_fraction), spec.seed)
-        parts = (data.take(train_i), data.take(val_i), test)
-    for part, split in zip(parts, ("train", "validation", "test")):
-        if len(part) == 0:
-            raise DataError(f"{data.name}: the {split} split is empty; use more data or other fractions")
-    name = spec.name
-    return Splits(*(ImageSet(f"{name}/{s}", p.x, p.y, data.num_classes) for p, s in zip(parts, ("train", "val", "test"))))
+        indices = split_indices(data.y, (1.0 - spec.val_fraction, spec.val_fraction), spec.seed)
+    for index, split in zip(indices, ("train", "validation", "test")):
+        if len(index) == 0:
+            raise DataError(f"{data.name}: the {split} split is empty ({len(data)} samples); use more data or other fractions")
+    parts = [data.take(i) for i in indices] + ([test] if test is not None else [])
+    return Splits(*(ImageSet(f"{spec.name}/{s}", p.x, p.y, data.num_classes) for p, s in zip(parts, ("train", "val", "test"))))

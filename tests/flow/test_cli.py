@@ -1,0 +1,117 @@
+"""The command line: subcommands, the boards table, and the error contract."""
+
+import json
+import subprocess
+
+import pytest
+
+from exitflow import cli
+from exitflow.cli import COMMANDS, main
+
+PLANNED = ["boards", "train", "profile", "sweep", "build", "cosim", "report", "run"]
+
+
+def run(cmd, *args, env=None):
+    return subprocess.run([*cmd, *args], capture_output=True, text=True, env=env)
+
+
+def test_help_lists_every_subcommand(exitflow_cmd):
+    out = run(exitflow_cmd, "--help")
+    assert out.returncode == 0
+    for name in PLANNED:
+        assert f"\n    {name} " in out.stdout
+    assert [c[0] for c in COMMANDS] == PLANNED
+
+
+def test_version(exitflow_cmd):
+    out = run(exitflow_cmd, "--version")
+    assert out.returncode == 0 and out.stdout.strip() == f"exitflow {__import__('exitflow').__version__}"
+
+
+def test_boards_prints_the_five_boards(exitflow_cmd):
+    out = run(exitflow_cmd, "boards")
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0].split()[:3] == ["board", "part", "FINN"]
+    rows = {line.split()[0]: line.split() for line in lines[2:7]}
+    assert set(rows) == {"Pynq-Z1", "Pynq-Z2", "Ultra96-V2", "ZCU104", "KV260"}
+    assert rows["Pynq-Z2"][1:4] == ["xc7z020clg400-1", "Pynq-Z2", "100"]
+    assert rows["ZCU104"][4:9] == ["230,400", "460,800", "624", "96", "1,728"]
+
+
+def test_boards_json_and_single_board(exitflow_cmd):
+    out = run(exitflow_cmd, "boards", "ultra96-v2", "--json")
+    assert out.returncode == 0
+    (board,) = json.loads(out.stdout)
+    assert board["part"] == "xczu3eg-sbva484-1-i" and board["resources"]["dsp"] == 360
+
+
+def test_unknown_board_is_one_line_exit_2(exitflow_cmd):
+    out = run(exitflow_cmd, "boards", "Pynq-Z9")
+    assert out.returncode == 2
+    assert out.stdout == ""
+    assert out.stderr.splitlines() == [
+        "exitflow boards: error: unknown board 'Pynq-Z9'; known boards: KV260, Pynq-Z1, Pynq-Z2, Ultra96-V2, "
+        f"ZCU104 (add your own as a YAML file in {_user_dir()})"
+    ]
+
+
+def _user_dir():
+    from exitflow.boards import user_board_dirs
+
+    return user_board_dirs()[0]
+
+
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_debug_shows_the_traceback(exitflow_cmd, where):
+    args = ["--debug", "boards", "Pynq-Z9"] if where == "before" else ["boards", "Pynq-Z9", "--debug"]
+    out = run(exitflow_cmd, *args)
+    assert out.returncode == 2
+    assert "Traceback (most recent call last)" in out.stderr
+    assert out.stderr.rstrip().splitlines()[-1].startswith("exitflow boards: error: unknown board")
+
+
+@pytest.mark.parametrize("name", [n for n in PLANNED if n != "boards"])
+def test_later_subcommands_say_where_they_arrive(name, capsys):
+    args = {"train": ["c.yaml", "--out", "d"], "run": ["--out", "d"], "sweep": ["d", "--board", "Pynq-Z2"]}.get(name, ["d"])
+    assert main([name, *args]) == 3
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert f"`exitflow {name}` is not in exitflow" in err and "issue #" in err
+
+
+def test_usage_errors_exit_2(exitflow_cmd):
+    assert run(exitflow_cmd).returncode == 2
+    assert run(exitflow_cmd, "frobnicate").returncode == 2
+    assert run(exitflow_cmd, "sweep", "d").returncode == 2  # --board is required
+
+
+def test_internal_error_is_reported_as_a_bug(monkeypatch, capsys):
+    def broken(args):
+        raise RuntimeError("boom\nsecond line")
+
+    monkeypatch.setattr(cli, "cmd_boards", broken)
+    assert main(["boards"]) == 1
+    err = capsys.readouterr().err
+    assert err.splitlines() == [
+        "exitflow boards: internal error: RuntimeError: boom second line "
+        "(a bug in exitflow; rerun with --debug for the traceback and report it)"
+    ]
+    assert main(["--debug", "boards"]) == 1
+    assert "Traceback" in capsys.readouterr().err
+
+
+def test_keyboard_interrupt(monkeypatch, capsys):
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "cmd_boards", interrupted)
+    assert main(["boards"]) == 130
+    assert capsys.readouterr().err == "exitflow boards: interrupted\n"
+
+
+def test_python_dash_m(exitflow_cmd):
+    import sys
+
+    out = run([sys.executable, "-m", "exitflow"], "boards", "KV260")
+    assert out.returncode == 0 and "KV260_SOM" in out.stdout
