@@ -40,11 +40,11 @@ from typing import Literal
 from .errors import BoardError, ConfigError
 from .schema import FieldError, FrozenMap, from_data, load_file, to_data, write_file
 
-#: Exit policies. ``max_prob``: max-softmax confidence >= threshold (0 < t <= 1);
-#: ``margin``: top-1 minus top-2 logit (real units) >= threshold (t >= 0);
-#: ``entropy``: normalised entropy of the softmax <= threshold (0 <= t <= 1).
-Policy = Literal["max_prob", "margin", "entropy"]
-POLICIES: tuple[str, ...] = ("max_prob", "margin", "entropy")
+#: Exit policies, each one integer function in :mod:`exitflow.quant.policies`.
+#: ``max_prob``: max-softmax confidence >= threshold (0 < t <= 1);
+#: ``margin``: top-1 minus top-2 logit, in real units, >= threshold (t >= 0).
+Policy = Literal["max_prob", "margin"]
+POLICIES: tuple[str, ...] = ("max_prob", "margin")
 
 #: FINN's ``ram_style`` for weight memories.
 RamStyle = Literal["auto", "block", "distributed", "ultra"]
@@ -98,8 +98,6 @@ class ExitHead:
             raise FieldError("threshold", f"for policy max_prob must be in (0, 1]; got {t}")
         if self.policy == "margin" and t < 0.0:
             raise FieldError("threshold", f"for policy margin must be >= 0 (a logit difference); got {t}")
-        if self.policy == "entropy" and not 0.0 <= t <= 1.0:
-            raise FieldError("threshold", f"for policy entropy must be in [0, 1] (normalised entropy); got {t}")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -26,7 +26,6 @@ folding_maps = st.dictionaries(layer_names, foldings, max_size=4).map(FrozenMap)
 thresholds = {
     "max_prob": st.floats(0.0, 1.0, exclude_min=True),
     "margin": st.floats(0.0, 1e6),
-    "entropy": st.floats(0.0, 1.0),
 }
 
 
@@ -41,7 +40,7 @@ def designs(draw):
     stages = []
     for k in range(n):
         last = k == n - 1
-        policy = draw(st.sampled_from(["max_prob", "margin", "entropy"]))
+        policy = draw(st.sampled_from(["max_prob", "margin"]))
         head = ExitHead(
             name=head_names[k],
             policy=policy,
@@ -139,7 +138,7 @@ BAD = [
     (("stages", 0, "folding", "conv0", "pe"), True, "stages[0].folding.conv0.pe: must be an integer; got True (bool)"),
     (("stages", 0, "folding", "conv0", "ram_style"), "bram", "stages[0].folding.conv0.ram_style: must be one of 'auto', 'block', 'distributed', 'ultra'; got 'bram'"),
     (("stages", 0, "folding", "conv0", "unroll"), 2, "stages[0].folding.conv0.unroll: unknown key; allowed keys here: pe, simd, ram_style"),
-    (("stages", 0, "head", "policy"), "softmax", "stages[0].head.policy: must be one of 'max_prob', 'margin', 'entropy'; got 'softmax'"),
+    (("stages", 0, "head", "policy"), "softmax", "stages[0].head.policy: must be one of 'max_prob', 'margin'; got 'softmax'"),
     (("stages", 0, "head", "threshold"), 1.5, "stages[0].head.threshold: for policy max_prob must be in (0, 1]; got 1.5"),
     (("stages", 0, "head", "threshold"), 0.0, "stages[0].head.threshold: for policy max_prob must be in (0, 1]; got 0.0"),
     (("stages", 0, "head", "threshold"), DELETE, "stages[0].head.threshold: an early exit needs a threshold"),
@@ -174,15 +173,12 @@ def test_bad_design_is_one_line_naming_the_key(tmp_path, path, value, message):
     assert message in text
 
 
-def test_margin_and_entropy_thresholds():
+def test_margin_thresholds():
     data = _data()
     data["stages"][0]["head"].update(policy="margin", threshold=12.5)
     assert design_from_data(data).stages[0].head.threshold == 12.5
     data["stages"][0]["head"].update(policy="margin", threshold=-1)
     with pytest.raises(ConfigError, match="for policy margin must be >= 0"):
-        design_from_data(data)
-    data["stages"][0]["head"].update(policy="entropy", threshold=1.2)
-    with pytest.raises(ConfigError, match=r"for policy entropy must be in \[0, 1\]"):
         design_from_data(data)
 
 
