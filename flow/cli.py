@@ -23,8 +23,9 @@ from .errors import ExitflowError, NotAvailableError
 # (name, one-line help, the issue that delivers it when it is not here yet)
 COMMANDS: list[tuple[str, str, str | None]] = [
     ("boards", "list the board catalogue, or show one board", None),
-    ("train", "train a quantised multi-exit network from a config", "quant/ (issue #3)"),
-    ("profile", "profile exits of a trained network: exit rate and accuracy per threshold", "quant/ (issue #3)"),
+    ("train", "train a quantised multi-exit network from a config", None),
+    ("profile", "profile exits of a trained network: exit rate and accuracy per threshold", None),
+    ("export", "export chosen exits stage by stage as QONNX files for FINN", None),
     ("sweep", "search exits, thresholds and folding under a board budget", "dse/ (issue #5)"),
     ("build", "generate FINN hardware for every stage and exit unit of a design", "hardware generation (issue #4)"),
     ("cosim", "bit-accurate and cycle-level cosimulation of a design", "cosim/ (issue #6)"),
@@ -76,6 +77,57 @@ def cmd_boards(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------- quant
+
+
+def _load_run_config(path: str):
+    from exitflow.quant.config import RunConfig
+    from exitflow.schema import load_file
+
+    return load_file(RunConfig, path)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    import torch
+
+    from exitflow.quant.train import train
+
+    config = _load_run_config(args.config)
+    torch.set_num_threads(max(1, args.threads))
+    result = train(config, args.out)
+    accuracy = ", ".join(f"{k} {100 * v:.2f}%" for k, v in result.val_accuracy.items())
+    print(f"trained {args.out}/model.pt ({result.epochs_run} epochs, {result.seconds:.0f} s); val accuracy: {accuracy}")
+    return 0
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    from exitflow.quant.profile import profile
+
+    summary = profile(args.dir)
+    test = summary["splits"]["test"]
+    accuracy = ", ".join(f"{k} {100 * v:.2f}%" for k, v in test["accuracy"].items())
+    table = test["max_prob"]["cascade"]
+    drops = table["accuracy_drop_pp"]
+    ok = [i for i, d in enumerate(drops) if d <= 0.5]
+    print(f"wrote {args.dir}/profile.npz, profile.json, profile.png; test accuracy: {accuracy}")
+    if ok:
+        best = max(ok, key=lambda i: table["early_fraction"][i])
+        t = test["max_prob"]["thresholds"][best]
+        print(f"max_prob threshold {t} at every exit: {100 * table['early_fraction'][best]:.1f}% of test samples "
+              f"leave early, accuracy {100 * table['accuracy'][best]:.2f}% ({drops[best]:+.2f} pp below the final exit)")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from exitflow.quant.export import export_run
+
+    exits = [e for e in (args.exits or "").split(",") if e]
+    manifest = export_run(args.dir, exits)
+    files = ", ".join(f"{s['file']}+{h['file']}" for s, h in zip(manifest["stages"], manifest["heads"]))
+    print(f"exported exits {', '.join(manifest['exits'])} to {args.dir}/stages: {files}")
+    return 0
+
+
 # ---------------------------------------------------------------------------- later issues
 
 
@@ -86,13 +138,17 @@ def _not_yet(name: str, where: str) -> Callable[[argparse.Namespace], int]:
     return handler
 
 
-def _add_planned_arguments(name: str, p: argparse.ArgumentParser) -> None:
-    """The arguments each later subcommand will take, so that ``--help`` documents them now."""
+def _add_arguments(name: str, p: argparse.ArgumentParser) -> None:
+    """The arguments of each subcommand (later ones included, so that ``--help`` documents them now)."""
     if name == "train":
-        p.add_argument("config", help="training config (YAML)")
+        p.add_argument("config", help="run config (YAML): data, model and train sections")
         p.add_argument("--out", required=True, help="run folder to write model.pt, config.yaml, train_log.json")
+        p.add_argument("--threads", type=int, default=2, help="CPU threads for torch (default 2)")
     elif name == "profile":
         p.add_argument("dir", help="run folder holding model.pt")
+    elif name == "export":
+        p.add_argument("dir", help="run folder holding model.pt")
+        p.add_argument("--exits", help="comma-separated early exits to keep (block names); the final exit is always kept")
     elif name == "sweep":
         p.add_argument("dir", help="run folder holding profile.npz")
         p.add_argument("--board", required=True, help="board name (see `exitflow boards`)")
@@ -134,8 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--json", action="store_true", help="print JSON instead of a table")
             p.set_defaults(handler=cmd_boards)
         else:
-            _add_planned_arguments(name, p)
-            p.set_defaults(handler=_not_yet(name, later))
+            _add_arguments(name, p)
+            handler = globals().get(f"cmd_{name}") if later is None else _not_yet(name, later)
+            p.set_defaults(handler=handler)
     return parser
 
 

@@ -97,8 +97,11 @@ class DataSpec:
     seed: int = 0
     val_fraction: float = 0.15
     test_fraction: float = 0.15  # used only when the data has no test files of its own
+    shape: tuple[int, ...] | None = None  # (C, H, W) to zero-pad and repeat channels to, e.g. [3, 32, 32]
 
     def __post_init__(self) -> None:
+        if self.shape is not None and (len(self.shape) != 3 or self.shape[0] not in (1, 3) or min(self.shape) < 1):
+            raise FieldError("shape", f"must be [C, H, W] with C = 1 or 3; got {list(self.shape)}")
         if self.name in BUILTIN and self.path is not None:
             raise FieldError("path", f"the built-in data set {self.name!r} takes no path; leave it out")
         if self.name in USER_FORMATS and not self.path:
@@ -407,4 +410,6 @@ def load_splits(spec: DataSpec = DataSpec()) -> Splits:
         if len(index) == 0:
             raise DataError(f"{data.name}: the {split} split is empty ({len(data)} samples); use more data or other fractions")
     parts = [data.take(i) for i in indices] + ([test] if test is not None else [])
+    if spec.shape is not None:
+        parts = [p.to_shape(*spec.shape) for p in parts]
     return Splits(*(ImageSet(f"{spec.name}/{s}", p.x, p.y, data.num_classes) for p, s in zip(parts, ("train", "val", "test"))))

@@ -126,3 +126,16 @@ def decide(policy: Policy, logits: np.ndarray, scale: float, logit_bits: int, th
     """The CTU: integer logits -> (exit flag, class, confidence code), exactly as in hardware."""
     cls, code = confidence_code(policy, logits, scale, logit_bits, frac_bits)
     return Decision(exit=exits(policy, code, threshold_constant), cls=cls.astype(np.int64), code=code.astype(np.int64))
+
+
+def route(policy: Policy, codes: np.ndarray, constants: np.ndarray | list[int]) -> np.ndarray:
+    """The exit every sample takes in a cascade: the first early exit whose CTU says exit, else
+    the final one. ``codes`` is ``(samples, exits)``; ``constants`` has one threshold constant
+    per early exit (``exits - 1``). Returns exit indices ``0 .. exits-1``."""
+    codes = np.asarray(codes)
+    constants = np.asarray(constants, dtype=np.int64)
+    if codes.ndim != 2 or constants.shape != (codes.shape[1] - 1,):
+        raise ValueError(f"codes {codes.shape} need one constant per early exit; got {constants.shape}")
+    leave = exits(policy, codes[:, :-1], constants[None, :])
+    leave = np.concatenate([leave, np.ones((len(codes), 1), dtype=bool)], axis=1)
+    return np.argmax(leave, axis=1)

@@ -61,6 +61,13 @@ def test_builtin_split_is_deterministic_disjoint_and_stratified(name):
     assert not np.array_equal(other.test.y, a.test.y)
 
 
+def test_spec_shape_pads_every_split():
+    splits = load_splits(DataSpec(name="digits", shape=(3, 32, 32)))
+    assert splits.train.shape == splits.test.shape == (3, 32, 32)
+    with pytest.raises(ConfigError, match=r"shape: must be \[C, H, W\] with C = 1 or 3; got \[2, 32, 32\]"):
+        from_data(DataSpec, {"shape": [2, 32, 32]})
+
+
 def test_split_indices_partition_every_index():
     y = np.repeat(np.arange(7), [5, 9, 1, 30, 2, 11, 4])
     parts = split_indices(y, (0.6, 0.2, 0.2), seed=11)

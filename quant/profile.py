@@ -1,0 +1,160 @@
+"""Profiling a trained multi-exit network: what every exit says about every sample.
+
+``profile(DIR)`` runs the quantised model on the validation and test splits and writes
+
+* ``DIR/profile.npz``: per split, per sample and exit: integer logits, prediction, correct or
+  not, and the confidence code of each policy; per exit: scale and logit bit width;
+* ``DIR/profile.json``: per split and exit, on a threshold grid: exit rate and the accuracy of
+  the samples that exit there; and for the whole cascade with that threshold at every exit: the
+  fraction leaving at each exit, the share leaving early, and the cumulative accuracy;
+* ``DIR/profile.png``: exit rate and accuracy against threshold, one curve per exit.
+
+Every figure comes from :mod:`exitflow.quant.policies`, the same integer function the hardware
+uses, so exit rates predicted here are the exit rates the hardware produces.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from exitflow.data import ImageSet, load_splits
+
+from . import checkpoint as ckpt
+from .network import MultiExitNet
+from .policies import DEFAULT_FRAC_BITS, POLICIES, confidence_code, exits, route, threshold_code
+from .train import to_input
+
+#: max_prob thresholds of the grid (confidence), margin thresholds are in logit units
+MAX_PROB_GRID = tuple(np.round(np.concatenate([np.arange(0.30, 0.899, 0.05), np.arange(0.90, 1.0, 0.005)]), 4).tolist())
+
+
+@dataclass(frozen=True, eq=False)
+class SplitProfile:
+    """Everything the exits say about one split."""
+
+    logits: np.ndarray  # (samples, exits, classes) int64
+    labels: np.ndarray  # (samples,)
+    pred: np.ndarray  # (samples, exits)
+    codes: dict[str, np.ndarray]  # policy -> (samples, exits) int64
+
+    @property
+    def correct(self) -> np.ndarray:
+        return self.pred == self.labels[:, None]
+
+
+@torch.no_grad()
+def run_exits(model: MultiExitNet, data: ImageSet, frac_bits: int = DEFAULT_FRAC_BITS, batch_size: int = 500):
+    """(SplitProfile, scales, logit bit widths) of ``model`` on ``data``."""
+    model.eval()
+    logits, scales, bits = [], None, None
+    for start in range(0, len(data), batch_size):
+        outs = model(to_input(data.x[start : start + batch_size]))
+        logits.append(np.stack([o.int().numpy().astype(np.int64) for o in outs], axis=1))
+        s = [float(o.scale) for o in outs]
+        b = [int(o.bit_width) for o in outs]
+        if scales is not None and (s != scales or b != bits):
+            raise RuntimeError("exit scales changed between batches; the model is not in eval mode")
+        scales, bits = s, b
+    z = np.concatenate(logits)
+    codes = {}
+    for policy in POLICIES:
+        per_exit = [confidence_code(policy, z[:, k], scales[k], bits[k], frac_bits) for k in range(z.shape[1])]
+        codes[policy] = np.stack([c for _, c in per_exit], axis=1)
+    pred = np.argmax(z, axis=2)
+    return SplitProfile(z, data.y.astype(np.int64), pred, codes), np.array(scales), np.array(bits)
+
+
+def margin_grid(scales: np.ndarray, codes: np.ndarray) -> tuple[float, ...]:
+    """Margin thresholds in logit units covering the observed margins."""
+    top = float(np.percentile(codes * scales[None, :], 99)) if codes.size else 1.0
+    return tuple(np.round(np.linspace(0.0, max(top, 1e-6), 40), 6).tolist())
+
+
+def threshold_table(split: SplitProfile, policy: str, grid: tuple[float, ...], scales: np.ndarray,
+                    names: list[str], frac_bits: int = DEFAULT_FRAC_BITS) -> dict:
+    """Per exit and for the whole cascade, at every threshold of ``grid``."""
+    n, e = split.pred.shape
+    correct = split.correct
+    final_acc = float(correct[:, -1].mean())
+    per_exit = {name: {"exit_rate": [], "accuracy_of_exiting": []} for name in names}
+    cascade = {"exit_fractions": [], "early_fraction": [], "accuracy": [], "accuracy_drop_pp": []}
+    for t in grid:
+        constants = [threshold_code(policy, t, scales[k], frac_bits) for k in range(e)]
+        for k, name in enumerate(names):
+            leave = exits(policy, split.codes[policy][:, k], constants[k])
+            per_exit[name]["exit_rate"].append(float(leave.mean()))
+            per_exit[name]["accuracy_of_exiting"].append(float(correct[leave, k].mean()) if leave.any() else None)
+        taken = route(policy, split.codes[policy], constants[:-1])
+        fractions = np.bincount(taken, minlength=e) / n
+        accuracy = float(correct[np.arange(n), taken].mean())
+        cascade["exit_fractions"].append(fractions.round(6).tolist())
+        cascade["early_fraction"].append(float(1.0 - fractions[-1]))
+        cascade["accuracy"].append(accuracy)
+        cascade["accuracy_drop_pp"].append(round(100 * (final_acc - accuracy), 6))
+    return {"thresholds": list(grid), "exits": per_exit, "cascade": cascade, "final_accuracy": final_acc}
+
+
+def profile(run_dir: str | Path, frac_bits: int = DEFAULT_FRAC_BITS, plot: bool = True) -> dict:
+    """Profile the trained run in ``run_dir``; returns what profile.json holds."""
+    run_dir = Path(run_dir)
+    config, model, _ = ckpt.load_model(run_dir)
+    splits = load_splits(config.data)
+    names = model.exit_names
+    arrays: dict[str, np.ndarray] = {"exit_names": np.array(names), "frac_bits": np.array(frac_bits)}
+    summary: dict = {"exits": names, "frac_bits": frac_bits, "splits": {}}
+    for split_name, data in (("val", splits.val), ("test", splits.test)):
+        prof, scales, bits = run_exits(model, data, frac_bits)
+        arrays["scales"], arrays["logit_bits"] = scales, bits
+        arrays.update({
+            f"{split_name}_logits": prof.logits, f"{split_name}_labels": prof.labels,
+            f"{split_name}_pred": prof.pred, f"{split_name}_correct": prof.correct,
+            **{f"{split_name}_code_{p}": c for p, c in prof.codes.items()},
+        })
+        summary["splits"][split_name] = {
+            "samples": int(len(data)),
+            "accuracy": dict(zip(names, prof.correct.mean(axis=0).round(6).tolist())),
+            "max_prob": threshold_table(prof, "max_prob", MAX_PROB_GRID, scales, names, frac_bits),
+            "margin": threshold_table(prof, "margin", margin_grid(scales, prof.codes["margin"]), scales, names, frac_bits),
+        }
+    summary["scales"] = arrays["scales"].tolist()
+    summary["logit_bits"] = arrays["logit_bits"].tolist()
+    _atomic(run_dir / "profile.npz", lambda p: np.savez_compressed(p, **arrays))
+    _atomic(run_dir / "profile.json", lambda p: p.write_text(json.dumps(summary, indent=1)))
+    if plot:
+        _atomic(run_dir / "profile.png", lambda p: plot_profile(summary, p))
+    return summary
+
+
+def _atomic(path: Path, write) -> None:
+    tmp = path.with_name(f".tmp.{path.name}")
+    write(tmp)
+    tmp.replace(path)
+
+
+def plot_profile(summary: dict, path: Path) -> None:
+    """Exit rate and accuracy of the exiting samples against the max_prob threshold (test split)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    table = summary["splits"]["test"]["max_prob"]
+    t = table["thresholds"]
+    fig, (ax_rate, ax_acc) = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
+    for name, series in table["exits"].items():
+        ax_rate.plot(t, series["exit_rate"], label=name)
+        acc = [np.nan if a is None else a for a in series["accuracy_of_exiting"]]
+        ax_acc.plot(t, acc, label=name)
+    ax_acc.plot(t, table["cascade"]["accuracy"], "k--", label="whole network")
+    ax_rate.set(xlabel="max_prob threshold", ylabel="exit rate", title="Samples an exit would take", ylim=(0, 1.02))
+    ax_acc.set(xlabel="max_prob threshold", ylabel="accuracy", title="Accuracy of the samples that exit")
+    for ax in (ax_rate, ax_acc):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.savefig(path, dpi=110, format="png")
+    plt.close(fig)
