@@ -15,7 +15,9 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -33,21 +35,38 @@ def _export(module: torch.nn.Module, example: torch.Tensor, path: Path) -> None:
     from qonnx.util.cleanup import cleanup_model
 
     module.eval()
-    with contextlib.redirect_stdout(io.StringIO()):
-        export_qonnx(module, input_t=example, export_path=str(path), dynamo=False)
-    cleanup_model(ModelWrapper(str(path))).save(str(path))
+    # torch's dynamo exporter: the TorchScript one (dynamo=False) leaves Brevitas' quantiser
+    # parameters behind as extra graph outputs in torch 2.13. Its progress lines are muted.
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with tempfile.TemporaryDirectory() as scratch, contextlib.redirect_stdout(io.StringIO()):
+            raw = Path(scratch) / path.name  # the exporter may add a .data file beside it
+            export_qonnx(module, input_t=example, export_path=str(raw), dynamo=True, verbose=False)
+            cleanup_model(ModelWrapper(str(raw))).save(str(path))  # one self-contained file
+    finally:
+        logger.setLevel(level)
 
 
 def is_linear_graph(model) -> bool:
-    """Every node feeds at most one node and the nodes form a single chain."""
+    """The data path (nodes reachable from the graph input) is one chain: every such node has one
+    data-path input and at most one data-path consumer. Weight quantisers hang off initializers
+    and are folded by FINN, so they do not count."""
     graph = model.graph
-    produced = {out: node for node in graph.node for out in node.output}
-    for node in graph.node:
-        consumers = [n for n in graph.node if set(n.input) & set(node.output)]
-        dynamic_inputs = [i for i in node.input if i in produced]
-        if len(consumers) > 1 or len(dynamic_inputs) > 1:
+    if len(graph.input) != 1 or len(graph.output) != 1:
+        return False
+    live = {graph.input[0].name}
+    data_nodes = []
+    for node in graph.node:  # ONNX nodes are topologically sorted
+        if set(node.input) & live:
+            data_nodes.append(node)
+            live.update(node.output)
+    for node in data_nodes:
+        consumers = [n for n in data_nodes if set(n.input) & set(node.output)]
+        if len([i for i in node.input if i in live]) != 1 or len(consumers) > 1:
             return False
-    return len(graph.input) == 1 and len(graph.output) == 1
+    return bool(data_nodes) and graph.output[0].name in live
 
 
 def export_stages(model: MultiExitNet, exits: list[str], out_dir: str | Path, example: torch.Tensor) -> dict:

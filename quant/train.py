@@ -179,6 +179,9 @@ def train(config: RunConfig, out: str | Path, log: Callable[[str], None] = print
     if config.train.mode == "exits_only":
         _load_backbone(config, model, input_shape, num_classes)
         _freeze_backbone(model)
+    if resume is not None:
+        # before the optimizer is built: Brevitas may replace parameter objects when loading
+        ckpt.load_state(model, resume["state_dict"], resume["path"])
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=config.train.lr, weight_decay=config.train.weight_decay)
     epochs = config.train.epochs
@@ -186,7 +189,6 @@ def train(config: RunConfig, out: str | Path, log: Callable[[str], None] = print
     history: list[dict] = []
     first = 0
     if resume is not None:
-        ckpt.load_state(model, resume["state_dict"], resume["path"])
         optimizer.load_state_dict(resume["optimizer"])
         schedule.load_state_dict(resume["schedule"])
         history = list(resume["history"])
