@@ -4,8 +4,9 @@
     .venv/bin/python benchmarks/run.py            # all of them
     .venv/bin/python benchmarks/run.py boards     # only the named ones
 
-Every ``benchmarks/<name>.py`` with a ``run() -> dict`` function is the benchmark ``<name>``;
-its figures are printed as ``{"name": "<name>", ...figures}``. Speed figures are ratios against
+Every ``benchmarks/<name>.py`` with a ``run()`` function is the benchmark ``<name>``; ``run``
+returns a dict of figures, or a list of them (one per case, e.g. per data set), each printed as
+``{"name": "<name>", ...figures}``. Speed figures are ratios against
 a baseline measured in the same run, so they compare across machines.
 """
 
@@ -42,7 +43,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     for name in args.names or list(known):
         figures = load(name, known[name]).run()
-        print(json.dumps({"name": name, **figures}), flush=True)
+        for row in figures if isinstance(figures, list) else [figures]:
+            print(json.dumps({"name": name, **row}), flush=True)
     return 0
 
 

@@ -83,9 +83,9 @@ class ModelConfig:
 @dataclass(frozen=True, kw_only=True)
 class TrainConfig:
     mode: TrainMode = "end_to_end"
-    epochs: int = 12
+    epochs: int = 30
     batch_size: int = 64
-    lr: float = 0.01
+    lr: float = 0.005
     weight_decay: float = 0.0
     seed: int = 0
     exit_weights: tuple[float, ...] | None = None  # one per exit, in order; None: 1.0 each
