@@ -8,7 +8,8 @@ gets the same guarantees:
   with one line naming the file, the key path (``stages[1].head.threshold``) and what is allowed.
 * :func:`to_data` is the inverse of :func:`from_data`, so ``from_data(cls, to_data(x)) == x``.
 
-Supported field types: ``bool``, ``int``, ``float``, ``str``, ``Literal[...]``, ``X | None``,
+Supported field types: ``bool``, ``int``, ``float``, ``str``, unions of those, ``Literal[...]``,
+``X | None``,
 ``tuple[X, ...]``, :class:`FrozenMap` ``[str, X]`` and nested dataclasses. Value checks live in
 each dataclass's ``__post_init__``, which raises :class:`FieldError` naming the field; the loader
 adds the path in front.
@@ -87,6 +88,9 @@ def _describe(value: Any) -> str:
     return f"{text} ({type(value).__name__})" if not isinstance(value, (dict, list)) else text
 
 
+_SCALARS = {bool, int, float, str}
+
+
 class _Loader:
     def __init__(self, source: str):
         self.source = source
@@ -105,9 +109,18 @@ class _Loader:
             non_none = [a for a in args if a is not type(None)]
             if data is None and len(non_none) < len(args):
                 return None
-            if len(non_none) != 1:
+            if len(non_none) == 1:
+                return self.load(non_none[0], data, path)
+            if not set(non_none) <= _SCALARS:
                 raise TypeError(f"unsupported union {tp!r}")
-            return self.load(non_none[0], data, path)
+            # a union of scalars: the value keeps its own YAML type (bool is not an int here)
+            for scalar in (bool, int, float, str):
+                if scalar in non_none and type(data) is scalar:
+                    return data
+            if float in non_none and type(data) is int:
+                return float(data)
+            allowed = " or ".join(a.__name__ for a in non_none)
+            self.fail(path, f"must be {allowed}; got {_describe(data)}")
         if origin is Literal:
             if data in args and type(data) is type(args[args.index(data)]):
                 return data

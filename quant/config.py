@@ -20,7 +20,8 @@ from exitflow.schema import FieldError, FrozenMap
 
 from .presets import PRESETS, SUPPORTED_BITS, Bits
 
-Backbone = Literal["lenet", "cnv"]
+Backbone = Literal["lenet", "cnv", "custom"]
+Scalar = bool | int | float | str
 Preset = Literal["w1a1", "w2a2", "w4a4", "w8a8"]
 TrainMode = Literal["end_to_end", "exits_only", "distill"]
 
@@ -59,14 +60,35 @@ class HeadConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class ModelConfig:
+    """The network. Built in: ``lenet``, ``cnv``. ``custom``: your own Brevitas model, built by
+    ``factory`` (``"package.module:callable"``) with ``factory_args``; exits go after the modules
+    named in ``exits`` and the final exit is the QuantLinear named ``classifier``."""
+
     backbone: Backbone = "lenet"
     preset: Preset = "w4a4"
     block_bits: FrozenMap[str, BitsOverride] = field(default_factory=FrozenMap)
     exits: tuple[str, ...] | None = None  # candidate exits (block names); None: after every block
     width: float = 1.0  # channel multiplier (cnv)
     head: HeadConfig = field(default_factory=HeadConfig)
+    factory: str | None = None  # custom: "package.module:callable" building the backbone
+    factory_args: FrozenMap[str, Scalar] = field(default_factory=FrozenMap)
+    classifier: str | None = None  # custom: module name of the final QuantLinear
 
     def __post_init__(self) -> None:
+        if self.backbone == "custom":
+            for key in ("factory", "classifier"):
+                if not getattr(self, key):
+                    raise FieldError(key, f"a custom backbone needs {key} (see the model section of the docs)")
+            if not self.exits:
+                raise FieldError("exits", "a custom backbone needs the module names after which exits go")
+            if self.block_bits:
+                raise FieldError("block_bits", "bit widths of a custom backbone are set by its own factory")
+        else:
+            for key in ("factory", "classifier"):
+                if getattr(self, key) is not None:
+                    raise FieldError(key, f"is only used with backbone: custom (backbone is {self.backbone})")
+            if self.factory_args:
+                raise FieldError("factory_args", f"is only used with backbone: custom (backbone is {self.backbone})")
         if not 0.0 < self.width <= 4.0:
             raise FieldError("width", f"must be in (0, 4]; got {self.width}")
         if self.exits is not None and len(set(self.exits)) != len(self.exits):

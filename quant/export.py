@@ -29,21 +29,25 @@ from . import checkpoint as ckpt
 from .network import MultiExitNet
 
 
-def _export(module: torch.nn.Module, example: torch.Tensor, path: Path) -> None:
+def _export(module: torch.nn.Module, example: torch.Tensor, path: Path, dynamo: bool = True) -> None:
+    """Brevitas QONNX export of ``module`` into one self-contained, cleaned-up file.
+
+    torch's dynamo exporter by default: the TorchScript one flattens a returned QuantTensor into
+    extra graph outputs. The TorchScript one (``dynamo=False``) is used where the traced forward
+    raises and catches an exception (a custom backbone stopped at its classifier), which makes
+    torch.export fall back to a trace that decomposes Brevitas' Quant nodes."""
     from brevitas.export import export_qonnx
     from qonnx.core.modelwrapper import ModelWrapper
     from qonnx.util.cleanup import cleanup_model
 
     module.eval()
-    # torch's dynamo exporter: the TorchScript one (dynamo=False) leaves Brevitas' quantiser
-    # parameters behind as extra graph outputs in torch 2.13. Its progress lines are muted.
     logger = logging.getLogger("torch.onnx")
     level = logger.level
-    logger.setLevel(logging.ERROR)
+    logger.setLevel(logging.ERROR)  # the dynamo exporter's progress lines
     try:
         with tempfile.TemporaryDirectory() as scratch, contextlib.redirect_stdout(io.StringIO()):
             raw = Path(scratch) / path.name  # the exporter may add a .data file beside it
-            export_qonnx(module, input_t=example, export_path=str(raw), dynamo=True, verbose=False)
+            export_qonnx(module, input_t=example, export_path=str(raw), dynamo=dynamo, verbose=False)
             cleanup_model(ModelWrapper(str(raw))).save(str(path))  # one self-contained file
     finally:
         logger.setLevel(level)
@@ -69,8 +73,14 @@ def is_linear_graph(model) -> bool:
     return bool(data_nodes) and graph.output[0].name in live
 
 
-def export_stages(model: MultiExitNet, exits: list[str], out_dir: str | Path, example: torch.Tensor) -> dict:
-    """Write stage and head QONNX files for ``exits`` into ``out_dir``; returns the manifest."""
+def export_stages(model, exits: list[str], out_dir: str | Path, example: torch.Tensor) -> dict:
+    """Write stage and head QONNX files for ``exits`` into ``out_dir``; returns the manifest.
+
+    ``model`` is a built-in :class:`MultiExitNet` (each stage exported from its own modules) or a
+    :class:`~exitflow.quant.custom.CustomMultiExitNet` (the user's whole model exported once and
+    cut at the exits' tensors)."""
+    from .custom import CustomMultiExitNet
+
     unknown = [e for e in exits if e not in model.exit_names]
     if unknown:
         raise ConfigError(f"exits: no exit after block {unknown[0]!r}; candidate exits: {', '.join(model.exit_names)}")
@@ -80,31 +90,127 @@ def export_stages(model: MultiExitNet, exits: list[str], out_dir: str | Path, ex
     tmp.mkdir(parents=True)
     model.eval()
     chosen = [e for e in model.exit_names if e in exits or e == model.exit_names[-1]]
-    manifest = {"exits": chosen, "stages": [], "heads": []}
     x = example[:1].float()
-    names = model.block_names
-    prev = None
     with torch.no_grad():
-        for k, ((stage, head), exit_name) in enumerate(zip(model.stage_modules(chosen), chosen)):
-            _export(stage, x, tmp / f"stage{k}.onnx")
-            feature = stage(x).value
-            _export(head, feature, tmp / f"head{k}.onnx")
-            logits = head(feature)
-            start = 0 if prev is None else names.index(prev) + 1
+        if isinstance(model, CustomMultiExitNet):
+            features = _cut_custom(model, chosen, x, tmp)
+        else:
+            features = _builtin_stages(model, chosen, x, tmp)
+        manifest = {"exits": chosen, "stages": [], "heads": []}
+        inputs = [x, *features[:-1]]
+        for k, exit_name in enumerate(chosen):
+            head = model.head(exit_name) if isinstance(model, CustomMultiExitNet) else model.stage_modules(chosen)[k][1]
+            _export(head, features[k], tmp / f"head{k}.onnx")
+            logits = head(features[k])
             manifest["stages"].append({
-                "file": f"stage{k}.onnx", "blocks": names[start : names.index(exit_name) + 1],
-                "input_shape": list(x.shape[1:]), "output_shape": list(feature.shape[1:]),
+                "file": f"stage{k}.onnx", "blocks": _blocks(model, chosen, k),
+                "input_shape": list(inputs[k].shape[1:]), "output_shape": list(features[k].shape[1:]),
             })
             manifest["heads"].append({
                 "file": f"head{k}.onnx", "exit": exit_name, "scale": float(logits.scale),
                 "logit_bits": int(logits.bit_width), "num_classes": int(logits.shape[1]),
             })
-            x, prev = feature, exit_name
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
     if out_dir.exists():
         shutil.rmtree(out_dir)
     tmp.replace(out_dir)
     return manifest
+
+
+def _blocks(model, chosen: list[str], k: int) -> list[str]:
+    """What stage k holds: block names (built-in) or the exits it runs between (custom)."""
+    from .custom import CustomMultiExitNet
+
+    if isinstance(model, CustomMultiExitNet):
+        return [chosen[k]]
+    names = model.block_names
+    start = 0 if k == 0 else names.index(chosen[k - 1]) + 1
+    return names[start : names.index(chosen[k]) + 1]
+
+
+def _builtin_stages(model: MultiExitNet, chosen: list[str], x: torch.Tensor, folder: Path) -> list[torch.Tensor]:
+    features = []
+    for k, (stage, _) in enumerate(model.stage_modules(chosen)):
+        _export(stage, x, folder / f"stage{k}.onnx")
+        x = stage(x).value
+        features.append(x)
+    return features
+
+
+class _Taps(torch.nn.Module):
+    """The user's model with the exits' feature maps as its outputs."""
+
+    def __init__(self, model, names: list[str]):
+        super().__init__()
+        self.model = model
+        self.names = names
+
+    def forward(self, x):
+        taps = self.model._run(x)
+        features = (self.model.exit_feature(taps, n) for n in self.names)
+        return tuple(f.value if hasattr(f, "value") else f for f in features)
+
+
+def _cut_custom(model, chosen: list[str], x: torch.Tensor, folder: Path) -> list[torch.Tensor]:
+    """Export the user's model once with every exit's feature map as an output, then cut it into
+    one graph per stage; each stage after the first starts with a copy of the quantiser of what
+    it receives."""
+    import onnx
+    from onnx import helper
+    from onnx.utils import Extractor
+    from qonnx.core.modelwrapper import ModelWrapper
+    from qonnx.util.cleanup import cleanup_model
+
+    taps = _Taps(model, chosen)
+    _export(taps, x, folder / "whole.onnx", dynamo=False)
+    whole = onnx.load(str(folder / "whole.onnx"))
+    (folder / "whole.onnx").unlink()
+    outputs = [o.name for o in whole.graph.output]
+    producer = {out: node for node in whole.graph.node for out in node.output}
+    init = {i.name: i for i in whole.graph.initializer}
+    del whole.graph.quantization_annotation[:]  # the extractor refuses them; cleanup infers them again
+    extractor = Extractor(whole)
+    for k, out in enumerate(outputs):
+        start = whole.graph.input[0].name if k == 0 else outputs[k - 1]
+        stage = extractor.extract_model([start], [out])
+        if k > 0:
+            quant = _quantiser_node(producer, start)
+            new_in = "stage_in"
+            node = helper.make_node("Quant", [new_in, *quant.input[1:]], [start], domain=quant.domain, name="StageInputQuant")
+            node.attribute.extend(quant.attribute)
+            stage.graph.node.insert(0, node)
+            have = {i.name for i in stage.graph.initializer}
+            stage.graph.initializer.extend(init[n] for n in quant.input[1:] if n not in have)
+            old = onnx.ValueInfoProto()
+            old.CopyFrom(stage.graph.input[0])
+            new = onnx.ValueInfoProto()
+            new.CopyFrom(old)
+            new.name = new_in
+            del stage.graph.input[:]
+            stage.graph.input.append(new)
+            stage.graph.value_info.append(old)  # the received tensor is now internal
+        seen = {i.name for i in stage.graph.input} | {o.name for o in stage.graph.output}
+        kept = []
+        for v in stage.graph.value_info:  # one entry per internal tensor
+            if v.name not in seen:
+                seen.add(v.name)
+                kept.append(v)
+        del stage.graph.value_info[:]
+        stage.graph.value_info.extend(kept)
+        path = folder / f"stage{k}.onnx"
+        onnx.save(stage, str(path))
+        cleanup_model(ModelWrapper(str(path))).save(str(path))
+    return list(taps(x))
+
+
+def _quantiser_node(producer: dict, tensor: str):
+    """The Quant node whose output is ``tensor``, or feeds the max pool that produces it."""
+    node = producer[tensor]
+    if node.op_type == "MaxPool":
+        node = producer[node.input[0]]
+    if node.op_type not in ("Quant", "BipolarQuant"):
+        raise RuntimeError(f"exit tensor {tensor} is produced by {node.op_type}, not by a quantiser")
+    return node
 
 
 def export_run(run_dir: str | Path, exits: list[str]) -> dict:

@@ -183,6 +183,16 @@ class MultiExitNet(nn.Module):
                 outputs.append(self.heads[name](h))
         return outputs
 
+    def head(self, name: str) -> nn.Module:
+        return self.heads[name]
+
+    def frozen_prefixes(self) -> tuple[str, ...]:
+        """State-dict prefixes of what exits-only training keeps fixed: the backbone, the final exit."""
+        return ("input_quant.", "blocks.", f"heads.{self.exit_names[-1]}.")
+
+    def frozen_modules(self) -> list[nn.Module]:
+        return [self.input_quant, self.blocks, self.heads[self.exit_names[-1]]]
+
     def boundary_quantiser(self, block: str | None) -> nn.Module:
         """The quantiser whose output enters the block after ``block`` (None: the input)."""
         return self.input_quant if block is None else _last_quantiser(self.blocks[block])
@@ -213,6 +223,8 @@ def build_model(config, input_shape: tuple[int, int, int], num_classes: int) -> 
     from exitflow.errors import ConfigError
 
     input_shape = tuple(int(v) for v in input_shape)
+    if config.backbone == "custom":
+        return _build_custom(config, input_shape, num_classes)
     if config.backbone == "cnv":
         if input_shape != (3, 32, 32):
             raise ConfigError(
@@ -238,3 +250,23 @@ def build_model(config, input_shape: tuple[int, int, int], num_classes: int) -> 
     except ValueError as err:
         shape = "x".join(map(str, input_shape))
         raise ConfigError(f"model: {err} (the data's images are {shape}; choose another backbone or data.shape)") from None
+
+
+def _build_custom(config, input_shape, num_classes):
+    from exitflow.errors import ConfigError
+
+    from .custom import CustomMultiExitNet, load_factory
+
+    factory = load_factory(config.factory)
+    try:
+        backbone = factory(**dict(config.factory_args))
+    except TypeError as err:
+        raise ConfigError(f"model.factory_args: {config.factory} does not take them ({err})") from None
+    if not isinstance(backbone, nn.Module):
+        raise ConfigError(f"model.factory: {config.factory} returned a {type(backbone).__name__}, not a torch module")
+    try:
+        return CustomMultiExitNet(backbone, list(config.exits), config.classifier, input_shape, num_classes,
+                                  config.bits_for("__preset__"), config.head.pool_to, config.head.hidden)
+    except RuntimeError as err:  # the backbone's own forward failed on the data's shape
+        shape = "x".join(map(str, input_shape))
+        raise ConfigError(f"model: {config.factory} cannot take the data's {shape} images ({str(err).splitlines()[0]})") from None

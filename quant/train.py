@@ -107,29 +107,23 @@ def _loss(config: RunConfig, outputs: list, y: torch.Tensor, weights: list[float
     return total, [float(l.detach()) for l in per_exit]
 
 
-def _frozen_prefixes(model: MultiExitNet) -> tuple[str, ...]:
-    final = model.exit_names[-1]
-    return ("input_quant.", "blocks.", f"heads.{final}.")
-
-
 def _freeze_backbone(model: MultiExitNet) -> None:
-    for name, p in model.named_parameters():
-        if name.startswith(_frozen_prefixes(model)):
+    for module in model.frozen_modules():
+        for p in module.parameters():
             p.requires_grad_(False)
 
 
 def _backbone_eval(model: MultiExitNet) -> None:
     """Frozen parts stay in eval mode: no batch-norm or quantiser statistics change."""
-    model.input_quant.eval()
-    model.blocks.eval()
-    model.heads[model.exit_names[-1]].eval()
+    for module in model.frozen_modules():
+        module.eval()
 
 
 def _load_backbone(config: RunConfig, model: MultiExitNet, input_shape, num_classes) -> None:
     source = ckpt.load(Path(config.train.backbone_from).expanduser())
     theirs = ckpt.run_config(source)
     mine = config.model
-    for key in ("backbone", "preset", "block_bits", "width", "head"):
+    for key in ("backbone", "preset", "block_bits", "width", "head", "factory", "factory_args", "classifier"):
         if getattr(theirs.model, key) != getattr(mine, key):
             raise ckpt.CheckpointError(
                 f"{source['path']}: backbone checkpoint has model.{key} = {to_data(getattr(theirs.model, key))!r}, "
@@ -140,7 +134,7 @@ def _load_backbone(config: RunConfig, model: MultiExitNet, input_shape, num_clas
             f"{source['path']}: backbone was trained on {source['input_shape']} images with {source['num_classes']} "
             f"classes; this data has {list(input_shape)} and {num_classes}"
         )
-    ckpt.load_state(model, source["state_dict"], source["path"], prefixes=_frozen_prefixes(model))
+    ckpt.load_state(model, source["state_dict"], source["path"], prefixes=model.frozen_prefixes())
 
 
 def _check_out(out: Path, config: RunConfig) -> dict | None:

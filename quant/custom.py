@@ -1,0 +1,185 @@
+"""A user's own Brevitas backbone with exitflow's exit heads attached by module name.
+
+The user's model is not rewritten: forward hooks read the outputs of the named modules, and an
+exit head (``network.build_head``) is attached to each. The final exit is the user's own
+classifier, a ``QuantLinear`` without bias and with a per-tensor weight scale, named by
+``classifier``; it is read before anything that follows it (e.g. the ``TensorNorm`` of
+``brevitas_examples.bnn_pynq``'s CNV): the backbone's forward stops at the classifier, which is
+set to return a QuantTensor, so the confidence unit sees integer logits with one scale.
+
+An exit may follow an activation quantiser (``QuantIdentity``, ``QuantReLU``, ``QuantHardTanh``)
+or a max pool directly after one; every head starts by re-applying that quantiser (sharing its
+parameters), which is idempotent on the quantised feature map it receives.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from exitflow.errors import ConfigError
+
+from .network import build_head
+from .presets import Bits
+
+CLASSIFIER_INPUT = "__classifier_input__"
+
+
+def _is_quantiser(module: nn.Module) -> bool:
+    from brevitas.nn import QuantHardTanh, QuantIdentity, QuantReLU
+
+    return isinstance(module, (QuantIdentity, QuantReLU, QuantHardTanh))
+
+
+def _key(name: str) -> str:
+    return name.replace(".", "__")
+
+
+class _ClassifierReached(Exception):
+    """Raised by the hook on the classifier: the backbone's forward stops there, as everything
+    exitflow needs has been read and what follows (e.g. a TensorNorm) is not part of any exit."""
+
+
+class CustomMultiExitNet(nn.Module):
+    """``forward`` returns every exit's logits (QuantTensors) in the order of the named modules,
+    the user's classifier last, like :class:`~exitflow.quant.network.MultiExitNet`."""
+
+    def __init__(self, backbone: nn.Module, exits: list[str], classifier: str, input_shape: tuple[int, int, int],
+                 num_classes: int, bits: Bits, pool_to: int = 4, hidden: int = 0):
+        super().__init__()
+        from brevitas.nn import QuantLinear, QuantIdentity
+
+        order = [name for name, _ in backbone.named_modules() if name]
+        modules = dict(backbone.named_modules())
+        for name in [*exits, classifier]:
+            if name not in modules:
+                raise ConfigError(f"model.exits: the backbone has no module named {name!r}; modules: {_preview(order)}")
+        cls = modules[classifier]
+        if not isinstance(cls, QuantLinear) or cls.bias is not None:
+            raise ConfigError(
+                f"model.classifier: {classifier!r} is a {type(cls).__name__}{' with bias' if getattr(cls, 'bias', None) is not None else ''}; "
+                "the final exit must be a QuantLinear without bias")
+        if cls.quant_weight().scale.numel() != 1:
+            raise ConfigError(f"model.classifier: {classifier!r} has per-channel weight scales; the final exit needs one per-tensor scale")
+        ordered_exits = sorted(dict.fromkeys(exits), key=order.index)
+        if any(order.index(e) >= order.index(classifier) for e in ordered_exits):
+            raise ConfigError(f"model.exits: every exit must come before the classifier {classifier!r}")
+        self.backbone = backbone
+        self.input_shape = tuple(input_shape)
+        self.num_classes = num_classes
+        self.classifier_name = classifier
+        self.early = ordered_exits
+        self._taps: dict[str, object] = {}
+        self._tapping = False
+        self._quantiser_of = {e: self._find_quantiser(order, modules, e) for e in ordered_exits}
+        self._quantiser_of[CLASSIFIER_INPUT] = self._last_quantiser_before(order, modules, classifier)
+        for name in ordered_exits:
+            modules[name].register_forward_hook(self._tap(name))
+        cls.register_forward_pre_hook(self._stop_at_classifier)
+        cls.return_quant_tensor = True  # the final exit reads integer logits with their scale
+        was_training = backbone.training
+        backbone.eval()
+        with torch.no_grad():
+            self._run(torch.zeros(1, *input_shape))
+        backbone.train(was_training)
+        self.shapes = {e: tuple(self._taps[e].shape[1:]) for e in ordered_exits}
+        self.heads = nn.ModuleDict()
+        for e in ordered_exits:
+            requant = QuantIdentity(act_quant=modules[self._quantiser_of[e]].act_quant, return_quant_tensor=True)
+            self.heads[_key(e)] = nn.Sequential(requant, build_head(self.shapes[e], num_classes, bits, pool_to, hidden))
+        final_requant = QuantIdentity(act_quant=modules[self._quantiser_of[CLASSIFIER_INPUT]].act_quant, return_quant_tensor=True)
+        self.heads[_key(classifier)] = nn.Sequential(final_requant, cls)
+        self.train(was_training)
+
+    # -- structure ---------------------------------------------------------------------------
+
+    @staticmethod
+    def _find_quantiser(order: list[str], modules: dict, name: str) -> str:
+        module = modules[name]
+        if _is_quantiser(module):
+            return name
+        if isinstance(module, nn.MaxPool2d):
+            parent = name.rpartition(".")[0]
+            siblings = [n for n in order[: order.index(name)] if n.rpartition(".")[0] == parent]
+            if siblings and _is_quantiser(modules[siblings[-1]]):
+                return siblings[-1]
+        raise ConfigError(
+            f"model.exits: {name!r} is a {type(module).__name__}; an exit must follow an activation quantiser "
+            "(QuantIdentity, QuantReLU, QuantHardTanh) or a max pool right after one")
+
+    @staticmethod
+    def _last_quantiser_before(order: list[str], modules: dict, name: str) -> str:
+        before = [n for n in order[: order.index(name)] if _is_quantiser(modules[n])]
+        if not before:
+            raise ConfigError(f"model.classifier: no activation quantiser before {name!r}")
+        return before[-1]
+
+    def _tap(self, name: str) -> Callable:
+        def hook(module, args, output):
+            self._taps[name] = output
+        return hook
+
+    def _stop_at_classifier(self, module, args):
+        if self._tapping:  # not when the final head itself calls the classifier
+            self._taps[CLASSIFIER_INPUT] = args[0]
+            raise _ClassifierReached
+
+    def _run(self, x: torch.Tensor) -> dict:
+        self._taps.clear()
+        self._tapping = True
+        try:
+            self.backbone(x)
+        except _ClassifierReached:
+            pass
+        finally:
+            self._tapping = False
+        missing = [n for n in [*self.early, CLASSIFIER_INPUT] if n not in self._taps]
+        if missing:
+            raise ConfigError(f"model.exits: module {missing[0]!r} was not called by the backbone's forward")
+        return dict(self._taps)
+
+    @property
+    def exit_names(self) -> list[str]:
+        return [*self.early, self.classifier_name]
+
+    def exit_feature(self, taps: dict, name: str):
+        return taps[CLASSIFIER_INPUT if name == self.classifier_name else name]
+
+    def forward(self, x: torch.Tensor) -> list:
+        taps = self._run(x)
+        return [self.heads[_key(n)](self.exit_feature(taps, n)) for n in self.exit_names]
+
+    def head(self, name: str) -> nn.Module:
+        return self.heads[_key(name)]
+
+    # -- training ------------------------------------------------------------------------------
+
+    def frozen_prefixes(self) -> tuple[str, ...]:
+        """State-dict prefixes of what exits-only training keeps fixed: the backbone, the final exit."""
+        return ("backbone.", f"heads.{_key(self.classifier_name)}.")
+
+    def frozen_modules(self) -> list[nn.Module]:
+        return [self.backbone, self.heads[_key(self.classifier_name)]]
+
+
+def _preview(names: list[str], limit: int = 12) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f", ... ({len(names)} in all)" if len(names) > limit else "")
+
+
+def load_factory(spec: str) -> Callable[..., nn.Module]:
+    """``"package.module:callable"`` -> the callable; a bad spec is one ConfigError line."""
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise ConfigError(f"model.factory: {spec!r} must be 'package.module:callable'")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise ConfigError(f"model.factory: cannot import {module_name!r} ({err})") from None
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise ConfigError(f"model.factory: {module_name!r} has no callable {attr!r}")
+    return factory
