@@ -105,10 +105,12 @@ def export_stages(model, exits: list[str], out_dir: str | Path, example: torch.T
             manifest["stages"].append({
                 "file": f"stage{k}.onnx", "blocks": _blocks(model, chosen, k),
                 "input_shape": list(inputs[k].shape[1:]), "output_shape": list(features[k].shape[1:]),
+                "layers": _stage_layers(model, chosen, k),
             })
             manifest["heads"].append({
                 "file": f"head{k}.onnx", "exit": exit_name, "scale": float(logits.scale),
                 "logit_bits": int(logits.bit_width), "num_classes": int(logits.shape[1]),
+                "layers": _head_layers(head),
             })
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
     if out_dir.exists():
@@ -126,6 +128,63 @@ def _blocks(model, chosen: list[str], k: int) -> list[str]:
     names = model.block_names
     start = 0 if k == 0 else names.index(chosen[k - 1]) + 1
     return names[start : names.index(chosen[k]) + 1]
+
+
+def _weight_layer(name: str, module) -> dict | None:
+    """FINN's matrix view of a weight layer: MW inputs (Cin*k*k for a conv) by MH outputs."""
+    from brevitas.nn import QuantConv2d, QuantLinear
+
+    if not isinstance(module, (QuantConv2d, QuantLinear)):
+        return None
+    wbits = int(module.quant_weight().bit_width)
+    if isinstance(module, QuantConv2d):
+        k = int(np.prod(module.kernel_size))
+        return {"name": name, "mw": module.in_channels * k, "mh": module.out_channels, "cin": module.in_channels, "wbits": wbits}
+    return {"name": name, "mw": module.in_features, "mh": module.out_features, "wbits": wbits}
+
+
+def _stage_layers(model, chosen: list[str], k: int) -> list[dict]:
+    """The weight layers of stage k, named as folding keys: block names (built-in) or module
+    names (custom backbone)."""
+    from .custom import CustomMultiExitNet
+
+    layers = []
+    if isinstance(model, CustomMultiExitNet):
+        order = [n for n, _ in model.backbone.named_modules() if n]
+        modules = dict(model.backbone.named_modules())
+        start = 0 if k == 0 else order.index(chosen[k - 1]) + 1
+        end = order.index(model.classifier_name if chosen[k] == model.classifier_name else chosen[k])
+        for name in order[start:end]:
+            layer = _weight_layer(name, modules[name])
+            if layer:
+                layers.append(layer)
+        return layers
+    for block in _blocks(model, chosen, k):
+        for module in model.blocks[block].modules():
+            layer = _weight_layer(block, module)
+            if layer:
+                layers.append(layer)
+    return layers
+
+
+def layer_table(model, chosen: list[str]) -> tuple[list[list[dict]], list[list[dict]]]:
+    """(weight layers of every stage, of every head) for the exits ``chosen`` (the final exit
+    last), known before anything is exported: what folding is checked against."""
+    from .custom import CustomMultiExitNet
+
+    stages = [_stage_layers(model, chosen, k) for k in range(len(chosen))]
+    if isinstance(model, CustomMultiExitNet):
+        heads = [_head_layers(model.head(e)) for e in chosen]
+    else:
+        heads = [_head_layers(model.heads[e]) for e in chosen]
+    return stages, heads
+
+
+def _head_layers(head) -> list[dict]:
+    """Weight layers of a head: ``hidden`` (if any) and ``classifier``."""
+    found = [m for m in head.modules() if _weight_layer("", m)]
+    names = ["hidden", "classifier"] if len(found) == 2 else ["classifier"]
+    return [_weight_layer(n, m) for n, m in zip(names, found)]
 
 
 def _builtin_stages(model: MultiExitNet, chosen: list[str], x: torch.Tensor, folder: Path) -> list[torch.Tensor]:

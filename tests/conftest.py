@@ -36,3 +36,16 @@ def _isolated_user_config(tmp_path_factory, monkeypatch):
     """Tests never read the developer's own ~/.config/exitflow."""
     if "EXITFLOW_BOARDS" not in os.environ:
         monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path_factory.mktemp("xdg")))
+
+
+@pytest.fixture(scope="session")
+def digits_run(tmp_path_factory):
+    """A lenet trained for 6 epochs on digits: small, fast, shared by the quant and build tests."""
+    from exitflow.data import DataSpec
+    from exitflow.quant.config import ModelConfig, RunConfig, TrainConfig
+    from exitflow.quant.train import train
+
+    out = tmp_path_factory.mktemp("runs") / "digits"
+    config = RunConfig(data=DataSpec(name="digits"), model=ModelConfig(), train=TrainConfig(epochs=6, seed=1))
+    train(config, out, log=lambda line: None)
+    return out

@@ -1,9 +1,4 @@
-import pytest
 import torch
-
-from exitflow.data import DataSpec
-from exitflow.quant.config import ModelConfig, RunConfig, TrainConfig
-from exitflow.quant.train import train
 
 
 def randomise_batch_norm(model: torch.nn.Module, seed: int = 0) -> None:
@@ -15,12 +10,3 @@ def randomise_batch_norm(model: torch.nn.Module, seed: int = 0) -> None:
             m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
             m.weight.data.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
             m.bias.data.copy_(torch.rand(m.bias.shape, generator=g) - 0.2)
-
-
-@pytest.fixture(scope="session")
-def digits_run(tmp_path_factory):
-    """A lenet trained for 6 epochs on digits: small, fast, shared by the quant tests."""
-    out = tmp_path_factory.mktemp("runs") / "digits"
-    config = RunConfig(data=DataSpec(name="digits"), model=ModelConfig(), train=TrainConfig(epochs=6, seed=1))
-    train(config, out, log=lambda line: None)
-    return out

@@ -1,0 +1,197 @@
+"""``exitflow build``: a design -> FINN hardware for every stage and head, up to code generation.
+
+1. Check the design against the trained model (same backbone, stages that follow its blocks,
+   exits it has) and the folding against FINN's rules, before FINN runs.
+2. Export the design's exits stage by stage (QONNX).
+3. Run exitflow's FINN steps (:mod:`exitflow.finn_flow`) on every stage and head into
+   ``DIR/hw/<stage or head name>/``: the specialised, folded HW graph, FINN's estimate reports,
+   the folding as a FINN folding-config JSON, and the generated HLS/RTL code.
+4. The bitfile needs Vivado and Vitis HLS; without them the build says so in one line.
+
+Bad input is found before anything is written. FINN records absolute paths, so the graphs are
+built in ``DIR/hw`` itself while an earlier ``DIR/hw`` waits in ``DIR/.hw.previous``; if the
+build fails, the earlier outputs are put back as they were.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from .design import Design, load_design
+from .errors import ConfigError
+
+#: The Vivado / Vitis HLS release finn-plus 1.6.1's code paths are written for (tool names and
+#: XRT compatibility switch at 2024.2 in its sources).
+VIVADO_VERSION = "2024.2"
+
+
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def check_folding(where: str, folding, layers: list[dict], owner: str) -> None:
+    """FINN's folding rules, checked before FINN runs: PE divides MH, SIMD divides MW (and, for a
+    convolution, its input channels), and an HLS MVAU needs SIMD >= MW/1024. Errors name the
+    layer and the rule."""
+    by_name = {layer["name"]: layer for layer in layers}
+    for name, fold in folding.items():
+        if name not in by_name:
+            raise ConfigError(f"{where}.{name}: no weight layer {name!r} in {owner} (layers: {', '.join(by_name) or 'none'})")
+        mw, mh = by_name[name]["mw"], by_name[name]["mh"]
+        if mh % fold.pe:
+            raise ConfigError(f"{where}.{name}.pe: {fold.pe} does not divide the {mh} outputs of {name} "
+                              f"(FINN needs MH % PE == 0); legal PE: {', '.join(map(str, _divisors(mh)))}")
+        if mw % fold.simd:
+            raise ConfigError(f"{where}.{name}.simd: {fold.simd} does not divide the {mw} inputs of {name} "
+                              f"(FINN needs MW % SIMD == 0); legal SIMD: {', '.join(map(str, _divisors(mw)))}")
+        cin = by_name[name].get("cin")
+        if cin is not None and cin % fold.simd:
+            raise ConfigError(f"{where}.{name}.simd: {fold.simd} does not divide the {cin} input channels of {name} "
+                              f"(FINN's sliding-window generator needs IFMChannels % SIMD == 0); legal SIMD: "
+                              f"{', '.join(str(d) for d in _divisors(cin) if d * 1024 >= mw)}")
+        wbits = by_name[name].get("wbits")
+        if wbits is not None and fold.pe * fold.simd * wbits > 8191:
+            raise ConfigError(f"{where}.{name}: PE x SIMD x weight bits = {fold.pe} x {fold.simd} x {wbits} = "
+                              f"{fold.pe * fold.simd * wbits} exceeds 8191, the widest ap_int FINN's HLS MVAU can use")
+        if fold.simd * 1024 < mw:
+            raise ConfigError(f"{where}.{name}.simd: {fold.simd} is below MW/1024 = {mw / 1024:g} for {name} "
+                              "(FINN's HLS MVAU code generation needs SIMD >= MW/1024)")
+
+
+def match_design(design: Design, config, model, source: str) -> list[str]:
+    """The exits the design keeps, after checking it describes this model."""
+    if design.model != config.model.backbone:
+        raise ConfigError(f"{source}: model: the design is for {design.model!r}, the run folder holds a "
+                          f"{config.model.backbone!r} model")
+    from exitflow.quant.custom import CustomMultiExitNet
+
+    custom = isinstance(model, CustomMultiExitNet)
+    ends = [stage.blocks[-1] for stage in design.stages]
+    for k, (stage, end) in enumerate(zip(design.stages, ends)):
+        last = k == len(design.stages) - 1
+        if last and end != model.exit_names[-1]:
+            raise ConfigError(f"{source}: stages[{k}].blocks: the last stage must end with the final exit "
+                              f"{model.exit_names[-1]!r}; it ends with {end!r}")
+        if not last and end not in model.exit_names[:-1]:
+            raise ConfigError(f"{source}: stages[{k}].blocks: the model has no exit after {end!r}; "
+                              f"candidate exits: {', '.join(model.exit_names[:-1])}")
+    if not custom:
+        flat = [b for stage in design.stages for b in stage.blocks]
+        if flat != model.block_names:
+            raise ConfigError(f"{source}: stages: the blocks {flat} must be the model's blocks in order: "
+                              f"{model.block_names}")
+    names = [s.name for s in design.stages] + [h.name for h in design.heads]
+    clash = sorted({n for n in names if names.count(n) > 1})
+    if clash:
+        raise ConfigError(f"{source}: stage and head names share {clash[0]!r}; each names its own folder in hw/")
+    return ends[:-1]
+
+
+@dataclass(frozen=True)
+class GraphReport:
+    name: str
+    kind: str  # "stage" or "head"
+    lut: float
+    ff: float
+    bram18: int
+    uram: int
+    dsp: int
+    interval_cycles: int  # slowest node
+    nodes: int
+
+
+def _summarise(name: str, kind: str, folder: Path) -> GraphReport:
+    resources = json.loads((folder / "estimate_layer_resources.json").read_text())
+    cycles = json.loads((folder / "estimate_layer_cycles.json").read_text())
+    total = lambda key: sum(r.get(key, 0) for r in resources.values())  # noqa: E731
+    return GraphReport(name, kind, total("LUT"), total("FF"), int(total("BRAM_18K")), int(total("URAM")),
+                       int(total("DSP")), int(max(cycles.values())), len(resources))
+
+
+def build(run_dir: str | Path, design_path: str | Path | None = None, log: Callable[[str], None] = print) -> list[GraphReport]:
+    from exitflow.boards import get_board
+    from exitflow.quant import checkpoint as ckpt
+    from exitflow.quant.export import layer_table
+
+    run_dir = Path(run_dir)
+    design_path = Path(design_path) if design_path else run_dir / "sweep" / "design.yaml"
+    if not design_path.exists():
+        raise ConfigError(f"{design_path}: design not found; pass --design FILE (a design YAML, see README)")
+    design = load_design(design_path)
+    board = get_board(design.board)
+    config, model, data = ckpt.load_model(run_dir)
+    exits = match_design(design, config, model, str(design_path))
+    chosen = [*exits, model.exit_names[-1]]
+    stage_layers, head_layers = layer_table(model, chosen)
+    for k, stage in enumerate(design.stages):
+        check_folding(f"{design_path}: stages[{k}].folding", stage.folding, stage_layers[k], f"stage {stage.name!r}")
+        check_folding(f"{design_path}: stages[{k}].head.folding", stage.head.folding, head_layers[k], f"head {stage.head.name!r}")
+
+    # FINN records absolute paths of generated code, so the build happens in DIR/hw itself; an
+    # earlier DIR/hw waits in DIR/.hw.previous and comes back if this build fails.
+    final, previous = run_dir / "hw", run_dir / ".hw.previous"
+    shutil.rmtree(previous, ignore_errors=True)
+    if final.exists():
+        final.rename(previous)
+    try:
+        reports = _build_graphs(run_dir, design, design_path, board, model, data, exits, stage_layers, head_layers, log)
+    except BaseException:
+        shutil.rmtree(final, ignore_errors=True)
+        if previous.exists():
+            previous.rename(final)
+        raise
+    shutil.rmtree(previous, ignore_errors=True)
+    return reports
+
+
+def _build_graphs(run_dir, design, design_path, board, model, data, exits, stage_layers, head_layers, log):
+    import sys
+
+    import torch
+    from tqdm import tqdm
+
+    from exitflow.quant.export import export_stages
+
+    from . import finn_flow
+
+    tmp = run_dir / "hw"
+    manifest = export_stages(model, exits, tmp / "stages", torch.zeros((1, *data["input_shape"])))
+    clock_ns = 1000.0 / design.resolve_clock_mhz()
+    jobs = []
+    for k, stage in enumerate(design.stages):
+        jobs.append((stage.name, "stage", manifest["stages"][k]["file"], [l["name"] for l in stage_layers[k]], stage.folding))
+        jobs.append((stage.head.name, "head", manifest["heads"][k]["file"], [l["name"] for l in head_layers[k]], stage.head.folding))
+    reports = []
+    for k, (name, kind, file, layers, folding) in enumerate(
+            tqdm(jobs, desc="FINN", unit="graph", disable=not sys.stderr.isatty(), leave=False)):
+        out = tmp / name
+        state = finn_flow.FlowState(name=name, part=board.part, clock_ns=clock_ns, layers=layers, folding=folding,
+                                    out=out, image_input=k == 0)
+        finn_flow.run_flow(tmp / "stages" / file, out, state)
+        (out / "layers.json").write_text(json.dumps({"layers": state.layer_nodes, "input_datatype": state.input_datatype,
+                                                     "input_scale": state.input_scale}, indent=1))
+        report = _summarise(name, kind, out)
+        reports.append(report)
+        log(f"{kind} {name}: {report.nodes} HW nodes, interval {report.interval_cycles} cycles, "
+            f"LUT {report.lut:.0f}, BRAM18 {report.bram18}, DSP {report.dsp}")
+    summary = {
+        "design": str(design_path), "board": board.name, "part": board.part, "clock_mhz": design.resolve_clock_mhz(),
+        "graphs": [r.__dict__ for r in reports],
+        "bitfile": bitfile_status(run_dir, design_path),
+    }
+    (tmp / "build.json").write_text(json.dumps(summary, indent=1))
+    return reports
+
+
+def bitfile_status(run_dir: Path, design_path: Path) -> dict:
+    """What the Vivado part of the build needs, and whether this machine has it."""
+    missing = [tool for tool in ("vivado", "vitis_hls") if shutil.which(tool) is None and not (tool == "vitis_hls" and shutil.which("vitis-run"))]
+    return {
+        "tools": f"Vivado and Vitis HLS {VIVADO_VERSION}",
+        "missing": missing,
+        "command": f"exitflow build {run_dir} --design {design_path}",
+    }

@@ -1,0 +1,352 @@
+"""exitflow's own list of FINN steps, for one stage or head QONNX graph.
+
+FINN's builder module cannot be imported without Vivado, so exitflow runs FINN's transformations
+itself, in the order FINN's builder does, one function per step (each named by a verb):
+
+  integerize_input -> qonnx_to_finn -> tidy_up -> streamline -> convert_to_hw -> round_thresholds
+  -> remove_identity_thresholds -> take_dataflow_partition -> specialize_layers -> apply_folding -> minimize_bit_width
+  -> (estimate reports) -> generate_code
+
+``integerize_input`` is exitflow's: every exported graph starts with the quantiser of what it
+receives, so its input is replaced by the integer stream itself (``UINT8`` pixels for the first
+stage, the previous stage's activations for the others) times the quantiser's scale; FINN's
+streamlining absorbs that scale. Between stages the hardware therefore streams integers.
+
+Folding is given per *layer name* (block names for stages, ``hidden``/``classifier`` for heads):
+the k-th weight layer of a graph is its k-th MVAU, so generated FINN node names never appear in
+a design. The applied folding is also written as a FINN folding-config JSON keyed by node names,
+which FINN's own builder accepts unchanged (``folding_config_file``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import ConfigError, ExitflowError
+
+HW_ATTRS = ["PE", "SIMD", "ram_style", "ram_style_thresholds", "mem_mode", "resType", "impl_style"]
+WEIGHT_OPS = ("MVAU", "VVAU")
+
+
+class UnsupportedLayerError(ExitflowError):
+    """FINN cannot map a layer of the graph to hardware."""
+
+
+@dataclass
+class FlowState:
+    """What a step needs besides the graph."""
+
+    name: str  # stage or head name, for messages
+    part: str
+    clock_ns: float
+    layers: list[str]  # weight layers of this graph, in order
+    folding: Mapping[str, object]  # layer name -> LayerFolding
+    out: Path
+    layer_nodes: dict[str, str] = field(default_factory=dict)  # layer name -> FINN node name
+    image_input: bool = False  # the first stage: its input is UINT8 pixels
+    input_datatype: str = ""
+    input_scale: float = 1.0
+
+
+@contextlib.contextmanager
+def finn_settings(build_dir: Path):
+    """FINN writes generated code below its build directory: point it into exitflow's output."""
+    import finn.util.settings as settings
+    from finn.interface.settings import FINNSettings
+
+    build_dir.mkdir(parents=True, exist_ok=True)
+    previous = settings._SETTINGS
+    settings._SETTINGS = FINNSettings.init(
+        flow_config=build_dir / "dummy.yaml", finn_build_dir=str(build_dir), auto_set_environment_vars=False
+    )
+    try:
+        yield
+    finally:
+        settings._SETTINGS = previous
+
+
+def integerize_input(model, state: FlowState):
+    """Make the graph's input the integer stream the hardware receives, times its scale.
+
+    The first stage receives image pixels (``UINT8``; the model sees pixel/255, whatever it does
+    next, e.g. bnn_pynq's 2x-1). Every later stage and every head starts with the quantiser of
+    what it receives; its input becomes that quantiser's integers. FINN's streamlining then
+    absorbs the scale into the first thresholds."""
+    from onnx import helper
+    from qonnx.core.datatype import DataType
+    from qonnx.transformation.infer_shapes import InferShapes
+
+    graph_in = model.graph.input[0].name
+    first = model.find_consumer(graph_in)
+    if first is None:
+        raise UnsupportedLayerError(f"{state.name}: the graph input feeds no node")
+    if state.image_input:
+        dt, scale = DataType["UINT8"], np.float32(1.0 / 255.0)
+    else:
+        # a QuantReLU exports as Relu -> Quant; on its own non-negative output the Relu is the identity
+        quant = model.find_consumer(first.output[0]) if first.op_type == "Relu" else first
+        if quant is None or quant.op_type not in ("Quant", "BipolarQuant"):
+            raise UnsupportedLayerError(f"{state.name}: the graph must start with a quantiser; it starts with {first.op_type}")
+        scale = model.get_initializer(quant.input[1])
+        if scale is None or np.asarray(scale).size != 1:
+            raise UnsupportedLayerError(f"{state.name}: the input quantiser needs one per-tensor scale")
+        if quant.op_type == "BipolarQuant":
+            dt = DataType["BIPOLAR"]
+        else:
+            bits = int(model.get_initializer(quant.input[3]))
+            signed = next(a.i for a in quant.attribute if a.name == "signed")
+            dt = DataType[("INT" if signed else "UINT") + str(bits)]
+    scaled = graph_in + "_scaled"
+    model.set_initializer("exitflow_input_scale", np.asarray(scale, dtype=np.float32).reshape(()))
+    for consumer in model.find_consumers(graph_in):
+        consumer.input[list(consumer.input).index(graph_in)] = scaled
+    model.graph.node.insert(0, helper.make_node("Mul", [graph_in, "exitflow_input_scale"], [scaled], name="InputScale"))
+    model.set_tensor_datatype(graph_in, dt)
+    state.input_datatype, state.input_scale = dt.name, float(np.asarray(scale))
+    return model.transform(InferShapes())
+
+
+def qonnx_to_finn(model, state: FlowState):
+    from finn.transformation.qonnx.convert_qonnx_to_finn import ConvertQONNXtoFINN
+    from qonnx.util.cleanup import cleanup_model
+
+    return cleanup_model(model).transform(ConvertQONNXtoFINN())
+
+
+def tidy_up(model, state: FlowState):
+    from qonnx.transformation.fold_constants import FoldConstants
+    from qonnx.transformation.general import GiveReadableTensorNames, GiveUniqueNodeNames, RemoveStaticGraphInputs
+    from qonnx.transformation.infer_datatypes import InferDataTypes
+    from qonnx.transformation.infer_shapes import InferShapes
+
+    for t in (InferShapes(), FoldConstants(), GiveUniqueNodeNames(), GiveReadableTensorNames(), InferDataTypes(),
+              RemoveStaticGraphInputs()):
+        model = model.transform(t)
+    return model
+
+
+def streamline(model, state: FlowState):
+    """FINN's step_streamline, verbatim in order."""
+    import finn.transformation.streamline.absorb as absorb
+    from finn.transformation.streamline import Streamline
+    from finn.transformation.streamline.reorder import MakeMaxPoolNHWC
+    from qonnx.transformation.bipolar_to_xnor import ConvertBipolarMatMulToXnorPopcount
+    from qonnx.transformation.general import RemoveUnusedTensors
+    from qonnx.transformation.infer_data_layouts import InferDataLayouts
+    from qonnx.transformation.lower_convs_to_matmul import LowerConvsToMatMul
+
+    model = model.transform(absorb.AbsorbScalarBiasIntoMultiThreshold()).transform(Streamline())
+    if model.get_nodes_by_op_type("Conv"):
+        for t in (LowerConvsToMatMul(), MakeMaxPoolNHWC(), absorb.AbsorbTransposeIntoMultiThreshold(),
+                  MakeMaxPoolNHWC(), absorb.AbsorbConsecutiveTransposes()):
+            model = model.transform(t)
+    model = model.transform(ConvertBipolarMatMulToXnorPopcount()).transform(Streamline())
+    return model.transform(InferDataLayouts()).transform(RemoveUnusedTensors())
+
+
+def convert_to_hw(model, state: FlowState):
+    """The HW-layer inferences FINN's step_convert_to_hw applies that exitflow's graphs need."""
+    import finn.transformation.streamline.absorb as absorb
+    from finn.transformation.fpgadataflow.convert_to_hw.binary_matrix_vector_activation import (
+        InferBinaryMatrixVectorActivation,
+    )
+    from finn.transformation.fpgadataflow.convert_to_hw.conv_inp_gen import InferConvInpGen
+    from finn.transformation.fpgadataflow.convert_to_hw.pool import InferPool
+    from finn.transformation.fpgadataflow.convert_to_hw.quantized_matrix_vector_activation import (
+        InferQuantizedMatrixVectorActivation,
+    )
+    from finn.transformation.fpgadataflow.convert_to_hw.thresholding import InferThresholdingLayer
+    from finn.transformation.move_reshape import RemoveCNVtoFCFlatten
+    from qonnx.transformation.general import GiveUniqueNodeNames
+    from qonnx.transformation.infer_data_layouts import InferDataLayouts
+    from qonnx.transformation.infer_datatypes import InferDataTypes
+    from qonnx.transformation.infer_shapes import InferShapes
+
+    for t in (InferBinaryMatrixVectorActivation(), InferQuantizedMatrixVectorActivation(), InferThresholdingLayer(),
+              InferPool(), InferConvInpGen(), RemoveCNVtoFCFlatten(), absorb.AbsorbConsecutiveTransposes(),
+              GiveUniqueNodeNames(), InferDataLayouts(), InferDataTypes(), InferShapes()):
+        model = model.transform(t)
+    return model
+
+
+def round_thresholds(model, state: FlowState):
+    from finn.transformation.streamline.round_thresholds import RoundAndClipThresholds
+
+    return model.transform(RoundAndClipThresholds())
+
+
+def remove_identity_thresholds(model, state: FlowState):
+    """The graph's leading quantiser, once its input is the integer stream, maps every integer
+    to itself (thresholds min+1..max, offset min): it is removed instead of built."""
+    from qonnx.core.datatype import DataType
+    from qonnx.custom_op.registry import getCustomOp
+
+    for node in list(model.graph.node):
+        if node.op_type != "Thresholding":
+            continue
+        inst = getCustomOp(node)
+        dt_in, dt_out = inst.get_input_datatype(0), inst.get_output_datatype(0)
+        if dt_in != dt_out or dt_in == DataType["BIPOLAR"] or not dt_in.is_integer():
+            continue
+        thresholds = model.get_initializer(node.input[1])
+        steps = np.arange(dt_in.min() + 1, dt_in.max() + 1)
+        if thresholds is None or thresholds.shape[-1] != len(steps) or inst.get_nodeattr("ActVal") != dt_in.min():
+            continue
+        if not np.array_equal(thresholds, np.broadcast_to(steps, thresholds.shape)):
+            continue
+        producer, consumers = model.find_producer(node.input[0]), model.find_consumers(node.output[0]) or []
+        for consumer in consumers:
+            consumer.input[list(consumer.input).index(node.output[0])] = node.input[0]
+        if not consumers:  # the graph output itself
+            if producer is None:
+                continue
+            producer.output[list(producer.output).index(node.input[0])] = node.output[0]
+        model.graph.node.remove(node)
+    return model
+
+
+def take_dataflow_partition(model, state: FlowState):
+    """The HW nodes must form one contiguous run; what is left before and after them (layout
+    transposes, the output scale) stays in software. Anything else is an unsupported layer."""
+    hw = [n.domain.startswith("finn.custom_op.fpgadataflow") for n in model.graph.node]
+    if not any(hw):
+        raise UnsupportedLayerError(f"{state.name}: FINN mapped no layer to hardware")
+    first, last = hw.index(True), len(hw) - 1 - hw[::-1].index(True)
+    inside = [n for n, h in zip(model.graph.node[first : last + 1], hw[first : last + 1]) if not h]
+    if inside:
+        n = inside[0]
+        raise UnsupportedLayerError(
+            f"{state.name}: unsupported layer type {n.op_type} (node {n.name}): FINN cannot map it to hardware"
+        )
+    outside = [n for n, h in zip(model.graph.node, hw) if not h]
+    allowed = {"Transpose", "Mul", "Reshape", "Flatten", "Add"}
+    bad = [n for n in outside if n.op_type not in allowed]
+    if bad:
+        raise UnsupportedLayerError(
+            f"{state.name}: unsupported layer type {bad[0].op_type} (node {bad[0].name}): FINN cannot map it to hardware"
+        )
+    from finn.transformation.fpgadataflow.create_dataflow_partition import CreateDataflowPartition
+    from qonnx.core.modelwrapper import ModelWrapper
+    from qonnx.custom_op.registry import getCustomOp
+
+    parent = model.transform(CreateDataflowPartition(partition_model_dir=str(state.out / "partition")))
+    (sdp,) = parent.get_nodes_by_op_type("StreamingDataflowPartition")
+    parent.save(str(state.out / "parent.onnx"))
+    return ModelWrapper(getCustomOp(sdp).get_nodeattr("model"))
+
+
+def specialize_layers(model, state: FlowState):
+    from finn.transformation.fpgadataflow.specialize_layers import SpecializeLayers
+    from qonnx.transformation.general import GiveUniqueNodeNames
+    from qonnx.transformation.infer_datatypes import InferDataTypes
+    from qonnx.transformation.infer_shapes import InferShapes
+
+    model = model.transform(SpecializeLayers(state.part))
+    return model.transform(GiveUniqueNodeNames()).transform(InferShapes()).transform(InferDataTypes())
+
+
+def default_folding(mw: int, channels: int | None = None):
+    """A layer the design does not fold: PE 1 and the smallest SIMD FINN can generate (a
+    divisor of MW, and of a convolution's input channels, that is at least MW/1024)."""
+    from .design import LayerFolding
+
+    limit = channels or mw
+    simd = next(d for d in range(1, limit + 1) if limit % d == 0 and mw % d == 0 and d * 1024 >= mw)
+    return LayerFolding(pe=1, simd=simd)
+
+
+def apply_folding(model, state: FlowState):
+    """PE/SIMD/ram_style per layer name onto the k-th MVAU; sliding-window generators feeding an
+    MVAU take its SIMD, as FINN requires."""
+    from qonnx.custom_op.registry import getCustomOp
+
+    nodes = list(model.graph.node)
+    weight_nodes = [n for n in nodes if n.op_type.startswith(WEIGHT_OPS)]
+    if len(weight_nodes) != len(state.layers):
+        raise ExitflowError(
+            f"{state.name}: the graph has {len(weight_nodes)} weight layers but the model lists "
+            f"{len(state.layers)} ({', '.join(state.layers)}); was the stage exported from this model?"
+        )
+    for layer, node in zip(state.layers, weight_nodes):
+        state.layer_nodes[layer] = node.name
+        inst = getCustomOp(node)
+        producer = model.find_producer(node.input[0])
+        window = producer is not None and producer.op_type.startswith("ConvolutionInputGenerator")
+        channels = getCustomOp(producer).get_nodeattr("IFMChannels") if window else None
+        fold = state.folding.get(layer) or default_folding(inst.get_nodeattr("MW"), channels)
+        inst.set_nodeattr("PE", fold.pe)
+        inst.set_nodeattr("SIMD", fold.simd)
+        if "ram_style" in inst.get_nodeattr_types():
+            inst.set_nodeattr("ram_style", fold.ram_style)
+        if window:
+            getCustomOp(producer).set_nodeattr("SIMD", fold.simd)
+    return model
+
+
+def minimize_bit_width(model, state: FlowState):
+    from finn.transformation.fpgadataflow.minimize_accumulator_width import MinimizeAccumulatorWidth
+    from finn.transformation.fpgadataflow.minimize_weight_bit_width import MinimizeWeightBitWidth
+    from qonnx.transformation.infer_datatypes import InferDataTypes
+
+    return model.transform(MinimizeWeightBitWidth()).transform(MinimizeAccumulatorWidth()).transform(InferDataTypes())
+
+
+def generate_code(model, state: FlowState):
+    """HLS C++ and RTL for every node, into ``out/codegen`` (FINN's PrepareIP)."""
+    from finn.transformation.fpgadataflow.prepare_ip import PrepareIP
+
+    with finn_settings(state.out / "codegen"):
+        return model.transform(PrepareIP(state.part, state.clock_ns))
+
+
+STEPS: list[Callable] = [
+    integerize_input, qonnx_to_finn, tidy_up, streamline, convert_to_hw, round_thresholds,
+    remove_identity_thresholds, take_dataflow_partition, specialize_layers, apply_folding, minimize_bit_width, generate_code,
+]
+
+
+def estimates(model, part: str) -> dict:
+    """FINN's own estimate analyses: per node resources and expected cycles."""
+    from finn.analysis.fpgadataflow.exp_cycles_per_layer import exp_cycles_per_layer
+    from finn.analysis.fpgadataflow.res_estimation import res_estimation
+
+    return {"resources": model.analysis(lambda m: res_estimation(m, part)), "cycles": model.analysis(exp_cycles_per_layer)}
+
+
+def run_flow(src: Path, out: Path, state: FlowState, log: Callable[[str], None] | None = None):
+    """Run every step on the graph at ``src``; returns the final (specialised, folded) model.
+
+    FINN's own chatter goes to ``out/finn.log``, not to the terminal."""
+    from finn.util.config import extract_model_config_to_json
+    from qonnx.core.modelwrapper import ModelWrapper
+
+    if not Path(src).is_file():
+        raise ExitflowError(f"{src}: stage file not found; export the stages again (exitflow export)")
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        model = ModelWrapper(str(src))
+    except Exception as err:  # onnx raises DecodeError and others for a damaged file
+        raise ExitflowError(f"{src}: corrupt QONNX file ({type(err).__name__}); export the stages again") from None
+    with open(out / "finn.log", "w") as finn_log, contextlib.redirect_stdout(finn_log), \
+            contextlib.redirect_stderr(finn_log), warnings.catch_warnings(), finn_settings(out / "tmp"):
+        warnings.simplefilter("always")  # into finn.log
+        for step in STEPS:
+            finn_log.write(f"== {step.__name__}\n")
+            model = step(model, state)
+            if step is specialize_layers:
+                model.save(str(out / "model_specialized.onnx"))
+    model.save(str(out / "model_hw.onnx"))
+    extract_model_config_to_json(model, out / "folding_config.json", HW_ATTRS)
+    report = estimates(model, state.part)
+    (out / "estimate_layer_resources.json").write_text(json.dumps(report["resources"], indent=1))
+    (out / "estimate_layer_cycles.json").write_text(json.dumps(report["cycles"], indent=1))
+    return model

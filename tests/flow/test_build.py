@@ -1,0 +1,278 @@
+"""`exitflow build`: every stage and head through FINN up to code generation, the folding as a
+FINN folding config, and the checks that run before FINN does."""
+
+import json
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+import yaml
+from qonnx.core.modelwrapper import ModelWrapper
+from qonnx.custom_op.registry import getCustomOp
+
+from exitflow.build import build
+from exitflow.errors import ConfigError
+
+
+def _design(model, stages, board="Pynq-Z2"):
+    data = {"model": model, "board": board, "stages": []}
+    for k, (name, blocks, folding, head_folding) in enumerate(stages):
+        last = k == len(stages) - 1
+        stage = {"name": name, "blocks": blocks, "folding": folding,
+                 "head": {"name": f"{name}_exit", "folding": head_folding}}
+        if not last:
+            stage["gate_depth"] = 4
+            stage["head"]["threshold"] = 0.9
+        data["stages"].append(stage)
+    return data
+
+
+def _write(tmp_path, data):
+    path = tmp_path / "design.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def _check_graph(folder, folding):
+    """The HW graph carries the design's folding on the named layers, and FINN's ApplyConfig with
+    the written folding_config.json turns the unfolded graph into exactly that."""
+    hw = ModelWrapper(str(folder / "model_hw.onnx"))
+    layers = json.loads((folder / "layers.json").read_text())["layers"]
+    nodes = {n.name: n for n in hw.graph.node}
+    for layer, fold in folding.items():
+        inst = getCustomOp(nodes[layers[layer]])
+        assert (inst.get_nodeattr("PE"), inst.get_nodeattr("SIMD")) == (fold["pe"], fold["simd"])
+    from finn.transformation.general import ApplyConfig
+
+    config = json.loads((folder / "folding_config.json").read_text())
+    fresh = ModelWrapper(str(folder / "model_specialized.onnx")).transform(ApplyConfig(str(folder / "folding_config.json")))
+    for node in fresh.graph.node:
+        for attr, value in config[node.name].items():
+            assert getCustomOp(node).get_nodeattr(attr) == value
+    resources = json.loads((folder / "estimate_layer_resources.json").read_text())
+    cycles = json.loads((folder / "estimate_layer_cycles.json").read_text())
+    assert set(resources) == set(cycles) == set(nodes)
+    assert all(node.domain.startswith("finn.custom_op.fpgadataflow") for node in hw.graph.node)
+    for node in hw.graph.node:  # HLS/RTL code was generated for every node
+        code = getCustomOp(node).get_nodeattr("code_gen_dir_ipgen")
+        assert code and any((folder / "codegen").rglob("*")) and list(__import__("pathlib").Path(code).iterdir())
+
+
+LENET_SUBSETS = [
+    [("all", ["conv0", "conv1", "fc0", "fc1"], {"conv0": {"pe": 4, "simd": 1}, "conv1": {"pe": 4, "simd": 8}},
+      {"classifier": {"pe": 2, "simd": 4}})],
+    [("early", ["conv0"], {"conv0": {"pe": 16, "simd": 1}}, {}),
+     ("rest", ["conv1", "fc0", "fc1"], {"conv1": {"pe": 8, "simd": 16}, "fc0": {"pe": 4, "simd": 4}}, {"classifier": {"pe": 5, "simd": 8}})],
+    [("a", ["conv0", "conv1"], {}, {"classifier": {"pe": 10, "simd": 32}}),
+     ("b", ["fc0"], {"fc0": {"pe": 2, "simd": 32}}, {}),
+     ("c", ["fc1"], {"fc1": {"pe": 16, "simd": 64}}, {})],
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stages", LENET_SUBSETS, ids=["final-only", "conv0", "conv1+fc0"])
+def test_lenet_builds_for_every_subset(digits_run, tmp_path, stages):
+    design = _write(tmp_path, _design("lenet", stages))
+    reports = build(digits_run, design, log=lambda line: None)
+    hw = digits_run / "hw"
+    assert [r.name for r in reports] == [n for s in stages for n in (s[0], f"{s[0]}_exit")]
+    for name, _, folding, head_folding in stages:
+        _check_graph(hw / name, folding)
+        _check_graph(hw / f"{name}_exit", head_folding)
+    summary = json.loads((hw / "build.json").read_text())
+    assert summary["part"] == "xc7z020clg400-1" and summary["bitfile"]["tools"].startswith("Vivado and Vitis HLS")
+    assert all(g["interval_cycles"] > 0 and g["lut"] >= 0 for g in summary["graphs"])
+
+
+def test_integer_streams_between_stages(digits_run, tmp_path):
+    design = _write(tmp_path, _design("lenet", LENET_SUBSETS[1]))
+    build(digits_run, design, log=lambda line: None)
+    first = json.loads((digits_run / "hw" / "early" / "layers.json").read_text())
+    second = json.loads((digits_run / "hw" / "rest" / "layers.json").read_text())
+    assert first["input_datatype"] == "UINT8" and first["input_scale"] == pytest.approx(1 / 255)
+    assert second["input_datatype"] == "UINT4"  # w4a4: the stage receives 4-bit activations
+    # the leading requantiser of an integer stream is the identity and is not built
+    for name in ("early", "rest", "rest_exit"):
+        hw = ModelWrapper(str(digits_run / "hw" / name / "model_hw.onnx"))
+        assert hw.graph.node[0].op_type.startswith(("ConvolutionInputGenerator", "MVAU"))
+
+
+@pytest.fixture(scope="module")
+def cnv_run(tmp_path_factory):
+    from exitflow.data import DataSpec
+    from exitflow.quant.config import ModelConfig, RunConfig, TrainConfig
+    from exitflow.quant.train import train
+
+    folder = tmp_path_factory.mktemp("cnv")
+    rng = np.random.default_rng(0)
+    np.savez(folder / "tiny.npz", x=rng.integers(0, 256, (64, 3, 32, 32), dtype=np.uint8), y=np.arange(64) % 10)
+    config = RunConfig(data=DataSpec(name="npz", path=str(folder / "tiny.npz")),
+                       model=ModelConfig(backbone="cnv", preset="w2a2"), train=TrainConfig(epochs=1, batch_size=32))
+    train(config, folder / "run", log=lambda line: None)
+    return folder / "run"
+
+
+CNV_BLOCKS = ["conv0", "conv1", "conv2", "conv3", "conv4", "conv5", "fc0", "fc1"]
+CNV_SUBSETS = [["conv0"], ["conv1", "conv5"], ["conv3", "fc0"]]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("exits", CNV_SUBSETS, ids=["+".join(e) for e in CNV_SUBSETS])
+def test_cnv_builds_for_every_subset(cnv_run, tmp_path, exits):
+    stages, start = [], 0
+    for k, end in enumerate([*exits, "fc1"]):
+        blocks = CNV_BLOCKS[start : CNV_BLOCKS.index(end) + 1]
+        folding = {"conv1": {"pe": 16, "simd": 32}} if "conv1" in blocks else {}
+        stages.append((f"s{k}", blocks, folding, {}))
+        start = CNV_BLOCKS.index(end) + 1
+    build(cnv_run, _write(tmp_path, _design("cnv", stages)), log=lambda line: None)
+    for name, _, folding, _ in stages:
+        _check_graph(cnv_run / "hw" / name, folding)
+        _check_graph(cnv_run / "hw" / f"{name}_exit", {})
+
+
+@pytest.mark.slow
+def test_users_own_backbone_builds(tmp_path):
+    from exitflow.data import DataSpec
+    from exitflow.quant.config import ModelConfig, RunConfig, TrainConfig
+    from exitflow.quant.train import train
+    from exitflow.schema import FrozenMap
+
+    rng = np.random.default_rng(1)
+    np.savez(tmp_path / "tiny.npz", x=rng.integers(0, 256, (40, 3, 32, 32), dtype=np.uint8), y=np.arange(40) % 10)
+    model = ModelConfig(backbone="custom", factory="brevitas_examples.bnn_pynq.models.CNV:CNV",
+                        factory_args=FrozenMap({"num_classes": 10, "weight_bit_width": 2, "act_bit_width": 2,
+                                                "in_bit_width": 8, "in_ch": 3}),
+                        exits=("conv_features.7",), classifier="linear_features.6", preset="w2a2")
+    config = RunConfig(data=DataSpec(name="npz", path=str(tmp_path / "tiny.npz")), model=model,
+                       train=TrainConfig(epochs=1, batch_size=20))
+    train(config, tmp_path / "run", log=lambda line: None)
+    stages = [("front", ["conv_features.7"], {"conv_features.1": {"pe": 16, "simd": 3}}, {}),
+              ("back", ["linear_features.6"], {}, {"classifier": {"pe": 10, "simd": 8}})]
+    build(tmp_path / "run", _write(tmp_path, _design("custom", stages)), log=lambda line: None)
+    _check_graph(tmp_path / "run" / "hw" / "front", stages[0][2])
+    _check_graph(tmp_path / "run" / "hw" / "back_exit", stages[1][3])
+
+
+BAD = [
+    ({"conv0": {"pe": 5, "simd": 1}}, "stages[0].folding.conv0.pe: 5 does not divide the 16 outputs of conv0 (FINN needs MH % PE == 0); legal PE: 1, 2, 4, 8, 16"),
+    ({"conv0": {"pe": 1, "simd": 2}}, "stages[0].folding.conv0.simd: 2 does not divide the 9 inputs of conv0 (FINN needs MW % SIMD == 0); legal SIMD: 1, 3, 9"),
+    ({"conv0": {"pe": 1, "simd": 3}}, "stages[0].folding.conv0.simd: 3 does not divide the 1 input channels of conv0 (FINN's sliding-window generator needs IFMChannels % SIMD == 0); legal SIMD: 1"),
+    ({"conv9": {"pe": 1}}, "stages[0].folding.conv9: no weight layer 'conv9' in stage 'early' (layers: conv0)"),
+]
+
+
+@pytest.mark.parametrize("folding, message", BAD)
+def test_illegal_folding_is_rejected_before_finn_runs(digits_run, tmp_path, folding, message):
+    stages = [("early", ["conv0"], folding, {}), ("rest", ["conv1", "fc0", "fc1"], {}, {})]
+    with pytest.raises(ConfigError) as err:
+        build(digits_run, _write(tmp_path, _design("lenet", stages)), log=lambda line: None)
+    assert message in str(err.value)
+    assert not (digits_run / ".hw.previous").exists()
+
+
+def test_weight_stream_wider_than_ap_int_max(tmp_path):
+    from exitflow.build import check_folding
+    from exitflow.design import LayerFolding
+
+    with pytest.raises(ConfigError, match=r"fc: PE x SIMD x weight bits = 64 x 64 x 4 = 16384 exceeds 8191"):
+        check_folding("d.yaml: stages[0].folding", {"fc": LayerFolding(pe=64, simd=64)},
+                      [{"name": "fc", "mw": 64, "mh": 64, "wbits": 4}], "stage 's'")
+
+
+def test_simd_below_mw_over_1024(tmp_path):
+    from exitflow.build import check_folding
+    from exitflow.design import LayerFolding
+
+    with pytest.raises(ConfigError, match=r"fc\.simd: 1 is below MW/1024 = 2 for fc \(FINN's HLS MVAU code generation needs SIMD >= MW/1024\)"):
+        check_folding("d.yaml: stages[0].folding", {"fc": LayerFolding(simd=1)}, [{"name": "fc", "mw": 2048, "mh": 10}], "stage 's'")
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda d: d.update(model="cnv"), "model: the design is for 'cnv', the run folder holds a 'lenet' model"),
+        (lambda d: d["stages"][1].update(blocks=["conv1", "fc0"]), "the last stage must end with the final exit 'fc1'"),
+        (lambda d: d["stages"][0].update(blocks=["conv0", "fc0"]) or d["stages"][1].update(blocks=["conv1", "fc1"]),
+         "stages: the blocks ['conv0', 'fc0', 'conv1', 'fc1'] must be the model's blocks in order"),
+        (lambda d: d["stages"][0].update(blocks=["conv0", "conv1", "fc0", "fc1"]) or d["stages"][1].update(blocks=["extra"]),
+         "stages[0].blocks: the model has no exit after 'fc1'"),
+        (lambda d: d.update(board="Pynq-Z9"), "board: unknown board 'Pynq-Z9'"),
+    ],
+)
+def test_design_that_does_not_match_the_model(digits_run, tmp_path, mutate, message):
+    data = _design("lenet", [("early", ["conv0"], {}, {}), ("rest", ["conv1", "fc0", "fc1"], {}, {})])
+    mutate(data)
+    with pytest.raises(ConfigError) as err:
+        build(digits_run, _write(tmp_path, data), log=lambda line: None)
+    assert message in str(err.value)
+
+
+def test_bad_design_leaves_earlier_outputs_alone(digits_run, tmp_path, exitflow_cmd):
+    good = _write(tmp_path, _design("lenet", LENET_SUBSETS[0]))
+    assert subprocess.run([*exitflow_cmd, "build", str(digits_run), "--design", str(good)], capture_output=True).returncode == 0
+    before = {p: p.stat().st_mtime_ns for p in (digits_run / "hw").rglob("*.json")}
+    bad = _design("lenet", [("early", ["conv0"], {"conv0": {"pe": 3, "simd": 1}}, {}), ("rest", ["conv1", "fc0", "fc1"], {}, {})])
+    out = subprocess.run([*exitflow_cmd, "build", str(digits_run), "--design", str(_write(tmp_path, bad))], capture_output=True, text=True)
+    assert out.returncode == 2 and out.stderr.count("\n") == 1 and "conv0.pe: 3 does not divide" in out.stderr
+    assert {p: p.stat().st_mtime_ns for p in (digits_run / "hw").rglob("*.json")} == before
+
+
+def test_cli_says_what_the_bitfile_needs(digits_run, tmp_path, exitflow_cmd):
+    design = _write(tmp_path, _design("lenet", LENET_SUBSETS[0]))
+    out = subprocess.run([*exitflow_cmd, "build", str(digits_run), "--design", str(design)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "bitfile: not generated here: it needs Vivado and Vitis HLS 2024.2" in out.stdout
+    missing = subprocess.run([*exitflow_cmd, "build", str(digits_run)], capture_output=True, text=True)
+    assert missing.returncode == 2 and "sweep/design.yaml: design not found; pass --design FILE" in missing.stderr
+
+
+def test_missing_or_corrupt_stage_file(tmp_path):
+    from exitflow.errors import ExitflowError
+    from exitflow.finn_flow import FlowState, run_flow
+
+    state = FlowState(name="s", part="xc7z020clg400-1", clock_ns=10.0, layers=[], folding={}, out=tmp_path / "out")
+    with pytest.raises(ExitflowError, match="stage0.onnx: stage file not found"):
+        run_flow(tmp_path / "stage0.onnx", tmp_path / "out", state)
+    (tmp_path / "stage0.onnx").write_bytes(b"\x08\x07garbage")
+    with pytest.raises(ExitflowError, match="stage0.onnx: corrupt QONNX file"):
+        run_flow(tmp_path / "stage0.onnx", tmp_path / "out", state)
+
+
+def test_unsupported_layer(tmp_path):
+    import torch
+    from brevitas.nn import QuantIdentity, QuantLinear
+
+    from exitflow.finn_flow import FlowState, UnsupportedLayerError, run_flow
+    from exitflow.quant.export import _export
+
+    model = torch.nn.Sequential(
+        QuantIdentity(bit_width=4, return_quant_tensor=True), QuantLinear(8, 8, bias=False, weight_bit_width=4),
+        torch.nn.Softsign(), QuantIdentity(bit_width=4, return_quant_tensor=True),
+        QuantLinear(8, 4, bias=False, weight_bit_width=4))
+    _export(model, torch.rand(1, 8), tmp_path / "g.onnx")
+    state = FlowState(name="stage0", part="xc7z020clg400-1", clock_ns=10.0, layers=["a", "b"], folding={}, out=tmp_path / "out")
+    with pytest.raises(UnsupportedLayerError, match=r"stage0: unsupported layer type \w+ \(node .*\): FINN cannot map it to hardware"):
+        run_flow(tmp_path / "g.onnx", tmp_path / "out", state)
+
+
+def test_failure_inside_finn_puts_earlier_outputs_back(digits_run, tmp_path, monkeypatch):
+    from exitflow import finn_flow
+    from exitflow.errors import ExitflowError
+
+    build(digits_run, _write(tmp_path, _design("lenet", LENET_SUBSETS[0])), log=lambda line: None)
+    before = sorted(str(p.relative_to(digits_run)) for p in (digits_run / "hw").rglob("*"))
+    real, calls = finn_flow.run_flow, []
+
+    def fail_on_second(src, out, state, log=None):
+        calls.append(state.name)
+        if len(calls) == 2:
+            raise ExitflowError("simulated FINN failure")
+        return real(src, out, state)
+
+    monkeypatch.setattr(finn_flow, "run_flow", fail_on_second)
+    with pytest.raises(ExitflowError, match="simulated FINN failure"):
+        build(digits_run, _write(tmp_path, _design("lenet", LENET_SUBSETS[1])), log=lambda line: None)
+    assert sorted(str(p.relative_to(digits_run)) for p in (digits_run / "hw").rglob("*")) == before
+    assert not (digits_run / ".hw.previous").exists()
