@@ -7,7 +7,8 @@ per-tensor scale ``s`` (real logit = ``s * z``).
 ``max_prob``
     max-softmax >= t  <=>  sum_j exp(-s * (z_max - z_j)) <= 1/t. Every difference
     ``d = z_max - z_j >= 0`` indexes a ROM of ``round(exp(-s*d) * 2**frac_bits)`` (unsigned fixed
-    point); differences at or beyond the ROM depth add 0. The sum ``S`` is the *confidence code*
+    point); differences at or beyond the ROM depth add 0. The ROM holds at most 1,024 words:
+    for a very small scale it is indexed by ``d >> shift`` (:func:`rom_shift`). The sum ``S`` is the *confidence code*
     (smaller = more confident) and the sample exits when ``S <= floor(2**frac_bits / t)``.
 ``margin``
     top-1 minus top-2 logit >= t  <=>  ``z_top1 - z_top2 >= ceil(t / s)``. The code is the
@@ -32,21 +33,36 @@ POLICIES: tuple[str, ...] = ("max_prob", "margin")
 DEFAULT_FRAC_BITS = 10
 
 
-def exp_rom(scale: float, frac_bits: int = DEFAULT_FRAC_BITS, logit_bits: int = 32) -> np.ndarray:
-    """``R[d] = round(exp(-scale * d) * 2**frac_bits)`` for ``d = 0 .. depth-1``.
+MAX_ROM_DEPTH = 1024  # words; a smaller scale reads the ROM at d >> rom_shift instead
 
-    The depth stops at the first zero entry (every larger difference also rounds to 0) and never
-    exceeds the largest possible difference of two ``logit_bits``-bit signed values.
-    """
+
+def rom_shift(scale: float, frac_bits: int = DEFAULT_FRAC_BITS, logit_bits: int = 32) -> int:
+    """How far a difference is shifted right before it indexes the ROM, so that the ROM never
+    holds more than MAX_ROM_DEPTH words (0 for all but very small logit scales)."""
+    depth = _full_depth(scale, frac_bits, logit_bits)
+    return max(0, math.ceil(math.log2(depth / MAX_ROM_DEPTH))) if depth > MAX_ROM_DEPTH else 0
+
+
+def _full_depth(scale: float, frac_bits: int, logit_bits: int) -> int:
     if not scale > 0 or not math.isfinite(scale):
         raise ValueError(f"scale must be a positive finite number; got {scale}")
     if not 1 <= frac_bits <= 24:
         raise ValueError(f"frac_bits must be in 1..24; got {frac_bits}")
-    one = 1 << frac_bits
-    # exp(-scale*d) * one < 0.5  <=>  d > ln(2*one) / scale
-    depth = min(math.floor(math.log(2 * one) / scale) + 1, 1 << logit_bits)  # d <= 2**bits - 1
-    d = np.arange(depth, dtype=np.float64)
-    rom = np.round(np.exp(-scale * d) * one).astype(np.int64)
+    # exp(-scale*d) * 2**frac_bits < 0.5  <=>  d > ln(2**(frac_bits+1)) / scale; d <= 2**bits - 1
+    return min(math.floor(math.log(2.0 ** (frac_bits + 1)) / scale) + 1, 1 << logit_bits)
+
+
+def exp_rom(scale: float, frac_bits: int = DEFAULT_FRAC_BITS, logit_bits: int = 32) -> np.ndarray:
+    """``R[i] = round(exp(-scale * (i << shift)) * 2**frac_bits)``, ``shift = rom_shift(...)``.
+
+    A difference ``d`` reads ``R[d >> shift]`` (0 at or beyond the depth). The depth stops at
+    the first zero entry and covers at most the largest difference of two ``logit_bits``-bit
+    signed values; with ``shift = 0`` (the usual case) every difference has its own entry.
+    """
+    shift = rom_shift(scale, frac_bits, logit_bits)
+    depth = math.ceil(_full_depth(scale, frac_bits, logit_bits) / (1 << shift))
+    d = np.arange(depth, dtype=np.float64) * (1 << shift)
+    rom = np.round(np.exp(-scale * d) * (1 << frac_bits)).astype(np.int64)
     nonzero = np.flatnonzero(rom)
     return rom[: nonzero[-1] + 1] if nonzero.size else rom[:1]
 
@@ -106,7 +122,7 @@ def confidence_code(policy: Policy, logits: np.ndarray, scale: float, logit_bits
     if policy == "max_prob":
         rom = exp_rom(scale, frac_bits, logit_bits)
         padded = np.append(rom, 0)
-        d = np.minimum(top - z, len(rom))
+        d = np.minimum((top - z) >> rom_shift(scale, frac_bits, logit_bits), len(rom))
         return cls, padded[d].sum(axis=-1)
     if policy == "margin":
         second = np.sort(z, axis=-1)[..., -2]

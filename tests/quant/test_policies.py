@@ -8,7 +8,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from exitflow.quant.policies import code_bits, confidence_code, decide, exp_rom, exits, threshold_code
+from exitflow.quant.policies import code_bits, confidence_code, decide, exp_rom, exits, rom_shift, threshold_code
 
 BITS = [2, 3, 4, 6, 8, 12, 16, 20, 24, 32]
 
@@ -35,6 +35,7 @@ def float_max_prob(z, scale):
 @given(logit_batches(), scales, st.integers(4, 16))
 def test_max_prob_code_matches_the_float_sum_within_rom_rounding(batch, scale, frac_bits):
     bits, z = batch
+    assume(rom_shift(scale, frac_bits, bits) == 0)  # the coarse ROM of tiny scales is tested below
     cls, code = confidence_code("max_prob", z, scale, bits, frac_bits)
     exact = float_max_prob(z, scale) * (1 << frac_bits)
     # each of the N terms rounds by at most 1/2 LSB; a term below 1/2 LSB may be dropped
@@ -47,6 +48,7 @@ def test_max_prob_code_matches_the_float_sum_within_rom_rounding(batch, scale, f
 @given(logit_batches(), scales, st.floats(0.0, 1.0, exclude_min=True), st.integers(4, 16))
 def test_max_prob_decision_agrees_with_softmax_away_from_the_boundary(batch, scale, t, frac_bits):
     bits, z = batch
+    assume(rom_shift(scale, frac_bits, bits) == 0)
     c = threshold_code("max_prob", t, scale, frac_bits)
     d = decide("max_prob", z, scale, bits, c, frac_bits)
     inv = float_max_prob(z, scale)
@@ -123,6 +125,8 @@ def test_exp_rom():
     assert np.all(np.diff(rom) <= 0)
     assert round(math.exp(-0.5 * len(rom)) * 256) == 0
     assert len(exp_rom(1e-3, 10, 4)) == 16  # d = 0..15: the largest difference of 4-bit logits
+    assert len(exp_rom(1e-6, 10, 32)) <= 1024 and rom_shift(1e-6, 10, 32) > 0  # capped depth
+    assert rom_shift(0.05, 10, 8) == 0
     with pytest.raises(ValueError, match="scale must be a positive"):
         exp_rom(0.0)
 
@@ -147,3 +151,17 @@ def test_bad_logits():
         confidence_code("max_prob", np.array([[8, 0]]), 1.0, 4)
     with pytest.raises(ValueError, match="class axis of at least 2"):
         confidence_code("margin", np.array([[1]]), 1.0, 4)
+
+
+def test_coarse_rom_for_tiny_scales():
+    """With a shifted ROM index the code still bounds the true sum: each term uses the exp of a
+    difference rounded down to the shift grid, so it can only overestimate exp(-s*d)."""
+    scale, bits, frac = 1e-6, 32, 10
+    shift = rom_shift(scale, frac, bits)
+    z = np.random.default_rng(3).integers(-(1 << 31), (1 << 31) - 1, (200, 10))
+    _, code = confidence_code("max_prob", z, scale, bits, frac)
+    exact = float_max_prob(z, scale) * (1 << frac)
+    assert np.all(code + 0.5 * 10 >= exact)
+    grid = ((z.max(axis=1, keepdims=True) - z) >> shift) << shift
+    coarse = np.exp(-scale * grid.astype(np.float64)) * (1 << frac)
+    assert np.all(np.abs(code - coarse.sum(axis=1)) <= 0.5 * 10 + 1e-6)
