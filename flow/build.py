@@ -163,14 +163,15 @@ def _build_graphs(run_dir, design, design_path, board, model, data, exits, stage
     clock_ns = 1000.0 / design.resolve_clock_mhz()
     jobs = []
     for k, stage in enumerate(design.stages):
-        jobs.append((stage.name, "stage", manifest["stages"][k]["file"], [l["name"] for l in stage_layers[k]], stage.folding))
-        jobs.append((stage.head.name, "head", manifest["heads"][k]["file"], [l["name"] for l in head_layers[k]], stage.head.folding))
+        ctu = {"policy": stage.head.policy, "threshold": stage.head.threshold, "scale": manifest["heads"][k]["scale"]}
+        jobs.append((stage.name, "stage", manifest["stages"][k]["file"], [l["name"] for l in stage_layers[k]], stage.folding, None))
+        jobs.append((stage.head.name, "head", manifest["heads"][k]["file"], [l["name"] for l in head_layers[k]], stage.head.folding, ctu))
     reports = []
-    for k, (name, kind, file, layers, folding) in enumerate(
+    for k, (name, kind, file, layers, folding, ctu) in enumerate(
             tqdm(jobs, desc="FINN", unit="graph", disable=not sys.stderr.isatty(), leave=False)):
         out = tmp / name
         state = finn_flow.FlowState(name=name, part=board.part, clock_ns=clock_ns, layers=layers, folding=folding,
-                                    out=out, image_input=k == 0)
+                                    out=out, image_input=k == 0, ctu=ctu)
         finn_flow.run_flow(tmp / "stages" / file, out, state)
         (out / "layers.json").write_text(json.dumps({"layers": state.layer_nodes, "input_datatype": state.input_datatype,
                                                      "input_scale": state.input_scale}, indent=1))

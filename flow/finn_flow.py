@@ -4,7 +4,7 @@ FINN's builder module cannot be imported without Vivado, so exitflow runs FINN's
 itself, in the order FINN's builder does, one function per step (each named by a verb):
 
   integerize_input -> qonnx_to_finn -> tidy_up -> streamline -> convert_to_hw -> round_thresholds
-  -> remove_identity_thresholds -> take_dataflow_partition -> specialize_layers -> apply_folding -> minimize_bit_width
+  -> remove_identity_thresholds -> take_dataflow_partition -> append_ctu (heads) -> specialize_layers -> apply_folding -> minimize_bit_width
   -> (estimate reports) -> generate_code
 
 ``integerize_input`` is exitflow's: every exported graph starts with the quantiser of what it
@@ -53,6 +53,7 @@ class FlowState:
     out: Path
     layer_nodes: dict[str, str] = field(default_factory=dict)  # layer name -> FINN node name
     image_input: bool = False  # the first stage: its input is UINT8 pixels
+    ctu: dict | None = None  # heads: policy, threshold (None: final exit), scale of the logits
     input_datatype: str = ""
     input_scale: float = 1.0
 
@@ -244,6 +245,34 @@ def take_dataflow_partition(model, state: FlowState):
     return ModelWrapper(getCustomOp(sdp).get_nodeattr("model"))
 
 
+def append_ctu(model, state: FlowState):
+    """Heads end in the confidence-threshold unit: integer logits in, decision record out."""
+    if state.ctu is None:
+        return model
+    from onnx import TensorProto, helper
+    from qonnx.transformation.general import GiveUniqueNodeNames
+    from qonnx.transformation.infer_datatypes import InferDataTypes
+    from qonnx.transformation.infer_shapes import InferShapes
+
+    import exitflow.hw_ops.ctu_op  # noqa: F401  registers the op in FINN's domains
+
+    logits = model.graph.output[0]
+    shape = model.get_tensor_shape(logits.name)
+    record = helper.make_tensor_value_info("ctu_record", TensorProto.FLOAT, [*shape[:-1], 1])
+    node = helper.make_node(
+        "ConfidenceThreshold", [logits.name], [record.name], domain="finn.custom_op.fpgadataflow",
+        backend="fpgadataflow", Classes=int(shape[-1]), PE=1, Policy=state.ctu["policy"],
+        Scale=repr(float(state.ctu["scale"])), Threshold=repr(float(state.ctu["threshold"] or 0.0)),
+        FinalExit=int(state.ctu["threshold"] is None), inputDataType=model.get_tensor_datatype(logits.name).name,
+        numInputVectors=[int(v) for v in shape[:-1]],
+    )
+    model.graph.node.append(node)
+    model.graph.value_info.append(logits)
+    model.graph.output.remove(logits)
+    model.graph.output.append(record)
+    return model.transform(InferShapes()).transform(InferDataTypes()).transform(GiveUniqueNodeNames())
+
+
 def specialize_layers(model, state: FlowState):
     from finn.transformation.fpgadataflow.specialize_layers import SpecializeLayers
     from qonnx.transformation.general import GiveUniqueNodeNames
@@ -310,7 +339,7 @@ def generate_code(model, state: FlowState):
 
 STEPS: list[Callable] = [
     integerize_input, qonnx_to_finn, tidy_up, streamline, convert_to_hw, round_thresholds,
-    remove_identity_thresholds, take_dataflow_partition, specialize_layers, apply_folding, minimize_bit_width, generate_code,
+    remove_identity_thresholds, take_dataflow_partition, append_ctu, specialize_layers, apply_folding, minimize_bit_width, generate_code,
 ]
 
 

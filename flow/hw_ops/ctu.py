@@ -22,7 +22,7 @@ class CTUParams:
     classes: int
     logit_bits: int
     scale: float  # real value of one logit LSB
-    threshold: float  # the design's float threshold
+    threshold: float | None  # the design's float threshold; None: the final exit, always taken
     pe: int = 1
     frac_bits: int = policies.DEFAULT_FRAC_BITS
 
@@ -60,8 +60,21 @@ class CTUParams:
     def threshold_constant(self) -> int:
         """The policy's constant, clamped to the code width (the decision is unchanged: every
         code fits in ``code_bits``)."""
+        if self.threshold is None:  # the final exit: every code passes
+            return (1 << self.code_bits) - 1 if self.policy == "max_prob" else 0
         constant = policies.threshold_code(self.policy, self.threshold, self.scale, self.frac_bits)
         return max(0, min(constant, (1 << self.code_bits) - 1))
+
+    def pack(self, decision: policies.Decision) -> np.ndarray:
+        """Records as the hardware emits them: code | class << CODE_BITS | exit << (CODE_BITS + CLASS_BITS)."""
+        return (decision.code + (decision.cls << self.code_bits)
+                + (decision.exit.astype(np.int64) << (self.code_bits + self.class_bits)))
+
+    def unpack(self, records: np.ndarray) -> policies.Decision:
+        r = np.asarray(records, dtype=np.int64)
+        return policies.Decision(exit=(r >> (self.code_bits + self.class_bits)) & 1 == 1,
+                                 cls=(r >> self.code_bits) & ((1 << self.class_bits) - 1),
+                                 code=r & ((1 << self.code_bits) - 1))
 
     def decide(self, logits: np.ndarray) -> policies.Decision:
         """The Python model of the unit: the policy function itself."""

@@ -96,6 +96,17 @@ def test_integer_streams_between_stages(digits_run, tmp_path):
     for name in ("early", "rest", "rest_exit"):
         hw = ModelWrapper(str(digits_run / "hw" / name / "model_hw.onnx"))
         assert hw.graph.node[0].op_type.startswith(("ConvolutionInputGenerator", "MVAU"))
+    # every head ends in the confidence-threshold unit, with the design's policy and threshold
+    # and exactly the logit scale of the exported head
+    manifest = json.loads((digits_run / "hw" / "stages" / "manifest.json").read_text())
+    for k, (name, threshold) in enumerate((("early_exit", 0.9), ("rest_exit", None))):
+        hw = ModelWrapper(str(digits_run / "hw" / name / "model_hw.onnx"))
+        ctu = hw.graph.node[-1]
+        assert ctu.op_type == "ConfidenceThreshold_hls"
+        params = getCustomOp(ctu).params()
+        assert (params.policy, params.threshold, params.scale) == ("max_prob", threshold, manifest["heads"][k]["scale"])
+        mvau = getCustomOp(hw.graph.node[-2])
+        assert params.logit_bits >= mvau.get_output_datatype().bitwidth()
 
 
 @pytest.fixture(scope="module")

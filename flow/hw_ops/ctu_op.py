@@ -1,0 +1,182 @@
+"""The CTU as a FINN layer (``ConfidenceThreshold``) and its HLS backend
+(``ConfidenceThreshold_hls``), registered in FINN's own op domains, so FINN's passes
+(SpecializeLayers, PrepareIP, estimate analyses, partitioning) treat it like one of theirs.
+
+Input: integer logits (``numInputVectors`` x ``Classes``, ``PE`` per stream word). Output: one
+record per sample (exit flag, class, confidence code), held in an int64 tensor so that wide
+records stay exact. ``execute_node`` is :meth:`CTUParams.decide`, the policy function itself.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+from finn.custom_op.fpgadataflow import register_custom_op as register_hw
+from finn.custom_op.fpgadataflow.hls import register_custom_op as register_hls
+from finn.custom_op.fpgadataflow.hlsbackend import HLSBackend
+from finn.custom_op.fpgadataflow.hwcustomop import HWCustomOp
+from qonnx.core.datatype import DataType
+
+from exitflow.hls_templates import TEMPLATE_DIR
+
+from .ctu import CTUParams
+
+HEADER = "exitflow_ctu.hpp"
+
+
+@register_hw
+class ConfidenceThreshold(HWCustomOp):
+    """Generic CTU layer: shapes, stream widths, cycles, resources and the Python model."""
+
+    def get_nodeattr_types(self):
+        attrs = {
+            "Classes": ("i", True, 0),
+            "PE": ("i", False, 1),
+            "Policy": ("s", True, "max_prob", {"max_prob", "margin"}),
+            # float64 values as their repr: ONNX float attributes are float32, and the ROM and the
+            # threshold constant must come from exactly the scale profiling used
+            "Scale": ("s", True, "1.0"),
+            "Threshold": ("s", False, "0.0"),
+            "FinalExit": ("i", False, 0),  # 1: every sample exits here
+            "FracBits": ("i", False, 10),
+            "inputDataType": ("s", True, ""),
+            "numInputVectors": ("ints", False, [1]),
+        }
+        attrs.update(super().get_nodeattr_types())
+        return attrs
+
+    # -- the unit ---------------------------------------------------------------------------
+    def params(self) -> CTUParams:
+        return CTUParams(
+            policy=self.get_nodeattr("Policy"), classes=self.get_nodeattr("Classes"),
+            logit_bits=self.get_input_datatype().bitwidth(), scale=float(self.get_nodeattr("Scale")),
+            threshold=None if self.get_nodeattr("FinalExit") else float(self.get_nodeattr("Threshold")),
+            pe=self.get_nodeattr("PE"), frac_bits=self.get_nodeattr("FracBits"),
+        )
+
+    # -- shapes and streams -------------------------------------------------------------------
+    def _vecs(self) -> list[int]:
+        return list(self.get_nodeattr("numInputVectors"))
+
+    def get_normal_input_shape(self, ind=0):
+        return tuple(self._vecs() + [self.get_nodeattr("Classes")])
+
+    def get_folded_input_shape(self, ind=0):
+        pe = self.get_nodeattr("PE")
+        return tuple(self._vecs() + [self.get_nodeattr("Classes") // pe, pe])
+
+    def get_normal_output_shape(self, ind=0):
+        return tuple(self._vecs() + [1])
+
+    def get_folded_output_shape(self, ind=0):
+        return tuple(self._vecs() + [1, 1])
+
+    def get_input_datatype(self, ind=0):
+        return DataType[self.get_nodeattr("inputDataType")]
+
+    def get_output_datatype(self, ind=0):
+        return DataType[f"UINT{self.params().record_bits}"]
+
+    def get_instream_width(self, ind=0):
+        return self.get_nodeattr("PE") * self.get_input_datatype().bitwidth()
+
+    def get_outstream_width(self, ind=0):
+        return self.params().record_bits
+
+    def get_number_output_values(self):
+        return int(np.prod(self._vecs()))
+
+    def infer_node_datatype(self, model):
+        dt = model.get_tensor_datatype(self.onnx_node.input[0])
+        if not dt.is_integer() or not dt.signed() and dt.bitwidth() > 31:
+            raise ValueError(f"{self.onnx_node.name}: the CTU needs integer logits; got {dt.name}")
+        # the unit compares signed logits: an unsigned input gets one more bit
+        self.set_nodeattr("inputDataType", dt.name if dt.signed() else f"INT{dt.bitwidth() + 1}")
+        model.set_tensor_datatype(self.onnx_node.output[0], self.get_output_datatype())
+
+    def make_shape_compatible_op(self, model):
+        return super().make_const_shape_op(self.get_normal_output_shape())
+
+    def verify_node(self):
+        return [] if self.get_nodeattr("Classes") % self.get_nodeattr("PE") == 0 else ["PE must divide Classes"]
+
+    def execute_node(self, context, graph):
+        logits = np.asarray(context[self.onnx_node.input[0]])
+        flat = np.rint(logits).astype(np.int64).reshape(-1, self.get_nodeattr("Classes"))
+        params = self.params()
+        records = params.pack(params.decide(flat))
+        context[self.onnx_node.output[0]] = records.reshape(self.get_normal_output_shape())
+
+    # -- cost -----------------------------------------------------------------------------------
+    def get_exp_cycles(self):
+        return self.params().cycles_per_sample() * int(np.prod(self._vecs()))
+
+    def lut_estimation(self, fpgapart=None):
+        return self.params().lut()
+
+    def bram_estimation(self, fpgapart=None):
+        return self.params().bram18()
+
+    def uram_estimation(self, fpgapart=None):
+        return 0
+
+    def dsp_estimation(self, fpgapart=None):
+        return self.params().dsp()
+
+
+@register_hls
+class ConfidenceThreshold_hls(ConfidenceThreshold, HLSBackend):
+    """HLS backend: a thin top function around ``hls_templates/exitflow_ctu.hpp``."""
+
+    def get_nodeattr_types(self):
+        attrs = ConfidenceThreshold.get_nodeattr_types(self)
+        attrs.update(HLSBackend.get_nodeattr_types(self))
+        return attrs
+
+    def execute_node(self, context, graph):
+        ConfidenceThreshold.execute_node(self, context, graph)
+
+    def code_generation_ipgen(self, model, fpgapart, clk):
+        super().code_generation_ipgen(model, fpgapart, clk)
+        # the template travels with the generated top function (quoted include, same folder)
+        shutil.copy(TEMPLATE_DIR / HEADER, Path(self.get_nodeattr("code_gen_dir_ipgen")) / HEADER)
+
+    def global_includes(self):
+        self.code_gen_dict["$GLOBALS$"] = [f'#include "{HEADER}"']
+
+    def defines(self, var):
+        p = self.params()
+        lines = [
+            f"constexpr unsigned CLASSES = {p.classes}, PE = {p.pe}, LOGIT_BITS = {p.logit_bits};",
+            f"constexpr unsigned CLASS_BITS = {p.class_bits}, CODE_BITS = {p.code_bits};",
+            f"constexpr unsigned SAMPLES = {int(np.prod(self._vecs()))};",
+            f'static const ap_uint<CODE_BITS> THRESHOLD = ap_uint<CODE_BITS>("{p.threshold_constant}", 10);',
+        ]
+        if p.policy == "max_prob":
+            lines += [
+                f"constexpr unsigned FRAC_BITS = {p.frac_bits}, ROM_DEPTH = {len(p.rom)}, ROM_SHIFT = {p.rom_shift};",
+                "static const ap_uint<FRAC_BITS + 1> ROM[ROM_DEPTH] = {" + ", ".join(str(int(v)) for v in p.rom) + "};",
+            ]
+        self.code_gen_dict["$DEFINES$"] = lines
+
+    def blackboxfunction(self):
+        p = self.params()
+        self.code_gen_dict["$BLACKBOXFUNCTION$"] = [
+            f"void {self.onnx_node.name}(hls::stream<ap_uint<{self.get_instream_width()}>> &in0_V, "
+            f"hls::stream<ap_uint<{p.record_bits}>> &out0_V)"
+        ]
+
+    def pragmas(self):
+        super().pragmas()
+        if self.params().policy == "max_prob":
+            self.code_gen_dict["$PRAGMAS$"].append("#pragma HLS BIND_STORAGE variable=ROM type=rom_1p impl=lutram")
+
+    def docompute(self):
+        if self.params().policy == "max_prob":
+            call = ("exitflow::ctu_max_prob<CLASSES, PE, LOGIT_BITS, FRAC_BITS, ROM_DEPTH, ROM_SHIFT, CLASS_BITS, "
+                    "CODE_BITS>(in0_V, out0_V, ROM, THRESHOLD, SAMPLES);")
+        else:
+            call = "exitflow::ctu_margin<CLASSES, PE, LOGIT_BITS, CLASS_BITS, CODE_BITS>(in0_V, out0_V, THRESHOLD, SAMPLES);"
+        self.code_gen_dict["$DOCOMPUTE$"] = [call]
