@@ -1,0 +1,88 @@
+"""Gate, tag and merge: the routing of a multi-exit pipeline, as Python models of
+``hls_templates/exitflow_gate.hpp`` and their C simulation.
+
+A tagged record (LSB first) is ``id [id_bits] | exit index [exit_bits] | CTU record [rec_bits]``;
+the CTU record's top bit is its exit flag.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class TagFormat:
+    id_bits: int
+    exit_bits: int
+    rec_bits: int
+
+    @property
+    def width(self) -> int:
+        return self.id_bits + self.exit_bits + self.rec_bits
+
+    def tag(self, ids, exit_index: int, records) -> np.ndarray:
+        ids, records = np.asarray(ids, dtype=object), np.asarray(records, dtype=object)
+        return ids + (exit_index << self.id_bits) + (records << (self.id_bits + self.exit_bits))
+
+    def untag(self, tagged) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        t = np.asarray([int(v) for v in tagged], dtype=object)
+        mask = lambda bits: (1 << bits) - 1  # noqa: E731
+        return ((t & mask(self.id_bits)).astype(np.int64),
+                ((t >> self.id_bits) & mask(self.exit_bits)).astype(np.int64),
+                (t >> (self.id_bits + self.exit_bits)).astype(object))
+
+    def leaves(self, record: int) -> bool:
+        return bool((int(record) >> (self.rec_bits - 1)) & 1)
+
+
+def gate_model(ids, records, feature_maps, exit_index: int, fmt: TagFormat):
+    """(ids going on, their feature maps, tagged records of the samples that exit here)."""
+    go_ids, go_fms, tagged = [], [], []
+    for sample_id, record, fm in zip(ids, records, feature_maps):
+        if fmt.leaves(record):
+            tagged.append(int(fmt.tag([sample_id], exit_index, [record])[0]))
+        else:
+            go_ids.append(int(sample_id))
+            go_fms.append(list(fm))
+    return go_ids, go_fms, tagged
+
+
+def merge_model(streams: list[list[int]]) -> list[int]:
+    """Round robin over the exits, one look per step, skipping an empty stream."""
+    queues = [list(s) for s in streams]
+    total, out, k = sum(len(q) for q in queues), [], 0
+    while len(out) < total:
+        if queues[k]:
+            out.append(queues[k].pop(0))
+        k = (k + 1) % len(queues)
+    return out
+
+
+def gate_csim(ids, records, feature_maps, exit_index: int, fmt: TagFormat, fm_bits: int, workdir: Path, folds: int):
+    """The gate template (``folds = 0``: the tag of the final exit) under g++."""
+    from exitflow.hls_templates.csim import compile_cpp, render, run
+
+    source = render("csim_gate.cpp.j2", folds=folds, fm_bits=fm_bits, id_bits=fmt.id_bits, exit_bits=fmt.exit_bits,
+                    rec_bits=fmt.rec_bits, exit_index=exit_index)
+    binary = compile_cpp(source, Path(workdir), name=f"gate{folds}")
+    lines = [f"{len(ids)}"] + [" ".join(map(str, [i, r, *fm])) for i, r, fm in zip(ids, records, feature_maps)]
+    go_ids, go_fms, tagged = [], [], []
+    for line in run(binary, "\n".join(lines) + "\n").splitlines():
+        kind, *values = line.split()
+        if kind == "F":
+            go_ids.append(int(values[0]))
+            go_fms.append([int(v) for v in values[1:]])
+        else:
+            tagged.append(int(values[0]))
+    return go_ids, go_fms, tagged
+
+
+def merge_csim(streams: list[list[int]], width: int, workdir: Path) -> list[int]:
+    from exitflow.hls_templates.csim import compile_cpp, render, run
+
+    binary = compile_cpp(render("csim_merge.cpp.j2", exits=len(streams), width=width), Path(workdir), name="merge")
+    text = "\n".join(" ".join(map(str, [len(s), *s])) for s in streams) + "\n"
+    return [int(v) for v in run(binary, text).split()]
