@@ -24,9 +24,7 @@ from pathlib import Path
 from .design import Design, load_design
 from .errors import ConfigError
 
-#: The Vivado / Vitis HLS release finn-plus 1.6.1's code paths are written for (tool names and
-#: XRT compatibility switch at 2024.2 in its sources).
-VIVADO_VERSION = "2024.2"
+from exitflow.boards.vivado import VIVADO_VERSION  # noqa: E402  the release finn-plus 1.6.1 targets
 
 
 def _divisors(n: int) -> list[int]:
@@ -180,19 +178,25 @@ def _build_graphs(run_dir, design, design_path, board, model, data, exits, stage
         log(f"{kind} {name}: {report.nodes} HW nodes, interval {report.interval_cycles} cycles, "
             f"LUT {report.lut:.0f}, BRAM18 {report.bram18}, DSP {report.dsp}")
     summary = {
-        "design": str(design_path), "board": board.name, "part": board.part, "clock_mhz": design.resolve_clock_mhz(),
+        "design": str(Path(design_path).resolve()), "board": board.name, "part": board.part,
+        "clock_mhz": design.resolve_clock_mhz(), "input_shape": list(data["input_shape"]),
         "graphs": [r.__dict__ for r in reports],
         "bitfile": bitfile_status(run_dir, design_path),
     }
     (tmp / "build.json").write_text(json.dumps(summary, indent=1))
+    from exitflow.boards.vivado import write_project
+
+    write_project(run_dir)
     return reports
 
 
 def bitfile_status(run_dir: Path, design_path: Path) -> dict:
     """What the Vivado part of the build needs, and whether this machine has it."""
-    missing = [tool for tool in ("vivado", "vitis_hls") if shutil.which(tool) is None and not (tool == "vitis_hls" and shutil.which("vitis-run"))]
+    from exitflow.boards.vivado import missing_tools
+
     return {
         "tools": f"Vivado and Vitis HLS {VIVADO_VERSION}",
-        "missing": missing,
+        "missing": missing_tools(),
+        "project": str(Path(run_dir) / "hw" / "vivado"),
         "command": f"exitflow build {run_dir} --design {design_path}",
     }

@@ -129,13 +129,18 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    from exitflow.build import VIVADO_VERSION, build
+    from exitflow.boards.vivado import build_bitfile, missing_tools
+    from exitflow.build import build
 
     reports = build(args.dir, args.design)
-    print(f"wrote {args.dir}/hw: {len(reports)} graphs through FINN code generation "
-          f"(estimates, folding_config.json, HLS/RTL code per stage and head)")
-    print(f"bitfile: not generated here: it needs Vivado and Vitis HLS {VIVADO_VERSION}, and exitflow's "
-          "Vivado project step (stitching stages, exit units and DMA) is not in this version yet")
+    print(f"wrote {args.dir}/hw: {len(reports)} graphs through FINN code generation, the Vivado project in {args.dir}/hw/vivado")
+    missing = missing_tools()
+    if missing:
+        design = args.design or f"{args.dir}/sweep/design.yaml"
+        print(f"bitfile: needs {' and '.join(missing)} (not on PATH); on a machine with them run: "
+              f"exitflow build {args.dir} --design {design}")
+        return 0
+    print(f"bitfile: {build_bitfile(args.dir)}")
     return 0
 
 

@@ -76,6 +76,15 @@ void merge(hls::stream<ap_uint<WIDTH>> in[EXITS], hls::stream<ap_uint<WIDTH>> &o
     }
 }
 
+// Numbers the samples of a batch as the input DMA streams them: one id per feature map.
+template <unsigned ID_BITS>
+void id_source(hls::stream<ap_uint<ID_BITS>> &out, const ap_uint<ID_BITS> first, const unsigned samples) {
+    for (unsigned s = 0; s < samples; s++) {
+#pragma HLS PIPELINE II = 1
+        out.write(first + s);
+    }
+}
+
 }  // namespace exitflow
 
 #endif

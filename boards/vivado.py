@@ -1,0 +1,145 @@
+"""The bitfile path: exitflow's exit IPs, the block design, and running Vivado.
+
+``write_project(run_dir)`` (always, after ``exitflow build``) writes ``DIR/hw/vivado/``:
+HLS tops and Vitis HLS scripts for the id source, gates, tag and merge, the block design script
+(``block_design.tcl``: PS, DMA, stages, broadcasters, gate FIFOs sized by the design, heads,
+gates, merge) and ``driver.json`` for the PYNQ driver. ``build_bitfile(run_dir)`` needs Vivado
+and Vitis HLS on PATH: it synthesises FINN's IPs for every stage and head (HLSSynthIP,
+CreateStitchedIP), the exit IPs, then runs the block design to a bitfile and ``.hwh`` in
+``DIR/hw/deploy/``. Without the tools it raises one clear error naming them.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+from exitflow.errors import NotAvailableError
+
+VIVADO_VERSION = "2024.2"
+ID_BITS = 16
+BOARD_PARTS = {  # board files Vivado knows the PYNQ boards by (used when installed)
+    "Pynq-Z1": "www.digilentinc.com:pynq-z1:part0:1.0",
+    "Pynq-Z2": "tul.com.tw:pynq-z2:part0:1.0",
+    "Ultra96-V2": "avnet.com:ultra96v2:part0:1.2",
+    "ZCU104": "xilinx.com:zcu104:part0:1.1",
+    "KV260": "xilinx.com:kv260_som:part0:1.3",
+}
+
+
+def missing_tools() -> list[str]:
+    missing = [] if shutil.which("vivado") else [f"Vivado {VIVADO_VERSION} (vivado)"]
+    if not (shutil.which("vitis_hls") or shutil.which("vitis-run")):
+        missing.append(f"Vitis HLS {VIVADO_VERSION} (vitis_hls or vitis-run)")
+    return missing
+
+
+def _render(template: str, **values) -> str:
+    import jinja2
+
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(Path(__file__).parent / "templates")),
+                             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
+    return env.get_template(template).render(**values)
+
+
+def _hls_tcl(name: str, part: str, clock_ns: float, include: Path) -> str:
+    return "\n".join([
+        f"open_project -reset {name}", f"add_files {name}.cpp -cflags \"-std=c++14 -I{include}\"", f"set_top {name}",
+        "open_solution -reset sol1", f"set_part {part}", f"create_clock -period {clock_ns:g}",
+        "csynth_design", "export_design -format ip_catalog", "exit", "",
+    ])
+
+
+def write_project(run_dir: str | Path) -> Path:
+    """Exit IP sources, the block design script and driver.json, from DIR/hw/build.json."""
+    from qonnx.core.modelwrapper import ModelWrapper
+    from qonnx.custom_op.registry import getCustomOp
+
+    import exitflow.hw_ops.ctu_op  # noqa: F401
+    from exitflow.boards import get_board
+    from exitflow.boards.driver import RecordFormat
+    from exitflow.design import load_design
+    from exitflow.hls_templates import TEMPLATE_DIR
+
+    hw = Path(run_dir) / "hw"
+    summary = json.loads((hw / "build.json").read_text())
+    design = load_design(summary["design"])
+    board = get_board(design.board)
+    clock_ns = 1000.0 / summary["clock_mhz"]
+    heads = [ModelWrapper(str(hw / s.head.name / "model_hw.onnx")) for s in design.stages]
+    ctus = [getCustomOp(m.graph.node[-1]).params() for m in heads]
+    exits = len(design.stages)
+    fmt = RecordFormat(ID_BITS, max(1, (exits - 1).bit_length()), ctus[0].class_bits, tuple(c.code_bits for c in ctus))
+    out = hw / "vivado"
+    out.mkdir(parents=True, exist_ok=True)
+    common = {"id_bits": ID_BITS, "exit_bits": fmt.exit_bits, "rec_bits": fmt.record_bits}
+    ips, stages = [], []
+    stage_models = [ModelWrapper(str(hw / s.name / "model_hw.onnx")) for s in design.stages]
+    for k, stage in enumerate(design.stages):
+        last = k == exits - 1
+        out_node = getCustomOp(stage_models[k].graph.node[-1])
+        fm_bits = out_node.get_outstream_width()
+        folds = int(__import__("numpy").prod(out_node.get_folded_output_shape()[:-1]))
+        if not last:
+            ips.append(("gate", f"{stage.name}_gate_ip", {"fm_bits": fm_bits, "folds": folds, "exit_index": k}))
+        else:
+            ips.append(("tag", f"{stage.name}_tag_ip", {"exit_index": k}))
+        stages.append({
+            "name": stage.name, "head": stage.head.name,
+            "vlnv": f"xilinx.com:user:{stage.name}:1.0", "head_vlnv": f"xilinx.com:user:{stage.head.name}:1.0",
+            "gate_vlnv": f"xilinx.com:hls:{stage.name}_gate_ip:1.0", "tag_vlnv": f"xilinx.com:hls:{stage.name}_tag_ip:1.0",
+            "input": "dma/M_AXIS_MM2S" if k == 0 else f"{design.stages[k - 1].name}_gate/fm_out",
+            "id_source": "ids/out" if k == 0 else f"{design.stages[k - 1].name}_gate/id_out",
+            "fifo_depth": 1 << max(4, ((stage.gate_depth or 1) * folds - 1).bit_length()),
+            "fifo_words": (stage.gate_depth or 0) * folds,
+        })
+    ips += [("ids", "exitflow_ids", {}), ("merge", "exitflow_merge", {"exits": exits})]
+    script = ["#!/usr/bin/env bash", "# Vitis HLS for exitflow's exit IPs, then the block design with Vivado.", "set -euo pipefail",
+              'cd "$(dirname "$0")"']
+    for kind, name, extra in ips:
+        (out / f"{name}.cpp").write_text(_render("exit_ip.cpp.j2", kind=kind, name=name, **common, **extra))
+        (out / f"{name}.tcl").write_text(_hls_tcl(name, board.part, clock_ns, TEMPLATE_DIR))
+        script.append(f"(vitis_hls -f {name}.tcl || vitis-run --mode hls --tcl {name}.tcl)")
+    script.append("vivado -mode batch -source block_design.tcl")
+    repos = [str(hw / s["name"] / "stitched_ip") for s in stages] + [str(hw / s["head"] / "stitched_ip") for s in stages]
+    repos += [str(out / name / "sol1" / "impl" / "ip") for _, name, _ in ips]
+    tcl = _render("block_design.tcl.j2", design_name=design.model, board=board, board_part=BOARD_PARTS.get(board.name, ""),
+                  vivado_version=VIVADO_VERSION, clock_mhz=summary["clock_mhz"], ip_repos=repos, stages=stages,
+                  ids={"vlnv": "xilinx.com:hls:exitflow_ids:1.0"}, merge_vlnv="xilinx.com:hls:exitflow_merge:1.0",
+                  input_width=max(8, getCustomOp(stage_models[0].graph.node[0]).get_instream_width()),
+                  record_width=8 * fmt.word_bytes)
+    (out / "block_design.tcl").write_text(tcl)
+    (out / "make_bitfile.sh").write_text("\n".join(script) + "\n")
+    (out / "make_bitfile.sh").chmod(0o755)
+    (hw / "driver.json").write_text(json.dumps({"records": fmt.to_json(), "exits": [s.head.name for s in design.stages],
+                                                 "input_shape": summary.get("input_shape")}, indent=1))
+    return out
+
+
+def build_bitfile(run_dir: str | Path, log=print) -> Path:
+    """With Vivado and Vitis HLS: FINN IPs for every stage and head, the exit IPs, the bitfile."""
+    missing = missing_tools()
+    hw = Path(run_dir) / "hw"
+    if missing:
+        raise NotAvailableError(
+            f"the bitfile needs {' and '.join(missing)}, not found on PATH; the generated project is in "
+            f"{hw / 'vivado'} (run make_bitfile.sh there after `exitflow build` on a machine with them)")
+    from finn.transformation.fpgadataflow.create_stitched_ip import CreateStitchedIP
+    from finn.transformation.fpgadataflow.hlssynth_ip import HLSSynthIP
+    from qonnx.core.modelwrapper import ModelWrapper
+
+    from exitflow.finn_flow import finn_settings
+
+    summary = json.loads((hw / "build.json").read_text())
+    for graph in summary["graphs"]:
+        folder = hw / graph["name"]
+        with finn_settings(folder / "ipgen"):
+            model = ModelWrapper(str(folder / "model_hw.onnx")).transform(HLSSynthIP())
+            model = model.transform(CreateStitchedIP(summary["part"], 1000.0 / summary["clock_mhz"], ip_name=graph["name"]))
+        shutil.copytree(model.get_metadata_prop("vivado_stitch_proj") + "/ip", folder / "stitched_ip", dirs_exist_ok=True)
+        log(f"IP for {graph['kind']} {graph['name']}: {folder / 'stitched_ip'}")
+    vivado = hw / "vivado"
+    subprocess.run(["bash", str(vivado / "make_bitfile.sh")], check=True, cwd=vivado)
+    return hw / "deploy" / "exitflow.bit"

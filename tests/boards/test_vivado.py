@@ -1,0 +1,95 @@
+"""The Vivado project exitflow writes for a design, and the bitfile path (marked `vivado`)."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from exitflow.boards import load_catalogue
+from exitflow.boards.driver import RecordFormat
+from exitflow.boards.vivado import build_bitfile, missing_tools
+from exitflow.build import build
+from exitflow.errors import NotAvailableError
+from exitflow.hls_templates.csim import compile_cpp
+
+DESIGN = {
+    "model": "lenet", "board": "Pynq-Z2",
+    "stages": [
+        {"name": "early", "blocks": ["conv0"], "gate_depth": 6, "head": {"name": "exit0", "threshold": 0.9}},
+        {"name": "middle", "blocks": ["conv1", "fc0"], "gate_depth": 2, "head": {"name": "exit1", "policy": "margin", "threshold": 1.5}},
+        {"name": "last", "blocks": ["fc1"], "head": {"name": "final"}},
+    ],
+}
+
+
+@pytest.fixture(scope="module")
+def built(digits_run, tmp_path_factory):
+    path = tmp_path_factory.mktemp("design") / "design.yaml"
+    path.write_text(yaml.safe_dump(DESIGN, sort_keys=False))
+    build(digits_run, path, log=lambda line: None)
+    return digits_run / "hw"
+
+
+def test_project_files(built):
+    vivado = built / "vivado"
+    names = sorted(p.name for p in vivado.iterdir())
+    for ip in ("early_gate_ip", "middle_gate_ip", "last_tag_ip", "exitflow_ids", "exitflow_merge"):
+        assert f"{ip}.cpp" in names and f"{ip}.tcl" in names
+    tcl = (vivado / "block_design.tcl").read_text()
+    assert "set part xc7z020clg400-1" in tcl and "tul.com.tw:pynq-z2" in tcl
+    for cell in ("early", "exit0", "middle", "exit1", "last", "final", "early_gate", "middle_gate", "last_tag", "merge", "dma"):
+        assert f"create_bd_cell -type ip -vlnv" in tcl and f" {cell}\n" in tcl
+    assert "merge/in_V_2" in tcl and "early_gate/fm_out] [get_bd_intf_pins middle/s_axis_0" in tcl
+    script = (vivado / "make_bitfile.sh").read_text()
+    assert script.rstrip().endswith("vivado -mode batch -source block_design.tcl")
+
+
+def test_gate_fifo_depth_follows_the_design(built):
+    tcl = (built / "vivado" / "block_design.tcl").read_text()
+    import re
+
+    depths = [int(m) for m in re.findall(r"CONFIG\.FIFO_DEPTH \{(\d+)\}", tcl)]
+    words = [int(line.split("FIFO of ")[1].split()[0]) for line in tcl.splitlines() if "FIFO of" in line]
+    assert len(depths) == 2 and all(d >= w and d & (d - 1) == 0 for d, w in zip(depths, words))
+    assert words[0] > 0 and words[0] % 6 == 0  # gate_depth 6 feature maps
+
+
+@pytest.mark.parametrize("ip", ["early_gate_ip", "last_tag_ip", "exitflow_ids", "exitflow_merge"])
+def test_exit_ip_sources_compile(built, tmp_path, ip):
+    source = (built / "vivado" / f"{ip}.cpp").read_text() + "\nint main() { return 0; }\n"
+    assert compile_cpp(source, tmp_path, name=ip).exists()
+
+
+def test_driver_json(built):
+    fmt = RecordFormat.load(built / "driver.json")
+    assert fmt.exit_bits == 2 and len(fmt.code_bits) == 3
+    from qonnx.core.modelwrapper import ModelWrapper
+    from qonnx.custom_op.registry import getCustomOp
+
+    ctu = getCustomOp(ModelWrapper(str(built / "exit1" / "model_hw.onnx")).graph.node[-1]).params()
+    assert fmt.code_bits[0] == (10 << 10).bit_length()  # max_prob: CLASSES << FRAC_BITS
+    assert fmt.code_bits[1] == ctu.logit_bits + 1 and ctu.policy == "margin"  # margin: a logit difference
+    assert json.loads((built / "driver.json").read_text())["exits"] == ["exit0", "exit1", "final"]
+
+
+@pytest.mark.skipif(not missing_tools(), reason="Vivado is installed: the missing-tool message does not apply")
+def test_bitfile_without_vivado_names_the_tools_and_the_project(built):
+    with pytest.raises(NotAvailableError) as err:
+        build_bitfile(built.parent)
+    assert "Vivado 2024.2" in str(err.value) and "Vitis HLS 2024.2" in str(err.value) and str(built / "vivado") in str(err.value)
+
+
+@pytest.mark.vivado
+@pytest.mark.vitis
+@pytest.mark.slow
+@pytest.mark.parametrize("board", sorted(load_catalogue()))
+def test_bitfile_for_every_board(digits_run, tmp_path, board):
+    run = tmp_path / "run"
+    shutil.copytree(digits_run, run, ignore=shutil.ignore_patterns("hw", "stages"))
+    path = tmp_path / "design.yaml"
+    path.write_text(yaml.safe_dump({**DESIGN, "board": board}, sort_keys=False))
+    build(run, path, log=lambda line: None)
+    bit = build_bitfile(run)
+    assert bit.exists() and bit.with_suffix(".hwh").exists()
