@@ -21,10 +21,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
+from exitflow.boards.vivado import VIVADO_VERSION  # the tool release finn-plus 1.6.1 targets
+
 from .design import Design, load_design
 from .errors import ConfigError
-
-from exitflow.boards.vivado import VIVADO_VERSION  # noqa: E402  the release finn-plus 1.6.1 targets
 
 
 def _divisors(n: int) -> list[int]:
@@ -177,8 +179,9 @@ def _build_graphs(run_dir, design, design_path, board, model, data, exits, stage
         reports.append(report)
         log(f"{kind} {name}: {report.nodes} HW nodes, interval {report.interval_cycles} cycles, "
             f"LUT {report.lut:.0f}, BRAM18 {report.bram18}, DSP {report.dsp}")
+    gates = _gate_checks(tmp, design, log)
     summary = {
-        "design": str(Path(design_path).resolve()), "board": board.name, "part": board.part,
+        "design": str(Path(design_path).resolve()), "board": board.name, "part": board.part, "gates": gates,
         "clock_mhz": design.resolve_clock_mhz(), "input_shape": list(data["input_shape"]),
         "graphs": [r.__dict__ for r in reports],
         "bitfile": bitfile_status(run_dir, design_path),
@@ -188,6 +191,28 @@ def _build_graphs(run_dir, design, design_path, board, model, data, exits, stage
 
     write_project(run_dir)
     return reports
+
+
+def _gate_checks(hw: Path, design: Design, log) -> list[dict]:
+    """A gate's FIFO should cover its head's decision latency (the sum of the head's node
+    cycles): a shallower one stalls the stage while the head decides. Reported, not refused:
+    the depth is the design's trade-off."""
+    from qonnx.core.modelwrapper import ModelWrapper
+    from qonnx.custom_op.registry import getCustomOp
+
+    import exitflow.hw_ops.ctu_op  # noqa: F401
+
+    checks = []
+    for stage in design.stages[:-1]:
+        last = ModelWrapper(str(hw / stage.name / "model_hw.onnx")).graph.node[-1]
+        folds = int(np.prod(getCustomOp(last).get_folded_output_shape()[:-1]))
+        latency = sum(json.loads((hw / stage.head.name / "estimate_layer_cycles.json").read_text()).values())
+        words = stage.gate_depth * folds
+        checks.append({"stage": stage.name, "fifo_words": words, "head_latency_cycles": int(latency), "covers": words >= latency})
+        if words < latency:
+            log(f"note: the gate after {stage.name} holds {words} words, less than {stage.head.name}'s decision latency "
+                f"of about {int(latency)} cycles; the stage may stall while it decides (raise gate_depth)")
+    return checks
 
 
 def bitfile_status(run_dir: Path, design_path: Path) -> dict:

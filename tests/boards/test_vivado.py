@@ -46,6 +46,13 @@ def test_project_files(built):
     assert script.rstrip().endswith("vivado -mode batch -source block_design.tcl")
 
 
+def test_gate_depth_is_checked_against_the_heads_latency(built):
+    gates = json.loads((built / "build.json").read_text())["gates"]
+    assert [g["stage"] for g in gates] == ["early", "middle"]
+    for g in gates:
+        assert g["head_latency_cycles"] > 0 and g["covers"] == (g["fifo_words"] >= g["head_latency_cycles"])
+
+
 def test_gate_fifo_depth_follows_the_design(built):
     tcl = (built / "vivado" / "block_design.tcl").read_text()
     import re

@@ -234,7 +234,8 @@ def test_cli_says_what_the_bitfile_needs(digits_run, tmp_path, exitflow_cmd):
     design = _write(tmp_path, _design("lenet", LENET_SUBSETS[0]))
     out = subprocess.run([*exitflow_cmd, "build", str(digits_run), "--design", str(design)], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
-    assert "bitfile: not generated here: it needs Vivado and Vitis HLS 2024.2" in out.stdout
+    assert ("bitfile: needs Vivado 2024.2 (vivado) and Vitis HLS 2024.2 (vitis_hls or vitis-run) (not on PATH); "
+            f"on a machine with them run: exitflow build {digits_run} --design {design}") in out.stdout
     missing = subprocess.run([*exitflow_cmd, "build", str(digits_run)], capture_output=True, text=True)
     assert missing.returncode == 2 and "sweep/design.yaml: design not found; pass --design FILE" in missing.stderr
 
