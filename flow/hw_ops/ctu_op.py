@@ -9,9 +9,6 @@ records stay exact. ``execute_node`` is :meth:`CTUParams.decide`, the policy fun
 
 from __future__ import annotations
 
-import shutil
-from pathlib import Path
-
 import numpy as np
 from finn.custom_op.fpgadataflow import register_custom_op as register_hw
 from finn.custom_op.fpgadataflow.hls import register_custom_op as register_hls
@@ -19,11 +16,8 @@ from finn.custom_op.fpgadataflow.hlsbackend import HLSBackend
 from finn.custom_op.fpgadataflow.hwcustomop import HWCustomOp
 from qonnx.core.datatype import DataType
 
-from exitflow.hls_templates import TEMPLATE_DIR
-
+from .backend import TemplateHLSBackend
 from .ctu import CTUParams
-
-HEADER = "exitflow_ctu.hpp"
 
 
 @register_hw
@@ -127,8 +121,10 @@ class ConfidenceThreshold(HWCustomOp):
 
 
 @register_hls
-class ConfidenceThreshold_hls(ConfidenceThreshold, HLSBackend):
+class ConfidenceThreshold_hls(ConfidenceThreshold, TemplateHLSBackend):
     """HLS backend: a thin top function around ``hls_templates/exitflow_ctu.hpp``."""
+
+    HEADER = "exitflow_ctu.hpp"
 
     def get_nodeattr_types(self):
         attrs = ConfidenceThreshold.get_nodeattr_types(self)
@@ -137,14 +133,6 @@ class ConfidenceThreshold_hls(ConfidenceThreshold, HLSBackend):
 
     def execute_node(self, context, graph):
         ConfidenceThreshold.execute_node(self, context, graph)
-
-    def code_generation_ipgen(self, model, fpgapart, clk):
-        super().code_generation_ipgen(model, fpgapart, clk)
-        # the template travels with the generated top function (quoted include, same folder)
-        shutil.copy(TEMPLATE_DIR / HEADER, Path(self.get_nodeattr("code_gen_dir_ipgen")) / HEADER)
-
-    def global_includes(self):
-        self.code_gen_dict["$GLOBALS$"] = [f'#include "{HEADER}"']
 
     def defines(self, var):
         p = self.params()

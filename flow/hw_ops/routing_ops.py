@@ -9,9 +9,6 @@ and marks the rows that the hardware stream does not carry with -1 ids / records
 
 from __future__ import annotations
 
-import shutil
-from pathlib import Path
-
 import numpy as np
 from finn.custom_op.fpgadataflow import register_custom_op as register_hw
 from finn.custom_op.fpgadataflow.hls import register_custom_op as register_hls
@@ -19,11 +16,9 @@ from finn.custom_op.fpgadataflow.hlsbackend import HLSBackend
 from finn.custom_op.fpgadataflow.hwcustomop import HWCustomOp
 from qonnx.core.datatype import DataType
 
-from exitflow.hls_templates import TEMPLATE_DIR
-
+from .backend import TemplateHLSBackend
 from .routing import TagFormat
 
-HEADER = "exitflow_gate.hpp"
 MASKED = -1
 
 
@@ -43,6 +38,15 @@ class _Routing(HWCustomOp):
 
     def make_shape_compatible_op(self, model):
         return super().make_const_shape_op(self.get_normal_output_shape(0))
+
+    def bram_estimation(self, fpgapart=None):
+        return 0
+
+    def dsp_estimation(self, fpgapart=None):
+        return 0
+
+    def uram_estimation(self, fpgapart=None):
+        return 0
 
 
 @register_hw
@@ -129,12 +133,6 @@ class ExitGate(_Routing):
         width_blocks = int(np.ceil(self.get_instream_width(0) / 36))
         return max(width_blocks, int(np.ceil(bits / 18432)))
 
-    def dsp_estimation(self, fpgapart=None):
-        return 0
-
-    def uram_estimation(self, fpgapart=None):
-        return 0
-
 
 @register_hw
 class ExitMerge(_Routing):
@@ -188,23 +186,9 @@ class ExitMerge(_Routing):
     def lut_estimation(self, fpgapart=None):
         return self._fmt().width * self.get_nodeattr("Exits") + 20  # input mux + round-robin pointer
 
-    def bram_estimation(self, fpgapart=None):
-        return 0
 
-    def dsp_estimation(self, fpgapart=None):
-        return 0
-
-    def uram_estimation(self, fpgapart=None):
-        return 0
-
-
-class _RoutingHLS(HLSBackend):
-    def code_generation_ipgen(self, model, fpgapart, clk):
-        super().code_generation_ipgen(model, fpgapart, clk)
-        shutil.copy(TEMPLATE_DIR / HEADER, Path(self.get_nodeattr("code_gen_dir_ipgen")) / HEADER)
-
-    def global_includes(self):
-        self.code_gen_dict["$GLOBALS$"] = [f'#include "{HEADER}"']
+class _RoutingHLS(TemplateHLSBackend):
+    HEADER = "exitflow_gate.hpp"
 
     def defines(self, var):
         fmt = self._fmt()
