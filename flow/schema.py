@@ -243,9 +243,7 @@ def dump_yaml(obj: Any) -> str:
 
 def write_file(obj: Any, path: str | Path) -> Path:
     """Write ``obj`` as YAML atomically: a crash never leaves a half-written file behind."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(dump_yaml(obj), encoding="utf-8")
-    tmp.replace(path)
-    return path
+    from .files import atomic_write
+
+    text = dump_yaml(obj)
+    return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))

@@ -24,11 +24,9 @@ class CheckpointError(ExitflowError):
 
 
 def save(path: Path, payload: dict[str, Any]) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save({"format": FORMAT, "version": VERSION, **payload}, tmp)
-    tmp.replace(path)
+    from exitflow.files import atomic_write
+
+    atomic_write(path, lambda tmp: torch.save({"format": FORMAT, "version": VERSION, **payload}, tmp))
 
 
 def load(path: Path) -> dict[str, Any]:

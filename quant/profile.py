@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from exitflow.data import ImageSet, load_splits
+from exitflow.files import atomic_write
 
 from . import checkpoint as ckpt
 from .network import MultiExitNet
@@ -123,17 +124,11 @@ def profile(run_dir: str | Path, frac_bits: int = DEFAULT_FRAC_BITS, plot: bool 
         }
     summary["scales"] = arrays["scales"].tolist()
     summary["logit_bits"] = arrays["logit_bits"].tolist()
-    _atomic(run_dir / "profile.npz", lambda p: np.savez_compressed(p, **arrays))
-    _atomic(run_dir / "profile.json", lambda p: p.write_text(json.dumps(summary, indent=1)))
+    atomic_write(run_dir / "profile.npz", lambda p: np.savez_compressed(p, **arrays))
+    atomic_write(run_dir / "profile.json", lambda p: p.write_text(json.dumps(summary, indent=1)))
     if plot:
-        _atomic(run_dir / "profile.png", lambda p: plot_profile(summary, p))
+        atomic_write(run_dir / "profile.png", lambda p: plot_profile(summary, p))
     return summary
-
-
-def _atomic(path: Path, write) -> None:
-    tmp = path.with_name(f".tmp.{path.name}")
-    write(tmp)
-    tmp.replace(path)
 
 
 def plot_profile(summary: dict, path: Path) -> None:

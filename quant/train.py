@@ -34,6 +34,7 @@ import torch.nn.functional as F
 
 from exitflow.data import ImageSet, load_splits
 from exitflow.errors import ConfigError, ExitflowError
+from exitflow.files import atomic_write
 from exitflow.schema import dump_yaml, to_data
 
 from . import checkpoint as ckpt
@@ -244,6 +245,4 @@ def train(config: RunConfig, out: str | Path, log: Callable[[str], None] = print
 
 def _write_log(out: Path, config: RunConfig, model: MultiExitNet, history: list[dict]) -> None:
     log = {"mode": config.train.mode, "exits": model.exit_names, "epochs": history}
-    tmp = out / ".train_log.json.tmp"
-    tmp.write_text(json.dumps(log, indent=1))
-    tmp.replace(out / "train_log.json")
+    atomic_write(out / "train_log.json", lambda tmp: tmp.write_text(json.dumps(log, indent=1)))
