@@ -131,3 +131,29 @@ def test_pytest_markers_in_pyproject_match_the_plugin(repo):
     config = tomllib.loads((repo / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]
     declared = dict(m.split(": ", 1) for m in config["markers"])
     assert declared == MARKERS
+
+
+def test_package_data_covers_the_data_files(repo):
+    """A non-editable install must carry the board files, templates and their READMEs."""
+    import fnmatch
+
+    data = tomllib.loads((repo / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    for package, patterns in data.items():
+        folder = repo / {"exitflow.boards": "boards", "exitflow.hls_templates": "hls_templates"}[package]
+        files = [p.relative_to(folder).as_posix() for p in folder.rglob("*")
+                 if p.is_file() and p.suffix != ".py" and "__pycache__" not in p.parts]
+        uncovered = [f for f in files if not any(fnmatch.fnmatch(f, pat) for pat in patterns)]
+        assert uncovered == [], f"{package}: add to package-data: {uncovered}"
+
+
+def test_every_python_package_is_listed(repo):
+    """Editable installs find subpackages by folder; a wheel only ships the listed ones."""
+    setuptools = tomllib.loads((repo / "pyproject.toml").read_text())["tool"]["setuptools"]
+    listed = set(setuptools["packages"])
+    roots = {folder: package for package, folder in setuptools["package-dir"].items()}
+    found = set()
+    for folder, package in roots.items():
+        for init in (repo / folder).rglob("__init__.py"):
+            rel = init.parent.relative_to(repo / folder).parts
+            found.add(".".join((package, *rel)))
+    assert found == listed
