@@ -1,0 +1,206 @@
+"""FINN's resource and cycle estimates, vectorised over foldings.
+
+The design search evaluates many foldings at once; calling FINN's per-node estimators for each
+would be slow. :func:`inventory` reads a built graph (``DIR/hw/<name>/model_hw.onnx``) once and
+keeps what stays fixed while the folding changes: for every weight layer (MVAU) and the sliding
+window generator that feeds it (its SIMD follows the MVAU's), the attributes FINN's formulas
+use; for every other node, FINN's own numbers. :func:`layer_costs` then evaluates FINN's formulas
+(finn-plus 1.6.1: ``MVAU.bram_estimation``/``uram_estimation``/``get_exp_cycles``,
+``MVAU_hls.lut_estimation``/``dsp_estimation``, ``MVAU_rtl.dsp_estimation``,
+``ConvolutionInputGenerator_rtl`` in its default implementation) on arrays of PE and SIMD.
+``tests/dse/test_finn_model.py`` checks equality with FINN on random legal foldings.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+RESOURCES = ("lut", "bram18", "uram", "dsp")
+
+
+@dataclass(frozen=True)
+class WeightLayer:
+    """One MVAU (and its window generator), with FINN's fixed attributes."""
+
+    layer: str  # exitflow layer name (folding key)
+    node: str
+    impl: str  # "hls" or "rtl"
+    mw: int
+    mh: int
+    wbits: int
+    abits: int
+    signed_input: bool
+    acc_bits: int  # accumulator datatype width
+    out_bits: int
+    no_activation: bool
+    mem_mode: str
+    ram_style: str
+    ram_style_thresholds: str
+    res_type: str
+    vectors: int  # product of numInputVectors
+    th: int
+    dsp_block: str
+    window: dict | None = None  # the feeding ConvolutionInputGenerator_rtl's attributes
+
+
+@dataclass(frozen=True)
+class Inventory:
+    name: str
+    part: str
+    layers: tuple[WeightLayer, ...]
+    fixed: dict = field(default_factory=dict)  # node -> {lut, bram18, uram, dsp, cycles} from FINN
+
+
+def _window_attrs(inst) -> dict:
+    if inst.select_impl_style() != "default" or inst.get_nodeattr("depthwise"):
+        raise NotImplementedError(f"{inst.onnx_node.name}: only the default, non-depthwise window generator is modelled")
+    if inst.get_nodeattr("ram_style") == "ultra":
+        raise NotImplementedError(f"{inst.onnx_node.name}: URAM line buffers are not modelled")
+    return {
+        "node": inst.onnx_node.name, "ifm_ch": inst.get_nodeattr("IFMChannels"),
+        "k": list(inst.get_nodeattr("ConvKernelDim")), "ifm": list(inst.get_nodeattr("IFMDim")),
+        "ofm": list(inst.get_nodeattr("OFMDim")), "stride": list(inst.get_nodeattr("Stride")),
+        "dilation": list(inst.get_nodeattr("Dilation")), "in_bits": inst.get_input_datatype().bitwidth(),
+        "ram_style": inst.get_nodeattr("ram_style"),
+    }
+
+
+def inventory(model_path: str | Path, part: str, layer_names: list[str], name: str = "") -> Inventory:
+    """What the search needs of one built graph (see the module docstring)."""
+    from finn.analysis.fpgadataflow.exp_cycles_per_layer import exp_cycles_per_layer
+    from finn.analysis.fpgadataflow.res_estimation import res_estimation
+    from finn.util.basic import get_dsp_block
+    from qonnx.core.modelwrapper import ModelWrapper
+    from qonnx.custom_op.registry import getCustomOp
+
+    import exitflow.hw_ops.ctu_op  # noqa: F401
+    import exitflow.hw_ops.routing_ops  # noqa: F401
+
+    model = ModelWrapper(str(model_path))
+    res = model.analysis(lambda m: res_estimation(m, part))
+    cycles = model.analysis(exp_cycles_per_layer)
+    mvaus = [n for n in model.graph.node if n.op_type.startswith("MVAU")]
+    if len(mvaus) != len(layer_names):
+        raise ValueError(f"{model_path}: {len(mvaus)} MVAUs for layers {layer_names}")
+    layers, tied = [], set()
+    for layer, node in zip(layer_names, mvaus):
+        inst = getCustomOp(node)
+        idt = inst.get_input_datatype(0)
+        producer = model.find_producer(node.input[0])
+        window = None
+        if producer is not None and producer.op_type.startswith("ConvolutionInputGenerator"):
+            window = _window_attrs(getCustomOp(producer))
+            tied.add(producer.name)
+        layers.append(WeightLayer(
+            layer=layer, node=node.name, impl="rtl" if node.op_type.endswith("_rtl") else "hls",
+            mw=inst.get_nodeattr("MW"), mh=inst.get_nodeattr("MH"), wbits=inst.get_input_datatype(1).bitwidth(),
+            abits=idt.bitwidth(), signed_input=bool(idt.signed()), acc_bits=inst.get_accumulator_datatype().bitwidth(),
+            out_bits=inst.get_output_datatype().bitwidth(), no_activation=bool(inst.get_nodeattr("noActivation")),
+            mem_mode=inst.get_nodeattr("mem_mode"), ram_style=inst.get_nodeattr("ram_style"),
+            ram_style_thresholds=inst.get_nodeattr("ram_style_thresholds") if "ram_style_thresholds" in inst.get_nodeattr_types() else "",
+            res_type=inst.get_nodeattr("resType") if "resType" in inst.get_nodeattr_types() else "",
+            vectors=int(np.prod(inst.get_nodeattr("numInputVectors"))),
+            th=inst.get_nodeattr("TH") if "TH" in inst.get_nodeattr_types() else 1,
+            dsp_block=get_dsp_block(part), window=window,
+        ))
+    fixed = {}
+    for node in model.graph.node:
+        if node.op_type.startswith("MVAU") or node.name in tied:
+            continue
+        r = res[node.name]
+        fixed[node.name] = {"lut": r["LUT"], "bram18": r["BRAM_18K"], "uram": r["URAM"], "dsp": r["DSP"], "cycles": cycles[node.name]}
+    return Inventory(name, part, tuple(layers), fixed)
+
+
+# ------------------------------------------------------------------------------ formulas
+
+
+def _mvau(L: WeightLayer, pe: np.ndarray, simd: np.ndarray) -> dict[str, np.ndarray]:
+    P, Q = pe.astype(np.float64), simd.astype(np.float64)
+    W, A = L.wbits, L.abits
+    wmem = (L.mw * L.mh) // (pe * simd)
+    omega = (L.mw * L.mh) / (Q * P)
+    mem_width = simd * W * pe
+    # bram_estimation (FINN-R; SDP RAMB18)
+    no_bram = (L.mem_mode == "internal_decoupled" and L.ram_style in ("distributed", "ultra")) or \
+        L.mem_mode in ("external", "external_mem")
+    if L.mem_mode == "internal_embedded":
+        no_bram_arr = wmem <= 128
+    else:
+        no_bram_arr = np.full(pe.shape, no_bram)
+    bram = np.select(
+        [mem_width == 1, mem_width == 2, mem_width <= 4, mem_width <= 9, (mem_width <= 18) | (omega > 512)],
+        [np.ceil(omega / 16384), np.ceil(omega / 8192), np.ceil(omega / 4096) * np.ceil(mem_width / 4),
+         np.ceil(omega / 2048) * np.ceil(mem_width / 9), np.ceil(omega / 1024) * np.ceil(mem_width / 18)],
+        np.ceil(omega / 512) * np.ceil(mem_width / 36),
+    )
+    bram = np.where(no_bram_arr, 0, bram)
+    # uram_estimation
+    no_uram = (L.mem_mode == "internal_decoupled" and L.ram_style != "ultra") or L.mem_mode in ("external", "external_mem")
+    uram = np.zeros(pe.shape) if no_uram else np.ceil(mem_width / 72) * np.ceil(omega / 4096)
+    if L.mem_mode == "internal_embedded" and not no_uram:
+        uram = np.where(wmem <= 128, 0, uram)
+    cycles = np.floor((L.mh / P) * (L.mw / Q) * L.vectors * L.th)
+    if L.impl == "rtl":
+        lut = np.zeros(pe.shape)
+        dsp = P * np.ceil(Q / 3) if L.dsp_block == "DSP58" else np.ceil(P / 4) * Q
+    else:
+        c2 = np.zeros(pe.shape)
+        if (L.mem_mode == "internal_decoupled" and L.ram_style == "distributed") or L.mem_mode == "internal_embedded":
+            c2 = (P * Q * W) * np.ceil(wmem / 64)
+            if L.mem_mode == "internal_embedded":
+                c2 = np.where(wmem <= 128, c2, 0)
+        mult = np.zeros(pe.shape) if L.res_type == "dsp" else Q * (2 * math.ceil((W + A) / 6) - 1) * (W + A)
+        adder = (W + A) * (2 * Q - 1)
+        alpha = math.log(L.mw, 2) + W + A - 1 - int(L.signed_input)
+        acc_bits = min(L.acc_bits, np.ceil(alpha + math.log(1 + pow(2, -alpha), 2) + 1))
+        thr = comp = np.zeros(pe.shape)
+        if not L.no_activation and L.ram_style_thresholds == "distributed":
+            tmem = L.mh // pe
+            thr = (2 ** L.out_bits - 1) * acc_bits * np.ceil(tmem / 64)
+            comp = np.full(pe.shape, (2 ** L.out_bits - 1) * acc_bits, dtype=np.float64)
+        lut = np.floor(300 + 1.1 * (P * (mult + adder + acc_bits + thr + comp)) + c2)
+        dsp = P * Q * np.ceil((W + A) / 48) if L.res_type == "dsp" else np.zeros(pe.shape)
+    return {"lut": lut, "bram18": bram, "uram": uram, "dsp": dsp, "cycles": cycles}
+
+
+def _ram_width(depth: np.ndarray) -> np.ndarray:
+    return np.select([depth <= 512, depth <= 1024, depth <= 2048, depth <= 4096, depth <= 8192], [36, 18, 9, 4, 2], 1)
+
+
+def _window(w: dict, simd: np.ndarray) -> dict[str, np.ndarray]:
+    """ConvolutionInputGenerator_rtl, default implementation, non-depthwise."""
+    (k_h, k_w), (h, wd), (oh, ow) = w["k"], w["ifm"], w["ofm"]
+    (s_h, s_w), (d_h, d_w) = w["stride"], w["dilation"]
+    cf = (w["ifm_ch"] // simd).astype(np.int64)
+    buffer_min = ((k_h - 1) * d_h * wd + (k_w - 1) * d_w + 1) * cf
+    depth = buffer_min + np.maximum(0, ((s_w - 1) - k_h * k_w) * cf) + np.maximum(0, ((s_h - 1) * wd - k_h * k_w) * cf)
+    if h == 1 or wd == 1:
+        raise NotImplementedError(f"{w['node']}: 1-D window generators are not modelled")
+    cycles = buffer_min + oh * np.maximum(ow * k_w * k_h * cf, s_w * wd * cf)
+    width = simd * w["in_bits"]
+    lut = 300 + (width * np.ceil(depth / 38) if w["ram_style"] == "distributed" else 0)
+    if w["ram_style"] in ("block", "auto"):
+        ram_width = _ram_width(depth)
+        cascade_depth = np.ceil(depth / 16384)
+        cascade_width = np.ceil(width / ram_width)
+        remainder = _ram_width(depth % 16384)
+        savings = np.where(depth > 16384, cascade_width - np.ceil(width / remainder), 0)
+        bram = cascade_depth * cascade_width - savings
+    else:
+        bram = np.zeros(simd.shape)
+    return {"lut": lut, "bram18": bram, "uram": np.zeros(simd.shape), "dsp": np.zeros(simd.shape), "cycles": cycles}
+
+
+def layer_costs(layer: WeightLayer, pe, simd) -> dict[str, dict[str, np.ndarray]]:
+    """{node name: {lut, bram18, uram, dsp, cycles}} of the MVAU and its window generator for
+    every (PE, SIMD) pair of the arrays ``pe`` and ``simd``."""
+    pe, simd = np.asarray(pe, dtype=np.int64), np.asarray(simd, dtype=np.int64)
+    out = {layer.node: _mvau(layer, pe, simd)}
+    if layer.window is not None:
+        out[layer.window["node"]] = _window(layer.window, simd)
+    return out
