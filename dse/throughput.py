@@ -1,0 +1,95 @@
+"""Throughput and latency of a multi-exit pipeline.
+
+Time is counted per *input* sample. Stage 0 sees every sample; stage k (with its head) sees the
+samples that went on at exits 0..k-1, ``reaching_k = taken_exit >= k``, a fraction ``p_k`` of
+them. A stage whose slowest unit (its own nodes and its head's) needs ``T_k`` cycles per sample:
+
+* with infinite gate buffers, the pipeline accepts one input every
+  ``max_k p_k * T_k`` cycles (ATHEENA's rule: throughput = min_k (clock / T_k) / p_k);
+* with a gate of ``D`` samples in front of stage k, a burst of hard samples can still stall it.
+  Take ``W`` consecutive inputs holding ``c(W)`` samples that reach stage k, the first arriving
+  at an idle stage. When the last of them arrives, ``(W - 1)`` input intervals later, one can be
+  in service and ``D`` waiting, so ``c(W) - 1 - D`` must be done already:
+  ``(c(W) - 1 - D) * T_k <= (W - 1) * interval``. The model takes the worst window of the exit
+  sequence the profile produced (treated as repeating, so windows wrap around) and never goes
+  below the long-run ``p_k * T_k``. ``D -> infinity`` recovers the first rule.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+def reach_fractions(taken: np.ndarray, exits: int) -> np.ndarray:
+    """p_k: the fraction of samples that reach stage k (p_0 = 1)."""
+    taken = np.asarray(taken)
+    return np.array([(taken >= k).mean() for k in range(exits)])
+
+
+def max_window_counts(flags: np.ndarray) -> np.ndarray:
+    """c(W) for W = 1..N: the most ``True`` in any W consecutive entries of the repeating sequence."""
+    flags = np.asarray(flags, dtype=np.int64)
+    n = len(flags)
+    prefix = np.concatenate([[0], np.cumsum(np.concatenate([flags, flags]))])
+    start = np.arange(n)
+    return np.array([np.max(prefix[start + w] - prefix[start]) for w in range(1, n + 1)])
+
+
+def input_interval(reaching: np.ndarray, service_cycles: float, buffer_samples: int | None) -> float:
+    """Cycles per input sample that a stage of ``service_cycles`` per reaching sample, behind a
+    gate of ``buffer_samples`` (None: unbounded), can sustain on this exit sequence."""
+    reaching = np.asarray(reaching, dtype=bool)
+    average = reaching.mean() * service_cycles
+    if buffer_samples is None or not reaching.any():
+        return float(average)
+    if len(reaching) < 2:
+        return float(average)
+    counts = max_window_counts(reaching)[1:]  # W = 2..N
+    windows = np.arange(2, len(reaching) + 1)
+    burst = np.max((counts - 1 - buffer_samples) * service_cycles / (windows - 1))
+    return float(max(average, burst))
+
+
+@dataclass(frozen=True)
+class PipelineEstimate:
+    fps: float  # samples per second the pipeline accepts
+    fps_unbounded: float  # the same with unbounded gates (ATHEENA's rule)
+    intervals: tuple[float, ...]  # cycles per input sample each stage needs
+    bottleneck: int  # the stage that sets the pace
+    reach: tuple[float, ...]  # p_k
+
+
+def pipeline(taken: np.ndarray, stage_cycles: list[float], gate_samples: list[int | None], clock_mhz: float) -> PipelineEstimate:
+    """Throughput of stages with ``stage_cycles[k]`` cycles per sample (the slowest unit of stage
+    k and its head); ``gate_samples[k]`` is the buffer in front of stage k (None for stage 0)."""
+    taken = np.asarray(taken)
+    exits = len(stage_cycles)
+    reach = reach_fractions(taken, exits)
+    intervals = [input_interval(taken >= k, stage_cycles[k], gate_samples[k] if k else None) for k in range(exits)]
+    unbounded = [reach[k] * stage_cycles[k] for k in range(exits)]
+    clock = clock_mhz * 1e6
+    worst = int(np.argmax(intervals))
+    return PipelineEstimate(fps=clock / max(intervals), fps_unbounded=clock / max(unbounded),
+                            intervals=tuple(intervals), bottleneck=worst, reach=tuple(reach))
+
+
+def sensitivity(reach: np.ndarray, stage_cycles: list[float], clock_mhz: float, drift: float = 0.05) -> dict[str, float]:
+    """Throughput (unbounded gates) when every p_k (k > 0) moves by -drift and +drift."""
+    out = {}
+    for name, sign in (("minus", -1), ("plus", +1)):
+        p = np.clip(np.asarray(reach, dtype=float) + sign * drift, 0.0, 1.0)
+        p[0] = 1.0
+        out[name] = clock_mhz * 1e6 / max(p[k] * stage_cycles[k] for k in range(len(stage_cycles)))
+    return out
+
+
+def latency(taken: np.ndarray, stage_latency: list[float], head_latency: list[float], clock_mhz: float) -> dict:
+    """Cycles from input to each exit's result (stages up to k, then head k), and the mean over
+    the samples' actual exits, in cycles and microseconds."""
+    to_exit = np.cumsum(stage_latency) + np.asarray(head_latency, dtype=float)
+    taken = np.asarray(taken)
+    mean = float(to_exit[taken].mean()) if len(taken) else 0.0
+    return {"cycles_to_exit": to_exit.tolist(), "us_to_exit": (to_exit / clock_mhz).tolist(),
+            "mean_cycles": mean, "mean_us": mean / clock_mhz}
