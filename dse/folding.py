@@ -1,0 +1,62 @@
+"""The cheapest legal folding of each layer for a target interval.
+
+For a target of ``t`` cycles per sample, every layer can be folded on its own: the cheapest
+legal (PE, SIMD) whose cycles are at most ``t`` does not depend on the other layers. So a search
+over the pipeline interval (and exits and thresholds) needs, per layer, only the lower envelope
+"cost for at most t cycles", computed once here from FINN's formulas
+(:mod:`exitflow.dse.finn_model`).
+
+Cost is the resource use normalised by the budget and summed over LUT, BRAM18, URAM and DSP (a
+resource the budget lacks makes any use of it infinitely expensive); ties go to fewer LUTs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .finn_model import RESOURCES, WeightLayer, layer_costs
+
+
+def legal_foldings(layer: WeightLayer) -> tuple[np.ndarray, np.ndarray]:
+    """All (PE, SIMD) FINN can build for the layer (the rules `exitflow build` checks)."""
+    def divisors(n):
+        return [d for d in range(1, n + 1) if n % d == 0]
+
+    channels = layer.window["ifm_ch"] if layer.window else None
+    simds = [s for s in divisors(layer.mw) if s * 1024 >= layer.mw and (channels is None or channels % s == 0)]
+    pairs = [(p, s) for p in divisors(layer.mh) for s in simds if p * s * layer.wbits <= 8191]
+    pe, simd = zip(*pairs)
+    return np.array(pe), np.array(simd)
+
+
+@dataclass(frozen=True)
+class FoldingTable:
+    """Every legal folding of one layer with its resources and cycles, and the lower envelope."""
+
+    layer: WeightLayer
+    pe: np.ndarray
+    simd: np.ndarray
+    resources: np.ndarray  # (foldings, 4): lut, bram18, uram, dsp (MVAU + window generator)
+    cycles: np.ndarray  # slowest of the MVAU and its window generator
+    cost: np.ndarray
+
+    @classmethod
+    def build(cls, layer: WeightLayer, budget: np.ndarray) -> FoldingTable:
+        pe, simd = legal_foldings(layer)
+        costs = layer_costs(layer, pe, simd)
+        resources = sum(np.stack([c[r] for r in RESOURCES], axis=1) for c in costs.values())
+        cycles = np.max(np.stack([c["cycles"] for c in costs.values()]), axis=0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            share = np.where(resources > 0, resources / budget, 0.0)
+        cost = share.sum(axis=1) + 1e-9 * resources[:, 0]
+        return cls(layer, pe, simd, resources, cycles, cost)
+
+    def cheapest(self, targets: np.ndarray) -> np.ndarray:
+        """Index of the cheapest folding with cycles <= target, per target (-1: none fits)."""
+        targets = np.asarray(targets, dtype=float)
+        fits = self.cycles[None, :] <= targets[:, None]
+        costs = np.where(fits, self.cost[None, :], np.inf)
+        best = np.argmin(costs, axis=1)
+        return np.where(np.isfinite(costs[np.arange(len(targets)), best]), best, -1)

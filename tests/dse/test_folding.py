@@ -1,0 +1,64 @@
+"""The cheapest legal folding per target interval, against brute force."""
+
+import json
+
+import numpy as np
+import pytest
+import yaml
+
+from exitflow.build import build
+from exitflow.dse.finn_model import inventory
+from exitflow.dse.folding import FoldingTable, legal_foldings
+
+
+@pytest.fixture(scope="module")
+def lenet_layers(digits_run, tmp_path_factory):
+    path = tmp_path_factory.mktemp("d") / "design.yaml"
+    path.write_text(yaml.safe_dump({"model": "lenet", "board": "Pynq-Z2", "stages": [
+        {"name": "all", "blocks": ["conv0", "conv1", "fc0", "fc1"], "head": {"name": "final"}}]}))
+    build(digits_run, path, log=lambda line: None)
+    folder = digits_run / "hw" / "all"
+    names = list(json.loads((folder / "layers.json").read_text())["layers"])
+    return inventory(folder / "model_hw.onnx", "xc7z020clg400-1", names).layers
+
+
+BUDGET = np.array([53200, 280, 0, 220], dtype=float)
+
+
+def test_legal_foldings_follow_finns_rules(lenet_layers):
+    for layer in lenet_layers:
+        pe, simd = legal_foldings(layer)
+        assert len(pe) > 1
+        assert np.all(layer.mh % pe == 0) and np.all(layer.mw % simd == 0)
+        assert np.all(simd * 1024 >= layer.mw) and np.all(pe * simd * layer.wbits <= 8191)
+        if layer.window:
+            assert np.all(layer.window["ifm_ch"] % simd == 0)
+
+
+def test_cheapest_meets_the_target_and_nothing_cheaper_does(lenet_layers):
+    for layer in lenet_layers:
+        table = FoldingTable.build(layer, BUDGET)
+        targets = np.unique(np.concatenate([table.cycles, table.cycles - 1, [0, 1e12]]))
+        chosen = table.cheapest(targets)
+        for t, i in zip(targets, chosen):
+            fits = np.flatnonzero(table.cycles <= t)
+            if fits.size == 0:
+                assert i == -1
+                continue
+            assert table.cycles[i] <= t
+            assert table.cost[i] == table.cost[fits].min()
+        # a looser target is never more expensive
+        costs = [table.cost[i] for i in chosen if i >= 0]
+        assert all(a >= b - 1e-12 for a, b in zip(costs, costs[1:]))
+        assert np.all(table.resources[:, 2] == 0)  # no URAM on a Zynq-7020
+
+
+def test_unavailable_resource_is_never_chosen():
+    from exitflow.dse.finn_model import WeightLayer
+
+    layer = WeightLayer(layer="fc", node="MVAU_hls_0", impl="hls", mw=64, mh=16, wbits=4, abits=4, signed_input=False,
+                        acc_bits=14, out_bits=4, no_activation=False, mem_mode="internal_decoupled", ram_style="auto",
+                        ram_style_thresholds="auto", res_type="dsp", vectors=1, th=1, dsp_block="DSP48E1")
+    no_dsp = FoldingTable.build(layer, np.array([53200, 280, 0, 0], dtype=float))
+    assert np.all(np.isinf(no_dsp.cost[no_dsp.resources[:, 3] > 0]))
+    assert np.all(no_dsp.cheapest(np.array([1e9])) == -1)  # every folding of a DSP MVAU needs DSPs
