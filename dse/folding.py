@@ -31,7 +31,7 @@ def legal_foldings(layer: WeightLayer) -> tuple[np.ndarray, np.ndarray]:
     return np.array(pe), np.array(simd)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class FoldingTable:
     """Every legal folding of one layer with its resources and cycles, and the lower envelope."""
 
@@ -52,6 +52,33 @@ class FoldingTable:
             share = np.where(resources > 0, resources / budget, 0.0)
         cost = share.sum(axis=1) + 1e-9 * resources[:, 0]
         return cls(layer, pe, simd, resources, cycles, cost)
+
+    def envelope(self, targets: np.ndarray) -> np.ndarray:
+        """:meth:`cheapest` through a sorted lower envelope: O(log n) per target."""
+        order, best = self._envelope
+        pos = np.searchsorted(self.cycles[order], np.asarray(targets, dtype=float), side="right") - 1
+        return np.where(pos >= 0, best[np.maximum(pos, 0)], -1)
+
+    @property
+    def _envelope(self):
+        cached = self.__dict__.get("_env")
+        if cached is None:
+            order = np.argsort(self.cycles, kind="stable")
+            costs = self.cost[order]
+            best = np.empty(len(order), dtype=np.int64)
+            current = 0
+            for i in range(len(order)):  # running argmin of cost over foldings sorted by cycles
+                if costs[i] < costs[current] or i == 0:
+                    current = i
+                best[i] = order[current]
+            # foldings with equal cycles: the envelope at that cycle count must see all of them
+            last_of_run = np.r_[self.cycles[order][1:] != self.cycles[order][:-1], True]
+            for i in range(len(order) - 2, -1, -1):
+                if not last_of_run[i]:
+                    best[i] = best[i + 1]
+            cached = (order, best)
+            object.__setattr__(self, "_env", cached)
+        return cached
 
     def cheapest(self, targets: np.ndarray) -> np.ndarray:
         """Index of the cheapest folding with cycles <= target, per target (-1: none fits)."""

@@ -112,7 +112,9 @@ def _summarise(name: str, kind: str, folder: Path) -> GraphReport:
                        int(total("DSP")), int(max(cycles.values())), len(resources))
 
 
-def build(run_dir: str | Path, design_path: str | Path | None = None, log: Callable[[str], None] = print) -> list[GraphReport]:
+def build(run_dir: str | Path, design_path: str | Path | None = None, log: Callable[[str], None] = print,
+          hw_dir: str | Path | None = None, vivado_project: bool = True) -> list[GraphReport]:
+    """Build the design into ``hw_dir`` (default ``DIR/hw``); see the module docstring."""
     from exitflow.boards import get_board
     from exitflow.quant import checkpoint as ckpt
     from exitflow.quant.export import layer_table
@@ -133,12 +135,14 @@ def build(run_dir: str | Path, design_path: str | Path | None = None, log: Calla
 
     # FINN records absolute paths of generated code, so the build happens in DIR/hw itself; an
     # earlier DIR/hw waits in DIR/.hw.previous and comes back if this build fails.
-    final, previous = run_dir / "hw", run_dir / ".hw.previous"
+    final = Path(hw_dir) if hw_dir else run_dir / "hw"
+    previous = final.with_name(f".{final.name}.previous")
     shutil.rmtree(previous, ignore_errors=True)
     if final.exists():
         final.rename(previous)
     try:
-        reports = _build_graphs(run_dir, design, design_path, board, model, data, exits, stage_layers, head_layers, log)
+        reports = _build_graphs(final, design, design_path, board, model, data, exits, stage_layers, head_layers, log,
+                                vivado_project)
     except BaseException:
         shutil.rmtree(final, ignore_errors=True)
         if previous.exists():
@@ -148,7 +152,7 @@ def build(run_dir: str | Path, design_path: str | Path | None = None, log: Calla
     return reports
 
 
-def _build_graphs(run_dir, design, design_path, board, model, data, exits, stage_layers, head_layers, log):
+def _build_graphs(hw, design, design_path, board, model, data, exits, stage_layers, head_layers, log, vivado_project):
     import sys
 
     import torch
@@ -158,8 +162,7 @@ def _build_graphs(run_dir, design, design_path, board, model, data, exits, stage
 
     from . import finn_flow
 
-    tmp = run_dir / "hw"
-    manifest = export_stages(model, exits, tmp / "stages", torch.zeros((1, *data["input_shape"])))
+    manifest = export_stages(model, exits, hw / "stages", torch.zeros((1, *data["input_shape"])))
     clock_ns = 1000.0 / design.resolve_clock_mhz()
     jobs = []
     for k, stage in enumerate(design.stages):
@@ -169,27 +172,28 @@ def _build_graphs(run_dir, design, design_path, board, model, data, exits, stage
     reports = []
     for k, (name, kind, file, layers, folding, ctu) in enumerate(
             tqdm(jobs, desc="FINN", unit="graph", disable=not sys.stderr.isatty(), leave=False)):
-        out = tmp / name
+        out = hw / name
         state = finn_flow.FlowState(name=name, part=board.part, clock_ns=clock_ns, layers=layers, folding=folding,
                                     out=out, image_input=k == 0, ctu=ctu)
-        finn_flow.run_flow(tmp / "stages" / file, out, state)
+        finn_flow.run_flow(hw / "stages" / file, out, state)
         (out / "layers.json").write_text(json.dumps({"layers": state.layer_nodes, "input_datatype": state.input_datatype,
                                                      "input_scale": state.input_scale}, indent=1))
         report = _summarise(name, kind, out)
         reports.append(report)
         log(f"{kind} {name}: {report.nodes} HW nodes, interval {report.interval_cycles} cycles, "
             f"LUT {report.lut:.0f}, BRAM18 {report.bram18}, DSP {report.dsp}")
-    gates = _gate_checks(tmp, design, log)
+    gates = _gate_checks(hw, design, log)
     summary = {
         "design": str(Path(design_path).resolve()), "board": board.name, "part": board.part, "gates": gates,
         "clock_mhz": design.resolve_clock_mhz(), "input_shape": list(data["input_shape"]),
         "graphs": [r.__dict__ for r in reports],
-        "bitfile": bitfile_status(run_dir, design_path),
+        "bitfile": bitfile_status(hw.parent, design_path),
     }
-    (tmp / "build.json").write_text(json.dumps(summary, indent=1))
-    from exitflow.boards.vivado import write_project
+    (hw / "build.json").write_text(json.dumps(summary, indent=1))
+    if vivado_project:
+        from exitflow.boards.vivado import write_project
 
-    write_project(run_dir)
+        write_project(hw.parent)
     return reports
 
 

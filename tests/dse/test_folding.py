@@ -40,6 +40,9 @@ def test_cheapest_meets_the_target_and_nothing_cheaper_does(lenet_layers):
         table = FoldingTable.build(layer, BUDGET)
         targets = np.unique(np.concatenate([table.cycles, table.cycles - 1, [0, 1e12]]))
         chosen = table.cheapest(targets)
+        fast = table.envelope(targets)
+        assert np.array_equal(table.cost[np.maximum(fast, 0)] * (fast >= 0), table.cost[np.maximum(chosen, 0)] * (chosen >= 0))
+        assert np.array_equal(fast >= 0, chosen >= 0)
         for t, i in zip(targets, chosen):
             fits = np.flatnonzero(table.cycles <= t)
             if fits.size == 0:
