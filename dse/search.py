@@ -1,0 +1,150 @@
+"""The joint search over exits kept, thresholds and folding.
+
+Inputs: the *segments* of the network (the blocks between consecutive candidate exits, each with
+the exit head after it), inventoried once by building the design that keeps every candidate exit
+(:func:`inventory_segments`), and the profile's confidence codes on the validation split.
+
+For every subset of candidate exits (up to ``max_exits`` early ones) and every combination of
+thresholds from a grid, the profile gives each sample's exit, hence the accuracy and the fraction
+``p_s`` of samples reaching each stage. For a target interval ``T`` (cycles per input sample),
+stage s must process a sample in ``T / p_s`` cycles, and each of its layers takes its cheapest
+legal folding for that (:class:`~exitflow.dse.folding.FoldingTable`), independently of the
+others. Sweeping ``T`` over a grid gives, per subset and thresholds, resources against
+throughput; what fits the budget is a candidate design.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from exitflow.quant.policies import route, threshold_code
+
+from .finn_model import RESOURCES, inventory
+from .folding import FoldingTable
+
+
+@dataclass(frozen=True, eq=False)
+class GraphCost:
+    """One stage segment or head: its foldable layers and the cost of everything else."""
+
+    name: str
+    tables: tuple[FoldingTable, ...]
+    fixed: np.ndarray  # lut, bram18, uram, dsp of the nodes folding does not change
+    fixed_cycles: float  # slowest of those nodes
+
+    def at(self, targets: np.ndarray):
+        """(resources per target (T x 4), slowest cycles per target, folding index per layer per
+        target, feasible per target) when every layer gets its cheapest folding for the target."""
+        resources = np.tile(self.fixed, (len(targets), 1)).astype(float)
+        cycles = np.full(len(targets), float(self.fixed_cycles))
+        feasible = cycles <= targets
+        picks = []
+        for table in self.tables:
+            idx = table.envelope(targets)
+            ok = idx >= 0
+            safe = np.maximum(idx, 0)
+            resources += np.where(ok[:, None], table.resources[safe], 0.0)
+            cycles = np.maximum(cycles, np.where(ok, table.cycles[safe], np.inf))
+            feasible &= ok
+            picks.append(idx)
+        return resources, cycles, picks, feasible
+
+
+def graph_cost(folder: Path, part: str, budget: np.ndarray) -> GraphCost:
+    layers = list(json.loads((folder / "layers.json").read_text())["layers"])
+    inv = inventory(folder / "model_hw.onnx", part, layers, folder.name)
+    fixed = np.array([sum(c[r] for c in inv.fixed.values()) for r in RESOURCES], dtype=float)
+    fixed_cycles = max([c["cycles"] for c in inv.fixed.values()], default=0.0)
+    return GraphCost(folder.name, tuple(FoldingTable.build(l, budget) for l in inv.layers), fixed, fixed_cycles)
+
+
+@dataclass(frozen=True, eq=False)
+class Segment:
+    exit: str  # the candidate exit ending the segment
+    blocks: tuple[str, ...]
+    body: GraphCost
+    head: GraphCost
+
+
+@dataclass(frozen=True)
+class Candidate:
+    exits: tuple[int, ...]  # kept early exits (segment indices); the final is implied
+    thresholds: tuple[float, ...]
+    target: float  # interval target, cycles per input sample
+    fps: float
+    accuracy: float  # validation split
+    resources: tuple[float, ...]  # lut, bram18, uram, dsp
+    reach: tuple[float, ...]
+    folding: dict = field(default_factory=dict, compare=False)  # layer -> (pe, simd), per stage/head
+
+
+def _subsets(n_early: int, max_exits: int):
+    for size in range(0, min(max_exits, n_early) + 1):
+        yield from itertools.combinations(range(n_early), size)
+
+
+def search(segments: list[Segment], codes: np.ndarray, correct: np.ndarray, scales: np.ndarray, policy: str,
+           threshold_grid: list[float], budget: np.ndarray, clock_mhz: float, max_exits: int = 3,
+           targets: np.ndarray | None = None, progress=None) -> list[Candidate]:
+    """Every (exits, thresholds, interval) that fits ``budget``; the caller keeps the Pareto front."""
+    n = len(segments)
+    if targets is None:
+        targets = np.unique(np.round(np.geomspace(16, 4e6, 120)))
+    out = []
+    subsets = list(_subsets(n - 1, max_exits))
+    for subset in (progress(subsets) if progress else subsets):
+        kept = list(subset) + [n - 1]
+        grids = [threshold_grid] * len(subset)
+        for thresholds in itertools.product(*grids):
+            constants = [threshold_code(policy, t, float(scales[k]), ) for t, k in zip(thresholds, subset)]
+            taken = route(policy, codes[:, kept], constants) if subset else np.zeros(len(codes), dtype=np.int64)
+            accuracy = float(correct[np.arange(len(codes)), np.asarray(kept)[taken]].mean())
+            reach = [float((taken >= s).mean()) for s in range(len(kept))]
+            total = np.zeros((len(targets), len(RESOURCES)))
+            interval = np.zeros(len(targets))
+            feasible = np.ones(len(targets), dtype=bool)
+            picks = {}
+            start = 0
+            for s, end in enumerate(kept):
+                p = max(reach[s], 1e-9)
+                stage_targets = targets / p
+                graphs = [seg.body for seg in segments[start : end + 1]] + [segments[end].head]
+                for graph in graphs:
+                    res, cyc, idx, ok = graph.at(stage_targets)
+                    total += res
+                    interval = np.maximum(interval, p * cyc)
+                    feasible &= ok
+                    picks[graph.name] = (graph, idx)
+                start = end + 1
+            feasible &= np.all(total <= budget[None, :] + 1e-9, axis=1)
+            for t in np.flatnonzero(feasible):
+                folding = {name: {table.layer.layer: (int(table.pe[i[t]]), int(table.simd[i[t]]))
+                                  for table, i in zip(g.tables, idx)} for name, (g, idx) in picks.items()}
+                out.append(Candidate(tuple(subset), tuple(thresholds), float(targets[t]), clock_mhz * 1e6 / interval[t],
+                                     accuracy, tuple(total[t]), tuple(reach), folding))
+    return out
+
+
+def objectives(c: Candidate) -> tuple[float, ...]:
+    """What the front trades, all to be maximised: throughput, accuracy, -LUT, -BRAM18, -DSP."""
+    return (c.fps, c.accuracy, -c.resources[0], -c.resources[1], -c.resources[3])
+
+
+def pareto(candidates: list[Candidate]) -> list[Candidate]:
+    """Candidates no other beats on throughput, accuracy, LUT, BRAM18 and DSP at once (a skyline:
+    sorted best-first, each point is checked against the front kept so far)."""
+    order = sorted(range(len(candidates)), key=lambda i: objectives(candidates[i]), reverse=True)
+    front: list[int] = []
+    kept = np.zeros((0, 5))
+    for i in order:
+        row = np.array(objectives(candidates[i]))
+        if len(kept) and np.any(np.all(kept >= row, axis=1)):
+            continue  # dominated by, or equal to, a point already on the front
+        front.append(i)
+        kept = np.vstack([kept, row])
+    return [candidates[i] for i in front]

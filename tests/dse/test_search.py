@@ -1,0 +1,64 @@
+"""The joint search on a synthetic problem whose answer can be checked by hand, and the front."""
+
+import numpy as np
+
+from exitflow.dse.finn_model import WeightLayer
+from exitflow.dse.folding import FoldingTable
+from exitflow.dse.search import Candidate, GraphCost, Segment, pareto, search
+
+BUDGET = np.array([20000, 100, 0, 50], dtype=float)
+
+
+def layer(name, mw, mh):
+    return WeightLayer(layer=name, node=f"MVAU_{name}", impl="hls", mw=mw, mh=mh, wbits=2, abits=2, signed_input=False,
+                       acc_bits=16, out_bits=2, no_activation=False, mem_mode="internal_decoupled", ram_style="auto",
+                       ram_style_thresholds="auto", res_type="lut", vectors=64, th=1, dsp_block="DSP48E1")
+
+
+def graph(name, layers, fixed_cycles=0.0):
+    return GraphCost(name, tuple(FoldingTable.build(l, BUDGET) for l in layers), np.array([100.0, 0, 0, 0]), fixed_cycles)
+
+
+def problem():
+    segments = [
+        Segment("e0", ("b0",), graph("s0", [layer("b0", 64, 32)]), graph("h0", [layer("h0c", 64, 10)])),
+        Segment("e1", ("b1",), graph("s1", [layer("b1", 256, 64)]), graph("h1", [layer("h1c", 128, 10)])),
+    ]
+    rng = np.random.default_rng(0)
+    n = 400
+    codes = np.stack([rng.integers(1024, 4096, n), rng.integers(1024, 4096, n)], axis=1)  # max_prob codes
+    correct = np.stack([rng.random(n) < 0.9, rng.random(n) < 0.97], axis=1)
+    return segments, codes, correct, np.array([0.1, 0.1])
+
+
+def test_no_exit_and_early_exit_candidates():
+    segments, codes, correct, scales = problem()
+    found = search(segments, codes, correct, scales, "max_prob", [0.5, 0.9], BUDGET, clock_mhz=100.0)
+    no_exit = [c for c in found if c.exits == ()]
+    early = [c for c in found if c.exits == (0,)]
+    assert no_exit and early
+    assert {c.accuracy for c in no_exit} == {correct[:, 1].mean()}
+    for c in found:
+        assert np.all(np.array(c.resources) <= BUDGET)
+        assert c.fps >= 100e6 / c.target * (1 - 1e-9)  # every stage meets the interval target
+    # an early exit that takes half the samples lets the big second stage run at half the rate
+    best_no_exit = max(c.fps for c in no_exit)
+    best_early = max(c.fps for c in early)
+    assert best_early > best_no_exit
+
+
+def test_reach_matches_the_routing():
+    segments, codes, correct, scales = problem()
+    found = search(segments, codes, correct, scales, "max_prob", [0.5], BUDGET, 100.0)
+    c = next(c for c in found if c.exits == (0,))
+    expected = (codes[:, 0] > np.floor(1024 / 0.5)).mean()  # samples whose code is above the constant go on
+    assert c.reach[1] == expected
+
+
+def test_pareto_front():
+    def cand(fps, acc, lut, bram=0, dsp=0):
+        return Candidate((), (), 1.0, fps, acc, (lut, bram, 0, dsp), (1.0,))
+
+    a, b, c, d = cand(100, 0.9, 1000), cand(200, 0.8, 1000), cand(90, 0.85, 1200), cand(100, 0.9, 900)
+    front = pareto([a, b, c, d])
+    assert d in front and b in front and a not in front and c not in front
