@@ -26,7 +26,7 @@ COMMANDS: list[tuple[str, str, str | None]] = [
     ("train", "train a quantised multi-exit network from a config", None),
     ("profile", "profile exits of a trained network: exit rate and accuracy per threshold", None),
     ("export", "export chosen exits stage by stage as QONNX files for FINN", None),
-    ("sweep", "search exits, thresholds and folding under a board budget", "dse/ (issue #5)"),
+    ("sweep", "search exits, thresholds and folding under a board budget", None),
     ("build", "generate FINN hardware for every stage and exit unit of a design", None),
     ("cosim", "bit-accurate and cycle-level cosimulation of a design", "cosim/ (issue #6)"),
     ("report", "rebuild the HTML report of a run folder", "the end-to-end run (issue #7)"),
@@ -144,6 +144,20 @@ def cmd_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from exitflow.dse.sweep import sweep
+
+    r = sweep(args.dir, args.board, objective=args.objective, min_accuracy=args.min_accuracy,
+              max_drop_pp=args.max_drop_pp, util=args.util)
+    c = r.chosen
+    print(f"chosen: exits {list(c.exits) or 'none'} at thresholds {list(c.thresholds)}: {c.fps:,.0f} samples/s "
+          f"({r.gain:.2f}x the best design without early exits, {r.no_exit.fps:,.0f}/s), LUT {c.resources[0]:,.0f}, "
+          f"BRAM18 {c.resources[1]:.0f}, DSP {c.resources[3]:.0f}; test accuracy {100 * r.test_accuracy:.2f}% "
+          f"(final exit alone {100 * r.final_test_accuracy:.2f}%)")
+    print(f"wrote {args.dir}/sweep: pareto.json, pareto.png, resources.png, design.yaml ({len(r.front)} designs on the front)")
+    return 0
+
+
 # ---------------------------------------------------------------------------- later issues
 
 
@@ -169,7 +183,9 @@ def _add_arguments(name: str, p: argparse.ArgumentParser) -> None:
         p.add_argument("dir", help="run folder holding profile.npz")
         p.add_argument("--board", required=True, help="board name (see `exitflow boards`)")
         p.add_argument("--objective", choices=["throughput", "latency"], default="throughput")
-        p.add_argument("--min-accuracy", type=float, help="accuracy floor")
+        p.add_argument("--min-accuracy", type=float, help="absolute accuracy floor (fraction, e.g. 0.97)")
+        p.add_argument("--max-drop-pp", type=float, default=1.0,
+                       help="accuracy floor as percentage points below the final exit (default 1.0)")
         p.add_argument("--max-latency-us", type=float, help="latency limit in microseconds")
         p.add_argument("--util", type=float, default=0.85, help="utilisation cap of the board budget")
     elif name == "build":

@@ -14,7 +14,7 @@ def repo() -> Path:
     return REPO
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def exitflow_cmd() -> list[str]:
     """The installed console script, as a user runs it."""
     script = Path(sys.executable).parent / "exitflow"

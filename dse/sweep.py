@@ -1,0 +1,210 @@
+"""``exitflow sweep``: search a trained, profiled run for the best multi-exit design on a board.
+
+1. Build the design that keeps every candidate exit (each segment its own stage) into
+   ``DIR/sweep/inventory`` and inventory its stages and heads (FINN's estimates, once).
+2. Search exits, thresholds and interval targets (:mod:`exitflow.dse.search`) under the board's
+   resources after the shell, times the utilisation cap, on the validation split's profile.
+3. Keep the Pareto front, pick the design for the objective under the accuracy floor, check its
+   gates against bursts of hard samples (:mod:`exitflow.dse.throughput`), report the test split.
+4. Write ``DIR/sweep/pareto.json``, ``pareto.png``, ``resources.png`` and ``design.yaml``
+   (loadable by ``exitflow build``).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from exitflow.errors import ConfigError, ExitflowError
+
+from .search import Candidate, Segment, graph_cost, pareto, search
+from .throughput import pipeline
+
+MAX_PROB_THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98)
+GATE_DEPTH = 8  # feature maps each gate holds in the chosen design
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    chosen: Candidate
+    no_exit: Candidate
+    front: list[Candidate]
+    gain: float  # chosen fps / best no-exit fps under the same budget
+    test_accuracy: float
+    final_test_accuracy: float
+    fps_with_gates: float
+
+
+def _segments_design(model, config, board_name: str) -> tuple[dict, list[list[str]]]:
+    """The design keeping every candidate exit, and the blocks of each segment."""
+    from exitflow.quant.custom import CustomMultiExitNet
+
+    exits = model.exit_names
+    if isinstance(model, CustomMultiExitNet):
+        blocks = [[e] for e in exits]
+    else:
+        names, blocks, start = model.block_names, [], 0
+        for e in exits:
+            end = names.index(e) + 1
+            blocks.append(names[start:end])
+            start = end
+    stages = []
+    for k, (e, b) in enumerate(zip(exits, blocks)):
+        last = k == len(exits) - 1
+        stage = {"name": f"seg{k}", "blocks": b, "head": {"name": f"head{k}"}}
+        if not last:
+            stage["gate_depth"] = GATE_DEPTH
+            stage["head"]["threshold"] = 0.9
+        stages.append(stage)
+    return {"model": config.model.backbone, "board": board_name, "stages": stages}, blocks
+
+
+def sweep(run_dir: str | Path, board_name: str, objective: str = "throughput", min_accuracy: float | None = None,
+          max_drop_pp: float | None = 1.0, util: float = 0.85, policy: str = "max_prob", max_exits: int = 3,
+          log=print) -> SweepResult:
+    from exitflow.boards import get_board
+    from exitflow.build import build
+    from exitflow.quant import checkpoint as ckpt
+
+    run_dir = Path(run_dir)
+    if not 0.0 < util <= 1.0:
+        raise ConfigError(f"--util: must be in (0, 1]; got {util}")
+    if objective != "throughput":
+        raise ConfigError(f"--objective: {objective!r} is not supported yet; use throughput")
+    board = get_board(board_name)
+    config, model, _ = ckpt.load_model(run_dir)
+    profile_path = run_dir / "profile.npz"
+    if not profile_path.exists():
+        raise ExitflowError(f"{profile_path}: not found; run `exitflow profile {run_dir}` first")
+    prof = np.load(profile_path)
+    out = run_dir / "sweep"
+    out.mkdir(parents=True, exist_ok=True)
+    design, blocks = _segments_design(model, config, board.name)
+    (out / "inventory_design.yaml").write_text(yaml.safe_dump(design, sort_keys=False))
+    log("building every candidate stage and head once to take FINN's estimates")
+    build(run_dir, out / "inventory_design.yaml", log=lambda line: None, hw_dir=out / "inventory", vivado_project=False)
+    budget = np.array(board.available.as_tuple(), dtype=float)[[0, 2, 3, 4]] * util  # lut, bram18, uram, dsp
+    segments = [Segment(model.exit_names[k], tuple(b), graph_cost(out / "inventory" / f"seg{k}", board.part, budget),
+                        graph_cost(out / "inventory" / f"head{k}", board.part, budget)) for k, b in enumerate(blocks)]
+    codes, correct = prof[f"val_code_{policy}"], prof["val_correct"]
+    from tqdm import tqdm
+
+    show = sys.stderr.isatty()
+    candidates = search(segments, codes, correct, prof["scales"], policy, list(MAX_PROB_THRESHOLDS), budget,
+                        board.clock_mhz, max_exits=max_exits,
+                        progress=lambda items: tqdm(items, desc="sweep", unit="exit set", disable=not show, leave=False))
+    final_acc = float(correct[:, -1].mean())
+    floor = min_accuracy if min_accuracy is not None else final_acc - (max_drop_pp or 0.0) / 100.0
+    eligible = [c for c in candidates if c.accuracy >= floor - 1e-12]
+    no_exit = [c for c in candidates if c.exits == ()]
+    if not no_exit:
+        raise ExitflowError(f"no design without early exits fits {board.name} at {util:.0%} utilisation")
+    if not eligible:
+        raise ExitflowError(f"no design reaches the accuracy floor {floor:.4f} on {board.name}")
+    chosen = max(eligible, key=lambda c: (c.fps, c.accuracy, -c.resources[0]))
+    best_no_exit = max(no_exit, key=lambda c: (c.fps, -c.resources[0]))
+    # the chosen design with finite gates, on the validation exit sequence, and on the test split
+    from exitflow.quant.policies import route, threshold_code
+
+    kept = list(chosen.exits) + [len(segments) - 1]
+
+    def taken_on(split):
+        constants = [threshold_code(policy, t, float(prof["scales"][k])) for t, k in zip(chosen.thresholds, chosen.exits)]
+        c = prof[f"{split}_code_{policy}"][:, kept]
+        return route(policy, c, constants) if chosen.exits else np.zeros(len(c), dtype=np.int64)
+
+    stage_cycles = [chosen.target / max(p, 1e-9) for p in chosen.reach]
+    gated = pipeline(taken_on("val"), stage_cycles, [None] + [GATE_DEPTH] * (len(kept) - 1), board.clock_mhz)
+    test_taken = taken_on("test")
+    test_correct = prof["test_correct"]
+    test_acc = float(test_correct[np.arange(len(test_taken)), np.asarray(kept)[test_taken]].mean())
+    front = pareto(candidates)
+    result = SweepResult(chosen, best_no_exit, front, chosen.fps / best_no_exit.fps, test_acc,
+                         float(test_correct[:, -1].mean()), min(chosen.fps, gated.fps))
+    _write(out, result, segments, model, config.model.backbone, board, budget, util)
+    return result
+
+
+def _as_json(c: Candidate, names: list[str]) -> dict:
+    return {"exits": [names[k] for k in c.exits], "thresholds": list(c.thresholds), "fps": c.fps,
+            "val_accuracy": c.accuracy, "lut": c.resources[0], "bram18": c.resources[1], "uram": c.resources[2],
+            "dsp": c.resources[3], "interval_cycles": c.target, "reach": list(c.reach)}
+
+
+def _write(out: Path, r: SweepResult, segments, model, backbone: str, board, budget, util) -> None:
+    from exitflow.design import save_design
+    from exitflow.files import atomic_write
+
+    names = model.exit_names
+    report = {
+        "board": board.name, "utilisation_cap": util, "budget": dict(zip(("lut", "bram18", "uram", "dsp"), budget.tolist())),
+        "chosen": {**_as_json(r.chosen, names), "test_accuracy": r.test_accuracy, "fps_with_gates": r.fps_with_gates},
+        "no_exit_baseline": _as_json(r.no_exit, names),
+        "gain_vs_no_exit": r.gain, "final_exit_test_accuracy": r.final_test_accuracy,
+        "front": [_as_json(c, names) for c in r.front],
+    }
+    atomic_write(out / "pareto.json", lambda p: p.write_text(json.dumps(report, indent=1)))
+    save_design(_design(r.chosen, segments, backbone, board), out / "design.yaml")
+    _plots(out, r, names)
+
+
+def _design(c: Candidate, segments, backbone: str, board):
+    from exitflow.design import Design, ExitHead, LayerFolding, Stage
+    from exitflow.schema import FrozenMap
+
+    kept = list(c.exits) + [len(segments) - 1]
+    stages, start = [], 0
+    for s, end in enumerate(kept):
+        last = s == len(kept) - 1
+        blocks = [b for seg in segments[start : end + 1] for b in seg.blocks]
+        folding = {}
+        for seg in segments[start : end + 1]:
+            folding.update({layer: LayerFolding(pe=pe, simd=simd) for layer, (pe, simd) in c.folding.get(seg.body.name, {}).items()})
+        head_fold = {layer: LayerFolding(pe=pe, simd=simd) for layer, (pe, simd) in c.folding.get(segments[end].head.name, {}).items()}
+        name = f"exit_{segments[end].exit}".replace(".", "_") if not last else "final"
+        stages.append(Stage(name=f"stage{s}", blocks=tuple(blocks), folding=FrozenMap(folding),
+                            gate_depth=None if last else GATE_DEPTH,
+                            head=ExitHead(name=name, policy="max_prob", threshold=None if last else c.thresholds[s],
+                                          folding=FrozenMap(head_fold))))
+        start = end + 1
+    return Design(model=backbone, board=board.name, clock_mhz=board.clock_mhz, stages=tuple(stages))
+
+
+def _plots(out: Path, r: SweepResult, names: list[str]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from exitflow.files import atomic_write
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), constrained_layout=True)
+    front = sorted(r.front, key=lambda c: c.fps)
+    sc = ax.scatter([c.fps for c in front], [100 * c.accuracy for c in front], c=[c.resources[0] for c in front],
+                    cmap="viridis", s=18, label="Pareto front (colour: LUT)")
+    fig.colorbar(sc, ax=ax, label="LUT")
+    ax.scatter([r.no_exit.fps], [100 * r.no_exit.accuracy], marker="s", color="red", s=60, label="best without early exits")
+    ax.scatter([r.chosen.fps], [100 * r.chosen.accuracy], marker="*", color="black", s=140,
+               label=f"chosen: {r.gain:.2f}x")
+    ax.set(xscale="log", xlabel="throughput (samples/s)", ylabel="validation accuracy (%)", title="Design space")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8, loc="lower left")
+    atomic_write(out / "pareto.png", lambda p: fig.savefig(p, dpi=110, format="png"))
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(7, 3.5), constrained_layout=True)
+    labels = ["LUT", "BRAM18", "DSP"]
+    chosen = [r.chosen.resources[0], r.chosen.resources[1], r.chosen.resources[3]]
+    base = [r.no_exit.resources[0], r.no_exit.resources[1], r.no_exit.resources[3]]
+    x = np.arange(len(labels))
+    ax.bar(x - 0.2, chosen, 0.4, label="chosen design")
+    ax.bar(x + 0.2, base, 0.4, label="best without early exits")
+    ax.set_xticks(x, labels)
+    ax.set(ylabel="estimated use", title="Resources (FINN estimates + exit units)")
+    ax.legend(fontsize=8)
+    atomic_write(out / "resources.png", lambda p: fig.savefig(p, dpi=110, format="png"))
+    plt.close(fig)

@@ -1,0 +1,60 @@
+"""`exitflow sweep` end to end on a small run: files, constraints, and a design `build` accepts."""
+
+import json
+import subprocess
+
+import pytest
+import yaml
+
+from exitflow.design import load_design
+
+
+@pytest.fixture(scope="module")
+def swept(digits_run, exitflow_cmd):
+    from exitflow.quant.profile import profile
+
+    profile(digits_run, plot=False)
+    out = subprocess.run([*exitflow_cmd, "sweep", str(digits_run), "--board", "Pynq-Z2"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    return digits_run, out.stdout
+
+
+@pytest.mark.slow
+def test_sweep_writes_its_outputs(swept):
+    run, stdout = swept
+    assert "chosen: exits" in stdout and "the best design without early exits" in stdout
+    for name in ("pareto.json", "pareto.png", "resources.png", "design.yaml"):
+        assert (run / "sweep" / name).exists(), name
+    report = json.loads((run / "sweep" / "pareto.json").read_text())
+    budget = report["budget"]
+    chosen = report["chosen"]
+    assert chosen["lut"] <= budget["lut"] and chosen["bram18"] <= budget["bram18"] and chosen["dsp"] <= budget["dsp"]
+    assert chosen["val_accuracy"] >= report["no_exit_baseline"]["val_accuracy"] - 0.01 - 1e-9  # 1 pp floor
+    assert chosen["fps"] >= report["no_exit_baseline"]["fps"]  # the no-exit design is a candidate too
+    assert report["gain_vs_no_exit"] == pytest.approx(chosen["fps"] / report["no_exit_baseline"]["fps"])
+    assert len(report["front"]) >= 1
+
+
+@pytest.mark.slow
+def test_chosen_design_builds(swept, exitflow_cmd):
+    run, _ = swept
+    design = load_design(run / "sweep" / "design.yaml")
+    assert design.board == "Pynq-Z2" and design.model == "lenet"
+    out = subprocess.run([*exitflow_cmd, "build", str(run), "--design", str(run / "sweep" / "design.yaml")],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    built = json.loads((run / "hw" / "build.json").read_text())
+    assert [g["name"] for g in built["graphs"] if g["kind"] == "stage"] == [s.name for s in design.stages]
+
+
+def test_sweep_needs_a_profile(tmp_path, digits_run, exitflow_cmd):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(digits_run, run, ignore=shutil.ignore_patterns("hw", "stages", "sweep", "profile.*"))
+    out = subprocess.run([*exitflow_cmd, "sweep", str(run), "--board", "Pynq-Z2"], capture_output=True, text=True)
+    assert out.returncode == 2 and "profile.npz: not found; run `exitflow profile" in out.stderr
+    bad = subprocess.run([*exitflow_cmd, "sweep", str(run), "--board", "Pynq-Z9"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "unknown board 'Pynq-Z9'" in bad.stderr
+    util = subprocess.run([*exitflow_cmd, "sweep", str(run), "--board", "Pynq-Z2", "--util", "1.5"], capture_output=True, text=True)
+    assert util.returncode == 2 and "--util: must be in (0, 1]" in util.stderr
