@@ -41,17 +41,19 @@ class FoldingTable:
     resources: np.ndarray  # (foldings, 4): lut, bram18, uram, dsp (MVAU + window generator)
     cycles: np.ndarray  # slowest of the MVAU and its window generator
     cost: np.ndarray
+    latency: np.ndarray  # their cycles added up
 
     @classmethod
     def build(cls, layer: WeightLayer, budget: np.ndarray) -> FoldingTable:
         pe, simd = legal_foldings(layer)
         costs = layer_costs(layer, pe, simd)
         resources = sum(np.stack([c[r] for r in RESOURCES], axis=1) for c in costs.values())
-        cycles = np.max(np.stack([c["cycles"] for c in costs.values()]), axis=0)
+        per_node = np.stack([c["cycles"] for c in costs.values()])
+        cycles, latency = per_node.max(axis=0), per_node.sum(axis=0)
         with np.errstate(divide="ignore", invalid="ignore"):
             share = np.where(resources > 0, resources / budget, 0.0)
         cost = share.sum(axis=1) + 1e-9 * resources[:, 0]
-        return cls(layer, pe, simd, resources, cycles, cost)
+        return cls(layer, pe, simd, resources, cycles, cost, latency)
 
     def envelope(self, targets: np.ndarray) -> np.ndarray:
         """:meth:`cheapest` through a sorted lower envelope: O(log n) per target."""

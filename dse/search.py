@@ -36,12 +36,16 @@ class GraphCost:
     tables: tuple[FoldingTable, ...]
     fixed: np.ndarray  # lut, bram18, uram, dsp of the nodes folding does not change
     fixed_cycles: float  # slowest of those nodes
+    fixed_latency: float = 0.0  # their cycles added up
 
     def at(self, targets: np.ndarray):
-        """(resources per target (T x 4), slowest cycles per target, folding index per layer per
-        target, feasible per target) when every layer gets its cheapest folding for the target."""
+        """(resources per target (T x 4), slowest cycles per target, latency per target, folding
+        index per layer per target, feasible per target) when every layer gets its cheapest
+        folding for the target. Latency is the sum of the nodes' cycles: a dataflow graph
+        overlaps them, so this bounds it from above."""
         resources = np.tile(self.fixed, (len(targets), 1)).astype(float)
         cycles = np.full(len(targets), float(self.fixed_cycles))
+        latency = np.full(len(targets), float(self.fixed_latency))
         feasible = cycles <= targets
         picks = []
         for table in self.tables:
@@ -50,9 +54,10 @@ class GraphCost:
             safe = np.maximum(idx, 0)
             resources += np.where(ok[:, None], table.resources[safe], 0.0)
             cycles = np.maximum(cycles, np.where(ok, table.cycles[safe], np.inf))
+            latency += np.where(ok, table.latency[safe], np.inf)
             feasible &= ok
             picks.append(idx)
-        return resources, cycles, picks, feasible
+        return resources, cycles, latency, picks, feasible
 
 
 def graph_cost(folder: Path, part: str, budget: np.ndarray) -> GraphCost:
@@ -60,7 +65,9 @@ def graph_cost(folder: Path, part: str, budget: np.ndarray) -> GraphCost:
     inv = inventory(folder / "model_hw.onnx", part, layers, folder.name)
     fixed = np.array([sum(c[r] for c in inv.fixed.values()) for r in RESOURCES], dtype=float)
     fixed_cycles = max([c["cycles"] for c in inv.fixed.values()], default=0.0)
-    return GraphCost(folder.name, tuple(FoldingTable.build(l, budget) for l in inv.layers), fixed, fixed_cycles)
+    fixed_latency = float(sum(c["cycles"] for c in inv.fixed.values()))
+    return GraphCost(folder.name, tuple(FoldingTable.build(l, budget) for l in inv.layers), fixed, fixed_cycles,
+                     fixed_latency)
 
 
 @dataclass(frozen=True, eq=False)
@@ -81,6 +88,8 @@ class Candidate:
     resources: tuple[float, ...]  # lut, bram18, uram, dsp
     reach: tuple[float, ...]
     folding: dict = field(default_factory=dict, compare=False)  # layer -> (pe, simd), per stage/head
+    latency_us: tuple[float, ...] = ()  # to each kept exit
+    mean_latency_us: float = 0.0  # over the samples' actual exits
 
 
 def _subsets(n_early: int, max_exits: int):
@@ -108,25 +117,33 @@ def search(segments: list[Segment], codes: np.ndarray, correct: np.ndarray, scal
             total = np.zeros((len(targets), len(RESOURCES)))
             interval = np.zeros(len(targets))
             feasible = np.ones(len(targets), dtype=bool)
+            to_exit = np.zeros((len(kept), len(targets)))  # latency in cycles to each kept exit
+            body = np.zeros(len(targets))
             picks = {}
             start = 0
             for s, end in enumerate(kept):
                 p = max(reach[s], 1e-9)
                 stage_targets = targets / p
-                graphs = [seg.body for seg in segments[start : end + 1]] + [segments[end].head]
-                for graph in graphs:
-                    res, cyc, idx, ok = graph.at(stage_targets)
+                for graph in [seg.body for seg in segments[start : end + 1]] + [segments[end].head]:
+                    res, cyc, lat, idx, ok = graph.at(stage_targets)
                     total += res
                     interval = np.maximum(interval, p * cyc)
                     feasible &= ok
                     picks[graph.name] = (graph, idx)
+                    if graph is segments[end].head:
+                        to_exit[s] = body + lat
+                    else:
+                        body = body + lat
                 start = end + 1
+            share = np.bincount(taken, minlength=len(kept)) / len(taken)
             feasible &= np.all(total <= budget[None, :] + 1e-9, axis=1)
             for t in np.flatnonzero(feasible):
                 folding = {name: {table.layer.layer: (int(table.pe[i[t]]), int(table.simd[i[t]]))
                                   for table, i in zip(g.tables, idx)} for name, (g, idx) in picks.items()}
+                latency = to_exit[:, t] / clock_mhz
                 out.append(Candidate(tuple(subset), tuple(thresholds), float(targets[t]), clock_mhz * 1e6 / interval[t],
-                                     accuracy, tuple(total[t]), tuple(reach), folding))
+                                     accuracy, tuple(total[t]), tuple(reach), folding, tuple(latency.tolist()),
+                                     float(share @ latency)))
     return out
 
 

@@ -23,7 +23,7 @@ import yaml
 from exitflow.errors import ConfigError, ExitflowError
 
 from .search import Candidate, Segment, graph_cost, pareto, search
-from .throughput import pipeline
+from .throughput import pipeline, sensitivity
 
 MAX_PROB_THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98)
 GATE_DEPTH = 8  # feature maps each gate holds in the chosen design
@@ -38,6 +38,7 @@ class SweepResult:
     test_accuracy: float
     final_test_accuracy: float
     fps_with_gates: float
+    sensitivity: dict  # fps when every p_k moves by -5 / +5 percentage points
 
 
 def _segments_design(model, config, board_name: str) -> tuple[dict, list[list[str]]]:
@@ -66,7 +67,7 @@ def _segments_design(model, config, board_name: str) -> tuple[dict, list[list[st
 
 def sweep(run_dir: str | Path, board_name: str, objective: str = "throughput", min_accuracy: float | None = None,
           max_drop_pp: float | None = 1.0, util: float = 0.85, policy: str = "max_prob", max_exits: int = 3,
-          log=print) -> SweepResult:
+          max_latency_us: float | None = None, log=print) -> SweepResult:
     from exitflow.boards import get_board
     from exitflow.build import build
     from exitflow.quant import checkpoint as ckpt
@@ -74,8 +75,8 @@ def sweep(run_dir: str | Path, board_name: str, objective: str = "throughput", m
     run_dir = Path(run_dir)
     if not 0.0 < util <= 1.0:
         raise ConfigError(f"--util: must be in (0, 1]; got {util}")
-    if objective != "throughput":
-        raise ConfigError(f"--objective: {objective!r} is not supported yet; use throughput")
+    if objective not in ("throughput", "latency"):
+        raise ConfigError(f"--objective: must be throughput or latency; got {objective!r}")
     board = get_board(board_name)
     config, model, _ = ckpt.load_model(run_dir)
     profile_path = run_dir / "profile.npz"
@@ -85,9 +86,14 @@ def sweep(run_dir: str | Path, board_name: str, objective: str = "throughput", m
     out = run_dir / "sweep"
     out.mkdir(parents=True, exist_ok=True)
     design, blocks = _segments_design(model, config, board.name)
-    (out / "inventory_design.yaml").write_text(yaml.safe_dump(design, sort_keys=False))
-    log("building every candidate stage and head once to take FINN's estimates")
-    build(run_dir, out / "inventory_design.yaml", log=lambda line: None, hw_dir=out / "inventory", vivado_project=False)
+    text = yaml.safe_dump(design, sort_keys=False)
+    inventory_design = out / "inventory_design.yaml"
+    fresh = (inventory_design.exists() and inventory_design.read_text() == text and (out / "inventory" / "build.json").exists()
+             and (out / "inventory" / "build.json").stat().st_mtime >= (run_dir / "model.pt").stat().st_mtime)
+    if not fresh:
+        inventory_design.write_text(text)
+        log("building every candidate stage and head once to take FINN's estimates")
+        build(run_dir, inventory_design, log=lambda line: None, hw_dir=out / "inventory", vivado_project=False)
     budget = np.array(board.available.as_tuple(), dtype=float)[[0, 2, 3, 4]] * util  # lut, bram18, uram, dsp
     segments = [Segment(model.exit_names[k], tuple(b), graph_cost(out / "inventory" / f"seg{k}", board.part, budget),
                         graph_cost(out / "inventory" / f"head{k}", board.part, budget)) for k, b in enumerate(blocks)]
@@ -100,13 +106,18 @@ def sweep(run_dir: str | Path, board_name: str, objective: str = "throughput", m
                         progress=lambda items: tqdm(items, desc="sweep", unit="exit set", disable=not show, leave=False))
     final_acc = float(correct[:, -1].mean())
     floor = min_accuracy if min_accuracy is not None else final_acc - (max_drop_pp or 0.0) / 100.0
-    eligible = [c for c in candidates if c.accuracy >= floor - 1e-12]
+    eligible = [c for c in candidates if c.accuracy >= floor - 1e-12
+                and (max_latency_us is None or c.mean_latency_us <= max_latency_us)]
     no_exit = [c for c in candidates if c.exits == ()]
     if not no_exit:
         raise ExitflowError(f"no design without early exits fits {board.name} at {util:.0%} utilisation")
     if not eligible:
-        raise ExitflowError(f"no design reaches the accuracy floor {floor:.4f} on {board.name}")
-    chosen = max(eligible, key=lambda c: (c.fps, c.accuracy, -c.resources[0]))
+        limit = f" within {max_latency_us} us mean latency" if max_latency_us is not None else ""
+        raise ExitflowError(f"no design reaches the accuracy floor {floor:.4f}{limit} on {board.name}")
+    if objective == "throughput":
+        chosen = max(eligible, key=lambda c: (c.fps, c.accuracy, -c.resources[0]))
+    else:
+        chosen = min(eligible, key=lambda c: (c.mean_latency_us, -c.fps, -c.accuracy))
     best_no_exit = max(no_exit, key=lambda c: (c.fps, -c.resources[0]))
     # the chosen design with finite gates, on the validation exit sequence, and on the test split
     from exitflow.quant.policies import route, threshold_code
@@ -124,8 +135,9 @@ def sweep(run_dir: str | Path, board_name: str, objective: str = "throughput", m
     test_correct = prof["test_correct"]
     test_acc = float(test_correct[np.arange(len(test_taken)), np.asarray(kept)[test_taken]].mean())
     front = pareto(candidates)
+    drift = sensitivity(np.array(chosen.reach), stage_cycles, board.clock_mhz)
     result = SweepResult(chosen, best_no_exit, front, chosen.fps / best_no_exit.fps, test_acc,
-                         float(test_correct[:, -1].mean()), min(chosen.fps, gated.fps))
+                         float(test_correct[:, -1].mean()), min(chosen.fps, gated.fps), drift)
     _write(out, result, segments, model, config.model.backbone, board, budget, util)
     return result
 
@@ -133,7 +145,8 @@ def sweep(run_dir: str | Path, board_name: str, objective: str = "throughput", m
 def _as_json(c: Candidate, names: list[str]) -> dict:
     return {"exits": [names[k] for k in c.exits], "thresholds": list(c.thresholds), "fps": c.fps,
             "val_accuracy": c.accuracy, "lut": c.resources[0], "bram18": c.resources[1], "uram": c.resources[2],
-            "dsp": c.resources[3], "interval_cycles": c.target, "reach": list(c.reach)}
+            "dsp": c.resources[3], "interval_cycles": c.target, "reach": list(c.reach),
+            "latency_us_to_exit": list(c.latency_us), "mean_latency_us": c.mean_latency_us}
 
 
 def _write(out: Path, r: SweepResult, segments, model, backbone: str, board, budget, util) -> None:
@@ -143,7 +156,8 @@ def _write(out: Path, r: SweepResult, segments, model, backbone: str, board, bud
     names = model.exit_names
     report = {
         "board": board.name, "utilisation_cap": util, "budget": dict(zip(("lut", "bram18", "uram", "dsp"), budget.tolist())),
-        "chosen": {**_as_json(r.chosen, names), "test_accuracy": r.test_accuracy, "fps_with_gates": r.fps_with_gates},
+        "chosen": {**_as_json(r.chosen, names), "test_accuracy": r.test_accuracy, "fps_with_gates": r.fps_with_gates,
+                   "fps_if_reach_minus_5pp": r.sensitivity["minus"], "fps_if_reach_plus_5pp": r.sensitivity["plus"]},
         "no_exit_baseline": _as_json(r.no_exit, names),
         "gain_vs_no_exit": r.gain, "final_exit_test_accuracy": r.final_test_accuracy,
         "front": [_as_json(c, names) for c in r.front],

@@ -1,6 +1,7 @@
 """The joint search on a synthetic problem whose answer can be checked by hand, and the front."""
 
 import numpy as np
+import pytest
 
 from exitflow.dse.finn_model import WeightLayer
 from exitflow.dse.folding import FoldingTable
@@ -47,6 +48,15 @@ def test_no_exit_and_early_exit_candidates():
         best_no_exit = max(c.fps for c in no_exit if c.resources[0] <= lut_cap)
         best_early = max(c.fps for c in early if c.resources[0] <= lut_cap)
         assert best_early > 1.3 * best_no_exit
+
+
+def test_latency_to_each_exit():
+    segments, codes, correct, scales = problem()
+    found = search(segments, codes, correct, scales, "max_prob", [0.9], BUDGET, 100.0)
+    c = next(c for c in found if c.exits == (0,))
+    assert len(c.latency_us) == 2 and 0 < c.latency_us[0] < c.latency_us[1]  # the early exit answers sooner
+    share0 = 1 - c.reach[1]
+    assert c.mean_latency_us == pytest.approx(share0 * c.latency_us[0] + (1 - share0) * c.latency_us[1])
 
 
 def test_reach_matches_the_routing():
