@@ -89,6 +89,7 @@ class Candidate:
     reach: tuple[float, ...]
     folding: dict = field(default_factory=dict, compare=False)  # layer -> (pe, simd), per stage/head
     latency_us: tuple[float, ...] = ()  # to each kept exit
+    stage_cycles: tuple[float, ...] = ()  # slowest unit of each stage (and its head), per sample
     mean_latency_us: float = 0.0  # over the samples' actual exits
 
 
@@ -118,6 +119,7 @@ def search(segments: list[Segment], codes: np.ndarray, correct: np.ndarray, scal
             interval = np.zeros(len(targets))
             feasible = np.ones(len(targets), dtype=bool)
             to_exit = np.zeros((len(kept), len(targets)))  # latency in cycles to each kept exit
+            slowest = np.zeros((len(kept), len(targets)))
             body = np.zeros(len(targets))
             picks = {}
             start = 0
@@ -128,6 +130,7 @@ def search(segments: list[Segment], codes: np.ndarray, correct: np.ndarray, scal
                     res, cyc, lat, idx, ok = graph.at(stage_targets)
                     total += res
                     interval = np.maximum(interval, p * cyc)
+                    slowest[s] = np.maximum(slowest[s], cyc)
                     feasible &= ok
                     picks[graph.name] = (graph, idx)
                     if graph is segments[end].head:
@@ -141,9 +144,11 @@ def search(segments: list[Segment], codes: np.ndarray, correct: np.ndarray, scal
                 folding = {name: {table.layer.layer: (int(table.pe[i[t]]), int(table.simd[i[t]]))
                                   for table, i in zip(g.tables, idx)} for name, (g, idx) in picks.items()}
                 latency = to_exit[:, t] / clock_mhz
-                out.append(Candidate(tuple(subset), tuple(thresholds), float(targets[t]), clock_mhz * 1e6 / interval[t],
-                                     accuracy, tuple(total[t]), tuple(reach), folding, tuple(latency.tolist()),
-                                     float(share @ latency)))
+                out.append(Candidate(
+                    exits=tuple(subset), thresholds=tuple(thresholds), target=float(targets[t]),
+                    fps=clock_mhz * 1e6 / interval[t], accuracy=accuracy, resources=tuple(total[t]), reach=tuple(reach),
+                    folding=folding, latency_us=tuple(latency.tolist()), stage_cycles=tuple(slowest[:, t].tolist()),
+                    mean_latency_us=float(share @ latency)))
     return out
 
 

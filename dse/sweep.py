@@ -6,6 +6,8 @@
    resources after the shell, times the utilisation cap, on the validation split's profile.
 3. Keep the Pareto front, pick the design for the objective under the accuracy floor, check its
    gates against bursts of hard samples (:mod:`exitflow.dse.throughput`), report the test split.
+   Baselines, same budget: (a) the best design without early exits (from the same search);
+   (b) FINN's SetFolding without exits, judged by FINN's estimator (:mod:`exitflow.dse.finn_baseline`).
 4. Write ``DIR/sweep/pareto.json``, ``pareto.png``, ``resources.png`` and ``design.yaml``
    (loadable by ``exitflow build``).
 """
@@ -39,6 +41,7 @@ class SweepResult:
     final_test_accuracy: float
     fps_with_gates: float
     sensitivity: dict  # fps when every p_k moves by -5 / +5 percentage points
+    finn_baseline: dict | None  # FINN's SetFolding without exits, judged by FINN's estimator
 
 
 def _segments_design(model, config, board_name: str) -> tuple[dict, list[list[str]]]:
@@ -129,15 +132,19 @@ def sweep(run_dir: str | Path, board_name: str, objective: str = "throughput", m
         c = prof[f"{split}_code_{policy}"][:, kept]
         return route(policy, c, constants) if chosen.exits else np.zeros(len(c), dtype=np.int64)
 
-    stage_cycles = [chosen.target / max(p, 1e-9) for p in chosen.reach]
+    stage_cycles = list(chosen.stage_cycles)
     gated = pipeline(taken_on("val"), stage_cycles, [None] + [GATE_DEPTH] * (len(kept) - 1), board.clock_mhz)
     test_taken = taken_on("test")
     test_correct = prof["test_correct"]
     test_acc = float(test_correct[np.arange(len(test_taken)), np.asarray(kept)[test_taken]].mean())
     front = pareto(candidates)
+    from .finn_baseline import finn_setfolding_baseline
+
+    log("judging FINN's SetFolding on the network without exits")
+    finn_baseline = finn_setfolding_baseline(run_dir, model, config, board, budget, out)
     drift = sensitivity(np.array(chosen.reach), stage_cycles, board.clock_mhz)
     result = SweepResult(chosen, best_no_exit, front, chosen.fps / best_no_exit.fps, test_acc,
-                         float(test_correct[:, -1].mean()), min(chosen.fps, gated.fps), drift)
+                         float(test_correct[:, -1].mean()), min(chosen.fps, gated.fps), drift, finn_baseline)
     _write(out, result, segments, model, config.model.backbone, board, budget, util)
     return result
 
@@ -160,6 +167,8 @@ def _write(out: Path, r: SweepResult, segments, model, backbone: str, board, bud
                    "fps_if_reach_minus_5pp": r.sensitivity["minus"], "fps_if_reach_plus_5pp": r.sensitivity["plus"]},
         "no_exit_baseline": _as_json(r.no_exit, names),
         "gain_vs_no_exit": r.gain, "final_exit_test_accuracy": r.final_test_accuracy,
+        "finn_setfolding_baseline": r.finn_baseline,
+        "gain_vs_finn_setfolding": (r.chosen.fps / r.finn_baseline["fps"]) if r.finn_baseline else None,
         "front": [_as_json(c, names) for c in r.front],
     }
     atomic_write(out / "pareto.json", lambda p: p.write_text(json.dumps(report, indent=1)))
@@ -203,6 +212,9 @@ def _plots(out: Path, r: SweepResult, names: list[str]) -> None:
                     cmap="viridis", s=18, label="Pareto front (colour: LUT)")
     fig.colorbar(sc, ax=ax, label="LUT")
     ax.scatter([r.no_exit.fps], [100 * r.no_exit.accuracy], marker="s", color="red", s=60, label="best without early exits")
+    if r.finn_baseline:
+        ax.scatter([r.finn_baseline["fps"]], [100 * r.no_exit.accuracy], marker="D", color="orange", s=50,
+                   label="FINN SetFolding, no exits")
     ax.scatter([r.chosen.fps], [100 * r.chosen.accuracy], marker="*", color="black", s=140,
                label=f"chosen: {r.gain:.2f}x")
     ax.set(xscale="log", xlabel="throughput (samples/s)", ylabel="validation accuracy (%)", title="Design space")

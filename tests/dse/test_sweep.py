@@ -33,6 +33,10 @@ def test_sweep_writes_its_outputs(swept):
     assert chosen["fps"] >= report["no_exit_baseline"]["fps"]  # the no-exit design is a candidate too
     assert report["gain_vs_no_exit"] == pytest.approx(chosen["fps"] / report["no_exit_baseline"]["fps"])
     assert len(report["front"]) >= 1
+    finn = report["finn_setfolding_baseline"]
+    assert finn is not None and finn["lut"] <= budget["lut"] and finn["fps"] > 0
+    assert report["gain_vs_finn_setfolding"] == pytest.approx(chosen["fps"] / finn["fps"])
+    assert chosen["fps_if_reach_plus_5pp"] <= chosen["fps"] * (1 + 1e-9) <= chosen["fps_if_reach_minus_5pp"] * (1 + 1e-6) + 1e-6
 
 
 @pytest.mark.slow

@@ -1,0 +1,51 @@
+"""Baseline (b): FINN's own SetFolding on the network without early exits, judged by FINN's own
+estimator. exitflow builds the single-stage design once, then for a sweep of targets applies
+``SetFolding(target_cycles_per_frame)`` to its stage and head graphs and reads
+``res_estimation`` and ``exp_cycles_per_layer``; the fastest result within the budget is the
+baseline. (SetFolding does not enforce SIMD >= MW/1024, so its fastest foldings may not generate
+HLS code; they are judged as FINN estimates them.)"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+TARGETS = tuple(int(v) for v in np.unique(np.round(np.geomspace(32, 2e6, 40))))
+
+
+def finn_setfolding_baseline(run_dir: Path, model, config, board, budget: np.ndarray, out: Path) -> dict | None:
+    from finn.analysis.fpgadataflow.exp_cycles_per_layer import exp_cycles_per_layer
+    from finn.analysis.fpgadataflow.res_estimation import res_estimation
+    from finn.transformation.fpgadataflow.set_folding import SetFolding
+    from qonnx.core.modelwrapper import ModelWrapper
+
+    import exitflow.hw_ops.ctu_op  # noqa: F401
+    from exitflow.build import build
+    from exitflow.quant.custom import CustomMultiExitNet
+
+    blocks = [model.exit_names[-1]] if isinstance(model, CustomMultiExitNet) else list(model.block_names)
+    design = {"model": config.model.backbone, "board": board.name,
+              "stages": [{"name": "whole", "blocks": blocks, "head": {"name": "classifier"}}]}
+    folder = out / "finn_baseline"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "design.yaml").write_text(yaml.safe_dump(design, sort_keys=False))
+    if not (folder / "hw" / "build.json").exists():
+        build(run_dir, folder / "design.yaml", log=lambda line: None, hw_dir=folder / "hw", vivado_project=False)
+    graphs = [ModelWrapper(str(folder / "hw" / name / "model_specialized.onnx")) for name in ("whole", "classifier")]
+    best = None
+    for target in TARGETS:
+        resources = np.zeros(4)
+        slowest = 0
+        for graph in graphs:
+            folded = graph.transform(SetFolding(target_cycles_per_frame=target))
+            res = folded.analysis(lambda m: res_estimation(m, board.part))
+            resources += [sum(r[k] for r in res.values()) for k in ("LUT", "BRAM_18K", "URAM", "DSP")]
+            slowest = max(slowest, max(folded.analysis(exp_cycles_per_layer).values()))
+        if np.all(resources <= budget + 1e-9):
+            fps = board.clock_mhz * 1e6 / slowest
+            if best is None or fps > best["fps"]:
+                best = {"target_cycles": target, "fps": fps, "lut": resources[0], "bram18": resources[1],
+                        "uram": resources[2], "dsp": resources[3]}
+    return best
