@@ -93,6 +93,40 @@ class Candidate:
     mean_latency_us: float = 0.0  # over the samples' actual exits
 
 
+TARGETS = np.unique(np.round(np.geomspace(16, 4e6, 120)))
+
+
+def active_bound(c: Candidate, segments: list[Segment], budget: np.ndarray, targets: np.ndarray = TARGETS) -> str:
+    """Why the design is not faster: what stops the next faster interval target of the grid.
+    One of 'resource budget (LUT)' (or BRAM18, URAM, DSP), 'streaming floor of <layer or node>'
+    (a layer at one output pixel per cycle, or a node folding does not change), or
+    'folding-legality limit of <layer>' (FINN's folding rules stop it before that floor)."""
+    faster = targets[targets < c.target]
+    if faster.size == 0:
+        return "the fastest interval target searched"
+    t = np.array([faster.max()])
+    kept = list(c.exits) + [len(segments) - 1]
+    total, start = np.zeros(len(RESOURCES)), 0
+    for s, end in enumerate(kept):
+        p = max(c.reach[s], 1e-9)
+        for graph in [seg.body for seg in segments[start : end + 1]] + [segments[end].head]:
+            if graph.fixed_cycles > t[0] / p:
+                return f"streaming floor of a fixed node in {graph.name} ({graph.fixed_cycles:.0f} cycles)"
+            for table in graph.tables:
+                idx = table.envelope(t / p)[0]
+                if idx < 0:
+                    floor = table.layer.vectors  # one output pixel per cycle
+                    fastest = table.cycles.min()
+                    what = "streaming floor" if fastest <= floor else "folding-legality limit"
+                    return f"{what} of {table.layer.layer} ({fastest:.0f} cycles)"
+                total += table.resources[idx]
+            total += graph.fixed
+        start = end + 1
+    over = np.flatnonzero(total > budget + 1e-9)
+    names = ("LUT", "BRAM18", "URAM", "DSP")
+    return f"resource budget ({', '.join(names[i] for i in over)})" if over.size else "the interval target grid"
+
+
 def _subsets(n_early: int, max_exits: int):
     for size in range(0, min(max_exits, n_early) + 1):
         yield from itertools.combinations(range(n_early), size)
@@ -104,7 +138,7 @@ def search(segments: list[Segment], codes: np.ndarray, correct: np.ndarray, scal
     """Every (exits, thresholds, interval) that fits ``budget``; the caller keeps the Pareto front."""
     n = len(segments)
     if targets is None:
-        targets = np.unique(np.round(np.geomspace(16, 4e6, 120)))
+        targets = TARGETS
     out = []
     subsets = list(_subsets(n - 1, max_exits))
     for subset in (progress(subsets) if progress else subsets):

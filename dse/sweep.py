@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +24,7 @@ import yaml
 
 from exitflow.errors import ConfigError, ExitflowError
 
-from .search import Candidate, Segment, graph_cost, pareto, search
+from .search import Candidate, Segment, active_bound, graph_cost, pareto, search
 from .throughput import pipeline, sensitivity
 
 MAX_PROB_THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98)
@@ -40,8 +40,10 @@ class SweepResult:
     test_accuracy: float
     final_test_accuracy: float
     fps_with_gates: float
+    bound: str  # what keeps the chosen design from being faster
     sensitivity: dict  # fps when every p_k moves by -5 / +5 percentage points
     finn_baseline: dict | None  # FINN's SetFolding without exits, judged by FINN's estimator
+    front_bounds: list = field(default_factory=list)  # active bound of each front design
 
 
 def _segments_design(model, config, board_name: str) -> tuple[dict, list[list[str]]]:
@@ -86,6 +88,9 @@ def sweep(run_dir: str | Path, board_name: str, objective: str = "throughput", m
     if not profile_path.exists():
         raise ExitflowError(f"{profile_path}: not found; run `exitflow profile {run_dir}` first")
     prof = np.load(profile_path)
+    if list(prof["exit_names"]) != list(model.exit_names):
+        raise ConfigError(f"{profile_path}: profiled exits {list(prof['exit_names'])} are not the model's "
+                          f"{model.exit_names}; run `exitflow profile {run_dir}` again")
     out = run_dir / "sweep"
     out.mkdir(parents=True, exist_ok=True)
     design, blocks = _segments_design(model, config, board.name)
@@ -113,10 +118,17 @@ def sweep(run_dir: str | Path, board_name: str, objective: str = "throughput", m
                 and (max_latency_us is None or c.mean_latency_us <= max_latency_us)]
     no_exit = [c for c in candidates if c.exits == ()]
     if not no_exit:
-        raise ExitflowError(f"no design without early exits fits {board.name} at {util:.0%} utilisation")
+        raise ExitflowError(f"resource budget: no design without early exits fits {board.name} at {util:.0%} "
+                            "utilisation (raise --util or choose a larger board)")
     if not eligible:
-        limit = f" within {max_latency_us} us mean latency" if max_latency_us is not None else ""
-        raise ExitflowError(f"no design reaches the accuracy floor {floor:.4f}{limit} on {board.name}")
+        by_accuracy = [c for c in candidates if c.accuracy >= floor - 1e-12]
+        if not by_accuracy:
+            closest = max(candidates, key=lambda c: (c.accuracy, c.fps))
+            raise ExitflowError(f"accuracy floor {floor:.4f}: no design reaches it; the closest reaches "
+                                f"{closest.accuracy:.4f} at {closest.fps:,.0f} samples/s (exits {list(closest.exits)})")
+        closest = min(by_accuracy, key=lambda c: c.mean_latency_us)
+        raise ExitflowError(f"latency limit {max_latency_us} us: no design meets it at the accuracy floor; the closest "
+                            f"has {closest.mean_latency_us:.1f} us mean latency at {closest.fps:,.0f} samples/s")
     if objective == "throughput":
         chosen = max(eligible, key=lambda c: (c.fps, c.accuracy, -c.resources[0]))
     else:
@@ -144,7 +156,9 @@ def sweep(run_dir: str | Path, board_name: str, objective: str = "throughput", m
     finn_baseline = finn_setfolding_baseline(run_dir, model, config, board, budget, out)
     drift = sensitivity(np.array(chosen.reach), stage_cycles, board.clock_mhz)
     result = SweepResult(chosen, best_no_exit, front, chosen.fps / best_no_exit.fps, test_acc,
-                         float(test_correct[:, -1].mean()), min(chosen.fps, gated.fps), drift, finn_baseline)
+                         float(test_correct[:, -1].mean()), min(chosen.fps, gated.fps),
+                         active_bound(chosen, segments, budget), drift, finn_baseline)
+    result.front_bounds.extend(active_bound(c, segments, budget) for c in front)
     _write(out, result, segments, model, config.model.backbone, board, budget, util)
     return result
 
@@ -164,12 +178,13 @@ def _write(out: Path, r: SweepResult, segments, model, backbone: str, board, bud
     report = {
         "board": board.name, "utilisation_cap": util, "budget": dict(zip(("lut", "bram18", "uram", "dsp"), budget.tolist())),
         "chosen": {**_as_json(r.chosen, names), "test_accuracy": r.test_accuracy, "fps_with_gates": r.fps_with_gates,
+                   "active_bound": r.bound,
                    "fps_if_reach_minus_5pp": r.sensitivity["minus"], "fps_if_reach_plus_5pp": r.sensitivity["plus"]},
         "no_exit_baseline": _as_json(r.no_exit, names),
         "gain_vs_no_exit": r.gain, "final_exit_test_accuracy": r.final_test_accuracy,
         "finn_setfolding_baseline": r.finn_baseline,
         "gain_vs_finn_setfolding": (r.chosen.fps / r.finn_baseline["fps"]) if r.finn_baseline else None,
-        "front": [_as_json(c, names) for c in r.front],
+        "front": [{**_as_json(c, names), "active_bound": b} for c, b in zip(r.front, r.front_bounds)],
     }
     atomic_write(out / "pareto.json", lambda p: p.write_text(json.dumps(report, indent=1)))
     save_design(_design(r.chosen, segments, backbone, board), out / "design.yaml")

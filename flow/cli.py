@@ -155,6 +155,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
           f"BRAM18 {c.resources[1]:.0f}, DSP {c.resources[3]:.0f}, mean latency {c.mean_latency_us:.1f} us; "
           f"test accuracy {100 * r.test_accuracy:.2f}% "
           f"(final exit alone {100 * r.final_test_accuracy:.2f}%)")
+    print(f"what keeps it from being faster: {r.bound}")
     print(f"wrote {args.dir}/sweep: pareto.json, pareto.png, resources.png, design.yaml ({len(r.front)} designs on the front)")
     return 0
 

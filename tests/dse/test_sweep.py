@@ -33,6 +33,8 @@ def test_sweep_writes_its_outputs(swept):
     assert chosen["fps"] >= report["no_exit_baseline"]["fps"]  # the no-exit design is a candidate too
     assert report["gain_vs_no_exit"] == pytest.approx(chosen["fps"] / report["no_exit_baseline"]["fps"])
     assert len(report["front"]) >= 1
+    bounds = [d["active_bound"] for d in report["front"]] + [chosen["active_bound"]]
+    assert all(b.startswith(("resource budget", "streaming floor", "folding-legality limit", "the ")) for b in bounds)
     finn = report["finn_setfolding_baseline"]
     assert finn is not None and finn["lut"] <= budget["lut"] and finn["fps"] > 0
     assert report["gain_vs_finn_setfolding"] == pytest.approx(chosen["fps"] / finn["fps"])
@@ -62,3 +64,15 @@ def test_sweep_needs_a_profile(tmp_path, digits_run, exitflow_cmd):
     assert bad.returncode == 2 and "unknown board 'Pynq-Z9'" in bad.stderr
     util = subprocess.run([*exitflow_cmd, "sweep", str(run), "--board", "Pynq-Z2", "--util", "1.5"], capture_output=True, text=True)
     assert util.returncode == 2 and "--util: must be in (0, 1]" in util.stderr
+
+
+@pytest.mark.slow
+def test_constraints_no_design_meets_name_the_closest(swept, exitflow_cmd):
+    run, _ = swept
+    out = subprocess.run([*exitflow_cmd, "sweep", str(run), "--board", "Pynq-Z2", "--min-accuracy", "1.01"],
+                         capture_output=True, text=True)
+    assert out.returncode == 2 and out.stderr.count("\n") == 1
+    assert "accuracy floor 1.0100: no design reaches it; the closest reaches" in out.stderr
+    out = subprocess.run([*exitflow_cmd, "sweep", str(run), "--board", "Pynq-Z2", "--max-latency-us", "0.001"],
+                         capture_output=True, text=True)
+    assert out.returncode == 2 and "latency limit 0.001 us: no design meets it" in out.stderr
