@@ -15,7 +15,8 @@ import yaml
 TARGETS = tuple(int(v) for v in np.unique(np.round(np.geomspace(32, 2e6, 40))))
 
 
-def finn_setfolding_baseline(run_dir: Path, model, config, board, budget: np.ndarray, out: Path) -> dict | None:
+def finn_setfolding_baseline(run_dir: Path, model, config, board, budget: np.ndarray, out: Path) -> tuple[dict | None, list[dict]]:
+    """(the fastest SetFolding result within the budget, every SetFolding result)."""
     from finn.analysis.fpgadataflow.exp_cycles_per_layer import exp_cycles_per_layer
     from finn.analysis.fpgadataflow.res_estimation import res_estimation
     from finn.transformation.fpgadataflow.set_folding import SetFolding
@@ -34,7 +35,7 @@ def finn_setfolding_baseline(run_dir: Path, model, config, board, budget: np.nda
     if not (folder / "hw" / "build.json").exists():
         build(run_dir, folder / "design.yaml", log=lambda line: None, hw_dir=folder / "hw", vivado_project=False)
     graphs = [ModelWrapper(str(folder / "hw" / name / "model_specialized.onnx")) for name in ("whole", "classifier")]
-    best = None
+    best, points = None, []
     for target in TARGETS:
         resources = np.zeros(4)
         slowest = 0
@@ -43,9 +44,10 @@ def finn_setfolding_baseline(run_dir: Path, model, config, board, budget: np.nda
             res = folded.analysis(lambda m: res_estimation(m, board.part))
             resources += [sum(r[k] for r in res.values()) for k in ("LUT", "BRAM_18K", "URAM", "DSP")]
             slowest = max(slowest, max(folded.analysis(exp_cycles_per_layer).values()))
-        if np.all(resources <= budget + 1e-9):
-            fps = board.clock_mhz * 1e6 / slowest
-            if best is None or fps > best["fps"]:
-                best = {"target_cycles": target, "fps": fps, "lut": resources[0], "bram18": resources[1],
-                        "uram": resources[2], "dsp": resources[3]}
-    return best
+        point = {"target_cycles": target, "fps": board.clock_mhz * 1e6 / slowest, "lut": float(resources[0]),
+                 "bram18": float(resources[1]), "uram": float(resources[2]), "dsp": float(resources[3]),
+                 "fits": bool(np.all(resources <= budget + 1e-9))}
+        points.append(point)
+        if point["fits"] and (best is None or point["fps"] > best["fps"]):
+            best = point
+    return best, points

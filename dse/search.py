@@ -134,12 +134,13 @@ def _subsets(n_early: int, max_exits: int):
 
 def search(segments: list[Segment], codes: np.ndarray, correct: np.ndarray, scales: np.ndarray, policy: str,
            threshold_grid: list[float], budget: np.ndarray, clock_mhz: float, max_exits: int = 3,
-           targets: np.ndarray | None = None, progress=None) -> list[Candidate]:
+           targets: np.ndarray | None = None, progress=None, stats: dict | None = None) -> list[Candidate]:
     """Every (exits, thresholds, interval) that fits ``budget``; the caller keeps the Pareto front."""
     n = len(segments)
     if targets is None:
         targets = TARGETS
     out = []
+    evaluated = 0
     subsets = list(_subsets(n - 1, max_exits))
     for subset in (progress(subsets) if progress else subsets):
         kept = list(subset) + [n - 1]
@@ -173,6 +174,7 @@ def search(segments: list[Segment], codes: np.ndarray, correct: np.ndarray, scal
                         body = body + lat
                 start = end + 1
             share = np.bincount(taken, minlength=len(kept)) / len(taken)
+            evaluated += len(targets)
             feasible &= np.all(total <= budget[None, :] + 1e-9, axis=1)
             for t in np.flatnonzero(feasible):
                 folding = {name: {table.layer.layer: (int(table.pe[i[t]]), int(table.simd[i[t]]))
@@ -183,6 +185,8 @@ def search(segments: list[Segment], codes: np.ndarray, correct: np.ndarray, scal
                     fps=clock_mhz * 1e6 / interval[t], accuracy=accuracy, resources=tuple(total[t]), reach=tuple(reach),
                     folding=folding, latency_us=tuple(latency.tolist()), stage_cycles=tuple(slowest[:, t].tolist()),
                     mean_latency_us=float(share @ latency)))
+    if stats is not None:
+        stats["designs"] = evaluated  # (exits, thresholds, interval) triples evaluated
     return out
 
 

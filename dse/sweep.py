@@ -44,6 +44,9 @@ class SweepResult:
     sensitivity: dict  # fps when every p_k moves by -5 / +5 percentage points
     finn_baseline: dict | None  # FINN's SetFolding without exits, judged by FINN's estimator
     front_bounds: list = field(default_factory=list)  # active bound of each front design
+    candidates: list = field(default_factory=list, repr=False)  # every design that fits
+    finn_points: list = field(default_factory=list, repr=False)  # SetFolding at every target
+    search_stats: dict = field(default_factory=dict)  # seconds, designs evaluated
 
 
 def _segments_design(model, config, board_name: str) -> tuple[dict, list[list[str]]]:
@@ -109,9 +112,14 @@ def sweep(run_dir: str | Path, board_name: str, objective: str = "throughput", m
     from tqdm import tqdm
 
     show = sys.stderr.isatty()
+    import time
+
+    started = time.perf_counter()
+    stats: dict = {}
     candidates = search(segments, codes, correct, prof["scales"], policy, list(MAX_PROB_THRESHOLDS), budget,
-                        board.clock_mhz, max_exits=max_exits,
+                        board.clock_mhz, max_exits=max_exits, stats=stats,
                         progress=lambda items: tqdm(items, desc="sweep", unit="exit set", disable=not show, leave=False))
+    search_seconds, designs = time.perf_counter() - started, stats["designs"]
     final_acc = float(correct[:, -1].mean())
     floor = min_accuracy if min_accuracy is not None else final_acc - (max_drop_pp or 0.0) / 100.0
     eligible = [c for c in candidates if c.accuracy >= floor - 1e-12
@@ -153,12 +161,15 @@ def sweep(run_dir: str | Path, board_name: str, objective: str = "throughput", m
     from .finn_baseline import finn_setfolding_baseline
 
     log("judging FINN's SetFolding on the network without exits")
-    finn_baseline = finn_setfolding_baseline(run_dir, model, config, board, budget, out)
+    finn_baseline, finn_points = finn_setfolding_baseline(run_dir, model, config, board, budget, out)
     drift = sensitivity(np.array(chosen.reach), stage_cycles, board.clock_mhz)
     result = SweepResult(chosen, best_no_exit, front, chosen.fps / best_no_exit.fps, test_acc,
                          float(test_correct[:, -1].mean()), min(chosen.fps, gated.fps),
                          active_bound(chosen, segments, budget), drift, finn_baseline)
     result.front_bounds.extend(active_bound(c, segments, budget) for c in front)
+    result.candidates.extend(candidates)
+    result.finn_points.extend(finn_points)
+    result.search_stats.update(search_seconds=search_seconds, designs=designs, candidate_exits=len(segments) - 1)
     _write(out, result, segments, model, config.model.backbone, board, budget, util)
     return result
 

@@ -1,0 +1,60 @@
+"""Shared by the dse_* benchmarks: train, profile and sweep each model once per process."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+
+_CACHE: dict = {}
+
+MODELS = {
+    # FINN's CNV-W2A2 topology, candidate exits including one after the first convolution
+    "cnv": dict(backbone="cnv", preset="w2a2", exits=("conv0", "conv1", "conv3", "conv5", "fc0"), shape=(3, 32, 32),
+                data="mnist5k padded to 3x32x32 (no CIFAR-10 here)"),
+    # the built-in default: lenet w4a4, an exit after every block
+    "lenet": dict(backbone="lenet", preset="w4a4", exits=None, shape=None, data="mnist5k"),
+}
+
+
+def swept(model: str, drop_pp: float):
+    """(SweepResult, train seconds) for ``model`` on Pynq-Z2 with an accuracy floor of
+    ``drop_pp`` below the final exit. EXITFLOW_DSE_EPOCHS overrides the cnv epochs (default 6)."""
+    key = (model, drop_pp)
+    if key in _CACHE:
+        return _CACHE[key]
+    import torch
+
+    from exitflow.data import DataSpec
+    from exitflow.dse.sweep import sweep
+    from exitflow.quant.config import ModelConfig, RunConfig, TrainConfig
+    from exitflow.quant.profile import profile
+    from exitflow.quant.train import train
+
+    torch.set_num_threads(2)
+    spec = MODELS[model]
+    run = _CACHE.get(("run", model))
+    if run is None:
+        folder = tempfile.mkdtemp(prefix=f"exitflow_bench_{model}_")
+        epochs = int(os.environ.get("EXITFLOW_DSE_EPOCHS", "6")) if model == "cnv" else 30
+        config = RunConfig(data=DataSpec(name="mnist5k", shape=spec["shape"]),
+                           model=ModelConfig(backbone=spec["backbone"], preset=spec["preset"], exits=spec["exits"]),
+                           train=TrainConfig(epochs=epochs))
+        start = time.perf_counter()
+        train(config, folder, log=lambda line: None)
+        train_s = time.perf_counter() - start
+        profile(folder, plot=False)
+        run = _CACHE[("run", model)] = (folder, train_s)
+    folder, train_s = run
+    result = sweep(folder, "Pynq-Z2", max_drop_pp=drop_pp, log=lambda line: None)
+    _CACHE[key] = (result, train_s)
+    return _CACHE[key]
+
+
+def lut_fraction_at_equal_throughput(result, floor: float) -> float | None:
+    """LUTs of the cheapest multi-exit design at least as fast as the best no-exit one, over the
+    no-exit design's LUTs."""
+    matching = [c for c in result.candidates if c.exits and c.fps >= result.no_exit.fps and c.accuracy >= floor]
+    if not matching:
+        return None
+    return min(c.resources[0] for c in matching) / result.no_exit.resources[0]

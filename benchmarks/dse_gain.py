@@ -1,0 +1,45 @@
+"""`dse_gain`: throughput of the chosen multi-exit design over the best design without early
+exits, on Pynq-Z2 under the same budget (the search finds both), at accuracy floors 0.5 and 1.0
+percentage points below the final exit; and the LUT share a multi-exit design needs to match the
+no-exit throughput. Per model: cnv (FINN's CNV-W2A2, on mnist5k padded to 3x32x32) and the
+default lenet. Targets (cnv): gain >= 3.0 at 1 pp (ATHEENA: 2.00-2.78x), LUT fraction <= 0.40
+(ATHEENA: 0.46). The gains use unbounded gate buffers; `*_with_gates` apply the burst model with
+the chosen gate depth.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _dse_common import MODELS, lut_fraction_at_equal_throughput, swept  # noqa: E402
+
+
+def run() -> list[dict]:
+    rows = []
+    for model in ("cnv", "lenet"):
+        half, train_s = swept(model, 0.5)
+        one, _ = swept(model, 1.0)
+        final = float(one.candidates and max(c.accuracy for c in one.candidates if c.exits == ()))
+        rows.append({
+            "model": model, "board": "Pynq-Z2", "data": MODELS[model]["data"],
+            "gain_at_0p5pp": round(half.gain, 3), "gain_at_1pp": round(one.gain, 3),
+            "gain_at_0p5pp_with_gates": round(half.fps_with_gates / half.no_exit.fps, 3),
+            "gain_at_1pp_with_gates": round(one.fps_with_gates / one.no_exit.fps, 3),
+            "lut_fraction_at_equal_throughput": (round(f, 3) if (f := lut_fraction_at_equal_throughput(one, final - 0.01)) is not None else None),
+            "active_bound": one.bound, "no_exit_active_bound": _no_exit_bound(one),
+            "fps": round(one.chosen.fps, 1), "no_exit_fps": round(one.no_exit.fps, 1),
+            "test_accuracy_1pp": round(one.test_accuracy, 4), "test_accuracy_0p5pp": round(half.test_accuracy, 4),
+            "final_exit_test_accuracy": round(one.final_test_accuracy, 4), "exits_1pp": [str(e) for e in one.chosen.exits],
+            "train_s": round(train_s, 1),
+        })
+    return rows
+
+
+def _no_exit_bound(result) -> str:
+    """The no-exit baseline's bound, from the sweep's own front report when it is there."""
+    for c, b in zip(result.front, result.front_bounds):
+        if c is result.no_exit:
+            return b
+    return "not on the front"

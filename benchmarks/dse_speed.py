@@ -1,0 +1,18 @@
+"""`dse_speed`: how fast the joint search (exits x thresholds x interval targets, every layer's
+cheapest legal folding per target) runs for cnv with five candidate exits on Pynq-Z2, after the
+one-time inventory. Targets: at most 10 s, at least 100,000 designs per second."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _dse_common import swept  # noqa: E402
+
+
+def run() -> dict:
+    result, _ = swept("cnv", 1.0)
+    stats = result.search_stats
+    return {"model": "cnv", "candidate_exits": stats["candidate_exits"], "seconds": round(stats["search_seconds"], 2),
+            "designs": stats["designs"], "designs_per_s": round(stats["designs"] / stats["search_seconds"])}

@@ -1,0 +1,26 @@
+"""`dse_vs_setfolding`: at every target FINN's SetFolding reaches on cnv without exits (judged by
+FINN's estimator), does exitflow's no-exit folding reach at least the same throughput with no more
+LUT and no more BRAM18? `not_worse` counts the points where it does, `better` those where it is
+strictly better in throughput, LUT or BRAM18."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _dse_common import swept  # noqa: E402
+
+
+def run() -> dict:
+    result, _ = swept("cnv", 1.0)
+    ours = [c for c in result.candidates if c.exits == ()]
+    not_worse = better = 0
+    points = [p for p in result.finn_points if p["fits"]]
+    for p in points:
+        match = [c for c in ours if c.fps >= p["fps"] and c.resources[0] <= p["lut"] and c.resources[1] <= p["bram18"]]
+        if match:
+            not_worse += 1
+            if any(c.fps > p["fps"] or c.resources[0] < p["lut"] or c.resources[1] < p["bram18"] for c in match):
+                better += 1
+    return {"model": "cnv", "points": len(points), "not_worse": not_worse, "better": better}
