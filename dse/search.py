@@ -90,6 +90,7 @@ class Candidate:
     folding: dict = field(default_factory=dict, compare=False)  # layer -> (pe, simd), per stage/head
     latency_us: tuple[float, ...] = ()  # to each kept exit
     stage_cycles: tuple[float, ...] = ()  # slowest unit of each stage (and its head), per sample
+    stage_resources: tuple[tuple[float, ...], ...] = ()  # lut, bram18, uram, dsp of each stage with its head
     mean_latency_us: float = 0.0  # over the samples' actual exits
 
 
@@ -155,6 +156,7 @@ def search(segments: list[Segment], codes: np.ndarray, correct: np.ndarray, scal
             feasible = np.ones(len(targets), dtype=bool)
             to_exit = np.zeros((len(kept), len(targets)))  # latency in cycles to each kept exit
             slowest = np.zeros((len(kept), len(targets)))
+            per_stage = np.zeros((len(kept), len(targets), len(RESOURCES)))
             body = np.zeros(len(targets))
             picks = {}
             start = 0
@@ -164,6 +166,7 @@ def search(segments: list[Segment], codes: np.ndarray, correct: np.ndarray, scal
                 for graph in [seg.body for seg in segments[start : end + 1]] + [segments[end].head]:
                     res, cyc, lat, idx, ok = graph.at(stage_targets)
                     total += res
+                    per_stage[s] += res
                     interval = np.maximum(interval, p * cyc)
                     slowest[s] = np.maximum(slowest[s], cyc)
                     feasible &= ok
@@ -184,6 +187,7 @@ def search(segments: list[Segment], codes: np.ndarray, correct: np.ndarray, scal
                     exits=tuple(subset), thresholds=tuple(thresholds), target=float(targets[t]),
                     fps=clock_mhz * 1e6 / interval[t], accuracy=accuracy, resources=tuple(total[t]), reach=tuple(reach),
                     folding=folding, latency_us=tuple(latency.tolist()), stage_cycles=tuple(slowest[:, t].tolist()),
+                    stage_resources=tuple(tuple(r) for r in per_stage[:, t].tolist()),
                     mean_latency_us=float(share @ latency)))
     if stats is not None:
         stats["designs"] = evaluated  # (exits, thresholds, interval) triples evaluated

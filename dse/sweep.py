@@ -42,6 +42,7 @@ class SweepResult:
     fps_with_gates: float
     bound: str  # what keeps the chosen design from being faster
     sensitivity: dict  # fps when every p_k moves by -5 / +5 percentage points
+    budget: tuple  # lut, bram18, uram, dsp available to the design
     finn_baseline: dict | None  # FINN's SetFolding without exits, judged by FINN's estimator
     front_bounds: list = field(default_factory=list)  # active bound of each front design
     candidates: list = field(default_factory=list, repr=False)  # every design that fits
@@ -165,7 +166,7 @@ def sweep(run_dir: str | Path, board_name: str, objective: str = "throughput", m
     drift = sensitivity(np.array(chosen.reach), stage_cycles, board.clock_mhz)
     result = SweepResult(chosen, best_no_exit, front, chosen.fps / best_no_exit.fps, test_acc,
                          float(test_correct[:, -1].mean()), min(chosen.fps, gated.fps),
-                         active_bound(chosen, segments, budget), drift, finn_baseline)
+                         active_bound(chosen, segments, budget), drift, tuple(budget.tolist()), finn_baseline)
     result.front_bounds.extend(active_bound(c, segments, budget) for c in front)
     result.candidates.extend(candidates)
     result.finn_points.extend(finn_points)
@@ -189,6 +190,7 @@ def _write(out: Path, r: SweepResult, segments, model, backbone: str, board, bud
     report = {
         "board": board.name, "utilisation_cap": util, "budget": dict(zip(("lut", "bram18", "uram", "dsp"), budget.tolist())),
         "chosen": {**_as_json(r.chosen, names), "test_accuracy": r.test_accuracy, "fps_with_gates": r.fps_with_gates,
+                   "stage_resources": [dict(zip(("lut", "bram18", "uram", "dsp"), res)) for res in r.chosen.stage_resources],
                    "active_bound": r.bound,
                    "fps_if_reach_minus_5pp": r.sensitivity["minus"], "fps_if_reach_plus_5pp": r.sensitivity["plus"]},
         "no_exit_baseline": _as_json(r.no_exit, names),
@@ -248,15 +250,18 @@ def _plots(out: Path, r: SweepResult, names: list[str]) -> None:
     ax.legend(fontsize=8, loc="lower left")
     atomic_write(out / "pareto.png", lambda p: fig.savefig(p, dpi=110, format="png"))
     plt.close(fig)
-    fig, ax = plt.subplots(figsize=(7, 3.5), constrained_layout=True)
-    labels = ["LUT", "BRAM18", "DSP"]
-    chosen = [r.chosen.resources[0], r.chosen.resources[1], r.chosen.resources[3]]
-    base = [r.no_exit.resources[0], r.no_exit.resources[1], r.no_exit.resources[3]]
-    x = np.arange(len(labels))
-    ax.bar(x - 0.2, chosen, 0.4, label="chosen design")
-    ax.bar(x + 0.2, base, 0.4, label="best without early exits")
-    ax.set_xticks(x, labels)
-    ax.set(ylabel="estimated use", title="Resources (FINN estimates + exit units)")
-    ax.legend(fontsize=8)
+    fig, axes = plt.subplots(1, 3, figsize=(10, 3.6), constrained_layout=True)
+    stages = r.chosen.stage_resources
+    stage_names = [f"stage {k}" for k in range(len(stages))]
+    for ax, (label, i) in zip(axes, (("LUT", 0), ("BRAM18", 1), ("DSP", 3))):
+        bottom = 0.0
+        for name, res in zip(stage_names, stages):
+            ax.bar(["chosen"], [res[i]], bottom=bottom, label=name)
+            bottom += res[i]
+        ax.bar(["no exits"], [r.no_exit.resources[i]], color="grey", label="best without exits")
+        ax.axhline(r.budget[i], color="red", linestyle="--", label="budget")
+        ax.set_title(label)
+    axes[0].legend(fontsize=7)
+    fig.suptitle("Resources per stage (with its head) against the board budget")
     atomic_write(out / "resources.png", lambda p: fig.savefig(p, dpi=110, format="png"))
     plt.close(fig)
