@@ -236,7 +236,9 @@ def test_cli_says_what_the_bitfile_needs(digits_run, tmp_path, exitflow_cmd):
     assert out.returncode == 0, out.stderr
     assert ("bitfile: needs Vivado 2024.2 (vivado) and Vitis HLS 2024.2 (vitis_hls or vitis-run) (not on PATH); "
             f"on a machine with them run: exitflow build {digits_run} --design {design}") in out.stdout
-    missing = subprocess.run([*exitflow_cmd, "build", str(digits_run)], capture_output=True, text=True)
+    fresh = tmp_path / "fresh_run"  # a run folder without a sweep: no default design to fall back on
+    shutil.copytree(digits_run, fresh, ignore=shutil.ignore_patterns("hw", "stages", "sweep"))
+    missing = subprocess.run([*exitflow_cmd, "build", str(fresh)], capture_output=True, text=True)
     assert missing.returncode == 2 and "sweep/design.yaml: design not found; pass --design FILE" in missing.stderr
 
 
