@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -133,62 +134,93 @@ def _subsets(n_early: int, max_exits: int):
         yield from itertools.combinations(range(n_early), size)
 
 
+class LazyFolding(Mapping):
+    """The folding of one candidate, built only when asked for (most candidates never are):
+    graph name -> {layer: (PE, SIMD)}."""
+
+    def __init__(self, picks: dict, row: int, column: int):
+        self._picks, self._row, self._column = picks, row, column
+
+    def _build(self) -> dict:
+        return {name: {table.layer.layer: (int(table.pe[i[self._row, self._column]]), int(table.simd[i[self._row, self._column]]))
+                       for table, i in zip(graph.tables, idx)} for name, (graph, idx) in self._picks.items()}
+
+    def __getitem__(self, key):
+        return self._build()[key]
+
+    def __iter__(self):
+        return iter(self._picks)
+
+    def __len__(self):
+        return len(self._picks)
+
+
 def search(segments: list[Segment], codes: np.ndarray, correct: np.ndarray, scales: np.ndarray, policy: str,
            threshold_grid: list[float], budget: np.ndarray, clock_mhz: float, max_exits: int = 3,
            targets: np.ndarray | None = None, progress=None, stats: dict | None = None) -> list[Candidate]:
-    """Every (exits, thresholds, interval) that fits ``budget``; the caller keeps the Pareto front."""
+    """Every (exits, thresholds, interval) that fits ``budget``; the caller keeps the Pareto front.
+
+    Per subset of exits, all threshold combinations and all interval targets are evaluated at
+    once: each layer's envelope is looked up for the whole (combinations x targets) array."""
     n = len(segments)
     if targets is None:
         targets = TARGETS
+    n_t = len(targets)
     out = []
     evaluated = 0
     subsets = list(_subsets(n - 1, max_exits))
+    samples = np.arange(len(codes))
     for subset in (progress(subsets) if progress else subsets):
         kept = list(subset) + [n - 1]
-        grids = [threshold_grid] * len(subset)
-        for thresholds in itertools.product(*grids):
-            constants = [threshold_code(policy, t, float(scales[k]), ) for t, k in zip(thresholds, subset)]
-            taken = route(policy, codes[:, kept], constants) if subset else np.zeros(len(codes), dtype=np.int64)
-            accuracy = float(correct[np.arange(len(codes)), np.asarray(kept)[taken]].mean())
-            reach = [float((taken >= s).mean()) for s in range(len(kept))]
-            total = np.zeros((len(targets), len(RESOURCES)))
-            interval = np.zeros(len(targets))
-            feasible = np.ones(len(targets), dtype=bool)
-            to_exit = np.zeros((len(kept), len(targets)))  # latency in cycles to each kept exit
-            slowest = np.zeros((len(kept), len(targets)))
-            per_stage = np.zeros((len(kept), len(targets), len(RESOURCES)))
-            body = np.zeros(len(targets))
-            picks = {}
-            start = 0
-            for s, end in enumerate(kept):
-                p = max(reach[s], 1e-9)
-                stage_targets = targets / p
-                for graph in [seg.body for seg in segments[start : end + 1]] + [segments[end].head]:
-                    res, cyc, lat, idx, ok = graph.at(stage_targets)
-                    total += res
-                    per_stage[s] += res
-                    interval = np.maximum(interval, p * cyc)
-                    slowest[s] = np.maximum(slowest[s], cyc)
-                    feasible &= ok
-                    picks[graph.name] = (graph, idx)
-                    if graph is segments[end].head:
-                        to_exit[s] = body + lat
-                    else:
-                        body = body + lat
-                start = end + 1
-            share = np.bincount(taken, minlength=len(kept)) / len(taken)
-            evaluated += len(targets)
-            feasible &= np.all(total <= budget[None, :] + 1e-9, axis=1)
-            for t in np.flatnonzero(feasible):
-                folding = {name: {table.layer.layer: (int(table.pe[i[t]]), int(table.simd[i[t]]))
-                                  for table, i in zip(g.tables, idx)} for name, (g, idx) in picks.items()}
-                latency = to_exit[:, t] / clock_mhz
-                out.append(Candidate(
-                    exits=tuple(subset), thresholds=tuple(thresholds), target=float(targets[t]),
-                    fps=clock_mhz * 1e6 / interval[t], accuracy=accuracy, resources=tuple(total[t]), reach=tuple(reach),
-                    folding=folding, latency_us=tuple(latency.tolist()), stage_cycles=tuple(slowest[:, t].tolist()),
-                    stage_resources=tuple(tuple(r) for r in per_stage[:, t].tolist()),
-                    mean_latency_us=float(share @ latency)))
+        combos = list(itertools.product(*([threshold_grid] * len(subset))))
+        taken = np.zeros((len(combos), len(codes)), dtype=np.int64)
+        if subset:
+            for c, thresholds in enumerate(combos):
+                constants = [threshold_code(policy, t, float(scales[k])) for t, k in zip(thresholds, subset)]
+                taken[c] = route(policy, codes[:, kept], constants)
+        accuracy = correct[samples[None, :], np.asarray(kept)[taken]].mean(axis=1)
+        reach = np.stack([(taken >= s).mean(axis=1) for s in range(len(kept))], axis=1)  # (combos, stages)
+        share = np.stack([(taken == s).mean(axis=1) for s in range(len(kept))], axis=1)
+        shape = (len(combos), n_t)
+        total = np.zeros((*shape, len(RESOURCES)))
+        per_stage = np.zeros((len(kept), *shape, len(RESOURCES)))
+        interval = np.zeros(shape)
+        slowest = np.zeros((len(kept), *shape))
+        to_exit = np.zeros((len(kept), *shape))
+        body = np.zeros(shape)
+        feasible = np.ones(shape, dtype=bool)
+        picks = {}
+        start = 0
+        for s, end in enumerate(kept):
+            p = np.maximum(reach[:, s], 1e-9)[:, None]
+            stage_targets = (targets[None, :] / p).ravel()
+            for graph in [seg.body for seg in segments[start : end + 1]] + [segments[end].head]:
+                res, cyc, lat, idx, ok = graph.at(stage_targets)
+                res, cyc, lat, ok = res.reshape(*shape, -1), cyc.reshape(shape), lat.reshape(shape), ok.reshape(shape)
+                total += res
+                per_stage[s] += res
+                interval = np.maximum(interval, p * cyc)
+                slowest[s] = np.maximum(slowest[s], cyc)
+                feasible &= ok
+                picks[graph.name] = (graph, [i.reshape(shape) for i in idx])
+                if graph is segments[end].head:
+                    to_exit[s] = body + lat
+                else:
+                    body = body + lat
+            start = end + 1
+        evaluated += len(combos) * n_t
+        feasible &= np.all(total <= budget + 1e-9, axis=2)
+        latency_us = to_exit / clock_mhz  # (stages, combos, targets)
+        mean_latency = np.einsum("cs,sct->ct", share, latency_us)
+        fps = clock_mhz * 1e6 / interval
+        for c, t in zip(*np.nonzero(feasible)):
+            out.append(Candidate(
+                exits=tuple(subset), thresholds=tuple(combos[c]), target=float(targets[t]), fps=float(fps[c, t]),
+                accuracy=float(accuracy[c]), resources=tuple(total[c, t].tolist()), reach=tuple(reach[c].tolist()),
+                folding=LazyFolding(picks, c, t), latency_us=tuple(latency_us[:, c, t].tolist()),
+                stage_cycles=tuple(slowest[:, c, t].tolist()),
+                stage_resources=tuple(tuple(r) for r in per_stage[:, c, t].tolist()),
+                mean_latency_us=float(mean_latency[c, t])))
     if stats is not None:
         stats["designs"] = evaluated  # (exits, thresholds, interval) triples evaluated
     return out
