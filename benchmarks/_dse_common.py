@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 import time
 
@@ -36,6 +38,7 @@ def swept(model: str, drop_pp: float):
     run = _CACHE.get(("run", model))
     if run is None:
         folder = tempfile.mkdtemp(prefix=f"exitflow_bench_{model}_")
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
         epochs = int(os.environ.get("EXITFLOW_DSE_EPOCHS", "6")) if model == "cnv" else 30
         config = RunConfig(data=DataSpec(name="mnist5k", shape=spec["shape"]),
                            model=ModelConfig(backbone=spec["backbone"], preset=spec["preset"], exits=spec["exits"]),
