@@ -20,13 +20,12 @@ from .finn_model import RESOURCES, WeightLayer, layer_costs
 
 
 def legal_foldings(layer: WeightLayer) -> tuple[np.ndarray, np.ndarray]:
-    """All (PE, SIMD) FINN can build for the layer (the rules `exitflow build` checks)."""
-    def divisors(n):
-        return [d for d in range(1, n + 1) if n % d == 0]
+    """All (PE, SIMD) FINN can build for the layer: those `exitflow build` accepts."""
+    from exitflow.build import divisors, folding_violation
 
     channels = layer.window["ifm_ch"] if layer.window else None
-    simds = [s for s in divisors(layer.mw) if s * 1024 >= layer.mw and (channels is None or channels % s == 0)]
-    pairs = [(p, s) for p in divisors(layer.mh) for s in simds if p * s * layer.wbits <= 8191]
+    pairs = [(p, s) for p in divisors(layer.mh) for s in divisors(layer.mw)
+             if folding_violation(layer.layer, p, s, layer.mw, layer.mh, channels, layer.wbits) is None]
     pe, simd = zip(*pairs)
     return np.array(pe), np.array(simd)
 

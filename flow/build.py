@@ -29,37 +29,45 @@ from .design import Design, load_design
 from .errors import ConfigError
 
 
-def _divisors(n: int) -> list[int]:
+def divisors(n: int) -> list[int]:
     return [d for d in range(1, n + 1) if n % d == 0]
 
 
+def folding_violation(name: str, pe: int, simd: int, mw: int, mh: int, cin: int | None = None,
+                      wbits: int | None = None) -> tuple[str, str] | None:
+    """The first of FINN's folding rules (PE, SIMD) breaks for a layer of MW inputs and MH
+    outputs, as (key suffix, message), or None when FINN can build it. The one definition of the
+    rules: `exitflow build` reports them, the design search enumerates what passes them."""
+    if mh % pe:
+        return ".pe", (f"{pe} does not divide the {mh} outputs of {name} (FINN needs MH % PE == 0); "
+                       f"legal PE: {', '.join(map(str, divisors(mh)))}")
+    if mw % simd:
+        return ".simd", (f"{simd} does not divide the {mw} inputs of {name} (FINN needs MW % SIMD == 0); "
+                         f"legal SIMD: {', '.join(map(str, divisors(mw)))}")
+    if cin is not None and cin % simd:
+        return ".simd", (f"{simd} does not divide the {cin} input channels of {name} (FINN's sliding-window "
+                         f"generator needs IFMChannels % SIMD == 0); legal SIMD: "
+                         f"{', '.join(str(d) for d in divisors(cin) if d * 1024 >= mw)}")
+    if wbits is not None and pe * simd * wbits > 8191:
+        return "", (f"PE x SIMD x weight bits = {pe} x {simd} x {wbits} = {pe * simd * wbits} exceeds 8191, "
+                    "the widest ap_int FINN's HLS MVAU can use")
+    if simd * 1024 < mw:
+        return ".simd", (f"{simd} is below MW/1024 = {mw / 1024:g} for {name} "
+                         "(FINN's HLS MVAU code generation needs SIMD >= MW/1024)")
+    return None
+
+
 def check_folding(where: str, folding, layers: list[dict], owner: str) -> None:
-    """FINN's folding rules, checked before FINN runs: PE divides MH, SIMD divides MW (and, for a
-    convolution, its input channels), and an HLS MVAU needs SIMD >= MW/1024. Errors name the
+    """FINN's folding rules (:func:`folding_violation`), checked before FINN runs; errors name the
     layer and the rule."""
     by_name = {layer["name"]: layer for layer in layers}
     for name, fold in folding.items():
         if name not in by_name:
             raise ConfigError(f"{where}.{name}: no weight layer {name!r} in {owner} (layers: {', '.join(by_name) or 'none'})")
-        mw, mh = by_name[name]["mw"], by_name[name]["mh"]
-        if mh % fold.pe:
-            raise ConfigError(f"{where}.{name}.pe: {fold.pe} does not divide the {mh} outputs of {name} "
-                              f"(FINN needs MH % PE == 0); legal PE: {', '.join(map(str, _divisors(mh)))}")
-        if mw % fold.simd:
-            raise ConfigError(f"{where}.{name}.simd: {fold.simd} does not divide the {mw} inputs of {name} "
-                              f"(FINN needs MW % SIMD == 0); legal SIMD: {', '.join(map(str, _divisors(mw)))}")
-        cin = by_name[name].get("cin")
-        if cin is not None and cin % fold.simd:
-            raise ConfigError(f"{where}.{name}.simd: {fold.simd} does not divide the {cin} input channels of {name} "
-                              f"(FINN's sliding-window generator needs IFMChannels % SIMD == 0); legal SIMD: "
-                              f"{', '.join(str(d) for d in _divisors(cin) if d * 1024 >= mw)}")
-        wbits = by_name[name].get("wbits")
-        if wbits is not None and fold.pe * fold.simd * wbits > 8191:
-            raise ConfigError(f"{where}.{name}: PE x SIMD x weight bits = {fold.pe} x {fold.simd} x {wbits} = "
-                              f"{fold.pe * fold.simd * wbits} exceeds 8191, the widest ap_int FINN's HLS MVAU can use")
-        if fold.simd * 1024 < mw:
-            raise ConfigError(f"{where}.{name}.simd: {fold.simd} is below MW/1024 = {mw / 1024:g} for {name} "
-                              "(FINN's HLS MVAU code generation needs SIMD >= MW/1024)")
+        layer = by_name[name]
+        problem = folding_violation(name, fold.pe, fold.simd, layer["mw"], layer["mh"], layer.get("cin"), layer.get("wbits"))
+        if problem:
+            raise ConfigError(f"{where}.{name}{problem[0]}: {problem[1]}")
 
 
 def match_design(design: Design, config, model, source: str) -> list[str]:
