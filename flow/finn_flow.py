@@ -286,10 +286,10 @@ def specialize_layers(model, state: FlowState):
 def default_folding(mw: int, channels: int | None = None):
     """A layer the design does not fold: PE 1 and the smallest SIMD FINN can generate (a
     divisor of MW, and of a convolution's input channels, that is at least MW/1024)."""
+    from .build import divisors, folding_violation
     from .design import LayerFolding
 
-    limit = channels or mw
-    simd = next(d for d in range(1, limit + 1) if limit % d == 0 and mw % d == 0 and d * 1024 >= mw)
+    simd = next(d for d in divisors(mw) if folding_violation("", 1, d, mw, 1, channels) is None)
     return LayerFolding(pe=1, simd=simd)
 
 
