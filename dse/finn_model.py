@@ -7,7 +7,7 @@ window generator that feeds it (its SIMD follows the MVAU's), the attributes FIN
 use; for every other node, FINN's own numbers. :func:`layer_costs` then evaluates FINN's formulas
 (finn-plus 1.6.1: ``MVAU.bram_estimation``/``uram_estimation``/``get_exp_cycles``,
 ``MVAU_hls.lut_estimation``/``dsp_estimation``, ``MVAU_rtl.dsp_estimation``,
-``ConvolutionInputGenerator_rtl`` in its default implementation) on arrays of PE and SIMD.
+``ConvolutionInputGenerator_rtl`` in its default and parallel implementations) on arrays of PE and SIMD.
 ``tests/dse/test_finn_model.py`` checks equality with FINN on random legal foldings.
 """
 
@@ -56,8 +56,8 @@ class Inventory:
 
 
 def _window_attrs(inst) -> dict:
-    if inst.select_impl_style() != "default" or inst.get_nodeattr("depthwise"):
-        raise NotImplementedError(f"{inst.onnx_node.name}: only the default, non-depthwise window generator is modelled")
+    if inst.get_nodeattr("depthwise"):
+        raise NotImplementedError(f"{inst.onnx_node.name}: depthwise window generators are not modelled")
     if inst.get_nodeattr("ram_style") == "ultra":
         raise NotImplementedError(f"{inst.onnx_node.name}: URAM line buffers are not modelled")
     return {
@@ -172,25 +172,47 @@ def _ram_width(depth: np.ndarray) -> np.ndarray:
     return np.select([depth <= 512, depth <= 1024, depth <= 2048, depth <= 4096, depth <= 8192], [36, 18, 9, 4, 2], 1)
 
 
-def _window(w: dict, simd: np.ndarray) -> dict[str, np.ndarray]:
-    """ConvolutionInputGenerator_rtl, default implementation, non-depthwise."""
+def window_mode(w: dict, simd: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(the window generator's SIMD, whether it runs FINN's parallel implementation) for an MVAU
+    SIMD. exitflow never puts a width converter between the two: the generator takes the MVAU's
+    SIMD, except at SIMD = MW (a whole k x k x Cin window per cycle), which it serves in FINN's
+    ``parallel_window`` mode with SIMD = Cin. A 1x1 kernel always takes the parallel
+    implementation (FINN's ``select_impl_style``)."""
+    k_h, k_w = w["k"]
+    mw = k_h * k_w * w["ifm_ch"]
+    wide = (simd == mw) & (k_h * k_w > 1)
+    return np.where(wide, w["ifm_ch"], simd), wide | (k_h * k_w == 1)
+
+
+def _window(w: dict, mvau_simd: np.ndarray) -> dict[str, np.ndarray]:
+    """ConvolutionInputGenerator_rtl, non-depthwise, in its default or parallel implementation."""
     (k_h, k_w), (h, wd), (oh, ow) = w["k"], w["ifm"], w["ofm"]
     (s_h, s_w), (d_h, d_w) = w["stride"], w["dilation"]
+    simd, parallel = window_mode(w, mvau_simd)
     cf = (w["ifm_ch"] // simd).astype(np.int64)
-    buffer_min = ((k_h - 1) * d_h * wd + (k_w - 1) * d_w + 1) * cf
-    depth = buffer_min + np.maximum(0, ((s_w - 1) - k_h * k_w) * cf) + np.maximum(0, ((s_h - 1) * wd - k_h * k_w) * cf)
-    if h == 1 or wd == 1:
+    if (h == 1 or wd == 1) and not parallel.all():
         raise NotImplementedError(f"{w['node']}: 1-D window generators are not modelled")
-    cycles = buffer_min + oh * np.maximum(ow * k_w * k_h * cf, s_w * wd * cf)
+    # default implementation
+    buffer_min = ((k_h - 1) * d_h * wd + (k_w - 1) * d_w + 1) * cf
+    depth_default = buffer_min + np.maximum(0, ((s_w - 1) - k_h * k_w) * cf) + np.maximum(0, ((s_h - 1) * wd - k_h * k_w) * cf)
+    cycles_default = buffer_min + oh * np.maximum(ow * k_w * k_h * cf, s_w * wd * cf)
+    # parallel implementation: one input word per cycle, k_h - 1 line buffers
+    depth_parallel = ((k_h - 1) * d_h * wd + (k_w - 1) * d_w) * cf + 2
+    cycles_parallel = h * wd * cf + 2
+    depth = np.where(parallel, depth_parallel, depth_default)
+    cycles = np.where(parallel, cycles_parallel, cycles_default)
     width = simd * w["in_bits"]
     lut = 300 + (width * np.ceil(depth / 38) if w["ram_style"] == "distributed" else 0)
     if w["ram_style"] in ("block", "auto"):
-        ram_width = _ram_width(depth)
-        cascade_depth = np.ceil(depth / 16384)
+        line = (wd - ((k_w - 1) * d_w + 1)) + wd * (d_h - 1)
+        ram_depth = np.where(parallel, line, depth)
+        count = np.where(parallel, 0 if h == 1 or wd == 1 else k_h - 1, 1)
+        ram_width = _ram_width(ram_depth)
+        cascade_depth = np.ceil(ram_depth / 16384)
         cascade_width = np.ceil(width / ram_width)
-        remainder = _ram_width(depth % 16384)
-        savings = np.where(depth > 16384, cascade_width - np.ceil(width / remainder), 0)
-        bram = cascade_depth * cascade_width - savings
+        remainder = _ram_width(ram_depth % 16384)
+        savings = np.where(ram_depth > 16384, cascade_width - np.ceil(width / remainder), 0)
+        bram = (cascade_depth * cascade_width - savings) * count
     else:
         bram = np.zeros(simd.shape)
     return {"lut": lut, "bram18": bram, "uram": np.zeros(simd.shape), "dsp": np.zeros(simd.shape), "cycles": cycles}

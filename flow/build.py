@@ -44,10 +44,10 @@ def folding_violation(name: str, pe: int, simd: int, mw: int, mh: int, cin: int 
     if mw % simd:
         return ".simd", (f"{simd} does not divide the {mw} inputs of {name} (FINN needs MW % SIMD == 0); "
                          f"legal SIMD: {', '.join(map(str, divisors(mw)))}")
-    if cin is not None and cin % simd:
+    if cin is not None and cin % simd and simd != mw:
         return ".simd", (f"{simd} does not divide the {cin} input channels of {name} (FINN's sliding-window "
-                         f"generator needs IFMChannels % SIMD == 0); legal SIMD: "
-                         f"{', '.join(str(d) for d in divisors(cin) if d * 1024 >= mw)}")
+                         f"generator needs IFMChannels % SIMD == 0, or SIMD = MW for its parallel-window mode); "
+                         f"legal SIMD: {', '.join([str(d) for d in divisors(cin) if d * 1024 >= mw] + [str(mw)])}")
     if wbits is not None and pe * simd * wbits > 8191:
         return "", (f"PE x SIMD x weight bits = {pe} x {simd} x {wbits} = {pe * simd * wbits} exceeds 8191, "
                     "the widest ap_int FINN's HLS MVAU can use")

@@ -33,7 +33,7 @@ import numpy as np
 
 from .errors import ConfigError, ExitflowError
 
-HW_ATTRS = ["PE", "SIMD", "ram_style", "ram_style_thresholds", "mem_mode", "resType", "impl_style"]
+HW_ATTRS = ["PE", "SIMD", "ram_style", "ram_style_thresholds", "mem_mode", "resType", "impl_style", "parallel_window"]
 WEIGHT_OPS = ("MVAU", "VVAU")
 
 
@@ -295,7 +295,8 @@ def default_folding(mw: int, channels: int | None = None):
 
 def apply_folding(model, state: FlowState):
     """PE/SIMD/ram_style per layer name onto the k-th MVAU; sliding-window generators feeding an
-    MVAU take its SIMD, as FINN requires."""
+    MVAU take its SIMD (or, at SIMD = MW, run in parallel-window mode), so that no width converter
+    is needed between them."""
     from qonnx.custom_op.registry import getCustomOp
 
     nodes = list(model.graph.node)
@@ -317,7 +318,13 @@ def apply_folding(model, state: FlowState):
         if "ram_style" in inst.get_nodeattr_types():
             inst.set_nodeattr("ram_style", fold.ram_style)
         if window:
-            getCustomOp(producer).set_nodeattr("SIMD", fold.simd)
+            # the generator takes the MVAU's SIMD; SIMD = MW (a whole window per cycle) is FINN's
+            # parallel-window mode, where the generator reads SIMD = IFMChannels
+            swg = getCustomOp(producer)
+            k_h, k_w = swg.get_nodeattr("ConvKernelDim")
+            wide = fold.simd == inst.get_nodeattr("MW") and k_h * k_w > 1
+            swg.set_nodeattr("parallel_window", int(wide))
+            swg.set_nodeattr("SIMD", channels if wide else fold.simd)
     return model
 
 

@@ -20,6 +20,9 @@ def _legal(layer, rng):
     simds = [s for s in divisors(layer.mw) if s * 1024 >= layer.mw
              and (layer.window is None or layer.window["ifm_ch"] % s == 0)]
     pairs = [(p, s) for p in divisors(layer.mh) for s in simds if p * s * layer.wbits <= 8191]
+    wide = [(p, layer.mw) for p in divisors(layer.mh) if p * layer.mw * layer.wbits <= 8191]
+    if layer.window and layer.window["ifm_ch"] != layer.mw and wide and rng.random() < 0.4:
+        return wide[rng.integers(len(wide))]  # a whole window per cycle: the parallel-window mode
     return pairs[rng.integers(len(pairs))]
 
 
@@ -32,8 +35,11 @@ def _finn_numbers(model, part, folding, inv):
     for layer, (pe, simd) in zip(inv.layers, folding):
         getCustomOp(nodes[layer.node]).set_nodeattr("PE", pe)
         getCustomOp(nodes[layer.node]).set_nodeattr("SIMD", simd)
-        if layer.window:
-            getCustomOp(nodes[layer.window["node"]]).set_nodeattr("SIMD", simd)
+        if layer.window:  # as FINN's SetFolding configures a generator feeding a whole window per cycle
+            swg = getCustomOp(nodes[layer.window["node"]])
+            wide = simd == layer.mw and layer.window["ifm_ch"] != layer.mw
+            swg.set_nodeattr("parallel_window", int(wide))
+            swg.set_nodeattr("SIMD", layer.window["ifm_ch"] if wide else simd)
     res = model.analysis(lambda m: res_estimation(m, part))
     cycles = model.analysis(exp_cycles_per_layer)
     return {n: {"lut": r["LUT"], "bram18": r["BRAM_18K"], "uram": r["URAM"], "dsp": r["DSP"], "cycles": cycles[n]}
@@ -57,7 +63,7 @@ def _check(run, tmp_path, model_name, stages, seed):
     build(run, path, log=lambda line: None)
     rng = np.random.default_rng(seed)
     summary = json.loads((run / "hw" / "build.json").read_text())
-    compared = 0
+    compared = parallel = 0
     for graph in summary["graphs"]:
         folder = run / "hw" / graph["name"]
         layers = list(json.loads((folder / "layers.json").read_text())["layers"])
@@ -76,6 +82,9 @@ def _check(run, tmp_path, model_name, stages, seed):
                     for key in ("lut", "bram18", "uram", "dsp", "cycles"):
                         assert costs[key][i] == finn[node][key], (graph["name"], node, key, folding[k])
             compared += 1
+            parallel += sum(1 for layer, (pe, simd) in zip(inv.layers, folding)
+                            if layer.window and simd == layer.mw != layer.window["ifm_ch"])
+    assert parallel > 0, "no folding exercised the parallel-window generator"
     return compared
 
 
