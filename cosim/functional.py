@@ -1,0 +1,574 @@
+"""Bit-accurate functional cosimulation of a built multi-exit design.
+
+:func:`load_built` reads a run folder (``DIR/model.pt``) and its built hardware (``DIR/hw``, from
+``exitflow build``) and checks that they belong together and to the design. :func:`run_design`
+then executes samples the way the hardware does: stage k's HW graph on the integer stream, head
+k's HW graph (ending in the confidence-threshold unit) on the stage's output, and the routing:
+a sample whose CTU says "exit" leaves with (exit index, class, confidence code), the others go on
+through the gate to stage k+1; the final head takes every remaining sample.
+
+:func:`expected_results` computes the same three numbers from the Brevitas model and the policy
+function (:mod:`exitflow.quant.policies`), exactly as profiling and the design search do, and
+:func:`cosimulate` runs one or both engines (:mod:`exitflow.cosim.engines`), compares every
+sample and locates each mismatch (sample, stage or head, layer, first differing element).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from exitflow.errors import ConfigError
+
+from .engines import FinnEngine, VectorisedEngine, first_difference
+
+ENGINES = ("vectorised", "finn", "both")
+DEFAULT_REFERENCE_SAMPLES = 10
+CHUNK = 32  # samples per vectorised batch: large enough for BLAS, small enough for the caches
+
+
+# ------------------------------------------------------------------------------ the design
+
+
+@dataclass
+class Graph:
+    """One built stage or head: its HW graph and what names its layers."""
+
+    name: str  # the design's stage or head name (its folder in DIR/hw)
+    kind: str  # "stage" or "head"
+    index: int  # k
+    model: object  # qonnx ModelWrapper of model_hw.onnx
+    layers: dict[str, str]  # FINN node name -> exitflow layer name
+    engines: dict[str, object] = field(default_factory=dict)
+
+    def engine(self, name: str):
+        if name not in self.engines:
+            self.engines[name] = (VectorisedEngine if name == "vectorised" else FinnEngine)(self.model)
+        return self.engines[name]
+
+    @property
+    def label(self) -> str:
+        return f"{self.kind} {self.name}"
+
+
+@dataclass
+class Built:
+    """A run folder, its design and its built hardware, checked to belong together."""
+
+    run_dir: Path
+    design_path: Path
+    design: object  # exitflow.design.Design
+    config: object  # RunConfig
+    model: object  # MultiExitNet
+    exits: list[str]  # the model's exits the design keeps, the final one last
+    graphs: list[tuple[Graph, Graph]]  # (stage k, head k)
+    ctu: list[object]  # CTUParams of every head
+    input_order: Callable[[np.ndarray], np.ndarray]  # NCHW uint8 images -> stage 0's HW input
+
+    @property
+    def names(self) -> list[str]:
+        return [head.name for _, head in self.graphs]
+
+
+def _load_graph(path: Path, fix: str):
+    from qonnx.core.modelwrapper import ModelWrapper
+
+    if not path.is_file():
+        raise ConfigError(f"{path}: missing; {fix}")
+    try:
+        return ModelWrapper(str(path))
+    except Exception as err:  # onnx raises DecodeError and others for a damaged file
+        raise ConfigError(f"{path}: corrupt ONNX file ({type(err).__name__}); {fix}") from None
+
+
+def _software_nodes(parent, before: bool) -> list:
+    """The software nodes of a parent graph before (or after) its dataflow partition."""
+    nodes = list(parent.graph.node)
+    sdp = [i for i, n in enumerate(nodes) if n.op_type == "StreamingDataflowPartition"]
+    if len(sdp) != 1:
+        raise ConfigError("parent graph without exactly one dataflow partition")
+    return nodes[: sdp[0]] if before else nodes[sdp[0] + 1 :]
+
+
+def _apply_layout(nodes: list, parent, x: np.ndarray, where: str) -> np.ndarray:
+    """Apply the layout-only software nodes (Transpose, Reshape, Flatten; Mul scales skipped) to
+    ``x``, a batch with the parent's batch axis first."""
+    from onnx import helper
+
+    for node in nodes:
+        if node.op_type == "Transpose":
+            perm = helper.get_attribute_value(next(a for a in node.attribute if a.name == "perm"))
+            x = np.transpose(x, perm)
+        elif node.op_type in ("Reshape", "Flatten"):
+            shape = parent.get_tensor_shape(node.output[0])
+            x = x.reshape(len(x), *shape[1:])
+        elif node.op_type not in ("Mul",):
+            raise ConfigError(f"{where}: software node {node.op_type} ({node.name}) around the HW graph is not "
+                              "supported by the cosimulation")
+    return x
+
+
+def load_built(run_dir: str | Path, design_path: str | Path | None = None) -> Built:
+    """Check and load ``DIR``'s model, the design and ``DIR/hw``; every problem is one
+    :class:`ConfigError` line naming the file and the fix."""
+    from qonnx.custom_op.registry import getCustomOp
+
+    from exitflow.build import match_design
+    from exitflow.design import load_design
+    from exitflow.quant import checkpoint as ckpt
+    from exitflow.quant.export import layer_table
+
+    from .engines import _import_finn_ops
+
+    run_dir = Path(run_dir)
+    design_path = Path(design_path) if design_path else run_dir / "sweep" / "design.yaml"
+    if not design_path.is_file():
+        raise ConfigError(f"{design_path}: design not found; pass --design FILE (a design YAML, see README)")
+    design = load_design(design_path)
+    config, model, _ = ckpt.load_model(run_dir)
+    early = match_design(design, config, model, str(design_path))
+    exits = [*early, model.exit_names[-1]]
+    hw = run_dir / "hw"
+    rebuild = f"build it with `exitflow build {run_dir} --design {design_path}`"
+    if not (hw / "build.json").is_file():
+        raise ConfigError(f"{hw}: no built hardware; {rebuild}")
+    _import_finn_ops()
+    stage_layers, head_layers = layer_table(model, exits)
+    graphs, ctu = [], []
+    for k, stage in enumerate(design.stages):
+        pair = []
+        for kind, name, layers in (("stage", stage.name, stage_layers[k]), ("head", stage.head.name, head_layers[k])):
+            folder = hw / name
+            graph = _load_graph(folder / "model_hw.onnx", rebuild)
+            try:
+                built_layers = json.loads((folder / "layers.json").read_text())["layers"]
+            except (OSError, ValueError, KeyError):
+                raise ConfigError(f"{folder / 'layers.json'}: missing or corrupt; {rebuild}") from None
+            wanted = [layer["name"] for layer in layers]
+            if list(built_layers) != wanted:
+                raise ConfigError(f"{folder}: built with the layers {list(built_layers)}, the design's {kind} {name!r} "
+                                  f"has {wanted}; the hardware is from another design: {rebuild}")
+            pair.append(Graph(name, kind, k, graph, {node: layer for layer, node in built_layers.items()}))
+        head_graph = pair[1].model
+        last = head_graph.graph.node[-1]
+        if not last.op_type.startswith("ConfidenceThreshold"):
+            raise ConfigError(f"{hw / stage.head.name}: the head does not end in the confidence-threshold unit; {rebuild}")
+        params = getCustomOp(last).params()
+        if (params.policy, params.threshold) != (stage.head.policy, stage.head.threshold):
+            raise ConfigError(
+                f"{hw / stage.head.name}: built with policy {params.policy} at threshold {params.threshold}, the design "
+                f"says {stage.head.policy} at {stage.head.threshold}; the hardware is from another design: {rebuild}")
+        graphs.append(tuple(pair))
+        ctu.append(params)
+    _check_streams(hw, graphs)
+    parent = _load_graph(hw / design.stages[0].name / "parent.onnx", rebuild)
+    before = _software_nodes(parent, before=True)
+    first = graphs[0][0].model
+    shape = tuple(first.get_tensor_shape(first.graph.input[0].name))
+
+    def input_order(x: np.ndarray) -> np.ndarray:
+        return _apply_layout(before, parent, x, str(hw / design.stages[0].name)).reshape(len(x), *shape[1:])
+
+    return Built(run_dir, design_path, design, config, model, exits, graphs, ctu, input_order)
+
+
+def _check_streams(hw: Path, graphs: list[tuple[Graph, Graph]]) -> None:
+    """Every stage's integer output is what its head and the next stage take, element for
+    element: same datatype, and the software layout changes between them cancel out."""
+    for k, (stage, head) in enumerate(graphs):
+        consumers = [head] + ([graphs[k + 1][0]] if k + 1 < len(graphs) else [])
+        out = stage.model.graph.output[0].name
+        out_shape = stage.model.get_tensor_shape(out)
+        producer_parent = _load_graph(hw / stage.name / "parent.onnx", "rebuild the design with `exitflow build`")
+        after = _software_nodes(producer_parent, before=False)
+        for consumer in consumers:
+            name = consumer.model.graph.input[0].name
+            dt_in, dt_out = consumer.model.get_tensor_datatype(name), stage.model.get_tensor_datatype(out)
+            if dt_in != dt_out:
+                raise ConfigError(f"{hw / consumer.name}: takes {dt_in.name} but {stage.name} produces {dt_out.name}; "
+                                  "rebuild the design")
+            consumer_parent = _load_graph(hw / consumer.name / "parent.onnx", "rebuild the design with `exitflow build`")
+            probe = np.arange(int(np.prod(out_shape))).reshape(out_shape)
+            moved = _apply_layout(after, producer_parent, probe, str(hw / stage.name))
+            moved = _apply_layout(_software_nodes(consumer_parent, before=True), consumer_parent, moved,
+                                  str(hw / consumer.name))
+            if not np.array_equal(moved.reshape(-1), probe.reshape(-1)):
+                raise ConfigError(f"{hw / consumer.name}: its input layout differs from {stage.name}'s output layout; "
+                                  "rebuild the design")
+
+
+# ------------------------------------------------------------------------------ running
+
+
+@dataclass
+class Results:
+    """Per sample: the exit it took, its class and its confidence code."""
+
+    exit: np.ndarray
+    cls: np.ndarray
+    code: np.ndarray
+
+    @classmethod
+    def empty(cls, n: int) -> Results:
+        return cls(np.full(n, -1, dtype=np.int64), np.full(n, -1, dtype=np.int64), np.full(n, -1, dtype=np.int64))
+
+    def differs(self, other: Results) -> np.ndarray:
+        return (self.exit != other.exit) | (self.cls != other.cls) | (self.code != other.code)
+
+
+def run_design(built: Built, images: np.ndarray, engine: str = "vectorised",
+               progress: Callable[[int], None] | None = None) -> Results:
+    """Execute uint8 images (N, C, H, W) through the design's HW graphs with one engine."""
+    n = len(images)
+    out = Results.empty(n)
+    chunk = CHUNK if engine == "vectorised" else 1
+    for start in range(0, n, chunk):
+        index = np.arange(start, min(start + chunk, n))
+        h = built.input_order(images[index])
+        for k, ((stage, head), params) in enumerate(zip(built.graphs, built.ctu)):
+            h, _ = stage.engine(engine).run(h)
+            records, _ = head.engine(engine).run(h)
+            decision = params.unpack(records.reshape(-1))
+            leave = decision.exit if k < len(built.graphs) - 1 else np.ones(len(index), dtype=bool)
+            out.exit[index[leave]] = k
+            out.cls[index[leave]] = decision.cls[leave]
+            out.code[index[leave]] = decision.code[leave]
+            index, h = index[~leave], h[~leave]
+            if not len(index):
+                break
+        if progress:
+            progress(min(chunk, n - start))
+    return out
+
+
+def model_logits(built: Built, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(integer logits (N, exits, classes), scales, logit bit widths) of the Brevitas model at the
+    design's exits, as profiling computes them."""
+    from exitflow.data import ImageSet
+    from exitflow.quant.profile import run_exits
+
+    data = ImageSet("cosim", images, np.zeros(len(images), dtype=np.int64), built.model.num_classes)
+    prof, scales, bits = run_exits(built.model, data)
+    keep = [built.model.exit_names.index(e) for e in built.exits]
+    return prof.logits[:, keep], scales[keep], bits[keep]
+
+
+def expected_results(built: Built, logits: np.ndarray, scales: np.ndarray, bits: np.ndarray) -> Results:
+    """The Brevitas model + the policy function: per sample the first exit whose policy says
+    exit (the final one otherwise), with that exit's class and confidence code."""
+    from exitflow.quant import policies
+
+    n = len(logits)
+    out = Results.empty(n)
+    pending = np.ones(n, dtype=bool)
+    last = len(built.exits) - 1
+    for k, stage in enumerate(built.design.stages):
+        head = stage.head
+        constant = 0 if k == last else policies.threshold_code(head.policy, head.threshold, scales[k])
+        decision = policies.decide(head.policy, logits[:, k], float(scales[k]), int(bits[k]), constant)
+        leave = pending & (decision.exit if k < last else True)
+        out.exit[leave], out.cls[leave], out.code[leave] = k, decision.cls[leave], decision.code[leave]
+        pending &= ~leave
+    return out
+
+
+# ------------------------------------------------------------------------------ mismatches
+
+
+@dataclass(frozen=True)
+class Mismatch:
+    """One sample on which an engine disagrees with the model or with the other engine."""
+
+    sample: int  # index in the test split
+    engine: str  # the engine whose result differs
+    against: str  # "model" (Brevitas + policy) or "finn" (the reference engine)
+    expected: dict  # exit, class, code
+    got: dict
+    graph: str | None = None  # "stage NAME" or "head NAME" where the first difference is
+    node: str | None = None  # FINN node name
+    layer: str | None = None  # exitflow layer name (block, hidden, classifier)
+    element: list | None = None  # index of the first differing element, channels last
+    element_expected: int | None = None
+    element_got: int | None = None
+
+    def describe(self) -> str:
+        what = "the Brevitas model + policy" if self.against == "model" else "FINN's execution"
+        text = (f"sample {self.sample}: the {self.engine} engine gives (exit, class, code) = "
+                f"({self.got['exit']}, {self.got['class']}, {self.got['code']}), {what} "
+                f"({self.expected['exit']}, {self.expected['class']}, {self.expected['code']})")
+        if self.graph:
+            where = ", ".join(p for p in (self.graph, self.layer and f"layer {self.layer}", self.node and f"FINN node {self.node}") if p)
+            text += f"; first difference in {where}"
+            if self.element is not None:
+                text += f", element {self.element}: expected {self.element_expected}, got {self.element_got}"
+        return text
+
+
+def _triple(r: Results, i: int) -> dict:
+    return {"exit": int(r.exit[i]), "class": int(r.cls[i]), "code": int(r.code[i])}
+
+
+def _path(built: Built, exit_index: int) -> list[Graph]:
+    return [g for pair in built.graphs[: exit_index + 1] for g in pair]
+
+
+def _trace(built: Built, image: np.ndarray, engine: str, upto: int) -> dict[str, dict[str, np.ndarray]]:
+    """Every intermediate tensor of one sample through stages and heads 0..upto, per graph."""
+    h = built.input_order(image[None])
+    tensors = {}
+    for stage, head in built.graphs[: upto + 1]:
+        h_next, tensors[stage.name] = stage.engine(engine).run(h, keep=True)
+        _, tensors[head.name] = head.engine(engine).run(h_next, keep=True)
+        h = h_next
+    return tensors
+
+
+def _layer_outputs(built: Built, image: np.ndarray) -> dict[tuple[int, str, str], np.ndarray]:
+    """Brevitas integer outputs of every weight layer's activation (the classifier's logits for a
+    head), channels last, keyed by (k, kind, layer name). Built-in backbones only."""
+    import torch
+
+    from exitflow.quant.network import MultiExitNet
+    from exitflow.quant.train import to_input
+
+    model = built.model
+    if not isinstance(model, MultiExitNet):
+        return {}
+    hooks, found = [], {}
+
+    def grab(key):
+        def hook(module, inputs, output):  # the first call: a block's quantiser runs again at a boundary
+            found.setdefault(key, np.asarray(output.int().detach().numpy(), dtype=np.int64))
+        return hook
+
+    stages = model.stage_modules(built.exits[:-1])
+    prev = 0
+    for k, exit_name in enumerate(built.exits):
+        end = model.block_names.index(exit_name) + 1
+        for block in model.block_names[prev:end]:
+            hooks.append(model.blocks[block].act.register_forward_hook(grab((k, "stage", block))))
+        prev = end
+        head = model.heads[exit_name]
+        if hasattr(head, "hidden_act"):
+            hooks.append(head.hidden_act.register_forward_hook(grab((k, "head", "hidden"))))
+        hooks.append(head.classifier.register_forward_hook(grab((k, "head", "classifier"))))
+    try:
+        with torch.no_grad():
+            x = to_input(image[None])
+            for stage, head in stages:
+                x = stage(x)
+                head(x)
+                x = x.value if hasattr(x, "value") else x
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return {key: (np.moveaxis(v, 1, -1) if v.ndim == 4 else v) for key, v in found.items()}
+
+
+def locate(built: Built, images: np.ndarray, sample: int, index: int, engine: str, against: str,
+           expected: Results, got: Results) -> Mismatch:
+    """Find where one mismatching sample first differs: between the two engines, every
+    intermediate tensor of every graph on the sample's path; against the model, every weight
+    layer's integer output (built-in backbones), then the head's integer logits."""
+    upto = max(int(expected.exit[index]), int(got.exit[index]))
+    base = dict(sample=sample, engine=engine, against=against, expected=_triple(expected, index), got=_triple(got, index))
+    image = images[index]
+    if against != "model":
+        reference, candidate = _trace(built, image, against, upto), _trace(built, image, engine, upto)
+        for graph in _path(built, upto):
+            order = [n.name for n in graph.model.graph.node]
+            diff = first_difference(reference[graph.name], candidate[graph.name], order)
+            if diff:
+                return Mismatch(**base, graph=graph.label, node=diff.node, layer=graph.layers.get(diff.node),
+                                element=list(diff.index), element_expected=diff.expected, element_got=diff.got)
+        return Mismatch(**base)
+    trace = _trace(built, image, engine, upto)
+    golden = _layer_outputs(built, image)
+    for graph in _path(built, upto):
+        for node, layer in graph.layers.items():
+            want = golden.get((graph.index, graph.kind, layer))
+            have = trace[graph.name].get(node)
+            if want is None or have is None or want.size != have.size:
+                continue
+            want = want.reshape(have.shape)
+            if not np.array_equal(want, have):
+                where = tuple(int(i) for i in np.argwhere(want != have)[0])
+                return Mismatch(**base, graph=graph.label, node=node, layer=layer, element=list(where[1:]),
+                                element_expected=int(want[where]), element_got=int(have[where]))
+    logits, _, _ = model_logits(built, image[None])
+    for k, (_, head) in enumerate(built.graphs[: upto + 1]):
+        ctu_input = head.model.graph.node[-1].input[0]
+        producer = head.model.find_producer(ctu_input)
+        have = trace[head.name][producer.name].reshape(-1)
+        want = logits[0, k]
+        if not np.array_equal(want, have):
+            j = int(np.argwhere(want != have)[0][0])
+            return Mismatch(**base, graph=head.label, node=producer.name, layer=head.layers.get(producer.name),
+                            element=[j], element_expected=int(want[j]), element_got=int(have[j]))
+    # the logits agree: the difference is in the decision itself
+    head = built.graphs[min(int(expected.exit[index]), int(got.exit[index]))][1]
+    return Mismatch(**base, graph=head.label, node=head.model.graph.node[-1].name, layer="confidence-threshold unit")
+
+
+# ------------------------------------------------------------------------------ the report
+
+
+@dataclass
+class EngineRun:
+    name: str
+    samples: int
+    seconds: float
+    matches_model: int  # samples equal to the Brevitas model + policy
+    results: Results = field(repr=False)
+
+    @property
+    def images_per_s(self) -> float:
+        return self.samples / self.seconds if self.seconds > 0 else float("inf")
+
+
+@dataclass
+class CosimReport:
+    run_dir: str
+    design: str
+    exits: list[str]
+    samples: int
+    engines: list[EngineRun]
+    engines_compared: int  # samples both engines ran
+    mismatches: list[Mismatch]
+    mismatch_count: int  # all of them; ``mismatches`` holds the first few, located
+    measured_fractions: list[float]
+    model_fractions: list[float]
+    predicted_fractions: list[float] | None  # from DIR/profile.npz (the whole test split)
+    prediction_note: str
+
+    @property
+    def bit_exact(self) -> bool:
+        return self.mismatch_count == 0
+
+    def to_data(self) -> dict:
+        return {
+            "run_dir": self.run_dir, "design": self.design, "exits": self.exits, "samples": self.samples,
+            "bit_exact": self.bit_exact,
+            "engines": {e.name: {"samples": e.samples, "seconds": round(e.seconds, 4),
+                                 "images_per_s": round(e.images_per_s, 2), "matches_model": e.matches_model}
+                        for e in self.engines},
+            "engines_compared": self.engines_compared,
+            "mismatch_count": self.mismatch_count,
+            "mismatches": [{**asdict(m), "description": m.describe()} for m in self.mismatches],
+            "exit_fractions": {"measured": self.measured_fractions, "model": self.model_fractions,
+                               "predicted": self.predicted_fractions, "predicted_from": self.prediction_note},
+        }
+
+    def summary(self) -> str:
+        engines = ", ".join(f"{e.name} {e.samples} samples ({e.images_per_s:,.0f}/s)" for e in self.engines)
+        verdict = "bit-exact" if self.bit_exact else f"{self.mismatch_count} MISMATCHES"
+        return f"{verdict}: {engines}; exit fractions measured {self.measured_fractions}"
+
+
+def _fractions(exits: np.ndarray, count: int) -> list[float]:
+    return (np.bincount(exits, minlength=count) / max(1, len(exits))).round(6).tolist()
+
+
+def predicted_fractions(built: Built) -> tuple[list[float] | None, str]:
+    """Exit fractions at the design's thresholds from DIR/profile.npz (the test split), as the
+    design search predicted them."""
+    from exitflow.quant import policies
+
+    path = built.run_dir / "profile.npz"
+    if not path.is_file():
+        return None, f"no {path} (run `exitflow profile {built.run_dir}` for the prediction)"
+    try:
+        with np.load(path) as npz:
+            names = [str(n) for n in npz["exit_names"]]
+            scales = npz["scales"]
+            codes = {p: npz[f"test_code_{p}"] for p in policies.POLICIES}
+    except (OSError, ValueError, KeyError) as err:
+        raise ConfigError(f"{path}: corrupt profile ({type(err).__name__}); run `exitflow profile {built.run_dir}` again") from None
+    if names != list(built.model.exit_names):
+        raise ConfigError(f"{path}: profiled exits {names} are not the model's {list(built.model.exit_names)}; "
+                          f"run `exitflow profile {built.run_dir}` again")
+    n = len(codes["max_prob"])
+    pending = np.ones(n, dtype=bool)
+    taken = np.full(n, len(built.exits) - 1)
+    for k, stage in enumerate(built.design.stages[:-1]):
+        j = names.index(built.exits[k])
+        head = stage.head
+        constant = policies.threshold_code(head.policy, head.threshold, float(scales[j]))
+        leave = pending & policies.exits(head.policy, codes[head.policy][:, j], constant)
+        taken[leave] = k
+        pending &= ~leave
+    return _fractions(taken, len(built.exits)), f"{path} (test split, {n} samples)"
+
+
+def cosimulate(run_dir: str | Path, design: str | Path | None = None, samples: int | None = None,
+               engine: str = "both", reference_samples: int = DEFAULT_REFERENCE_SAMPLES,
+               progress: Callable[[int], None] | None = None, max_located: int = 20) -> CosimReport:
+    """Cosimulate the first ``samples`` test samples (all by default) of the design built in
+    ``run_dir``. ``engine``: "vectorised" (all samples), "finn" (FINN's reference, all samples:
+    slow) or "both" (vectorised on all, FINN on the first ``reference_samples``)."""
+    from exitflow.data import load_splits
+
+    if engine not in ENGINES:
+        raise ConfigError(f"engine: {engine!r} is not one of {', '.join(ENGINES)}")
+    built = load_built(run_dir, design)
+    test = load_splits(built.config.data).test
+    total = len(test)
+    if samples is None:
+        samples = total
+    if not 1 <= samples <= total:
+        raise ConfigError(f"--samples: {samples} is not in 1..{total}, the size of the test split")
+    if engine == "both" and reference_samples < 1:
+        raise ConfigError(f"reference samples: {reference_samples} must be >= 1")
+    images = test.x[:samples]
+    logits, scales, bits = model_logits(built, images)
+    expected = expected_results(built, logits, scales, bits)
+    plan = {"vectorised": [("vectorised", samples)], "finn": [("finn", samples)],
+            "both": [("vectorised", samples), ("finn", min(reference_samples, samples))]}[engine]
+    runs: list[EngineRun] = []
+    mismatches: list[tuple[int, str, str, Results, Results]] = []
+    for name, count in plan:
+        for pair in built.graphs:  # built before the clock starts: reading weights is not execution
+            for graph in pair:
+                graph.engine(name)
+        start = time.perf_counter()
+        got = run_design(built, images[:count], name, progress)
+        seconds = time.perf_counter() - start
+        want = expected.__class__(expected.exit[:count], expected.cls[:count], expected.code[:count])
+        bad = np.flatnonzero(got.differs(want))
+        runs.append(EngineRun(name, count, seconds, int(count - len(bad)), got))
+        mismatches += [(int(i), name, "model", want, got) for i in bad]
+    compared = 0
+    if len(runs) == 2:
+        vec, ref = runs
+        compared = ref.samples
+        head = Results(vec.results.exit[:compared], vec.results.cls[:compared], vec.results.code[:compared])
+        mismatches += [(int(i), "vectorised", "finn", ref.results, head) for i in np.flatnonzero(head.differs(ref.results))]
+    located = [locate(built, images, i, i, name, against, want, got)
+               for i, name, against, want, got in mismatches[:max_located]]
+    measured = runs[0].results.exit
+    predicted, note = predicted_fractions(built)
+    return CosimReport(
+        run_dir=str(built.run_dir), design=str(built.design_path), exits=built.names, samples=samples, engines=runs,
+        engines_compared=compared, mismatches=located, mismatch_count=len(mismatches),
+        measured_fractions=_fractions(measured, len(built.exits)),
+        model_fractions=_fractions(expected.exit, len(built.exits)), predicted_fractions=predicted,
+        prediction_note=note)
+
+
+def assert_bit_exact(run_dir: str | Path, design: str | Path | None = None, samples: int | None = None,
+                     engine: str = "vectorised", reference_samples: int = DEFAULT_REFERENCE_SAMPLES) -> CosimReport:
+    """Assert that the design built in ``run_dir`` cosimulates bit-exactly against the Brevitas
+    model and the policy function (and, with ``engine="both"``, against FINN's own execution)
+    on the first ``samples`` test samples. Raises AssertionError describing the mismatches."""
+    report = cosimulate(run_dir, design, samples, engine, reference_samples)
+    if not report.bit_exact:
+        lines = [m.describe() for m in report.mismatches[:5]]
+        more = report.mismatch_count - len(lines)
+        raise AssertionError(f"{report.mismatch_count} of {report.samples} samples do not cosimulate bit-exactly:\n  "
+                             + "\n  ".join(lines) + (f"\n  ... and {more} more" if more > 0 else ""))
+    return report

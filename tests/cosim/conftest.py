@@ -1,0 +1,96 @@
+"""Built designs for the cosimulation tests: the shared digits lenet and a small cnv, each with
+two designs (other exits, other policies, thresholds that send samples to every exit)."""
+
+import shutil
+
+import numpy as np
+import pytest
+import yaml
+
+LENET_BLOCKS = ["conv0", "conv1", "fc0", "fc1"]
+CNV_BLOCKS = ["conv0", "conv1", "conv2", "conv3", "conv4", "conv5", "fc0", "fc1"]
+# (early exits, policy): thresholds are set from the model's own confidence on the test split
+DESIGNS = {
+    "lenet": {"conv0-max_prob": (["conv0"], "max_prob"), "conv1+fc0-margin": (["conv1", "fc0"], "margin")},
+    "cnv": {"conv1-max_prob": (["conv1"], "max_prob"), "conv0+conv5-margin": (["conv0", "conv5"], "margin")},
+}
+
+
+def median_threshold(run, exit_name, policy):
+    """A threshold at which about half of the test samples leave at ``exit_name``."""
+    from exitflow.cosim.functional import model_logits  # noqa: F401  (imports FINN's settings once)
+    from exitflow.data import load_splits
+    from exitflow.quant import checkpoint as ckpt
+    from exitflow.quant.profile import run_exits
+
+    config, model, _ = ckpt.load_model(run)
+    prof, scales, _ = run_exits(model, load_splits(config.data).test)
+    k = model.exit_names.index(exit_name)
+    code = float(np.median(prof.codes[policy][:, k]))
+    if policy == "max_prob":
+        return round(min(1.0, 1024.0 / max(code, 1024.0)), 4)
+    return round(code * float(scales[k]), 6)
+
+
+def design_data(run, model_name, blocks, exits, policy):
+    stages, start = [], 0
+    for k, end in enumerate([*exits, blocks[-1]]):
+        stage = {"name": f"s{k}", "blocks": blocks[start : blocks.index(end) + 1], "head": {"name": f"exit{k}"}}
+        if k < len(exits):
+            stage["gate_depth"] = 2
+            stage["head"].update(policy=policy, threshold=median_threshold(run, end, policy))
+        stages.append(stage)
+        start = blocks.index(end) + 1
+    return {"model": model_name, "board": "Pynq-Z2", "stages": stages}
+
+
+def built_run(source, folder, data):
+    """A copy of the trained run in ``source`` with ``data`` built into its hw/."""
+    from exitflow.build import build
+    from exitflow.quant.profile import profile
+
+    folder.mkdir(parents=True)
+    for name in ("model.pt", "config.yaml"):
+        shutil.copy(source / name, folder / name)
+    path = folder / "design.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    profile(folder, plot=False)
+    build(folder, path, log=lambda line: None, vivado_project=False)
+    return folder, path
+
+
+@pytest.fixture(scope="session")
+def cnv_trained(tmp_path_factory):
+    """A quarter-width cnv w2a2 trained for one epoch on 240 random images: fast to train and to
+    build, and its exits still disagree with each other."""
+    from exitflow.data import DataSpec
+    from exitflow.quant.config import ModelConfig, RunConfig, TrainConfig
+    from exitflow.quant.train import train
+
+    folder = tmp_path_factory.mktemp("cosim_cnv")
+    rng = np.random.default_rng(0)
+    np.savez(folder / "tiny.npz", x=rng.integers(0, 256, (240, 3, 32, 32), dtype=np.uint8), y=np.arange(240) % 10)
+    config = RunConfig(data=DataSpec(name="npz", path=str(folder / "tiny.npz")),
+                       model=ModelConfig(backbone="cnv", preset="w2a2", width=0.25),
+                       train=TrainConfig(epochs=1, batch_size=32))
+    train(config, folder / "run", log=lambda line: None)
+    return folder / "run"
+
+
+@pytest.fixture(scope="session")
+def cosim_designs(digits_run, cnv_trained, tmp_path_factory):
+    """{(model, design id): (run folder, design path)}, built once per session."""
+    root = tmp_path_factory.mktemp("cosim_designs")
+    sources = {"lenet": (digits_run, LENET_BLOCKS), "cnv": (cnv_trained, CNV_BLOCKS)}
+    built = {}
+    for model_name, designs in DESIGNS.items():
+        source, blocks = sources[model_name]
+        for key, (exits, policy) in designs.items():
+            data = design_data(source, model_name, blocks, exits, policy)
+            built[model_name, key] = built_run(source, root / f"{model_name}-{key}", data)
+    return built
+
+
+@pytest.fixture(scope="session")
+def lenet_built(cosim_designs):
+    return cosim_designs["lenet", "conv0-max_prob"]
