@@ -28,7 +28,7 @@ COMMANDS: list[tuple[str, str, str | None]] = [
     ("export", "export chosen exits stage by stage as QONNX files for FINN", None),
     ("sweep", "search exits, thresholds and folding under a board budget", None),
     ("build", "generate FINN hardware for every stage and exit unit of a design", None),
-    ("cosim", "bit-accurate and cycle-level cosimulation of a design", "cosim/ (issue #6)"),
+    ("cosim", "bit-accurate cosimulation of a built design against the quantised model", None),
     ("report", "rebuild the HTML report of a run folder", "the end-to-end run (issue #7)"),
     ("run", "the whole flow: train, profile, sweep, build, cosim, report", "the end-to-end run (issue #7)"),
 ]
@@ -160,6 +160,37 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cosim(args: argparse.Namespace) -> int:
+    import sys
+
+    from tqdm import tqdm
+
+    from exitflow.cosim import cosimulate
+    from exitflow.errors import ConfigError, MismatchError
+    from exitflow.files import atomic_write
+
+    if getattr(args, "cycle", False):
+        raise NotAvailableError("`exitflow cosim --cycle` (the cycle-level pipeline simulation) is not in exitflow "
+                                f"{__version__} yet; run without --cycle for the bit-accurate cosimulation")
+    if args.samples is not None and args.samples < 1:
+        raise ConfigError(f"--samples: must be a positive number of test samples; got {args.samples}")
+    if args.reference_samples < 1:
+        raise ConfigError(f"--reference-samples: must be >= 1; got {args.reference_samples}")
+    bar = tqdm(desc="cosim", unit="sample", disable=not sys.stderr.isatty(), leave=False)
+    try:
+        report = cosimulate(args.dir, args.design, args.samples, args.engine, args.reference_samples, progress=bar.update)
+    finally:
+        bar.close()
+    path = f"{args.dir}/cosim/report.json"
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(report.to_data(), indent=1)))
+    print(f"{report.summary()}; predicted {report.predicted_fractions}")
+    print(f"wrote {path}")
+    if not report.bit_exact:
+        raise MismatchError(f"{report.mismatch_count} of {report.samples} samples differ; first: "
+                            f"{report.mismatches[0].describe()} (all in {path})")
+    return 0
+
+
 # ---------------------------------------------------------------------------- later issues
 
 
@@ -196,8 +227,16 @@ def _add_arguments(name: str, p: argparse.ArgumentParser) -> None:
     elif name == "cosim":
         p.add_argument("dir", help="run folder")
         p.add_argument("--design", help="design YAML (default: DIR/sweep/design.yaml)")
-        p.add_argument("--samples", type=int, help="number of test samples")
-        p.add_argument("--cycle", action="store_true", help="also run the cycle-level pipeline simulation")
+        p.add_argument("--samples", type=int, help="cosimulate the first N test samples (default: the whole test split)")
+        p.add_argument("--engine", choices=["vectorised", "finn", "both"], default="both",
+                       help="vectorised: exitflow's batch engine on every sample; finn: FINN's own Python execution "
+                            "on every sample (slow: a few images/s for CNV); both (default): vectorised on every "
+                            "sample and FINN on the first --reference-samples, compared with each other")
+        p.add_argument("--reference-samples", type=int, default=10,
+                       help="samples FINN's reference execution runs with --engine both (default 10)")
+        p.add_argument("--cycle", action="store_true", help="also run the cycle-level pipeline simulation (not yet)")
+        p.epilog = ("Writes DIR/cosim/report.json (only when the run completes). Exit codes: 0 bit-exact, 4 a sample "
+                    "differs (the report locates it), 2 bad input (one line; an earlier report is kept).")
     elif name == "report":
         p.add_argument("dir", help="run folder")
     elif name == "run":

@@ -32,3 +32,10 @@ class NotAvailableError(ExitflowError):
     is not here. Exit code 3, so scripts can tell it from bad input."""
 
     exit_code = 3
+
+
+class MismatchError(ExitflowError):
+    """The cosimulation found samples on which the hardware differs from the model. Exit code 4,
+    so scripts can tell a failed check from bad input (2)."""
+
+    exit_code = 4

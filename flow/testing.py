@@ -10,6 +10,12 @@ suite does). A test marked
 
 and is otherwise reported as *skipped* with the reason (pytest ``-rs`` lists the reasons). Such a
 test never passes by returning early. ``slow`` marks tests that take more than a few seconds.
+
+The fixture ``cosim_bit_exact`` is :func:`exitflow.cosim.assert_bit_exact`: one line in a test
+asserts that a built design cosimulates bit-exactly against its quantised model::
+
+    def test_my_design(cosim_bit_exact):
+        cosim_bit_exact("runs/mnist", design="runs/mnist/sweep/design.yaml", samples=500)
 """
 
 from __future__ import annotations
@@ -39,6 +45,15 @@ def missing_requirement(marker: str) -> str | None:
         if not os.environ.get("EXITFLOW_BOARD_HOST"):
             return "no PYNQ board: set EXITFLOW_BOARD_HOST to the board's host name to run board tests"
     return None
+
+
+@pytest.fixture
+def cosim_bit_exact():
+    """:func:`exitflow.cosim.assert_bit_exact`: ``cosim_bit_exact(run_dir, design=..., samples=...)``
+    raises AssertionError naming the sample, stage, layer and element of every mismatch."""
+    from exitflow.cosim import assert_bit_exact
+
+    return assert_bit_exact
 
 
 def pytest_configure(config: pytest.Config) -> None:
