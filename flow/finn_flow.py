@@ -5,7 +5,7 @@ itself, in the order FINN's builder does, one function per step (each named by a
 
   integerize_input -> qonnx_to_finn -> tidy_up -> streamline -> convert_to_hw -> round_thresholds
   -> remove_identity_thresholds -> take_dataflow_partition -> append_ctu (heads) -> specialize_layers -> apply_folding -> minimize_bit_width
-  -> (estimate reports) -> generate_code
+  -> insert_width_converters -> (estimate reports) -> generate_code
 
 ``integerize_input`` is exitflow's: every exported graph starts with the quantiser of what it
 receives, so its input is replaced by the integer stream itself (``UINT8`` pixels for the first
@@ -336,6 +336,21 @@ def minimize_bit_width(model, state: FlowState):
     return model.transform(MinimizeWeightBitWidth()).transform(MinimizeAccumulatorWidth()).transform(InferDataTypes())
 
 
+def insert_width_converters(model, state: FlowState):
+    """FINN's InsertDWC: a data-width converter wherever a unit's output stream is not as wide as
+    the next one's input (a layer's PE against the next layer's SIMD), as FINN's own builder
+    inserts them before stitching; then each converter gets its implementation."""
+    from finn.transformation.fpgadataflow.insert_dwc import InsertDWC
+    from finn.transformation.fpgadataflow.specialize_layers import SpecializeLayers
+    from qonnx.transformation.general import GiveUniqueNodeNames
+    from qonnx.transformation.infer_datatypes import InferDataTypes
+    from qonnx.transformation.infer_shapes import InferShapes
+
+    model = model.transform(InsertDWC()).transform(GiveUniqueNodeNames())
+    model = model.transform(SpecializeLayers(state.part)).transform(GiveUniqueNodeNames())
+    return model.transform(InferShapes()).transform(InferDataTypes())
+
+
 def generate_code(model, state: FlowState):
     """HLS C++ and RTL for every node, into ``out/codegen`` (FINN's PrepareIP)."""
     from finn.transformation.fpgadataflow.prepare_ip import PrepareIP
@@ -346,7 +361,8 @@ def generate_code(model, state: FlowState):
 
 STEPS: list[Callable] = [
     integerize_input, qonnx_to_finn, tidy_up, streamline, convert_to_hw, round_thresholds,
-    remove_identity_thresholds, take_dataflow_partition, append_ctu, specialize_layers, apply_folding, minimize_bit_width, generate_code,
+    remove_identity_thresholds, take_dataflow_partition, append_ctu, specialize_layers, apply_folding, minimize_bit_width,
+    insert_width_converters, generate_code,
 ]
 
 
