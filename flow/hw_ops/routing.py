@@ -13,6 +13,22 @@ from pathlib import Path
 import numpy as np
 
 
+def gate_resources(stream_bits: int, folds: int, depth: int, id_bits: int = 16) -> tuple[int, int]:
+    """(LUT, BRAM18) of a gate and the FIFO in front of it: ``depth`` feature maps of ``folds``
+    words of ``stream_bits``. LUTs: the word register and valid mux on the feature-map path, the
+    id and record registers, tag assembly (wiring), fold counter and control. The FIFO goes to
+    BRAM18 (18 Kib, at most 36 bits wide) once it exceeds what LUTRAM holds cheaply. The one
+    definition: ExitGate's estimates and the design search use it."""
+    bits = depth * folds * stream_bits
+    bram = 0 if bits <= 4096 else max(-(-stream_bits // 36), -(-bits // 18432))
+    return stream_bits + id_bits + 30, bram
+
+
+def merge_resources(record_bits: int, exits: int) -> int:
+    """LUTs of the merge: an input mux of ``exits`` tagged-record streams and a round-robin pointer."""
+    return record_bits * exits + 20
+
+
 @dataclass(frozen=True)
 class TagFormat:
     id_bits: int

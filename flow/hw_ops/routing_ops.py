@@ -17,7 +17,7 @@ from finn.custom_op.fpgadataflow.hwcustomop import HWCustomOp
 from qonnx.core.datatype import DataType
 
 from .backend import TemplateHLSBackend
-from .routing import TagFormat
+from .routing import TagFormat, gate_resources, merge_resources
 
 MASKED = -1
 
@@ -120,18 +120,11 @@ class ExitGate(_Routing):
         return self._samples() * max(1, self.folds())
 
     def lut_estimation(self, fpgapart=None):
-        # word register and valid mux on the feature-map path, id and record registers, tag
-        # assembly (wiring), fold counter and control
-        return self.get_instream_width(0) + self.get_nodeattr("IdBits") + 30
+        return gate_resources(self.get_instream_width(0), self.folds(), self.get_nodeattr("Depth"), self.get_nodeattr("IdBits"))[0]
 
     def bram_estimation(self, fpgapart=None):
-        """The FIFO in front of the gate: Depth feature maps of FoldedWords x stream width; in
-        BRAM18 (18 Kib, at most 36 bits wide) when it exceeds what LUTRAM holds cheaply."""
-        bits = self.get_nodeattr("Depth") * self.folds() * self.get_instream_width(0)
-        if bits <= 4096:
-            return 0
-        width_blocks = int(np.ceil(self.get_instream_width(0) / 36))
-        return max(width_blocks, int(np.ceil(bits / 18432)))
+        """The FIFO in front of the gate (:func:`~exitflow.hw_ops.routing.gate_resources`)."""
+        return gate_resources(self.get_instream_width(0), self.folds(), self.get_nodeattr("Depth"), self.get_nodeattr("IdBits"))[1]
 
 
 @register_hw
@@ -184,7 +177,7 @@ class ExitMerge(_Routing):
         return self._samples()  # one record per cycle once they arrive
 
     def lut_estimation(self, fpgapart=None):
-        return self._fmt().width * self.get_nodeattr("Exits") + 20  # input mux + round-robin pointer
+        return merge_resources(self._fmt().width, self.get_nodeattr("Exits"))
 
 
 class _RoutingHLS(TemplateHLSBackend):
