@@ -2,8 +2,8 @@
 estimator. exitflow builds the single-stage design once, then for a sweep of targets applies
 ``SetFolding(target_cycles_per_frame)`` to its stage and head graphs and reads
 ``res_estimation`` and ``exp_cycles_per_layer``; the fastest result within the budget is the
-baseline. (SetFolding does not enforce SIMD >= MW/1024, so its fastest foldings may not generate
-HLS code; they are judged as FINN estimates them.)"""
+baseline. (SetFolding does not enforce SIMD >= MW/1024, so some of its foldings cannot generate HLS code:
+each point says whether FINN could build it, and why not.)"""
 
 from __future__ import annotations
 
@@ -39,15 +39,36 @@ def finn_setfolding_baseline(run_dir: Path, model, config, board, budget: np.nda
     for target in TARGETS:
         resources = np.zeros(4)
         slowest = 0
+        problems = []
         for graph in graphs:
             folded = graph.transform(SetFolding(target_cycles_per_frame=target))
+            problems += _unbuildable(folded)
             res = folded.analysis(lambda m: res_estimation(m, board.part))
             resources += [sum(r[k] for r in res.values()) for k in ("LUT", "BRAM_18K", "URAM", "DSP")]
             slowest = max(slowest, max(folded.analysis(exp_cycles_per_layer).values()))
         point = {"target_cycles": target, "fps": board.clock_mhz * 1e6 / slowest, "lut": float(resources[0]),
                  "bram18": float(resources[1]), "uram": float(resources[2]), "dsp": float(resources[3]),
-                 "fits": bool(np.all(resources <= budget + 1e-9))}
+                 "fits": bool(np.all(resources <= budget + 1e-9)), "buildable": not problems,
+                 "why_not_buildable": problems[0] if problems else None}
         points.append(point)
         if point["fits"] and (best is None or point["fps"] > best["fps"]):
             best = point
     return best, points
+
+
+def _unbuildable(model) -> list[str]:
+    """FINN's code-generation rules (:func:`exitflow.build.folding_violation`) that a folding
+    SetFolding chose breaks: it does not check SIMD >= MW/1024, which FINN's HLS MVAU asserts."""
+    from qonnx.custom_op.registry import getCustomOp
+
+    from exitflow.build import folding_violation
+
+    out = []
+    for node in model.graph.node:
+        if node.op_type.startswith("MVAU"):
+            inst = getCustomOp(node)
+            problem = folding_violation(node.name, inst.get_nodeattr("PE"), inst.get_nodeattr("SIMD"), inst.get_nodeattr("MW"),
+                                        inst.get_nodeattr("MH"), None, inst.get_input_datatype(1).bitwidth())
+            if problem:
+                out.append(f"{node.name}: {problem[1]}")
+    return out

@@ -119,19 +119,20 @@ def inventory(model_path: str | Path, part: str, layer_names: list[str], name: s
 # ------------------------------------------------------------------------------ formulas
 
 
-def _mvau(L: WeightLayer, pe: np.ndarray, simd: np.ndarray) -> dict[str, np.ndarray]:
+def _mvau(L: WeightLayer, pe: np.ndarray, simd: np.ndarray, ram_style: np.ndarray) -> dict[str, np.ndarray]:
     P, Q = pe.astype(np.float64), simd.astype(np.float64)
     W, A = L.wbits, L.abits
     wmem = (L.mw * L.mh) // (pe * simd)
     omega = (L.mw * L.mh) / (Q * P)
     mem_width = simd * W * pe
+    distributed = ram_style == "distributed"
     # bram_estimation (FINN-R; SDP RAMB18)
-    no_bram = (L.mem_mode == "internal_decoupled" and L.ram_style in ("distributed", "ultra")) or \
-        L.mem_mode in ("external", "external_mem")
     if L.mem_mode == "internal_embedded":
         no_bram_arr = wmem <= 128
+    elif L.mem_mode in ("external", "external_mem"):
+        no_bram_arr = np.ones(pe.shape, dtype=bool)
     else:
-        no_bram_arr = np.full(pe.shape, no_bram)
+        no_bram_arr = distributed | (ram_style == "ultra") if L.mem_mode == "internal_decoupled" else np.zeros(pe.shape, dtype=bool)
     bram = np.select(
         [mem_width == 1, mem_width == 2, mem_width <= 4, mem_width <= 9, (mem_width <= 18) | (omega > 512)],
         [np.ceil(omega / 16384), np.ceil(omega / 8192), np.ceil(omega / 4096) * np.ceil(mem_width / 4),
@@ -140,20 +141,27 @@ def _mvau(L: WeightLayer, pe: np.ndarray, simd: np.ndarray) -> dict[str, np.ndar
     )
     bram = np.where(no_bram_arr, 0, bram)
     # uram_estimation
-    no_uram = (L.mem_mode == "internal_decoupled" and L.ram_style != "ultra") or L.mem_mode in ("external", "external_mem")
-    uram = np.zeros(pe.shape) if no_uram else np.ceil(mem_width / 72) * np.ceil(omega / 4096)
-    if L.mem_mode == "internal_embedded" and not no_uram:
+    if L.mem_mode in ("external", "external_mem"):
+        no_uram = np.ones(pe.shape, dtype=bool)
+    elif L.mem_mode == "internal_decoupled":
+        no_uram = ram_style != "ultra"
+    else:
+        no_uram = np.zeros(pe.shape, dtype=bool)
+    uram = np.where(no_uram, 0, np.ceil(mem_width / 72) * np.ceil(omega / 4096))
+    if L.mem_mode == "internal_embedded":
         uram = np.where(wmem <= 128, 0, uram)
     cycles = np.floor((L.mh / P) * (L.mw / Q) * L.vectors * L.th)
     if L.impl == "rtl":
         lut = np.zeros(pe.shape)
         dsp = P * np.ceil(Q / 3) if L.dsp_block == "DSP58" else np.ceil(P / 4) * Q
     else:
-        c2 = np.zeros(pe.shape)
-        if (L.mem_mode == "internal_decoupled" and L.ram_style == "distributed") or L.mem_mode == "internal_embedded":
-            c2 = (P * Q * W) * np.ceil(wmem / 64)
-            if L.mem_mode == "internal_embedded":
-                c2 = np.where(wmem <= 128, c2, 0)
+        c2 = (P * Q * W) * np.ceil(wmem / 64)
+        if L.mem_mode == "internal_embedded":
+            c2 = np.where(wmem <= 128, c2, 0)
+        elif L.mem_mode == "internal_decoupled":
+            c2 = np.where(distributed, c2, 0)
+        else:
+            c2 = np.zeros(pe.shape)
         mult = np.zeros(pe.shape) if L.res_type == "dsp" else Q * (2 * math.ceil((W + A) / 6) - 1) * (W + A)
         adder = (W + A) * (2 * Q - 1)
         alpha = math.log(L.mw, 2) + W + A - 1 - int(L.signed_input)
@@ -218,11 +226,13 @@ def _window(w: dict, mvau_simd: np.ndarray) -> dict[str, np.ndarray]:
     return {"lut": lut, "bram18": bram, "uram": np.zeros(simd.shape), "dsp": np.zeros(simd.shape), "cycles": cycles}
 
 
-def layer_costs(layer: WeightLayer, pe, simd) -> dict[str, dict[str, np.ndarray]]:
+def layer_costs(layer: WeightLayer, pe, simd, ram_style=None) -> dict[str, dict[str, np.ndarray]]:
     """{node name: {lut, bram18, uram, dsp, cycles}} of the MVAU and its window generator for
-    every (PE, SIMD) pair of the arrays ``pe`` and ``simd``."""
+    every (PE, SIMD[, weight ram_style]) of the arrays ``pe``, ``simd`` and ``ram_style`` (default:
+    the style the graph was built with)."""
     pe, simd = np.asarray(pe, dtype=np.int64), np.asarray(simd, dtype=np.int64)
-    out = {layer.node: _mvau(layer, pe, simd)}
+    styles = np.full(pe.shape, layer.ram_style, dtype=object) if ram_style is None else np.asarray(ram_style, dtype=object)
+    out = {layer.node: _mvau(layer, pe, simd, styles)}
     if layer.window is not None:
         out[layer.window["node"]] = _window(layer.window, simd)
     return out

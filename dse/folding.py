@@ -3,7 +3,8 @@
 For a target of ``t`` cycles per sample, every layer can be folded on its own: the cheapest
 legal (PE, SIMD) whose cycles are at most ``t`` does not depend on the other layers. So a search
 over the pipeline interval (and exits and thresholds) needs, per layer, only the lower envelope
-"cost for at most t cycles", computed once here from FINN's formulas
+"cost for at most t cycles", computed once here from FINN's formulas over PE, SIMD and where the
+weights live (block RAM or LUTRAM)
 (:mod:`exitflow.dse.finn_model`).
 
 Cost is the resource use normalised by the budget and summed over LUT, BRAM18, URAM and DSP (a
@@ -30,61 +31,97 @@ def legal_foldings(layer: WeightLayer) -> tuple[np.ndarray, np.ndarray]:
     return np.array(pe), np.array(simd)
 
 
+def weight_styles(layer: WeightLayer) -> tuple[str, ...]:
+    """Where the search may keep a layer's weights: block RAM (FINN's ``auto``) or LUTRAM
+    (``distributed``) for an HLS MVAU streaming its weights from an internal memory. Other
+    layers keep the style they were built with (FINN's estimate of an RTL MVAU counts no LUTs for
+    any style, so offering LUTRAM there would only exploit the estimator)."""
+    if layer.impl == "hls" and layer.mem_mode == "internal_decoupled":
+        return ("auto", "distributed")
+    return (layer.ram_style,)
+
+
+WEIGHTINGS = ((1.0, 1.0, 1.0, 1.0), (4.0, 1.0, 1.0, 1.0), (1.0, 4.0, 1.0, 1.0)) + tuple(
+    (lut, 1.0, 1.0, 1.0) for lut in (1 / 16, 1 / 8, 1 / 4, 1 / 2, 2.0, 8.0, 16.0, 32.0))
+"""How a folding's resources add up to one cost: the budget shares of LUT, BRAM18, URAM and DSP
+times these weights. The first treats every resource alike; the next two make LUTs or BRAM18
+four times dearer, so the search also sees LUT-lean and BRAM-lean designs (one scalar cost alone
+misses designs that trade one for the other). The search uses those three for designs with
+early exits and all of them for the designs without (one exit set, one threshold: cheap), so
+baseline (a) gets a finer LUT/BRAM trade-off."""
+EXIT_WEIGHTINGS = 3
+
+
 @dataclass(frozen=True, eq=False)
 class FoldingTable:
-    """Every legal folding of one layer with its resources and cycles, and the lower envelope."""
+    """Every legal folding (PE, SIMD, weight memory style) of one layer with its resources and
+    cycles, and one lower envelope per cost weighting."""
 
     layer: WeightLayer
     pe: np.ndarray
     simd: np.ndarray
     resources: np.ndarray  # (foldings, 4): lut, bram18, uram, dsp (MVAU + window generator)
     cycles: np.ndarray  # slowest of the MVAU and its window generator
-    cost: np.ndarray
+    costs: np.ndarray  # (weightings, foldings)
     latency: np.ndarray  # their cycles added up
+    ram_style: np.ndarray  # weight memory style of each folding
 
     @classmethod
-    def build(cls, layer: WeightLayer, budget: np.ndarray) -> FoldingTable:
+    def build(cls, layer: WeightLayer, budget: np.ndarray, weightings=WEIGHTINGS) -> FoldingTable:
         pe, simd = legal_foldings(layer)
-        costs = layer_costs(layer, pe, simd)
+        styles = weight_styles(layer)
+        pe, simd = np.tile(pe, len(styles)), np.tile(simd, len(styles))
+        ram_style = np.repeat(np.array(styles, dtype=object), len(pe) // len(styles))
+        costs = layer_costs(layer, pe, simd, ram_style)
         resources = sum(np.stack([c[r] for r in RESOURCES], axis=1) for c in costs.values())
         per_node = np.stack([c["cycles"] for c in costs.values()])
         cycles, latency = per_node.max(axis=0), per_node.sum(axis=0)
         with np.errstate(divide="ignore", invalid="ignore"):
             share = np.where(resources > 0, resources / budget, 0.0)
-        cost = share.sum(axis=1) + 1e-9 * resources[:, 0]
-        return cls(layer, pe, simd, resources, cycles, cost, latency)
+        weighted = np.array([(share * np.asarray(w)).sum(axis=1) for w in weightings]) + 1e-9 * resources[:, 0]
+        return cls(layer, pe, simd, resources, cycles, weighted, latency, ram_style)
 
-    def envelope(self, targets: np.ndarray) -> np.ndarray:
-        """:meth:`cheapest` through a sorted lower envelope: O(log n) per target."""
+    @property
+    def cost(self) -> np.ndarray:
+        """The cost under the first weighting (every resource alike)."""
+        return self.costs[0]
+
+    def envelope(self, targets: np.ndarray, weightings: int | None = None) -> np.ndarray:
+        """:meth:`cheapest` for the first ``weightings`` cost weightings (default: all) through
+        sorted lower envelopes: O(log n) per target; (weightings, targets) indices, -1 where
+        nothing is fast enough."""
         order, best = self._envelope
         pos = np.searchsorted(self.cycles[order], np.asarray(targets, dtype=float), side="right") - 1
-        return np.where(pos >= 0, best[np.maximum(pos, 0)], -1)
+        return np.where(pos >= 0, best[:weightings, np.maximum(pos, 0)], -1)
 
     @property
     def _envelope(self):
         cached = self.__dict__.get("_env")
         if cached is None:
             order = np.argsort(self.cycles, kind="stable")
-            costs = self.cost[order]
-            best = np.empty(len(order), dtype=np.int64)
-            current = 0
-            for i in range(len(order)):  # running argmin of cost over foldings sorted by cycles
-                if costs[i] < costs[current] or i == 0:
-                    current = i
-                best[i] = order[current]
+            sorted_cycles = self.cycles[order]
             # foldings with equal cycles: the envelope at that cycle count must see all of them
-            last_of_run = np.r_[self.cycles[order][1:] != self.cycles[order][:-1], True]
-            for i in range(len(order) - 2, -1, -1):
-                if not last_of_run[i]:
-                    best[i] = best[i + 1]
+            last_of_run = np.r_[sorted_cycles[1:] != sorted_cycles[:-1], True]
+            best = np.empty((len(self.costs), len(order)), dtype=np.int64)
+            for w, cost in enumerate(self.costs):
+                costs = cost[order]
+                current = 0
+                for i in range(len(order)):  # running argmin of cost over foldings sorted by cycles
+                    if costs[i] < costs[current] or i == 0:
+                        current = i
+                    best[w, i] = order[current]
+                for i in range(len(order) - 2, -1, -1):
+                    if not last_of_run[i]:
+                        best[w, i] = best[w, i + 1]
+                best[w, ~np.isfinite(cost[best[w]])] = -1  # only foldings needing what the budget lacks
             cached = (order, best)
             object.__setattr__(self, "_env", cached)
         return cached
 
-    def cheapest(self, targets: np.ndarray) -> np.ndarray:
+    def cheapest(self, targets: np.ndarray, weighting: int = 0) -> np.ndarray:
         """Index of the cheapest folding with cycles <= target, per target (-1: none fits)."""
         targets = np.asarray(targets, dtype=float)
         fits = self.cycles[None, :] <= targets[:, None]
-        costs = np.where(fits, self.cost[None, :], np.inf)
+        costs = np.where(fits, self.costs[weighting][None, :], np.inf)
         best = np.argmin(costs, axis=1)
         return np.where(np.isfinite(costs[np.arange(len(targets)), best]), best, -1)

@@ -26,7 +26,7 @@ import numpy as np
 from exitflow.quant.policies import route, threshold_code
 
 from .finn_model import RESOURCES, inventory
-from .folding import FoldingTable
+from .folding import EXIT_WEIGHTINGS, FoldingTable
 
 
 @dataclass(frozen=True, eq=False)
@@ -39,23 +39,25 @@ class GraphCost:
     fixed_cycles: float  # slowest of those nodes
     fixed_latency: float = 0.0  # their cycles added up
 
-    def at(self, targets: np.ndarray):
-        """(resources per target (T x 4), slowest cycles per target, latency per target, folding
-        index per layer per target, feasible per target) when every layer gets its cheapest
-        folding for the target. Latency is the sum of the nodes' cycles: a dataflow graph
-        overlaps them, so this bounds it from above."""
-        resources = np.tile(self.fixed, (len(targets), 1)).astype(float)
-        cycles = np.full(len(targets), float(self.fixed_cycles))
-        latency = np.full(len(targets), float(self.fixed_latency))
+    def at(self, targets: np.ndarray, weightings: int | None = None):
+        """(resources (W x T x 4), slowest cycles (W x T), latency (W x T), folding index per layer
+        (W x T each), feasible (W x T)) for every cost weighting W and target T when every layer
+        gets its cheapest folding for the target. Latency is the sum of the nodes' cycles: a
+        dataflow graph overlaps them, so this bounds it from above."""
+        n_w = len(self.tables[0].costs[:weightings]) if self.tables else 1
+        shape = (n_w, len(targets))
+        resources = np.broadcast_to(self.fixed, (*shape, len(self.fixed))).astype(float)
+        cycles = np.full(shape, float(self.fixed_cycles))
+        latency = np.full(shape, float(self.fixed_latency))
         feasible = cycles <= targets
         picks = []
         for table in self.tables:
-            idx = table.envelope(targets)
+            idx = table.envelope(targets, weightings)
             ok = idx >= 0
             safe = np.maximum(idx, 0)
-            resources += np.where(ok[:, None], table.resources[safe], 0.0)
+            resources = resources + np.where(ok[..., None], table.resources[safe], 0.0)
             cycles = np.maximum(cycles, np.where(ok, table.cycles[safe], np.inf))
-            latency += np.where(ok, table.latency[safe], np.inf)
+            latency = latency + np.where(ok, table.latency[safe], np.inf)
             feasible &= ok
             picks.append(idx)
         return resources, cycles, latency, picks, feasible
@@ -77,6 +79,29 @@ class Segment:
     blocks: tuple[str, ...]
     body: GraphCost
     head: GraphCost
+    stream_bits: int = 0  # the segment's output stream: word width and words per feature map,
+    folds: int = 0  # which a gate after it buffers
+    record_bits: int = 0  # the head's CTU record (class and confidence code and exit flag)
+
+    def gate(self, depth: int) -> np.ndarray:
+        """LUT, BRAM18, URAM, DSP of a gate holding ``depth`` feature maps after this segment."""
+        from exitflow.hw_ops.routing import gate_resources
+
+        lut, bram = gate_resources(self.stream_bits, self.folds, depth)
+        return np.array([lut, bram, 0.0, 0.0])
+
+
+def routing_cost(segments: list[Segment], subset: tuple[int, ...], gate_depth: int) -> tuple[np.ndarray, np.ndarray]:
+    """(gate cost per kept early exit (exits x 4), merge cost (4,)) of a design keeping ``subset``:
+    the units outside the FINN graphs (:mod:`exitflow.hw_ops.routing`)."""
+    from exitflow.boards.vivado import ID_BITS
+    from exitflow.hw_ops.routing import merge_resources
+
+    kept = [*subset, len(segments) - 1]
+    exit_bits = max(1, (len(kept) - 1).bit_length())
+    record = ID_BITS + exit_bits + max(segments[k].record_bits for k in kept)
+    gates = np.array([segments[k].gate(gate_depth) for k in subset]).reshape(len(subset), 4)
+    return gates, np.array([merge_resources(record, len(kept)) if subset else 0.0, 0.0, 0.0, 0.0])
 
 
 @dataclass(frozen=True)
@@ -93,12 +118,15 @@ class Candidate:
     stage_cycles: tuple[float, ...] = ()  # slowest unit of each stage (and its head), per sample
     stage_resources: tuple[tuple[float, ...], ...] = ()  # lut, bram18, uram, dsp of each stage with its head
     mean_latency_us: float = 0.0  # over the samples' actual exits
+    weighting: int = 0  # the cost weighting (dse.folding.WEIGHTINGS) that chose the folding
 
 
 TARGETS = np.unique(np.round(np.geomspace(16, 4e6, 120)))
+FINE_TARGETS = np.unique(np.round(np.geomspace(16, 4e6, 2000)))  # for the designs without early exits
 
 
-def active_bound(c: Candidate, segments: list[Segment], budget: np.ndarray, targets: np.ndarray = TARGETS) -> str:
+def active_bound(c: Candidate, segments: list[Segment], budget: np.ndarray, targets: np.ndarray = TARGETS,
+                 gate_depth: int = 8) -> str:
     """Why the design is not faster: what stops the next faster interval target of the grid.
     One of 'resource budget (LUT)' (or BRAM18, URAM, DSP), 'streaming floor of <layer or node>'
     (a layer at one output pixel per cycle, or a node folding does not change), or
@@ -108,14 +136,15 @@ def active_bound(c: Candidate, segments: list[Segment], budget: np.ndarray, targ
         return "the fastest interval target searched"
     t = np.array([faster.max()])
     kept = list(c.exits) + [len(segments) - 1]
-    total, start = np.zeros(len(RESOURCES)), 0
+    gates, merge = routing_cost(segments, c.exits, gate_depth)
+    total, start = gates.sum(axis=0) + merge, 0
     for s, end in enumerate(kept):
         p = max(c.reach[s], 1e-9)
         for graph in [seg.body for seg in segments[start : end + 1]] + [segments[end].head]:
             if graph.fixed_cycles > t[0] / p:
                 return f"streaming floor of a fixed node in {graph.name} ({graph.fixed_cycles:.0f} cycles)"
             for table in graph.tables:
-                idx = table.envelope(t / p)[0]
+                idx = table.envelope(t / p)[c.weighting, 0]
                 if idx < 0:
                     floor = table.layer.vectors  # one output pixel per cycle
                     fastest = table.cycles.min()
@@ -136,14 +165,18 @@ def _subsets(n_early: int, max_exits: int):
 
 class LazyFolding(Mapping):
     """The folding of one candidate, built only when asked for (most candidates never are):
-    graph name -> {layer: (PE, SIMD)}."""
+    graph name -> {layer: (PE, SIMD, weight ram_style)}."""
 
-    def __init__(self, picks: dict, row: int, column: int):
+    def __init__(self, picks: dict, row: int, column: tuple[int, int]):
         self._picks, self._row, self._column = picks, row, column
 
     def _build(self) -> dict:
-        return {name: {table.layer.layer: (int(table.pe[i[self._row, self._column]]), int(table.simd[i[self._row, self._column]]))
-                       for table, i in zip(graph.tables, idx)} for name, (graph, idx) in self._picks.items()}
+        def pick(table, i):
+            k = i[(self._row, *self._column)]
+            return int(table.pe[k]), int(table.simd[k]), str(table.ram_style[k])
+
+        return {name: {table.layer.layer: pick(table, i) for table, i in zip(graph.tables, idx)}
+                for name, (graph, idx) in self._picks.items()}
 
     def __getitem__(self, key):
         return self._build()[key]
@@ -157,18 +190,23 @@ class LazyFolding(Mapping):
 
 def search(segments: list[Segment], codes: np.ndarray, correct: np.ndarray, scales: np.ndarray, policy: str,
            threshold_grid: list[float], budget: np.ndarray, clock_mhz: float, max_exits: int = 3,
-           targets: np.ndarray | None = None, progress=None, stats: dict | None = None) -> list[Candidate]:
+           targets: np.ndarray | None = None, progress=None, stats: dict | None = None,
+           exit_weightings: int = EXIT_WEIGHTINGS, gate_depth: int = 8) -> list[Candidate]:
     """Every (exits, thresholds, interval) that fits ``budget``; the caller keeps the Pareto front.
+    Resources include a gate of ``gate_depth`` feature maps after each kept early exit and the
+    merge of the exits' records.
 
-    Per subset of exits, all threshold combinations and all interval targets are evaluated at
-    once: each layer's envelope is looked up for the whole (combinations x targets) array."""
+    Per subset of exits, all threshold combinations, cost weightings and interval targets are
+    evaluated at once: each layer's envelopes are looked up for the whole (combinations x
+    targets) array."""
     n = len(segments)
-    if targets is None:
-        targets = TARGETS
-    n_t = len(targets)
+    grid = TARGETS if targets is None else targets
+    fine = FINE_TARGETS if targets is None else targets
     out = []
     evaluated = 0
     subsets = list(_subsets(n - 1, max_exits))
+    tables = [t for seg in segments for g in (seg.body, seg.head) for t in g.tables]
+    all_w = len(tables[0].costs) if tables else 1
     samples = np.arange(len(codes))
     for subset in (progress(subsets) if progress else subsets):
         kept = list(subset) + [n - 1]
@@ -181,7 +219,10 @@ def search(segments: list[Segment], codes: np.ndarray, correct: np.ndarray, scal
         accuracy = correct[samples[None, :], np.asarray(kept)[taken]].mean(axis=1)
         reach = np.stack([(taken >= s).mean(axis=1) for s in range(len(kept))], axis=1)  # (combos, stages)
         share = np.stack([(taken == s).mean(axis=1) for s in range(len(kept))], axis=1)
-        shape = (len(combos), n_t)
+        n_w = min(all_w, exit_weightings) if subset else all_w
+        targets = grid if subset else fine  # one design per target without exits: a fine grid is cheap
+        n_t = len(targets)
+        shape = (len(combos), n_w, n_t)
         total = np.zeros((*shape, len(RESOURCES)))
         per_stage = np.zeros((len(kept), *shape, len(RESOURCES)))
         interval = np.zeros(shape)
@@ -191,38 +232,50 @@ def search(segments: list[Segment], codes: np.ndarray, correct: np.ndarray, scal
         feasible = np.ones(shape, dtype=bool)
         picks = {}
         start = 0
+        gates, merge = routing_cost(segments, subset, gate_depth)  # outside the FINN graphs
+        total += merge
+        per_stage[-1] += merge
+        for s in range(len(subset)):
+            total += gates[s]
+            per_stage[s] += gates[s]
         for s, end in enumerate(kept):
-            p = np.maximum(reach[:, s], 1e-9)[:, None]
-            stage_targets = (targets[None, :] / p).ravel()
+            p = np.maximum(reach[:, s], 1e-9)[:, None, None]
+            stage_targets = (targets[None, :] / p[:, 0]).ravel()
+
+            def arrange(a):  # (W, combos * T, ...) -> (combos, W, T, ...)
+                return np.moveaxis(a.reshape(a.shape[0], len(combos), n_t, *a.shape[2:]), 0, 1)
+
             for graph in [seg.body for seg in segments[start : end + 1]] + [segments[end].head]:
-                res, cyc, lat, idx, ok = graph.at(stage_targets)
-                res, cyc, lat, ok = res.reshape(*shape, -1), cyc.reshape(shape), lat.reshape(shape), ok.reshape(shape)
+                res, cyc, lat, idx, ok = graph.at(stage_targets, n_w)
+                if res.shape[0] != n_w:  # a graph without foldable layers: the same for every weighting
+                    res, cyc, lat, ok = (np.broadcast_to(a, (n_w, *a.shape[1:])) for a in (res, cyc, lat, ok))
+                res, cyc, lat, ok = arrange(res), arrange(cyc), arrange(lat), arrange(ok)
                 total += res
                 per_stage[s] += res
                 interval = np.maximum(interval, p * cyc)
                 slowest[s] = np.maximum(slowest[s], cyc)
                 feasible &= ok
-                picks[graph.name] = (graph, [i.reshape(shape) for i in idx])
+                picks[graph.name] = (graph, [arrange(i) for i in idx])
                 if graph is segments[end].head:
                     to_exit[s] = body + lat
                 else:
                     body = body + lat
             start = end + 1
-        evaluated += len(combos) * n_t
-        feasible &= np.all(total <= budget + 1e-9, axis=2)
-        latency_us = to_exit / clock_mhz  # (stages, combos, targets)
-        mean_latency = np.einsum("cs,sct->ct", share, latency_us)
+        evaluated += len(combos) * n_w * n_t
+        feasible &= np.all(total <= budget + 1e-9, axis=-1)
+        latency_us = to_exit / clock_mhz  # (stages, combos, W, targets)
+        mean_latency = np.einsum("cs,scwt->cwt", share, latency_us)
         fps = clock_mhz * 1e6 / interval
-        for c, t in zip(*np.nonzero(feasible)):
+        for c, w, t in zip(*np.nonzero(feasible)):
             out.append(Candidate(
-                exits=tuple(subset), thresholds=tuple(combos[c]), target=float(targets[t]), fps=float(fps[c, t]),
-                accuracy=float(accuracy[c]), resources=tuple(total[c, t].tolist()), reach=tuple(reach[c].tolist()),
-                folding=LazyFolding(picks, c, t), latency_us=tuple(latency_us[:, c, t].tolist()),
-                stage_cycles=tuple(slowest[:, c, t].tolist()),
-                stage_resources=tuple(tuple(r) for r in per_stage[:, c, t].tolist()),
-                mean_latency_us=float(mean_latency[c, t])))
+                exits=tuple(subset), thresholds=tuple(combos[c]), target=float(targets[t]), fps=float(fps[c, w, t]),
+                accuracy=float(accuracy[c]), resources=tuple(total[c, w, t].tolist()), reach=tuple(reach[c].tolist()),
+                folding=LazyFolding(picks, c, (w, t)), latency_us=tuple(latency_us[:, c, w, t].tolist()),
+                stage_cycles=tuple(slowest[:, c, w, t].tolist()),
+                stage_resources=tuple(tuple(r) for r in per_stage[:, c, w, t].tolist()),
+                mean_latency_us=float(mean_latency[c, w, t]), weighting=int(w)))
     if stats is not None:
-        stats["designs"] = evaluated  # (exits, thresholds, interval) triples evaluated
+        stats["designs"] = evaluated  # (exits, thresholds, cost weighting, interval) designs evaluated
     return out
 
 

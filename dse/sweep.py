@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +24,7 @@ import yaml
 
 from exitflow.errors import ConfigError, ExitflowError
 
-from .search import Candidate, Segment, active_bound, graph_cost, pareto, search
+from .search import Candidate, Segment, active_bound, graph_cost, pareto, routing_cost, search
 from .throughput import pipeline, sensitivity
 
 MAX_PROB_THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98)
@@ -48,6 +48,12 @@ class SweepResult:
     candidates: list = field(default_factory=list, repr=False)  # every design that fits
     finn_points: list = field(default_factory=list, repr=False)  # SetFolding at every target
     search_stats: dict = field(default_factory=dict)  # seconds, designs evaluated
+    gate_depth: int = GATE_DEPTH  # feature maps each gate of the chosen design holds
+
+    @property
+    def gain_with_gates(self) -> float:
+        """The chosen design's throughput with its finite gates over the best without exits."""
+        return self.fps_with_gates / self.no_exit.fps
 
 
 def _segments_design(model, config, board_name: str) -> tuple[dict, list[list[str]]]:
@@ -108,7 +114,8 @@ def sweep(run_dir: str | Path, board_name: str, objective: str = "throughput", m
         build(run_dir, inventory_design, log=lambda line: None, hw_dir=out / "inventory", vivado_project=False)
     budget = np.array(board.available.as_tuple(), dtype=float)[[0, 2, 3, 4]] * util  # lut, bram18, uram, dsp
     segments = [Segment(model.exit_names[k], tuple(b), graph_cost(out / "inventory" / f"seg{k}", board.part, budget),
-                        graph_cost(out / "inventory" / f"head{k}", board.part, budget)) for k, b in enumerate(blocks)]
+                        graph_cost(out / "inventory" / f"head{k}", board.part, budget),
+                        *_streams(out / "inventory", k)) for k, b in enumerate(blocks)]
     codes, correct = prof[f"val_code_{policy}"], prof["val_correct"]
     from tqdm import tqdm
 
@@ -118,7 +125,7 @@ def sweep(run_dir: str | Path, board_name: str, objective: str = "throughput", m
     started = time.perf_counter()
     stats: dict = {}
     candidates = search(segments, codes, correct, prof["scales"], policy, list(MAX_PROB_THRESHOLDS), budget,
-                        board.clock_mhz, max_exits=max_exits, stats=stats,
+                        board.clock_mhz, max_exits=max_exits, stats=stats, gate_depth=GATE_DEPTH,
                         progress=lambda items: tqdm(items, desc="sweep", unit="exit set", disable=not show, leave=False))
     search_seconds, designs = time.perf_counter() - started, stats["designs"]
     final_acc = float(correct[:, -1].mean())
@@ -138,24 +145,45 @@ def sweep(run_dir: str | Path, board_name: str, objective: str = "throughput", m
         closest = min(by_accuracy, key=lambda c: c.mean_latency_us)
         raise ExitflowError(f"latency limit {max_latency_us} us: no design meets it at the accuracy floor; the closest "
                             f"has {closest.mean_latency_us:.1f} us mean latency at {closest.fps:,.0f} samples/s")
+    from exitflow.quant.policies import route, threshold_code
+
+    def taken_on(c: Candidate, split: str) -> np.ndarray:
+        kept = list(c.exits) + [len(segments) - 1]
+        constants = [threshold_code(policy, t, float(prof["scales"][k])) for t, k in zip(c.thresholds, c.exits)]
+        codes_ = prof[f"{split}_code_{policy}"][:, kept]
+        return route(policy, codes_, constants) if c.exits else np.zeros(len(codes_), dtype=np.int64)
+
+    def gated(c: Candidate, depth: int) -> float:
+        """Throughput with gates of ``depth`` feature maps, on the validation exit sequence."""
+        gates = [None] + [depth] * len(c.exits)
+        return pipeline(taken_on(c, "val"), list(c.stage_cycles), gates, board.clock_mhz).fps
+
     if objective == "throughput":
-        chosen = max(eligible, key=lambda c: (c.fps, c.accuracy, -c.resources[0]))
+        # the unbounded-gate model ranks; the finite gates (GATE_DEPTH deep, in the budget) decide
+        ranked = sorted(eligible, key=lambda c: (c.fps, c.accuracy, -c.resources[0]), reverse=True)[:40]
+        chosen = max(ranked, key=lambda c: (min(c.fps, gated(c, GATE_DEPTH)), c.accuracy, -c.resources[0]))
     else:
         chosen = min(eligible, key=lambda c: (c.mean_latency_us, -c.fps, -c.accuracy))
     best_no_exit = max(no_exit, key=lambda c: (c.fps, -c.resources[0]))
-    # the chosen design with finite gates, on the validation exit sequence, and on the test split
-    from exitflow.quant.policies import route, threshold_code
-
+    # deeper gates where the budget has room and bursts of hard samples still stall a stage
+    depth = GATE_DEPTH
+    if chosen.exits:
+        base = np.array(chosen.resources) - routing_cost(segments, chosen.exits, GATE_DEPTH)[0].sum(axis=0)
+        for deeper in (16, 32, 64, 128):
+            if gated(chosen, depth) >= chosen.fps * 0.999:
+                break
+            if np.any(base + routing_cost(segments, chosen.exits, deeper)[0].sum(axis=0) > budget + 1e-9):
+                break
+            depth = deeper
+        gates = routing_cost(segments, chosen.exits, depth)[0]
+        extra = gates.sum(axis=0) - routing_cost(segments, chosen.exits, GATE_DEPTH)[0].sum(axis=0)
+        stages = [tuple(np.add(r, gates[s] - routing_cost(segments, chosen.exits, GATE_DEPTH)[0][s]).tolist())
+                  if s < len(chosen.exits) else r for s, r in enumerate(chosen.stage_resources)]
+        chosen = replace(chosen, resources=tuple(np.add(chosen.resources, extra).tolist()), stage_resources=tuple(stages))
     kept = list(chosen.exits) + [len(segments) - 1]
-
-    def taken_on(split):
-        constants = [threshold_code(policy, t, float(prof["scales"][k])) for t, k in zip(chosen.thresholds, chosen.exits)]
-        c = prof[f"{split}_code_{policy}"][:, kept]
-        return route(policy, c, constants) if chosen.exits else np.zeros(len(c), dtype=np.int64)
-
     stage_cycles = list(chosen.stage_cycles)
-    gated = pipeline(taken_on("val"), stage_cycles, [None] + [GATE_DEPTH] * (len(kept) - 1), board.clock_mhz)
-    test_taken = taken_on("test")
+    gated_chosen = pipeline(taken_on(chosen, "val"), stage_cycles, [None] + [depth] * (len(kept) - 1), board.clock_mhz)
+    test_taken = taken_on(chosen, "test")
     test_correct = prof["test_correct"]
     test_acc = float(test_correct[np.arange(len(test_taken)), np.asarray(kept)[test_taken]].mean())
     front = pareto(candidates)
@@ -165,14 +193,27 @@ def sweep(run_dir: str | Path, board_name: str, objective: str = "throughput", m
     finn_baseline, finn_points = finn_setfolding_baseline(run_dir, model, config, board, budget, out)
     drift = sensitivity(np.array(chosen.reach), stage_cycles, board.clock_mhz)
     result = SweepResult(chosen, best_no_exit, front, chosen.fps / best_no_exit.fps, test_acc,
-                         float(test_correct[:, -1].mean()), min(chosen.fps, gated.fps),
-                         active_bound(chosen, segments, budget), drift, tuple(budget.tolist()), finn_baseline)
+                         float(test_correct[:, -1].mean()), min(chosen.fps, gated_chosen.fps),
+                         active_bound(chosen, segments, budget, gate_depth=depth), drift, tuple(budget.tolist()),
+                         finn_baseline, gate_depth=depth)
     result.front_bounds.extend(active_bound(c, segments, budget) for c in front)
     result.candidates.extend(candidates)
     result.finn_points.extend(finn_points)
     result.search_stats.update(search_seconds=search_seconds, designs=designs, candidate_exits=len(segments) - 1)
     _write(out, result, segments, model, config.model.backbone, board, budget, util)
     return result
+
+
+def _streams(inventory: Path, k: int) -> tuple[int, int, int]:
+    """(output stream width, words per feature map) of segment k, and its head's record width."""
+    from qonnx.core.modelwrapper import ModelWrapper
+    from qonnx.custom_op.registry import getCustomOp
+
+    import exitflow.hw_ops.ctu_op  # noqa: F401
+
+    last = getCustomOp(ModelWrapper(str(inventory / f"seg{k}" / "model_hw.onnx")).graph.node[-1])
+    ctu = getCustomOp(ModelWrapper(str(inventory / f"head{k}" / "model_hw.onnx")).graph.node[-1])
+    return last.get_outstream_width(), int(np.prod(last.get_folded_output_shape()[:-1])), ctu.get_outstream_width()
 
 
 def _as_json(c: Candidate, names: list[str]) -> dict:
@@ -190,6 +231,7 @@ def _write(out: Path, r: SweepResult, segments, model, backbone: str, board, bud
     report = {
         "board": board.name, "utilisation_cap": util, "budget": dict(zip(("lut", "bram18", "uram", "dsp"), budget.tolist())),
         "chosen": {**_as_json(r.chosen, names), "test_accuracy": r.test_accuracy, "fps_with_gates": r.fps_with_gates,
+                   "gate_depth": r.gate_depth, "gain_with_gates": r.gain_with_gates,
                    "stage_resources": [dict(zip(("lut", "bram18", "uram", "dsp"), res)) for res in r.chosen.stage_resources],
                    "active_bound": r.bound,
                    "fps_if_reach_minus_5pp": r.sensitivity["minus"], "fps_if_reach_plus_5pp": r.sensitivity["plus"]},
@@ -200,11 +242,11 @@ def _write(out: Path, r: SweepResult, segments, model, backbone: str, board, bud
         "front": [{**_as_json(c, names), "active_bound": b} for c, b in zip(r.front, r.front_bounds)],
     }
     atomic_write(out / "pareto.json", lambda p: p.write_text(json.dumps(report, indent=1)))
-    save_design(_design(r.chosen, segments, backbone, board), out / "design.yaml")
+    save_design(_design(r.chosen, segments, backbone, board, r.gate_depth), out / "design.yaml")
     _plots(out, r, names)
 
 
-def _design(c: Candidate, segments, backbone: str, board):
+def _design(c: Candidate, segments, backbone: str, board, gate_depth: int = GATE_DEPTH):
     from exitflow.design import Design, ExitHead, LayerFolding, Stage
     from exitflow.schema import FrozenMap
 
@@ -215,11 +257,13 @@ def _design(c: Candidate, segments, backbone: str, board):
         blocks = [b for seg in segments[start : end + 1] for b in seg.blocks]
         folding = {}
         for seg in segments[start : end + 1]:
-            folding.update({layer: LayerFolding(pe=pe, simd=simd) for layer, (pe, simd) in c.folding.get(seg.body.name, {}).items()})
-        head_fold = {layer: LayerFolding(pe=pe, simd=simd) for layer, (pe, simd) in c.folding.get(segments[end].head.name, {}).items()}
+            folding.update({layer: LayerFolding(pe=pe, simd=simd, ram_style=style)
+                            for layer, (pe, simd, style) in c.folding.get(seg.body.name, {}).items()})
+        head_fold = {layer: LayerFolding(pe=pe, simd=simd, ram_style=style)
+                     for layer, (pe, simd, style) in c.folding.get(segments[end].head.name, {}).items()}
         name = f"exit_{segments[end].exit}".replace(".", "_") if not last else "final"
         stages.append(Stage(name=f"stage{s}", blocks=tuple(blocks), folding=FrozenMap(folding),
-                            gate_depth=None if last else GATE_DEPTH,
+                            gate_depth=None if last else gate_depth,
                             head=ExitHead(name=name, policy="max_prob", threshold=None if last else c.thresholds[s],
                                           folding=FrozenMap(head_fold))))
         start = end + 1

@@ -9,6 +9,7 @@ import yaml
 
 from exitflow.build import build
 from exitflow.dse.finn_model import inventory, layer_costs
+from exitflow.dse.folding import weight_styles
 
 SAMPLES_PER_GRAPH = 25
 
@@ -32,9 +33,10 @@ def _finn_numbers(model, part, folding, inv):
     from qonnx.custom_op.registry import getCustomOp
 
     nodes = {n.name: n for n in model.graph.node}
-    for layer, (pe, simd) in zip(inv.layers, folding):
+    for layer, (pe, simd, style) in zip(inv.layers, folding):
         getCustomOp(nodes[layer.node]).set_nodeattr("PE", pe)
         getCustomOp(nodes[layer.node]).set_nodeattr("SIMD", simd)
+        getCustomOp(nodes[layer.node]).set_nodeattr("ram_style", style)
         if layer.window:  # as FINN's SetFolding configures a generator feeding a whole window per cycle
             swg = getCustomOp(nodes[layer.window["node"]])
             wide = simd == layer.mw and layer.window["ifm_ch"] != layer.mw
@@ -63,12 +65,13 @@ def _check(run, tmp_path, model_name, stages, seed):
     build(run, path, log=lambda line: None)
     rng = np.random.default_rng(seed)
     summary = json.loads((run / "hw" / "build.json").read_text())
-    compared = parallel = 0
+    compared = parallel = lutram = 0
     for graph in summary["graphs"]:
         folder = run / "hw" / graph["name"]
         layers = list(json.loads((folder / "layers.json").read_text())["layers"])
         inv = inventory(folder / "model_hw.onnx", summary["part"], layers, graph["name"])
-        foldings = [[_legal(layer, rng) for layer in inv.layers] for _ in range(SAMPLES_PER_GRAPH)]
+        foldings = [[(*_legal(layer, rng), str(rng.choice(weight_styles(layer)))) for layer in inv.layers]
+                    for _ in range(SAMPLES_PER_GRAPH)]
         model = ModelWrapper(str(folder / "model_hw.onnx"))
         for i, folding in enumerate(foldings):
             finn = _finn_numbers(model, summary["part"], folding, inv)
@@ -77,14 +80,16 @@ def _check(run, tmp_path, model_name, stages, seed):
             for k, layer in enumerate(inv.layers):
                 pe = np.array([f[k][0] for f in foldings])
                 simd = np.array([f[k][1] for f in foldings])
-                ours = layer_costs(layer, pe, simd)
+                ours = layer_costs(layer, pe, simd, np.array([f[k][2] for f in foldings], dtype=object))
                 for node, costs in ours.items():
                     for key in ("lut", "bram18", "uram", "dsp", "cycles"):
                         assert costs[key][i] == finn[node][key], (graph["name"], node, key, folding[k])
             compared += 1
-            parallel += sum(1 for layer, (pe, simd) in zip(inv.layers, folding)
+            parallel += sum(1 for layer, (pe, simd, _) in zip(inv.layers, folding)
                             if layer.window and simd == layer.mw != layer.window["ifm_ch"])
+            lutram += sum(1 for (_, _, style) in folding if style == "distributed")
     assert parallel > 0, "no folding exercised the parallel-window generator"
+    assert lutram > 0, "no folding kept weights in LUTRAM"
     return compared
 
 

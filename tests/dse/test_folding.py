@@ -40,20 +40,21 @@ def test_cheapest_meets_the_target_and_nothing_cheaper_does(lenet_layers):
     for layer in lenet_layers:
         table = FoldingTable.build(layer, BUDGET)
         targets = np.unique(np.concatenate([table.cycles, table.cycles - 1, [0, 1e12]]))
-        chosen = table.cheapest(targets)
-        fast = table.envelope(targets)
-        assert np.array_equal(table.cost[np.maximum(fast, 0)] * (fast >= 0), table.cost[np.maximum(chosen, 0)] * (chosen >= 0))
-        assert np.array_equal(fast >= 0, chosen >= 0)
-        for t, i in zip(targets, chosen):
-            fits = np.flatnonzero(table.cycles <= t)
-            if fits.size == 0:
-                assert i == -1
-                continue
-            assert table.cycles[i] <= t
-            assert table.cost[i] == table.cost[fits].min()
-        # a looser target is never more expensive
-        costs = [table.cost[i] for i in chosen if i >= 0]
-        assert all(a >= b - 1e-12 for a, b in zip(costs, costs[1:]))
+        assert len(table.costs) > 1  # several cost weightings, each with its own envelope
+        for w, cost in enumerate(table.costs):
+            chosen = table.cheapest(targets, w)
+            fast = table.envelope(targets)[w]
+            assert np.array_equal(cost[np.maximum(fast, 0)] * (fast >= 0), cost[np.maximum(chosen, 0)] * (chosen >= 0))
+            assert np.array_equal(fast >= 0, chosen >= 0)
+            for t, i in zip(targets, chosen):
+                fits = np.flatnonzero(table.cycles <= t)
+                assert (i == -1) == (fits.size == 0)
+                if fits.size:
+                    assert table.cycles[i] <= t
+                    assert cost[i] == cost[fits].min()
+            # a looser target is never more expensive
+            picked = [cost[i] for i in chosen if i >= 0]
+            assert all(a >= b - 1e-12 for a, b in zip(picked, picked[1:]))
         assert np.all(table.resources[:, 2] == 0)  # no URAM on a Zynq-7020
 
 
@@ -64,5 +65,5 @@ def test_unavailable_resource_is_never_chosen():
                         acc_bits=14, out_bits=4, no_activation=False, mem_mode="internal_decoupled", ram_style="auto",
                         ram_style_thresholds="auto", res_type="dsp", vectors=1, th=1, dsp_block="DSP48E1")
     no_dsp = FoldingTable.build(layer, np.array([53200, 280, 0, 0], dtype=float))
-    assert np.all(np.isinf(no_dsp.cost[no_dsp.resources[:, 3] > 0]))
-    assert np.all(no_dsp.cheapest(np.array([1e9])) == -1)  # every folding of a DSP MVAU needs DSPs
+    assert np.all(np.isinf(no_dsp.costs[:, no_dsp.resources[:, 3] > 0]))
+    assert np.all(no_dsp.envelope(np.array([1e9])) == -1)  # every folding of a DSP MVAU needs DSPs

@@ -16,14 +16,14 @@ def layer(name, mw, mh):
                        ram_style_thresholds="auto", res_type="lut", vectors=64, th=1, dsp_block="DSP48E1")
 
 
-def graph(name, layers, fixed_cycles=0.0):
-    return GraphCost(name, tuple(FoldingTable.build(l, BUDGET) for l in layers), np.array([100.0, 0, 0, 0]), fixed_cycles)
+def graph(name, layers, fixed_cycles=0.0, budget=BUDGET):
+    return GraphCost(name, tuple(FoldingTable.build(l, budget) for l in layers), np.array([100.0, 0, 0, 0]), fixed_cycles)
 
 
-def problem():
+def problem(budget=BUDGET):
     segments = [
-        Segment("e0", ("b0",), graph("s0", [layer("b0", 64, 32)]), graph("h0", [layer("h0c", 64, 10)])),
-        Segment("e1", ("b1",), graph("s1", [layer("b1", 256, 64)]), graph("h1", [layer("h1c", 128, 10)])),
+        Segment("e0", ("b0",), graph("s0", [layer("b0", 64, 32)], budget=budget), graph("h0", [layer("h0c", 64, 10)], budget=budget)),
+        Segment("e1", ("b1",), graph("s1", [layer("b1", 256, 64)], budget=budget), graph("h1", [layer("h1c", 128, 10)], budget=budget)),
     ]
     rng = np.random.default_rng(0)
     n = 400
@@ -45,8 +45,11 @@ def test_no_exit_and_early_exit_candidates():
     # under the same LUT budget, an exit that takes some of the samples lets the big second stage
     # run at a fraction of the input rate: more throughput for the same fabric
     for lut_cap in (3000, 5000, 8000):
-        best_no_exit = max(c.fps for c in no_exit if c.resources[0] <= lut_cap)
-        best_early = max(c.fps for c in early if c.resources[0] <= lut_cap)
+        budget = BUDGET * [lut_cap / BUDGET[0], 1, 1, 1]
+        capped = search(problem(budget)[0], codes, correct, scales, "max_prob", [0.5, 0.9], budget, clock_mhz=100.0)
+        assert all(c.resources[0] <= lut_cap for c in capped)
+        best_no_exit = max(c.fps for c in capped if c.exits == ())
+        best_early = max(c.fps for c in capped if c.exits == (0,))
         assert best_early > 1.3 * best_no_exit
 
 
