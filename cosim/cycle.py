@@ -1,0 +1,420 @@
+"""Cycle-level simulation of a multi-exit streaming pipeline, at sample granularity.
+
+The hardware (README: DMA in -> stage 0 -> duplicate -> head 0 and gate 0 -> stage 1 -> ... ->
+final head; every exit record -> round-robin merge -> DMA out) is simulated event by event, one
+sample at a time, with the exit sequence the functional cosimulation produced:
+
+* **Units.** Every FINN node of every stage and head is a unit with ``c`` cycles per sample
+  (``DIR/hw/<graph>/estimate_layer_cycles.json``): it starts a sample when the sample arrives
+  and it is free, and finishes ``c`` cycles later. ``c`` is both its initiation interval and its
+  latency, FINN's own convention for the critical path (and the dse model's latency: the sum of
+  the nodes' cycles). Real nodes overlap consecutive nodes on one sample word by word, so
+  latencies here are upper bounds; intervals, hence throughput, are not affected. Nodes of 0
+  cycles (data-width converters) are wires at this granularity and are left out.
+* **Buffers and back-pressure.** FINN's stream FIFOs hold 2 words, far less than a feature map.
+  Their sample-granularity equivalent: a unit holds its finished sample until the next unit takes
+  it (blocking after service) and starts nothing new meanwhile. A slow unit therefore stalls every
+  unit before it.
+* **Duplicate.** Stage k's last unit hands a sample over only when both head k's first unit and
+  the gate FIFO can take it (an AXI-stream broadcaster writes both outputs at once).
+* **Gate.** The FIFO in front of gate k holds ``gate_depth`` feature maps; a slot frees when the
+  gate starts reading the feature map out. The gate takes samples in order: it waits for the
+  sample's feature map, for the head's CTU record (records reach it through a
+  ``RECORD_FIFO``-record stream, so a stalled gate stalls the head too) and, for a sample that
+  goes on, for stage k+1's first unit to be free; it then needs ``gate_cycles`` (feature-map
+  words, one per cycle) per sample, forwarded or dropped. A dropped sample's tagged record goes
+  to the merge when its words are read.
+* **Merge.** ``exitflow_merge`` looks at one input per cycle, round robin, so input k is read at
+  cycles ``t = k (mod exits)``; each input is a ``RECORD_FIFO``-record stream (a full one stalls
+  its gate, or the final head).
+* **Input.** The DMA offers the next sample as soon as stage 0's first unit can take it.
+
+Throughput is measured in steady state: the exit sequence is repeated until at least
+``min_samples`` samples run (the dse model treats it as repeating too), and samples per cycle are
+counted over whole repetitions, from the cycle the last sample of the first repetition leaves
+(fill) to the cycle the last sample of the last-but-one repetition leaves (the last one drains).
+Counting outputs rather than inputs keeps it right when a buffer is so deep that the input could
+run ahead of a slower stage for the whole run. Latency runs from the cycle a sample enters stage
+0 to the cycle its record leaves the merge, under that full load; ``unloaded_cycles`` is the same
+for one sample alone.
+
+:func:`predict` is the dse model's throughput (:func:`exitflow.dse.throughput.pipeline`) for the
+same units and exit sequence, with each stage's cycles the slowest node of the stage and its head.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from exitflow.errors import ConfigError
+
+RECORD_FIFO = 2  # records a CTU -> gate or exit -> merge stream holds (FINN's default stream depth, in words)
+MIN_SAMPLES = 10_000  # samples simulated at least: the exit sequence repeats until there are this many
+PROGRESS_EVERY = 1_000
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One FINN node: ``cycles`` per sample, its interval and its latency."""
+
+    name: str
+    cycles: int
+
+
+@dataclass(frozen=True)
+class Stage:
+    """Stage k's nodes, head k's nodes (the CTU last) and the gate after the stage."""
+
+    name: str
+    units: tuple[Unit, ...]
+    head: tuple[Unit, ...]
+    gate_depth: int | None = None  # feature maps the gate FIFO holds; None on the last stage
+    gate_cycles: int = 1  # the gate's cycles per sample: the stage's output words per feature map
+
+    @property
+    def slowest(self) -> int:
+        """The slowest unit of the stage and its head: the dse model's cycles per sample."""
+        return max(u.cycles for u in (*self.units, *self.head))
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    stages: tuple[Stage, ...]
+    clock_mhz: float
+    record_fifo: int = RECORD_FIFO  # records the CTU -> gate and exit -> merge streams hold
+
+    def check(self) -> None:
+        if not self.stages:
+            raise ConfigError("pipeline: no stages")
+        if not self.clock_mhz > 0:
+            raise ConfigError(f"pipeline: clock must be positive; got {self.clock_mhz} MHz")
+        if self.record_fifo < 1:
+            raise ConfigError(f"pipeline: record streams must hold at least one record; got {self.record_fifo}")
+        last = len(self.stages) - 1
+        for k, stage in enumerate(self.stages):
+            where = f"pipeline stage {k} ({stage.name})"
+            if not stage.units or not stage.head:
+                raise ConfigError(f"{where}: the stage and its head need at least one unit each")
+            for unit in (*stage.units, *stage.head):
+                if unit.cycles < 0 or unit.cycles != int(unit.cycles):
+                    raise ConfigError(f"{where}: unit {unit.name} has {unit.cycles} cycles; cycles are whole numbers >= 0")
+            if k < last and (stage.gate_depth is None or stage.gate_depth < 1):
+                raise ConfigError(f"{where}: a stage followed by another needs a gate depth >= 1; got {stage.gate_depth}")
+            if k == last and stage.gate_depth is not None:
+                raise ConfigError(f"{where}: the last stage has no gate; got gate depth {stage.gate_depth}")
+            if k < last and stage.gate_cycles < 1:
+                raise ConfigError(f"{where}: gate cycles per sample must be >= 1; got {stage.gate_cycles}")
+
+
+# ------------------------------------------------------------------------------ the simulation
+
+
+@dataclass
+class Trace:
+    """Per simulated sample: the cycle it entered stage 0, the cycle its record left the merge,
+    its exit."""
+
+    accept: np.ndarray
+    done: np.ndarray
+    exit: np.ndarray
+
+
+def _check_taken(taken: np.ndarray, exits: int) -> np.ndarray:
+    taken = np.asarray(taken)
+    if taken.ndim != 1 or not len(taken):
+        raise ConfigError("exit sequence: needs at least one sample (a 1-D array of exit indices)")
+    if not np.issubdtype(taken.dtype, np.integer) or taken.min() < 0 or taken.max() >= exits:
+        raise ConfigError(f"exit sequence: exit indices must be integers in 0..{exits - 1}")
+    return taken.astype(np.int64)
+
+
+def run(pipeline: Pipeline, taken: Sequence[int] | np.ndarray,
+        progress: Callable[[int], None] | None = None) -> Trace:
+    """Simulate the samples of ``taken`` (each one's exit index) entering back to back."""
+    pipeline.check()
+    stages = pipeline.stages
+    exits = len(stages)
+    taken = _check_taken(taken, exits)
+    n = len(taken)
+    cycles = [[int(u.cycles) for u in s.units] for s in stages]
+    head_cycles = [[int(u.cycles) for u in s.head] for s in stages]
+    # the cycle each unit handed its last sample on (it is free from then on)
+    free = [[0] * len(c) for c in cycles]
+    head_free = [[0] * len(c) for c in head_cycles]
+    depth = [s.gate_depth or 1 for s in stages]
+    fifo = [deque(maxlen=d) for d in depth]  # gate starts of the last gate_depth samples
+    depth_rec = pipeline.record_fifo
+    records = [deque(maxlen=depth_rec) for _ in stages]  # gate starts of the last records read
+    gate_free = [0] * exits
+    taken_at = [deque(maxlen=depth_rec) for _ in stages]  # merge reads of the last records per input
+    merge_last = [-1] * exits
+    accept = np.empty(n, dtype=np.int64)
+    done = np.empty(n, dtype=np.int64)
+    last = exits - 1
+
+    def chain(c: list[int], f: list[int], t: int) -> int:
+        """A sample enters unit 0 at ``t``; returns the cycle the last unit finishes it. Every
+        unit but the last hands it on when done and the next one is free."""
+        for u in range(len(c) - 1):
+            t += c[u]
+            if f[u + 1] > t:
+                t = f[u + 1]
+            f[u] = t
+        return t + c[-1]
+
+    def merge(k: int, ready: int) -> tuple[int, int]:
+        """A record is ready for merge input k at ``ready``: (the cycle it enters the input
+        stream, the cycle the merge reads it)."""
+        q = taken_at[k]
+        if len(q) == depth_rec and q[0] > ready:  # the input stream is full
+            ready = q[0]
+        t = max(ready, merge_last[k] + 1)
+        t += (k - t) % exits
+        merge_last[k] = t
+        q.append(t)
+        return ready, t
+
+    for i in range(n):
+        e = int(taken[i])
+        t = free[0][0]  # the DMA offers the next sample as soon as stage 0 can take it
+        accept[i] = t
+        for k in range(e + 1):
+            c, f, hc, hf = cycles[k], free[k], head_cycles[k], head_free[k]
+            finish = chain(c, f, t)
+            handover = hf[0]  # the duplicate writes the head and the gate FIFO at once
+            if k < last and len(fifo[k]) == depth[k] and fifo[k][0] > handover:
+                handover = fifo[k][0]
+            handover = max(finish, handover)
+            f[-1] = handover
+            decided = chain(hc, hf, handover)
+            if k == last:
+                ready, read = merge(k, decided)  # the tag takes the record, the merge reads it
+                hf[-1] = ready
+                done[i] = read + 1
+                break
+            rec = records[k]
+            if len(rec) == depth_rec and rec[0] > decided:
+                decided = rec[0]  # the record stream to the gate is full
+            hf[-1] = decided
+            start = max(handover, decided, gate_free[k])
+            goes_on = e > k
+            if goes_on and free[k + 1][0] > start:
+                start = free[k + 1][0]
+            fifo[k].append(start)
+            rec.append(start)
+            end = start + stages[k].gate_cycles
+            if goes_on:
+                gate_free[k] = end
+                t = start
+                continue
+            ready, read = merge(k, end)
+            gate_free[k] = ready  # the gate waits until its tagged record is written
+            done[i] = read + 1
+        if progress and (i + 1) % PROGRESS_EVERY == 0:
+            progress(PROGRESS_EVERY)
+    if progress and n % PROGRESS_EVERY:
+        progress(n % PROGRESS_EVERY)
+    return Trace(accept, done, taken)
+
+
+# ------------------------------------------------------------------------------ the figures
+
+
+@dataclass(frozen=True)
+class ExitLatency:
+    exit: int
+    name: str
+    samples: int  # in the measured window
+    mean_cycles: float | None
+    p50_cycles: float | None
+    p99_cycles: float | None
+    unloaded_cycles: int  # one sample alone, from stage 0 to the merge's output
+
+    def to_data(self, clock_mhz: float) -> dict:
+        def us(value: float | None) -> float | None:
+            return None if value is None else round(value / clock_mhz, 3)
+
+        return {"exit": self.exit, "name": self.name, "samples": self.samples,
+                "mean_cycles": self.mean_cycles, "p50_cycles": self.p50_cycles, "p99_cycles": self.p99_cycles,
+                "mean_us": us(self.mean_cycles), "p50_us": us(self.p50_cycles), "p99_us": us(self.p99_cycles),
+                "unloaded_cycles": self.unloaded_cycles, "unloaded_us": us(self.unloaded_cycles)}
+
+
+@dataclass
+class CycleReport:
+    """Simulated against predicted throughput, and latency per exit."""
+
+    clock_mhz: float
+    sequence: int  # samples in the exit sequence
+    repeats: int  # times it was repeated
+    window: tuple[int, int]  # simulated samples [first, last) the throughput is measured over
+    cycles_per_sample: float  # input interval in steady state
+    simulated_fps: float
+    predicted_fps: float  # the dse model, finite gates
+    predicted_fps_unbounded: float  # the dse model, unbounded gates
+    stage_cycles: list[int]  # the dse model's per-stage cycles (slowest unit of stage and head)
+    predicted_intervals: list[float]  # the dse model's cycles per input, per stage
+    reach: list[float]  # p_k of the sequence
+    latency: list[ExitLatency]
+    seconds: float  # wall time of the simulation
+    trace: Trace | None = field(default=None, repr=False)
+
+    @property
+    def ratio(self) -> float:
+        return self.simulated_fps / self.predicted_fps
+
+    def to_data(self) -> dict:
+        return {
+            "simulated_fps": round(self.simulated_fps, 3), "predicted_fps": round(self.predicted_fps, 3),
+            "ratio": round(self.ratio, 4), "predicted_fps_unbounded": round(self.predicted_fps_unbounded, 3),
+            "clock_mhz": self.clock_mhz, "cycles_per_sample": round(self.cycles_per_sample, 3),
+            "stage_cycles": self.stage_cycles, "predicted_intervals": [round(v, 3) for v in self.predicted_intervals],
+            "reach": [round(p, 6) for p in self.reach],
+            "sequence_samples": self.sequence, "repeats": self.repeats, "measured_window": list(self.window),
+            "latency": [lat.to_data(self.clock_mhz) for lat in self.latency], "seconds": round(self.seconds, 3),
+        }
+
+    def summary(self) -> str:
+        lat = ", ".join(f"{x.name} {x.mean_cycles / self.clock_mhz:,.1f} us" for x in self.latency if x.samples)
+        return (f"cycle simulation: {self.simulated_fps:,.1f} samples/s simulated, {self.predicted_fps:,.1f} predicted "
+                f"by the dse model (ratio {self.ratio:.3f}); mean latency per exit: {lat}")
+
+
+def predict(pipeline: Pipeline, taken: Sequence[int] | np.ndarray):
+    """The dse model's estimate (:class:`exitflow.dse.throughput.PipelineEstimate`) for the same
+    pipeline and exit sequence."""
+    from exitflow.dse.throughput import pipeline as model
+
+    pipeline.check()
+    taken = _check_taken(taken, len(pipeline.stages))
+    stage_cycles = [s.slowest for s in pipeline.stages]
+    gates = [None] + [s.gate_depth for s in pipeline.stages[:-1]]
+    return model(taken, stage_cycles, gates, pipeline.clock_mhz)
+
+
+def unloaded_latency(pipeline: Pipeline, exit_index: int) -> int:
+    """Cycles from stage 0 to the merge's output for one sample alone that takes ``exit_index``."""
+    trace = run(pipeline, [exit_index])
+    return int(trace.done[0] - trace.accept[0])
+
+
+def simulate(pipeline: Pipeline, taken: Sequence[int] | np.ndarray, names: Sequence[str] | None = None,
+             min_samples: int = MIN_SAMPLES, progress: Callable[[int], None] | None = None,
+             keep_trace: bool = False) -> CycleReport:
+    """Run ``taken`` (repeated to at least ``min_samples`` samples and 3 repetitions) through the
+    pipeline; throughput over the repetitions between the first and the last, latency per exit
+    over the same samples, and the dse model's prediction for the same sequence."""
+    pipeline.check()
+    exits = len(pipeline.stages)
+    taken = _check_taken(taken, exits)
+    names = list(names) if names is not None else [s.name for s in pipeline.stages]
+    if len(names) != exits:
+        raise ConfigError(f"exit names: {len(names)} names for {exits} exits")
+    n = len(taken)
+    repeats = max(3, math.ceil(min_samples / n))
+    start = time.perf_counter()
+    trace = run(pipeline, np.tile(taken, repeats), progress)
+    seconds = time.perf_counter() - start
+    first, end = n, (repeats - 1) * n
+    # all samples of repetitions 0..r have left by finished[r]
+    finished = np.maximum.accumulate(trace.done)[n - 1 :: n]
+    cycles_per_sample = float(finished[repeats - 2] - finished[0]) / (end - first)
+    clock = pipeline.clock_mhz * 1e6
+    simulated = clock / cycles_per_sample if cycles_per_sample > 0 else math.inf
+    estimate = predict(pipeline, taken)
+    window = slice(first, end)
+    latencies = (trace.done - trace.accept)[window]
+    exit_of = trace.exit[window]
+    per_exit = []
+    for k in range(exits):
+        mine = latencies[exit_of == k]
+        stats = ((float(mine.mean()), float(np.percentile(mine, 50)), float(np.percentile(mine, 99)))
+                 if len(mine) else (None, None, None))
+        per_exit.append(ExitLatency(k, names[k], int(len(mine)), *(None if v is None else round(v, 2) for v in stats),
+                                    unloaded_latency(pipeline, k)))
+    return CycleReport(
+        clock_mhz=pipeline.clock_mhz, sequence=n, repeats=repeats, window=(first, end),
+        cycles_per_sample=cycles_per_sample, simulated_fps=simulated, predicted_fps=estimate.fps,
+        predicted_fps_unbounded=estimate.fps_unbounded, stage_cycles=[s.slowest for s in pipeline.stages],
+        predicted_intervals=list(estimate.intervals), reach=list(estimate.reach), latency=per_exit, seconds=seconds,
+        trace=trace if keep_trace else None)
+
+
+# ------------------------------------------------------------------------------ a built design
+
+
+def _graph_units(folder: Path, fix: str) -> tuple[list[Unit], object]:
+    """The units of one built graph, in node order, and its last node (a qonnx custom op)."""
+    from qonnx.core.modelwrapper import ModelWrapper
+    from qonnx.custom_op.registry import getCustomOp
+
+    onnx_path, cycles_path = folder / "model_hw.onnx", folder / "estimate_layer_cycles.json"
+    for path in (onnx_path, cycles_path):
+        if not path.is_file():
+            raise ConfigError(f"{path}: missing; {fix}")
+    try:
+        estimates = json.loads(cycles_path.read_text())
+        if not isinstance(estimates, dict):
+            raise ValueError
+    except ValueError:
+        raise ConfigError(f"{cycles_path}: corrupt (not a JSON object of node cycles); {fix}") from None
+    try:
+        model = ModelWrapper(str(onnx_path))
+    except Exception as err:  # onnx raises DecodeError and others for a damaged file
+        raise ConfigError(f"{onnx_path}: corrupt ONNX file ({type(err).__name__}); {fix}") from None
+    units = []
+    for node in model.graph.node:
+        value = estimates.get(node.name)
+        if not isinstance(value, (int, float)) or value < 0:
+            raise ConfigError(f"{cycles_path}: no cycle estimate for node {node.name}; {fix}")
+        units.append(Unit(node.name, int(math.ceil(value))))
+    if not units:
+        raise ConfigError(f"{onnx_path}: a graph without nodes; {fix}")
+    busy = [u for u in units if u.cycles > 0]  # 0-cycle nodes (width converters) are wires here
+    return busy or units[:1], getCustomOp(model.graph.node[-1])
+
+
+def load_pipeline(run_dir: str | Path, design_path: str | Path | None = None) -> tuple[Pipeline, list[str]]:
+    """The pipeline of the design built in ``DIR/hw`` and its exit (head) names."""
+    from exitflow.design import load_design
+
+    from .engines import _import_finn_ops
+
+    run_dir = Path(run_dir)
+    design_path = Path(design_path) if design_path else run_dir / "sweep" / "design.yaml"
+    if not design_path.is_file():
+        raise ConfigError(f"{design_path}: design not found; pass --design FILE (a design YAML, see README)")
+    design = load_design(design_path)
+    hw = run_dir / "hw"
+    fix = f"build it with `exitflow build {run_dir} --design {design_path}`"
+    try:
+        summary = json.loads((hw / "build.json").read_text())
+        clock_mhz = float(summary["clock_mhz"])
+    except OSError:
+        raise ConfigError(f"{hw / 'build.json'}: no built hardware; {fix}") from None
+    except (ValueError, KeyError, TypeError):
+        raise ConfigError(f"{hw / 'build.json'}: corrupt; {fix}") from None
+    _import_finn_ops()
+    stages = []
+    for stage in design.stages:
+        units, last = _graph_units(hw / stage.name, fix)
+        head, _ = _graph_units(hw / stage.head.name, fix)
+        words = int(np.prod(last.get_folded_output_shape()[:-1]))
+        stages.append(Stage(stage.name, tuple(units), tuple(head), stage.gate_depth, max(1, words)))
+    return Pipeline(tuple(stages), clock_mhz), [s.head.name for s in design.stages]
+
+
+def simulate_design(run_dir: str | Path, design_path: str | Path | None, taken: np.ndarray,
+                    min_samples: int = MIN_SAMPLES, progress: Callable[[int], None] | None = None) -> CycleReport:
+    """The cycle simulation of the design built in ``run_dir`` on an exit sequence (e.g. the
+    functional cosimulation's ``Results.exit``)."""
+    pipeline, names = load_pipeline(run_dir, design_path)
+    return simulate(pipeline, taken, names, min_samples, progress)
