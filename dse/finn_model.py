@@ -53,6 +53,9 @@ class Inventory:
     part: str
     layers: tuple[WeightLayer, ...]
     fixed: dict = field(default_factory=dict)  # node -> {lut, bram18, uram, dsp, cycles} from FINN
+    # streams between units: (source kind, source, destination kind, destination); kind "layer"
+    # (index into layers: its output / its input stream) or "fixed" (a stream width)
+    edges: tuple = ()
 
 
 def _window_attrs(inst) -> dict:
@@ -86,11 +89,17 @@ def inventory(model_path: str | Path, part: str, layer_names: list[str], name: s
     mvaus = [n for n in model.graph.node if n.op_type.startswith("MVAU")]
     if len(mvaus) != len(layer_names):
         raise ValueError(f"{model_path}: {len(mvaus)} MVAUs for layers {layer_names}")
+    def producer_of(node):  # the unit feeding ``node``, past FINN's width converters
+        producer = model.find_producer(node.input[0])
+        while producer is not None and producer.op_type.startswith("StreamingDataWidthConverter"):
+            producer = model.find_producer(producer.input[0])
+        return producer
+
     layers, tied = [], set()
     for layer, node in zip(layer_names, mvaus):
         inst = getCustomOp(node)
         idt = inst.get_input_datatype(0)
-        producer = model.find_producer(node.input[0])
+        producer = producer_of(node)
         window = None
         if producer is not None and producer.op_type.startswith("ConvolutionInputGenerator"):
             window = _window_attrs(getCustomOp(producer))
@@ -107,13 +116,31 @@ def inventory(model_path: str | Path, part: str, layer_names: list[str], name: s
             th=inst.get_nodeattr("TH") if "TH" in inst.get_nodeattr_types() else 1,
             dsp_block=get_dsp_block(part), window=window,
         ))
+    # streams between units: where a converter sits (or would sit at another folding)
+    index = {node.name: k for k, node in enumerate(mvaus)}
+    window_of = {L.window["node"]: k for k, L in enumerate(layers) if L.window}
+    edges = []
+    for node in model.graph.node:
+        if node.op_type.startswith("StreamingDataWidthConverter"):
+            continue
+        producer = producer_of(node)
+        if producer is None or (node.name in index and producer.name in window_of):
+            continue  # graph input, or a generator and its MVAU (their converter is the layer's)
+        src = ("layer", index[producer.name]) if producer.name in index else ("fixed", getCustomOp(producer).get_outstream_width())
+        if node.name in index:
+            dst = ("layer", index[node.name])
+        elif node.name in window_of:
+            dst = ("layer", window_of[node.name])
+        else:
+            dst = ("fixed", getCustomOp(node).get_instream_width())
+        edges.append((*src, *dst))
     fixed = {}
     for node in model.graph.node:
-        if node.op_type.startswith("MVAU") or node.name in tied:
+        if node.op_type.startswith(("MVAU", "StreamingDataWidthConverter")) or node.name in tied:
             continue
         r = res[node.name]
         fixed[node.name] = {"lut": r["LUT"], "bram18": r["BRAM_18K"], "uram": r["URAM"], "dsp": r["DSP"], "cycles": cycles[node.name]}
-    return Inventory(name, part, tuple(layers), fixed)
+    return Inventory(name, part, tuple(layers), fixed, tuple(edges))
 
 
 # ------------------------------------------------------------------------------ formulas
@@ -180,35 +207,53 @@ def _ram_width(depth: np.ndarray) -> np.ndarray:
     return np.select([depth <= 512, depth <= 1024, depth <= 2048, depth <= 4096, depth <= 8192], [36, 18, 9, 4, 2], 1)
 
 
-def window_mode(w: dict, simd: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(the window generator's SIMD, whether it runs FINN's parallel implementation) for an MVAU
-    SIMD. exitflow never puts a width converter between the two: the generator takes the MVAU's
-    SIMD, except at SIMD = MW (a whole k x k x Cin window per cycle), which it serves in FINN's
-    ``parallel_window`` mode with SIMD = Cin. A 1x1 kernel always takes the parallel
-    implementation (FINN's ``select_impl_style``)."""
-    k_h, k_w = w["k"]
-    mw = k_h * k_w * w["ifm_ch"]
-    wide = (simd == mw) & (k_h * k_w > 1)
-    return np.where(wide, w["ifm_ch"], simd), wide | (k_h * k_w == 1)
-
-
-def _window(w: dict, mvau_simd: np.ndarray) -> dict[str, np.ndarray]:
-    """ConvolutionInputGenerator_rtl, non-depthwise, in its default or parallel implementation."""
+def _window_cycles(w: dict, simd: np.ndarray, parallel: np.ndarray) -> np.ndarray:
+    """FINN's ``get_exp_cycles`` of the generator (default or parallel implementation)."""
     (k_h, k_w), (h, wd), (oh, ow) = w["k"], w["ifm"], w["ofm"]
     (s_h, s_w), (d_h, d_w) = w["stride"], w["dilation"]
-    simd, parallel = window_mode(w, mvau_simd)
+    cf = (w["ifm_ch"] // simd).astype(np.int64)
+    buffer_min = ((k_h - 1) * d_h * wd + (k_w - 1) * d_w + 1) * cf
+    default = buffer_min + oh * np.maximum(ow * k_w * k_h * cf, s_w * wd * cf)
+    return np.where(parallel, h * wd * cf + 2, default)
+
+
+def window_fold(w: dict, mvau_cycles: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(the generator's SIMD, its ``parallel_window`` flag) for an MVAU taking ``mvau_cycles``
+    per sample: the smallest SIMD (a divisor of the input channels) at which the generator keeps
+    up with the MVAU; when even SIMD = channels does not, FINN's parallel-window mode (a whole
+    k x k x channels window per cycle). A width converter joins the two where their streams
+    differ, as FINN's InsertDWC does. A 1x1 kernel always runs FINN's parallel implementation
+    (``select_impl_style``) and has no window mode. One definition: the build applies it, the
+    search models it."""
+    k_h, k_w = w["k"]
+    pointwise = k_h * k_w == 1
+    mvau_cycles = np.asarray(mvau_cycles, dtype=np.float64)
+    simd = np.full(mvau_cycles.shape, w["ifm_ch"], dtype=np.int64)
+    wide = np.full(mvau_cycles.shape, not pointwise)
+    for d in sorted((d for d in range(1, w["ifm_ch"] + 1) if w["ifm_ch"] % d == 0), reverse=True):
+        d_arr = np.full(mvau_cycles.shape, d, dtype=np.int64)
+        fits = _window_cycles(w, d_arr, np.full(mvau_cycles.shape, pointwise)) <= mvau_cycles
+        simd = np.where(fits, d, simd)
+        wide = np.where(fits, False, wide)
+    return simd, wide
+
+
+def _window(w: dict, simd: np.ndarray, wide: np.ndarray) -> dict[str, np.ndarray]:
+    """ConvolutionInputGenerator_rtl, non-depthwise, default or parallel implementation, at the
+    generator's own SIMD and parallel-window flag."""
+    (k_h, k_w), (h, wd), (oh, ow) = w["k"], w["ifm"], w["ofm"]
+    (s_h, s_w), (d_h, d_w) = w["stride"], w["dilation"]
+    parallel = wide | (k_h * k_w == 1)
     cf = (w["ifm_ch"] // simd).astype(np.int64)
     if (h == 1 or wd == 1) and not parallel.all():
         raise NotImplementedError(f"{w['node']}: 1-D window generators are not modelled")
     # default implementation
     buffer_min = ((k_h - 1) * d_h * wd + (k_w - 1) * d_w + 1) * cf
     depth_default = buffer_min + np.maximum(0, ((s_w - 1) - k_h * k_w) * cf) + np.maximum(0, ((s_h - 1) * wd - k_h * k_w) * cf)
-    cycles_default = buffer_min + oh * np.maximum(ow * k_w * k_h * cf, s_w * wd * cf)
     # parallel implementation: one input word per cycle, k_h - 1 line buffers
     depth_parallel = ((k_h - 1) * d_h * wd + (k_w - 1) * d_w) * cf + 2
-    cycles_parallel = h * wd * cf + 2
     depth = np.where(parallel, depth_parallel, depth_default)
-    cycles = np.where(parallel, cycles_parallel, cycles_default)
+    cycles = _window_cycles(w, simd, parallel)
     width = simd * w["in_bits"]
     lut = 300 + (width * np.ceil(depth / 38) if w["ram_style"] == "distributed" else 0)
     if w["ram_style"] in ("block", "auto"):
@@ -226,13 +271,43 @@ def _window(w: dict, mvau_simd: np.ndarray) -> dict[str, np.ndarray]:
     return {"lut": lut, "bram18": bram, "uram": np.zeros(simd.shape), "dsp": np.zeros(simd.shape), "cycles": cycles}
 
 
+def dwc_luts(in_width, out_width) -> np.ndarray:
+    """FINN's ``StreamingDataWidthConverter.lut_estimation``, vectorised (0 where the widths
+    agree: no converter)."""
+    inw, outw = np.asarray(in_width, dtype=np.int64), np.asarray(out_width, dtype=np.int64)
+    minw, maxw = np.minimum(inw, outw), np.maximum(inw, outw)
+    intw = maxw * minw // np.gcd(maxw, minw)
+    with np.errstate(divide="ignore"):
+        up = np.where(inw != intw, np.abs(np.ceil(np.log2(inw / intw))) + intw, 0)
+        down = np.where(intw != outw, np.abs(np.ceil(np.log2(intw / outw))) + outw, 0)
+    return np.where(inw == outw, 0, up + down).astype(np.float64)
+
+
 def layer_costs(layer: WeightLayer, pe, simd, ram_style=None) -> dict[str, dict[str, np.ndarray]]:
-    """{node name: {lut, bram18, uram, dsp, cycles}} of the MVAU and its window generator for
-    every (PE, SIMD[, weight ram_style]) of the arrays ``pe``, ``simd`` and ``ram_style`` (default:
-    the style the graph was built with)."""
+    """{node name: {lut, bram18, uram, dsp, cycles}} of the MVAU, its window generator and the
+    width converter between them (key ``<MVAU node>:dwc``) for every (PE, SIMD[, weight
+    ram_style]) of the arrays ``pe``, ``simd`` and ``ram_style`` (default: the style the graph was
+    built with)."""
     pe, simd = np.asarray(pe, dtype=np.int64), np.asarray(simd, dtype=np.int64)
     styles = np.full(pe.shape, layer.ram_style, dtype=object) if ram_style is None else np.asarray(ram_style, dtype=object)
-    out = {layer.node: _mvau(layer, pe, simd, styles)}
+    mvau = _mvau(layer, pe, simd, styles)
+    out = {layer.node: mvau}
     if layer.window is not None:
-        out[layer.window["node"]] = _window(layer.window, simd)
+        w = layer.window
+        swg_simd, wide = window_fold(w, mvau["cycles"])
+        out[w["node"]] = _window(w, swg_simd, wide)
+        k = w["k"][0] * w["k"][1]
+        lut = dwc_luts(swg_simd * w["in_bits"] * np.where(wide, k, 1), simd * layer.abits)
+        zero = np.zeros(pe.shape)
+        out[f"{layer.node}:dwc"] = {"lut": lut, "bram18": zero, "uram": zero, "dsp": zero, "cycles": zero}
     return out
+
+
+def stream_widths(layer: WeightLayer, pe, simd) -> tuple[np.ndarray, np.ndarray]:
+    """(input stream width, output stream width) of the layer (with its window generator)."""
+    pe, simd = np.asarray(pe, dtype=np.int64), np.asarray(simd, dtype=np.int64)
+    out = pe * layer.out_bits
+    if layer.window is None:
+        return simd * layer.abits, out
+    cycles = _mvau(layer, pe, simd, np.full(pe.shape, layer.ram_style, dtype=object))["cycles"]
+    return window_fold(layer.window, cycles)[0] * layer.window["in_bits"], out

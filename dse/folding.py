@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .finn_model import RESOURCES, WeightLayer, layer_costs
+from .finn_model import RESOURCES, WeightLayer, layer_costs, stream_widths
 
 
 def legal_foldings(layer: WeightLayer) -> tuple[np.ndarray, np.ndarray]:
@@ -65,6 +65,8 @@ class FoldingTable:
     costs: np.ndarray  # (weightings, foldings)
     latency: np.ndarray  # their cycles added up
     ram_style: np.ndarray  # weight memory style of each folding
+    in_width: np.ndarray = None  # the layer's input stream (its window generator's, if any)
+    out_width: np.ndarray = None  # its output stream
 
     @classmethod
     def build(cls, layer: WeightLayer, budget: np.ndarray, weightings=WEIGHTINGS) -> FoldingTable:
@@ -79,7 +81,8 @@ class FoldingTable:
         with np.errstate(divide="ignore", invalid="ignore"):
             share = np.where(resources > 0, resources / budget, 0.0)
         weighted = np.array([(share * np.asarray(w)).sum(axis=1) for w in weightings]) + 1e-9 * resources[:, 0]
-        return cls(layer, pe, simd, resources, cycles, weighted, latency, ram_style)
+        in_width, out_width = stream_widths(layer, pe, simd)
+        return cls(layer, pe, simd, resources, cycles, weighted, latency, ram_style, in_width, out_width)
 
     @property
     def cost(self) -> np.ndarray:

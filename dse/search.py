@@ -25,7 +25,7 @@ import numpy as np
 
 from exitflow.quant.policies import route, threshold_code
 
-from .finn_model import RESOURCES, inventory
+from .finn_model import RESOURCES, dwc_luts, inventory
 from .folding import EXIT_WEIGHTINGS, FoldingTable
 
 
@@ -38,29 +38,41 @@ class GraphCost:
     fixed: np.ndarray  # lut, bram18, uram, dsp of the nodes folding does not change
     fixed_cycles: float  # slowest of those nodes
     fixed_latency: float = 0.0  # their cycles added up
+    edges: tuple = ()  # streams between units, where FINN puts width converters (finn_model.Inventory)
 
     def at(self, targets: np.ndarray, weightings: int | None = None):
         """(resources (W x T x 4), slowest cycles (W x T), latency (W x T), folding index per layer
         (W x T each), feasible (W x T)) for every cost weighting W and target T when every layer
         gets its cheapest folding for the target. Latency is the sum of the nodes' cycles: a
         dataflow graph overlaps them, so this bounds it from above."""
-        n_w = len(self.tables[0].costs[:weightings]) if self.tables else 1
-        shape = (n_w, len(targets))
+        picks = [table.envelope(targets, weightings) for table in self.tables]
+        shape = (picks[0].shape[0] if picks else 1, len(targets))
+        feasible = np.broadcast_to(self.fixed_cycles <= np.asarray(targets, dtype=float), shape).copy()
+        for idx in picks:
+            feasible &= idx >= 0
+        return (*self.combine(picks, shape), picks, feasible)
+
+    def combine(self, picks: list[np.ndarray], shape: tuple[int, ...]):
+        """(resources (shape x 4), slowest cycles, latency) for given folding indices per layer
+        (-1: none, which makes cycles and latency infinite), width converters included."""
         resources = np.broadcast_to(self.fixed, (*shape, len(self.fixed))).astype(float)
         cycles = np.full(shape, float(self.fixed_cycles))
         latency = np.full(shape, float(self.fixed_latency))
-        feasible = cycles <= targets
-        picks = []
-        for table in self.tables:
-            idx = table.envelope(targets, weightings)
+        for table, idx in zip(self.tables, picks):
             ok = idx >= 0
             safe = np.maximum(idx, 0)
             resources = resources + np.where(ok[..., None], table.resources[safe], 0.0)
             cycles = np.maximum(cycles, np.where(ok, table.cycles[safe], np.inf))
             latency = latency + np.where(ok, table.latency[safe], np.inf)
-            feasible &= ok
-            picks.append(idx)
-        return resources, cycles, latency, picks, feasible
+        if self.edges:
+            lut = np.zeros(shape)
+            for src_kind, src, dst_kind, dst in self.edges:
+                inw = self.tables[src].out_width[np.maximum(picks[src], 0)] if src_kind == "layer" else src
+                outw = self.tables[dst].in_width[np.maximum(picks[dst], 0)] if dst_kind == "layer" else dst
+                lut = lut + dwc_luts(np.broadcast_to(inw, shape), np.broadcast_to(outw, shape))
+            resources = resources.copy()
+            resources[..., 0] += lut
+        return resources, cycles, latency
 
 
 def graph_cost(folder: Path, part: str, budget: np.ndarray) -> GraphCost:
@@ -70,7 +82,7 @@ def graph_cost(folder: Path, part: str, budget: np.ndarray) -> GraphCost:
     fixed_cycles = max([c["cycles"] for c in inv.fixed.values()], default=0.0)
     fixed_latency = float(sum(c["cycles"] for c in inv.fixed.values()))
     return GraphCost(folder.name, tuple(FoldingTable.build(l, budget) for l in inv.layers), fixed, fixed_cycles,
-                     fixed_latency)
+                     fixed_latency, inv.edges)
 
 
 @dataclass(frozen=True, eq=False)

@@ -37,17 +37,15 @@ def folding_violation(name: str, pe: int, simd: int, mw: int, mh: int, cin: int 
                       wbits: int | None = None) -> tuple[str, str] | None:
     """The first of FINN's folding rules (PE, SIMD) breaks for a layer of MW inputs and MH
     outputs, as (key suffix, message), or None when FINN can build it. The one definition of the
-    rules: `exitflow build` reports them, the design search enumerates what passes them."""
+    rules: `exitflow build` reports them, the design search enumerates what passes them. (A
+    convolution's window generator takes its own SIMD, a divisor of ``cin``, with a width
+    converter to the MVAU, so ``cin`` adds no rule.)"""
     if mh % pe:
         return ".pe", (f"{pe} does not divide the {mh} outputs of {name} (FINN needs MH % PE == 0); "
                        f"legal PE: {', '.join(map(str, divisors(mh)))}")
     if mw % simd:
         return ".simd", (f"{simd} does not divide the {mw} inputs of {name} (FINN needs MW % SIMD == 0); "
                          f"legal SIMD: {', '.join(map(str, divisors(mw)))}")
-    if cin is not None and cin % simd and simd != mw:
-        return ".simd", (f"{simd} does not divide the {cin} input channels of {name} (FINN's sliding-window "
-                         f"generator needs IFMChannels % SIMD == 0, or SIMD = MW for its parallel-window mode); "
-                         f"legal SIMD: {', '.join([str(d) for d in divisors(cin) if d * 1024 >= mw] + [str(mw)])}")
     if wbits is not None and pe * simd * wbits > 8191:
         return "", (f"PE x SIMD x weight bits = {pe} x {simd} x {wbits} = {pe * simd * wbits} exceeds 8191, "
                     "the widest ap_int FINN's HLS MVAU can use")

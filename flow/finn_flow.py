@@ -285,7 +285,7 @@ def specialize_layers(model, state: FlowState):
 
 def default_folding(mw: int, channels: int | None = None):
     """A layer the design does not fold: PE 1 and the smallest SIMD FINN can generate (a
-    divisor of MW, and of a convolution's input channels, that is at least MW/1024)."""
+    divisor of MW that is at least MW/1024)."""
     from .build import divisors, folding_violation
     from .design import LayerFolding
 
@@ -294,9 +294,8 @@ def default_folding(mw: int, channels: int | None = None):
 
 
 def apply_folding(model, state: FlowState):
-    """PE/SIMD/ram_style per layer name onto the k-th MVAU; sliding-window generators feeding an
-    MVAU take its SIMD (or, at SIMD = MW, run in parallel-window mode), so that no width converter
-    is needed between them."""
+    """PE/SIMD/ram_style per layer name onto the k-th MVAU; the sliding-window generator feeding
+    an MVAU gets the smallest SIMD that keeps up with it (or FINN's parallel-window mode)."""
     from qonnx.custom_op.registry import getCustomOp
 
     nodes = list(model.graph.node)
@@ -318,13 +317,15 @@ def apply_folding(model, state: FlowState):
         if "ram_style" in inst.get_nodeattr_types():
             inst.set_nodeattr("ram_style", fold.ram_style)
         if window:
-            # the generator takes the MVAU's SIMD; SIMD = MW (a whole window per cycle) is FINN's
-            # parallel-window mode, where the generator reads SIMD = IFMChannels
+            # the generator's own SIMD: the smallest that keeps up with the MVAU, or FINN's
+            # parallel-window mode (exitflow.dse.finn_model.window_fold); a width converter
+            # joins the two (insert_width_converters)
+            from exitflow.dse.finn_model import _window_attrs, window_fold
+
             swg = getCustomOp(producer)
-            k_h, k_w = swg.get_nodeattr("ConvKernelDim")
-            wide = fold.simd == inst.get_nodeattr("MW") and k_h * k_w > 1
-            swg.set_nodeattr("parallel_window", int(wide))
-            swg.set_nodeattr("SIMD", channels if wide else fold.simd)
+            simd, wide = window_fold(_window_attrs(swg), np.array([inst.get_exp_cycles()]))
+            swg.set_nodeattr("parallel_window", int(wide[0]))
+            swg.set_nodeattr("SIMD", int(simd[0]))
     return model
 
 

@@ -88,9 +88,9 @@ def test_lenet_builds_for_every_subset(digits_run, tmp_path, stages):
 def test_integer_streams_between_stages(digits_run, tmp_path):
     design = _write(tmp_path, _design("lenet", LENET_SUBSETS[1]))
     build(digits_run, design, log=lambda line: None)
-    # conv0 at SIMD = MW = 9: its 1-channel window generator runs FINN's parallel-window mode
-    # (one pixel in per cycle, a whole 3x3 window out): digits' 8 x 8 image streams in 8 x 8 + 2
-    # cycles and the MVAU takes one of the 6 x 6 output pixels per cycle
+    # conv0 at PE 16, SIMD = MW = 9 takes one of the 6 x 6 output pixels per cycle; its 1-channel
+    # window generator cannot keep up in its default mode, so it runs FINN's parallel-window mode
+    # (one pixel in per cycle, a whole 3x3 window out): digits' 8 x 8 image in 8 x 8 + 2 cycles
     early = ModelWrapper(str(digits_run / "hw" / "early" / "model_hw.onnx"))
     swg = getCustomOp(early.graph.node[0])
     assert (swg.get_nodeattr("parallel_window"), swg.get_nodeattr("SIMD"), swg.select_impl_style()) == (1, 1, "parallel")
@@ -177,7 +177,6 @@ def test_users_own_backbone_builds(tmp_path):
 BAD = [
     ({"conv0": {"pe": 5, "simd": 1}}, "stages[0].folding.conv0.pe: 5 does not divide the 16 outputs of conv0 (FINN needs MH % PE == 0); legal PE: 1, 2, 4, 8, 16"),
     ({"conv0": {"pe": 1, "simd": 2}}, "stages[0].folding.conv0.simd: 2 does not divide the 9 inputs of conv0 (FINN needs MW % SIMD == 0); legal SIMD: 1, 3, 9"),
-    ({"conv0": {"pe": 1, "simd": 3}}, "stages[0].folding.conv0.simd: 3 does not divide the 1 input channels of conv0 (FINN's sliding-window generator needs IFMChannels % SIMD == 0, or SIMD = MW for its parallel-window mode); legal SIMD: 1, 9"),
     ({"conv9": {"pe": 1}}, "stages[0].folding.conv9: no weight layer 'conv9' in stage 'early' (layers: conv0)"),
 ]
 
