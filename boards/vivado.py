@@ -94,6 +94,7 @@ def write_project(run_dir: str | Path) -> Path:
             "id_source": "ids/out" if k == 0 else f"{design.stages[k - 1].name}_gate/id_out",
             "fifo_depth": 1 << max(4, ((stage.gate_depth or 1) * folds - 1).bit_length()),
             "fifo_words": (stage.gate_depth or 0) * folds,
+            "record_fifo_depth": record_fifo_depth(design),
         })
     ips += [("ids", "exitflow_ids", {}), ("merge", "exitflow_merge", {"exits": exits})]
     script = ["#!/usr/bin/env bash", "# Vitis HLS for exitflow's exit IPs, then the block design with Vivado.", "set -euo pipefail",
@@ -116,6 +117,17 @@ def write_project(run_dir: str | Path) -> Path:
     (hw / "driver.json").write_text(json.dumps({"records": fmt.to_json(), "exits": [s.head.name for s in design.stages],
                                                  "input_shape": summary.get("input_shape")}, indent=1))
     return out
+
+
+def record_fifo_depth(design) -> int:
+    """Records each CTU -> gate and exit -> merge stream holds in the block design: an AXI-stream
+    FIFO at least as deep as the deepest gate (a gate waiting for the next stage stops reading
+    records; with only a stream register in between, the head then stalls the duplicate before
+    the gate's feature-map FIFO is full, and depth beyond the head's own storage buys nothing:
+    found by the cycle simulation), and 16 at least (``axis_data_fifo``'s minimum). The cycle
+    simulation (``exitflow.cosim.cycle``) uses the same depth."""
+    deepest = max([stage.gate_depth or 1 for stage in design.stages])
+    return 1 << max(4, (deepest - 1).bit_length())
 
 
 def build_bitfile(run_dir: str | Path, log=print) -> Path:

@@ -56,7 +56,8 @@ import numpy as np
 
 from exitflow.errors import ConfigError
 
-RECORD_FIFO = 2  # records a CTU -> gate or exit -> merge stream holds (FINN's default stream depth, in words)
+RECORD_FIFO = 2  # records a bare CTU -> gate or exit -> merge stream holds (a stream register); a
+# built design has record FIFOs as deep as its deepest gate (exitflow.boards.vivado.record_fifo_depth)
 MIN_SAMPLES = 10_000  # samples simulated at least: the exit sequence repeats until there are this many
 PROGRESS_EVERY = 1_000
 
@@ -409,7 +410,9 @@ def load_pipeline(run_dir: str | Path, design_path: str | Path | None = None) ->
         head, _ = _graph_units(hw / stage.head.name, fix)
         words = int(np.prod(last.get_folded_output_shape()[:-1]))
         stages.append(Stage(stage.name, tuple(units), tuple(head), stage.gate_depth, max(1, words)))
-    return Pipeline(tuple(stages), clock_mhz), [s.head.name for s in design.stages]
+    from exitflow.boards.vivado import record_fifo_depth
+
+    return Pipeline(tuple(stages), clock_mhz, record_fifo_depth(design)), [s.head.name for s in design.stages]
 
 
 def simulate_design(run_dir: str | Path, design_path: str | Path | None, taken: np.ndarray,

@@ -57,10 +57,14 @@ def test_gate_fifo_depth_follows_the_design(built):
     tcl = (built / "vivado" / "block_design.tcl").read_text()
     import re
 
-    depths = [int(m) for m in re.findall(r"CONFIG\.FIFO_DEPTH \{(\d+)\}", tcl)]
+    depths = {cell: int(d) for d, cell in re.findall(r"CONFIG\.FIFO_DEPTH \{(\d+)\}\] \[get_bd_cells (\w+)\]", tcl)}
     words = [int(line.split("FIFO of ")[1].split()[0]) for line in tcl.splitlines() if "FIFO of" in line]
-    assert len(depths) == 2 and all(d >= w and d & (d - 1) == 0 for d, w in zip(depths, words))
+    gate_fifos = [d for cell, d in depths.items() if cell.endswith("_fifo")]
+    assert len(gate_fifos) == len(words) == 2 and all(d >= w and d & (d - 1) == 0 for d, w in zip(gate_fifos, words))
     assert words[0] > 0 and words[0] % 6 == 0  # gate_depth 6 feature maps
+    # every head -> gate and exit -> merge record stream has a FIFO holding at least a gate's worth
+    records = [d for cell, d in depths.items() if cell.endswith(("_rec", "_out"))]
+    assert len(records) == 2 * 3 and all(d == 16 for d in records)  # 3 stages, gates of at most 16
 
 
 @pytest.mark.parametrize("ip", ["early_gate_ip", "last_tag_ip", "exitflow_ids", "exitflow_merge"])
