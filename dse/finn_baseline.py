@@ -1,6 +1,7 @@
 """Baseline (b): FINN's own SetFolding on the network without early exits, judged by FINN's own
 estimator. exitflow builds the single-stage design once, then for a sweep of targets applies
-``SetFolding(target_cycles_per_frame)`` to its stage and head graphs and reads
+``SetFolding(target_cycles_per_frame)`` to its stage and head graphs, inserts the width
+converters FINN's builder would (``InsertDWC``, as exitflow's own build does), and reads
 ``res_estimation`` and ``exp_cycles_per_layer``; the fastest result within the budget is the
 baseline. (SetFolding does not enforce SIMD >= MW/1024, so some of its foldings cannot generate HLS code:
 each point says whether FINN could build it, and why not.)"""
@@ -19,7 +20,10 @@ def finn_setfolding_baseline(run_dir: Path, model, config, board, budget: np.nda
     """(the fastest SetFolding result within the budget, every SetFolding result)."""
     from finn.analysis.fpgadataflow.exp_cycles_per_layer import exp_cycles_per_layer
     from finn.analysis.fpgadataflow.res_estimation import res_estimation
+    from finn.transformation.fpgadataflow.insert_dwc import InsertDWC
     from finn.transformation.fpgadataflow.set_folding import SetFolding
+    from finn.transformation.fpgadataflow.specialize_layers import SpecializeLayers
+    from qonnx.transformation.general import GiveUniqueNodeNames
     from qonnx.core.modelwrapper import ModelWrapper
 
     import exitflow.hw_ops.ctu_op  # noqa: F401
@@ -43,6 +47,9 @@ def finn_setfolding_baseline(run_dir: Path, model, config, board, budget: np.nda
         for graph in graphs:
             folded = graph.transform(SetFolding(target_cycles_per_frame=target))
             problems += _unbuildable(folded)
+            # the width converters FINN's builder inserts before stitching, as exitflow's build does
+            folded = folded.transform(InsertDWC()).transform(GiveUniqueNodeNames())
+            folded = folded.transform(SpecializeLayers(board.part)).transform(GiveUniqueNodeNames())
             res = folded.analysis(lambda m: res_estimation(m, board.part))
             resources += [sum(r[k] for r in res.values()) for k in ("LUT", "BRAM_18K", "URAM", "DSP")]
             slowest = max(slowest, max(folded.analysis(exp_cycles_per_layer).values()))

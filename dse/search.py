@@ -66,13 +66,31 @@ class GraphCost:
             latency = latency + np.where(ok, table.latency[safe], np.inf)
         if self.edges:
             lut = np.zeros(shape)
-            for src_kind, src, dst_kind, dst in self.edges:
-                inw = self.tables[src].out_width[np.maximum(picks[src], 0)] if src_kind == "layer" else src
-                outw = self.tables[dst].in_width[np.maximum(picks[dst], 0)] if dst_kind == "layer" else dst
-                lut = lut + dwc_luts(np.broadcast_to(inw, shape), np.broadcast_to(outw, shape))
+            for (src_kind, src, dst_kind, dst), (src_class, dst_class, table) in zip(self.edges, self._converters):
+                i = src_class[np.maximum(picks[src], 0)] if src_kind == "layer" else 0
+                j = dst_class[np.maximum(picks[dst], 0)] if dst_kind == "layer" else 0
+                lut = lut + table[i, j]
             resources = resources.copy()
             resources[..., 0] += lut
         return resources, cycles, latency
+
+    @property
+    def _converters(self):
+        """Per edge: (folding -> source-width class, folding -> destination-width class, converter
+        LUTs per class pair). A layer's stream takes few widths, so the search looks converters
+        up instead of computing FINN's formula for every design."""
+        cached = self.__dict__.get("_dwc")
+        if cached is None:
+            cached = []
+            for src_kind, src, dst_kind, dst in self.edges:
+                src_w, src_class = (np.unique(self.tables[src].out_width, return_inverse=True) if src_kind == "layer"
+                                    else (np.array([src]), None))
+                dst_w, dst_class = (np.unique(self.tables[dst].in_width, return_inverse=True) if dst_kind == "layer"
+                                    else (np.array([dst]), None))
+                table = dwc_luts(src_w[:, None], dst_w[None, :])
+                cached.append((src_class, dst_class, table))
+            object.__setattr__(self, "_dwc", cached)
+        return cached
 
 
 def graph_cost(folder: Path, part: str, budget: np.ndarray) -> GraphCost:
@@ -278,14 +296,30 @@ def search(segments: list[Segment], codes: np.ndarray, correct: np.ndarray, scal
         latency_us = to_exit / clock_mhz  # (stages, combos, W, targets)
         mean_latency = np.einsum("cs,scwt->cwt", share, latency_us)
         fps = clock_mhz * 1e6 / interval
-        for c, w, t in zip(*np.nonzero(feasible)):
+        # a design that the same exits, thresholds and weighting at the next faster target (or at
+        # the same target under another weighting) match in throughput, resources and latency is
+        # never worth listing: it is not on any front and never chosen
+        keep = feasible.copy()
+        mean_latency_ = mean_latency
+        keep[:, :, 1:] &= ~(feasible[:, :, :-1] & np.all(total[:, :, :-1] <= total[:, :, 1:], axis=-1)
+                            & (fps[:, :, :-1] >= fps[:, :, 1:]) & (mean_latency_[:, :, :-1] <= mean_latency_[:, :, 1:]))
+        for w in range(1, n_w):
+            for v in range(w):
+                same = (feasible[:, v] & np.all(total[:, v] <= total[:, w], axis=-1) & (fps[:, v] >= fps[:, w])
+                        & (mean_latency_[:, v] <= mean_latency_[:, w]))
+                keep[:, w] &= ~same
+        # gather the kept designs' numbers at once, then make the candidates from lists
+        cs, ws, ts = np.nonzero(keep)
+        rows = zip(cs.tolist(), ws.tolist(), ts.tolist(), targets[ts].tolist(), fps[cs, ws, ts].tolist(),
+                   accuracy[cs].tolist(), total[cs, ws, ts].tolist(), reach[cs].tolist(),
+                   np.moveaxis(latency_us[:, cs, ws, ts], 0, 1).tolist(), np.moveaxis(slowest[:, cs, ws, ts], 0, 1).tolist(),
+                   np.moveaxis(per_stage[:, cs, ws, ts], 0, 1).tolist(), mean_latency[cs, ws, ts].tolist())
+        exits = tuple(subset)
+        for c, w, t, target, f, acc, res, r, lat, slow, stage_res, mean in rows:
             out.append(Candidate(
-                exits=tuple(subset), thresholds=tuple(combos[c]), target=float(targets[t]), fps=float(fps[c, w, t]),
-                accuracy=float(accuracy[c]), resources=tuple(total[c, w, t].tolist()), reach=tuple(reach[c].tolist()),
-                folding=LazyFolding(picks, c, (w, t)), latency_us=tuple(latency_us[:, c, w, t].tolist()),
-                stage_cycles=tuple(slowest[:, c, w, t].tolist()),
-                stage_resources=tuple(tuple(r) for r in per_stage[:, c, w, t].tolist()),
-                mean_latency_us=float(mean_latency[c, w, t]), weighting=int(w)))
+                exits=exits, thresholds=combos[c], target=target, fps=f, accuracy=acc, resources=tuple(res),
+                reach=tuple(r), folding=LazyFolding(picks, c, (w, t)), latency_us=tuple(lat), stage_cycles=tuple(slow),
+                stage_resources=tuple(map(tuple, stage_res)), mean_latency_us=mean, weighting=w))
     if stats is not None:
         stats["designs"] = evaluated  # (exits, thresholds, cost weighting, interval) designs evaluated
     return out
