@@ -104,7 +104,7 @@ def sweep(run_dir: str | Path, board_name: str, objective: str = "throughput", m
     out = run_dir / "sweep"
     out.mkdir(parents=True, exist_ok=True)
     design, blocks = _segments_design(model, config, board.name)
-    text = yaml.safe_dump(design, sort_keys=False)
+    text = yaml.safe_dump(design, sort_keys=False) + f"# built by exitflow's FINN flow {_flow_digest()}\n"
     inventory_design = out / "inventory_design.yaml"
     fresh = (inventory_design.exists() and inventory_design.read_text() == text and (out / "inventory" / "build.json").exists()
              and (out / "inventory" / "build.json").stat().st_mtime >= (run_dir / "model.pt").stat().st_mtime)
@@ -202,6 +202,15 @@ def sweep(run_dir: str | Path, board_name: str, objective: str = "throughput", m
     result.search_stats.update(search_seconds=search_seconds, designs=designs, candidate_exits=len(segments) - 1)
     _write(out, result, segments, model, config.model.backbone, board, budget, util)
     return result
+
+
+def _flow_digest() -> str:
+    """A digest of exitflow's FINN step list: an inventory built by another flow is built again."""
+    import hashlib
+
+    from exitflow import finn_flow
+
+    return hashlib.sha256(Path(finn_flow.__file__).read_bytes()).hexdigest()[:16]
 
 
 def _streams(inventory: Path, k: int) -> tuple[int, int, int]:
