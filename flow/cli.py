@@ -29,8 +29,8 @@ COMMANDS: list[tuple[str, str, str | None]] = [
     ("sweep", "search exits, thresholds and folding under a board budget", None),
     ("build", "generate FINN hardware for every stage and exit unit of a design", None),
     ("cosim", "bit-accurate cosimulation of a built design against the quantised model", None),
-    ("report", "rebuild the HTML report of a run folder", "the end-to-end run (issue #7)"),
-    ("run", "the whole flow: train, profile, sweep, build, cosim, report", "the end-to-end run (issue #7)"),
+    ("report", "rebuild the HTML report of a run folder", None),
+    ("run", "the whole flow: train, profile, sweep, build, cosim, report", None),
 ]
 
 
@@ -169,9 +169,6 @@ def cmd_cosim(args: argparse.Namespace) -> int:
     from exitflow.errors import ConfigError, MismatchError
     from exitflow.files import atomic_write
 
-    if getattr(args, "cycle", False):
-        raise NotAvailableError("`exitflow cosim --cycle` (the cycle-level pipeline simulation) is not in exitflow "
-                                f"{__version__} yet; run without --cycle for the bit-accurate cosimulation")
     if args.samples is not None and args.samples < 1:
         raise ConfigError(f"--samples: must be a positive number of test samples; got {args.samples}")
     if args.reference_samples < 1:
@@ -181,13 +178,49 @@ def cmd_cosim(args: argparse.Namespace) -> int:
         report = cosimulate(args.dir, args.design, args.samples, args.engine, args.reference_samples, progress=bar.update)
     finally:
         bar.close()
+    data = report.to_data()
+    cycle = None
+    if args.cycle:
+        from exitflow.cosim.cycle import MIN_SAMPLES, simulate_design
+
+        taken = report.engines[0].results.exit
+        repeats = max(3, -(-MIN_SAMPLES // len(taken)))
+        bar = tqdm(desc="cycle simulation", unit="sample", total=repeats * len(taken), disable=not sys.stderr.isatty(),
+                   leave=False)
+        try:
+            cycle = simulate_design(args.dir, args.design, taken, progress=bar.update)
+        finally:
+            bar.close()
+        data["cycle"] = cycle.to_data()
     path = f"{args.dir}/cosim/report.json"
-    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(report.to_data(), indent=1)))
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=1)))
     print(f"{report.summary()}; predicted {report.predicted_fractions}")
+    if cycle is not None:
+        print(cycle.summary())
     print(f"wrote {path}")
     if not report.bit_exact:
         raise MismatchError(f"{report.mismatch_count} of {report.samples} samples differ; first: "
                             f"{report.mismatches[0].describe()} (all in {path})")
+    return 0
+
+
+# ---------------------------------------------------------------------------- the whole flow
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from exitflow.run import RunSettings, load_config, run
+
+    result = run(load_config(args.config), args.out, RunSettings(board=args.board), force=args.force)
+    done = [s.name for s in result.steps if s.status == "done"]
+    print(f"done in {result.seconds:.0f} s ({', '.join(done) or 'every step unchanged, nothing'} run now); "
+          f"open {args.out}/report.html")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from exitflow.report import write_report
+
+    print(f"wrote {write_report(args.dir)}")
     return 0
 
 
@@ -234,15 +267,21 @@ def _add_arguments(name: str, p: argparse.ArgumentParser) -> None:
                             "sample and FINN on the first --reference-samples, compared with each other")
         p.add_argument("--reference-samples", type=int, default=10,
                        help="samples FINN's reference execution runs with --engine both (default 10)")
-        p.add_argument("--cycle", action="store_true", help="also run the cycle-level pipeline simulation (not yet)")
+        p.add_argument("--cycle", action="store_true",
+                       help="also run the cycle-level pipeline simulation on the exit sequence found: throughput "
+                            "and latency per exit against the dse model's prediction")
         p.epilog = ("Writes DIR/cosim/report.json (only when the run completes). Exit codes: 0 bit-exact, 4 a sample "
                     "differs (the report locates it), 2 bad input (one line; an earlier report is kept).")
     elif name == "report":
         p.add_argument("dir", help="run folder")
     elif name == "run":
         p.add_argument("config", nargs="?", help="run config (YAML); the built-in default when left out")
-        p.add_argument("--out", required=True, help="run folder")
+        p.add_argument("--out", required=True, help="run folder (a re-run continues it: unchanged steps are skipped)")
+        p.add_argument("--board", default="Pynq-Z2", help="board name (see `exitflow boards`; default Pynq-Z2)")
         p.add_argument("--force", action="store_true", help="redo every step")
+        p.epilog = ("Steps: train, profile, sweep, build, cosim, report; each is recorded in DIR/run.json with a hash "
+                    "of the config and its input files and skipped when they are unchanged. Ctrl-C loses nothing "
+                    "finished. Exit codes: 0 done, 2 bad input (one line), 4 the cosimulation found a mismatch.")
 
 
 def build_parser() -> argparse.ArgumentParser:

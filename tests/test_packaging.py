@@ -139,7 +139,8 @@ def test_package_data_covers_the_data_files(repo):
 
     data = tomllib.loads((repo / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
     for package, patterns in data.items():
-        folder = repo / {"exitflow.boards": "boards", "exitflow.hls_templates": "hls_templates", "exitflow.cosim": "cosim"}[package]
+        folder = repo / {"exitflow": "flow", "exitflow.boards": "boards", "exitflow.hls_templates": "hls_templates",
+                          "exitflow.cosim": "cosim"}[package]
         files = [p.relative_to(folder).as_posix() for p in folder.rglob("*")
                  if p.is_file() and p.suffix != ".py" and "__pycache__" not in p.parts]
         uncovered = [f for f in files if not any(fnmatch.fnmatch(f, pat) for pat in patterns)]

@@ -120,6 +120,19 @@ def test_mismatch_exits_4_with_the_report(exitflow_cmd, run_copy, tmp_path):
     assert set(report["engines"]) == {"vectorised"}
 
 
-def test_cycle_is_not_available_yet(exitflow_cmd, tmp_path):
-    out = run(exitflow_cmd, "cosim", str(tmp_path), "--cycle")
-    assert out.returncode == 3 and "--cycle" in out.stderr and out.stderr.count("\n") == 1
+@pytest.mark.slow
+def test_cycle_adds_the_pipeline_simulation(exitflow_cmd, run_copy):
+    run_dir, design = run_copy
+    out = run(exitflow_cmd, "cosim", str(run_dir), "--design", str(design), "--engine", "vectorised", "--cycle")
+    assert out.returncode == 0, out.stderr
+    assert "cycle simulation: " in out.stdout and "predicted by the dse model (ratio " in out.stdout
+    report = json.loads((run_dir / "cosim" / "report.json").read_text())
+    cycle = report["cycle"]
+    assert cycle["simulated_fps"] > 0 and cycle["predicted_fps"] > 0
+    assert cycle["ratio"] == pytest.approx(cycle["simulated_fps"] / cycle["predicted_fps"], rel=1e-3)
+    assert [lat["name"] for lat in cycle["latency"]] == report["exits"]
+    measured = report["exit_fractions"]["measured"]
+    assert cycle["reach"][1] == pytest.approx(1 - measured[0], abs=1e-5)
+    for lat in cycle["latency"]:
+        assert lat["p50_cycles"] <= lat["p99_cycles"]
+        assert lat["mean_us"] == pytest.approx(lat["mean_cycles"] / cycle["clock_mhz"], abs=1e-3)
