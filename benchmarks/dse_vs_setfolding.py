@@ -1,7 +1,8 @@
 """`dse_vs_setfolding`: at every target FINN's SetFolding reaches on cnv without exits (judged by
 FINN's estimator), does exitflow's no-exit folding reach at least the same throughput with no more
 LUT and no more BRAM18? `not_worse` counts the points where it does, `better` those where it is
-strictly better in throughput, LUT or BRAM18."""
+strictly better in throughput, LUT or BRAM18; `*_buildable` restrict this to SetFolding's foldings
+FINN can generate code for (SetFolding does not check SIMD >= MW/1024)."""
 
 from __future__ import annotations
 
@@ -23,4 +24,8 @@ def run() -> dict:
             not_worse += 1
             if any(c.fps > p["fps"] or c.resources[0] < p["lut"] or c.resources[1] < p["bram18"] for c in match):
                 better += 1
-    return {"model": "cnv", "points": len(points), "not_worse": not_worse, "better": better}
+    buildable = [p for p in points if p["buildable"]]
+    not_worse_buildable = sum(1 for p in buildable if any(
+        c.fps >= p["fps"] and c.resources[0] <= p["lut"] and c.resources[1] <= p["bram18"] for c in ours))
+    return {"model": "cnv", "points": len(points), "not_worse": not_worse, "better": better,
+            "buildable_points": len(buildable), "not_worse_at_buildable": not_worse_buildable}

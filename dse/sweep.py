@@ -25,7 +25,7 @@ import yaml
 from exitflow.errors import ConfigError, ExitflowError
 
 from .search import Candidate, Segment, active_bound, graph_cost, pareto, routing_cost, search
-from .throughput import pipeline, sensitivity
+from .throughput import sensitivity, stage_level_fps
 
 MAX_PROB_THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98)
 GATE_DEPTH = 8  # feature maps each gate holds in the chosen design
@@ -154,9 +154,14 @@ def sweep(run_dir: str | Path, board_name: str, objective: str = "throughput", m
         return route(policy, codes_, constants) if c.exits else np.zeros(len(codes_), dtype=np.int64)
 
     def gated(c: Candidate, depth: int) -> float:
-        """Throughput with gates of ``depth`` feature maps, on the validation exit sequence."""
-        gates = [None] + [depth] * len(c.exits)
-        return pipeline(taken_on(c, "val"), list(c.stage_cycles), gates, board.clock_mhz).fps
+        """Throughput with gates of ``depth`` feature maps on the validation exit sequence
+        (:func:`~exitflow.dse.throughput.stage_level_fps`)."""
+        if not c.exits:
+            return c.fps
+        kept = list(c.exits) + [len(segments) - 1]
+        fps = stage_level_fps(taken_on(c, "val"), list(c.stage_cycles), list(c.head_cycles), [depth] * len(c.exits),
+                              [segments[k].folds for k in kept], board.clock_mhz)
+        return min(c.fps, fps)
 
     if objective == "throughput":
         # the unbounded-gate model ranks; the finite gates (GATE_DEPTH deep, in the budget) decide
@@ -174,6 +179,8 @@ def sweep(run_dir: str | Path, board_name: str, objective: str = "throughput", m
                 break
             if np.any(base + routing_cost(segments, chosen.exits, deeper)[0].sum(axis=0) > budget + 1e-9):
                 break
+            if gated(chosen, deeper) < gated(chosen, depth) * 1.005:
+                break  # deeper gates no longer pay
             depth = deeper
         gates = routing_cost(segments, chosen.exits, depth)[0]
         extra = gates.sum(axis=0) - routing_cost(segments, chosen.exits, GATE_DEPTH)[0].sum(axis=0)
@@ -182,7 +189,7 @@ def sweep(run_dir: str | Path, board_name: str, objective: str = "throughput", m
         chosen = replace(chosen, resources=tuple(np.add(chosen.resources, extra).tolist()), stage_resources=tuple(stages))
     kept = list(chosen.exits) + [len(segments) - 1]
     stage_cycles = list(chosen.stage_cycles)
-    gated_chosen = pipeline(taken_on(chosen, "val"), stage_cycles, [None] + [depth] * (len(kept) - 1), board.clock_mhz)
+    gated_fps = gated(chosen, depth)
     test_taken = taken_on(chosen, "test")
     test_correct = prof["test_correct"]
     test_acc = float(test_correct[np.arange(len(test_taken)), np.asarray(kept)[test_taken]].mean())
@@ -193,7 +200,7 @@ def sweep(run_dir: str | Path, board_name: str, objective: str = "throughput", m
     finn_baseline, finn_points = finn_setfolding_baseline(run_dir, model, config, board, budget, out)
     drift = sensitivity(np.array(chosen.reach), stage_cycles, board.clock_mhz)
     result = SweepResult(chosen, best_no_exit, front, chosen.fps / best_no_exit.fps, test_acc,
-                         float(test_correct[:, -1].mean()), min(chosen.fps, gated_chosen.fps),
+                         float(test_correct[:, -1].mean()), gated_fps,
                          active_bound(chosen, segments, budget, gate_depth=depth), drift, tuple(budget.tolist()),
                          finn_baseline, gate_depth=depth)
     result.front_bounds.extend(active_bound(c, segments, budget) for c in front)

@@ -93,3 +93,25 @@ def latency(taken: np.ndarray, stage_latency: list[float], head_latency: list[fl
     mean = float(to_exit[taken].mean()) if len(taken) else 0.0
     return {"cycles_to_exit": to_exit.tolist(), "us_to_exit": (to_exit / clock_mhz).tolist(),
             "mean_cycles": mean, "mean_us": mean / clock_mhz}
+
+
+def stage_level_fps(taken: np.ndarray, stage_cycles: list[float], head_cycles: list[float], gate_depths: list[int],
+                    gate_words: list[int], clock_mhz: float, min_samples: int = 4000) -> float:
+    """The design search's throughput for finite gates: the cycle simulation
+    (:mod:`exitflow.cosim.cycle`) of the pipeline at stage level, each stage one unit at
+    ``stage_cycles[k]`` (the slowest node of stage k and its head, as above) and its head one unit
+    at ``head_cycles[k]``; gates of ``gate_depths[k]`` feature maps of ``gate_words[k]`` words,
+    record FIFOs as deep as the deepest gate (as the block design builds them) and the merge, fed
+    with the exit sequence ``taken``. The closed form above (:func:`pipeline`) bounds the burst
+    stalls from the worst window alone, which is pessimistic for shallow gates and blind to
+    blocking between stages; this is what the sweep ranks and sizes gates with."""
+    from exitflow.cosim.cycle import Pipeline, Stage, Unit, simulate
+
+    n = len(stage_cycles)
+    if n == 1:
+        return clock_mhz * 1e6 / stage_cycles[0]
+    stages = tuple(Stage(f"stage{k}", (Unit("stage", int(np.ceil(stage_cycles[k]))),), (Unit("head", int(np.ceil(head_cycles[k]))),),
+                         gate_depths[k] if k < n - 1 else None, max(1, int(gate_words[k])))
+                   for k in range(n))
+    deepest = max(gate_depths[: n - 1])
+    return simulate(Pipeline(stages, clock_mhz, 1 << max(4, (deepest - 1).bit_length())), taken, min_samples=min_samples).simulated_fps

@@ -60,3 +60,17 @@ def test_latency():
     assert out["cycles_to_exit"] == [110, 320, 355]
     assert out["mean_cycles"] == pytest.approx((110 + 110 + 320 + 355) / 4)
     assert out["us_to_exit"][0] == pytest.approx(1.1)
+
+
+def test_stage_level_fps_matches_the_unbounded_rule_with_deep_gates_and_drops_with_shallow_ones():
+    from exitflow.dse.throughput import stage_level_fps
+
+    rng = np.random.default_rng(3)
+    taken = (rng.random(600) < 0.4).astype(np.int64)  # 40 % of samples go on to stage 1
+    taken[100:140] = 1  # a burst of hard samples
+    deep = stage_level_fps(taken, [100, 200], [50, 50], [128], [4, 1], 100.0, min_samples=3000)
+    unbounded = pipeline(taken, [100, 200], [None, None], 100.0).fps_unbounded
+    assert deep == pytest.approx(unbounded, rel=0.03)
+    shallow = stage_level_fps(taken, [100, 200], [50, 50], [1], [4, 1], 100.0, min_samples=3000)
+    assert shallow < 0.97 * deep
+    assert stage_level_fps(taken * 0, [100], [50], [], [4], 100.0) == pytest.approx(1e6)
