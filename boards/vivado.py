@@ -126,8 +126,12 @@ def record_fifo_depth(design) -> int:
     the gate's feature-map FIFO is full, and depth beyond the head's own storage buys nothing:
     found by the cycle simulation), and 16 at least (``axis_data_fifo``'s minimum). The cycle
     simulation (``exitflow.cosim.cycle``) uses the same depth."""
-    deepest = max([stage.gate_depth or 1 for stage in design.stages])
-    return 1 << max(4, (deepest - 1).bit_length())
+    return record_fifo_for(max([stage.gate_depth or 1 for stage in design.stages]))
+
+
+def record_fifo_for(deepest_gate: int) -> int:
+    """:func:`record_fifo_depth` for a design whose deepest gate holds ``deepest_gate`` feature maps."""
+    return 1 << max(4, (max(1, deepest_gate) - 1).bit_length())
 
 
 def build_bitfile(run_dir: str | Path, log=print) -> Path:
