@@ -112,6 +112,17 @@ class Segment:
     stream_bits: int = 0  # the segment's output stream: word width and words per feature map,
     folds: int = 0  # which a gate after it buffers
     record_bits: int = 0  # the head's CTU record (class and confidence code and exit flag)
+    last_pe: int = 0  # PE of the segment's last unit when it is a weight layer (0: a fixed unit)
+
+    def words(self, folding) -> int:
+        """Stream words per feature map out of the segment under a candidate's ``folding``: a
+        weight layer at the end streams PE values per word (the inventory was built at
+        ``last_pe``)."""
+        if not self.last_pe or not self.body.tables:
+            return self.folds
+        layer = self.body.tables[-1].layer.layer
+        pe = folding[self.body.name][layer][0]
+        return self.folds * self.last_pe // pe
 
     def gate(self, depth: int) -> np.ndarray:
         """LUT, BRAM18, URAM, DSP of a gate holding ``depth`` feature maps after this segment."""
@@ -149,6 +160,7 @@ class Candidate:
     stage_resources: tuple[tuple[float, ...], ...] = ()  # lut, bram18, uram, dsp of each stage with its head
     mean_latency_us: float = 0.0  # over the samples' actual exits
     weighting: int = 0  # the cost weighting (dse.folding.WEIGHTINGS) that chose the folding
+    head_cycles: tuple[float, ...] = ()  # slowest unit of each stage's head alone, per sample
 
 
 TARGETS = np.unique(np.round(np.geomspace(16, 4e6, 120)))
@@ -257,6 +269,7 @@ def search(segments: list[Segment], codes: np.ndarray, correct: np.ndarray, scal
         per_stage = np.zeros((len(kept), *shape, len(RESOURCES)))
         interval = np.zeros(shape)
         slowest = np.zeros((len(kept), *shape))
+        head_slowest = np.zeros((len(kept), *shape))
         to_exit = np.zeros((len(kept), *shape))
         body = np.zeros(shape)
         feasible = np.ones(shape, dtype=bool)
@@ -288,6 +301,7 @@ def search(segments: list[Segment], codes: np.ndarray, correct: np.ndarray, scal
                 picks[graph.name] = (graph, [arrange(i) for i in idx])
                 if graph is segments[end].head:
                     to_exit[s] = body + lat
+                    head_slowest[s] = cyc
                 else:
                     body = body + lat
             start = end + 1
@@ -313,13 +327,14 @@ def search(segments: list[Segment], codes: np.ndarray, correct: np.ndarray, scal
         rows = zip(cs.tolist(), ws.tolist(), ts.tolist(), targets[ts].tolist(), fps[cs, ws, ts].tolist(),
                    accuracy[cs].tolist(), total[cs, ws, ts].tolist(), reach[cs].tolist(),
                    np.moveaxis(latency_us[:, cs, ws, ts], 0, 1).tolist(), np.moveaxis(slowest[:, cs, ws, ts], 0, 1).tolist(),
-                   np.moveaxis(per_stage[:, cs, ws, ts], 0, 1).tolist(), mean_latency[cs, ws, ts].tolist())
+                   np.moveaxis(per_stage[:, cs, ws, ts], 0, 1).tolist(), mean_latency[cs, ws, ts].tolist(),
+                   np.moveaxis(head_slowest[:, cs, ws, ts], 0, 1).tolist())
         exits = tuple(subset)
-        for c, w, t, target, f, acc, res, r, lat, slow, stage_res, mean in rows:
+        for c, w, t, target, f, acc, res, r, lat, slow, stage_res, mean, head in rows:
             out.append(Candidate(
                 exits=exits, thresholds=combos[c], target=target, fps=f, accuracy=acc, resources=tuple(res),
                 reach=tuple(r), folding=LazyFolding(picks, c, (w, t)), latency_us=tuple(lat), stage_cycles=tuple(slow),
-                stage_resources=tuple(map(tuple, stage_res)), mean_latency_us=mean, weighting=w))
+                stage_resources=tuple(map(tuple, stage_res)), mean_latency_us=mean, weighting=w, head_cycles=tuple(head)))
     if stats is not None:
         stats["designs"] = evaluated  # (exits, thresholds, cost weighting, interval) designs evaluated
     return out

@@ -160,7 +160,7 @@ def sweep(run_dir: str | Path, board_name: str, objective: str = "throughput", m
             return c.fps
         kept = list(c.exits) + [len(segments) - 1]
         fps = stage_level_fps(taken_on(c, "val"), list(c.stage_cycles), list(c.head_cycles), [depth] * len(c.exits),
-                              [segments[k].folds for k in kept], board.clock_mhz)
+                              [segments[k].words(c.folding) for k in kept], board.clock_mhz)
         return min(c.fps, fps)
 
     if objective == "throughput":
@@ -221,15 +221,18 @@ def _flow_digest() -> str:
 
 
 def _streams(inventory: Path, k: int) -> tuple[int, int, int]:
-    """(output stream width, words per feature map) of segment k, and its head's record width."""
+    """(output stream width, words per feature map) of segment k, its head's record width, and
+    the PE of its last unit when that is a weight layer (else 0)."""
     from qonnx.core.modelwrapper import ModelWrapper
     from qonnx.custom_op.registry import getCustomOp
 
     import exitflow.hw_ops.ctu_op  # noqa: F401
 
-    last = getCustomOp(ModelWrapper(str(inventory / f"seg{k}" / "model_hw.onnx")).graph.node[-1])
+    node = ModelWrapper(str(inventory / f"seg{k}" / "model_hw.onnx")).graph.node[-1]
+    last = getCustomOp(node)
     ctu = getCustomOp(ModelWrapper(str(inventory / f"head{k}" / "model_hw.onnx")).graph.node[-1])
-    return last.get_outstream_width(), int(np.prod(last.get_folded_output_shape()[:-1])), ctu.get_outstream_width()
+    pe = last.get_nodeattr("PE") if node.op_type.startswith("MVAU") else 0
+    return last.get_outstream_width(), int(np.prod(last.get_folded_output_shape()[:-1])), ctu.get_outstream_width(), pe
 
 
 def _as_json(c: Candidate, names: list[str]) -> dict:
