@@ -77,3 +77,12 @@ def test_pareto_front():
     a, b, c, d = cand(100, 0.9, 1000), cand(200, 0.8, 1000), cand(90, 0.85, 1200), cand(100, 0.9, 900)
     front = pareto([a, b, c, d])
     assert d in front and b in front and a not in front and c not in front
+
+
+def test_gate_words_follow_the_chosen_pe_of_the_stage_end():
+    segment, _ = problem()[0]
+    built_at_pe_2 = Segment(segment.exit, segment.blocks, segment.body, segment.head, stream_bits=4, folds=64, last_pe=2)
+    assert built_at_pe_2.words({"s0": {"b0": (8, 1, "auto")}}) == 16  # 128 values, 8 per word
+    assert built_at_pe_2.words({"s0": {"b0": (1, 1, "auto")}}) == 128
+    fixed_end = Segment(segment.exit, segment.blocks, segment.body, segment.head, stream_bits=4, folds=64)
+    assert fixed_end.words({"s0": {"b0": (8, 1, "auto")}}) == 64
