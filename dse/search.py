@@ -190,6 +190,10 @@ def active_bound(c: Candidate, segments: list[Segment], budget: np.ndarray, targ
                 if idx < 0:
                     floor = table.layer.vectors  # one output pixel per cycle
                     fastest = table.cycles.min()
+                    w = table.layer.window
+                    if w is not None and fastest == w["ifm"][0] * w["ifm"][1] + 2:  # parallel window generator
+                        return (f"streaming floor of {table.layer.layer}'s window generator "
+                                f"(one input pixel per cycle: {fastest:.0f} cycles)")
                     what = "streaming floor" if fastest <= floor else "folding-legality limit"
                     return f"{what} of {table.layer.layer} ({fastest:.0f} cycles)"
                 total += table.resources[idx]
