@@ -303,11 +303,11 @@ def layer_costs(layer: WeightLayer, pe, simd, ram_style=None) -> dict[str, dict[
     return out
 
 
-def stream_widths(layer: WeightLayer, pe, simd) -> tuple[np.ndarray, np.ndarray]:
-    """(input stream width, output stream width) of the layer (with its window generator)."""
+def stream_widths(layer: WeightLayer, pe, simd, mvau_cycles) -> tuple[np.ndarray, np.ndarray]:
+    """(input stream width, output stream width) of the layer (with its window generator), given
+    the MVAU's cycles (from :func:`layer_costs`) that set the generator's SIMD."""
     pe, simd = np.asarray(pe, dtype=np.int64), np.asarray(simd, dtype=np.int64)
     out = pe * layer.out_bits
     if layer.window is None:
         return simd * layer.abits, out
-    cycles = _mvau(layer, pe, simd, np.full(pe.shape, layer.ram_style, dtype=object))["cycles"]
-    return window_fold(layer.window, cycles)[0] * layer.window["in_bits"], out
+    return window_fold(layer.window, mvau_cycles)[0] * layer.window["in_bits"], out

@@ -81,7 +81,7 @@ class FoldingTable:
         with np.errstate(divide="ignore", invalid="ignore"):
             share = np.where(resources > 0, resources / budget, 0.0)
         weighted = np.array([(share * np.asarray(w)).sum(axis=1) for w in weightings]) + 1e-9 * resources[:, 0]
-        in_width, out_width = stream_widths(layer, pe, simd)
+        in_width, out_width = stream_widths(layer, pe, simd, costs[layer.node]["cycles"])
         return cls(layer, pe, simd, resources, cycles, weighted, latency, ram_style, in_width, out_width)
 
     @property

@@ -318,13 +318,12 @@ def search(segments: list[Segment], codes: np.ndarray, correct: np.ndarray, scal
         # the same target under another weighting) match in throughput, resources and latency is
         # never worth listing: it is not on any front and never chosen
         keep = feasible.copy()
-        mean_latency_ = mean_latency
         keep[:, :, 1:] &= ~(feasible[:, :, :-1] & np.all(total[:, :, :-1] <= total[:, :, 1:], axis=-1)
-                            & (fps[:, :, :-1] >= fps[:, :, 1:]) & (mean_latency_[:, :, :-1] <= mean_latency_[:, :, 1:]))
+                            & (fps[:, :, :-1] >= fps[:, :, 1:]) & (mean_latency[:, :, :-1] <= mean_latency[:, :, 1:]))
         for w in range(1, n_w):
             for v in range(w):
                 same = (feasible[:, v] & np.all(total[:, v] <= total[:, w], axis=-1) & (fps[:, v] >= fps[:, w])
-                        & (mean_latency_[:, v] <= mean_latency_[:, w]))
+                        & (mean_latency[:, v] <= mean_latency[:, w]))
                 keep[:, w] &= ~same
         # gather the kept designs' numbers at once, then make the candidates from lists
         cs, ws, ts = np.nonzero(keep)

@@ -153,27 +153,34 @@ def sweep(run_dir: str | Path, board_name: str, objective: str = "throughput", m
         codes_ = prof[f"{split}_code_{policy}"][:, kept]
         return route(policy, codes_, constants) if c.exits else np.zeros(len(codes_), dtype=np.int64)
 
+    simulated: dict = {}
+
     def gated(c: Candidate, depth: int) -> float:
         """Throughput with gates of ``depth`` feature maps on the validation exit sequence
-        (:func:`~exitflow.dse.throughput.stage_level_fps`)."""
+        (:func:`~exitflow.dse.throughput.stage_level_fps`), simulated once per design and depth
+        (every candidate stays alive in ``candidates``, so its id is a safe key)."""
         if not c.exits:
             return c.fps
-        kept = list(c.exits) + [len(segments) - 1]
-        fps = stage_level_fps(taken_on(c, "val"), list(c.stage_cycles), list(c.head_cycles), [depth] * len(c.exits),
-                              [segments[k].words(c.folding) for k in kept], board.clock_mhz)
-        return min(c.fps, fps)
+        key = (id(c), depth)
+        if key not in simulated:
+            kept = list(c.exits) + [len(segments) - 1]
+            fps = stage_level_fps(taken_on(c, "val"), list(c.stage_cycles), list(c.head_cycles), [depth] * len(c.exits),
+                                  [segments[k].words(c.folding) for k in kept], board.clock_mhz)
+            simulated[key] = min(c.fps, fps)
+        return simulated[key]
 
     if objective == "throughput":
         # the unbounded-gate model ranks; the finite gates (GATE_DEPTH deep, in the budget) decide
         ranked = sorted(eligible, key=lambda c: (c.fps, c.accuracy, -c.resources[0]), reverse=True)[:40]
-        chosen = max(ranked, key=lambda c: (min(c.fps, gated(c, GATE_DEPTH)), c.accuracy, -c.resources[0]))
+        chosen = max(ranked, key=lambda c: (gated(c, GATE_DEPTH), c.accuracy, -c.resources[0]))
     else:
         chosen = min(eligible, key=lambda c: (c.mean_latency_us, -c.fps, -c.accuracy))
     best_no_exit = max(no_exit, key=lambda c: (c.fps, -c.resources[0]))
     # deeper gates where the budget has room and bursts of hard samples still stall a stage
     depth = GATE_DEPTH
     if chosen.exits:
-        base = np.array(chosen.resources) - routing_cost(segments, chosen.exits, GATE_DEPTH)[0].sum(axis=0)
+        searched = routing_cost(segments, chosen.exits, GATE_DEPTH)[0]  # the gates the search budgeted
+        base = np.array(chosen.resources) - searched.sum(axis=0)
         for deeper in (16, 32, 64, 128):
             if gated(chosen, depth) >= chosen.fps * 0.999:
                 break
@@ -182,14 +189,15 @@ def sweep(run_dir: str | Path, board_name: str, objective: str = "throughput", m
             if gated(chosen, deeper) < gated(chosen, depth) * 1.005:
                 break  # deeper gates no longer pay
             depth = deeper
-        gates = routing_cost(segments, chosen.exits, depth)[0]
-        extra = gates.sum(axis=0) - routing_cost(segments, chosen.exits, GATE_DEPTH)[0].sum(axis=0)
-        stages = [tuple(np.add(r, gates[s] - routing_cost(segments, chosen.exits, GATE_DEPTH)[0][s]).tolist())
-                  if s < len(chosen.exits) else r for s, r in enumerate(chosen.stage_resources)]
-        chosen = replace(chosen, resources=tuple(np.add(chosen.resources, extra).tolist()), stage_resources=tuple(stages))
+    gated_fps = gated(chosen, depth)
+    if chosen.exits:  # the chosen gates' resources in place of those the search budgeted
+        extra = routing_cost(segments, chosen.exits, depth)[0] - searched  # per gate
+        stages = [tuple(np.add(r, extra[s]).tolist()) if s < len(chosen.exits) else r
+                  for s, r in enumerate(chosen.stage_resources)]
+        chosen = replace(chosen, resources=tuple(np.add(chosen.resources, extra.sum(axis=0)).tolist()),
+                         stage_resources=tuple(stages))
     kept = list(chosen.exits) + [len(segments) - 1]
     stage_cycles = list(chosen.stage_cycles)
-    gated_fps = gated(chosen, depth)
     test_taken = taken_on(chosen, "test")
     test_correct = prof["test_correct"]
     test_acc = float(test_correct[np.arange(len(test_taken)), np.asarray(kept)[test_taken]].mean())
