@@ -20,8 +20,8 @@ CASES = [(m, d) for m, designs in DESIGNS.items() for d in designs]
 @pytest.mark.parametrize("model_name, design", CASES, ids=[f"{m}-{d}" for m, d in CASES])
 def test_engines_agree_with_each_other_and_the_model(cosim_designs, model_name, design):
     run, path = cosim_designs[model_name, design]
-    # lenet: FINN's reference on the whole test split too; cnv: on the first 8 samples
-    reference = 10_000 if model_name == "lenet" else 8
+    # FINN's reference on the whole test split too, for both models
+    reference = 10_000
     report = cosimulate(run, path, engine="both", reference_samples=reference)
     vectorised, finn = report.engines
     assert (vectorised.name, finn.name) == ("vectorised", "finn")
