@@ -47,6 +47,112 @@ class WeightLayer:
     window: dict | None = None  # the feeding ConvolutionInputGenerator_rtl's attributes
 
 
+@dataclass(frozen=True, eq=False)
+class PoolUnit:
+    """A pooling window generator and the Pool node it feeds (FINN's ``InferPool``), folded
+    together: the generator's SIMD equals the Pool's PE, as FINN's SetFolding sets them. Per
+    candidate fold (ascending divisors of the channels), FINN's own estimates of both nodes."""
+
+    window: str  # the depthwise ConvolutionInputGenerator's node name
+    pool: str  # the Pool node's name
+    governor: int  # the weight layer whose cycles set the fold (index into Inventory.layers)
+    ends: bool  # the pool's stream leaves the graph
+    fold: np.ndarray  # SIMD = PE of each option
+    resources: np.ndarray  # (options, 4): lut, bram18, uram, dsp of both nodes
+    cycles: np.ndarray  # the slower node's cycles, per option
+    latency: np.ndarray  # both nodes' cycles added up
+    in_width: np.ndarray
+    out_width: np.ndarray
+    nodes: dict = field(default_factory=dict)  # node -> {lut, ...: per option}, for tests
+
+
+def pick_pool(cycles: np.ndarray, limit) -> np.ndarray:
+    """The fold a pooling unit takes: the narrowest (options ascending) whose cycles are at most
+    ``limit``, the cycles of the weight layer governing it (:func:`pool_units`); the widest when
+    none is. One definition: the build applies it, the search models it."""
+    limit = np.asarray(limit, dtype=np.float64)
+    fits = np.asarray(cycles, dtype=np.float64) <= limit[..., None]
+    return np.where(fits.any(axis=-1), fits.argmax(axis=-1), len(cycles) - 1)
+
+
+def pool_units(model) -> list[tuple]:
+    """(window generator, Pool node, governing MVAU node, the pool's stream leaves the graph) for
+    every Pool fed by a window generator. The governing MVAU is the nearest one upstream (the
+    convolution whose output the pool reduces) or, for a pool at the graph's input (an exit
+    head), the nearest one downstream; None when the graph has no MVAU on that path (the pool
+    then keeps the folding it was built with)."""
+    out = []
+    for pool in model.graph.node:
+        if not pool.op_type.startswith("Pool"):
+            continue
+        swg = model.find_producer(pool.input[0])
+        if swg is None or not swg.op_type.startswith("ConvolutionInputGenerator"):
+            continue
+        governor = model.find_producer(swg.input[0])
+        while governor is not None and not governor.op_type.startswith("MVAU"):
+            governor = model.find_producer(governor.input[0])
+        ends = model.find_consumer(pool.output[0]) is None
+        if governor is None:
+            governor = model.find_consumer(pool.output[0])
+            while governor is not None and not governor.op_type.startswith("MVAU"):
+                governor = model.find_consumer(governor.output[0])
+        out.append((swg, pool, governor, ends))
+    return out
+
+
+def _pool_folds(pool_inst) -> list[int]:
+    channels = pool_inst.get_nodeattr("Channels")
+    return [d for d in range(1, channels + 1) if channels % d == 0]
+
+
+def _set_pool_fold(swg_inst, pool_inst, d: int) -> None:
+    swg_inst.set_nodeattr("SIMD", d)
+    pool_inst.set_nodeattr("PE", d)
+
+
+def fold_pools(model) -> None:
+    """Fold every pooling unit with a governing MVAU by :func:`pick_pool` (the build's step)."""
+    from qonnx.custom_op.registry import getCustomOp
+
+    for swg, pool, governor, _ in pool_units(model):
+        if governor is None:
+            continue
+        swg_inst, pool_inst = getCustomOp(swg), getCustomOp(pool)
+        folds = _pool_folds(pool_inst)
+        cycles = []
+        for d in folds:
+            _set_pool_fold(swg_inst, pool_inst, d)
+            cycles.append(max(swg_inst.get_exp_cycles(), pool_inst.get_exp_cycles()))
+        _set_pool_fold(swg_inst, pool_inst, folds[int(pick_pool(np.array(cycles), getCustomOp(governor).get_exp_cycles()))])
+
+
+def _pool_unit(model, part: str, swg, pool, governor: int, ends: bool) -> PoolUnit:
+    """FINN's estimates of a pooling unit at every fold (the nodes are restored afterwards)."""
+    from qonnx.custom_op.registry import getCustomOp
+
+    swg_inst, pool_inst = getCustomOp(swg), getCustomOp(pool)
+    built = (swg_inst.get_nodeattr("SIMD"), pool_inst.get_nodeattr("PE"))
+    folds = _pool_folds(pool_inst)
+    nodes = {swg.name: {k: [] for k in (*RESOURCES, "cycles")}, pool.name: {k: [] for k in (*RESOURCES, "cycles")}}
+    in_width, out_width = [], []
+    for d in folds:
+        _set_pool_fold(swg_inst, pool_inst, d)
+        for node, inst in ((swg, swg_inst), (pool, pool_inst)):
+            r = inst.node_res_estimation(part)
+            for key, finn_key in zip(RESOURCES, ("LUT", "BRAM_18K", "URAM", "DSP")):
+                nodes[node.name][key].append(float(r[finn_key]))
+            nodes[node.name]["cycles"].append(float(inst.get_exp_cycles()))
+        in_width.append(swg_inst.get_instream_width())
+        out_width.append(pool_inst.get_outstream_width())
+    swg_inst.set_nodeattr("SIMD", built[0])
+    pool_inst.set_nodeattr("PE", built[1])
+    nodes = {n: {k: np.array(v) for k, v in c.items()} for n, c in nodes.items()}
+    a, b = nodes[swg.name], nodes[pool.name]
+    return PoolUnit(swg.name, pool.name, governor, ends, np.array(folds),
+                    np.stack([a[k] + b[k] for k in RESOURCES], axis=1), np.maximum(a["cycles"], b["cycles"]),
+                    a["cycles"] + b["cycles"], np.array(in_width), np.array(out_width), nodes)
+
+
 @dataclass(frozen=True)
 class Inventory:
     name: str
@@ -54,8 +160,10 @@ class Inventory:
     layers: tuple[WeightLayer, ...]
     fixed: dict = field(default_factory=dict)  # node -> {lut, bram18, uram, dsp, cycles} from FINN
     # streams between units: (source kind, source, destination kind, destination); kind "layer"
-    # (index into layers: its output / its input stream) or "fixed" (a stream width)
+    # (index into layers: its output / its input stream), "pool" (index into pools) or "fixed"
+    # (a stream width)
     edges: tuple = ()
+    pools: tuple[PoolUnit, ...] = ()  # pooling units whose fold follows a weight layer
 
 
 def _window_attrs(inst) -> dict:
@@ -116,21 +224,34 @@ def inventory(model_path: str | Path, part: str, layer_names: list[str], name: s
             th=inst.get_nodeattr("TH") if "TH" in inst.get_nodeattr_types() else 1,
             dsp_block=get_dsp_block(part), window=window,
         ))
-    # streams between units: where a converter sits (or would sit at another folding)
+    # pooling units whose fold follows a weight layer (pick_pool)
     index = {node.name: k for k, node in enumerate(mvaus)}
+    pools = tuple(_pool_unit(model, part, swg, pool, index[governor.name], ends)
+                  for swg, pool, governor, ends in pool_units(model) if governor is not None)
+    pool_in = {u.window: k for k, u in enumerate(pools)}
+    pool_out = {u.pool: k for k, u in enumerate(pools)}
+    tied |= set(pool_in) | set(pool_out)
+    # streams between units: where a converter sits (or would sit at another folding)
     window_of = {L.window["node"]: k for k, L in enumerate(layers) if L.window}
     edges = []
     for node in model.graph.node:
         if node.op_type.startswith("StreamingDataWidthConverter"):
             continue
         producer = producer_of(node)
-        if producer is None or (node.name in index and producer.name in window_of):
-            continue  # graph input, or a generator and its MVAU (their converter is the layer's)
-        src = ("layer", index[producer.name]) if producer.name in index else ("fixed", getCustomOp(producer).get_outstream_width())
+        if producer is None or (node.name in index and producer.name in window_of) or node.name in pool_out:
+            continue  # graph input, or a generator and the MVAU or Pool it feeds (they share a fold)
+        if producer.name in index:
+            src = ("layer", index[producer.name])
+        elif producer.name in pool_out:
+            src = ("pool", pool_out[producer.name])
+        else:
+            src = ("fixed", getCustomOp(producer).get_outstream_width())
         if node.name in index:
             dst = ("layer", index[node.name])
         elif node.name in window_of:
             dst = ("layer", window_of[node.name])
+        elif node.name in pool_in:
+            dst = ("pool", pool_in[node.name])
         else:
             dst = ("fixed", getCustomOp(node).get_instream_width())
         edges.append((*src, *dst))
@@ -140,7 +261,7 @@ def inventory(model_path: str | Path, part: str, layer_names: list[str], name: s
             continue
         r = res[node.name]
         fixed[node.name] = {"lut": r["LUT"], "bram18": r["BRAM_18K"], "uram": r["URAM"], "dsp": r["DSP"], "cycles": cycles[node.name]}
-    return Inventory(name, part, tuple(layers), fixed, tuple(edges))
+    return Inventory(name, part, tuple(layers), fixed, tuple(edges), pools)
 
 
 # ------------------------------------------------------------------------------ formulas

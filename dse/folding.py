@@ -42,13 +42,14 @@ def weight_styles(layer: WeightLayer) -> tuple[str, ...]:
 
 
 WEIGHTINGS = ((1.0, 1.0, 1.0, 1.0), (4.0, 1.0, 1.0, 1.0), (1.0, 4.0, 1.0, 1.0)) + tuple(
-    (lut, 1.0, 1.0, 1.0) for lut in (1 / 16, 1 / 8, 1 / 4, 1 / 2, 2.0, 8.0, 16.0, 32.0))
+    (float(lut), 1.0, 1.0, 1.0) for lut in np.geomspace(1 / 64, 64, 37) if not np.isclose(lut, 1.0))
 """How a folding's resources add up to one cost: the budget shares of LUT, BRAM18, URAM and DSP
 times these weights. The first treats every resource alike; the next two make LUTs or BRAM18
 four times dearer, so the search also sees LUT-lean and BRAM-lean designs (one scalar cost alone
-misses designs that trade one for the other). The search uses those three for designs with
-early exits and all of them for the designs without (one exit set, one threshold: cheap), so
-baseline (a) gets a finer LUT/BRAM trade-off."""
+misses designs that trade one for the other); the rest weigh LUTs from 1/64 to 64 times
+(geometric steps). The search uses the first three for designs with early exits and all of them
+for the designs without (one exit set, one threshold: cheap), so baseline (a) gets a fine
+LUT/BRAM trade-off."""
 EXIT_WEIGHTINGS = 3
 
 
@@ -103,19 +104,17 @@ class FoldingTable:
         if cached is None:
             order = np.argsort(self.cycles, kind="stable")
             sorted_cycles = self.cycles[order]
-            # foldings with equal cycles: the envelope at that cycle count must see all of them
             last_of_run = np.r_[sorted_cycles[1:] != sorted_cycles[:-1], True]
-            best = np.empty((len(self.costs), len(order)), dtype=np.int64)
+            costs = self.costs[:, order]
+            # running argmin of cost over foldings sorted by cycles (ties keep the earlier one)
+            running = np.minimum.accumulate(costs, axis=1)
+            new = np.ones(costs.shape, dtype=bool)
+            new[:, 1:] = costs[:, 1:] < running[:, :-1]
+            best = order[np.maximum.accumulate(np.where(new, np.arange(len(order))[None, :], 0), axis=1)]
+            # foldings with equal cycles: the envelope at that cycle count must see all of them
+            last = np.flatnonzero(last_of_run)
+            best = best[:, last[np.searchsorted(last, np.arange(len(order)))]]
             for w, cost in enumerate(self.costs):
-                costs = cost[order]
-                current = 0
-                for i in range(len(order)):  # running argmin of cost over foldings sorted by cycles
-                    if costs[i] < costs[current] or i == 0:
-                        current = i
-                    best[w, i] = order[current]
-                for i in range(len(order) - 2, -1, -1):
-                    if not last_of_run[i]:
-                        best[w, i] = best[w, i + 1]
                 best[w, ~np.isfinite(cost[best[w]])] = -1  # only foldings needing what the budget lacks
             cached = (order, best)
             object.__setattr__(self, "_env", cached)

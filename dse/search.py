@@ -25,7 +25,7 @@ import numpy as np
 
 from exitflow.quant.policies import route, threshold_code
 
-from .finn_model import RESOURCES, dwc_luts, inventory
+from .finn_model import RESOURCES, dwc_luts, inventory, pick_pool
 from .folding import EXIT_WEIGHTINGS, FoldingTable
 
 
@@ -39,6 +39,7 @@ class GraphCost:
     fixed_cycles: float  # slowest of those nodes
     fixed_latency: float = 0.0  # their cycles added up
     edges: tuple = ()  # streams between units, where FINN puts width converters (finn_model.Inventory)
+    pools: tuple = ()  # pooling units folded after a weight layer (finn_model.PoolUnit)
 
     def at(self, targets: np.ndarray, weightings: int | None = None):
         """(resources (W x T x 4), slowest cycles (W x T), latency (W x T), folding index per layer
@@ -64,15 +65,38 @@ class GraphCost:
             resources = resources + np.where(ok[..., None], table.resources[safe], 0.0)
             cycles = np.maximum(cycles, np.where(ok, table.cycles[safe], np.inf))
             latency = latency + np.where(ok, table.latency[safe], np.inf)
+        folds = self.pool_folds(picks)
+        for unit, k in zip(self.pools, folds):
+            resources = resources + unit.resources[k]
+            cycles = np.maximum(cycles, unit.cycles[k])
+            latency = latency + unit.latency[k]
         if self.edges:
             lut = np.zeros(shape)
             for (src_kind, src, dst_kind, dst), (src_class, dst_class, table) in zip(self.edges, self._converters):
-                i = src_class[np.maximum(picks[src], 0)] if src_kind == "layer" else 0
-                j = dst_class[np.maximum(picks[dst], 0)] if dst_kind == "layer" else 0
+                i = self._class(src_kind, src, src_class, picks, folds)
+                j = self._class(dst_kind, dst, dst_class, picks, folds)
                 lut = lut + table[i, j]
             resources = resources.copy()
             resources[..., 0] += lut
         return resources, cycles, latency
+
+    def pool_folds(self, picks: list[np.ndarray]) -> list[np.ndarray]:
+        """The option each pooling unit takes (finn_model.pick_pool) given the layers' folding
+        indices: it follows its governing layer's cycles."""
+        out = []
+        for unit in self.pools:
+            idx = picks[unit.governor]
+            limit = np.where(idx >= 0, self.tables[unit.governor].cycles[np.maximum(idx, 0)], np.inf)
+            out.append(pick_pool(unit.cycles, limit))
+        return out
+
+    @staticmethod
+    def _class(kind, k, classes, picks, folds):
+        if kind == "layer":
+            return classes[np.maximum(picks[k], 0)]
+        if kind == "pool":
+            return classes[folds[k]]
+        return 0
 
     @property
     def _converters(self):
@@ -83,14 +107,19 @@ class GraphCost:
         if cached is None:
             cached = []
             for src_kind, src, dst_kind, dst in self.edges:
-                src_w, src_class = (np.unique(self.tables[src].out_width, return_inverse=True) if src_kind == "layer"
-                                    else (np.array([src]), None))
-                dst_w, dst_class = (np.unique(self.tables[dst].in_width, return_inverse=True) if dst_kind == "layer"
-                                    else (np.array([dst]), None))
+                src_w, src_class = self._widths(src_kind, src, "out_width")
+                dst_w, dst_class = self._widths(dst_kind, dst, "in_width")
                 table = dwc_luts(src_w[:, None], dst_w[None, :])
                 cached.append((src_class, dst_class, table))
             object.__setattr__(self, "_dwc", cached)
         return cached
+
+    def _widths(self, kind, k, which):
+        """(distinct widths, option -> class) of one end of a stream."""
+        if kind == "fixed":
+            return np.array([k]), None
+        unit = self.tables[k] if kind == "layer" else self.pools[k]
+        return np.unique(getattr(unit, which), return_inverse=True)
 
 
 def graph_cost(folder: Path, part: str, budget: np.ndarray) -> GraphCost:
@@ -100,7 +129,7 @@ def graph_cost(folder: Path, part: str, budget: np.ndarray) -> GraphCost:
     fixed_cycles = max([c["cycles"] for c in inv.fixed.values()], default=0.0)
     fixed_latency = float(sum(c["cycles"] for c in inv.fixed.values()))
     return GraphCost(folder.name, tuple(FoldingTable.build(l, budget) for l in inv.layers), fixed, fixed_cycles,
-                     fixed_latency, inv.edges)
+                     fixed_latency, inv.edges, inv.pools)
 
 
 @dataclass(frozen=True, eq=False)
@@ -117,7 +146,16 @@ class Segment:
     def words(self, folding) -> int:
         """Stream words per feature map out of the segment under a candidate's ``folding``: a
         weight layer at the end streams PE values per word (the inventory was built at
-        ``last_pe``)."""
+        ``last_pe``); a pooling unit at the end streams its fold's values per word (``folds`` is
+        counted at its widest fold, all channels per word)."""
+        ending = [u for u in self.body.pools if u.ends]
+        if ending:
+            unit = ending[0]
+            table = self.body.tables[unit.governor]
+            pe, simd, style = folding[self.body.name][table.layer.layer]
+            idx = np.flatnonzero((table.pe == pe) & (table.simd == simd) & (table.ram_style == style))[0]
+            k = int(pick_pool(unit.cycles, table.cycles[idx]))
+            return self.folds * int(unit.fold[-1]) // int(unit.fold[k])
         if not self.last_pe or not self.body.tables:
             return self.folds
         layer = self.body.tables[-1].layer.layer
@@ -185,8 +223,10 @@ def active_bound(c: Candidate, segments: list[Segment], budget: np.ndarray, targ
         for graph in [seg.body for seg in segments[start : end + 1]] + [segments[end].head]:
             if graph.fixed_cycles > t[0] / p:
                 return f"streaming floor of a fixed node in {graph.name} ({graph.fixed_cycles:.0f} cycles)"
+            picks = []
             for table in graph.tables:
                 idx = table.envelope(t / p)[c.weighting, 0]
+                picks.append(np.array([idx]))
                 if idx < 0:
                     floor = table.layer.vectors  # one output pixel per cycle
                     fastest = table.cycles.min()
@@ -197,6 +237,8 @@ def active_bound(c: Candidate, segments: list[Segment], budget: np.ndarray, targ
                     what = "streaming floor" if fastest <= floor else "folding-legality limit"
                     return f"{what} of {table.layer.layer} ({fastest:.0f} cycles)"
                 total += table.resources[idx]
+            for unit, k in zip(graph.pools, graph.pool_folds(picks)):
+                total += unit.resources[k[0]]
             total += graph.fixed
         start = end + 1
     over = np.flatnonzero(total > budget + 1e-9)

@@ -220,12 +220,14 @@ def sweep(run_dir: str | Path, board_name: str, objective: str = "throughput", m
 
 
 def _flow_digest() -> str:
-    """A digest of exitflow's FINN step list: an inventory built by another flow is built again."""
+    """A digest of exitflow's FINN step list and the folding rules it applies from the model
+    (window and pooling folds): an inventory built by another flow is built again."""
     import hashlib
 
     from exitflow import finn_flow
+    from exitflow.dse import finn_model
 
-    return hashlib.sha256(Path(finn_flow.__file__).read_bytes()).hexdigest()[:16]
+    return hashlib.sha256(b"".join(Path(m.__file__).read_bytes() for m in (finn_flow, finn_model))).hexdigest()[:16]
 
 
 def _streams(inventory: Path, k: int) -> tuple[int, int, int]:
@@ -240,7 +242,11 @@ def _streams(inventory: Path, k: int) -> tuple[int, int, int]:
     last = getCustomOp(node)
     ctu = getCustomOp(ModelWrapper(str(inventory / f"head{k}" / "model_hw.onnx")).graph.node[-1])
     pe = last.get_nodeattr("PE") if node.op_type.startswith("MVAU") else 0
-    return last.get_outstream_width(), int(np.prod(last.get_folded_output_shape()[:-1])), ctu.get_outstream_width(), pe
+    width, words = last.get_outstream_width(), int(np.prod(last.get_folded_output_shape()[:-1]))
+    if node.op_type.startswith("Pool"):  # its fold follows the design's folding: counted at its widest
+        scale = last.get_nodeattr("Channels") // last.get_nodeattr("PE")
+        width, words = width * scale, words // scale
+    return width, words, ctu.get_outstream_width(), pe
 
 
 def _as_json(c: Candidate, names: list[str]) -> dict:

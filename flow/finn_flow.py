@@ -295,7 +295,8 @@ def default_folding(mw: int, channels: int | None = None):
 
 def apply_folding(model, state: FlowState):
     """PE/SIMD/ram_style per layer name onto the k-th MVAU; the sliding-window generator feeding
-    an MVAU gets the smallest SIMD that keeps up with it (or FINN's parallel-window mode)."""
+    an MVAU gets the smallest SIMD that keeps up with it (or FINN's parallel-window mode); each
+    pooling unit the narrowest fold that keeps up with the convolution it follows."""
     from qonnx.custom_op.registry import getCustomOp
 
     nodes = list(model.graph.node)
@@ -326,6 +327,11 @@ def apply_folding(model, state: FlowState):
             simd, wide = window_fold(_window_attrs(swg), np.array([inst.get_exp_cycles()]))
             swg.set_nodeattr("parallel_window", int(wide[0]))
             swg.set_nodeattr("SIMD", int(simd[0]))
+    # pooling units (window generator and Pool) take the narrowest fold that keeps up with the
+    # convolution they follow (exitflow.dse.finn_model.pick_pool)
+    from exitflow.dse.finn_model import fold_pools
+
+    fold_pools(model)
     return model
 
 

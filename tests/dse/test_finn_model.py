@@ -63,7 +63,7 @@ def _check(run, tmp_path, model_name, stages, seed):
     rng = np.random.default_rng(seed)
     summary = json.loads((run / "hw" / "build.json").read_text())
     budget = np.array([53200, 280, 0, 220], dtype=float)
-    compared = parallel = lutram = converters = 0
+    compared = parallel = lutram = converters = narrowed = 0
     for graph in summary["graphs"]:
         folder = run / "hw" / graph["name"]
         layers = list(json.loads((folder / "layers.json").read_text())["layers"])
@@ -92,6 +92,12 @@ def _check(run, tmp_path, model_name, stages, seed):
             # own GraphCost: every resource and the interval exactly as FINN estimates them
             picks = [np.array([[int(np.flatnonzero((t.pe == f[0]) & (t.simd == f[1]) & (t.ram_style == f[2]))[0])]])
                      for t, f in zip(cost.tables, folding)]
+            # pooling units: their fold follows the layer they pool (pick_pool), as the build's
+            for unit, k in zip(cost.pools, cost.pool_folds(picks)):
+                for node, costs in unit.nodes.items():
+                    for key in ("lut", "bram18", "uram", "dsp", "cycles"):
+                        assert costs[key][k[0, 0]] == finn[node][key], (graph["name"], node, key, folding)
+                narrowed += int(unit.fold[k[0, 0]] < unit.fold[-1])
             resources, cycles, _ = cost.combine(picks, (1, 1))
             totals = [sum(v[key] for v in finn.values()) for key in ("lut", "bram18", "uram", "dsp")]
             assert resources[0, 0].tolist() == totals, (graph["name"], folding)
@@ -103,12 +109,12 @@ def _check(run, tmp_path, model_name, stages, seed):
     assert parallel > 0, "no folding exercised the parallel-window generator"
     assert lutram > 0, "no folding kept weights in LUTRAM"
     assert converters > 0, "no folding needed a width converter"
-    return compared
+    return compared, narrowed
 
 
 @pytest.mark.slow
 def test_lenet_stages_and_heads(digits_run, tmp_path):
-    n = _check(digits_run, tmp_path, "lenet", [["conv0"], ["conv1", "fc0"], ["fc1"]], seed=0)
+    n, _ = _check(digits_run, tmp_path, "lenet", [["conv0"], ["conv1", "fc0"], ["fc1"]], seed=0)
     assert n == 6 * SAMPLES_PER_GRAPH
 
 
@@ -124,5 +130,6 @@ def test_cnv_stages_and_heads(tmp_path):
                        model=ModelConfig(backbone="cnv", preset="w2a2"), train=TrainConfig(epochs=1, batch_size=32))
     train(config, tmp_path / "run", log=lambda line: None)
     blocks = ["conv0", "conv1", "conv2", "conv3", "conv4", "conv5", "fc0", "fc1"]
-    n = _check(tmp_path / "run", tmp_path, "cnv", [blocks[:2], blocks[2:6], blocks[6:]], seed=1)
+    n, narrowed = _check(tmp_path / "run", tmp_path, "cnv", [blocks[:2], blocks[2:6], blocks[6:]], seed=1)
     assert n == 6 * SAMPLES_PER_GRAPH  # with lenet's: 204 random foldings compared with FINN
+    assert narrowed > 0, "no folding let a pooling unit take a narrower fold"
