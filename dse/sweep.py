@@ -170,9 +170,22 @@ def sweep(run_dir: str | Path, board_name: str, objective: str = "throughput", m
         return simulated[key]
 
     if objective == "throughput":
-        # the unbounded-gate model ranks; the finite gates (GATE_DEPTH deep, in the budget) decide
-        ranked = sorted(eligible, key=lambda c: (c.fps, c.accuracy, -c.resources[0]), reverse=True)[:40]
-        chosen = max(ranked, key=lambda c: (gated(c, GATE_DEPTH), c.accuracy, -c.resources[0]))
+        # the finite gates (GATE_DEPTH deep, in the budget) decide. A design's throughput with
+        # finite gates is at most its unbounded-gate throughput, so going down the designs by the
+        # latter and stopping once it falls below the best simulated so far finds the best design
+        # with finite gates exactly (branch and bound); designs alike in what the simulation sees
+        # share one run
+        ranked = sorted(eligible, key=lambda c: (c.fps, c.accuracy, -c.resources[0]), reverse=True)
+        chosen, best, alike = ranked[0], -1.0, {}
+        for c in ranked:
+            if c.fps < best:
+                break
+            key = (c.exits, c.thresholds, c.stage_cycles, c.head_cycles,
+                   tuple(segments[k].words(c.folding) for k in (*c.exits, len(segments) - 1)))
+            if key not in alike:
+                alike[key] = gated(c, GATE_DEPTH)
+            if (alike[key], c.accuracy, -c.resources[0]) > (best, chosen.accuracy, -chosen.resources[0]):
+                chosen, best = c, alike[key]
     else:
         chosen = min(eligible, key=lambda c: (c.mean_latency_us, -c.fps, -c.accuracy))
     best_no_exit = max(no_exit, key=lambda c: (c.fps, -c.resources[0]))
