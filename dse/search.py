@@ -171,16 +171,21 @@ class Segment:
 
 
 def routing_cost(segments: list[Segment], subset: tuple[int, ...], gate_depth: int) -> tuple[np.ndarray, np.ndarray]:
-    """(gate cost per kept early exit (exits x 4), merge cost (4,)) of a design keeping ``subset``:
-    the units outside the FINN graphs (:mod:`exitflow.hw_ops.routing`)."""
-    from exitflow.boards.vivado import ID_BITS
-    from exitflow.hw_ops.routing import merge_resources
+    """(gate cost per kept early exit (exits x 4), cost of the rest outside the FINN graphs (4,)) of
+    a design keeping ``subset``: the gates, the merge and the two record FIFOs of every exit, the
+    final one included, as the block design builds them (:mod:`exitflow.hw_ops.routing`,
+    :mod:`exitflow.boards.vivado`)."""
+    from exitflow.boards.vivado import ID_BITS, record_fifo_for
+    from exitflow.hw_ops.routing import merge_resources, record_fifo_resources
 
     kept = [*subset, len(segments) - 1]
     exit_bits = max(1, (len(kept) - 1).bit_length())
     record = ID_BITS + exit_bits + max(segments[k].record_bits for k in kept)
     gates = np.array([segments[k].gate(gate_depth) for k in subset]).reshape(len(subset), 4)
-    return gates, np.array([merge_resources(record, len(kept)) if subset else 0.0, 0.0, 0.0, 0.0])
+    word = 8 * (1 << (-(-record // 8) - 1).bit_length())  # the block design's record word (RecordFormat.word_bytes)
+    lut, bram = record_fifo_resources(word, record_fifo_for(gate_depth if subset else 1))
+    rest = np.array([2 * len(kept) * lut + (merge_resources(record, len(kept)) if subset else 0.0), 2 * len(kept) * bram, 0.0, 0.0])
+    return gates, rest
 
 
 @dataclass(frozen=True)

@@ -192,22 +192,28 @@ def sweep(run_dir: str | Path, board_name: str, objective: str = "throughput", m
     # deeper gates where the budget has room and bursts of hard samples still stall a stage
     depth = GATE_DEPTH
     if chosen.exits:
-        searched = routing_cost(segments, chosen.exits, GATE_DEPTH)[0]  # the gates the search budgeted
-        base = np.array(chosen.resources) - searched.sum(axis=0)
+        def outside(d):  # (gates x 4, the rest: merge and record FIFOs) at gate depth d
+            return routing_cost(segments, chosen.exits, d)
+
+        searched = outside(GATE_DEPTH)  # what the search budgeted
+        base = np.array(chosen.resources) - searched[0].sum(axis=0) - searched[1]
         for deeper in (16, 32, 64, 128):
             if gated(chosen, depth) >= chosen.fps * 0.999:
                 break
-            if np.any(base + routing_cost(segments, chosen.exits, deeper)[0].sum(axis=0) > budget + 1e-9):
+            gates, rest = outside(deeper)
+            if np.any(base + gates.sum(axis=0) + rest > budget + 1e-9):
                 break
             if gated(chosen, deeper) < gated(chosen, depth) * 1.005:
                 break  # deeper gates no longer pay
             depth = deeper
     gated_fps = gated(chosen, depth)
-    if chosen.exits:  # the chosen gates' resources in place of those the search budgeted
-        extra = routing_cost(segments, chosen.exits, depth)[0] - searched  # per gate
-        stages = [tuple(np.add(r, extra[s]).tolist()) if s < len(chosen.exits) else r
+    if chosen.exits:  # the chosen gates (and record FIFOs) in place of those the search budgeted
+        gates, rest = outside(depth)
+        extra, extra_rest = gates - searched[0], rest - searched[1]
+        last = len(chosen.stage_resources) - 1
+        stages = [tuple(np.add(r, extra[s] if s < last else extra_rest).tolist())
                   for s, r in enumerate(chosen.stage_resources)]
-        chosen = replace(chosen, resources=tuple(np.add(chosen.resources, extra.sum(axis=0)).tolist()),
+        chosen = replace(chosen, resources=tuple(np.add(chosen.resources, extra.sum(axis=0) + extra_rest).tolist()),
                          stage_resources=tuple(stages))
     kept = list(chosen.exits) + [len(segments) - 1]
     stage_cycles = list(chosen.stage_cycles)

@@ -24,6 +24,18 @@ def gate_resources(stream_bits: int, folds: int, depth: int, id_bits: int = 16) 
     return stream_bits + id_bits + 30, bram
 
 
+def record_fifo_resources(width: int, depth: int) -> tuple[int, int]:
+    """(LUT, BRAM18) of one record FIFO of the block design (Xilinx ``axis_data_fifo``, ``depth``
+    records of ``width`` bits): up to 4 Kib in LUTRAM (a RAM32M is four LUTs holding 32 x 6 bits),
+    beyond that in BRAM18 (at most 36 bits wide), plus about 30 LUTs of pointers and flags.
+    exitflow's own estimate (neither FINN nor the design search has Vivado's numbers); the
+    design search adds two per exit (CTU -> gate and exit -> merge)."""
+    bits = width * depth
+    if bits <= 4096:
+        return 4 * -(-width // 6) * -(-depth // 32) + 30, 0
+    return 30, max(-(-width // 36), -(-bits // 18432))
+
+
 def merge_resources(record_bits: int, exits: int) -> int:
     """LUTs of the merge: an input mux of ``exits`` tagged-record streams and a round-robin pointer."""
     return record_bits * exits + 20

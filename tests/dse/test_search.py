@@ -43,8 +43,10 @@ def test_no_exit_and_early_exit_candidates():
         assert np.all(np.array(c.resources) <= BUDGET)
         assert c.fps >= 100e6 / c.target * (1 - 1e-9)  # every stage meets the interval target
     # under the same LUT budget, an exit that takes some of the samples lets the big second stage
-    # run at a fraction of the input rate: more throughput for the same fabric
-    for lut_cap in (3000, 5000, 8000):
+    # run at a fraction of the input rate: more throughput for the same fabric (once the budget is
+    # well above what the exit's gate, merge and record FIFOs cost: below about 4,000 LUTs here
+    # they eat the gain)
+    for lut_cap in (5000, 8000, 12000):
         budget = BUDGET * [lut_cap / BUDGET[0], 1, 1, 1]
         capped = search(problem(budget)[0], codes, correct, scales, "max_prob", [0.5, 0.9], budget, clock_mhz=100.0)
         assert all(c.resources[0] <= lut_cap for c in capped)
@@ -86,3 +88,23 @@ def test_gate_words_follow_the_chosen_pe_of_the_stage_end():
     assert built_at_pe_2.words({"s0": {"b0": (1, 1, "auto")}}) == 128
     fixed_end = Segment(segment.exit, segment.blocks, segment.body, segment.head, stream_bits=4, folds=64)
     assert fixed_end.words({"s0": {"b0": (8, 1, "auto")}}) == 64
+
+
+def test_routing_cost_counts_gates_merge_and_two_record_fifos_per_exit():
+    from exitflow.boards.vivado import record_fifo_for
+    from exitflow.dse.search import routing_cost
+    from exitflow.hw_ops.routing import merge_resources, record_fifo_resources
+
+    segments, *_ = problem()
+    segments = [Segment(s.exit, s.blocks, s.body, s.head, stream_bits=8, folds=100, record_bits=14) for s in segments]
+    gates, rest = routing_cost(segments, (), 8)
+    assert gates.shape == (0, 4)
+    fifo = record_fifo_resources(32, record_fifo_for(1))  # 16 + 1 + 14 bits: a 4-byte record word
+    assert rest.tolist() == [2 * fifo[0], 2 * fifo[1], 0, 0]  # the final exit's two record FIFOs
+    gates, rest = routing_cost(segments, (0,), 64)
+    assert gates.tolist() == [segments[0].gate(64).tolist()]
+    fifo = record_fifo_resources(32, record_fifo_for(64))
+    assert fifo[0] > record_fifo_resources(32, 16)[0]  # deeper gates, deeper record FIFOs
+    assert rest.tolist() == [4 * fifo[0] + merge_resources(16 + 1 + 14, 2), 4 * fifo[1], 0, 0]
+    # past 4 Kib the FIFO goes to block RAM
+    assert record_fifo_resources(32, 256) == (30, 1)
