@@ -293,8 +293,9 @@ def search(segments: list[Segment], codes: np.ndarray, correct: np.ndarray, scal
     evaluated at once: each layer's envelopes are looked up for the whole (combinations x
     targets) array."""
     n = len(segments)
-    grid = TARGETS if targets is None else targets
-    fine = FINE_TARGETS if targets is None else targets
+    custom = targets is not None
+    grid = targets if custom else TARGETS
+    fine = targets if custom else FINE_TARGETS
     out = []
     evaluated = 0
     subsets = list(_subsets(n - 1, max_exits))
@@ -358,6 +359,10 @@ def search(segments: list[Segment], codes: np.ndarray, correct: np.ndarray, scal
             start = end + 1
         evaluated += len(combos) * n_w * n_t
         feasible &= np.all(total <= budget + 1e-9, axis=-1)
+        if not subset and not custom and feasible.any():
+            # the designs with exits also try the best no-exit design's interval exactly: the one
+            # that matches its throughput is then on the grid, not up to a grid step faster
+            grid = np.unique(np.r_[grid, interval[feasible].min()])
         latency_us = to_exit / clock_mhz  # (stages, combos, W, targets)
         mean_latency = np.einsum("cs,scwt->cwt", share, latency_us)
         fps = clock_mhz * 1e6 / interval
