@@ -267,8 +267,9 @@ def inventory(model_path: str | Path, part: str, layer_names: list[str], name: s
 # ------------------------------------------------------------------------------ formulas
 
 
-def _mvau(L: WeightLayer, pe: np.ndarray, simd: np.ndarray, ram_style: np.ndarray) -> dict[str, np.ndarray]:
+def _mvau(L: WeightLayer, pe: np.ndarray, simd: np.ndarray, ram_style: np.ndarray, res_type: np.ndarray) -> dict[str, np.ndarray]:
     P, Q = pe.astype(np.float64), simd.astype(np.float64)
+    dsp_mult = res_type == "dsp"
     W, A = L.wbits, L.abits
     wmem = (L.mw * L.mh) // (pe * simd)
     omega = (L.mw * L.mh) / (Q * P)
@@ -310,7 +311,7 @@ def _mvau(L: WeightLayer, pe: np.ndarray, simd: np.ndarray, ram_style: np.ndarra
             c2 = np.where(distributed, c2, 0)
         else:
             c2 = np.zeros(pe.shape)
-        mult = np.zeros(pe.shape) if L.res_type == "dsp" else Q * (2 * math.ceil((W + A) / 6) - 1) * (W + A)
+        mult = np.where(dsp_mult, 0.0, Q * (2 * math.ceil((W + A) / 6) - 1) * (W + A))
         adder = (W + A) * (2 * Q - 1)
         alpha = math.log(L.mw, 2) + W + A - 1 - int(L.signed_input)
         acc_bits = min(L.acc_bits, np.ceil(alpha + math.log(1 + pow(2, -alpha), 2) + 1))
@@ -320,7 +321,7 @@ def _mvau(L: WeightLayer, pe: np.ndarray, simd: np.ndarray, ram_style: np.ndarra
             thr = (2 ** L.out_bits - 1) * acc_bits * np.ceil(tmem / 64)
             comp = np.full(pe.shape, (2 ** L.out_bits - 1) * acc_bits, dtype=np.float64)
         lut = np.floor(300 + 1.1 * (P * (mult + adder + acc_bits + thr + comp)) + c2)
-        dsp = P * Q * np.ceil((W + A) / 48) if L.res_type == "dsp" else np.zeros(pe.shape)
+        dsp = np.where(dsp_mult, P * Q * np.ceil((W + A) / 48), 0.0)
     return {"lut": lut, "bram18": bram, "uram": uram, "dsp": dsp, "cycles": cycles}
 
 
@@ -404,14 +405,15 @@ def dwc_luts(in_width, out_width) -> np.ndarray:
     return np.where(inw == outw, 0, up + down).astype(np.float64)
 
 
-def layer_costs(layer: WeightLayer, pe, simd, ram_style=None) -> dict[str, dict[str, np.ndarray]]:
+def layer_costs(layer: WeightLayer, pe, simd, ram_style=None, res_type=None) -> dict[str, dict[str, np.ndarray]]:
     """{node name: {lut, bram18, uram, dsp, cycles}} of the MVAU, its window generator and the
     width converter between them (key ``<MVAU node>:dwc``) for every (PE, SIMD[, weight
-    ram_style]) of the arrays ``pe``, ``simd`` and ``ram_style`` (default: the style the graph was
-    built with)."""
+    ram_style[, multiplier resType]]) of the arrays ``pe``, ``simd``, ``ram_style`` and ``res_type``
+    (default: what the graph was built with)."""
     pe, simd = np.asarray(pe, dtype=np.int64), np.asarray(simd, dtype=np.int64)
     styles = np.full(pe.shape, layer.ram_style, dtype=object) if ram_style is None else np.asarray(ram_style, dtype=object)
-    mvau = _mvau(layer, pe, simd, styles)
+    mults = np.full(pe.shape, layer.res_type, dtype=object) if res_type is None else np.asarray(res_type, dtype=object)
+    mvau = _mvau(layer, pe, simd, styles, mults)
     out = {layer.node: mvau}
     if layer.window is not None:
         w = layer.window

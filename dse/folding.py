@@ -31,6 +31,15 @@ def legal_foldings(layer: WeightLayer) -> tuple[np.ndarray, np.ndarray]:
     return np.array(pe), np.array(simd)
 
 
+def mult_styles(layer: WeightLayer) -> tuple[str, ...]:
+    """What the search may build a layer's multipliers of: LUT fabric or DSP slices (FINN's
+    ``resType``) for an HLS MVAU; an RTL MVAU always uses DSP slices (the build leaves its
+    resType alone)."""
+    if layer.impl == "hls":
+        return ("lut", "dsp")
+    return ("dsp",)
+
+
 def weight_styles(layer: WeightLayer) -> tuple[str, ...]:
     """Where the search may keep a layer's weights: block RAM (FINN's ``auto``) or LUTRAM
     (``distributed``) for an HLS MVAU streaming its weights from an internal memory. Other
@@ -41,22 +50,25 @@ def weight_styles(layer: WeightLayer) -> tuple[str, ...]:
     return (layer.ram_style,)
 
 
-WEIGHTINGS = ((1.0, 1.0, 1.0, 1.0), (4.0, 1.0, 1.0, 1.0), (1.0, 4.0, 1.0, 1.0)) + tuple(
-    (float(lut), 1.0, 1.0, 1.0) for lut in np.geomspace(1 / 64, 64, 37) if not np.isclose(lut, 1.0))
+WEIGHTINGS = ((1.0, 1.0, 1.0, 1.0), (4.0, 1.0, 1.0, 0.25), (1.0, 4.0, 1.0, 1.0)) + tuple(
+    (float(lut), 1.0, 1.0, dsp) for dsp in (1.0, 0.25) for lut in np.geomspace(1 / 64, 64, 37)
+    if not (np.isclose(lut, 1.0) and dsp == 1.0))
 """How a folding's resources add up to one cost: the budget shares of LUT, BRAM18, URAM and DSP
-times these weights. The first treats every resource alike; the next two make LUTs or BRAM18
-four times dearer, so the search also sees LUT-lean and BRAM-lean designs (one scalar cost alone
-misses designs that trade one for the other); the rest weigh LUTs from 1/64 to 64 times
-(geometric steps). The search uses the first three for designs with early exits and all of them
-for the designs without (one exit set, one threshold: cheap), so baseline (a) gets a fine
-LUT/BRAM trade-off."""
+times these weights. The first treats every resource alike; the second makes LUTs four times
+dearer and DSP slices four times cheaper (so a layer with wide operands, such as an 8-bit input
+layer, multiplies in DSP slices), the third makes BRAM18 four times dearer: the search also sees
+LUT-lean and BRAM-lean designs (one scalar cost alone misses designs that trade one for the
+other). The rest weigh LUTs from 1/64 to 64 times (geometric steps), with DSP slices at full and
+at a quarter price. The search uses the first three for designs with early exits and all of
+them for the designs without (one exit set, one threshold: cheap), so baseline (a) gets a fine
+LUT/BRAM/DSP trade-off."""
 EXIT_WEIGHTINGS = 3
 
 
 @dataclass(frozen=True, eq=False)
 class FoldingTable:
-    """Every legal folding (PE, SIMD, weight memory style) of one layer with its resources and
-    cycles, and one lower envelope per cost weighting."""
+    """Every legal folding (PE, SIMD, weight memory style, multiplier resource) of one layer with
+    its resources and cycles, and one lower envelope per cost weighting."""
 
     layer: WeightLayer
     pe: np.ndarray
@@ -68,14 +80,17 @@ class FoldingTable:
     ram_style: np.ndarray  # weight memory style of each folding
     in_width: np.ndarray = None  # the layer's input stream (its window generator's, if any)
     out_width: np.ndarray = None  # its output stream
+    res_type: np.ndarray = None  # multiplier resource (FINN's resType) of each folding
 
     @classmethod
     def build(cls, layer: WeightLayer, budget: np.ndarray, weightings=WEIGHTINGS) -> FoldingTable:
         pe, simd = legal_foldings(layer)
-        styles = weight_styles(layer)
-        pe, simd = np.tile(pe, len(styles)), np.tile(simd, len(styles))
-        ram_style = np.repeat(np.array(styles, dtype=object), len(pe) // len(styles))
-        costs = layer_costs(layer, pe, simd, ram_style)
+        variants = [(s, m) for s in weight_styles(layer) for m in mult_styles(layer)]
+        n = len(pe)
+        pe, simd = np.tile(pe, len(variants)), np.tile(simd, len(variants))
+        ram_style = np.repeat(np.array([s for s, _ in variants], dtype=object), n)
+        res_type = np.repeat(np.array([m for _, m in variants], dtype=object), n)
+        costs = layer_costs(layer, pe, simd, ram_style, res_type)
         resources = sum(np.stack([c[r] for r in RESOURCES], axis=1) for c in costs.values())
         per_node = np.stack([c["cycles"] for c in costs.values()])
         cycles, latency = per_node.max(axis=0), per_node.sum(axis=0)
@@ -83,7 +98,7 @@ class FoldingTable:
             share = np.where(resources > 0, resources / budget, 0.0)
         weighted = np.array([(share * np.asarray(w)).sum(axis=1) for w in weightings]) + 1e-9 * resources[:, 0]
         in_width, out_width = stream_widths(layer, pe, simd, costs[layer.node]["cycles"])
-        return cls(layer, pe, simd, resources, cycles, weighted, latency, ram_style, in_width, out_width)
+        return cls(layer, pe, simd, resources, cycles, weighted, latency, ram_style, in_width, out_width, res_type)
 
     @property
     def cost(self) -> np.ndarray:

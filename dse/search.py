@@ -152,8 +152,9 @@ class Segment:
         if ending:
             unit = ending[0]
             table = self.body.tables[unit.governor]
-            pe, simd, style = folding[self.body.name][table.layer.layer]
-            idx = np.flatnonzero((table.pe == pe) & (table.simd == simd) & (table.ram_style == style))[0]
+            pe, simd, style, mult = folding[self.body.name][table.layer.layer]
+            idx = np.flatnonzero((table.pe == pe) & (table.simd == simd) & (table.ram_style == style)
+                                 & (table.res_type == mult))[0]
             k = int(pick_pool(unit.cycles, table.cycles[idx]))
             return self.folds * int(unit.fold[-1]) // int(unit.fold[k])
         if not self.last_pe or not self.body.tables:
@@ -258,7 +259,7 @@ def _subsets(n_early: int, max_exits: int):
 
 class LazyFolding(Mapping):
     """The folding of one candidate, built only when asked for (most candidates never are):
-    graph name -> {layer: (PE, SIMD, weight ram_style)}."""
+    graph name -> {layer: (PE, SIMD, weight ram_style, multiplier resType)}."""
 
     def __init__(self, picks: dict, row: int, column: tuple[int, int]):
         self._picks, self._row, self._column = picks, row, column
@@ -266,7 +267,7 @@ class LazyFolding(Mapping):
     def _build(self) -> dict:
         def pick(table, i):
             k = i[(self._row, *self._column)]
-            return int(table.pe[k]), int(table.simd[k]), str(table.ram_style[k])
+            return int(table.pe[k]), int(table.simd[k]), str(table.ram_style[k]), str(table.res_type[k])
 
         return {name: {table.layer.layer: pick(table, i) for table, i in zip(graph.tables, idx)}
                 for name, (graph, idx) in self._picks.items()}
@@ -281,7 +282,22 @@ class LazyFolding(Mapping):
         return len(self._picks)
 
 
-def search(segments: list[Segment], codes: np.ndarray, correct: np.ndarray, scales: np.ndarray, policy: str,
+def search(*args, **kwargs) -> list[Candidate]:
+    """:func:`_search` with Python's cyclic garbage collector paused: the search makes hundreds of
+    thousands of small candidate objects, none of them in a reference cycle, and the collector
+    re-scanning the growing heap took about as long as the search itself."""
+    import gc
+
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _search(*args, **kwargs)
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _search(segments: list[Segment], codes: np.ndarray, correct: np.ndarray, scales: np.ndarray, policy: str,
            threshold_grid: list[float], budget: np.ndarray, clock_mhz: float, max_exits: int = 3,
            targets: np.ndarray | None = None, progress=None, stats: dict | None = None,
            exit_weightings: int = EXIT_WEIGHTINGS, gate_depth: int = 8) -> list[Candidate]:

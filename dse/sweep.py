@@ -309,10 +309,10 @@ def _design(c: Candidate, segments, backbone: str, board, gate_depth: int = GATE
         blocks = [b for seg in segments[start : end + 1] for b in seg.blocks]
         folding = {}
         for seg in segments[start : end + 1]:
-            folding.update({layer: LayerFolding(pe=pe, simd=simd, ram_style=style)
-                            for layer, (pe, simd, style) in c.folding.get(seg.body.name, {}).items()})
-        head_fold = {layer: LayerFolding(pe=pe, simd=simd, ram_style=style)
-                     for layer, (pe, simd, style) in c.folding.get(segments[end].head.name, {}).items()}
+            folding.update({layer: LayerFolding(pe=pe, simd=simd, ram_style=style, res_type=mult)
+                            for layer, (pe, simd, style, mult) in c.folding.get(seg.body.name, {}).items()})
+        head_fold = {layer: LayerFolding(pe=pe, simd=simd, ram_style=style, res_type=mult)
+                     for layer, (pe, simd, style, mult) in c.folding.get(segments[end].head.name, {}).items()}
         name = f"exit_{segments[end].exit}".replace(".", "_") if not last else "final"
         stages.append(Stage(name=f"stage{s}", blocks=tuple(blocks), folding=FrozenMap(folding),
                             gate_depth=None if last else gate_depth,

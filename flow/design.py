@@ -49,6 +49,10 @@ POLICIES: tuple[str, ...] = ("max_prob", "margin")
 #: FINN's ``ram_style`` for weight memories.
 RamStyle = Literal["auto", "block", "distributed", "ultra"]
 
+#: FINN's ``resType`` for an HLS MVAU's multipliers: LUT fabric (FINN's default for HLS) or DSP
+#: slices. An RTL MVAU always multiplies in DSP slices and ignores it.
+ResType = Literal["lut", "dsp"]
+
 _NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
 _LAYER_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*$")
 
@@ -66,11 +70,13 @@ def _check_folding(key: str, folding: FrozenMap[str, LayerFolding]) -> None:
 
 @dataclass(frozen=True, kw_only=True)
 class LayerFolding:
-    """Parallelism of one layer: PE (output channels in parallel), SIMD (inputs in parallel)."""
+    """Parallelism of one layer: PE (output channels in parallel), SIMD (inputs in parallel),
+    where its weights live and what its multipliers are built of."""
 
     pe: int = 1
     simd: int = 1
     ram_style: RamStyle = "auto"
+    res_type: ResType = "lut"
 
     def __post_init__(self) -> None:
         for key in ("pe", "simd"):

@@ -317,6 +317,8 @@ def apply_folding(model, state: FlowState):
         inst.set_nodeattr("SIMD", fold.simd)
         if "ram_style" in inst.get_nodeattr_types():
             inst.set_nodeattr("ram_style", fold.ram_style)
+        if node.op_type.endswith("_hls") and "resType" in inst.get_nodeattr_types():
+            inst.set_nodeattr("resType", fold.res_type)  # an RTL MVAU always uses DSP slices
         if window:
             # the generator's own SIMD: the smallest that keeps up with the MVAU, or FINN's
             # parallel-window mode (exitflow.dse.finn_model.window_fold); a width converter

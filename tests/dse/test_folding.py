@@ -2,6 +2,8 @@
 
 import json
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import yaml
@@ -65,4 +67,26 @@ def test_unavailable_resource_is_never_chosen():
                         ram_style_thresholds="auto", res_type="dsp", vectors=1, th=1, dsp_block="DSP48E1")
     no_dsp = FoldingTable.build(layer, np.array([53200, 280, 0, 0], dtype=float))
     assert np.all(np.isinf(no_dsp.costs[:, no_dsp.resources[:, 3] > 0]))
-    assert np.all(no_dsp.envelope(np.array([1e9])) == -1)  # every folding of a DSP MVAU needs DSPs
+    # an HLS MVAU may multiply in LUTs instead: the board without DSPs gets those foldings
+    picked = no_dsp.envelope(np.array([1e9]))
+    assert np.all(picked >= 0) and set(no_dsp.res_type[picked.ravel()]) == {"lut"}
+    rtl = FoldingTable.build(replace(layer, impl="rtl"), np.array([53200, 280, 0, 0], dtype=float))
+    assert np.all(rtl.envelope(np.array([1e9])) == -1)  # every folding of an RTL MVAU needs DSPs
+
+
+def test_wide_operands_multiply_in_dsp_slices_when_luts_are_dear():
+    """An 8-bit input layer: a DSP slice saves 33 LUTs per multiplier; the LUT-lean weighting
+    (DSPs at a quarter price) takes them, the even one keeps LUT multipliers for small foldings."""
+    from exitflow.dse.finn_model import WeightLayer
+
+    layer = WeightLayer(layer="conv0", node="MVAU_hls_0", impl="hls", mw=27, mh=64, wbits=2, abits=8, signed_input=False,
+                        acc_bits=16, out_bits=2, no_activation=False, mem_mode="internal_decoupled", ram_style="auto",
+                        ram_style_thresholds="block", res_type="lut", vectors=900, th=1, dsp_block="DSP48E1")
+    table = FoldingTable.build(layer, np.array([41820, 234.6, 0, 187], dtype=float))
+    both = np.flatnonzero((table.pe == 64) & (table.simd == 1) & (table.ram_style == "distributed"))
+    lut, dsp = sorted(both, key=lambda i: table.res_type[i] == "dsp")
+    assert table.resources[dsp, 3] == 64 and table.resources[lut, 3] == 0
+    # FINN's HLS estimate: 30 LUTs per 8x2-bit multiplier, times 1.1, less in DSP mode (floors: +-1)
+    assert abs(table.resources[lut, 0] - table.resources[dsp, 0] - 1.1 * 64 * 30) <= 1
+    lean = table.envelope(np.array([24300.0]))[1, 0]
+    assert table.res_type[lean] == "dsp"

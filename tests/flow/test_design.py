@@ -21,6 +21,7 @@ foldings = st.builds(
     pe=st.integers(1, 4096),
     simd=st.integers(1, 4096),
     ram_style=st.sampled_from(["auto", "block", "distributed", "ultra"]),
+    res_type=st.sampled_from(["lut", "dsp"]),
 )
 folding_maps = st.dictionaries(layer_names, foldings, max_size=4).map(FrozenMap)
 thresholds = {
