@@ -23,7 +23,9 @@ MODELS = {
 
 def swept(model: str, drop_pp: float):
     """(SweepResult, train seconds) for ``model`` on Pynq-Z2 with an accuracy floor of
-    ``drop_pp`` below the final exit. EXITFLOW_DSE_EPOCHS overrides the cnv epochs (default 15)."""
+    ``drop_pp`` below the final exit. EXITFLOW_DSE_EPOCHS overrides the cnv epochs (default 15);
+    EXITFLOW_DSE_RUNS names a folder where the trained runs are kept and reused (default: a
+    temporary folder, removed at exit)."""
     key = (model, drop_pp)
     if key in _CACHE:
         return _CACHE[key]
@@ -39,16 +41,22 @@ def swept(model: str, drop_pp: float):
     spec = MODELS[model]
     run = _CACHE.get(("run", model))
     if run is None:
-        folder = tempfile.mkdtemp(prefix=f"exitflow_bench_{model}_")
-        atexit.register(shutil.rmtree, folder, ignore_errors=True)
         epochs = int(os.environ.get("EXITFLOW_DSE_EPOCHS", spec["epochs"])) if model == "cnv" else spec["epochs"]
+        keep = os.environ.get("EXITFLOW_DSE_RUNS")  # a folder to keep trained runs in, reused next time
+        if keep:
+            folder = os.path.join(keep, f"{model}-{epochs}ep-val{spec['val_fraction']}")
+        else:
+            folder = tempfile.mkdtemp(prefix=f"exitflow_bench_{model}_")
+            atexit.register(shutil.rmtree, folder, ignore_errors=True)
         config = RunConfig(data=DataSpec(name="mnist5k", shape=spec["shape"], val_fraction=spec["val_fraction"]),
                            model=ModelConfig(backbone=spec["backbone"], preset=spec["preset"], exits=spec["exits"]),
                            train=TrainConfig(epochs=epochs))
-        start = time.perf_counter()
-        train(config, folder, log=lambda line: None)
-        train_s = time.perf_counter() - start
-        profile(folder, plot=False)
+        train_s = None  # trained in an earlier run (EXITFLOW_DSE_RUNS)
+        if not os.path.exists(os.path.join(folder, "profile.npz")):
+            start = time.perf_counter()
+            train(config, folder, log=lambda line: None)
+            train_s = time.perf_counter() - start
+            profile(folder, plot=False)
         run = _CACHE[("run", model)] = (folder, train_s)
     folder, train_s = run
     result = sweep(folder, "Pynq-Z2", max_drop_pp=drop_pp, log=lambda line: None)

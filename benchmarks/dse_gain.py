@@ -36,7 +36,7 @@ def run() -> list[dict]:
             "test_drop_pp_at_1pp": round(100 * (one.final_test_accuracy - one.test_accuracy), 2),
             "test_drop_pp_at_0p5pp": round(100 * (half.final_test_accuracy - half.test_accuracy), 2),
             "exits_1pp": _chosen_exit_names(model),
-            "train_s": round(train_s, 1),
+            "train_s": round(train_s, 1) if train_s is not None else None,
         })
     return rows
 

@@ -50,19 +50,23 @@ def weight_styles(layer: WeightLayer) -> tuple[str, ...]:
     return (layer.ram_style,)
 
 
-WEIGHTINGS = ((1.0, 1.0, 1.0, 1.0), (4.0, 1.0, 1.0, 0.25), (1.0, 4.0, 1.0, 1.0)) + tuple(
-    (float(lut), 1.0, 1.0, dsp) for dsp in (1.0, 0.25) for lut in np.geomspace(1 / 64, 64, 37)
-    if not (np.isclose(lut, 1.0) and dsp == 1.0))
+_EXIT = ((1.0, 1.0, 1.0, 1.0), (4.0, 1.0, 1.0, 1.0), (1.0, 4.0, 1.0, 1.0), (1.0, 1.0, 1.0, 0.125))
+WEIGHTINGS = _EXIT + tuple(
+    w for w in ((float(lut), 1.0, 1.0, dsp) for dsp in (1e6, 1.0, 0.25) for lut in np.geomspace(1 / 64, 64, 37))
+    if w not in _EXIT)
 """How a folding's resources add up to one cost: the budget shares of LUT, BRAM18, URAM and DSP
-times these weights. The first treats every resource alike; the second makes LUTs four times
-dearer and DSP slices four times cheaper (so a layer with wide operands, such as an 8-bit input
-layer, multiplies in DSP slices), the third makes BRAM18 four times dearer: the search also sees
-LUT-lean and BRAM-lean designs (one scalar cost alone misses designs that trade one for the
-other). The rest weigh LUTs from 1/64 to 64 times (geometric steps), with DSP slices at full and
-at a quarter price. The search uses the first three for designs with early exits and all of
-them for the designs without (one exit set, one threshold: cheap), so baseline (a) gets a fine
-LUT/BRAM/DSP trade-off."""
-EXIT_WEIGHTINGS = 3
+times these weights. The first treats every resource alike; the next two make LUTs or BRAM18
+four times dearer, so the search also sees LUT-lean and BRAM-lean designs (one scalar cost alone
+misses designs that trade one for the other); the fourth is the first with DSP slices at an
+eighth of their budget share (a DSP slice then replaces LUT multipliers where it saves about 28
+LUTs, as in an 8-bit input layer). The rest weigh LUTs from 1/64 to 64 times (geometric steps),
+each with DSP slices all but barred (1e6: LUT multipliers wherever an HLS MVAU allows them), at
+full and at a quarter price: each layer picks its multipliers on its own, so without the barred
+set a LUT-lean weighting moves every layer into DSP slices at once and overruns the DSP budget.
+The search uses the first four for designs with early exits and all of them for the designs
+without (one exit set, one threshold: cheap), so baseline (a) gets a fine LUT/BRAM/DSP
+trade-off."""
+EXIT_WEIGHTINGS = 4
 
 
 @dataclass(frozen=True, eq=False)

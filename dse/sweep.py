@@ -268,11 +268,13 @@ def _streams(inventory: Path, k: int) -> tuple[int, int, int]:
     return width, words, ctu.get_outstream_width(), pe
 
 
-def _as_json(c: Candidate, names: list[str]) -> dict:
+def _as_json(c: Candidate, names: list[str], clock_mhz: float) -> dict:
     return {"exits": [names[k] for k in c.exits], "thresholds": list(c.thresholds), "fps": c.fps,
             "val_accuracy": c.accuracy, "lut": c.resources[0], "bram18": c.resources[1], "uram": c.resources[2],
             "dsp": c.resources[3], "interval_cycles": c.target, "reach": list(c.reach),
-            "latency_us_to_exit": list(c.latency_us), "mean_latency_us": c.mean_latency_us}
+            "latency_cycles_to_exit": [round(t * clock_mhz) for t in c.latency_us],
+            "latency_us_to_exit": list(c.latency_us), "mean_latency_cycles": c.mean_latency_us * clock_mhz,
+            "mean_latency_us": c.mean_latency_us}
 
 
 def _write(out: Path, r: SweepResult, segments, model, backbone: str, board, budget, util) -> None:
@@ -282,16 +284,16 @@ def _write(out: Path, r: SweepResult, segments, model, backbone: str, board, bud
     names = model.exit_names
     report = {
         "board": board.name, "utilisation_cap": util, "budget": dict(zip(("lut", "bram18", "uram", "dsp"), budget.tolist())),
-        "chosen": {**_as_json(r.chosen, names), "test_accuracy": r.test_accuracy, "fps_with_gates": r.fps_with_gates,
+        "chosen": {**_as_json(r.chosen, names, board.clock_mhz), "test_accuracy": r.test_accuracy, "fps_with_gates": r.fps_with_gates,
                    "gate_depth": r.gate_depth, "gain_with_gates": r.gain_with_gates,
                    "stage_resources": [dict(zip(("lut", "bram18", "uram", "dsp"), res)) for res in r.chosen.stage_resources],
                    "active_bound": r.bound,
                    "fps_if_reach_minus_5pp": r.sensitivity["minus"], "fps_if_reach_plus_5pp": r.sensitivity["plus"]},
-        "no_exit_baseline": _as_json(r.no_exit, names),
+        "no_exit_baseline": _as_json(r.no_exit, names, board.clock_mhz),
         "gain_vs_no_exit": r.gain, "final_exit_test_accuracy": r.final_test_accuracy,
         "finn_setfolding_baseline": r.finn_baseline,
         "gain_vs_finn_setfolding": (r.chosen.fps / r.finn_baseline["fps"]) if r.finn_baseline else None,
-        "front": [{**_as_json(c, names), "active_bound": b} for c, b in zip(r.front, r.front_bounds)],
+        "front": [{**_as_json(c, names, board.clock_mhz), "active_bound": b} for c, b in zip(r.front, r.front_bounds)],
     }
     atomic_write(out / "pareto.json", lambda p: p.write_text(json.dumps(report, indent=1)))
     save_design(_design(r.chosen, segments, backbone, board, r.gate_depth), out / "design.yaml")

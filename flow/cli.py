@@ -149,9 +149,14 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     r = sweep(args.dir, args.board, objective=args.objective, min_accuracy=args.min_accuracy,
               max_drop_pp=args.max_drop_pp, util=args.util, max_latency_us=args.max_latency_us)
+    import json
+    from pathlib import Path
+
     c = r.chosen
-    print(f"chosen: exits {list(c.exits) or 'none'} at thresholds {list(c.thresholds)}: {c.fps:,.0f} samples/s "
-          f"({r.gain:.2f}x the best design without early exits, {r.no_exit.fps:,.0f}/s), LUT {c.resources[0]:,.0f}, "
+    names = json.loads((Path(args.dir) / "sweep" / "pareto.json").read_text())["chosen"]["exits"]
+    print(f"chosen: exits {', '.join(names) or 'none'} at thresholds {list(c.thresholds)}: {r.fps_with_gates:,.0f} samples/s "
+          f"with its gates of {r.gate_depth} feature maps ({c.fps:,.0f} with unbounded gates), "
+          f"{r.gain_with_gates:.2f}x the best design without early exits ({r.no_exit.fps:,.0f}/s); LUT {c.resources[0]:,.0f}, "
           f"BRAM18 {c.resources[1]:.0f}, DSP {c.resources[3]:.0f}, mean latency {c.mean_latency_us:.1f} us; "
           f"test accuracy {100 * r.test_accuracy:.2f}% "
           f"(final exit alone {100 * r.final_test_accuracy:.2f}%)")

@@ -75,9 +75,10 @@ def test_unavailable_resource_is_never_chosen():
 
 
 def test_wide_operands_multiply_in_dsp_slices_when_luts_are_dear():
-    """An 8-bit input layer: a DSP slice saves 33 LUTs per multiplier; the LUT-lean weighting
-    (DSPs at a quarter price) takes them, the even one keeps LUT multipliers for small foldings."""
+    """An 8-bit input layer: a DSP slice saves 33 LUTs per multiplier; the weighting with DSP
+    slices at an eighth of their budget share takes them, the even one keeps LUT multipliers."""
     from exitflow.dse.finn_model import WeightLayer
+    from exitflow.dse.folding import WEIGHTINGS
 
     layer = WeightLayer(layer="conv0", node="MVAU_hls_0", impl="hls", mw=27, mh=64, wbits=2, abits=8, signed_input=False,
                         acc_bits=16, out_bits=2, no_activation=False, mem_mode="internal_decoupled", ram_style="auto",
@@ -88,5 +89,6 @@ def test_wide_operands_multiply_in_dsp_slices_when_luts_are_dear():
     assert table.resources[dsp, 3] == 64 and table.resources[lut, 3] == 0
     # FINN's HLS estimate: 30 LUTs per 8x2-bit multiplier, times 1.1, less in DSP mode (floors: +-1)
     assert abs(table.resources[lut, 0] - table.resources[dsp, 0] - 1.1 * 64 * 30) <= 1
-    lean = table.envelope(np.array([24300.0]))[1, 0]
-    assert table.res_type[lean] == "dsp"
+    picks = table.envelope(np.array([24300.0]))[:, 0]
+    assert table.res_type[picks[WEIGHTINGS.index((1.0, 1.0, 1.0, 0.125))]] == "dsp"
+    assert table.res_type[picks[WEIGHTINGS.index((1.0, 1.0, 1.0, 1.0))]] == "lut"

@@ -33,6 +33,11 @@ def test_sweep_writes_its_outputs(swept):
     assert chosen["fps"] >= report["no_exit_baseline"]["fps"]  # the no-exit design is a candidate too
     assert report["gain_vs_no_exit"] == pytest.approx(chosen["fps"] / report["no_exit_baseline"]["fps"])
     assert len(report["front"]) >= 1
+    # latency to each kept exit, in cycles and microseconds at the board's clock; the early one answers first
+    assert len(chosen["latency_cycles_to_exit"]) == len(chosen["exits"]) + 1
+    assert chosen["latency_cycles_to_exit"] == sorted(chosen["latency_cycles_to_exit"])
+    assert chosen["latency_cycles_to_exit"][-1] == round(chosen["latency_us_to_exit"][-1] * 100.0)  # Pynq-Z2: 100 MHz
+    assert chosen["mean_latency_cycles"] == pytest.approx(chosen["mean_latency_us"] * 100.0)
     bounds = [d["active_bound"] for d in report["front"]] + [chosen["active_bound"]]
     assert all(b.startswith(("resource budget", "streaming floor", "folding-legality limit", "the ")) for b in bounds)
     finn = report["finn_setfolding_baseline"]
