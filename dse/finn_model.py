@@ -68,8 +68,8 @@ class PoolUnit:
 
 def pick_pool(cycles: np.ndarray, limit) -> np.ndarray:
     """The fold a pooling unit takes: the narrowest (options ascending) whose cycles are at most
-    ``limit``, the cycles of the weight layer governing it (:func:`pool_units`); the widest when
-    none is. One definition: the build applies it, the search models it."""
+    ``limit``, the cycles of the MVAU governing it (:func:`pool_units`); the widest when none is.
+    One definition: the build applies it, the search models it."""
     limit = np.asarray(limit, dtype=np.float64)
     fits = np.asarray(cycles, dtype=np.float64) <= limit[..., None]
     return np.where(fits.any(axis=-1), fits.argmax(axis=-1), len(cycles) - 1)

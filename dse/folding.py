@@ -85,6 +85,7 @@ class FoldingTable:
     in_width: np.ndarray = None  # the layer's input stream (its window generator's, if any)
     out_width: np.ndarray = None  # its output stream
     res_type: np.ndarray = None  # multiplier resource (FINN's resType) of each folding
+    mvau_cycles: np.ndarray = None  # the MVAU's own cycles (a pooling unit after it keeps up with these)
 
     @classmethod
     def build(cls, layer: WeightLayer, budget: np.ndarray, weightings=WEIGHTINGS) -> FoldingTable:
@@ -102,7 +103,8 @@ class FoldingTable:
             share = np.where(resources > 0, resources / budget, 0.0)
         weighted = np.array([(share * np.asarray(w)).sum(axis=1) for w in weightings]) + 1e-9 * resources[:, 0]
         in_width, out_width = stream_widths(layer, pe, simd, costs[layer.node]["cycles"])
-        return cls(layer, pe, simd, resources, cycles, weighted, latency, ram_style, in_width, out_width, res_type)
+        return cls(layer, pe, simd, resources, cycles, weighted, latency, ram_style, in_width, out_width, res_type,
+                   costs[layer.node]["cycles"])
 
     @property
     def cost(self) -> np.ndarray:

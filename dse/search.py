@@ -86,7 +86,7 @@ class GraphCost:
         out = []
         for unit in self.pools:
             idx = picks[unit.governor]
-            limit = np.where(idx >= 0, self.tables[unit.governor].cycles[np.maximum(idx, 0)], np.inf)
+            limit = np.where(idx >= 0, self.tables[unit.governor].mvau_cycles[np.maximum(idx, 0)], np.inf)
             out.append(pick_pool(unit.cycles, limit))
         return out
 
@@ -155,7 +155,7 @@ class Segment:
             pe, simd, style, mult = folding[self.body.name][table.layer.layer]
             idx = np.flatnonzero((table.pe == pe) & (table.simd == simd) & (table.ram_style == style)
                                  & (table.res_type == mult))[0]
-            k = int(pick_pool(unit.cycles, table.cycles[idx]))
+            k = int(pick_pool(unit.cycles, table.mvau_cycles[idx]))
             return self.folds * int(unit.fold[-1]) // int(unit.fold[k])
         if not self.last_pe or not self.body.tables:
             return self.folds
