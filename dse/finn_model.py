@@ -21,6 +21,12 @@ import numpy as np
 
 RESOURCES = ("lut", "bram18", "uram", "dsp")
 
+BUFFER_STYLES = ("distributed", "block")
+"""Where a window generator keeps its line buffer (FINN's ``ram_style`` of
+``ConvolutionInputGenerator_rtl``): LUTRAM, FINN's default, or block RAM. A search variable of
+every layer with a window generator in front of it or a pooling unit after it (the layer's
+``buffer_style``)."""
+
 
 @dataclass(frozen=True)
 class WeightLayer:
@@ -51,19 +57,21 @@ class WeightLayer:
 class PoolUnit:
     """A pooling window generator and the Pool node it feeds (FINN's ``InferPool``), folded
     together: the generator's SIMD equals the Pool's PE, as FINN's SetFolding sets them. Per
-    candidate fold (ascending divisors of the channels), FINN's own estimates of both nodes."""
+    candidate fold (ascending divisors of the channels) and line-buffer style
+    (:data:`BUFFER_STYLES`, the governing layer's ``buffer_style``), FINN's own estimates of both
+    nodes. Cycles and stream widths do not depend on the style."""
 
     window: str  # the depthwise ConvolutionInputGenerator's node name
     pool: str  # the Pool node's name
     governor: int  # the weight layer whose cycles set the fold (index into Inventory.layers)
     ends: bool  # the pool's stream leaves the graph
     fold: np.ndarray  # SIMD = PE of each option
-    resources: np.ndarray  # (options, 4): lut, bram18, uram, dsp of both nodes
-    cycles: np.ndarray  # the slower node's cycles, per option
+    resources: np.ndarray  # (styles, folds, 4): lut, bram18, uram, dsp of both nodes
+    cycles: np.ndarray  # the slower node's cycles, per fold
     latency: np.ndarray  # both nodes' cycles added up
     in_width: np.ndarray
     out_width: np.ndarray
-    nodes: dict = field(default_factory=dict)  # node -> {lut, ...: per option}, for tests
+    nodes: dict = field(default_factory=dict)  # node -> {lut, ...: (styles, folds)}, for tests
 
 
 def pick_pool(cycles: np.ndarray, limit) -> np.ndarray:
@@ -110,14 +118,18 @@ def _set_pool_fold(swg_inst, pool_inst, d: int) -> None:
     pool_inst.set_nodeattr("PE", d)
 
 
-def fold_pools(model) -> None:
-    """Fold every pooling unit with a governing MVAU by :func:`pick_pool` (the build's step)."""
+def fold_pools(model, buffer_styles: dict | None = None) -> None:
+    """Fold every pooling unit with a governing MVAU by :func:`pick_pool` (the build's step), its
+    window generator's line buffer in the governing layer's style (``buffer_styles``: MVAU node
+    name -> a :data:`BUFFER_STYLES` entry; default: as built)."""
     from qonnx.custom_op.registry import getCustomOp
 
     for swg, pool, governor, _ in pool_units(model):
         if governor is None:
             continue
         swg_inst, pool_inst = getCustomOp(swg), getCustomOp(pool)
+        if buffer_styles and governor.name in buffer_styles:
+            swg_inst.set_nodeattr("ram_style", buffer_styles[governor.name])
         folds = _pool_folds(pool_inst)
         cycles = []
         for d in folds:
@@ -127,30 +139,35 @@ def fold_pools(model) -> None:
 
 
 def _pool_unit(model, part: str, swg, pool, governor: int, ends: bool) -> PoolUnit:
-    """FINN's estimates of a pooling unit at every fold (the nodes are restored afterwards)."""
+    """FINN's estimates of a pooling unit at every fold and line-buffer style (the nodes are
+    restored afterwards)."""
     from qonnx.custom_op.registry import getCustomOp
 
     swg_inst, pool_inst = getCustomOp(swg), getCustomOp(pool)
-    built = (swg_inst.get_nodeattr("SIMD"), pool_inst.get_nodeattr("PE"))
+    built = (swg_inst.get_nodeattr("SIMD"), pool_inst.get_nodeattr("PE"), swg_inst.get_nodeattr("ram_style"))
     folds = _pool_folds(pool_inst)
-    nodes = {swg.name: {k: [] for k in (*RESOURCES, "cycles")}, pool.name: {k: [] for k in (*RESOURCES, "cycles")}}
+    keys = (*RESOURCES, "cycles")
+    nodes = {n.name: {k: np.zeros((len(BUFFER_STYLES), len(folds))) for k in keys} for n in (swg, pool)}
     in_width, out_width = [], []
-    for d in folds:
-        _set_pool_fold(swg_inst, pool_inst, d)
-        for node, inst in ((swg, swg_inst), (pool, pool_inst)):
-            r = inst.node_res_estimation(part)
-            for key, finn_key in zip(RESOURCES, ("LUT", "BRAM_18K", "URAM", "DSP")):
-                nodes[node.name][key].append(float(r[finn_key]))
-            nodes[node.name]["cycles"].append(float(inst.get_exp_cycles()))
-        in_width.append(swg_inst.get_instream_width())
-        out_width.append(pool_inst.get_outstream_width())
+    for s, style in enumerate(BUFFER_STYLES):
+        swg_inst.set_nodeattr("ram_style", style)
+        for f, d in enumerate(folds):
+            _set_pool_fold(swg_inst, pool_inst, d)
+            for node, inst in ((swg, swg_inst), (pool, pool_inst)):
+                r = inst.node_res_estimation(part)
+                for key, finn_key in zip(RESOURCES, ("LUT", "BRAM_18K", "URAM", "DSP")):
+                    nodes[node.name][key][s, f] = float(r[finn_key])
+                nodes[node.name]["cycles"][s, f] = float(inst.get_exp_cycles())
+            if s == 0:
+                in_width.append(swg_inst.get_instream_width())
+                out_width.append(pool_inst.get_outstream_width())
     swg_inst.set_nodeattr("SIMD", built[0])
     pool_inst.set_nodeattr("PE", built[1])
-    nodes = {n: {k: np.array(v) for k, v in c.items()} for n, c in nodes.items()}
+    swg_inst.set_nodeattr("ram_style", built[2])
     a, b = nodes[swg.name], nodes[pool.name]
     return PoolUnit(swg.name, pool.name, governor, ends, np.array(folds),
-                    np.stack([a[k] + b[k] for k in RESOURCES], axis=1), np.maximum(a["cycles"], b["cycles"]),
-                    a["cycles"] + b["cycles"], np.array(in_width), np.array(out_width), nodes)
+                    np.stack([a[k] + b[k] for k in RESOURCES], axis=-1), np.maximum(a["cycles"][0], b["cycles"][0]),
+                    a["cycles"][0] + b["cycles"][0], np.array(in_width), np.array(out_width), nodes)
 
 
 @dataclass(frozen=True)
@@ -360,9 +377,10 @@ def window_fold(w: dict, mvau_cycles: np.ndarray) -> tuple[np.ndarray, np.ndarra
     return simd, wide
 
 
-def _window(w: dict, simd: np.ndarray, wide: np.ndarray) -> dict[str, np.ndarray]:
+def _window(w: dict, simd: np.ndarray, wide: np.ndarray, style: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """ConvolutionInputGenerator_rtl, non-depthwise, default or parallel implementation, at the
-    generator's own SIMD and parallel-window flag."""
+    generator's own SIMD and parallel-window flag, its line buffer in ``style`` (FINN's
+    ``ram_style`` per entry; default: as built)."""
     (k_h, k_w), (h, wd), (oh, ow) = w["k"], w["ifm"], w["ofm"]
     (s_h, s_w), (d_h, d_w) = w["stride"], w["dilation"]
     parallel = wide | (k_h * k_w == 1)
@@ -377,19 +395,18 @@ def _window(w: dict, simd: np.ndarray, wide: np.ndarray) -> dict[str, np.ndarray
     depth = np.where(parallel, depth_parallel, depth_default)
     cycles = _window_cycles(w, simd, parallel)
     width = simd * w["in_bits"]
-    lut = 300 + (width * np.ceil(depth / 38) if w["ram_style"] == "distributed" else 0)
-    if w["ram_style"] in ("block", "auto"):
-        line = (wd - ((k_w - 1) * d_w + 1)) + wd * (d_h - 1)
-        ram_depth = np.where(parallel, line, depth)
-        count = np.where(parallel, 0 if h == 1 or wd == 1 else k_h - 1, 1)
-        ram_width = _ram_width(ram_depth)
-        cascade_depth = np.ceil(ram_depth / 16384)
-        cascade_width = np.ceil(width / ram_width)
-        remainder = _ram_width(ram_depth % 16384)
-        savings = np.where(ram_depth > 16384, cascade_width - np.ceil(width / remainder), 0)
-        bram = (cascade_depth * cascade_width - savings) * count
-    else:
-        bram = np.zeros(simd.shape)
+    style = np.full(simd.shape, w["ram_style"], dtype=object) if style is None else np.asarray(style, dtype=object)
+    lut = 300 + np.where(style == "distributed", width * np.ceil(depth / 38), 0)
+    # block RAM where the style asks for it ("block" or "auto")
+    line = (wd - ((k_w - 1) * d_w + 1)) + wd * (d_h - 1)
+    ram_depth = np.where(parallel, line, depth)
+    count = np.where(parallel, 0 if h == 1 or wd == 1 else k_h - 1, 1)
+    ram_width = _ram_width(ram_depth)
+    cascade_depth = np.ceil(ram_depth / 16384)
+    cascade_width = np.ceil(width / ram_width)
+    remainder = _ram_width(ram_depth % 16384)
+    savings = np.where(ram_depth > 16384, cascade_width - np.ceil(width / remainder), 0)
+    bram = np.where((style == "block") | (style == "auto"), (cascade_depth * cascade_width - savings) * count, 0.0)
     return {"lut": lut, "bram18": bram, "uram": np.zeros(simd.shape), "dsp": np.zeros(simd.shape), "cycles": cycles}
 
 
@@ -405,11 +422,11 @@ def dwc_luts(in_width, out_width) -> np.ndarray:
     return np.where(inw == outw, 0, up + down).astype(np.float64)
 
 
-def layer_costs(layer: WeightLayer, pe, simd, ram_style=None, res_type=None) -> dict[str, dict[str, np.ndarray]]:
+def layer_costs(layer: WeightLayer, pe, simd, ram_style=None, res_type=None, buffer_style=None) -> dict[str, dict[str, np.ndarray]]:
     """{node name: {lut, bram18, uram, dsp, cycles}} of the MVAU, its window generator and the
     width converter between them (key ``<MVAU node>:dwc``) for every (PE, SIMD[, weight
-    ram_style[, multiplier resType]]) of the arrays ``pe``, ``simd``, ``ram_style`` and ``res_type``
-    (default: what the graph was built with)."""
+    ram_style[, multiplier resType[, line-buffer style]]]) of the arrays ``pe``, ``simd``,
+    ``ram_style``, ``res_type`` and ``buffer_style`` (default: what the graph was built with)."""
     pe, simd = np.asarray(pe, dtype=np.int64), np.asarray(simd, dtype=np.int64)
     styles = np.full(pe.shape, layer.ram_style, dtype=object) if ram_style is None else np.asarray(ram_style, dtype=object)
     mults = np.full(pe.shape, layer.res_type, dtype=object) if res_type is None else np.asarray(res_type, dtype=object)
@@ -418,7 +435,7 @@ def layer_costs(layer: WeightLayer, pe, simd, ram_style=None, res_type=None) -> 
     if layer.window is not None:
         w = layer.window
         swg_simd, wide = window_fold(w, mvau["cycles"])
-        out[w["node"]] = _window(w, swg_simd, wide)
+        out[w["node"]] = _window(w, swg_simd, wide, buffer_style)
         k = w["k"][0] * w["k"][1]
         lut = dwc_luts(swg_simd * w["in_bits"] * np.where(wide, k, 1), simd * layer.abits)
         zero = np.zeros(pe.shape)

@@ -53,6 +53,10 @@ RamStyle = Literal["auto", "block", "distributed", "ultra"]
 #: slices. An RTL MVAU always multiplies in DSP slices and ignores it.
 ResType = Literal["lut", "dsp"]
 
+#: Where a window generator keeps its line buffer (FINN's ``ram_style`` of
+#: ``ConvolutionInputGenerator_rtl``): LUTRAM (FINN's default) or block RAM.
+BufferStyle = Literal["distributed", "block"]
+
 _NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
 _LAYER_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*$")
 
@@ -71,12 +75,15 @@ def _check_folding(key: str, folding: FrozenMap[str, LayerFolding]) -> None:
 @dataclass(frozen=True, kw_only=True)
 class LayerFolding:
     """Parallelism of one layer: PE (output channels in parallel), SIMD (inputs in parallel),
-    where its weights live and what its multipliers are built of."""
+    where its weights live, what its multipliers are built of, and where the line buffers of the
+    window generator in front of it and of a pooling unit after it (whose fold follows the
+    layer) live."""
 
     pe: int = 1
     simd: int = 1
     ram_style: RamStyle = "auto"
     res_type: ResType = "lut"
+    buffer_style: BufferStyle = "distributed"
 
     def __post_init__(self) -> None:
         for key in ("pe", "simd"):

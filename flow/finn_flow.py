@@ -296,7 +296,8 @@ def default_folding(mw: int, channels: int | None = None):
 def apply_folding(model, state: FlowState):
     """PE/SIMD/ram_style per layer name onto the k-th MVAU; the sliding-window generator feeding
     an MVAU gets the smallest SIMD that keeps up with it (or FINN's parallel-window mode); each
-    pooling unit the narrowest fold that keeps up with the convolution it follows."""
+    pooling unit the narrowest fold that keeps up with the convolution it follows; the line
+    buffers of both generators in the layer's ``buffer_style``."""
     from qonnx.custom_op.registry import getCustomOp
 
     nodes = list(model.graph.node)
@@ -306,6 +307,7 @@ def apply_folding(model, state: FlowState):
             f"{state.name}: the graph has {len(weight_nodes)} weight layers but the model lists "
             f"{len(state.layers)} ({', '.join(state.layers)}); was the stage exported from this model?"
         )
+    buffers = {}
     for layer, node in zip(state.layers, weight_nodes):
         state.layer_nodes[layer] = node.name
         inst = getCustomOp(node)
@@ -313,6 +315,7 @@ def apply_folding(model, state: FlowState):
         window = producer is not None and producer.op_type.startswith("ConvolutionInputGenerator")
         channels = getCustomOp(producer).get_nodeattr("IFMChannels") if window else None
         fold = state.folding.get(layer) or default_folding(inst.get_nodeattr("MW"), channels)
+        buffers[node.name] = fold.buffer_style
         inst.set_nodeattr("PE", fold.pe)
         inst.set_nodeattr("SIMD", fold.simd)
         if "ram_style" in inst.get_nodeattr_types():
@@ -329,11 +332,12 @@ def apply_folding(model, state: FlowState):
             simd, wide = window_fold(_window_attrs(swg), np.array([inst.get_exp_cycles()]))
             swg.set_nodeattr("parallel_window", int(wide[0]))
             swg.set_nodeattr("SIMD", int(simd[0]))
+            swg.set_nodeattr("ram_style", fold.buffer_style)
     # pooling units (window generator and Pool) take the narrowest fold that keeps up with the
     # convolution they follow (exitflow.dse.finn_model.pick_pool)
     from exitflow.dse.finn_model import fold_pools
 
-    fold_pools(model)
+    fold_pools(model, buffers)
     return model
 
 

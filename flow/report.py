@@ -262,7 +262,7 @@ def _collect_design(run_dir: Path, r: ReportData) -> None:
         return
 
     def folding(table, prefix: str = "") -> tuple[Row, ...]:
-        return tuple(Row(prefix + layer, (str(f.pe), str(f.simd), f.ram_style, f.res_type)) for layer, f in table.items())
+        return tuple(Row(prefix + layer, (str(f.pe), str(f.simd), f.ram_style, f.res_type, f.buffer_style)) for layer, f in table.items())
 
     r.design_note = f"model {design.model}, board {design.board}, clock {design.clock_mhz or 'the board default'} MHz"
     r.stages = tuple(

@@ -10,7 +10,8 @@ import yaml
 from exitflow.build import build
 from exitflow.dse.finn_model import inventory, layer_costs
 from qonnx.custom_op.registry import getCustomOp
-from exitflow.dse.folding import mult_styles, weight_styles
+from exitflow.dse.finn_model import BUFFER_STYLES
+from exitflow.dse.folding import buffer_styles, mult_styles, weight_styles
 
 SAMPLES_PER_GRAPH = 17  # 12 graphs: 204 random foldings
 
@@ -35,8 +36,8 @@ def _finn_numbers(folder, part, layers, folding, tmp):
     from exitflow.finn_flow import FlowState, apply_folding, insert_width_converters, minimize_bit_width
 
     state = FlowState(name=folder.name, part=part, clock_ns=10.0, layers=layers, out=tmp,
-                      folding={l: LayerFolding(pe=pe, simd=simd, ram_style=style, res_type=mult)
-                               for l, (pe, simd, style, mult) in zip(layers, folding)})
+                      folding={l: LayerFolding(pe=pe, simd=simd, ram_style=style, res_type=mult, buffer_style=buffer)
+                               for l, (pe, simd, style, mult, buffer) in zip(layers, folding)})
     model = ModelWrapper(str(folder / "model_specialized.onnx"))
     for step in (apply_folding, minimize_bit_width, insert_width_converters):
         model = step(model, state)
@@ -64,24 +65,25 @@ def _check(run, tmp_path, model_name, stages, seed):
     rng = np.random.default_rng(seed)
     summary = json.loads((run / "hw" / "build.json").read_text())
     budget = np.array([53200, 280, 0, 220], dtype=float)
-    compared = parallel = lutram = converters = narrowed = dsp = 0
+    compared = parallel = lutram = converters = narrowed = dsp = block_buffers = 0
     for graph in summary["graphs"]:
         folder = run / "hw" / graph["name"]
         layers = list(json.loads((folder / "layers.json").read_text())["layers"])
         inv = inventory(folder / "model_hw.onnx", summary["part"], layers, graph["name"])
         cost = graph_cost(folder, summary["part"], budget)
         for _ in range(SAMPLES_PER_GRAPH):
-            folding = [(*_legal(layer, rng), str(rng.choice(weight_styles(layer))), str(rng.choice(mult_styles(layer))))
-                       for layer in inv.layers]
+            folding = [(*_legal(layer, rng), str(rng.choice(weight_styles(layer))), str(rng.choice(mult_styles(layer))),
+                        str(rng.choice(buffer_styles(layer, tuple(u for u in inv.pools if u.governor == k)))))
+                       for k, layer in enumerate(inv.layers)]
             model, finn = _finn_numbers(folder, summary["part"], layers, folding, tmp_path / "flow")
             dwcs = [n.name for n in model.graph.node if n.op_type.startswith("StreamingDataWidthConverter")]
             for node, fixed in inv.fixed.items():  # units folding does not change
                 assert finn[node] == pytest.approx(fixed, abs=0), node
             ours_dwc = 0.0
             for k, layer in enumerate(inv.layers):
-                pe, simd, style, mult = folding[k]
+                pe, simd, style, mult, buffer = folding[k]
                 ours = layer_costs(layer, np.array([pe]), np.array([simd]), np.array([style], dtype=object),
-                                   np.array([mult], dtype=object))
+                                   np.array([mult], dtype=object), np.array([buffer], dtype=object))
                 for node, costs in ours.items():
                     if node.endswith(":dwc"):
                         ours_dwc += costs["lut"][0]
@@ -93,14 +95,14 @@ def _check(run, tmp_path, model_name, stages, seed):
                     parallel += swg.get_nodeattr("parallel_window")
             # the graph as a whole, width converters between layers included, through the search's
             # own GraphCost: every resource and the interval exactly as FINN estimates them
-            picks = [np.array([[int(np.flatnonzero((t.pe == f[0]) & (t.simd == f[1]) & (t.ram_style == f[2])
-                                                   & (t.res_type == f[3]))[0])]])
-                     for t, f in zip(cost.tables, folding)]
-            # pooling units: their fold follows the layer they pool (pick_pool), as the build's
+            picks = [np.array([[t.index(*f)]]) for t, f in zip(cost.tables, folding)]
+            # pooling units: their fold follows the layer they pool (pick_pool), their line buffer
+            # its buffer_style, as the build's
             for unit, k in zip(cost.pools, cost.pool_folds(picks)):
+                style = BUFFER_STYLES.index(folding[unit.governor][4])
                 for node, costs in unit.nodes.items():
                     for key in ("lut", "bram18", "uram", "dsp", "cycles"):
-                        assert costs[key][k[0, 0]] == finn[node][key], (graph["name"], node, key, folding)
+                        assert costs[key][style, k[0, 0]] == finn[node][key], (graph["name"], node, key, folding)
                 narrowed += int(unit.fold[k[0, 0]] < unit.fold[-1])
             resources, cycles, _ = cost.combine(picks, (1, 1))
             totals = [sum(v[key] for v in finn.values()) for key in ("lut", "bram18", "uram", "dsp")]
@@ -108,12 +110,14 @@ def _check(run, tmp_path, model_name, stages, seed):
             assert cycles[0, 0] == max(v["cycles"] for v in finn.values())
             assert sum(finn[d]["lut"] for d in dwcs) >= ours_dwc
             converters += len(dwcs)
-            lutram += sum(1 for (_, _, style, _) in folding if style == "distributed")
-            dsp += sum(1 for (*_, mult) in folding if mult == "dsp")
+            lutram += sum(1 for f in folding if f[2] == "distributed")
+            block_buffers += sum(1 for f in folding if f[4] == "block")
+            dsp += sum(1 for f in folding if f[3] == "dsp")
             compared += 1
     assert parallel > 0, "no folding exercised the parallel-window generator"
     assert lutram > 0, "no folding kept weights in LUTRAM"
     assert dsp > 0, "no folding multiplied in DSP slices"
+    assert block_buffers > 0, "no folding kept line buffers in block RAM"
     assert converters > 0, "no folding needed a width converter"
     return compared, narrowed
 

@@ -40,9 +40,26 @@ def _check_graph(folder, folding):
     hw = ModelWrapper(str(folder / "model_hw.onnx"))
     layers = json.loads((folder / "layers.json").read_text())["layers"]
     nodes = {n.name: n for n in hw.graph.node}
+    from exitflow.dse.finn_model import pool_units
+
     for layer, fold in folding.items():
         inst = getCustomOp(nodes[layers[layer]])
         assert (inst.get_nodeattr("PE"), inst.get_nodeattr("SIMD")) == (fold["pe"], fold["simd"])
+    # every window generator's line buffer where the layer it feeds, or the layer a pooling unit
+    # follows, asks for it (FINN's default: LUTRAM)
+    by_node = {node: folding.get(layer, {}) for layer, node in layers.items()}
+    generators = {}
+    for node in hw.graph.node:
+        producer = hw.find_producer(node.input[0])
+        while producer is not None and producer.op_type.startswith("StreamingDataWidthConverter"):
+            producer = hw.find_producer(producer.input[0])
+        if node.name in by_node and producer is not None and producer.op_type.startswith("ConvolutionInputGenerator"):
+            generators[producer.name] = by_node[node.name].get("buffer_style", "distributed")
+    for swg, _, governor, _ in pool_units(hw):
+        if governor is not None:
+            generators[swg.name] = by_node[governor.name].get("buffer_style", "distributed")
+    for name, style in generators.items():
+        assert getCustomOp(nodes[name]).get_nodeattr("ram_style") == style, (folder.name, name)
     from finn.transformation.general import ApplyConfig
 
     config = json.loads((folder / "folding_config.json").read_text())
@@ -62,8 +79,10 @@ def _check_graph(folder, folding):
 LENET_SUBSETS = [
     [("all", ["conv0", "conv1", "fc0", "fc1"], {"conv0": {"pe": 4, "simd": 1}, "conv1": {"pe": 4, "simd": 8}},
       {"classifier": {"pe": 2, "simd": 4}})],
-    [("early", ["conv0"], {"conv0": {"pe": 16, "simd": 9}}, {}),  # SIMD = MW: parallel-window generator
-     ("rest", ["conv1", "fc0", "fc1"], {"conv1": {"pe": 8, "simd": 16}, "fc0": {"pe": 4, "simd": 4}}, {"classifier": {"pe": 5, "simd": 8}})],
+    # SIMD = MW: parallel-window generator; line buffers (conv0's generator and pooling unit) in block RAM
+    [("early", ["conv0"], {"conv0": {"pe": 16, "simd": 9, "buffer_style": "block"}}, {}),
+     ("rest", ["conv1", "fc0", "fc1"], {"conv1": {"pe": 8, "simd": 16, "buffer_style": "block"}, "fc0": {"pe": 4, "simd": 4}},
+      {"classifier": {"pe": 5, "simd": 8}})],
     [("a", ["conv0", "conv1"], {}, {"classifier": {"pe": 10, "simd": 32}}),
      ("b", ["fc0"], {"fc0": {"pe": 2, "simd": 32}}, {}),
      ("c", ["fc1"], {"fc1": {"pe": 16, "simd": 64}}, {})],

@@ -22,6 +22,7 @@ foldings = st.builds(
     simd=st.integers(1, 4096),
     ram_style=st.sampled_from(["auto", "block", "distributed", "ultra"]),
     res_type=st.sampled_from(["lut", "dsp"]),
+    buffer_style=st.sampled_from(["distributed", "block"]),
 )
 folding_maps = st.dictionaries(layer_names, foldings, max_size=4).map(FrozenMap)
 thresholds = {
