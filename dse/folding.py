@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .finn_model import RESOURCES, WeightLayer, layer_costs, stream_widths
+from .finn_model import BUFFER_STYLES, RESOURCES, WeightLayer, layer_costs, pick_pool, stream_widths
 
 
 def legal_foldings(layer: WeightLayer) -> tuple[np.ndarray, np.ndarray]:
@@ -50,7 +50,17 @@ def weight_styles(layer: WeightLayer) -> tuple[str, ...]:
     return (layer.ram_style,)
 
 
-_EXIT = ((1.0, 1.0, 1.0, 1.0), (4.0, 1.0, 1.0, 1.0), (1.0, 4.0, 1.0, 1.0), (1.0, 1.0, 1.0, 0.125))
+def buffer_styles(layer: WeightLayer, pools: tuple = ()) -> tuple[str, ...]:
+    """Where the search may keep the line buffers of the layer's window generator and of the
+    pooling units whose fold follows the layer (``pools``): LUTRAM or block RAM
+    (:data:`~exitflow.dse.finn_model.BUFFER_STYLES`); a layer with neither keeps FINN's default."""
+    if layer.window is not None or pools:
+        return BUFFER_STYLES
+    return BUFFER_STYLES[:1]
+
+
+_EXIT = ((1.0, 1.0, 1.0, 1.0), (4.0, 1.0, 1.0, 1.0), (1.0, 4.0, 1.0, 1.0), (1.0, 1.0, 1.0, 0.125), (4.0, 1.0, 1.0, 0.125),
+         (16.0, 1.0, 1.0, 0.125))
 WEIGHTINGS = _EXIT + tuple(
     w for w in ((float(lut), 1.0, 1.0, dsp) for dsp in (1e6, 1.0, 0.25) for lut in np.geomspace(1 / 64, 64, 37))
     if w not in _EXIT)
@@ -66,13 +76,16 @@ set a LUT-lean weighting moves every layer into DSP slices at once and overruns 
 The search uses the first four for designs with early exits and all of them for the designs
 without (one exit set, one threshold: cheap), so baseline (a) gets a fine LUT/BRAM/DSP
 trade-off."""
-EXIT_WEIGHTINGS = 4
+EXIT_WEIGHTINGS = 6
 
 
 @dataclass(frozen=True, eq=False)
 class FoldingTable:
-    """Every legal folding (PE, SIMD, weight memory style, multiplier resource) of one layer with
-    its resources and cycles, and one lower envelope per cost weighting."""
+    """Every legal folding (PE, SIMD, weight memory style, multiplier resource, line-buffer
+    style) of one layer with its resources and cycles, and one lower envelope per cost
+    weighting. A pooling unit whose fold follows the layer (``pools``) is part of each folding:
+    its fold is :func:`~exitflow.dse.finn_model.pick_pool` of the MVAU's cycles, its line buffer
+    in the folding's style, its resources and cycles in the folding's."""
 
     layer: WeightLayer
     pe: np.ndarray
@@ -86,25 +99,42 @@ class FoldingTable:
     out_width: np.ndarray = None  # its output stream
     res_type: np.ndarray = None  # multiplier resource (FINN's resType) of each folding
     mvau_cycles: np.ndarray = None  # the MVAU's own cycles (a pooling unit after it keeps up with these)
+    buffer_style: np.ndarray = None  # line-buffer style of each folding
+    pool_folds: tuple = ()  # per governed pooling unit: its fold index at each folding
 
     @classmethod
-    def build(cls, layer: WeightLayer, budget: np.ndarray, weightings=WEIGHTINGS) -> FoldingTable:
+    def build(cls, layer: WeightLayer, budget: np.ndarray, weightings=WEIGHTINGS, pools: tuple = ()) -> FoldingTable:
         pe, simd = legal_foldings(layer)
-        variants = [(s, m) for s in weight_styles(layer) for m in mult_styles(layer)]
+        variants = [(s, m, b) for s in weight_styles(layer) for m in mult_styles(layer) for b in buffer_styles(layer, pools)]
         n = len(pe)
         pe, simd = np.tile(pe, len(variants)), np.tile(simd, len(variants))
-        ram_style = np.repeat(np.array([s for s, _ in variants], dtype=object), n)
-        res_type = np.repeat(np.array([m for _, m in variants], dtype=object), n)
-        costs = layer_costs(layer, pe, simd, ram_style, res_type)
+        ram_style, res_type, buffer_style = (np.repeat(np.array([v[i] for v in variants], dtype=object), n) for i in range(3))
+        costs = layer_costs(layer, pe, simd, ram_style, res_type, buffer_style if layer.window is not None else None)
         resources = sum(np.stack([c[r] for r in RESOURCES], axis=1) for c in costs.values())
         per_node = np.stack([c["cycles"] for c in costs.values()])
         cycles, latency = per_node.max(axis=0), per_node.sum(axis=0)
+        mvau = costs[layer.node]["cycles"]
+        folds, style = [], np.array([BUFFER_STYLES.index(b) for b in buffer_style])
+        for unit in pools:
+            k = pick_pool(unit.cycles, mvau)
+            resources = resources + unit.resources[style, k]
+            cycles = np.maximum(cycles, unit.cycles[k])
+            latency = latency + unit.latency[k]
+            folds.append(k)
         with np.errstate(divide="ignore", invalid="ignore"):
             share = np.where(resources > 0, resources / budget, 0.0)
         weighted = np.array([(share * np.asarray(w)).sum(axis=1) for w in weightings]) + 1e-9 * resources[:, 0]
-        in_width, out_width = stream_widths(layer, pe, simd, costs[layer.node]["cycles"])
+        in_width, out_width = stream_widths(layer, pe, simd, mvau)
         return cls(layer, pe, simd, resources, cycles, weighted, latency, ram_style, in_width, out_width, res_type,
-                   costs[layer.node]["cycles"])
+                   mvau, buffer_style, tuple(folds))
+
+    def index(self, pe: int, simd: int, ram_style: str, res_type: str, buffer_style: str = BUFFER_STYLES[0]) -> int:
+        """The folding (PE, SIMD, weight memory style, multiplier resource, line-buffer style)."""
+        match = np.flatnonzero((self.pe == pe) & (self.simd == simd) & (self.ram_style == ram_style)
+                               & (self.res_type == res_type) & (self.buffer_style == buffer_style))
+        if not match.size:
+            raise KeyError(f"{self.layer.layer}: no folding {(pe, simd, ram_style, res_type, buffer_style)}")
+        return int(match[0])
 
     @property
     def cost(self) -> np.ndarray:

@@ -39,7 +39,7 @@ class GraphCost:
     fixed_cycles: float  # slowest of those nodes
     fixed_latency: float = 0.0  # their cycles added up
     edges: tuple = ()  # streams between units, where FINN puts width converters (finn_model.Inventory)
-    pools: tuple = ()  # pooling units folded after a weight layer (finn_model.PoolUnit)
+    pools: tuple = ()  # pooling units folded after a weight layer (finn_model.PoolUnit), in their layer's tables
 
     def at(self, targets: np.ndarray, weightings: int | None = None):
         """(resources (W x T x 4), slowest cycles (W x T), latency (W x T), folding index per layer
@@ -65,12 +65,8 @@ class GraphCost:
             resources = resources + np.where(ok[..., None], table.resources[safe], 0.0)
             cycles = np.maximum(cycles, np.where(ok, table.cycles[safe], np.inf))
             latency = latency + np.where(ok, table.latency[safe], np.inf)
-        folds = self.pool_folds(picks)
-        for unit, k in zip(self.pools, folds):
-            resources = resources + unit.resources[k]
-            cycles = np.maximum(cycles, unit.cycles[k])
-            latency = latency + unit.latency[k]
         if self.edges:
+            folds = self.pool_folds(picks)
             lut = np.zeros(shape)
             for (src_kind, src, dst_kind, dst), (src_class, dst_class, table) in zip(self.edges, self._converters):
                 i = self._class(src_kind, src, src_class, picks, folds)
@@ -81,13 +77,13 @@ class GraphCost:
         return resources, cycles, latency
 
     def pool_folds(self, picks: list[np.ndarray]) -> list[np.ndarray]:
-        """The option each pooling unit takes (finn_model.pick_pool) given the layers' folding
-        indices: it follows its governing layer's cycles."""
+        """The fold each pooling unit takes (finn_model.pick_pool) given the layers' folding
+        indices: it follows its governing layer's cycles (its costs are in that layer's table)."""
         out = []
-        for unit in self.pools:
-            idx = picks[unit.governor]
-            limit = np.where(idx >= 0, self.tables[unit.governor].mvau_cycles[np.maximum(idx, 0)], np.inf)
-            out.append(pick_pool(unit.cycles, limit))
+        for p, unit in enumerate(self.pools):
+            table = self.tables[unit.governor]
+            j = [q for q, u in enumerate(self.pools) if u.governor == unit.governor].index(p)
+            out.append(table.pool_folds[j][np.maximum(picks[unit.governor], 0)])
         return out
 
     @staticmethod
@@ -128,8 +124,9 @@ def graph_cost(folder: Path, part: str, budget: np.ndarray) -> GraphCost:
     fixed = np.array([sum(c[r] for c in inv.fixed.values()) for r in RESOURCES], dtype=float)
     fixed_cycles = max([c["cycles"] for c in inv.fixed.values()], default=0.0)
     fixed_latency = float(sum(c["cycles"] for c in inv.fixed.values()))
-    return GraphCost(folder.name, tuple(FoldingTable.build(l, budget) for l in inv.layers), fixed, fixed_cycles,
-                     fixed_latency, inv.edges, inv.pools)
+    tables = tuple(FoldingTable.build(layer, budget, pools=tuple(u for u in inv.pools if u.governor == k))
+                   for k, layer in enumerate(inv.layers))
+    return GraphCost(folder.name, tables, fixed, fixed_cycles, fixed_latency, inv.edges, inv.pools)
 
 
 @dataclass(frozen=True, eq=False)
@@ -152,9 +149,7 @@ class Segment:
         if ending:
             unit = ending[0]
             table = self.body.tables[unit.governor]
-            pe, simd, style, mult = folding[self.body.name][table.layer.layer]
-            idx = np.flatnonzero((table.pe == pe) & (table.simd == simd) & (table.ram_style == style)
-                                 & (table.res_type == mult))[0]
+            idx = table.index(*folding[self.body.name][table.layer.layer])
             k = int(pick_pool(unit.cycles, table.mvau_cycles[idx]))
             return self.folds * int(unit.fold[-1]) // int(unit.fold[k])
         if not self.last_pe or not self.body.tables:
@@ -205,6 +200,8 @@ class Candidate:
     mean_latency_us: float = 0.0  # over the samples' actual exits
     weighting: int = 0  # the cost weighting (dse.folding.WEIGHTINGS) that chose the folding
     head_cycles: tuple[float, ...] = ()  # slowest unit of each stage's head alone, per sample
+    gate_depth: int = 8  # feature maps each gate holds (its cost is in ``resources``)
+    headroom: float = 1.0  # stages after the first are sized for min(1, headroom * p_s) of the samples
 
 
 TARGETS = np.unique(np.round(np.geomspace(16, 4e6, 120)))
@@ -212,7 +209,7 @@ FINE_TARGETS = np.unique(np.round(np.geomspace(16, 4e6, 2000)))  # for the desig
 
 
 def active_bound(c: Candidate, segments: list[Segment], budget: np.ndarray, targets: np.ndarray = TARGETS,
-                 gate_depth: int = 8) -> str:
+                 gate_depth: int | None = None) -> str:
     """Why the design is not faster: what stops the next faster interval target of the grid.
     One of 'resource budget (LUT)' (or BRAM18, URAM, DSP), 'streaming floor of <layer or node>'
     (a layer at one output pixel per cycle, or a node folding does not change), or
@@ -222,7 +219,7 @@ def active_bound(c: Candidate, segments: list[Segment], budget: np.ndarray, targ
         return "the fastest interval target searched"
     t = np.array([faster.max()])
     kept = list(c.exits) + [len(segments) - 1]
-    gates, merge = routing_cost(segments, c.exits, gate_depth)
+    gates, merge = routing_cost(segments, c.exits, c.gate_depth if gate_depth is None else gate_depth)
     total, start = gates.sum(axis=0) + merge, 0
     for s, end in enumerate(kept):
         p = max(c.reach[s], 1e-9)
@@ -243,13 +240,25 @@ def active_bound(c: Candidate, segments: list[Segment], budget: np.ndarray, targ
                     what = "streaming floor" if fastest <= floor else "folding-legality limit"
                     return f"{what} of {table.layer.layer} ({fastest:.0f} cycles)"
                 total += table.resources[idx]
-            for unit, k in zip(graph.pools, graph.pool_folds(picks)):
-                total += unit.resources[k[0]]
             total += graph.fixed
         start = end + 1
     over = np.flatnonzero(total > budget + 1e-9)
     names = ("LUT", "BRAM18", "URAM", "DSP")
     return f"resource budget ({', '.join(names[i] for i in over)})" if over.size else "the interval target grid"
+
+
+def undominated(accuracy: np.ndarray, reach: np.ndarray) -> np.ndarray:
+    """Which threshold combinations of one exit subset no other combination beats: another with
+    at least the accuracy and no more samples reaching any stage (at least one of these strictly
+    better). A beaten combination is not searched: at every interval target its stages must be
+    at least as fast, so under every cost weighting its cheapest folding costs at least as much,
+    for no more accuracy."""
+    point = np.concatenate([-np.asarray(accuracy)[:, None], np.asarray(reach)[:, 1:]], axis=1)
+    if len(point) < 2:
+        return np.ones(len(point), dtype=bool)
+    no_worse = np.all(point[:, None, :] <= point[None, :, :], axis=2)  # [i, j]: i no worse than j
+    better = np.any(point[:, None, :] < point[None, :, :], axis=2)
+    return ~np.any(no_worse & better, axis=0)
 
 
 def _subsets(n_early: int, max_exits: int):
@@ -259,7 +268,7 @@ def _subsets(n_early: int, max_exits: int):
 
 class LazyFolding(Mapping):
     """The folding of one candidate, built only when asked for (most candidates never are):
-    graph name -> {layer: (PE, SIMD, weight ram_style, multiplier resType)}."""
+    graph name -> {layer: (PE, SIMD, weight ram_style, multiplier resType, line-buffer style)}."""
 
     def __init__(self, picks: dict, row: int, column: tuple[int, int]):
         self._picks, self._row, self._column = picks, row, column
@@ -267,7 +276,8 @@ class LazyFolding(Mapping):
     def _build(self) -> dict:
         def pick(table, i):
             k = i[(self._row, *self._column)]
-            return int(table.pe[k]), int(table.simd[k]), str(table.ram_style[k]), str(table.res_type[k])
+            return (int(table.pe[k]), int(table.simd[k]), str(table.ram_style[k]), str(table.res_type[k]),
+                    str(table.buffer_style[k]))
 
         return {name: {table.layer.layer: pick(table, i) for table, i in zip(graph.tables, idx)}
                 for name, (graph, idx) in self._picks.items()}
@@ -300,10 +310,16 @@ def search(*args, **kwargs) -> list[Candidate]:
 def _search(segments: list[Segment], codes: np.ndarray, correct: np.ndarray, scales: np.ndarray, policy: str,
            threshold_grid: list[float], budget: np.ndarray, clock_mhz: float, max_exits: int = 3,
            targets: np.ndarray | None = None, progress=None, stats: dict | None = None,
-           exit_weightings: int = EXIT_WEIGHTINGS, gate_depth: int = 8) -> list[Candidate]:
-    """Every (exits, thresholds, interval) that fits ``budget``; the caller keeps the Pareto front.
-    Resources include a gate of ``gate_depth`` feature maps after each kept early exit and the
-    merge of the exits' records.
+           exit_weightings: int = EXIT_WEIGHTINGS, gate_depths: tuple[int, ...] = (8,),
+           headrooms: tuple[float, ...] = (1.0,)) -> list[Candidate]:
+    """Every (exits, thresholds, interval, gate depth) that fits ``budget``; the caller keeps the
+    Pareto front. Resources include a gate of each of ``gate_depths`` feature maps after each
+    kept early exit (one candidate per depth), the merge of the exits' records and the record
+    FIFOs. The gate depth changes only what sits outside the FINN graphs, so the graphs are
+    evaluated once for all depths. Each of ``headrooms`` h sizes every stage after the first for
+    a fraction ``min(1, h * p_s)`` of the samples instead of ``p_s``: the same throughput with
+    unbounded gates, at more resources, but slack to drain bursts of hard samples that finite
+    gates cannot hold (h = 1: sized for the average, ATHEENA's rule).
 
     Per subset of exits, all threshold combinations, cost weightings and interval targets are
     evaluated at once: each layer's envelopes are looked up for the whole (combinations x
@@ -313,7 +329,7 @@ def _search(segments: list[Segment], codes: np.ndarray, correct: np.ndarray, sca
     grid = targets if custom else TARGETS
     fine = targets if custom else FINE_TARGETS
     out = []
-    evaluated = 0
+    evaluated = skipped = 0
     subsets = list(_subsets(n - 1, max_exits))
     tables = [t for seg in segments for g in (seg.body, seg.head) for t in g.tables]
     all_w = len(tables[0].costs) if tables else 1
@@ -328,86 +344,111 @@ def _search(segments: list[Segment], codes: np.ndarray, correct: np.ndarray, sca
                 taken[c] = route(policy, codes[:, kept], constants)
         accuracy = correct[samples[None, :], np.asarray(kept)[taken]].mean(axis=1)
         reach = np.stack([(taken >= s).mean(axis=1) for s in range(len(kept))], axis=1)  # (combos, stages)
+        useful = undominated(accuracy, reach)
+        skipped += len(combos) - int(useful.sum())
+        combos = [t for t, u in zip(combos, useful) if u]
+        taken, accuracy, reach = taken[useful], accuracy[useful], reach[useful]
         share = np.stack([(taken == s).mean(axis=1) for s in range(len(kept))], axis=1)
         n_w = min(all_w, exit_weightings) if subset else all_w
         targets = grid if subset else fine  # one design per target without exits: a fine grid is cheap
         n_t = len(targets)
-        shape = (len(combos), n_w, n_t)
-        total = np.zeros((*shape, len(RESOURCES)))
-        per_stage = np.zeros((len(kept), *shape, len(RESOURCES)))
-        interval = np.zeros(shape)
-        slowest = np.zeros((len(kept), *shape))
-        head_slowest = np.zeros((len(kept), *shape))
-        to_exit = np.zeros((len(kept), *shape))
-        body = np.zeros(shape)
-        feasible = np.ones(shape, dtype=bool)
-        picks = {}
-        start = 0
-        gates, merge = routing_cost(segments, subset, gate_depth)  # outside the FINN graphs
-        total += merge
-        per_stage[-1] += merge
-        for s in range(len(subset)):
-            total += gates[s]
-            per_stage[s] += gates[s]
-        for s, end in enumerate(kept):
-            p = np.maximum(reach[:, s], 1e-9)[:, None, None]
-            stage_targets = (targets[None, :] / p[:, 0]).ravel()
+        for headroom in (tuple(headrooms) if subset else (1.0,)):
+            shape = (len(combos), n_w, n_t)
+            total = np.zeros((*shape, len(RESOURCES)))
+            per_stage = np.zeros((len(kept), *shape, len(RESOURCES)))
+            interval = np.zeros(shape)
+            slowest = np.zeros((len(kept), *shape))
+            head_slowest = np.zeros((len(kept), *shape))
+            to_exit = np.zeros((len(kept), *shape))
+            body = np.zeros(shape)
+            feasible = np.ones(shape, dtype=bool)
+            picks = {}
+            start = 0
+            for s, end in enumerate(kept):
+                p = np.maximum(reach[:, s], 1e-9)[:, None, None]
+                sized = np.minimum(1.0, p * (headroom if s else 1.0))  # the fraction stage s is sized for
+                stage_targets = (targets[None, :] / sized[:, 0]).ravel()
 
-            def arrange(a):  # (W, combos * T, ...) -> (combos, W, T, ...)
-                return np.moveaxis(a.reshape(a.shape[0], len(combos), n_t, *a.shape[2:]), 0, 1)
+                def arrange(a):  # (W, combos * T, ...) -> (combos, W, T, ...)
+                    return np.moveaxis(a.reshape(a.shape[0], len(combos), n_t, *a.shape[2:]), 0, 1)
 
-            for graph in [seg.body for seg in segments[start : end + 1]] + [segments[end].head]:
-                res, cyc, lat, idx, ok = graph.at(stage_targets, n_w)
-                if res.shape[0] != n_w:  # a graph without foldable layers: the same for every weighting
-                    res, cyc, lat, ok = (np.broadcast_to(a, (n_w, *a.shape[1:])) for a in (res, cyc, lat, ok))
-                res, cyc, lat, ok = arrange(res), arrange(cyc), arrange(lat), arrange(ok)
-                total += res
-                per_stage[s] += res
-                interval = np.maximum(interval, p * cyc)
-                slowest[s] = np.maximum(slowest[s], cyc)
-                feasible &= ok
-                picks[graph.name] = (graph, [arrange(i) for i in idx])
-                if graph is segments[end].head:
-                    to_exit[s] = body + lat
-                    head_slowest[s] = cyc
-                else:
-                    body = body + lat
-            start = end + 1
-        evaluated += len(combos) * n_w * n_t
-        feasible &= np.all(total <= budget + 1e-9, axis=-1)
-        if not subset and not custom and feasible.any():
-            # the designs with exits also try the best no-exit design's interval exactly: the one
-            # that matches its throughput is then on the grid, not up to a grid step faster
-            grid = np.unique(np.r_[grid, interval[feasible].min()])
-        latency_us = to_exit / clock_mhz  # (stages, combos, W, targets)
-        mean_latency = np.einsum("cs,scwt->cwt", share, latency_us)
-        fps = clock_mhz * 1e6 / interval
-        # a design that the same exits, thresholds and weighting at the next faster target (or at
-        # the same target under another weighting) match in throughput, resources and latency is
-        # never worth listing: it is not on any front and never chosen
-        keep = feasible.copy()
-        keep[:, :, 1:] &= ~(feasible[:, :, :-1] & np.all(total[:, :, :-1] <= total[:, :, 1:], axis=-1)
-                            & (fps[:, :, :-1] >= fps[:, :, 1:]) & (mean_latency[:, :, :-1] <= mean_latency[:, :, 1:]))
-        for w in range(1, n_w):
-            for v in range(w):
-                same = (feasible[:, v] & np.all(total[:, v] <= total[:, w], axis=-1) & (fps[:, v] >= fps[:, w])
-                        & (mean_latency[:, v] <= mean_latency[:, w]))
-                keep[:, w] &= ~same
-        # gather the kept designs' numbers at once, then make the candidates from lists
-        cs, ws, ts = np.nonzero(keep)
-        rows = zip(cs.tolist(), ws.tolist(), ts.tolist(), targets[ts].tolist(), fps[cs, ws, ts].tolist(),
-                   accuracy[cs].tolist(), total[cs, ws, ts].tolist(), reach[cs].tolist(),
-                   np.moveaxis(latency_us[:, cs, ws, ts], 0, 1).tolist(), np.moveaxis(slowest[:, cs, ws, ts], 0, 1).tolist(),
-                   np.moveaxis(per_stage[:, cs, ws, ts], 0, 1).tolist(), mean_latency[cs, ws, ts].tolist(),
-                   np.moveaxis(head_slowest[:, cs, ws, ts], 0, 1).tolist())
-        exits = tuple(subset)
-        for c, w, t, target, f, acc, res, r, lat, slow, stage_res, mean, head in rows:
-            out.append(Candidate(
-                exits=exits, thresholds=combos[c], target=target, fps=f, accuracy=acc, resources=tuple(res),
-                reach=tuple(r), folding=LazyFolding(picks, c, (w, t)), latency_us=tuple(lat), stage_cycles=tuple(slow),
-                stage_resources=tuple(map(tuple, stage_res)), mean_latency_us=mean, weighting=w, head_cycles=tuple(head)))
+                for graph in [seg.body for seg in segments[start : end + 1]] + [segments[end].head]:
+                    res, cyc, lat, idx, ok = graph.at(stage_targets, n_w)
+                    if res.shape[0] != n_w:  # a graph without foldable layers: the same for every weighting
+                        res, cyc, lat, ok = (np.broadcast_to(a, (n_w, *a.shape[1:])) for a in (res, cyc, lat, ok))
+                    res, cyc, lat, ok = arrange(res), arrange(cyc), arrange(lat), arrange(ok)
+                    total += res
+                    per_stage[s] += res
+                    interval = np.maximum(interval, p * cyc)
+                    slowest[s] = np.maximum(slowest[s], cyc)
+                    feasible &= ok
+                    picks[graph.name] = (graph, [arrange(i) for i in idx])
+                    if graph is segments[end].head:
+                        to_exit[s] = body + lat
+                        head_slowest[s] = cyc
+                    else:
+                        body = body + lat
+                start = end + 1
+            depths = tuple(gate_depths) if subset else tuple(gate_depths)[:1]  # no gates without exits
+            evaluated += len(combos) * n_w * n_t * len(depths)
+            inside, inside_stage, graphs_ok = total, per_stage, feasible
+            for depth in depths:
+                gates, merge = routing_cost(segments, subset, depth)  # outside the FINN graphs
+                total = inside + merge + gates.sum(axis=0)
+                per_stage = inside_stage.copy()
+                per_stage[-1] += merge
+                for s in range(len(subset)):
+                    per_stage[s] += gates[s]
+                out.extend(_candidates(subset, combos, targets, graphs_ok & np.all(total <= budget + 1e-9, axis=-1), total,
+                                       per_stage, interval, accuracy, reach, share, to_exit, slowest, head_slowest, picks,
+                                       clock_mhz, depth, headroom))
+                if not subset and not custom and graphs_ok.any():
+                    # the designs with exits also try the best no-exit design's interval exactly: the one
+                    # that matches its throughput is then on the grid, not up to a grid step faster
+                    feasible = graphs_ok & np.all(total <= budget + 1e-9, axis=-1)
+                    if feasible.any():
+                        grid = np.unique(np.r_[grid, interval[feasible].min()])
     if stats is not None:
-        stats["designs"] = evaluated  # (exits, thresholds, cost weighting, interval) designs evaluated
+        stats["designs"] = evaluated  # (exits, thresholds, cost weighting, interval, gate depth) designs evaluated
+        stats["skipped_threshold_combinations"] = skipped  # dominated ones (undominated)
+    return out
+
+
+def _candidates(subset, combos, targets, feasible, total, per_stage, interval, accuracy, reach, share, to_exit, slowest,
+                head_slowest, picks, clock_mhz, depth, headroom=1.0) -> list[Candidate]:
+    """The candidates of one exit subset and gate depth from the search's (combinations x
+    weightings x targets) arrays: those that fit, less those another weighting or the next
+    faster target matches."""
+    n_w = feasible.shape[1]
+    latency_us = to_exit / clock_mhz  # (stages, combos, W, targets)
+    mean_latency = np.einsum("cs,scwt->cwt", share, latency_us)
+    fps = clock_mhz * 1e6 / interval
+    # a design that the same exits, thresholds and weighting at the next faster target (or at
+    # the same target under another weighting) match in throughput, resources and latency is
+    # never worth listing: it is not on any front and never chosen
+    keep = feasible.copy()
+    keep[:, :, 1:] &= ~(feasible[:, :, :-1] & np.all(total[:, :, :-1] <= total[:, :, 1:], axis=-1)
+                        & (fps[:, :, :-1] >= fps[:, :, 1:]) & (mean_latency[:, :, :-1] <= mean_latency[:, :, 1:]))
+    for w in range(1, n_w):
+        for v in range(w):
+            same = (feasible[:, v] & np.all(total[:, v] <= total[:, w], axis=-1) & (fps[:, v] >= fps[:, w])
+                    & (mean_latency[:, v] <= mean_latency[:, w]))
+            keep[:, w] &= ~same
+    # gather the kept designs' numbers at once, then make the candidates from lists
+    cs, ws, ts = np.nonzero(keep)
+    rows = zip(cs.tolist(), ws.tolist(), ts.tolist(), targets[ts].tolist(), fps[cs, ws, ts].tolist(),
+               accuracy[cs].tolist(), total[cs, ws, ts].tolist(), reach[cs].tolist(),
+               np.moveaxis(latency_us[:, cs, ws, ts], 0, 1).tolist(), np.moveaxis(slowest[:, cs, ws, ts], 0, 1).tolist(),
+               np.moveaxis(per_stage[:, cs, ws, ts], 0, 1).tolist(), mean_latency[cs, ws, ts].tolist(),
+               np.moveaxis(head_slowest[:, cs, ws, ts], 0, 1).tolist())
+    exits = tuple(subset)
+    out = []
+    for c, w, t, target, f, acc, res, r, lat, slow, stage_res, mean, head in rows:
+        out.append(Candidate(
+            exits=exits, thresholds=combos[c], target=target, fps=f, accuracy=acc, resources=tuple(res),
+            reach=tuple(r), folding=LazyFolding(picks, c, (w, t)), latency_us=tuple(lat), stage_cycles=tuple(slow),
+            stage_resources=tuple(map(tuple, stage_res)), mean_latency_us=mean, weighting=w, head_cycles=tuple(head),
+            gate_depth=depth, headroom=headroom))
     return out
 
 

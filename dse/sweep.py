@@ -28,7 +28,10 @@ from .search import Candidate, Segment, active_bound, graph_cost, pareto, routin
 from .throughput import sensitivity, stage_level_fps
 
 MAX_PROB_THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98)
-GATE_DEPTH = 8  # feature maps each gate holds in the chosen design
+GATE_DEPTH = 8  # feature maps each gate holds in the inventory build
+GATE_DEPTHS = (2, 4, 8)  # gate depths the search tries (deeper ones: only for the chosen design)
+HEADROOMS = (1.0, 1.25, 1.5)  # stages after the first sized for min(1, h * p_s) of the samples (dse.search)
+DEEPER_GATES = (4, 8, 16, 32, 64, 128)  # what the chosen design's gates may grow to while that pays
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,10 @@ class SweepResult:
     finn_points: list = field(default_factory=list, repr=False)  # SetFolding at every target
     search_stats: dict = field(default_factory=dict)  # seconds, designs evaluated
     gate_depth: int = GATE_DEPTH  # feature maps each gate of the chosen design holds
+    # the cheapest design with exits (in LUTs) that reaches the no-exit design's throughput with
+    # its finite gates, and that throughput; None when none does
+    equal_throughput: Candidate | None = None
+    equal_throughput_fps: float | None = None
 
     @property
     def gain_with_gates(self) -> float:
@@ -125,7 +132,7 @@ def sweep(run_dir: str | Path, board_name: str, objective: str = "throughput", m
     started = time.perf_counter()
     stats: dict = {}
     candidates = search(segments, codes, correct, prof["scales"], policy, list(MAX_PROB_THRESHOLDS), budget,
-                        board.clock_mhz, max_exits=max_exits, stats=stats, gate_depth=GATE_DEPTH,
+                        board.clock_mhz, max_exits=max_exits, stats=stats, gate_depths=GATE_DEPTHS, headrooms=HEADROOMS,
                         progress=lambda items: tqdm(items, desc="sweep", unit="exit set", disable=not show, leave=False))
     search_seconds, designs = time.perf_counter() - started, stats["designs"]
     final_acc = float(correct[:, -1].mean())
@@ -169,35 +176,43 @@ def sweep(run_dir: str | Path, board_name: str, objective: str = "throughput", m
             simulated[key] = min(c.fps, fps)
         return simulated[key]
 
+    alike: dict = {}
+
+    def gated_alike(c: Candidate) -> float:
+        """:func:`gated` at the design's own gate depth; designs alike in what the simulation
+        sees (exits, thresholds, stage and head cycles, gate words and depth) share one run."""
+        key = (c.exits, c.thresholds, c.stage_cycles, c.head_cycles, c.gate_depth,
+               tuple(segments[k].words(c.folding) for k in (*c.exits, len(segments) - 1)))
+        if key not in alike:
+            alike[key] = gated(c, c.gate_depth)
+        return alike[key]
+
     if objective == "throughput":
-        # the finite gates (GATE_DEPTH deep, in the budget) decide. A design's throughput with
-        # finite gates is at most its unbounded-gate throughput, so going down the designs by the
-        # latter and stopping once it falls below the best simulated so far finds the best design
-        # with finite gates exactly (branch and bound); designs alike in what the simulation sees
-        # share one run
+        # the finite gates (each candidate's own depth, in its budget) decide. A design's
+        # throughput with finite gates is at most its unbounded-gate throughput, so going down the
+        # designs by the latter and stopping once it falls below the best simulated so far finds
+        # the best design with finite gates exactly (branch and bound)
         ranked = sorted(eligible, key=lambda c: (c.fps, c.accuracy, -c.resources[0]), reverse=True)
-        chosen, best, alike = ranked[0], -1.0, {}
+        chosen, best = ranked[0], -1.0
         for c in ranked:
             if c.fps < best:
                 break
-            key = (c.exits, c.thresholds, c.stage_cycles, c.head_cycles,
-                   tuple(segments[k].words(c.folding) for k in (*c.exits, len(segments) - 1)))
-            if key not in alike:
-                alike[key] = gated(c, GATE_DEPTH)
-            if (alike[key], c.accuracy, -c.resources[0]) > (best, chosen.accuracy, -chosen.resources[0]):
-                chosen, best = c, alike[key]
+            fps = gated_alike(c)
+            if (fps, c.accuracy, -c.resources[0]) > (best, chosen.accuracy, -chosen.resources[0]):
+                chosen, best = c, fps
     else:
         chosen = min(eligible, key=lambda c: (c.mean_latency_us, -c.fps, -c.accuracy))
     best_no_exit = max(no_exit, key=lambda c: (c.fps, -c.resources[0]))
+    equal, equal_fps = _equal_throughput(eligible, best_no_exit.fps, gated_alike)
     # deeper gates where the budget has room and bursts of hard samples still stall a stage
-    depth = GATE_DEPTH
+    depth = chosen.gate_depth
     if chosen.exits:
         def outside(d):  # (gates x 4, the rest: merge and record FIFOs) at gate depth d
             return routing_cost(segments, chosen.exits, d)
 
-        searched = outside(GATE_DEPTH)  # what the search budgeted
+        searched = outside(chosen.gate_depth)  # what the search budgeted
         base = np.array(chosen.resources) - searched[0].sum(axis=0) - searched[1]
-        for deeper in (16, 32, 64, 128):
+        for deeper in (d for d in DEEPER_GATES if d > chosen.gate_depth):
             if gated(chosen, depth) >= chosen.fps * 0.999:
                 break
             gates, rest = outside(deeper)
@@ -214,7 +229,7 @@ def sweep(run_dir: str | Path, board_name: str, objective: str = "throughput", m
         stages = [tuple(np.add(r, extra[s] if s < last else extra_rest).tolist())
                   for s, r in enumerate(chosen.stage_resources)]
         chosen = replace(chosen, resources=tuple(np.add(chosen.resources, extra.sum(axis=0) + extra_rest).tolist()),
-                         stage_resources=tuple(stages))
+                         stage_resources=tuple(stages), gate_depth=depth)
     kept = list(chosen.exits) + [len(segments) - 1]
     stage_cycles = list(chosen.stage_cycles)
     test_taken = taken_on(chosen, "test")
@@ -229,13 +244,34 @@ def sweep(run_dir: str | Path, board_name: str, objective: str = "throughput", m
     result = SweepResult(chosen, best_no_exit, front, chosen.fps / best_no_exit.fps, test_acc,
                          float(test_correct[:, -1].mean()), gated_fps,
                          active_bound(chosen, segments, budget, gate_depth=depth), drift, tuple(budget.tolist()),
-                         finn_baseline, gate_depth=depth)
+                         finn_baseline, gate_depth=depth, equal_throughput=equal, equal_throughput_fps=equal_fps)
     result.front_bounds.extend(active_bound(c, segments, budget) for c in front)
     result.candidates.extend(candidates)
     result.finn_points.extend(finn_points)
     result.search_stats.update(search_seconds=search_seconds, designs=designs, candidate_exits=len(segments) - 1)
     _write(out, result, segments, model, config.model.backbone, board, budget, util)
     return result
+
+
+EQUAL_THROUGHPUT_RUNS = 4000  # simulations the search for the equal-throughput design may take
+
+
+def _equal_throughput(eligible: list[Candidate], target_fps: float, gated_fps) -> tuple[Candidate | None, float | None]:
+    """The design with exits that reaches ``target_fps`` (the best no-exit design's throughput)
+    with its finite gates for the fewest LUTs: candidates whose unbounded-gate throughput reaches
+    it, fewest LUTs first, each simulated with its gates (``gated_fps``) until one does (at most
+    :data:`EQUAL_THROUGHPUT_RUNS` simulations)."""
+    matching = sorted((c for c in eligible if c.exits and c.fps >= target_fps),
+                      key=lambda c: (c.resources[0], c.resources[1], -c.fps))
+    runs = 0
+    for c in matching:
+        fps = gated_fps(c)
+        runs += 1
+        if fps >= target_fps:
+            return c, fps
+        if runs >= EQUAL_THROUGHPUT_RUNS:
+            break
+    return None, None
 
 
 def _flow_digest() -> str:
@@ -272,6 +308,7 @@ def _as_json(c: Candidate, names: list[str], clock_mhz: float) -> dict:
     return {"exits": [names[k] for k in c.exits], "thresholds": list(c.thresholds), "fps": c.fps,
             "val_accuracy": c.accuracy, "lut": c.resources[0], "bram18": c.resources[1], "uram": c.resources[2],
             "dsp": c.resources[3], "interval_cycles": c.target, "reach": list(c.reach),
+            "gate_depth": c.gate_depth if c.exits else None, "headroom": c.headroom if c.exits else None,
             "latency_cycles_to_exit": [round(t * clock_mhz) for t in c.latency_us],
             "latency_us_to_exit": list(c.latency_us), "mean_latency_cycles": c.mean_latency_us * clock_mhz,
             "mean_latency_us": c.mean_latency_us}
@@ -285,11 +322,15 @@ def _write(out: Path, r: SweepResult, segments, model, backbone: str, board, bud
     report = {
         "board": board.name, "utilisation_cap": util, "budget": dict(zip(("lut", "bram18", "uram", "dsp"), budget.tolist())),
         "chosen": {**_as_json(r.chosen, names, board.clock_mhz), "test_accuracy": r.test_accuracy, "fps_with_gates": r.fps_with_gates,
-                   "gate_depth": r.gate_depth, "gain_with_gates": r.gain_with_gates,
+                   "gate_depth": r.gate_depth if r.chosen.exits else None, "gain_with_gates": r.gain_with_gates,
                    "stage_resources": [dict(zip(("lut", "bram18", "uram", "dsp"), res)) for res in r.chosen.stage_resources],
                    "active_bound": r.bound,
                    "fps_if_reach_minus_5pp": r.sensitivity["minus"], "fps_if_reach_plus_5pp": r.sensitivity["plus"]},
         "no_exit_baseline": _as_json(r.no_exit, names, board.clock_mhz),
+        # the cheapest design with exits (LUTs) matching the no-exit throughput with its finite gates
+        "equal_throughput": ({**_as_json(r.equal_throughput, names, board.clock_mhz), "fps_with_gates": r.equal_throughput_fps,
+                              "lut_fraction": r.equal_throughput.resources[0] / r.no_exit.resources[0]}
+                             if r.equal_throughput is not None else None),
         "gain_vs_no_exit": r.gain, "final_exit_test_accuracy": r.final_test_accuracy,
         "finn_setfolding_baseline": r.finn_baseline,
         "gain_vs_finn_setfolding": (r.chosen.fps / r.finn_baseline["fps"]) if r.finn_baseline else None,
@@ -311,10 +352,10 @@ def _design(c: Candidate, segments, backbone: str, board, gate_depth: int = GATE
         blocks = [b for seg in segments[start : end + 1] for b in seg.blocks]
         folding = {}
         for seg in segments[start : end + 1]:
-            folding.update({layer: LayerFolding(pe=pe, simd=simd, ram_style=style, res_type=mult)
-                            for layer, (pe, simd, style, mult) in c.folding.get(seg.body.name, {}).items()})
-        head_fold = {layer: LayerFolding(pe=pe, simd=simd, ram_style=style, res_type=mult)
-                     for layer, (pe, simd, style, mult) in c.folding.get(segments[end].head.name, {}).items()}
+            folding.update({layer: LayerFolding(pe=pe, simd=simd, ram_style=style, res_type=mult, buffer_style=buffer)
+                            for layer, (pe, simd, style, mult, buffer) in c.folding.get(seg.body.name, {}).items()})
+        head_fold = {layer: LayerFolding(pe=pe, simd=simd, ram_style=style, res_type=mult, buffer_style=buffer)
+                     for layer, (pe, simd, style, mult, buffer) in c.folding.get(segments[end].head.name, {}).items()}
         name = f"exit_{segments[end].exit}".replace(".", "_") if not last else "final"
         stages.append(Stage(name=f"stage{s}", blocks=tuple(blocks), folding=FrozenMap(folding),
                             gate_depth=None if last else gate_depth,

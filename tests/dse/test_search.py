@@ -108,3 +108,84 @@ def test_routing_cost_counts_gates_merge_and_two_record_fifos_per_exit():
     assert rest.tolist() == [4 * fifo[0] + merge_resources(16 + 1 + 14, 2), 4 * fifo[1], 0, 0]
     # past 4 Kib the FIFO goes to block RAM
     assert record_fifo_resources(32, 256) == (30, 1)
+
+
+def test_undominated_keeps_exactly_the_combinations_nothing_beats():
+    from exitflow.dse.search import undominated
+
+    rng = np.random.default_rng(3)
+    accuracy = rng.choice([0.9, 0.92, 0.95, 0.97], 60)
+    reach = np.concatenate([np.ones((60, 1)), rng.choice([0.1, 0.2, 0.3], (60, 2))], axis=1)
+    keep = undominated(accuracy, reach)
+    point = np.concatenate([-accuracy[:, None], reach[:, 1:]], axis=1)
+    for i in range(60):  # brute force: i is beaten when another is no worse everywhere and better somewhere
+        beaten = any(np.all(point[j] <= point[i]) and np.any(point[j] < point[i]) for j in range(60) if j != i)
+        assert keep[i] == (not beaten), i
+    assert keep.any() and not keep.all()
+    # equal combinations do not beat each other
+    assert undominated(np.array([0.9, 0.9]), np.array([[1, 0.2], [1, 0.2]])).tolist() == [True, True]
+
+
+def test_beaten_threshold_combinations_are_not_searched():
+    segments, codes, correct, scales = problem()
+    correct = correct.copy()
+    correct[::2, 1] = correct[::2, 0]  # the final exit right no more often than the early one on half of the samples
+    correct[1::2, 1] = True
+    stats = {}
+    found = search(segments, codes, correct, scales, "max_prob", [0.5, 0.6, 0.7, 0.8, 0.9], BUDGET, 100.0, stats=stats)
+    searched = {c.thresholds for c in found if c.exits}
+    assert stats["skipped_threshold_combinations"] > 0
+    assert len(searched) == 5 - stats["skipped_threshold_combinations"]
+    # what was left out has a searched combination at least as accurate sending no more samples on
+    by = {}
+    for c in found:
+        if c.exits:
+            by[c.thresholds] = (c.accuracy, c.reach[1])
+    from exitflow.quant.policies import route, threshold_code
+
+    for t in set([0.5, 0.6, 0.7, 0.8, 0.9]) - {th[0] for th in searched}:
+        taken = route("max_prob", codes, [threshold_code("max_prob", t, float(scales[0]))])
+        acc, reach = correct[np.arange(len(taken)), taken].mean(), (taken >= 1).mean()
+        assert any(a >= acc and r <= reach for a, r in by.values())
+
+
+def test_gate_depths_change_only_the_routing_cost():
+    from exitflow.dse.search import routing_cost
+
+    segments, codes, correct, scales = problem()
+    segments = [Segment(s.exit, s.blocks, s.body, s.head, stream_bits=8, folds=100, record_bits=14) for s in segments]
+    found = search(segments, codes, correct, scales, "max_prob", [0.9], BUDGET * [1, 10, 1, 1], 100.0, gate_depths=(2, 16))
+    early = {}
+    for c in (c for c in found if c.exits):
+        early.setdefault(c.gate_depth, {})[(c.target, c.weighting)] = c
+    assert set(early) == {2, 16}
+    assert {c.gate_depth for c in found if not c.exits} == {2}  # no gates, one candidate per target
+    g2, r2 = routing_cost(segments, (0,), 2)
+    g16, r16 = routing_cost(segments, (0,), 16)
+    step = (g16.sum(axis=0) + r16) - (g2.sum(axis=0) + r2)
+    assert step[1] > 0  # deeper gates take block RAM
+    shared = set(early[2]) & set(early[16])
+    assert shared
+    for key in shared:
+        a, b = early[2][key], early[16][key]
+        assert (a.fps, a.stage_cycles) == (b.fps, b.stage_cycles)
+        assert np.array_equal(np.array(b.resources) - np.array(a.resources), step)
+
+
+def test_headroom_sizes_later_stages_for_more_samples_at_the_same_throughput():
+    segments, codes, correct, scales = problem()
+    found = search(segments, codes, correct, scales, "max_prob", [0.5], BUDGET, 100.0, headrooms=(1.0, 2.0))
+    by = {}
+    for c in (c for c in found if c.exits):
+        by.setdefault(c.headroom, {})[(c.target, c.weighting)] = c
+    assert set(by) == {1.0, 2.0}
+    assert {c.headroom for c in found if not c.exits} == {1.0}
+    faster = 0
+    for key in set(by[1.0]) & set(by[2.0]):
+        a, b = by[1.0][key], by[2.0][key]
+        p = a.reach[1]
+        assert b.stage_cycles[1] * min(1.0, 2 * p) <= key[0] + 1e-9  # stage 1 sized for min(1, 2 p) of the samples
+        assert a.stage_cycles[1] * p <= key[0] + 1e-9
+        assert b.stage_cycles[0] == a.stage_cycles[0]  # the first stage sees every sample either way
+        faster += b.stage_cycles[1] < a.stage_cycles[1]
+    assert faster > 0

@@ -44,6 +44,18 @@ def test_sweep_writes_its_outputs(swept):
     assert finn is not None and finn["lut"] <= budget["lut"] and finn["fps"] > 0
     assert report["gain_vs_finn_setfolding"] == pytest.approx(chosen["fps"] / finn["fps"])
     assert chosen["fps_if_reach_plus_5pp"] <= chosen["fps"] * (1 + 1e-9) <= chosen["fps_if_reach_minus_5pp"] * (1 + 1e-6) + 1e-6
+    # the chosen design's gate depth and headroom are search variables; its gates are in its budget
+    if chosen["exits"]:
+        assert chosen["gate_depth"] >= 2 and chosen["headroom"] >= 1.0
+    else:  # no gates in a design without exits
+        assert chosen["gate_depth"] is None and chosen["headroom"] is None
+    assert chosen["fps_with_gates"] <= chosen["fps"] * (1 + 1e-9)
+    # the cheapest design with exits matching the no-exit throughput with its finite gates
+    equal = report["equal_throughput"]
+    assert equal is not None
+    assert equal["exits"] and equal["fps_with_gates"] >= report["no_exit_baseline"]["fps"]
+    assert equal["lut_fraction"] == pytest.approx(equal["lut"] / report["no_exit_baseline"]["lut"])
+    assert equal["val_accuracy"] >= report["no_exit_baseline"]["val_accuracy"] - 0.01 - 1e-9
 
 
 @pytest.mark.slow
