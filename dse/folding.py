@@ -69,11 +69,13 @@ times these weights. The first treats every resource alike; the next two make LU
 four times dearer, so the search also sees LUT-lean and BRAM-lean designs (one scalar cost alone
 misses designs that trade one for the other); the fourth is the first with DSP slices at an
 eighth of their budget share (a DSP slice then replaces LUT multipliers where it saves about 28
-LUTs, as in an 8-bit input layer). The rest weigh LUTs from 1/64 to 64 times (geometric steps),
+LUTs, as in an 8-bit input layer), the fifth and sixth the same with LUTs 4 and 16 times dearer
+(what a design that must save LUTs picks: DSP multipliers, block-RAM weights and line buffers).
+The rest weigh LUTs from 1/64 to 64 times (geometric steps),
 each with DSP slices all but barred (1e6: LUT multipliers wherever an HLS MVAU allows them), at
 full and at a quarter price: each layer picks its multipliers on its own, so without the barred
 set a LUT-lean weighting moves every layer into DSP slices at once and overruns the DSP budget.
-The search uses the first four for designs with early exits and all of them for the designs
+The search uses the first six for designs with early exits and all of them for the designs
 without (one exit set, one threshold: cheap), so baseline (a) gets a fine LUT/BRAM/DSP
 trade-off."""
 EXIT_WEIGHTINGS = 6

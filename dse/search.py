@@ -352,6 +352,7 @@ def _search(segments: list[Segment], codes: np.ndarray, correct: np.ndarray, sca
         n_w = min(all_w, exit_weightings) if subset else all_w
         targets = grid if subset else fine  # one design per target without exits: a fine grid is cheap
         n_t = len(targets)
+        earlier: dict = {}  # gate depth -> what smaller headrooms gave (feasible, total, slowest)
         for headroom in (tuple(headrooms) if subset else (1.0,)):
             shape = (len(combos), n_w, n_t)
             total = np.zeros((*shape, len(RESOURCES)))
@@ -399,9 +400,14 @@ def _search(segments: list[Segment], codes: np.ndarray, correct: np.ndarray, sca
                 per_stage[-1] += merge
                 for s in range(len(subset)):
                     per_stage[s] += gates[s]
-                out.extend(_candidates(subset, combos, targets, graphs_ok & np.all(total <= budget + 1e-9, axis=-1), total,
-                                       per_stage, interval, accuracy, reach, share, to_exit, slowest, head_slowest, picks,
-                                       clock_mhz, depth, headroom))
+                fits = graphs_ok & np.all(total <= budget + 1e-9, axis=-1)
+                new = fits.copy()
+                for was_fit, was_total, was_slowest in earlier.get(depth, []):
+                    # a larger headroom that changed no stage's speed only costs more: not listed
+                    new &= ~(was_fit & np.all(was_slowest == slowest, axis=0) & np.all(was_total <= total, axis=-1))
+                earlier.setdefault(depth, []).append((fits, total, slowest))
+                out.extend(_candidates(subset, combos, targets, fits, total, per_stage, interval, accuracy, reach, share,
+                                       to_exit, slowest, head_slowest, picks, clock_mhz, depth, headroom, new))
                 if not subset and not custom and graphs_ok.any():
                     # the designs with exits also try the best no-exit design's interval exactly: the one
                     # that matches its throughput is then on the grid, not up to a grid step faster
@@ -415,10 +421,10 @@ def _search(segments: list[Segment], codes: np.ndarray, correct: np.ndarray, sca
 
 
 def _candidates(subset, combos, targets, feasible, total, per_stage, interval, accuracy, reach, share, to_exit, slowest,
-                head_slowest, picks, clock_mhz, depth, headroom=1.0) -> list[Candidate]:
-    """The candidates of one exit subset and gate depth from the search's (combinations x
-    weightings x targets) arrays: those that fit, less those another weighting or the next
-    faster target matches."""
+                head_slowest, picks, clock_mhz, depth, headroom=1.0, listed=None) -> list[Candidate]:
+    """The candidates of one exit subset, gate depth and headroom from the search's (combinations
+    x weightings x targets) arrays: those that fit (``feasible``; ``listed``: those of them worth
+    listing, default all), less those another weighting or the next faster target matches."""
     n_w = feasible.shape[1]
     latency_us = to_exit / clock_mhz  # (stages, combos, W, targets)
     mean_latency = np.einsum("cs,scwt->cwt", share, latency_us)
@@ -426,7 +432,7 @@ def _candidates(subset, combos, targets, feasible, total, per_stage, interval, a
     # a design that the same exits, thresholds and weighting at the next faster target (or at
     # the same target under another weighting) match in throughput, resources and latency is
     # never worth listing: it is not on any front and never chosen
-    keep = feasible.copy()
+    keep = feasible.copy() if listed is None else listed.copy()
     keep[:, :, 1:] &= ~(feasible[:, :, :-1] & np.all(total[:, :, :-1] <= total[:, :, 1:], axis=-1)
                         & (fps[:, :, :-1] >= fps[:, :, 1:]) & (mean_latency[:, :, :-1] <= mean_latency[:, :, 1:]))
     for w in range(1, n_w):

@@ -56,6 +56,7 @@ class SweepResult:
     # its finite gates, and that throughput; None when none does
     equal_throughput: Candidate | None = None
     equal_throughput_fps: float | None = None
+    fps_with_gates_test: float | None = None  # the chosen design with its gates on the test split's exit sequence
 
     @property
     def gain_with_gates(self) -> float:
@@ -187,6 +188,7 @@ def sweep(run_dir: str | Path, board_name: str, objective: str = "throughput", m
             alike[key] = gated(c, c.gate_depth)
         return alike[key]
 
+    selecting = time.perf_counter()
     if objective == "throughput":
         # the finite gates (each candidate's own depth, in its budget) decide. A design's
         # throughput with finite gates is at most its unbounded-gate throughput, so going down the
@@ -233,6 +235,11 @@ def sweep(run_dir: str | Path, board_name: str, objective: str = "throughput", m
     kept = list(chosen.exits) + [len(segments) - 1]
     stage_cycles = list(chosen.stage_cycles)
     test_taken = taken_on(chosen, "test")
+    test_fps = chosen.fps
+    if chosen.exits:  # the same simulation on the test split's traffic, which the search never saw
+        test_fps = min(chosen.fps, stage_level_fps(test_taken, stage_cycles, list(chosen.head_cycles), [depth] * len(chosen.exits),
+                                                   [segments[k].words(chosen.folding) for k in kept], board.clock_mhz))
+    selection_seconds = time.perf_counter() - selecting
     test_correct = prof["test_correct"]
     test_acc = float(test_correct[np.arange(len(test_taken)), np.asarray(kept)[test_taken]].mean())
     front = pareto(candidates)
@@ -244,11 +251,14 @@ def sweep(run_dir: str | Path, board_name: str, objective: str = "throughput", m
     result = SweepResult(chosen, best_no_exit, front, chosen.fps / best_no_exit.fps, test_acc,
                          float(test_correct[:, -1].mean()), gated_fps,
                          active_bound(chosen, segments, budget, gate_depth=depth), drift, tuple(budget.tolist()),
-                         finn_baseline, gate_depth=depth, equal_throughput=equal, equal_throughput_fps=equal_fps)
+                         finn_baseline, gate_depth=depth, equal_throughput=equal, equal_throughput_fps=equal_fps,
+                         fps_with_gates_test=test_fps)
     result.front_bounds.extend(active_bound(c, segments, budget) for c in front)
     result.candidates.extend(candidates)
     result.finn_points.extend(finn_points)
-    result.search_stats.update(search_seconds=search_seconds, designs=designs, candidate_exits=len(segments) - 1)
+    result.search_stats.update(search_seconds=search_seconds, designs=designs, candidate_exits=len(segments) - 1,
+                               selection_seconds=selection_seconds, simulations=len(simulated),
+                               skipped_threshold_combinations=stats["skipped_threshold_combinations"])
     _write(out, result, segments, model, config.model.backbone, board, budget, util)
     return result
 
@@ -322,6 +332,7 @@ def _write(out: Path, r: SweepResult, segments, model, backbone: str, board, bud
     report = {
         "board": board.name, "utilisation_cap": util, "budget": dict(zip(("lut", "bram18", "uram", "dsp"), budget.tolist())),
         "chosen": {**_as_json(r.chosen, names, board.clock_mhz), "test_accuracy": r.test_accuracy, "fps_with_gates": r.fps_with_gates,
+                   "fps_with_gates_on_test_traffic": r.fps_with_gates_test,
                    "gate_depth": r.gate_depth if r.chosen.exits else None, "gain_with_gates": r.gain_with_gates,
                    "stage_resources": [dict(zip(("lut", "bram18", "uram", "dsp"), res)) for res in r.chosen.stage_resources],
                    "active_bound": r.bound,

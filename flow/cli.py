@@ -160,6 +160,13 @@ def cmd_sweep(args: argparse.Namespace) -> int:
           f"BRAM18 {c.resources[1]:.0f}, DSP {c.resources[3]:.0f}, mean latency {c.mean_latency_us:.1f} us; "
           f"test accuracy {100 * r.test_accuracy:.2f}% "
           f"(final exit alone {100 * r.final_test_accuracy:.2f}%)")
+    if c.exits:
+        print(f"on the test split's traffic: {r.fps_with_gates_test:,.0f} samples/s with its gates "
+              f"({r.fps_with_gates_test / r.no_exit.fps:.2f}x)")
+    e = r.equal_throughput
+    if e is not None:
+        print(f"matching the no-exit throughput with its gates takes {e.resources[0]:,.0f} LUTs "
+              f"({e.resources[0] / r.no_exit.resources[0]:.1%} of the no-exit design's)")
     print(f"what keeps it from being faster: {r.bound}")
     print(f"wrote {args.dir}/sweep: pareto.json, pareto.png, resources.png, design.yaml ({len(r.front)} designs on the front)")
     return 0
