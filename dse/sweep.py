@@ -178,6 +178,7 @@ def sweep(run_dir: str | Path, board_name: str, objective: str = "throughput", m
         return simulated[key]
 
     alike: dict = {}
+    runs = tqdm(desc="simulating gates", unit="design", disable=not show, leave=False)
 
     def gated_alike(c: Candidate) -> float:
         """:func:`gated` at the design's own gate depth; designs alike in what the simulation
@@ -186,6 +187,7 @@ def sweep(run_dir: str | Path, board_name: str, objective: str = "throughput", m
                tuple(segments[k].words(c.folding) for k in (*c.exits, len(segments) - 1)))
         if key not in alike:
             alike[key] = gated(c, c.gate_depth)
+            runs.update()
         return alike[key]
 
     selecting = time.perf_counter()
@@ -240,6 +242,7 @@ def sweep(run_dir: str | Path, board_name: str, objective: str = "throughput", m
         test_fps = min(chosen.fps, stage_level_fps(test_taken, stage_cycles, list(chosen.head_cycles), [depth] * len(chosen.exits),
                                                    [segments[k].words(chosen.folding) for k in kept], board.clock_mhz))
     selection_seconds = time.perf_counter() - selecting
+    runs.close()
     test_correct = prof["test_correct"]
     test_acc = float(test_correct[np.arange(len(test_taken)), np.asarray(kept)[test_taken]].mean())
     front = pareto(candidates)
