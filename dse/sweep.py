@@ -396,8 +396,12 @@ def _plots(out: Path, r: SweepResult, names: list[str]) -> None:
     if r.finn_baseline:
         ax.scatter([r.finn_baseline["fps"]], [100 * r.no_exit.accuracy], marker="D", color="orange", s=50,
                    label="FINN SetFolding, no exits")
-    ax.scatter([r.chosen.fps], [100 * r.chosen.accuracy], marker="*", color="black", s=140,
-               label=f"chosen: {r.gain:.2f}x")
+    ax.scatter([r.fps_with_gates], [100 * r.chosen.accuracy], marker="*", color="black", s=140,
+               label=f"chosen: {r.gain_with_gates:.2f}x with its gates ({r.gain:.2f}x unbounded)")
+    if r.equal_throughput is not None:
+        e = r.equal_throughput
+        ax.scatter([r.equal_throughput_fps], [100 * e.accuracy], marker="^", color="magenta", s=60,
+                   label=f"matches the no-exit throughput: {e.resources[0] / r.no_exit.resources[0]:.0%} of its LUTs")
     ax.set(xscale="log", xlabel="throughput (samples/s)", ylabel="validation accuracy (%)", title="Design space")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8, loc="lower left")
