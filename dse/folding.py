@@ -111,7 +111,7 @@ class FoldingTable:
         n = len(pe)
         pe, simd = np.tile(pe, len(variants)), np.tile(simd, len(variants))
         ram_style, res_type, buffer_style = (np.repeat(np.array([v[i] for v in variants], dtype=object), n) for i in range(3))
-        costs = layer_costs(layer, pe, simd, ram_style, res_type, buffer_style if layer.window is not None else None)
+        costs = layer_costs(layer, pe, simd, ram_style, res_type, buffer_style)
         resources = sum(np.stack([c[r] for r in RESOURCES], axis=1) for c in costs.values())
         per_node = np.stack([c["cycles"] for c in costs.values()])
         cycles, latency = per_node.max(axis=0), per_node.sum(axis=0)

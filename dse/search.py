@@ -25,7 +25,7 @@ import numpy as np
 
 from exitflow.quant.policies import route, threshold_code
 
-from .finn_model import RESOURCES, dwc_luts, inventory, pick_pool
+from .finn_model import RESOURCES, dwc_luts, inventory
 from .folding import EXIT_WEIGHTINGS, FoldingTable
 
 
@@ -79,12 +79,14 @@ class GraphCost:
     def pool_folds(self, picks: list[np.ndarray]) -> list[np.ndarray]:
         """The fold each pooling unit takes (finn_model.pick_pool) given the layers' folding
         indices: it follows its governing layer's cycles (its costs are in that layer's table)."""
-        out = []
-        for p, unit in enumerate(self.pools):
-            table = self.tables[unit.governor]
-            j = [q for q, u in enumerate(self.pools) if u.governor == unit.governor].index(p)
-            out.append(table.pool_folds[j][np.maximum(picks[unit.governor], 0)])
-        return out
+        return [self.pool_fold(p, np.maximum(picks[unit.governor], 0)) for p, unit in enumerate(self.pools)]
+
+    def pool_fold(self, p: int, options):
+        """The fold pooling unit ``p`` takes at its governing layer's folding ``options``, as that
+        layer's table holds it (the table lists the units it governs in graph order)."""
+        governor = self.pools[p].governor
+        slot = sum(1 for u in self.pools[:p] if u.governor == governor)
+        return self.tables[governor].pool_folds[slot][options]
 
     @staticmethod
     def _class(kind, k, classes, picks, folds):
@@ -145,12 +147,11 @@ class Segment:
         weight layer at the end streams PE values per word (the inventory was built at
         ``last_pe``); a pooling unit at the end streams its fold's values per word (``folds`` is
         counted at its widest fold, all channels per word)."""
-        ending = [u for u in self.body.pools if u.ends]
+        ending = [p for p, u in enumerate(self.body.pools) if u.ends]
         if ending:
-            unit = ending[0]
+            unit = self.body.pools[ending[0]]
             table = self.body.tables[unit.governor]
-            idx = table.index(*folding[self.body.name][table.layer.layer])
-            k = int(pick_pool(unit.cycles, table.mvau_cycles[idx]))
+            k = int(self.body.pool_fold(ending[0], table.index(*folding[self.body.name][table.layer.layer])))
             return self.folds * int(unit.fold[-1]) // int(unit.fold[k])
         if not self.last_pe or not self.body.tables:
             return self.folds
@@ -352,6 +353,7 @@ def _search(segments: list[Segment], codes: np.ndarray, correct: np.ndarray, sca
         n_w = min(all_w, exit_weightings) if subset else all_w
         targets = grid if subset else fine  # one design per target without exits: a fine grid is cheap
         n_t = len(targets)
+        depths = tuple(gate_depths) if subset else tuple(gate_depths)[:1]  # no gates without exits
         earlier: dict = {}  # gate depth -> what smaller headrooms gave (feasible, total, slowest)
         for headroom in (tuple(headrooms) if subset else (1.0,)):
             shape = (len(combos), n_w, n_t)
@@ -390,7 +392,6 @@ def _search(segments: list[Segment], codes: np.ndarray, correct: np.ndarray, sca
                     else:
                         body = body + lat
                 start = end + 1
-            depths = tuple(gate_depths) if subset else tuple(gate_depths)[:1]  # no gates without exits
             evaluated += len(combos) * n_w * n_t * len(depths)
             inside, inside_stage, graphs_ok = total, per_stage, feasible
             for depth in depths:
@@ -408,12 +409,10 @@ def _search(segments: list[Segment], codes: np.ndarray, correct: np.ndarray, sca
                 earlier.setdefault(depth, []).append((fits, total, slowest))
                 out.extend(_candidates(subset, combos, targets, fits, total, per_stage, interval, accuracy, reach, share,
                                        to_exit, slowest, head_slowest, picks, clock_mhz, depth, headroom, new))
-                if not subset and not custom and graphs_ok.any():
+                if not subset and not custom and fits.any():
                     # the designs with exits also try the best no-exit design's interval exactly: the one
                     # that matches its throughput is then on the grid, not up to a grid step faster
-                    feasible = graphs_ok & np.all(total <= budget + 1e-9, axis=-1)
-                    if feasible.any():
-                        grid = np.unique(np.r_[grid, interval[feasible].min()])
+                    grid = np.unique(np.r_[grid, interval[fits].min()])
     if stats is not None:
         stats["designs"] = evaluated  # (exits, thresholds, cost weighting, interval, gate depth) designs evaluated
         stats["skipped_threshold_combinations"] = skipped  # dominated ones (undominated)
