@@ -205,11 +205,82 @@ def to_data(obj: Any) -> Any:
     return obj
 
 
-def read_yaml(path: str | Path) -> Any:
-    """Parse a YAML file safely; a missing or malformed file raises one clear :class:`ConfigError`."""
+#: The largest YAML file exitflow parses (configs, designs, boards are a few KB): a bigger file is
+#: refused before it is read, so a wrong or hostile file cannot take minutes and gigabytes.
+MAX_YAML_BYTES = 1 << 20
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """:class:`yaml.SafeLoader` that refuses a mapping holding the same key twice (PyYAML keeps the
+    last one silently, so a typo'd second ``threshold:`` would win unnoticed)."""
+
+
+def _construct_unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> Any:
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue  # `<<: *base` may be overridden by the keys written next to it
+        key = loader.construct_object(key_node, deep=True)
+        try:
+            hash(key)
+        except TypeError:
+            continue  # construct_mapping reports an unhashable key itself
+        line = key_node.start_mark.line + 1
+        if key in seen:
+            raise _DuplicateKey(key, line, seen[key])
+        seen[key] = line
+    loader.flatten_mapping(node)
+    return loader.construct_mapping(node, deep=deep)
+
+
+class _DuplicateKey(Exception):
+    def __init__(self, key: Any, line: int, first: int):
+        super().__init__(key)
+        self.key, self.line, self.first = key, line, first
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_unique_mapping)
+
+
+def parse_yaml(text: str, source: str = "") -> Any:
+    """Parse YAML text safely (nothing is executed), refusing duplicate keys; errors are one
+    :class:`ConfigError` line naming ``source``, the line and the problem."""
+    where = f"{source}: " if source else ""
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
+    except _DuplicateKey as err:
+        raise ConfigError(f"{where}line {err.line}: duplicate key {err.key!r} (first at line {err.first}); "
+                          "keep one of them") from None
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark
+        at = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        raise ConfigError(f"{where}malformed YAML: {at}{err.problem or err}") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{where}malformed YAML: {str(err).splitlines()[0]}") from None
+    except RecursionError:
+        raise ConfigError(f"{where}malformed YAML: nested too deeply") from None
+
+
+def read_yaml(path: str | Path, max_bytes: int = MAX_YAML_BYTES) -> Any:
+    """Parse a YAML file safely; a missing, oversized or malformed file, or one with a duplicated
+    key, raises one clear :class:`ConfigError`."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found") from None
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read: {err.strerror}") from None
+    if path.is_file() and size > max_bytes:
+        raise ConfigError(f"{path}: {size:,} bytes is over the {max_bytes:,}-byte limit for a YAML file "
+                          f"(configs, designs and boards are a few KB); is this the right file?")
+    try:
+        with path.open("rb") as f:
+            raw = f.read(max_bytes + 1)
+        if len(raw) > max_bytes:
+            raise ConfigError(f"{path}: over the {max_bytes:,}-byte limit for a YAML file "
+                              "(configs, designs and boards are a few KB); is this the right file?")
+        text = raw.decode("utf-8")
     except FileNotFoundError:
         raise ConfigError(f"{path}: file not found") from None
     except IsADirectoryError:
@@ -218,14 +289,7 @@ def read_yaml(path: str | Path) -> Any:
         raise ConfigError(f"{path}: not a text file (expected UTF-8 YAML)") from None
     except OSError as err:
         raise ConfigError(f"{path}: cannot read: {err.strerror}") from None
-    try:
-        return yaml.safe_load(text)
-    except yaml.MarkedYAMLError as err:
-        mark = err.problem_mark
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        raise ConfigError(f"{path}: malformed YAML: {where}{err.problem or err}") from None
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: malformed YAML: {str(err).splitlines()[0]}") from None
+    return parse_yaml(text, str(path))
 
 
 def load_file(cls: type[T], path: str | Path) -> T:
