@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import math
 import pickle
 import struct
 from dataclasses import dataclass
@@ -98,6 +99,7 @@ class DataSpec:
     val_fraction: float = 0.15
     test_fraction: float = 0.15  # used only when the data has no test files of its own
     shape: tuple[int, ...] | None = None  # (C, H, W) to zero-pad and repeat channels to, e.g. [3, 32, 32]
+    classes: int | None = None  # npz only: the number of classes (labels 0..classes-1); default max label + 1
 
     def __post_init__(self) -> None:
         if self.shape is not None and (len(self.shape) != 3 or self.shape[0] not in (1, 3) or min(self.shape) < 1):
@@ -110,6 +112,10 @@ class DataSpec:
             value = getattr(self, key)
             if not 0.0 < value < 1.0:
                 raise FieldError(key, f"must be in (0, 1); got {value}")
+        if self.classes is not None and self.name != "npz":
+            raise FieldError("classes", f"only the npz format takes classes ({self.name} knows its own); leave it out")
+        if self.classes is not None and self.classes < 2:
+            raise FieldError("classes", f"a classifier needs at least 2 classes; got {self.classes}")
         if self.val_fraction + self.test_fraction >= 1.0:
             raise FieldError("val_fraction", "val_fraction + test_fraction must leave data to train on (< 1)")
 
@@ -203,7 +209,7 @@ def read_idx(path: str | Path) -> np.ndarray:
     if ndim == 0 or len(raw) < header:
         raise DataError(f"{path}: truncated idx header")
     dims = struct.unpack(f">{ndim}I", raw[4:header])
-    expected = int(np.prod(dims))
+    expected = math.prod(dims)  # exact: numpy's product of four 32-bit dimensions can overflow
     if len(raw) - header != expected:
         raise DataError(
             f"{path}: idx header says {'x'.join(map(str, dims))} = {expected} bytes of data, "
@@ -296,8 +302,14 @@ def read_npz(path: str | Path, num_classes: int | None = None) -> ImageSet:
         raise DataError(f"{path}: not a readable .npz file ({type(err).__name__}: {err})") from None
     if x.ndim == 3:
         x = x[:, None, :, :]
-    if y.ndim == 1 and np.issubdtype(y.dtype, np.integer) and len(y) and num_classes is None:
+    if y.ndim == 1 and np.issubdtype(y.dtype, np.integer) and len(y) and num_classes is None and y.min() >= 0:
         num_classes = max(int(y.max()) + 1, 2)
+        present = np.unique(y)
+        if len(present) > 1 and len(present) < num_classes:
+            missing = sorted(set(range(num_classes)) - set(present.tolist()))
+            shown = ", ".join(map(str, missing[:5])) + (", ..." if len(missing) > 5 else "")
+            raise DataError(f"{path}: labels reach {num_classes - 1} but no sample has label {shown}; relabel to "
+                            f"0..{len(present) - 1}, or set data.classes: {num_classes} in the config if that is meant")
     return ImageSet(str(path), x, y, num_classes or 2)
 
 
@@ -355,7 +367,7 @@ def _find(folder: Path, stem: str) -> Path | None:
 def _load_user(spec: DataSpec) -> tuple[ImageSet, ImageSet | None]:
     """(training data, the data's own test set or None)."""
     if spec.name == "npz":
-        return read_npz(Path(spec.path).expanduser()), None  # type: ignore[arg-type]
+        return read_npz(Path(spec.path).expanduser(), spec.classes), None  # type: ignore[arg-type]
     folder = _folder(spec)
     if spec.name == "mnist_idx":
         pairs = {}
@@ -399,6 +411,10 @@ def load_splits(spec: DataSpec = DataSpec()) -> Splits:
     ``test``); with one, that test set is kept and the rest split into train and validation.
     """
     data, test = load_dataset(spec)
+    present = np.unique(data.y)
+    if len(present) < 2:
+        raise DataError(f"{spec.path or spec.name}: every sample has label {int(present[0]) if len(present) else '?'}; "
+                        "a classifier needs samples of at least 2 classes")
     if test is None:
         fractions = (1.0 - spec.val_fraction - spec.test_fraction, spec.val_fraction, spec.test_fraction)
         indices = split_indices(data.y, fractions, spec.seed)

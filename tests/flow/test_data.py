@@ -271,3 +271,41 @@ def test_data_spec_rejects_bad_config(data, message):
     with pytest.raises(ConfigError) as err:
         from_data(DataSpec, data, source="run.yaml")
     assert message in str(err.value)
+
+
+def test_idx_header_whose_dimensions_overflow(tmp_path):
+    """Four dimensions of 65536 multiply to 2**64, which numpy's int64 wraps to 0 = the bytes the file
+    holds: refused as the header it is, not reshaped (a ValueError, exit code 1, before)."""
+    path = tmp_path / "huge"
+    path.write_bytes(bytes([0, 0, 8, 4]) + struct.pack(">4I", *(65536,) * 4))
+    with pytest.raises(DataError, match=r"idx header says 65536x65536x65536x65536 = 18446744073709551616 bytes of data, file holds 0") as err:
+        read_idx(path)
+    assert "\n" not in str(err.value) and str(path) in str(err.value)
+
+
+def test_a_data_set_with_one_class_is_refused(tmp_path):
+    np.savez(tmp_path / "one.npz", x=_images(20, 1, 8, 8)[:, 0], y=np.zeros(20, dtype=np.int64))
+    with pytest.raises(DataError, match=r"one.npz: every sample has label 0; a classifier needs samples of at least 2 classes"):
+        load_splits(DataSpec(name="npz", path=str(tmp_path / "one.npz")))
+    (tmp_path / "train-images-idx3-ubyte").write_bytes(_idx(np.zeros((10, 4, 4))))
+    (tmp_path / "train-labels-idx1-ubyte").write_bytes(_idx(np.full(10, 7)))
+    with pytest.raises(DataError, match="every sample has label 7"):
+        load_splits(DataSpec(name="mnist_idx", path=str(tmp_path)))
+
+
+def test_npz_labels_outside_the_classes(tmp_path):
+    x = _images(20, 1, 8, 8)[:, 0]
+    np.savez(tmp_path / "gap.npz", x=x, y=np.where(np.arange(20) % 2, 0, 9))  # labels 0 and 9 only
+    with pytest.raises(DataError, match=r"gap.npz: labels reach 9 but no sample has label 1, 2, 3, 4, 5, \.\.\.; relabel to 0..1, or set data.classes: 10"):
+        read_npz(tmp_path / "gap.npz")
+    assert read_npz(tmp_path / "gap.npz", 10).num_classes == 10  # the config says 10 classes: accepted
+    np.savez(tmp_path / "over.npz", x=x, y=np.arange(20) % 4)
+    with pytest.raises(DataError, match=r"label 3 at index 3 is outside 0..2 \(3 classes\)"):
+        load_splits(DataSpec(name="npz", path=str(tmp_path / "over.npz"), classes=3))
+    np.savez(tmp_path / "neg.npz", x=x, y=np.arange(20) % 4 - 1)
+    with pytest.raises(DataError, match=r"label -1 at index 0 is outside"):
+        read_npz(tmp_path / "neg.npz")
+    with pytest.raises(ConfigError, match=r"data: classes: only the npz format takes classes \(digits knows its own\)"):
+        from_data(DataSpec, {"name": "digits", "classes": 10}, "data")
+    with pytest.raises(ConfigError, match=r"classes: a classifier needs at least 2 classes; got 1"):
+        from_data(DataSpec, {"name": "npz", "path": "a.npz", "classes": 1}, "data")
