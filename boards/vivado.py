@@ -52,8 +52,9 @@ def _hls_tcl(name: str, part: str, clock_ns: float, include: Path) -> str:
     ])
 
 
-def write_project(run_dir: str | Path) -> Path:
-    """Exit IP sources, the block design script and driver.json, from DIR/hw/build.json."""
+def write_project(run_dir: str | Path, summary: dict | None = None) -> Path:
+    """Exit IP sources, the block design script and driver.json, from the build's summary
+    (``summary``, or DIR/hw/build.json when it is not given)."""
     from qonnx.core.modelwrapper import ModelWrapper
     from qonnx.custom_op.registry import getCustomOp
 
@@ -64,7 +65,8 @@ def write_project(run_dir: str | Path) -> Path:
     from exitflow.hls_templates import TEMPLATE_DIR
 
     hw = Path(run_dir) / "hw"
-    summary = json.loads((hw / "build.json").read_text())
+    if summary is None:
+        summary = json.loads((hw / "build.json").read_text())
     design = load_design(summary["design"])
     board = get_board(design.board)
     clock_ns = 1000.0 / summary["clock_mhz"]

@@ -386,11 +386,12 @@ def _graph_units(folder: Path, fix: str) -> tuple[list[Unit], object]:
 def load_pipeline(run_dir: str | Path, design_path: str | Path | None = None) -> tuple[Pipeline, list[str]]:
     """The pipeline of the design built in ``DIR/hw`` and its exit (head) names."""
     from exitflow.design import load_design
+    from exitflow.files import user_path
 
     from .engines import _import_finn_ops
 
-    run_dir = Path(run_dir)
-    design_path = Path(design_path) if design_path else run_dir / "sweep" / "design.yaml"
+    run_dir = user_path(run_dir)
+    design_path = user_path(design_path) if design_path else run_dir / "sweep" / "design.yaml"
     if not design_path.is_file():
         raise ConfigError(f"{design_path}: design not found; pass --design FILE (a design YAML, see README)")
     design = load_design(design_path)

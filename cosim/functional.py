@@ -118,15 +118,16 @@ def load_built(run_dir: str | Path, design_path: str | Path | None = None) -> Bu
     :class:`ConfigError` line naming the file and the fix."""
     from qonnx.custom_op.registry import getCustomOp
 
-    from exitflow.build import match_design
+    from exitflow.build import backup_of, is_finished, match_design
     from exitflow.design import load_design
+    from exitflow.files import user_path
     from exitflow.quant import checkpoint as ckpt
     from exitflow.quant.export import layer_table
 
     from .engines import _import_finn_ops
 
-    run_dir = Path(run_dir)
-    design_path = Path(design_path) if design_path else run_dir / "sweep" / "design.yaml"
+    run_dir = user_path(run_dir)
+    design_path = user_path(design_path) if design_path else run_dir / "sweep" / "design.yaml"
     if not design_path.is_file():
         raise ConfigError(f"{design_path}: design not found; pass --design FILE (a design YAML, see README)")
     design = load_design(design_path)
@@ -135,7 +136,10 @@ def load_built(run_dir: str | Path, design_path: str | Path | None = None) -> Bu
     exits = [*early, model.exit_names[-1]]
     hw = run_dir / "hw"
     rebuild = f"build it with `exitflow build {run_dir} --design {design_path}`"
-    if not (hw / "build.json").is_file():
+    if not is_finished(hw):
+        if is_finished(backup_of(hw)):
+            raise ConfigError(f"{hw}: holds an interrupted build; the last finished build waits in {backup_of(hw)}: "
+                              f"`exitflow cosim {run_dir}` puts it back, or {rebuild}")
         raise ConfigError(f"{hw}: no built hardware; {rebuild}")
     _import_finn_ops()
     stage_layers, head_layers = layer_table(model, exits)

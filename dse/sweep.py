@@ -23,6 +23,7 @@ import numpy as np
 import yaml
 
 from exitflow.errors import ConfigError, ExitflowError
+from exitflow.files import user_path
 
 from .search import Candidate, Segment, active_bound, graph_cost, pareto, routing_cost, search
 from .throughput import sensitivity, stage_level_fps
@@ -95,7 +96,7 @@ def sweep(run_dir: str | Path, board_name: str, objective: str = "throughput", m
     from exitflow.build import build
     from exitflow.quant import checkpoint as ckpt
 
-    run_dir = Path(run_dir)
+    run_dir = user_path(run_dir)
     if not 0.0 < util <= 1.0:
         raise ConfigError(f"--util: must be in (0, 1]; got {util}")
     if objective not in ("throughput", "latency"):

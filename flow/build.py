@@ -27,6 +27,7 @@ from exitflow.boards.vivado import VIVADO_VERSION  # the tool release finn-plus 
 
 from .design import Design, load_design
 from .errors import ConfigError
+from .files import atomic_write, user_path
 
 
 def divisors(n: int) -> list[int]:
@@ -125,8 +126,8 @@ def build(run_dir: str | Path, design_path: str | Path | None = None, log: Calla
     from exitflow.quant import checkpoint as ckpt
     from exitflow.quant.export import layer_table
 
-    run_dir = Path(run_dir)
-    design_path = Path(design_path) if design_path else run_dir / "sweep" / "design.yaml"
+    run_dir = user_path(run_dir)
+    design_path = user_path(design_path) if design_path else run_dir / "sweep" / "design.yaml"
     if not design_path.exists():
         raise ConfigError(f"{design_path}: design not found; pass --design FILE (a design YAML, see README)")
     design = load_design(design_path)
@@ -140,10 +141,10 @@ def build(run_dir: str | Path, design_path: str | Path | None = None, log: Calla
         check_folding(f"{design_path}: stages[{k}].head.folding", stage.head.folding, head_layers[k], f"head {stage.head.name!r}")
 
     # FINN records absolute paths of generated code, so the build happens in DIR/hw itself; an
-    # earlier DIR/hw waits in DIR/.hw.previous and comes back if this build fails.
-    final = Path(hw_dir) if hw_dir else run_dir / "hw"
-    previous = final.with_name(f".{final.name}.previous")
-    shutil.rmtree(previous, ignore_errors=True)
+    # earlier DIR/hw waits in DIR/.hw.previous and comes back if this build fails or is killed.
+    final = user_path(hw_dir) if hw_dir else run_dir / "hw"
+    restore_build(final, log)
+    previous = backup_of(final)
     if final.exists():
         final.rename(previous)
     try:
@@ -156,6 +157,36 @@ def build(run_dir: str | Path, design_path: str | Path | None = None, log: Calla
         raise
     shutil.rmtree(previous, ignore_errors=True)
     return reports
+
+
+def backup_of(hw: Path) -> Path:
+    """Where an earlier build waits while a new one runs: ``DIR/.hw.previous``."""
+    return hw.with_name(f".{hw.name}.previous")
+
+
+def is_finished(hw: Path) -> bool:
+    """A build is finished once its ``build.json`` is there: it is written last, atomically."""
+    return (hw / "build.json").is_file()
+
+
+def restore_build(hw: Path, log: Callable[[str], None] = print) -> bool:
+    """Put the last finished build back in ``hw`` after a build that was interrupted or killed
+    (``kill -9`` leaves no chance to clean up): an unfinished ``hw`` gives way to its backup; a
+    finished one makes the backup redundant. Safe to interrupt at any point and to call again.
+    Returns whether a backup was put back."""
+    previous = backup_of(hw)
+    if not previous.exists():
+        return False
+    if is_finished(hw):
+        shutil.rmtree(previous)  # the build finished; only its clean-up was cut short
+        return False
+    if not is_finished(previous):  # no finished build anywhere (cannot happen unless edited by hand)
+        shutil.rmtree(previous)
+        return False
+    shutil.rmtree(hw, ignore_errors=True)
+    previous.rename(hw)
+    log(f"note: {hw} held an interrupted build; the last finished build was put back from {previous}")
+    return True
 
 
 def _build_graphs(hw, design, design_path, board, model, data, exits, stage_layers, head_layers, log, vivado_project):
@@ -195,11 +226,11 @@ def _build_graphs(hw, design, design_path, board, model, data, exits, stage_laye
         "graphs": [r.__dict__ for r in reports],
         "bitfile": bitfile_status(hw.parent, design_path),
     }
-    (hw / "build.json").write_text(json.dumps(summary, indent=1))
     if vivado_project:
         from exitflow.boards.vivado import write_project
 
-        write_project(hw.parent)
+        write_project(hw.parent, summary)
+    atomic_write(hw / "build.json", lambda tmp: tmp.write_text(json.dumps(summary, indent=1)))  # last: the build is done
     return reports
 
 

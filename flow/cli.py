@@ -12,8 +12,13 @@ Heavy libraries (torch, FINN, numpy) are imported inside the subcommands that ne
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import json
+import os
+import signal
 import sys
+import threading
 import traceback
 from collections.abc import Callable, Sequence
 
@@ -81,10 +86,9 @@ def cmd_boards(args: argparse.Namespace) -> int:
 
 
 def _load_run_config(path: str):
-    from exitflow.quant.config import RunConfig
-    from exitflow.schema import load_file
+    from exitflow.run import load_config
 
-    return load_file(RunConfig, path)
+    return load_config(path)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -177,14 +181,16 @@ def cmd_cosim(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
+    from exitflow.build import restore_build
     from exitflow.cosim import cosimulate
     from exitflow.errors import ConfigError, MismatchError
-    from exitflow.files import atomic_write
+    from exitflow.files import atomic_write, user_path
 
     if args.samples is not None and args.samples < 1:
         raise ConfigError(f"--samples: must be a positive number of test samples; got {args.samples}")
     if args.reference_samples < 1:
         raise ConfigError(f"--reference-samples: must be >= 1; got {args.reference_samples}")
+    restore_build(user_path(args.dir) / "hw", log=lambda line: print(line, file=sys.stderr))
     bar = tqdm(desc="cosim", unit="sample", disable=not sys.stderr.isatty(), leave=False)
     try:
         report = cosimulate(args.dir, args.design, args.samples, args.engine, args.reference_samples, progress=bar.update)
@@ -320,31 +326,105 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# The run folder each command writes, as (argument, whether the command may make the folder).
+WRITES: dict[str, tuple[str, bool]] = {
+    "train": ("out", True), "run": ("out", True), "profile": ("dir", False), "export": ("dir", False),
+    "sweep": ("dir", False), "build": ("dir", False), "cosim": ("dir", False), "report": ("dir", False),
+}
+# OSError numbers that are the user's environment, not a bug: one line and exit code 2.
+_USER_OS_ERRORS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENAMETOOLONG}
+
+
+@contextlib.contextmanager
+def _writer(args: argparse.Namespace):
+    """One writer per run folder: the folder the command writes is held for the whole command
+    (a second exitflow process on it is refused at once). ``--out`` must be new, empty or a run
+    folder; a command that reads an existing run folder takes the lock only if it is one (the
+    command itself says what is missing otherwise, and leaves a stranger's folder untouched)."""
+    from .files import check_out_folder, is_run_folder, run_folder_lock, user_path
+
+    attr, makes = WRITES.get(args.command, (None, False))
+    folder = user_path(getattr(args, attr)) if attr else None
+    if folder is not None and makes:
+        check_out_folder(folder, f"--{attr}")
+    if folder is None or not (makes or (folder.is_dir() and is_run_folder(folder))):
+        yield
+        return
+    with run_folder_lock(folder, f"exitflow {args.command}"):
+        yield
+
+
+class _Interrupt:
+    """Ctrl-C exits 130 at any instant. The first SIGINT raises KeyboardInterrupt, so every step
+    puts back what it was changing; whatever that exception turns into on its way out (an
+    ImportError when it lands inside an import, say) still ends as an interrupt. A second SIGINT
+    ends the process at once: what an interrupted build leaves, the next build repairs."""
+
+    def __init__(self) -> None:
+        self.seen = False
+        self.previous = None
+
+    def __enter__(self) -> _Interrupt:
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+
+    def _handle(self, signum, frame) -> None:
+        if self.seen:
+            os._exit(130)
+        self.seen = True
+        raise KeyboardInterrupt
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     prog = f"exitflow {args.command}"
+    with _Interrupt() as interrupt:
+        return _main(args, prog, interrupt)
+
+
+def _main(args: argparse.Namespace, prog: str, interrupt: _Interrupt) -> int:
     try:
-        return int(args.handler(args) or 0)
-    except ExitflowError as err:
-        if args.debug:
-            traceback.print_exc()
+        with _writer(args):
+            code = int(args.handler(args) or 0)
+        if interrupt.seen:  # something caught the KeyboardInterrupt and went on
+            print(f"{prog}: interrupted", file=sys.stderr)
+            return 130
+        return code
+    except BaseException as err:  # noqa: BLE001 (sorted below)
+        if interrupt.seen or isinstance(err, KeyboardInterrupt):
+            print(f"{prog}: interrupted", file=sys.stderr)
+            return 130
+        if isinstance(err, SystemExit):
+            raise
+        return _report(err, args, prog)
+
+
+def _report(err: BaseException, args: argparse.Namespace, prog: str) -> int:
+    """One line on stderr for an error, and its exit code."""
+    if isinstance(err, BrokenPipeError):
+        return 0
+    if args.debug:
+        traceback.print_exception(err)
+    if isinstance(err, ExitflowError):
         print(f"{prog}: error: {_one_line(str(err))}", file=sys.stderr)
         return err.exit_code
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
-        return 130
-    except BrokenPipeError:
-        return 0
-    except Exception as err:  # a bug in exitflow, not in the user's input
-        if args.debug:
-            traceback.print_exc()
-        print(
-            f"{prog}: internal error: {type(err).__name__}: {_one_line(str(err))} "
-            "(a bug in exitflow; rerun with --debug for the traceback and report it)",
-            file=sys.stderr,
-        )
-        return 1
+    if isinstance(err, OSError) and err.errno in _USER_OS_ERRORS:
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"{prog}: error: {where}{err.strerror} (check the folder's permissions and free space)",
+              file=sys.stderr)
+        return 2
+    print(
+        f"{prog}: internal error: {type(err).__name__}: {_one_line(str(err))} "
+        "(a bug in exitflow; rerun with --debug for the traceback and report it)",
+        file=sys.stderr,
+    )
+    return 1
 
 
 if __name__ == "__main__":

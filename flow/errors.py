@@ -23,6 +23,10 @@ class BoardError(ConfigError):
     """An unknown board name, or a malformed board file."""
 
 
+class RunFolderBusy(ConfigError):
+    """Another exitflow process is writing the same run folder."""
+
+
 class DataError(ExitflowError):
     """A data set file is missing, malformed, or holds data of the wrong shape or range."""
 

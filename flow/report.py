@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from exitflow.build import backup_of, is_finished
 from exitflow.errors import ConfigError
-from exitflow.files import atomic_write
+from exitflow.files import atomic_write, user_path
 
 TEMPLATE = Path(__file__).parent / "templates" / "report.html.j2"
 REPORT_FILE = "report.html"
@@ -114,7 +115,7 @@ def _pct(value, digits: int = 2) -> str:
 
 def collect(run_dir: str | Path) -> ReportData:
     """What the report shows, read from ``run_dir``."""
-    run_dir = Path(run_dir)
+    run_dir = user_path(run_dir)
     if not run_dir.is_dir():
         raise ConfigError(f"{run_dir}: no such run folder; run `exitflow run --out {run_dir}` first")
     r = ReportData(run_dir=str(run_dir.resolve()), generated=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
@@ -123,6 +124,11 @@ def collect(run_dir: str | Path) -> ReportData:
     pareto = _read_json(run_dir / "sweep" / "pareto.json", problems)
     profile = _read_json(run_dir / "profile.json", problems)
     build = _read_json(run_dir / "hw" / "build.json", problems)
+    backup = backup_of(run_dir / "hw")
+    if build is None and is_finished(backup):
+        problems.append(f"hw/ holds an interrupted build; the build shown is the last finished one, which waits in "
+                        f"{backup} (`exitflow cosim {run_dir}` or `exitflow build {run_dir}` puts it back)")
+        build = _read_json(backup / "build.json", problems)
     cosim = _read_json(run_dir / "cosim" / "report.json", problems)
     board = run.get("board") or (pareto or {}).get("board") or "Pynq-Z2"
     d = str(run_dir)
@@ -285,7 +291,7 @@ def write_report(run_dir: str | Path) -> Path:
     """Write ``run_dir/report.html`` (atomically) from what ``run_dir`` holds; returns its path."""
     data = collect(run_dir)
     html = render(data)
-    return atomic_write(Path(run_dir) / REPORT_FILE, lambda tmp: tmp.write_text(html, encoding="utf-8"))
+    return atomic_write(user_path(run_dir) / REPORT_FILE, lambda tmp: tmp.write_text(html, encoding="utf-8"))
 
 
 __all__ = ["REPORT_FILE", "TEMPLATE", "NotRun", "ReportData", "collect", "render", "write_report"]

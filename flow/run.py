@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Literal
 
 from exitflow.errors import ConfigError, MismatchError
-from exitflow.files import atomic_write
+from exitflow.files import atomic_write, check_out_folder, run_folder_lock, user_path
 
 STEP_NAMES = ("train", "profile", "sweep", "build", "cosim", "report")
 RUN_FILE = "run.json"
@@ -287,11 +287,25 @@ def _inner_bar(desc: str, unit: str, total: int | None = None):
 
 
 def load_config(path: str | Path | None):
-    """The run config in ``path`` (YAML), or the built-in default when ``path`` is None."""
+    """The run config in ``path`` (YAML), or the built-in default when ``path`` is None.
+
+    Paths inside the file (``data.path``, ``train.backbone_from``) are read relative to the
+    file's own folder, wherever exitflow is started from, and made absolute here, once."""
+    import dataclasses
+
     from exitflow.quant.config import RunConfig
     from exitflow.schema import load_file
 
-    return RunConfig() if path is None else load_file(RunConfig, path)
+    if path is None:
+        return RunConfig()
+    path = user_path(path)
+    config = load_file(RunConfig, path)
+
+    def near(value: str | None) -> str | None:
+        return None if value is None else str(user_path(path.parent / Path(value).expanduser()))
+
+    return dataclasses.replace(config, data=dataclasses.replace(config.data, path=near(config.data.path)),
+                               train=dataclasses.replace(config.train, backbone_from=near(config.train.backbone_from)))
 
 
 def run(config, out: str | Path, settings: RunSettings = RunSettings(), force: bool = False,
@@ -300,8 +314,6 @@ def run(config, out: str | Path, settings: RunSettings = RunSettings(), force: b
 
     ``log`` receives one line per step. A cosimulation that finds a mismatch still ends with
     the report, then raises :class:`MismatchError`."""
-    from tqdm import tqdm
-
     from exitflow.boards import get_board
 
     if settings.objective not in ("throughput", "latency"):
@@ -310,10 +322,16 @@ def run(config, out: str | Path, settings: RunSettings = RunSettings(), force: b
         raise ConfigError(f"--threads: must be >= 1; got {settings.threads}")
     board = get_board(settings.board)  # a typo fails now, not after training
     settings = RunSettings(board.name, settings.objective, settings.max_drop_pp, settings.threads)
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out}: exists and is not a folder")
-    out.mkdir(parents=True, exist_ok=True)
+    out = user_path(out)
+    check_out_folder(out)
+    with run_folder_lock(out, "exitflow run"):
+        return _run(config, out, settings, force, log, steps)
+
+
+def _run(config, out: Path, settings: RunSettings, force: bool, log: Callable[[str], None],
+         steps: Sequence[_Step] | None) -> RunResult:
+    from tqdm import tqdm
+
     ctx = _Context(config, out, settings, _resolved(config, settings), force)
     _check_folder(ctx)
     records = {k: v for k, v in read_records(out).items() if k in STEP_NAMES}

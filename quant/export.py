@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from exitflow.errors import ConfigError
+from exitflow.files import user_path
 
 from . import checkpoint as ckpt
 from .network import MultiExitNet
@@ -274,7 +275,7 @@ def _quantiser_node(producer: dict, tensor: str):
 
 def export_run(run_dir: str | Path, exits: list[str]) -> dict:
     """Export the trained run in ``run_dir`` to ``run_dir/stages``."""
-    run_dir = Path(run_dir)
+    run_dir = user_path(run_dir)
     _, model, data = ckpt.load_model(run_dir)
     example = torch.zeros((1, *data["input_shape"]))
     return export_stages(model, exits, run_dir / "stages", example)

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from exitflow.data import ImageSet, load_splits
-from exitflow.files import atomic_write
+from exitflow.files import atomic_write, user_path
 
 from . import checkpoint as ckpt
 from .network import MultiExitNet
@@ -102,7 +102,7 @@ def threshold_table(split: SplitProfile, policy: str, grid: tuple[float, ...], s
 
 def profile(run_dir: str | Path, frac_bits: int = DEFAULT_FRAC_BITS, plot: bool = True) -> dict:
     """Profile the trained run in ``run_dir``; returns what profile.json holds."""
-    run_dir = Path(run_dir)
+    run_dir = user_path(run_dir)
     config, model, _ = ckpt.load_model(run_dir)
     splits = load_splits(config.data)
     names = model.exit_names

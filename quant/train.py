@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 from exitflow.data import ImageSet, load_splits
 from exitflow.errors import ConfigError, ExitflowError
-from exitflow.files import atomic_write
+from exitflow.files import atomic_write, user_path
 from exitflow.schema import dump_yaml, to_data
 
 from . import checkpoint as ckpt
@@ -158,7 +158,7 @@ def _check_out(out: Path, config: RunConfig) -> dict | None:
 
 def train(config: RunConfig, out: str | Path, log: Callable[[str], None] = print, progress: bool | None = None) -> TrainResult:
     """Train (or resume, or find finished) the run ``config`` in folder ``out``."""
-    out = Path(out)
+    out = user_path(out)
     started = time.perf_counter()
     resume = _check_out(out, config)
     if (out / "model.pt").exists() and resume is None:
