@@ -15,6 +15,14 @@ BUILTIN_DIR = Path(__file__).resolve().parent / "catalogue"
 _PART_RE = re.compile(r"^xc[a-z0-9]+(-[a-z0-9]+)+$", re.IGNORECASE)
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
+#: The boards FINN's PYNQ flow knows (the keys of ``finn.util.basic.pynq_part_map`` in finn-plus
+#: 1.6.1; tests/boards/test_catalogue.py checks it against FINN). Kept here so that reading a
+#: board file does not import FINN.
+FINN_BOARDS: tuple[str, ...] = ("Ultra96", "Ultra96-V2", "Pynq-Z1", "Pynq-Z2", "ZCU102", "ZCU104", "ZCU111",
+                                "RFSoC2x2", "RFSoC4x2", "KV260_SOM", "AUP-ZU3_8GB")
+#: Device totals a board file must state (a URAM count left out means the device has none).
+_REQUIRED_RESOURCES = ("lut", "ff", "bram18", "dsp")
+
 
 @dataclass(frozen=True)
 class Resources:
@@ -55,6 +63,9 @@ class Board:
             raise FieldError("name", f"must start with a letter or digit and hold only letters, digits and _ . + -; got {self.name!r}")
         if not _PART_RE.match(self.part):
             raise FieldError("part", f"must be a Xilinx part name such as xc7z020clg400-1; got {self.part!r}")
+        if self.finn_board not in FINN_BOARDS:
+            raise FieldError("finn_board", f"{self.finn_board!r} is not a board FINN knows; use one of "
+                                           f"{', '.join(FINN_BOARDS)} (the one with your board's part)")
         if not 0 < self.clock_mhz <= 1000:
             raise FieldError("clock_mhz", f"must be in (0, 1000] MHz; got {self.clock_mhz}")
         for key in ("lut", "ff", "bram18", "dsp"):
@@ -95,6 +106,12 @@ def load_board_file(path: str | Path) -> Board:
         data = read_yaml(path)
         if data is None:
             raise BoardError(f"{path}: board file is empty")
+        resources = data.get("resources") if isinstance(data, dict) else None
+        if isinstance(resources, dict):
+            for key in _REQUIRED_RESOURCES:
+                if key not in resources:
+                    raise BoardError(f"board file {path}: resources.{key}: missing key {key!r}; give the device's "
+                                     f"total from its datasheet (resources need {', '.join(_REQUIRED_RESOURCES)})")
         return from_data(Board, data, source=f"board file {path}")
     except BoardError:
         raise

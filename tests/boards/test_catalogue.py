@@ -147,6 +147,11 @@ def _env(user_boards):
          "unknown key; allowed keys here: lut, ff, bram18, uram, dsp"),
         ("{lut: 4000,", "{lut: 40000,", "shell.lut", "shell cost 40000 exceeds the device total 17600"),
         ("finn_board: Pynq-Z1\n", "", "finn_board", "missing required key"),
+        ("finn_board: Pynq-Z1", "finn_board: Pynq-Z7", "finn_board",
+         "'Pynq-Z7' is not a board FINN knows; use one of Ultra96, Ultra96-V2, Pynq-Z1, Pynq-Z2,"),
+        ("{lut: 17600, ff: 35200,", "{ff: 35200,", "resources.lut", "missing key 'lut'"),
+        ("bram18: 120, uram: 0, dsp: 80}", "bram18: 120, uram: 0}", "resources.dsp", "missing key 'dsp'"),
+        ("clock_mhz: 125", "clock_mhz: 125\nclock_mhz: 150", "line 5", "duplicate key 'clock_mhz' (first at line 4)"),
         ("name: MyBoard", "name: MyBoard\nvendor: me", "vendor", "unknown key; allowed keys here: name, part"),
     ],
 )
@@ -190,3 +195,21 @@ def test_duplicate_board_name_names_both_files(user_boards):
     (user_boards / "copy.yaml").write_text(GOOD.replace("MyBoard", "pynq-z2"))
     with pytest.raises(BoardError, match=r"board 'pynq-z2' is defined twice: .*Pynq-Z2.yaml and .*copy.yaml"):
         load_catalogue()
+
+
+def test_finn_boards_are_finns_own():
+    from finn.util.basic import pynq_part_map
+
+    from exitflow.boards.catalogue import FINN_BOARDS
+
+    assert set(FINN_BOARDS) == set(pynq_part_map)
+
+
+def test_a_board_file_over_the_size_cap_is_refused_before_parsing(user_boards, exitflow_cmd):
+    path = user_boards / "Huge.yaml"
+    path.write_text(GOOD + "# " + "x" * (2 << 20) + "\n")
+    with pytest.raises(BoardError, match=r"Huge.yaml: [\d,]+ bytes is over the 1,048,576-byte limit for a YAML file"):
+        load_board_file(path)
+    out = subprocess.run([*exitflow_cmd, "boards"], capture_output=True, text=True, env=_env(user_boards))
+    assert out.returncode == 2 and out.stderr.count("\n") == 1 and "Traceback" not in out.stderr
+    assert "1,048,576-byte limit" in out.stderr
