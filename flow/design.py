@@ -208,11 +208,42 @@ def design_from_data(data: object, source: str = "") -> Design:
 def _check_board(design: Design, source: str) -> None:
     from exitflow.boards import get_board
 
+    where = f"{source}: " if source else ""
     try:
-        get_board(design.board)
+        board = get_board(design.board)
     except BoardError as err:
-        where = f"{source}: " if source else ""
         raise ConfigError(f"{where}board: {err}") from None
+    for key, message in check_fits_board(design, board):
+        raise ConfigError(f"{where}{key}: {message}")
+
+
+def gate_depth_limit(board) -> int:
+    """The most feature maps a gate can hold on ``board``: every bit of its block RAM, UltraRAM
+    and LUT RAM (64 bits a LUT) holding one feature map of a single bit. Real feature maps are
+    hundreds of bits and more, so a design near this bound never fits; past it, it cannot."""
+    r = board.available
+    return r.bram18 * 18 * 1024 + r.uram * 288 * 1024 + r.lut * 64
+
+
+def check_fits_board(design: Design, board) -> list[tuple[str, str]]:
+    """What in ``design`` the board cannot hold, as (key path, message) pairs: weight memories in
+    UltraRAM on a device without it, gates deeper than :func:`gate_depth_limit`."""
+    problems: list[tuple[str, str]] = []
+    limit = gate_depth_limit(board)
+    for k, stage in enumerate(design.stages):
+        at = f"stages[{k}]"
+        for section, folding in ((f"{at}.folding", stage.folding), (f"{at}.head.folding", stage.head.folding)):
+            for layer, fold in folding.items():
+                if fold.ram_style == "ultra" and board.available.uram == 0:
+                    problems.append((f"{section}.{layer}.ram_style",
+                                     f"'ultra' needs UltraRAM, which {board.name} ({board.part}) does not have; "
+                                     "use block, distributed or auto"))
+        if stage.gate_depth is not None and stage.gate_depth > limit:
+            problems.append((f"{at}.gate_depth",
+                             f"{stage.gate_depth:,} feature maps cannot fit on {board.name}: its memory holds at most "
+                             f"{limit:,} bits (BRAM, URAM and LUT RAM), so at most that many maps of one bit; "
+                             "the search uses 2 to 8"))
+    return problems
 
 
 def load_design(path: str | Path) -> Design:
@@ -235,7 +266,9 @@ __all__ = [
     "Policy",
     "RamStyle",
     "Stage",
+    "check_fits_board",
     "design_from_data",
+    "gate_depth_limit",
     "load_design",
     "save_design",
     "to_data",

@@ -31,8 +31,15 @@ thresholds = {
 }
 
 
+def _without_ultra(folding):
+    """UltraRAM only on a board that has it (a design with it elsewhere is refused)."""
+    return FrozenMap({k: dataclasses.replace(f, ram_style="block") if f.ram_style == "ultra" else f for k, f in folding.items()})
+
+
 @st.composite
 def designs(draw):
+    board = draw(st.sampled_from(BOARDS))
+    fit = (lambda f: f) if load_catalogue()[board].available.uram else _without_ultra
     n = draw(st.integers(1, 5))
     stage_names = draw(st.lists(names, min_size=n, max_size=n, unique=True))
     head_names = draw(st.lists(names, min_size=n, max_size=n, unique=True))
@@ -47,20 +54,20 @@ def designs(draw):
             name=head_names[k],
             policy=policy,
             threshold=None if last else draw(thresholds[policy]),
-            folding=draw(folding_maps),
+            folding=fit(draw(folding_maps)),
         )
         stages.append(
             Stage(
                 name=stage_names[k],
                 blocks=tuple(blocks[bounds[k] : bounds[k + 1]]),
                 head=head,
-                folding=draw(folding_maps),
+                folding=fit(draw(folding_maps)),
                 gate_depth=None if last else draw(st.integers(1, 1 << 20)),
             )
         )
     return Design(
         model=draw(names),
-        board=draw(st.sampled_from(BOARDS)),
+        board=board,
         clock_mhz=draw(st.none() | st.floats(1e-3, 1000.0)),
         stages=tuple(stages),
     )
@@ -159,6 +166,12 @@ BAD = [
     (("stages",), [], "stages: must hold at least one stage"),
     (("stages",), DELETE, "stages: missing required key"),
     (("clock_mhz",), -100, "clock_mhz: must be in (0, 1000] MHz; got -100.0"),
+    (("stages", 0, "folding", "conv0", "ram_style"), "ultra",
+     "stages[0].folding.conv0.ram_style: 'ultra' needs UltraRAM, which Pynq-Z2 (xc7z020clg400-1) does not have; use block, distributed or auto"),
+    (("stages", 0, "head", "folding", "fc", "ram_style"), "ultra",
+     "stages[0].head.folding.fc.ram_style: 'ultra' needs UltraRAM, which Pynq-Z2"),
+    (("stages", 0, "gate_depth"), 10**9,
+     "stages[0].gate_depth: 1,000,000,000 feature maps cannot fit on Pynq-Z2: its memory holds at most 8,236,032 bits"),
     (("board",), "Pynq-Z9", "board: unknown board 'Pynq-Z9'; known boards: KV260, Pynq-Z1, Pynq-Z2, Ultra96-V2, ZCU104"),
 ]
 
@@ -217,3 +230,27 @@ def test_save_is_atomic_and_leaves_no_temporary(tmp_path):
     path = save_design(_design(), tmp_path / "out" / "design.yaml")
     assert sorted(p.name for p in path.parent.iterdir()) == ["design.yaml"]
     assert load_design(path) == _design()
+
+
+def test_ultra_ram_and_deep_gates_where_the_board_has_room():
+    data = _data()
+    data["board"] = "ZCU104"
+    data["stages"][0]["folding"]["conv0"]["ram_style"] = "ultra"
+    data["stages"][0]["gate_depth"] = 4096
+    design = design_from_data(data)
+    assert design.stages[0].folding["conv0"].ram_style == "ultra" and design.stages[0].gate_depth == 4096
+    from exitflow.boards import get_board
+    from exitflow.design import gate_depth_limit
+
+    board = get_board("Pynq-Z2")
+    at_limit = _mutate(("stages", 0, "gate_depth"), gate_depth_limit(board))
+    assert design_from_data(at_limit).stages[0].gate_depth == gate_depth_limit(board)
+    with pytest.raises(ConfigError, match=r"stages\[0\].gate_depth: [\d,]+ feature maps cannot fit on Pynq-Z2"):
+        design_from_data(_mutate(("stages", 0, "gate_depth"), gate_depth_limit(board) + 1))
+
+
+def test_design_with_a_duplicated_key(tmp_path):
+    file = tmp_path / "design.yaml"
+    file.write_text("model: lenet\nboard: Pynq-Z2\nboard: ZCU104\nstages: []\n")
+    with pytest.raises(ConfigError, match=r"design.yaml: line 3: duplicate key 'board' \(first at line 2\); keep one of them"):
+        load_design(file)
