@@ -152,7 +152,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from exitflow.dse.sweep import sweep
 
     r = sweep(args.dir, args.board, objective=args.objective, min_accuracy=args.min_accuracy,
-              max_drop_pp=args.max_drop_pp, util=args.util, max_latency_us=args.max_latency_us)
+              max_drop_pp=args.max_drop_pp, util=args.util, max_latency_us=args.max_latency_us, max_exits=args.max_exits)
     import json
     from pathlib import Path
 
@@ -253,11 +253,29 @@ def _not_yet(name: str, where: str) -> Callable[[argparse.Namespace], int]:
 
 
 def _add_arguments(name: str, p: argparse.ArgumentParser) -> None:
-    """The arguments of each subcommand (later ones included, so that ``--help`` documents them now)."""
+    """The arguments of each subcommand (later ones included, so that ``--help`` documents them now).
+    Numbers are checked where they are parsed: a bad one is argparse's one-line usage error."""
+
+    def number(kind, low=None, high=None, what=""):
+        def parse(text: str):
+            try:
+                value = kind(text)
+            except ValueError:
+                raise argparse.ArgumentTypeError(f"must be {what}; got {text!r}") from None
+            if kind is float and value != value:  # nan
+                raise argparse.ArgumentTypeError(f"must be {what}; got {text!r}")
+            if (low is not None and value < low) or (high is not None and value > high):
+                raise argparse.ArgumentTypeError(f"must be {what}; got {text}")
+            return value
+
+        parse.__name__ = what  # argparse names the type in its own messages
+        return parse
+
     if name == "train":
         p.add_argument("config", help="run config (YAML): data, model and train sections")
         p.add_argument("--out", required=True, help="run folder to write model.pt, config.yaml, train_log.json")
-        p.add_argument("--threads", type=int, default=2, help="CPU threads for torch (default 2)")
+        p.add_argument("--threads", type=number(int, 1, what="an integer >= 1"), default=2,
+                       help="CPU threads for torch (default 2)")
     elif name == "profile":
         p.add_argument("dir", help="run folder holding model.pt")
     elif name == "export":
@@ -267,11 +285,15 @@ def _add_arguments(name: str, p: argparse.ArgumentParser) -> None:
         p.add_argument("dir", help="run folder holding profile.npz")
         p.add_argument("--board", required=True, help="board name (see `exitflow boards`)")
         p.add_argument("--objective", choices=["throughput", "latency"], default="throughput")
-        p.add_argument("--min-accuracy", type=float, help="absolute accuracy floor (fraction, e.g. 0.97)")
+        p.add_argument("--min-accuracy", type=number(float, 0.0, 1.0, what="a fraction in [0, 1], e.g. 0.97"),
+                       help="absolute accuracy floor (fraction, e.g. 0.97)")
         p.add_argument("--max-drop-pp", type=float, default=1.0,
                        help="accuracy floor as percentage points below the final exit (default 1.0)")
         p.add_argument("--max-latency-us", type=float, help="latency limit in microseconds")
-        p.add_argument("--util", type=float, default=0.85, help="utilisation cap of the board budget")
+        p.add_argument("--util", type=number(float, what="a number in (0, 1], e.g. 0.85"), default=0.85,
+                       help="utilisation cap of the board budget (default 0.85)")
+        p.add_argument("--max-exits", type=number(int, 0, what="an integer >= 0"), default=3,
+                       help="most early exits a design may have (default 3; 0: only designs without early exits)")
     elif name == "build":
         p.add_argument("dir", help="run folder")
         p.add_argument("--design", help="design YAML (default: DIR/sweep/design.yaml)")
@@ -303,7 +325,23 @@ def _add_arguments(name: str, p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    class OneLineParser(argparse.ArgumentParser):
+        """A usage error is one line, ``exitflow <cmd>: error: ...``, exit code 2 (argparse prints
+        the whole usage first); ``--help`` is unchanged. Subparsers are of this class too."""
+
+        def error(self, message: str):
+            text = " ".join(message.split())
+            self.exit(2, f"{self.prog}: error: {text} (see `{self.prog} --help`)\n")
+
+        def parse_args(self, args=None, namespace=None):
+            ns, extras = self.parse_known_args(args, namespace)
+            if extras:  # found by the top parser after the subcommand's: name the subcommand
+                command = getattr(ns, "command", None)
+                prog = f"{self.prog} {command}" if command else self.prog
+                self.exit(2, f"{prog}: error: unrecognized arguments: {' '.join(extras)} (see `{prog} --help`)\n")
+            return ns
+
+    parser = OneLineParser(
         prog="exitflow",
         description="FPGA co-design of early-exit neural networks (Brevitas -> FINN -> PYNQ).",
         epilog="Bad input exits with code 2 and one line on stderr; --debug shows the traceback.",
