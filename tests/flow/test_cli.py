@@ -120,3 +120,57 @@ def test_python_dash_m(exitflow_cmd):
 
     out = run([sys.executable, "-m", "exitflow"], "boards", "KV260")
     assert out.returncode == 0 and "KV260_SOM" in out.stdout
+
+
+def _one_line_usage_error(out, prog):
+    assert out.returncode == 2, out
+    assert out.stdout == ""
+    assert out.stderr.count("\n") == 1 and "Traceback" not in out.stderr and "usage:" not in out.stderr, out.stderr
+    assert out.stderr.startswith(f"{prog}: error: ")
+    return out.stderr
+
+
+@pytest.mark.parametrize("args, prog, message", [
+    (["sweep", "d", "--board", "Pynq-Z2", "--util", "abc"], "exitflow sweep",
+     "argument --util: must be a number in (0, 1], e.g. 0.85; got 'abc'"),
+    (["sweep", "d", "--board", "Pynq-Z2", "--min-accuracy", "1.5"], "exitflow sweep",
+     "argument --min-accuracy: must be a fraction in [0, 1], e.g. 0.97; got 1.5"),
+    (["sweep", "d", "--board", "Pynq-Z2", "--min-accuracy", "-0.1"], "exitflow sweep", "got -0.1"),
+    (["sweep", "d", "--board", "Pynq-Z2", "--min-accuracy", "nan"], "exitflow sweep", "got 'nan'"),
+    (["sweep", "d", "--board", "Pynq-Z2", "--max-exits", "-1"], "exitflow sweep",
+     "argument --max-exits: must be an integer >= 0; got -1"),
+    (["sweep", "d", "--board", "Pynq-Z2", "--max-exits", "two"], "exitflow sweep", "got 'two'"),
+    (["train", "c.yaml", "--out", "o", "--threads", "0"], "exitflow train", "argument --threads: must be an integer >= 1; got 0"),
+    (["train", "c.yaml", "--out", "o", "--threads", "-3"], "exitflow train", "got -3"),
+    (["sweep", "d"], "exitflow sweep", "the following arguments are required: --board"),
+    (["sweep", "d", "--board", "Pynq-Z2", "--objective", "energy"], "exitflow sweep", "invalid choice: 'energy'"),
+    (["cosim", "d", "--samples", "x"], "exitflow cosim", "argument --samples: invalid int value: 'x'"),
+    (["frobnicate"], "exitflow", "invalid choice: 'frobnicate'"),
+    ([], "exitflow", "the following arguments are required: COMMAND"),
+    (["boards", "--colour"], "exitflow boards", "unrecognized arguments: --colour"),
+])
+def test_every_usage_error_is_one_line_exit_2(exitflow_cmd, tmp_path, args, prog, message):
+    out = subprocess.run([*exitflow_cmd, *args], capture_output=True, text=True, cwd=tmp_path)
+    assert message in _one_line_usage_error(out, prog)
+    assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+def test_help_still_works_with_one_line_errors(exitflow_cmd):
+    out = run(exitflow_cmd, "sweep", "--help")
+    assert out.returncode == 0 and "usage: exitflow sweep" in out.stdout and "--max-exits" in out.stdout
+
+
+def test_sweep_max_exits_reaches_the_search(monkeypatch):
+    from exitflow.dse import sweep as sweep_module
+
+    seen = {}
+
+    def fake(*args, **kwargs):
+        seen.update(kwargs)
+        raise cli.ExitflowError("stop here")
+
+    monkeypatch.setattr(sweep_module, "sweep", fake)
+    assert main(["sweep", "d", "--board", "Pynq-Z2", "--max-exits", "1"]) == 2
+    assert seen["max_exits"] == 1
+    assert main(["sweep", "d", "--board", "Pynq-Z2"]) == 2
+    assert seen["max_exits"] == 3  # the search's own default
