@@ -113,6 +113,25 @@ def _apply_layout(nodes: list, parent, x: np.ndarray, where: str) -> np.ndarray:
     return x
 
 
+def read_layers(path: Path, rebuild: str) -> dict[str, str]:
+    """``hw/<graph>/layers.json``, checked: ``{"layers": {model layer: FINN node name}}`` as the
+    build writes it. Anything else is one :class:`ConfigError` line naming the file and ``rebuild``."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: missing; {rebuild}") from None
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as err:
+        raise ConfigError(f"{path}: unreadable or not JSON ({type(err).__name__}); {rebuild}") from None
+    layers = data.get("layers") if isinstance(data, dict) else None
+    if not isinstance(layers, dict) or not all(isinstance(k, str) and isinstance(v, str) and v for k, v in layers.items()):
+        got = type(layers).__name__ if isinstance(data, dict) and "layers" in data else (
+            "no 'layers' key" if isinstance(data, dict) else f"a JSON {type(data).__name__}")
+        raise ConfigError(f"{path}: expected {{\"layers\": {{layer name: FINN node name}}}}, got {got}; {rebuild}")
+    if len(set(layers.values())) != len(layers):
+        raise ConfigError(f"{path}: two layers name the same FINN node; {rebuild}")
+    return layers
+
+
 def load_built(run_dir: str | Path, design_path: str | Path | None = None) -> Built:
     """Check and load ``DIR``'s model, the design and ``DIR/hw``; every problem is one
     :class:`ConfigError` line naming the file and the fix."""
@@ -149,10 +168,7 @@ def load_built(run_dir: str | Path, design_path: str | Path | None = None) -> Bu
         for kind, name, layers in (("stage", stage.name, stage_layers[k]), ("head", stage.head.name, head_layers[k])):
             folder = hw / name
             graph = _load_graph(folder / "model_hw.onnx", rebuild)
-            try:
-                built_layers = json.loads((folder / "layers.json").read_text())["layers"]
-            except (OSError, ValueError, KeyError):
-                raise ConfigError(f"{folder / 'layers.json'}: missing or corrupt; {rebuild}") from None
+            built_layers = read_layers(folder / "layers.json", rebuild)
             wanted = [layer["name"] for layer in layers]
             if list(built_layers) != wanted:
                 raise ConfigError(f"{folder}: built with the layers {list(built_layers)}, the design's {kind} {name!r} "
@@ -483,16 +499,15 @@ def predicted_fractions(built: Built) -> tuple[list[float] | None, str]:
     design search predicted them."""
     from exitflow.quant import policies
 
+    from exitflow.quant.profile import load_profile
+
     path = built.run_dir / "profile.npz"
     if not path.is_file():
         return None, f"no {path} (run `exitflow profile {built.run_dir}` for the prediction)"
-    try:
-        with np.load(path) as npz:
-            names = [str(n) for n in npz["exit_names"]]
-            scales = npz["scales"]
-            codes = {p: npz[f"test_code_{p}"] for p in policies.POLICIES}
-    except (OSError, ValueError, KeyError) as err:
-        raise ConfigError(f"{path}: corrupt profile ({type(err).__name__}); run `exitflow profile {built.run_dir}` again") from None
+    npz = load_profile(built.run_dir)  # checked: one line for a damaged or foreign file
+    names = [str(n) for n in npz["exit_names"]]
+    scales = npz["scales"]
+    codes = {p: npz[f"test_code_{p}"] for p in policies.POLICIES}
     if names != list(built.model.exit_names):
         raise ConfigError(f"{path}: profiled exits {names} are not the model's {list(built.model.exit_names)}; "
                           f"run `exitflow profile {built.run_dir}` again")

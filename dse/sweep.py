@@ -101,12 +101,14 @@ def sweep(run_dir: str | Path, board_name: str, objective: str = "throughput", m
         raise ConfigError(f"--util: must be in (0, 1]; got {util}")
     if objective not in ("throughput", "latency"):
         raise ConfigError(f"--objective: must be throughput or latency; got {objective!r}")
+    if isinstance(max_exits, bool) or not isinstance(max_exits, int) or max_exits < 0:
+        raise ConfigError(f"--max-exits: must be an integer >= 0 (early exits per design); got {max_exits!r}")
     board = get_board(board_name)
     config, model, _ = ckpt.load_model(run_dir)
+    from exitflow.quant.profile import load_profile
+
     profile_path = run_dir / "profile.npz"
-    if not profile_path.exists():
-        raise ExitflowError(f"{profile_path}: not found; run `exitflow profile {run_dir}` first")
-    prof = np.load(profile_path)
+    prof = load_profile(run_dir)  # checked: one line for a missing, damaged or foreign file
     if list(prof["exit_names"]) != list(model.exit_names):
         raise ConfigError(f"{profile_path}: profiled exits {list(prof['exit_names'])} are not the model's "
                           f"{model.exit_names}; run `exitflow profile {run_dir}` again")

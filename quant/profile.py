@@ -131,6 +131,64 @@ def profile(run_dir: str | Path, frac_bits: int = DEFAULT_FRAC_BITS, plot: bool 
     return summary
 
 
+def load_profile(run_dir: str | Path) -> dict[str, np.ndarray]:
+    """DIR/profile.npz, checked: every array :func:`profile` writes, of the shapes it writes. A
+    missing, empty, truncated or foreign file is one :class:`ConfigError` line naming the file and
+    the fix (``exitflow profile DIR``); the sweep and the cosimulation read it only through here."""
+    from exitflow.errors import ConfigError
+
+    run_dir = Path(run_dir)
+    path = run_dir / "profile.npz"
+    again = f"run `exitflow profile {run_dir}` again"
+    if not path.is_file():
+        raise ConfigError(f"{path}: not found; run `exitflow profile {run_dir}` first")
+    if path.stat().st_size == 0:
+        raise ConfigError(f"{path}: empty file; {again}")
+    splits = ("val", "test")
+    per_split = ("logits", "labels", "pred", "correct", *(f"code_{p}" for p in POLICIES))
+    wanted = ["exit_names", "frac_bits", "scales", "logit_bits", *(f"{s}_{k}" for s in splits for k in per_split)]
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            missing = [k for k in wanted if k not in npz.files]
+            if missing:
+                raise ConfigError(f"{path}: not a profile exitflow wrote (lacks {', '.join(missing[:4])}"
+                                  f"{', ...' if len(missing) > 4 else ''}); {again}")
+            arrays = {k: npz[k] for k in wanted}
+    except ConfigError:
+        raise
+    except Exception as err:  # noqa: BLE001 (zipfile, zlib, numpy format errors of a damaged file)
+        raise ConfigError(f"{path}: unreadable, truncated or not an .npz ({type(err).__name__}); {again}") from None
+
+    def bad(key: str, what: str):
+        shape = arrays[key].shape
+        return ConfigError(f"{path}: {key} has shape {shape} and dtype {arrays[key].dtype}, expected {what}; {again}")
+
+    names = arrays["exit_names"]
+    if names.ndim != 1 or len(names) == 0 or names.dtype.kind not in "US":
+        raise bad("exit_names", "a list of exit names")
+    n_exits = len(names)
+    if arrays["frac_bits"].ndim != 0 or arrays["frac_bits"].dtype.kind not in "iu":
+        raise bad("frac_bits", "one integer")
+    for key, kinds in (("scales", "f"), ("logit_bits", "iu")):
+        if arrays[key].shape != (n_exits,) or arrays[key].dtype.kind not in kinds:
+            raise bad(key, f"one {'number' if kinds == 'f' else 'integer'} per exit ({n_exits},)")
+    if not np.all(np.isfinite(arrays["scales"])) or not np.all(arrays["scales"] > 0):
+        raise ConfigError(f"{path}: scales must be positive finite numbers; got {arrays['scales'].tolist()}; {again}")
+    for split in splits:
+        labels = arrays[f"{split}_labels"]
+        if labels.ndim != 1 or len(labels) == 0 or labels.dtype.kind not in "iu":
+            raise bad(f"{split}_labels", "one integer label per sample, at least one sample")
+        n = len(labels)
+        logits = arrays[f"{split}_logits"]
+        if logits.ndim != 3 or logits.shape[:2] != (n, n_exits) or logits.dtype.kind not in "iu":
+            raise bad(f"{split}_logits", f"integers of shape ({n}, {n_exits}, classes)")
+        for key in ("pred", "correct", *(f"code_{p}" for p in POLICIES)):
+            array = arrays[f"{split}_{key}"]
+            if array.shape != (n, n_exits) or array.dtype.kind not in ("b" if key == "correct" else "iu"):
+                raise bad(f"{split}_{key}", f"{'booleans' if key == 'correct' else 'integers'} of shape ({n}, {n_exits})")
+    return arrays
+
+
 def plot_profile(summary: dict, path: Path) -> None:
     """Exit rate and accuracy of the exiting samples against the max_prob threshold (test split)."""
     import matplotlib

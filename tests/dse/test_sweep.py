@@ -86,10 +86,83 @@ def test_sweep_needs_a_profile(tmp_path, digits_run, exitflow_cmd):
 @pytest.mark.slow
 def test_constraints_no_design_meets_name_the_closest(swept, exitflow_cmd):
     run, _ = swept
-    out = subprocess.run([*exitflow_cmd, "sweep", str(run), "--board", "Pynq-Z2", "--min-accuracy", "1.01"],
+    out = subprocess.run([*exitflow_cmd, "sweep", str(run), "--board", "Pynq-Z2", "--min-accuracy", "1.0"],
                          capture_output=True, text=True)
     assert out.returncode == 2 and out.stderr.count("\n") == 1
-    assert "accuracy floor 1.0100: no design reaches it; the closest reaches" in out.stderr
+    assert "accuracy floor 1.0000: no design reaches it; the closest reaches" in out.stderr
     out = subprocess.run([*exitflow_cmd, "sweep", str(run), "--board", "Pynq-Z2", "--max-latency-us", "0.001"],
                          capture_output=True, text=True)
     assert out.returncode == 2 and "latency limit 0.001 us: no design meets it" in out.stderr
+
+
+def _damaged_profiles(good: bytes):
+    import io
+
+    import numpy as np
+
+    with np.load(io.BytesIO(good)) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    wrong_shape = dict(arrays, val_correct=arrays["val_correct"][:, :1])
+    no_codes = {k: v for k, v in arrays.items() if not k.startswith("val_code")}
+    no_samples = dict(arrays, **{k: v[:0] for k, v in arrays.items() if k.startswith("test_")})
+
+    def npz_bytes(data):
+        buffer = io.BytesIO()
+        np.savez(buffer, **data)
+        return buffer.getvalue()
+
+    return {
+        "empty": (b"", "profile.npz: empty file; run `exitflow profile"),
+        "truncated": (good[: len(good) // 2], "profile.npz: unreadable, truncated or not an .npz"),
+        "random bytes": (np.random.default_rng(0).bytes(5000), "profile.npz: unreadable, truncated or not an .npz"),
+        "other keys": (npz_bytes({"x": np.zeros(3), "y": np.ones(3)}),
+                       "profile.npz: not a profile exitflow wrote (lacks exit_names, frac_bits, scales, logit_bits, ...)"),
+        "no codes": (npz_bytes(no_codes), "profile.npz: not a profile exitflow wrote (lacks val_code_max_prob, val_code_margin)"),
+        "wrong shape": (npz_bytes(wrong_shape), "profile.npz: val_correct has shape"),
+        "no samples": (npz_bytes(no_samples), "profile.npz: test_labels has shape (0,)"),
+    }
+
+
+@pytest.fixture(scope="module")
+def profiled_copy(digits_run, tmp_path_factory):
+    """A copy of the digits run with its profile, so that the tests may damage the profile."""
+    import shutil
+
+    from exitflow.quant.profile import profile
+
+    run = tmp_path_factory.mktemp("damaged") / "run"
+    shutil.copytree(digits_run, run, ignore=shutil.ignore_patterns("hw", "stages", "sweep", "profile.*", "cosim"))
+    profile(run, plot=False)
+    return run, (run / "profile.npz").read_bytes()
+
+
+@pytest.mark.parametrize("damage", ["empty", "truncated", "random bytes", "other keys", "no codes", "wrong shape", "no samples"])
+def test_a_damaged_profile_is_one_line(profiled_copy, exitflow_cmd, damage):
+    from exitflow.errors import ConfigError
+    from exitflow.quant.profile import load_profile
+
+    run, good = profiled_copy
+    content, message = _damaged_profiles(good)[damage]
+    (run / "profile.npz").write_bytes(content)
+    try:
+        with pytest.raises(ConfigError) as err:
+            load_profile(run)
+        assert message in str(err.value) and "\n" not in str(err.value)
+        out = subprocess.run([*exitflow_cmd, "sweep", str(run), "--board", "Pynq-Z2"], capture_output=True, text=True)
+        assert out.returncode == 2, out.stderr
+        assert out.stderr.count("\n") == 1 and "Traceback" not in out.stderr
+        assert out.stderr.startswith("exitflow sweep: error: ") and message in out.stderr
+        assert f"run `exitflow profile {run}` again" in out.stderr
+        assert (run / "profile.npz").read_bytes() == content  # nothing written over it
+        assert not (run / "sweep").exists()
+    finally:
+        (run / "profile.npz").write_bytes(good)
+    assert set(load_profile(run)) >= {"exit_names", "val_code_max_prob", "test_logits"}  # the real one reads
+
+
+def test_sweep_refuses_a_negative_max_exits_from_python(digits_run):
+    from exitflow.dse.sweep import sweep
+    from exitflow.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"--max-exits: must be an integer >= 0 \(early exits per design\); got -1"):
+        sweep(digits_run, "Pynq-Z2", max_exits=-1)
