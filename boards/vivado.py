@@ -12,6 +12,8 @@ CreateStitchedIP), the exit IPs, then runs the block design to a bitfile and ``.
 from __future__ import annotations
 
 import json
+import re
+import shlex
 import shutil
 import subprocess
 from pathlib import Path
@@ -36,18 +38,63 @@ def missing_tools() -> list[str]:
     return missing
 
 
+_TCL_BARE = re.compile(r"[A-Za-z0-9_./:+=,@%-]+")
+_TCL_SPECIAL = set('\\{}[]$"; \t\n\r#')
+
+
+def tcl_word(value: object) -> str:
+    """``value`` as one Tcl word that reads back exactly, whatever it holds (spaces, braces,
+    backslashes, ``$``, ``[ ]``, non-ASCII characters): bare when it is plain, in braces when
+    that is enough (ASCII without braces or backslashes: nothing is substituted inside braces),
+    otherwise every special character backslash-escaped and every non-ASCII character written as
+    a ``\\u``/``\\U`` escape, so the script is ASCII and reads the same in any system encoding."""
+    text = str(value)
+    if _TCL_BARE.fullmatch(text):
+        return text
+    if text.isascii() and not set(text) & set("{}\\\r\n") and text.isprintable():
+        return "{" + text + "}"
+    out = []
+    for ch in text:
+        code = ord(ch)
+        if ch in _TCL_SPECIAL:
+            out.append({"\t": "\\t", "\n": "\\n", "\r": "\\r"}.get(ch, "\\" + ch))
+        elif code < 0x20 or code == 0x7F:
+            out.append(f"\\x{code:02x}")
+        elif code < 0x80:
+            out.append(ch)
+        elif code <= 0xFFFF:
+            out.append(f"\\u{code:04x}")
+        else:
+            out.append(f"\\U{code:08x}")
+    return "".join(out) or "{}"
+
+
+def tcl_list(values) -> str:
+    """A Tcl list of ``values`` (each one :func:`tcl_word`)."""
+    return " ".join(tcl_word(v) for v in values)
+
+
 def _render(template: str, **values) -> str:
     import jinja2
 
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(Path(__file__).parent / "templates")),
                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
+    env.filters["tcl"] = tcl_word
+    env.filters["tcl_list"] = tcl_list
     return env.get_template(template).render(**values)
 
 
+def _shell_word(text: str) -> str:
+    """``text`` as one word for the shell-like splitting Vitis HLS applies to ``-cflags``."""
+    return shlex.quote(text)
+
+
 def _hls_tcl(name: str, part: str, clock_ns: float, include: Path) -> str:
+    cflags = f"-std=c++14 -I{_shell_word(str(include))}"
     return "\n".join([
-        f"open_project -reset {name}", f"add_files {name}.cpp -cflags \"-std=c++14 -I{include}\"", f"set_top {name}",
-        "open_solution -reset sol1", f"set_part {part}", f"create_clock -period {clock_ns:g}",
+        f"open_project -reset {tcl_word(name)}", f"add_files {tcl_word(name + '.cpp')} -cflags {tcl_word(cflags)}",
+        f"set_top {tcl_word(name)}",
+        "open_solution -reset sol1", f"set_part {tcl_word(part)}", f"create_clock -period {clock_ns:g}",
         "csynth_design", "export_design -format ip_catalog", "exit", "",
     ])
 

@@ -104,3 +104,92 @@ def test_bitfile_for_every_board(digits_run, tmp_path, board):
     build(run, path, log=lambda line: None)
     bit = build_bitfile(run)
     assert bit.exists() and bit.with_suffix(".hwh").exists()
+
+
+# ---------------------------------------------------------------------------- Tcl quoting
+
+HOSTILE_WORDS = [
+    "plain", "/abs/path/x_1.0", "my runs/Ünïcode dir", "with space", "", " ", "tab\there", "new\nline",
+    "{braces}", "{", "}", "a}b{c", "back\\slash", "trailing\\", "$dollar", "$env(HOME)", "[exec rm -rf /]",
+    "semi;colon", "quote\"d", "#hash", "ünï €", "ends with space ", "\\{", "\"{\"", "a\\\nb",
+]
+
+
+def _tclsh(script: str) -> str:
+    tclsh = shutil.which("tclsh")
+    if tclsh is None:
+        pytest.skip("tclsh is not on PATH (apt-get install tcl)")
+    import subprocess
+
+    done = subprocess.run([tclsh], input=script.encode("ascii"), capture_output=True, timeout=30)
+    assert done.returncode == 0, done.stderr.decode()
+    return done.stdout.decode("ascii")
+
+
+def _hex_lines(values) -> list[str]:
+    return [v.encode("utf-8").hex() for v in values]
+
+
+def test_tcl_word_reads_back_exactly_in_tclsh():
+    from exitflow.boards.vivado import tcl_list, tcl_word
+
+    words = [tcl_word(w) for w in HOSTILE_WORDS]
+    assert all(w.isascii() for w in words)
+    script = "".join(f"set w {w}\nputs [binary encode hex [encoding convertto utf-8 $w]]\n" for w in words)
+    script += f"foreach w [list {tcl_list(HOSTILE_WORDS)}] {{ puts [binary encode hex [encoding convertto utf-8 $w]] }}\n"
+    assert _tclsh(script).split("\n")[:-1] == _hex_lines(HOSTILE_WORDS) * 2
+
+
+# Stand-ins for Vivado's commands: every unknown command does nothing; the ones that name files
+# record what they were given, so the test sees the paths the script hands Vivado.
+_VIVADO_STUBS = r"""
+proc unknown args { return "" }
+proc record {what args} { foreach a $args { puts "$what [binary encode hex [encoding convertto utf-8 $a]]" } }
+proc set_property {name value args} { if {$name eq "ip_repo_paths"} { record repo {*}$value } }
+proc add_files args { record add_files [lindex $args end] }
+rename file _file
+proc file {sub args} { if {$sub eq "join"} { return [_file join {*}$args] }; return "" }
+"""
+
+
+def test_block_design_tcl_keeps_paths_with_spaces_and_non_ascii(built, tmp_path):
+    from exitflow.boards.vivado import write_project
+
+    run = tmp_path / "my runs" / "Ünïcode dir"
+    shutil.copytree(built.parent, run, ignore=shutil.ignore_patterns("stages"))
+    vivado = write_project(run)
+    tcl = (vivado / "block_design.tcl").read_text(encoding="utf-8")
+    assert tcl.isascii()
+    out = _tclsh(_VIVADO_STUBS + tcl)
+    repos = [bytes.fromhex(line.split()[1]).decode() for line in out.splitlines() if line.startswith("repo ")]
+    summary = json.loads((run / "hw" / "build.json").read_text())
+    names = [g["name"] for g in summary["graphs"]]
+    assert len(repos) == len(names) + 5  # every stage and head, and the exit IPs (3 gates/tags, ids, merge)
+    assert all(r.startswith(str(run / "hw") + "/") for r in repos)
+    assert {str(run / "hw" / n / "stitched_ip") for n in names} <= set(repos)
+    assert str(vivado / "exitflow_ids" / "sol1" / "impl" / "ip") in repos
+    for ip in ("early_gate_ip", "exitflow_merge"):
+        hls = (vivado / f"{ip}.tcl").read_text(encoding="utf-8")
+        assert hls.isascii()
+        flags = _tclsh("proc unknown args { return \"\" }\n"
+                       "proc add_files {f flag value} { puts [binary encode hex [encoding convertto utf-8 $value]] }\n" + hls)
+        include = bytes.fromhex(flags.split()[0]).decode()
+        assert include.startswith("-std=c++14 -I")
+        import shlex
+
+        assert shlex.split(include)[1][2:] == str(Path(__import__("exitflow.hls_templates", fromlist=["TEMPLATE_DIR"]).TEMPLATE_DIR))
+
+
+def test_hls_script_keeps_an_include_folder_with_spaces(tmp_path):
+    import shlex
+
+    from exitflow.boards.vivado import _hls_tcl
+
+    include = tmp_path / "my runs" / "Ünïcode $dir [x] {y}"
+    tcl = _hls_tcl("exitflow_ids", "xc7z020clg400-1", 10.0, include)
+    assert tcl.isascii()
+    out = _tclsh("proc unknown args { return \"\" }\n"
+                 "proc add_files {f flag value} { puts [binary encode hex [encoding convertto utf-8 $f]]\n"
+                 "  puts [binary encode hex [encoding convertto utf-8 $value]] }\n" + tcl)
+    source, flags = (bytes.fromhex(line).decode() for line in out.split())
+    assert source == "exitflow_ids.cpp" and shlex.split(flags) == ["-std=c++14", f"-I{include}"]
