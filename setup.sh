@@ -32,5 +32,42 @@ echo "setup.sh: installing the pinned environment (requirements.lock)"
 echo "setup.sh: installing exitflow (editable)"
 "$VENV/bin/pip" install --quiet --no-deps --no-build-isolation -e . 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
 
+# System tools the tests use, as "command package" (Debian/Ubuntu names): Chromium for the
+# report's browser check, g++ for the exit hardware's C simulation, tclsh for the generated Tcl.
+# Installed with apt-get when we are root and it is here; otherwise one line says what could not
+# be installed and why, and the tests that need it are skipped (visibly, with the reason).
+SYSTEM_TOOLS=("chromium chromium" "g++ g++" "tclsh tcl")
+have_tool() {
+    if [ "$1" = chromium ]; then
+        command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1
+    else
+        command -v "$1" >/dev/null 2>&1
+    fi
+}
+install_system_tools() {
+    local entry packages=() log reason
+    for entry in "${SYSTEM_TOOLS[@]}"; do
+        have_tool "${entry%% *}" || packages+=("${entry#* }")
+    done
+    [ ${#packages[@]} -eq 0 ] && return 0
+    if [ "${EXITFLOW_NO_SYSTEM_PACKAGES:-}" = 1 ]; then
+        reason="EXITFLOW_NO_SYSTEM_PACKAGES=1 is set"
+    elif ! command -v apt-get >/dev/null 2>&1; then
+        reason="no apt-get on this machine; install them with your package manager"
+    elif [ "$(id -u)" != 0 ]; then
+        reason="not root; run: sudo apt-get install -y ${packages[*]}"
+    else
+        echo "setup.sh: installing ${packages[*]} with apt-get (system tools the tests use)"
+        log="$(mktemp)"
+        if { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${packages[@]}"; } >"$log" 2>&1; then
+            rm -f "$log"
+            return 0
+        fi
+        reason="apt-get failed (no network?): $(grep -v '^\s*$' "$log" | tail -n 1); full output in $log"
+    fi
+    echo "setup.sh: could not install ${packages[*]}: $reason; the tests that need them are skipped" >&2
+}
+install_system_tools
+
 "$VENV/bin/exitflow" --version
 echo "setup.sh: done. Run the tests with: .venv/bin/pytest"
