@@ -73,6 +73,7 @@ def run_folder_lock(folder: str | Path, command: str):
             _held[folder][1] -= 1
         return
     path = folder / LOCK_FILE
+    created = not folder.exists()
     try:
         folder.mkdir(parents=True, exist_ok=True)
         handle = open(path, "a+")  # noqa: SIM115 (held until the context ends)
@@ -99,3 +100,7 @@ def run_folder_lock(folder: str | Path, command: str):
         with contextlib.suppress(OSError):
             handle.truncate(0)
         handle.close()  # releases the lock
+        if created and [p.name for p in folder.iterdir()] == [LOCK_FILE]:  # the command stopped before writing
+            with contextlib.suppress(OSError):
+                path.unlink()
+                folder.rmdir()

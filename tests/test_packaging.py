@@ -116,13 +116,14 @@ def test_readme_shows_the_commands_near_the_top(repo):
 
 
 def test_ci_runs_exactly_the_readme_commands(repo):
+    """.ci/run reads its three commands out of README.md: what it would run is what the README prints."""
     commands = _readme_commands(repo)
-    ci_lines = [
-        line.strip() for line in (repo / ".ci" / "run").read_text().splitlines()
-        if line.strip() and not line.strip().startswith("#")
-    ]
-    steps = [line for line in ci_lines if not line.startswith(("set ", "cd "))]
-    assert steps == [commands["set up"], commands["test"]]
+    printed = subprocess.run([str(repo / ".ci" / "run"), "--print"], capture_output=True, text=True, check=True)
+    assert printed.stdout.splitlines() == [commands["set up"], commands["test"], commands["main job"]]
+    script = (repo / ".ci" / "run").read_text()
+    for call in ('eval "$setup_cmd"', 'eval "$test_cmd"', '(cd "$work" && eval "$main_cmd")'):
+        assert call in script
+    assert "--out" in commands["main job"] and not Path(commands["main job"].split("--out")[1].split()[0]).is_absolute()
 
 
 def test_pytest_markers_in_pyproject_match_the_plugin(repo):
