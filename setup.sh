@@ -69,5 +69,27 @@ install_system_tools() {
 }
 install_system_tools
 
+# `exitflow` on PATH, so the README's commands run from any folder: a link in the first folder of
+# PATH that is writable and already named by PATH (~/.local/bin, then /usr/local/bin). A link of
+# another exitflow clone is replaced; a file that is not an exitflow link is left alone.
+link_command() {
+    local target dir link
+    target="$(cd "$VENV/bin" && pwd)/exitflow"
+    for dir in "$HOME/.local/bin" /usr/local/bin; do
+        case ":$PATH:" in *":$dir:"*) ;; *) continue ;; esac
+        [ -d "$dir" ] && [ -w "$dir" ] || continue
+        link="$dir/exitflow"
+        if [ -e "$link" ] && ! { [ -L "$link" ] && [[ "$(readlink "$link")" == */bin/exitflow ]]; }; then
+            echo "setup.sh: $link exists and is not an exitflow link; left alone (use $target)" >&2
+            return 0
+        fi
+        ln -sfn "$target" "$link"
+        echo "setup.sh: linked $link -> $target"
+        return 0
+    done
+    echo "setup.sh: could not put exitflow on PATH (no writable folder of PATH among ~/.local/bin, /usr/local/bin); use $target or add $(dirname "$target") to PATH" >&2
+}
+link_command
+
 "$VENV/bin/exitflow" --version
-echo "setup.sh: done. Run the tests with: .venv/bin/pytest"
+echo "setup.sh: done. Run the tests with: .venv/bin/pytest; the main job from any folder with: exitflow run --out runs/default"
