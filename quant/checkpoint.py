@@ -7,6 +7,8 @@ exitflow checkpoint, or one trained for another architecture is one clear error 
 
 from __future__ import annotations
 
+import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -36,9 +38,12 @@ def load(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about pickle protocols on foreign files
+            warnings.simplefilter("ignore")
+            data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many kinds for a damaged file
-        raise CheckpointError(f"{path}: corrupt or unreadable checkpoint ({type(err).__name__}: {_first_line(err)})") from None
+        raise CheckpointError(f"{path}: corrupt or unreadable checkpoint ({_reason(err)}); "
+                              "train it again or point at the run folder's own model.pt") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not an exitflow checkpoint (written by something else)")
     if data.get("version") != VERSION:
@@ -47,27 +52,79 @@ def load(path: Path) -> dict[str, Any]:
     return data
 
 
-def _first_line(err: Exception) -> str:
-    text = str(err).strip().splitlines()
-    return text[0][:200] if text else ""
+def _reason(err: Exception) -> str:
+    """Why torch could not read a file, in exitflow's words: never torch's advice to load with
+    ``weights_only=False`` (which would run whatever code the file holds)."""
+    text = str(err)
+    if "Weights only load failed" in text:
+        if "Unsupported global" in text or "GLOBAL" in text:
+            return "it holds Python objects, not only tensors and plain data; exitflow never loads code from a checkpoint"
+        return "its pickle data is invalid: truncated, damaged or not a torch file"
+    if isinstance(err, EOFError) or not text.strip():
+        return "the file is empty or truncated"
+    if "zip archive" in text or "central directory" in text:
+        return "not a complete torch archive: truncated or damaged"
+    lines = [ln for ln in text.strip().splitlines() if "weights_only" not in ln]
+    first = re.sub(r"\x1b\[[0-9;]*m", "", lines[0]).strip()[:160] if lines else ""
+    return f"{type(err).__name__}: {first}" if first else type(err).__name__
+
+
+def _full_state_keys(model: torch.nn.Module) -> list[str]:
+    """Every key ``model`` accepts when loading, including the learned scales of Brevitas's
+    stats-initialised quantisers (``ParameterFromRuntimeStatsScaling``, the default of
+    ``QuantReLU``/``QuantIdentity``), which a model that has not seen data leaves out of its
+    ``state_dict`` although ``load_state_dict`` takes them."""
+    from brevitas import config as brevitas_config
+
+    full = brevitas_config._FULL_STATE_DICT
+    brevitas_config._FULL_STATE_DICT = True
+    try:
+        return list(model.state_dict().keys())
+    finally:
+        brevitas_config._FULL_STATE_DICT = full
 
 
 def load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], path: str, prefixes: tuple[str, ...] | None = None) -> None:
     """Load ``state`` into ``model`` (only keys under ``prefixes`` when given), or explain in one
-    line why the checkpoint belongs to another architecture."""
-    own = model.state_dict()
-    wanted = {k: v for k, v in own.items() if prefixes is None or k.startswith(prefixes)}
-    missing = [k for k in wanted if k not in state]
-    shape = [k for k in wanted if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    line why the checkpoint belongs to another architecture.
+
+    A Brevitas quantiser whose scale is initialised from data saves its scale once it has seen
+    data; loading that scale ends its statistics collection, as Brevitas intends (its
+    ``_load_from_state_dict``), so the loaded model computes what the saved one did. A quantiser
+    that had not seen data when saved has no scale in the file and keeps collecting."""
+    own = model.state_dict(keep_vars=True)
+    accepted = _full_state_keys(model)
+
+    def under(key: str) -> bool:
+        return prefixes is None or key.startswith(prefixes)
+
+    required = [k for k in own if under(k)]
+    missing = [k for k in required if k not in state]
+    shape = [k for k in required if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
     if missing or shape:
         what = f"lacks {missing[0]}" if missing else (
             f"has {shape[0]} of shape {tuple(state[shape[0]].shape)}, the model {tuple(own[shape[0]].shape)}")
         raise CheckpointError(f"{path}: checkpoint is for a different architecture: it {what}")
-    model.load_state_dict({**own, **{k: state[k] for k in wanted}})
+    loaded = {k: state[k] for k in accepted if under(k) and k in state}
+    # A module shared between a loaded part and a kept part (an exit head re-applies the
+    # backbone's quantiser) is listed under both names: it takes the loaded value under both.
+    by_tensor = {id(own[k]): loaded[k] for k in loaded if k in own}
+    merged = {k: by_tensor.get(id(v), v.detach()) for k, v in own.items()}
+    merged.update(loaded)
+    try:
+        result = model.load_state_dict(merged, strict=False)
+    except RuntimeError as err:  # size mismatch of a key the fresh model does not list
+        raise CheckpointError(f"{path}: checkpoint is for a different architecture: "
+                              f"{str(err).strip().splitlines()[-1].strip()[:200]}") from None
+    # Only the stats-initialised scales a model that has not seen data omits may stay missing.
+    left = [k for k in result.missing_keys if k in own]
+    if left:
+        raise CheckpointError(f"{path}: checkpoint is for a different architecture: it lacks {left[0]}")
 
 
 def run_config(data: dict[str, Any]):
-    """The RunConfig a checkpoint was trained with."""
+    """The RunConfig a checkpoint was trained with (read as data: nothing named in it is
+    imported or called)."""
     from .config import RunConfig
 
     try:
@@ -76,15 +133,65 @@ def run_config(data: dict[str, Any]):
         raise CheckpointError(str(err)) from None
 
 
-def load_model(path: Path):
-    """(RunConfig, MultiExitNet in eval mode, checkpoint dict) from a run folder or model.pt."""
+def _first_difference(a: Any, b: Any, key: str = "") -> tuple[str, Any, Any] | None:
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in [*a, *(k for k in b if k not in a)]:
+            found = _first_difference(a.get(k), b.get(k), f"{key}.{k}" if key else str(k))
+            if found:
+                return found
+        return None
+    return None if a == b else (key, a, b)
+
+
+def trusted_config(path: Path, data: dict[str, Any], config=None):
+    """The RunConfig to build the checkpoint's model from: ``config`` (a RunConfig or a YAML
+    file) when given, else the run folder's ``config.yaml`` that train wrote beside it. The
+    checkpoint's own stored config is only compared with it, never used to import anything: a
+    checkpoint whose stored config differs is refused. Without either, a built-in backbone is
+    built from the stored config (it names nothing to import); a custom one is refused."""
+    from exitflow.schema import load_file
+
+    from .config import RunConfig
+
+    stored = run_config(data)
+    source = None
+    if config is None:
+        candidate = Path(path).parent / "config.yaml"
+        if candidate.is_file():
+            source = str(candidate)
+            config = load_file(RunConfig, candidate)
+    elif not isinstance(config, RunConfig):
+        source = str(config)
+        config = load_file(RunConfig, config)
+    else:
+        source = "the given config"
+    if config is None:
+        if stored.model.backbone == "custom":
+            raise CheckpointError(
+                f"{path}: no config.yaml beside it, and a custom backbone's model.factory is never taken from the "
+                "checkpoint itself; put the run's config.yaml next to model.pt (or pass the config)")
+        return stored
+    diff = _first_difference(to_data(stored), to_data(config))
+    if diff:
+        key, theirs, ours = diff
+        raise CheckpointError(
+            f"{path}: its stored config has {key} = {theirs!r} but {source} has {ours!r}; the checkpoint "
+            "was not trained with this config (use the config it was trained with, or train again)")
+    return config
+
+
+def load_model(path: Path, config=None):
+    """(RunConfig, MultiExitNet in eval mode, checkpoint dict) from a run folder or model.pt.
+
+    The model is built from ``config`` (a RunConfig or YAML file) or the run folder's
+    ``config.yaml`` (see :func:`trusted_config`), never from what the checkpoint names."""
     from .network import build_model
 
     data = load(path)
-    config = run_config(data)
+    config = trusted_config(Path(data["path"]), data, config)
     model = build_model(config.model, tuple(data["input_shape"]), int(data["num_classes"]))
     load_state(model, data["state_dict"], data["path"])
     return config, model.eval(), data
 
 
-__all__ = ["CheckpointError", "load", "load_model", "load_state", "run_config", "save", "to_data"]
+__all__ = ["CheckpointError", "load", "load_model", "load_state", "run_config", "save", "to_data", "trusted_config"]

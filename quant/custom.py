@@ -67,6 +67,8 @@ class CustomMultiExitNet(nn.Module):
         ordered_exits = sorted(dict.fromkeys(exits), key=order.index)
         if any(order.index(e) >= order.index(classifier) for e in ordered_exits):
             raise ConfigError(f"model.exits: every exit must come before the classifier {classifier!r}")
+        _check_layers(order, modules, classifier)
+        _check_stages(order, modules, ordered_exits, classifier)
         self.backbone = backbone
         self.input_shape = tuple(input_shape)
         self.num_classes = num_classes
@@ -163,6 +165,53 @@ class CustomMultiExitNet(nn.Module):
 
     def frozen_modules(self) -> list[nn.Module]:
         return [self.backbone, self.heads[_key(self.classifier_name)]]
+
+
+def _is_weight_layer(module: nn.Module) -> bool:
+    from brevitas.nn import QuantConv2d, QuantLinear
+
+    return isinstance(module, (QuantConv2d, QuantLinear))
+
+
+def _inside_brevitas_layer(name: str, modules: dict) -> bool:
+    """A submodule of a Brevitas layer (its quantisers' own parts), not a layer of the user's."""
+    parts = name.split(".")
+    return any(type(modules[".".join(parts[:i])]).__module__.startswith("brevitas.")
+               for i in range(1, len(parts)) if ".".join(parts[:i]) in modules)
+
+
+def _check_layers(order: list[str], modules: dict, classifier: str) -> None:
+    """Layers before the classifier that FINN cannot map to hardware, named as the user named them."""
+    for name in order[: order.index(classifier)]:
+        module = modules[name]
+        if _inside_brevitas_layer(name, modules) or type(module).__module__.startswith("brevitas."):
+            continue
+        for plain, quant in ((nn.Conv2d, "QuantConv2d"), (nn.Linear, "QuantLinear"), (nn.Conv1d, "QuantConv1d")):
+            if isinstance(module, plain):
+                raise ConfigError(
+                    f"model.factory: {name!r} is a torch {type(module).__name__}, not quantised: the hardware has only "
+                    f"quantised weight layers; make it a brevitas.nn.{quant}")
+
+
+def _check_stages(order: list[str], modules: dict, exits: list[str], classifier: str) -> None:
+    """Every stage (the input to the first exit, from one exit to the next, from the last exit to
+    the classifier) holds at least one weight layer: a stage without one would be no hardware."""
+    bounds = [None, *exits, classifier]
+    for start, end in zip(bounds, bounds[1:]):
+        first = 0 if start is None else order.index(start) + 1
+        between = order[first : order.index(end)]
+        if any(_is_weight_layer(modules[n]) for n in between):
+            continue
+        if start is None:
+            where = f"before the first exit {end!r}"
+        elif end == classifier:
+            where = f"between the exit {start!r} and the classifier {classifier!r}"
+        else:
+            where = f"between the exits {start!r} and {end!r}"
+        fix = f"drop the exit {start!r}" if start is not None else f"drop the exit {end!r}"
+        raise ConfigError(
+            f"model.exits: no weight layer (QuantConv2d or QuantLinear) {where}, so that stage would have no "
+            f"hardware; {fix} or move it after a weight layer")
 
 
 def _preview(names: list[str], limit: int = 12) -> str:

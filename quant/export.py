@@ -30,7 +30,7 @@ from . import checkpoint as ckpt
 from .network import MultiExitNet
 
 
-def _export(module: torch.nn.Module, example: torch.Tensor, path: Path, dynamo: bool = True) -> None:
+def _export(module: torch.nn.Module, example: torch.Tensor, path: Path, dynamo: bool = True, check=None) -> None:
     """Brevitas QONNX export of ``module`` into one self-contained, cleaned-up file.
 
     torch's dynamo exporter by default: the TorchScript one flattens a returned QuantTensor into
@@ -49,6 +49,10 @@ def _export(module: torch.nn.Module, example: torch.Tensor, path: Path, dynamo: 
         with tempfile.TemporaryDirectory() as scratch, contextlib.redirect_stdout(io.StringIO()):
             raw = Path(scratch) / path.name  # the exporter may add a .data file beside it
             export_qonnx(module, input_t=example, export_path=str(raw), dynamo=dynamo, verbose=False)
+            if check is not None:  # on the exporter's own graph, whose node names carry module scopes
+                import onnx
+
+                check(onnx.load(str(raw)))
             cleanup_model(ModelWrapper(str(raw))).save(str(path))  # one self-contained file
     finally:
         logger.setLevel(level)
@@ -93,10 +97,14 @@ def export_stages(model, exits: list[str], out_dir: str | Path, example: torch.T
     chosen = [e for e in model.exit_names if e in exits or e == model.exit_names[-1]]
     x = example[:1].float()
     with torch.no_grad():
-        if isinstance(model, CustomMultiExitNet):
-            features = _cut_custom(model, chosen, x, tmp)
-        else:
-            features = _builtin_stages(model, chosen, x, tmp)
+        try:
+            if isinstance(model, CustomMultiExitNet):
+                features = _cut_custom(model, chosen, x, tmp)
+            else:
+                features = _builtin_stages(model, chosen, x, tmp)
+        except ConfigError:  # a layer exitflow cannot map: leave nothing half-written behind
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         manifest = {"exits": chosen, "stages": [], "heads": []}
         inputs = [x, *features[:-1]]
         for k, exit_name in enumerate(chosen):
@@ -222,7 +230,7 @@ def _cut_custom(model, chosen: list[str], x: torch.Tensor, folder: Path) -> list
     from qonnx.util.cleanup import cleanup_model
 
     taps = _Taps(model, chosen)
-    _export(taps, x, folder / "whole.onnx", dynamo=False)
+    _export(taps, x, folder / "whole.onnx", dynamo=False, check=lambda raw: check_chain(raw, model))
     whole = onnx.load(str(folder / "whole.onnx"))
     (folder / "whole.onnx").unlink()
     outputs = [o.name for o in whole.graph.output]
@@ -234,7 +242,7 @@ def _cut_custom(model, chosen: list[str], x: torch.Tensor, folder: Path) -> list
         start = whole.graph.input[0].name if k == 0 else outputs[k - 1]
         stage = extractor.extract_model([start], [out])
         if k > 0:
-            quant = _quantiser_node(producer, start)
+            quant = _quantiser_node(producer, start, chosen[k - 1])
             new_in = "stage_in"
             node = helper.make_node("Quant", [new_in, *quant.input[1:]], [start], domain=quant.domain, name="StageInputQuant")
             node.attribute.extend(quant.attribute)
@@ -263,14 +271,56 @@ def _cut_custom(model, chosen: list[str], x: torch.Tensor, folder: Path) -> list
     return list(taps(x))
 
 
-def _quantiser_node(producer: dict, tensor: str):
+def _quantiser_node(producer: dict, tensor: str, exit_name: str = ""):
     """The Quant node whose output is ``tensor``, or feeds the max pool that produces it."""
     node = producer[tensor]
     if node.op_type == "MaxPool":
         node = producer[node.input[0]]
     if node.op_type not in ("Quant", "BipolarQuant"):
-        raise RuntimeError(f"exit tensor {tensor} is produced by {node.op_type}, not by a quantiser")
+        raise ConfigError(f"model.exits: the output of {exit_name!r} is not the output of an activation quantiser "
+                          "once exported; put the exit right after a QuantIdentity, QuantReLU or QuantHardTanh")
     return node
+
+
+# What the exporter calls the operations that join two branches, in the user's words.
+_JOINS = {"Add": "Add", "Sum": "Add", "Sub": "Sub", "Mul": "Mul", "Concat": "Concat", "Div": "Div"}
+
+
+def _user_module(node_name: str, modules: dict) -> str | None:
+    """The user's module an exported node comes from: its name scope (``/backbone/block1/Add``)
+    read back as the deepest module name of the user's backbone it names."""
+    parts = node_name.strip("/").split("/")[:-1]
+    if parts[:1] == ["backbone"]:
+        parts = parts[1:]
+    found, path = None, []
+    for part in parts:
+        path.append(part)
+        for candidate in (part, ".".join(path)):
+            if candidate in modules:
+                found = candidate
+    return found
+
+
+def check_chain(raw, model) -> None:
+    """The exported custom backbone is one chain of layers (what exitflow maps to hardware),
+    else one ConfigError line naming the user's module where it branches: a skip connection
+    (two branches joined by an Add) or a concatenation."""
+    modules = {n: m for n, m in model.backbone.named_modules() if n}
+    graph = raw.graph
+    live = {graph.input[0].name}
+    for node in graph.node:  # ONNX nodes are topologically sorted
+        data_in = [i for i in node.input if i in live]
+        if not data_in or node.op_type in ("Shape", "Size"):  # a shape is not data (x.view(x.shape[0], -1))
+            continue
+        live.update(node.output)
+        if len(data_in) > 1:
+            where = _user_module(node.name, modules)
+            owner = f"{type(modules[where]).__name__}.forward" if where else f"{type(model.backbone).__name__}.forward"
+            op = _JOINS.get(node.op_type, node.op_type)
+            kind = "skip connection" if op in ("Add", "Sub") else "join"
+            raise ConfigError(
+                f"{where or 'the backbone'}: the {kind} ({op} of two branches) is not supported: exitflow maps only a "
+                f"backbone that is one chain of layers to hardware; remove the branch from {owner}")
 
 
 def export_run(run_dir: str | Path, exits: list[str]) -> dict:

@@ -262,8 +262,14 @@ def _build_custom(config, input_shape, num_classes):
         backbone = factory(**dict(config.factory_args))
     except TypeError as err:
         raise ConfigError(f"model.factory_args: {config.factory} does not take them ({err})") from None
+    if isinstance(backbone, tuple) and backbone and isinstance(backbone[0], nn.Module):
+        backbone = backbone[0]  # e.g. brevitas_examples' model_with_cfg returns (model, cfg)
     if not isinstance(backbone, nn.Module):
-        raise ConfigError(f"model.factory: {config.factory} returned a {type(backbone).__name__}, not a torch module")
+        what = (f"a tuple of {', '.join(type(v).__name__ for v in backbone[:4])}" if isinstance(backbone, tuple)
+                else f"a {type(backbone).__name__}")
+        raise ConfigError(
+            f"model.factory: {config.factory} returned {what}, not a torch module (nor a tuple whose first item is one); "
+            "wrap it in a function of your own that returns the nn.Module and name that function as model.factory")
     try:
         return CustomMultiExitNet(backbone, list(config.exits), config.classifier, input_shape, num_classes,
                                   config.bits_for("__preset__"), config.head.pool_to, config.head.hidden)

@@ -22,7 +22,7 @@ def test_train_profile_export(tmp_path, exitflow_cmd):
     result = run(exitflow_cmd, "train", str(tmp_path / "run.yaml"), "--out", str(out))
     assert result.returncode == 0, result.stderr
     assert "epoch 3/3" in result.stdout and f"trained {out}/model.pt" in result.stdout
-    assert {p.name for p in out.iterdir()} == {"model.pt", "config.yaml", "train_log.json"}
+    assert {p.name for p in out.iterdir() if not p.name.startswith(".")} == {"model.pt", "config.yaml", "train_log.json"}
     result = run(exitflow_cmd, "profile", str(out))
     assert result.returncode == 0, result.stderr
     assert (out / "profile.npz").exists() and "test accuracy: conv0" in result.stdout
