@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 import os
 import warnings
 from collections.abc import Callable, Mapping
@@ -56,6 +57,40 @@ class FlowState:
     ctu: dict | None = None  # heads: policy, threshold (None: final exit), scale of the logits
     input_datatype: str = ""
     input_scale: float = 1.0
+
+
+#: The loggers FINN and QONNX talk through (SetFolding warns through ``finn_logger`` about every
+#: op it does not know, exitflow's own among them).
+FINN_LOGGERS = ("finn_logger", "finn", "qonnx", "build_dataflow")
+
+
+@contextlib.contextmanager
+def finn_chatter(path: Path, mode: str = "a"):
+    """Everything FINN says while the block runs goes to the log file ``path``, not to the
+    terminal: its loggers, Python warnings, and what it prints on stdout and stderr. The loggers'
+    own handlers, levels and propagation are put back afterwards."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, mode, encoding="utf-8") as log_file, contextlib.redirect_stdout(log_file), \
+            contextlib.redirect_stderr(log_file), warnings.catch_warnings():
+        warnings.simplefilter("always")  # into the log, every time
+        warnings.showwarning = lambda message, category, filename, lineno, file=None, line=None: log_file.write(
+            warnings.formatwarning(message, category, filename, lineno, line))  # catch_warnings puts it back
+        handler = logging.StreamHandler(log_file)
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        saved = []
+        for name in FINN_LOGGERS:
+            logger = logging.getLogger(name)
+            saved.append((logger, logger.handlers[:], logger.propagate, logger.level))
+            logger.handlers, logger.propagate = [handler], False
+            logger.setLevel(logging.WARNING)  # warnings are what the log is for, silenced or not elsewhere
+        try:
+            yield log_file
+        finally:
+            for logger, handlers, propagate, level in saved:
+                logger.handlers, logger.propagate = handlers, propagate
+                logger.setLevel(level)
+            log_file.flush()
 
 
 @contextlib.contextmanager
@@ -401,9 +436,7 @@ def run_flow(src: Path, out: Path, state: FlowState, log: Callable[[str], None] 
         model = ModelWrapper(str(src))
     except Exception as err:  # onnx raises DecodeError and others for a damaged file
         raise ExitflowError(f"{src}: corrupt QONNX file ({type(err).__name__}); export the stages again") from None
-    with open(out / "finn.log", "w") as finn_log, contextlib.redirect_stdout(finn_log), \
-            contextlib.redirect_stderr(finn_log), warnings.catch_warnings(), finn_settings(out / "tmp"):
-        warnings.simplefilter("always")  # into finn.log
+    with finn_chatter(out / "finn.log", "w") as finn_log, finn_settings(out / "tmp"):
         for step in STEPS:
             finn_log.write(f"== {step.__name__}\n")
             model = step(model, state)

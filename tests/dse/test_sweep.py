@@ -16,7 +16,11 @@ def swept(digits_run, exitflow_cmd):
     profile(digits_run, plot=False)
     out = subprocess.run([*exitflow_cmd, "sweep", str(digits_run), "--board", "Pynq-Z2"], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
+    SWEEP_STDERR.append(out.stderr)
     return digits_run, out.stdout
+
+
+SWEEP_STDERR: list[str] = []  # what the `swept` sweep printed on stderr
 
 
 @pytest.mark.slow
@@ -166,3 +170,44 @@ def test_sweep_refuses_a_negative_max_exits_from_python(digits_run):
 
     with pytest.raises(ConfigError, match=r"--max-exits: must be an integer >= 0 \(early exits per design\); got -1"):
         sweep(digits_run, "Pynq-Z2", max_exits=-1)
+
+
+@pytest.mark.slow
+def test_finn_chatter_goes_to_the_log_not_the_terminal(swept):
+    run, stdout = swept
+    printed = SWEEP_STDERR[0] + stdout
+    assert "doesn't know how to handle" not in printed and "op_type" not in printed, printed[:2000]
+    assert "WARNING" not in printed and "Warning" not in printed, printed[:2000]
+    assert SWEEP_STDERR[0] == "", SWEEP_STDERR[0][:2000]  # not on a terminal: no bar, nothing at all
+    log = (run / "log" / "finn.log").read_text()
+    assert "== SetFolding baseline of Pynq-Z2" in log
+    assert "SetFolding doesn't know how to handle op_type ConfidenceThreshold" in log
+    assert log.count("\n") > 10
+
+
+def test_finn_chatter_catches_loggers_prints_and_warnings(tmp_path, capfd):
+    import logging
+    import sys
+    import warnings
+
+    from exitflow.finn_flow import finn_chatter
+
+    finn_log = logging.getLogger("finn_logger")
+    before = (finn_log.handlers[:], finn_log.propagate, finn_log.level)
+    path = tmp_path / "log" / "finn.log"
+    path.parent.mkdir()
+    path.write_text("earlier run\n")
+    with finn_chatter(path):
+        finn_log.warning("SetFolding doesn't know how to handle op_type ConfidenceThreshold_hls")
+        logging.getLogger("qonnx.transformation").warning("a qonnx warning")
+        print("a FINN print")
+        sys.stderr.write("a FINN stderr line\n")
+        warnings.warn("a FINN UserWarning")
+    captured = capfd.readouterr()
+    assert captured.out == "" and captured.err == ""
+    log = path.read_text()
+    assert log.startswith("earlier run\n")  # appended, nothing already written is lost
+    for line in ("WARNING finn_logger: SetFolding doesn't know how to handle op_type ConfidenceThreshold_hls",
+                 "WARNING qonnx.transformation: a qonnx warning", "a FINN print", "a FINN stderr line", "a FINN UserWarning"):
+        assert line in log, line
+    assert (finn_log.handlers, finn_log.propagate, finn_log.level) == before
