@@ -1,8 +1,11 @@
 """Checkpoints: what ``model.pt`` and ``checkpoint.pt`` hold, and loading them safely.
 
 Files are written atomically and read with ``torch.load(..., weights_only=True)``: a checkpoint
-holds tensors and plain data only, never pickled code. A corrupt file, a file that is not an
-exitflow checkpoint, or one trained for another architecture is one clear error line.
+holds tensors and plain data only, never pickled code. Nor does loading one import or call
+anything it names: the model is built from the config the user keeps beside it (the run folder's
+``config.yaml``, written by train) or passes, and a checkpoint whose stored config differs from
+that is refused. A corrupt file, a file that is not an exitflow checkpoint, or one trained for
+another architecture is one clear error line.
 """
 
 from __future__ import annotations
@@ -122,6 +125,30 @@ def load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], path: str
         raise CheckpointError(f"{path}: checkpoint is for a different architecture: it lacks {left[0]}")
 
 
+def quantiser_stats(model: torch.nn.Module) -> dict[str, dict[str, Any]]:
+    """What a state dict leaves out of Brevitas's stats-initialised quantisers and a resumed run
+    needs to continue exactly: how many batches each has collected, the running statistic and the
+    parameter the statistic will initialise."""
+    from brevitas.core.scaling import ParameterFromRuntimeStatsScaling
+
+    return {name: {"counter": int(m.counter), "buffer": m.buffer.detach().clone(), "value": m.value.detach().clone()}
+            for name, m in model.named_modules() if isinstance(m, ParameterFromRuntimeStatsScaling)}
+
+
+def restore_quantiser_stats(model: torch.nn.Module, stats: dict[str, dict[str, Any]]) -> None:
+    """Put back what :func:`quantiser_stats` saved, after :func:`load_state`, for the quantisers
+    that were still collecting statistics (loading their scale ended the collection)."""
+    from brevitas.core.scaling import ParameterFromRuntimeStatsScaling
+
+    for name, m in model.named_modules():
+        saved = stats.get(name)
+        if isinstance(m, ParameterFromRuntimeStatsScaling) and saved and saved["counter"] <= m.collect_stats_steps:
+            with torch.no_grad():
+                m.buffer.copy_(saved["buffer"])
+                m.value.copy_(saved["value"])
+            m.counter = int(saved["counter"])
+
+
 def run_config(data: dict[str, Any]):
     """The RunConfig a checkpoint was trained with (read as data: nothing named in it is
     imported or called)."""
@@ -194,4 +221,4 @@ def load_model(path: Path, config=None):
     return config, model.eval(), data
 
 
-__all__ = ["CheckpointError", "load", "load_model", "load_state", "run_config", "save", "to_data", "trusted_config"]
+__all__ = ["CheckpointError", "load", "load_model", "load_state", "run_config", "quantiser_stats", "restore_quantiser_stats", "save", "to_data", "trusted_config"]

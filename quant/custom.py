@@ -140,7 +140,9 @@ class CustomMultiExitNet(nn.Module):
             self._tapping = False
         missing = [n for n in [*self.early, CLASSIFIER_INPUT] if n not in self._taps]
         if missing:
-            raise ConfigError(f"model.exits: module {missing[0]!r} was not called by the backbone's forward")
+            key, name = ("model.classifier", self.classifier_name) if missing[0] == CLASSIFIER_INPUT else ("model.exits", missing[0])
+            raise ConfigError(f"{key}: module {name!r} was not called by the backbone's forward; "
+                              "name a module its forward runs")
         return dict(self._taps)
 
     @property

@@ -88,7 +88,7 @@ def export_stages(model, exits: list[str], out_dir: str | Path, example: torch.T
 
     unknown = [e for e in exits if e not in model.exit_names]
     if unknown:
-        raise ConfigError(f"exits: no exit after block {unknown[0]!r}; candidate exits: {', '.join(model.exit_names)}")
+        raise ConfigError(f"exits: {unknown[0]!r} is not a candidate exit of this model; candidate exits: {', '.join(model.exit_names)}")
     out_dir = Path(out_dir)
     tmp = out_dir.with_name(f".{out_dir.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)

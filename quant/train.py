@@ -177,6 +177,7 @@ def train(config: RunConfig, out: str | Path, log: Callable[[str], None] = print
     if resume is not None:
         # before the optimizer is built: Brevitas may replace parameter objects when loading
         ckpt.load_state(model, resume["state_dict"], resume["path"])
+        ckpt.restore_quantiser_stats(model, resume.get("quant_stats", {}))
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=config.train.lr, weight_decay=config.train.weight_decay)
     epochs = config.train.epochs
@@ -229,6 +230,7 @@ def train(config: RunConfig, out: str | Path, log: Callable[[str], None] = print
         ckpt.save(out / "checkpoint.pt", {
             "config": to_data(config), "epoch": epoch + 1, "state_dict": model.state_dict(),
             "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(), "history": history,
+            "quant_stats": ckpt.quantiser_stats(model),
             "input_shape": list(input_shape), "num_classes": num_classes,
         })
         _write_log(out, config, model, history)

@@ -66,4 +66,4 @@ def test_corrupt_checkpoint_is_one_line_exit_2(tmp_path, exitflow_cmd):
 def test_export_unknown_exit(digits_run, exitflow_cmd):
     result = run(exitflow_cmd, "export", str(digits_run), "--exits", "conv0,nope")
     assert result.returncode == 2
-    assert "exits: no exit after block 'nope'" in result.stderr
+    assert "exits: 'nope' is not a candidate exit of this model" in result.stderr

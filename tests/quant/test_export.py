@@ -73,6 +73,6 @@ def test_export_run_writes_the_manifest(digits_run):
 
 def test_unknown_exit_is_rejected_and_nothing_is_written(digits_run):
     before = sorted((digits_run).iterdir())
-    with pytest.raises(ConfigError, match="exits: no exit after block 'conv7'; candidate exits: conv0, conv1, fc0, fc1"):
+    with pytest.raises(ConfigError, match="exits: 'conv7' is not a candidate exit of this model; candidate exits: conv0, conv1, fc0, fc1"):
         export_run(digits_run, ["conv7"])
     assert sorted(digits_run.iterdir()) == before

@@ -361,3 +361,26 @@ def test_damaged_checkpoint_is_one_line_without_torchs_advice(tmp_path, digits_r
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1 and "weights_only" not in result.stderr
     assert not (tmp_path / "pwned").exists()
+
+
+@pytest.mark.slow
+def test_resume_with_default_quantisers_matches_an_uninterrupted_run(tmp_path, user_module):
+    name, _ = user_module
+    # 26 batches an epoch: the quantisers are still collecting statistics (300 batches) when cut
+    config = RunConfig(data=DataSpec(name="digits"), model=custom(name, exits=("block0.act", "mid")),
+                       train=TrainConfig(epochs=3, batch_size=48, seed=1))
+    train(config, tmp_path / "whole", **QUIET)
+
+    def interrupt_after_first_epoch(line):
+        if line.startswith("epoch 1/3"):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(config, tmp_path / "cut", log=interrupt_after_first_epoch)
+    assert (tmp_path / "cut" / "checkpoint.pt").exists()
+    assert train(config, tmp_path / "cut", **QUIET).epochs_run == 2
+    whole = ckpt.load(tmp_path / "whole")["state_dict"]
+    cut = ckpt.load(tmp_path / "cut")["state_dict"]
+    assert any(k.endswith("scaling_impl.value") for k in whole)
+    assert whole.keys() == cut.keys()
+    assert all(torch.equal(whole[k], cut[k]) for k in whole), [k for k in whole if not torch.equal(whole[k], cut[k])][:3]
