@@ -113,25 +113,6 @@ def _apply_layout(nodes: list, parent, x: np.ndarray, where: str) -> np.ndarray:
     return x
 
 
-def read_layers(path: Path, rebuild: str) -> dict[str, str]:
-    """``hw/<graph>/layers.json``, checked: ``{"layers": {model layer: FINN node name}}`` as the
-    build writes it. Anything else is one :class:`ConfigError` line naming the file and ``rebuild``."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: missing; {rebuild}") from None
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as err:
-        raise ConfigError(f"{path}: unreadable or not JSON ({type(err).__name__}); {rebuild}") from None
-    layers = data.get("layers") if isinstance(data, dict) else None
-    if not isinstance(layers, dict) or not all(isinstance(k, str) and isinstance(v, str) and v for k, v in layers.items()):
-        got = type(layers).__name__ if isinstance(data, dict) and "layers" in data else (
-            "no 'layers' key" if isinstance(data, dict) else f"a JSON {type(data).__name__}")
-        raise ConfigError(f"{path}: expected {{\"layers\": {{layer name: FINN node name}}}}, got {got}; {rebuild}")
-    if len(set(layers.values())) != len(layers):
-        raise ConfigError(f"{path}: two layers name the same FINN node; {rebuild}")
-    return layers
-
-
 def load_built(run_dir: str | Path, design_path: str | Path | None = None) -> Built:
     """Check and load ``DIR``'s model, the design and ``DIR/hw``; every problem is one
     :class:`ConfigError` line naming the file and the fix."""
@@ -141,6 +122,7 @@ def load_built(run_dir: str | Path, design_path: str | Path | None = None) -> Bu
     from exitflow.design import load_design
     from exitflow.files import user_path
     from exitflow.quant import checkpoint as ckpt
+    from exitflow.finn_flow import read_layers
     from exitflow.quant.export import layer_table
 
     from .engines import _import_finn_ops
@@ -168,7 +150,7 @@ def load_built(run_dir: str | Path, design_path: str | Path | None = None) -> Bu
         for kind, name, layers in (("stage", stage.name, stage_layers[k]), ("head", stage.head.name, head_layers[k])):
             folder = hw / name
             graph = _load_graph(folder / "model_hw.onnx", rebuild)
-            built_layers = read_layers(folder / "layers.json", rebuild)
+            built_layers = read_layers(folder / "layers.json", rebuild)  # checked: one line if damaged
             wanted = [layer["name"] for layer in layers]
             if list(built_layers) != wanted:
                 raise ConfigError(f"{folder}: built with the layers {list(built_layers)}, the design's {kind} {name!r} "

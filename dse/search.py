@@ -16,7 +16,6 @@ throughput; what fits the budget is a candidate design.
 from __future__ import annotations
 
 import itertools
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -121,7 +120,9 @@ class GraphCost:
 
 
 def graph_cost(folder: Path, part: str, budget: np.ndarray) -> GraphCost:
-    layers = list(json.loads((folder / "layers.json").read_text())["layers"])
+    from exitflow.finn_flow import read_layers
+
+    layers = list(read_layers(folder / "layers.json", f"delete {folder.parent} and sweep again"))
     inv = inventory(folder / "model_hw.onnx", part, layers, folder.name)
     fixed = np.array([sum(c[r] for c in inv.fixed.values()) for r in RESOURCES], dtype=float)
     fixed_cycles = max([c["cycles"] for c in inv.fixed.values()], default=0.0)

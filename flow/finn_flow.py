@@ -422,6 +422,30 @@ def estimates(model, part: str) -> dict:
     return {"resources": model.analysis(lambda m: res_estimation(m, part)), "cycles": model.analysis(exp_cycles_per_layer)}
 
 
+def read_layers(path: Path, rebuild: str) -> dict[str, str]:
+    """``hw/<graph>/layers.json``, checked: ``{"layers": {model layer: FINN node name}}`` as the
+    build writes it. Anything else is one :class:`ConfigError` line naming the file and ``rebuild``."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: missing; {rebuild}") from None
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as err:
+        raise ConfigError(f"{path}: unreadable or not JSON ({type(err).__name__}); {rebuild}") from None
+    layers = data.get("layers") if isinstance(data, dict) else None
+    if not isinstance(layers, dict) or not all(isinstance(k, str) and isinstance(v, str) and v for k, v in layers.items()):
+        if isinstance(layers, dict):
+            key, value = next((k, v) for k, v in layers.items() if not (isinstance(k, str) and isinstance(v, str) and v))
+            got = f"{key!r}: {value!r}"
+        elif isinstance(data, dict):
+            got = f"'layers' of type {type(layers).__name__}" if "layers" in data else "no 'layers' key"
+        else:
+            got = f"a JSON {type(data).__name__}"
+        raise ConfigError(f"{path}: expected {{\"layers\": {{layer name: FINN node name}}}}, got {got}; {rebuild}")
+    if len(set(layers.values())) != len(layers):
+        raise ConfigError(f"{path}: two layers name the same FINN node; {rebuild}")
+    return layers
+
+
 def run_flow(src: Path, out: Path, state: FlowState, log: Callable[[str], None] | None = None):
     """Run every step on the graph at ``src``; returns the final (specialised, folded) model.
 

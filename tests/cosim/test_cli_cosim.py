@@ -136,3 +136,49 @@ def test_cycle_adds_the_pipeline_simulation(exitflow_cmd, run_copy):
     for lat in cycle["latency"]:
         assert lat["p50_cycles"] <= lat["p99_cycles"]
         assert lat["mean_us"] == pytest.approx(lat["mean_cycles"] / cycle["clock_mhz"], abs=1e-3)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("content, message", [
+    ("[1, 2]", 'expected {"layers": {layer name: FINN node name}}, got a JSON list'),
+    ('{"layers": ["conv0"]}', "got 'layers' of type list"),
+    ('{"layers": {"conv0": 3}}', "got 'conv0': 3"),
+    ('{"nodes": {}}', "got no 'layers' key"),
+    ("{not json", "unreadable or not JSON (JSONDecodeError)"),
+])
+def test_layers_json_of_the_wrong_shape(exitflow_cmd, run_copy, tmp_path, content, message):
+    run_dir, design = run_copy
+    broken = tmp_path / "run"
+    shutil.copytree(run_dir, broken, ignore=shutil.ignore_patterns("cosim"))
+    layers = broken / "hw" / "s0" / "layers.json"
+    assert layers.is_file()
+    layers.write_text(content)
+    err = _bad(exitflow_cmd, broken, "--design", str(design))
+    assert err.startswith(f"exitflow cosim: error: {layers}: ") and message in err and "exitflow build" in err
+    assert layers.read_text() == content
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("damage, message", [
+    ("empty", "profile.npz: empty file"),
+    ("truncated", "profile.npz: unreadable, truncated or not an .npz"),
+    ("random", "profile.npz: unreadable, truncated or not an .npz"),
+    ("other keys", "profile.npz: not a profile exitflow wrote (lacks exit_names"),
+])
+def test_a_damaged_profile_stops_the_cosimulation(exitflow_cmd, run_copy, tmp_path, damage, message):
+    import io
+
+    import numpy as np
+
+    run_dir, design = run_copy
+    broken = tmp_path / "run"
+    shutil.copytree(run_dir, broken, ignore=shutil.ignore_patterns("cosim"))
+    good = (broken / "profile.npz").read_bytes()
+    other = io.BytesIO()
+    np.savez(other, x=np.zeros(2))
+    content = {"empty": b"", "truncated": good[: len(good) // 3], "random": np.random.default_rng(1).bytes(4096),
+               "other keys": other.getvalue()}[damage]
+    (broken / "profile.npz").write_bytes(content)
+    err = _bad(exitflow_cmd, broken, "--design", str(design), "--engine", "vectorised")
+    assert err.startswith("exitflow cosim: error: ") and message in err
+    assert f"run `exitflow profile {broken}` again" in err

@@ -189,3 +189,39 @@ def test_headroom_sizes_later_stages_for_more_samples_at_the_same_throughput():
         assert b.stage_cycles[0] == a.stage_cycles[0]  # the first stage sees every sample either way
         faster += b.stage_cycles[1] < a.stage_cycles[1]
     assert faster > 0
+
+
+@pytest.mark.parametrize("content, message", [
+    ("[1, 2]", 'expected {"layers": {layer name: FINN node name}}, got a JSON list'),
+    ('{"layers": ["conv0"]}', "got 'layers' of type list"),
+    ('{"layers": {"conv0": 3}}', "got 'conv0': 3"),
+    ('{"layers": {"conv0": ""}}', "got 'conv0': ''"),
+    ('{"nodes": {}}', "got no 'layers' key"),
+    ('{"layers": {"conv0": "MVAU_0", "conv1": "MVAU_0"}}', "two layers name the same FINN node"),
+    ("{not json", "unreadable or not JSON (JSONDecodeError)"),
+    (b"\xff\xfe\x00", "unreadable or not JSON (UnicodeDecodeError)"),
+])
+def test_layers_json_of_the_wrong_shape_is_one_line(tmp_path, content, message):
+    from exitflow.errors import ConfigError
+    from exitflow.finn_flow import read_layers
+
+    path = tmp_path / "seg0" / "layers.json"
+    path.parent.mkdir()
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    with pytest.raises(ConfigError) as err:
+        read_layers(path, "build it again")
+    assert str(err.value).startswith(f"{path}: ") and message in str(err.value) and str(err.value).endswith("; build it again")
+    assert "\n" not in str(err.value)
+    path.write_text('{"layers": {"conv0": "MVAU_rtl_0"}, "input_datatype": "UINT8"}')
+    assert read_layers(path, "x") == {"conv0": "MVAU_rtl_0"}
+
+
+def test_the_sweeps_inventory_reads_layers_json_checked(tmp_path):
+    from exitflow.dse.search import graph_cost
+    from exitflow.errors import ConfigError
+
+    folder = tmp_path / "sweep" / "inventory" / "seg0"
+    folder.mkdir(parents=True)
+    (folder / "layers.json").write_text("[]")
+    with pytest.raises(ConfigError, match=r"seg0/layers.json: expected .*got a JSON list; delete .*inventory and sweep again"):
+        graph_cost(folder, "xc7z020clg400-1", np.ones(4))

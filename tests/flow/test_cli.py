@@ -174,3 +174,20 @@ def test_sweep_max_exits_reaches_the_search(monkeypatch):
     assert seen["max_exits"] == 1
     assert main(["sweep", "d", "--board", "Pynq-Z2"]) == 2
     assert seen["max_exits"] == 3  # the search's own default
+
+
+@pytest.mark.parametrize("content, message", [
+    ("train:\n  epochs: 2\n  epochs: 3\n", "line 3: duplicate key 'epochs' (first at line 2); keep one of them"),
+    ("data: {name: digits, name: mnist5k}\n", "line 1: duplicate key 'name' (first at line 1)"),
+    ("# padding\n" * 120_000, "bytes is over the 1,048,576-byte limit for a YAML file"),
+])
+def test_a_config_with_duplicate_keys_or_over_the_size_cap(exitflow_cmd, tmp_path, content, message):
+    config = tmp_path / "config.yaml"
+    config.write_text(content)
+    for command in (["train", str(config), "--out", str(tmp_path / "out")], ["run", str(config), "--out", str(tmp_path / "out")]):
+        out = subprocess.run([*exitflow_cmd, *command], capture_output=True, text=True)
+        assert out.returncode == 2, out.stderr
+        assert out.stderr.count("\n") == 1 and "Traceback" not in out.stderr
+        assert out.stderr.startswith(f"exitflow {command[0]}: error: {config}: ") and message in out.stderr
+        assert not (tmp_path / "out" / "model.pt").exists()
+    assert config.read_text() == content
