@@ -256,7 +256,7 @@ def _add_arguments(name: str, p: argparse.ArgumentParser) -> None:
     """The arguments of each subcommand (later ones included, so that ``--help`` documents them now).
     Numbers are checked where they are parsed: a bad one is argparse's one-line usage error."""
 
-    def number(kind, low=None, high=None, what=""):
+    def number(kind, low=None, high=None, what="", above=None):
         def parse(text: str):
             try:
                 value = kind(text)
@@ -264,7 +264,8 @@ def _add_arguments(name: str, p: argparse.ArgumentParser) -> None:
                 raise argparse.ArgumentTypeError(f"must be {what}; got {text!r}") from None
             if kind is float and value != value:  # nan
                 raise argparse.ArgumentTypeError(f"must be {what}; got {text!r}")
-            if (low is not None and value < low) or (high is not None and value > high):
+            if (low is not None and value < low) or (high is not None and value > high) or (
+                    above is not None and value <= above):
                 raise argparse.ArgumentTypeError(f"must be {what}; got {text}")
             return value
 
@@ -287,9 +288,10 @@ def _add_arguments(name: str, p: argparse.ArgumentParser) -> None:
         p.add_argument("--objective", choices=["throughput", "latency"], default="throughput")
         p.add_argument("--min-accuracy", type=number(float, 0.0, 1.0, what="a fraction in [0, 1], e.g. 0.97"),
                        help="absolute accuracy floor (fraction, e.g. 0.97)")
-        p.add_argument("--max-drop-pp", type=float, default=1.0,
+        p.add_argument("--max-drop-pp", type=number(float, 0.0, 100.0, what="percentage points in [0, 100]"), default=1.0,
                        help="accuracy floor as percentage points below the final exit (default 1.0)")
-        p.add_argument("--max-latency-us", type=float, help="latency limit in microseconds")
+        p.add_argument("--max-latency-us", type=number(float, above=0.0, what="a positive number of microseconds"),
+                       help="latency limit in microseconds")
         p.add_argument("--util", type=number(float, what="a number in (0, 1], e.g. 0.85"), default=0.85,
                        help="utilisation cap of the board budget (default 0.85)")
         p.add_argument("--max-exits", type=number(int, 0, what="an integer >= 0"), default=3,
