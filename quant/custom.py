@@ -67,8 +67,6 @@ class CustomMultiExitNet(nn.Module):
         ordered_exits = sorted(dict.fromkeys(exits), key=order.index)
         if any(order.index(e) >= order.index(classifier) for e in ordered_exits):
             raise ConfigError(f"model.exits: every exit must come before the classifier {classifier!r}")
-        _check_layers(order, modules, classifier)
-        _check_stages(order, modules, ordered_exits, classifier)
         self.backbone = backbone
         self.input_shape = tuple(input_shape)
         self.num_classes = num_classes
@@ -78,6 +76,8 @@ class CustomMultiExitNet(nn.Module):
         self._tapping = False
         self._quantiser_of = {e: self._find_quantiser(order, modules, e) for e in ordered_exits}
         self._quantiser_of[CLASSIFIER_INPUT] = self._last_quantiser_before(order, modules, classifier)
+        _check_layers(order, modules, classifier)
+        _check_stages(order, modules, ordered_exits, classifier)
         for name in ordered_exits:
             modules[name].register_forward_hook(self._tap(name))
         cls.register_forward_pre_hook(self._stop_at_classifier)

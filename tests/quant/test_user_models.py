@@ -242,7 +242,7 @@ def test_unquantised_conv_is_named_when_the_model_is_built(user_module):
     "exits, message",
     [
         (("act2",), "no weight layer (QuantConv2d or QuantLinear) between the exit 'act2' and the classifier 'fc'"),
-        (("block1.act", "pool"), "no weight layer (QuantConv2d or QuantLinear) between the exits 'block1.act' and 'pool'"),
+        (("block1.act", "mid"), "no weight layer (QuantConv2d or QuantLinear) between the exits 'block1.act' and 'mid'"),
         (("inp",), "no weight layer (QuantConv2d or QuantLinear) before the first exit 'inp'"),
     ],
 )
