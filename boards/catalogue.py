@@ -125,6 +125,10 @@ def load_catalogue() -> dict[str, Board]:
     boards: dict[str, Board] = {}
     origin: dict[str, Path] = {}
     for folder in board_dirs():
+        if folder.exists() and not folder.is_dir():
+            source = "EXITFLOW_BOARDS" if os.environ.get("EXITFLOW_BOARDS") else "the user board folder"
+            raise BoardError(f"{folder}: is a file, not a folder of board files ({source}); "
+                             "point it at a folder holding one YAML file per board")
         if not folder.is_dir():
             continue
         for path in sorted(folder.iterdir()):

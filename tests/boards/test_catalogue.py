@@ -213,3 +213,16 @@ def test_a_board_file_over_the_size_cap_is_refused_before_parsing(user_boards, e
     out = subprocess.run([*exitflow_cmd, "boards"], capture_output=True, text=True, env=_env(user_boards))
     assert out.returncode == 2 and out.stderr.count("\n") == 1 and "Traceback" not in out.stderr
     assert "1,048,576-byte limit" in out.stderr
+
+
+def test_a_user_board_folder_that_is_a_file(tmp_path, monkeypatch, exitflow_cmd):
+    import os
+
+    path = tmp_path / "notafolder"
+    path.write_text("x")
+    monkeypatch.setenv("EXITFLOW_BOARDS", str(path))
+    with pytest.raises(BoardError, match=r"notafolder: is a file, not a folder of board files \(EXITFLOW_BOARDS\)"):
+        load_catalogue()
+    out = subprocess.run([*exitflow_cmd, "boards"], capture_output=True, text=True, env=dict(os.environ))
+    assert out.returncode == 2 and out.stdout == "" and out.stderr.count("\n") == 1 and "Traceback" not in out.stderr
+    assert path.read_text() == "x"
