@@ -87,6 +87,7 @@ def design_from_run(change: Callable[[dict], object], rel: str = "d.yaml") -> Ca
     def setup(cwd: Path) -> None:
         data = yaml.safe_load((cwd / "run" / "sweep" / "design.yaml").read_text())
         out = change(data)
+        (cwd / rel).parent.mkdir(parents=True, exist_ok=True)
         (cwd / rel).write_text(yaml.safe_dump(data if out is None else out, sort_keys=False))
     return setup
 
@@ -510,3 +511,37 @@ case("paths/export-in-spaced-folder", "export", SPACED, "--exits", "conv1", trai
 case("paths/run-again-relative-skips", "run", "hostile.yaml", "--out", "run", "--board", "Pynq-Z2", trained=True, code=0,
      may_write=("run/run.json", "run/report.html", "run/*.log"), setup=None)
 case("paths/boards-json", "boards", "KV260", "--json", code=0)
+
+
+# Near-duplicates of cases above, left out of the default run to keep the suite's time modest
+# (each case is a process that imports torch); EXITFLOW_HOSTILE_ALL=1 runs them too.
+EXTRA = {f"config/{c}" for c in (
+    "malformed-tab", "unclosed-quote", "duplicate-train-key", "top-level-scalar", "unknown-train-key", "epochs-float",
+    "lr-negative", "batch-size-zero", "head-pool-zero", "builtin-data-with-path", "val-fraction-one", "seed-string",
+    "run-board-lowercase-typo", "binary-file", "exit-is-final-block", "block-bits-bad-width", "epochs-zero",
+    "unknown-model-key", "malformed-indent", "custom-without-factory", "cnv-on-8x8-digits", "run-missing-file")}
+EXTRA |= {f"data/{c}" for c in (
+    "npz-float-labels", "npz-empty-arrays", "npz-object-array", "idx-truncated-header", "idx-count-mismatch",
+    "cifar-python-not-a-pickle", "idx-header-huge-dims", "npz-labels-negative", "npz-label-count-mismatch",
+    "npz-images-wrong-rank", "npz-missing")}
+EXTRA |= {f"model/{c}" for c in (
+    "profile-model-truncated-tiny", "profile-model-text", "profile-model-zip-of-junk", "profile-model-future-version",
+    "profile-model-empty", "profile-model-state-dict-wrong-shape", "profile-config-yaml-duplicate-key",
+    "export-final-block-as-exit")}
+EXTRA |= {"profile-npz/sweep-no-arrays", "profile-npz/sweep-is-a-folder", "layers-json/cosim-string",
+          "layers-json/cosim-layers-values-numbers"}
+EXTRA |= {f"run-folder/{c}" for c in ("build-json-list", "run-json-list", "cosim-of-nonexistent", "build-of-nonexistent",
+                                      "design-missing-cosim", "other-config-train")}
+EXTRA |= {f"design/build-{c}" for c in (
+    "simd-negative", "pe-string", "ram-style-unknown", "res-type-unknown", "clock-string", "stages-a-mapping",
+    "block-twice", "blocks-out-of-order", "stage-name-bad", "gate-depth-zero", "duplicate-head-names", "empty-file",
+    "top-level-list", "simd-not-dividing", "pe-simd-too-wide", "folding-unknown-key", "clock-negative",
+    "blocks-missing-one", "policy-unknown", "gate-depth-on-final", "missing-file")}
+EXTRA |= {f"board/boards-{c}" for c in ("lut-string", "negative-dsp", "list-not-mapping", "clock-zero")}
+EXTRA |= {f"flags/{c}" for c in ("util-nan", "max-latency-zero", "samples-abc", "engine-unknown", "unknown-command",
+                                 "out-empty-string", "max-drop-negative", "threads-negative", "reference-samples-zero",
+                                 "board-missing")}
+EXTRA |= {"paths/out-foreign-hidden-file", "paths/tilde-nonexistent"}
+assert EXTRA <= {c.id for c in CASES}, EXTRA - {c.id for c in CASES}
+if os.environ.get("EXITFLOW_HOSTILE_ALL") != "1":
+    CASES = [c for c in CASES if c.id not in EXTRA]

@@ -85,11 +85,11 @@ INTERRUPTS = [
     Interrupt("build-sigint-at-2s", BUILD, after(2.0)),
     Interrupt("build-sigint-when-backup-made", BUILD, when(BACKUP)),
     Interrupt("build-sigint-in-finn-codegen", BUILD, when("hw/*/codegen", 0.5), resume=BUILD),
-    Interrupt("build-sigint-in-vivado-project", BUILD, when("hw/vivado", 0.0)),
+    Interrupt("build-sigint-at-6s", BUILD, after(6.0)),
     Interrupt("run-sigint-at-0.5s", ("run", "hostile.yaml", "--out", "run"), after(0.5), prepare=edit_design),
     Interrupt("run-sigint-in-build", ("run", "hostile.yaml", "--out", "run"), when(BACKUP, 0.5), prepare=edit_design,
               resume=("run", "hostile.yaml", "--out", "run"), may_write=("sweep/design.yaml",)),
-    Interrupt("cosim-sigint-at-3s", ("cosim", "run"), after(3.0)),
+    Interrupt("cosim-sigint-at-1.5s", ("cosim", "run"), after(1.5)),
     Interrupt("sweep-sigint-at-4s", ("sweep", "run", "--board", "Pynq-Z2"), after(4.0)),
 ]
 
