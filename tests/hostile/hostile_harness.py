@@ -35,7 +35,9 @@ def checksums(folder: Path) -> dict[str, str]:
 
 def env_for(cwd: Path, extra: dict | None = None) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST", "EXITFLOW"))}
-    env.update({"XDG_CONFIG_HOME": str(cwd / ".xdg"), "HOME": str(cwd / ".home"), "PYTHONDONTWRITEBYTECODE": "1",
+    home = cwd.with_name(cwd.name + ".home")  # the user's own, beside the working folder (never the developer's)
+    (home / ".config").mkdir(parents=True, exist_ok=True)
+    env.update({"XDG_CONFIG_HOME": str(home / ".config"), "HOME": str(home), "PYTHONDONTWRITEBYTECODE": "1",
                 "OMP_NUM_THREADS": "1", "COLUMNS": "200"})
     env.update(extra or {})
     return env
