@@ -164,10 +164,10 @@ def test_kill9_leaves_backup_that_cosim_finds_and_names(run_copy):
     cwd = run_copy.parent
     good = _hw_of(_folder_state(run_copy))
     proc = start(list(BUILD), cwd)
-    when("hw/*/codegen", 0.3)(run_copy, proc)
+    when(BACKUP, 0.5)(run_copy, proc)  # the earlier build moved aside, the new one under way
     proc.kill()
     proc.wait(timeout=60)
-    assert (run_copy / BACKUP).is_dir() or (run_copy / "hw" / "build.json").is_file()
+    assert (run_copy / BACKUP).is_dir() and not (run_copy / "hw" / "build.json").is_file(), "the build ended before kill -9"
     cosim = exitflow(["cosim", "run", "--samples", "20"], cwd)
     assert cosim.code == 0, cosim.describe()
     if "put back" not in cosim.stderr and "backup" not in cosim.stderr and ".hw.previous" not in cosim.stderr:
