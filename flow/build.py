@@ -204,14 +204,17 @@ def _build_graphs(hw, design, design_path, board, model, data, exits, stage_laye
     jobs = []
     for k, stage in enumerate(design.stages):
         ctu = {"policy": stage.head.policy, "threshold": stage.head.threshold, "scale": manifest["heads"][k]["scale"]}
-        jobs.append((stage.name, "stage", manifest["stages"][k]["file"], [l["name"] for l in stage_layers[k]], stage.folding, None))
-        jobs.append((stage.head.name, "head", manifest["heads"][k]["file"], [l["name"] for l in head_layers[k]], stage.head.folding, ctu))
+        blocks = ", ".join(stage.blocks)
+        jobs.append((stage.name, "stage", manifest["stages"][k]["file"], [l["name"] for l in stage_layers[k]], stage.folding, None,
+                     f"the stage of blocks {blocks}"))
+        jobs.append((stage.head.name, "head", manifest["heads"][k]["file"], [l["name"] for l in head_layers[k]], stage.head.folding, ctu,
+                     f"the exit head after {stage.blocks[-1]}"))
     reports = []
-    for k, (name, kind, file, layers, folding, ctu) in enumerate(
+    for k, (name, kind, file, layers, folding, ctu, where) in enumerate(
             tqdm(jobs, desc="FINN", unit="graph", disable=not sys.stderr.isatty(), leave=False)):
         out = hw / name
         state = finn_flow.FlowState(name=name, part=board.part, clock_ns=clock_ns, layers=layers, folding=folding,
-                                    out=out, image_input=k == 0, ctu=ctu)
+                                    out=out, image_input=k == 0, ctu=ctu, where=where)
         finn_flow.run_flow(hw / "stages" / file, out, state)
         (out / "layers.json").write_text(json.dumps({"layers": state.layer_nodes, "input_datatype": state.input_datatype,
                                                      "input_scale": state.input_scale}, indent=1))

@@ -57,6 +57,10 @@ class FlowState:
     ctu: dict | None = None  # heads: policy, threshold (None: final exit), scale of the logits
     input_datatype: str = ""
     input_scale: float = 1.0
+    where: str = ""  # the graph in the user's words, for messages (e.g. "the stage of blocks conv0, conv1")
+
+    def __post_init__(self) -> None:
+        self.where = self.where or self.name
 
 
 #: The loggers FINN and QONNX talk through (SetFolding warns through ``finn_logger`` about every
@@ -124,17 +128,17 @@ def integerize_input(model, state: FlowState):
     graph_in = model.graph.input[0].name
     first = model.find_consumer(graph_in)
     if first is None:
-        raise UnsupportedLayerError(f"{state.name}: the graph input feeds no node")
+        raise UnsupportedLayerError(f"{state.where}: the graph input feeds no node")
     if state.image_input:
         dt, scale = DataType["UINT8"], np.float32(1.0 / 255.0)
     else:
         # a QuantReLU exports as Relu -> Quant; on its own non-negative output the Relu is the identity
         quant = model.find_consumer(first.output[0]) if first.op_type == "Relu" else first
         if quant is None or quant.op_type not in ("Quant", "BipolarQuant"):
-            raise UnsupportedLayerError(f"{state.name}: the graph must start with a quantiser; it starts with {first.op_type}")
+            raise UnsupportedLayerError(f"{state.where}: the graph must start with a quantiser; it starts with {first.op_type}")
         scale = model.get_initializer(quant.input[1])
         if scale is None or np.asarray(scale).size != 1:
-            raise UnsupportedLayerError(f"{state.name}: the input quantiser needs one per-tensor scale")
+            raise UnsupportedLayerError(f"{state.where}: the input quantiser needs one per-tensor scale")
         if quant.op_type == "BipolarQuant":
             dt = DataType["BIPOLAR"]
         else:
@@ -255,20 +259,20 @@ def take_dataflow_partition(model, state: FlowState):
     transposes, the output scale) stays in software. Anything else is an unsupported layer."""
     hw = [n.domain.startswith("finn.custom_op.fpgadataflow") for n in model.graph.node]
     if not any(hw):
-        raise UnsupportedLayerError(f"{state.name}: FINN mapped no layer to hardware")
+        raise UnsupportedLayerError(f"{state.where}: FINN mapped no layer to hardware")
     first, last = hw.index(True), len(hw) - 1 - hw[::-1].index(True)
     inside = [n for n, h in zip(model.graph.node[first : last + 1], hw[first : last + 1]) if not h]
     if inside:
         n = inside[0]
         raise UnsupportedLayerError(
-            f"{state.name}: unsupported layer type {n.op_type} (node {n.name}): FINN cannot map it to hardware"
+            f"{state.where}: unsupported layer type {n.op_type} (node {n.name}): FINN cannot map it to hardware"
         )
     outside = [n for n, h in zip(model.graph.node, hw) if not h]
     allowed = {"Transpose", "Mul", "Reshape", "Flatten", "Add"}
     bad = [n for n in outside if n.op_type not in allowed]
     if bad:
         raise UnsupportedLayerError(
-            f"{state.name}: unsupported layer type {bad[0].op_type} (node {bad[0].name}): FINN cannot map it to hardware"
+            f"{state.where}: unsupported layer type {bad[0].op_type} (node {bad[0].name}): FINN cannot map it to hardware"
         )
     from finn.transformation.fpgadataflow.create_dataflow_partition import CreateDataflowPartition
     from qonnx.core.modelwrapper import ModelWrapper
@@ -339,7 +343,7 @@ def apply_folding(model, state: FlowState):
     weight_nodes = [n for n in nodes if n.op_type.startswith(WEIGHT_OPS)]
     if len(weight_nodes) != len(state.layers):
         raise ExitflowError(
-            f"{state.name}: the graph has {len(weight_nodes)} weight layers but the model lists "
+            f"{state.where}: the graph has {len(weight_nodes)} weight layers but the model lists "
             f"{len(state.layers)} ({', '.join(state.layers)}); was the stage exported from this model?"
         )
     buffers = {}

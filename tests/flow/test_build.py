@@ -295,6 +295,11 @@ def test_unsupported_layer(tmp_path):
     state = FlowState(name="stage0", part="xc7z020clg400-1", clock_ns=10.0, layers=["a", "b"], folding={}, out=tmp_path / "out")
     with pytest.raises(UnsupportedLayerError, match=r"stage0: unsupported layer type \w+ \(node .*\): FINN cannot map it to hardware"):
         run_flow(tmp_path / "g.onnx", tmp_path / "out", state)
+    named = FlowState(name="seg0", part="xc7z020clg400-1", clock_ns=10.0, layers=["a", "b"], folding={},
+                      out=tmp_path / "out2", where="the stage of blocks conv0, conv1")
+    with pytest.raises(UnsupportedLayerError, match=r"^the stage of blocks conv0, conv1: unsupported layer type") as err:
+        run_flow(tmp_path / "g.onnx", tmp_path / "out2", named)
+    assert "seg0" not in str(err.value)  # messages name the user's blocks, never the internal graph name
 
 
 def test_failure_inside_finn_puts_earlier_outputs_back(digits_run, tmp_path, monkeypatch):
