@@ -118,7 +118,7 @@ def load_built(run_dir: str | Path, design_path: str | Path | None = None) -> Bu
     :class:`ConfigError` line naming the file and the fix."""
     from qonnx.custom_op.registry import getCustomOp
 
-    from exitflow.build import backup_of, is_finished, match_design
+    from exitflow.build import backup_of, check_folding, is_finished, match_design
     from exitflow.design import load_design
     from exitflow.files import user_path
     from exitflow.quant import checkpoint as ckpt
@@ -142,8 +142,18 @@ def load_built(run_dir: str | Path, design_path: str | Path | None = None) -> Bu
             raise ConfigError(f"{hw}: holds an interrupted build; the last finished build waits in {backup_of(hw)}: "
                               f"`exitflow cosim {run_dir}` puts it back, or {rebuild}")
         raise ConfigError(f"{hw}: no built hardware; {rebuild}")
+    try:
+        summary = json.loads((hw / "build.json").read_text())
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"{hw / 'build.json'}: damaged ({type(err).__name__}); {rebuild}") from None
+    if not isinstance(summary, dict) or not isinstance(summary.get("graphs"), list):
+        raise ConfigError(f"{hw / 'build.json'}: not a build summary (no 'graphs' list); {rebuild}")
     _import_finn_ops()
     stage_layers, head_layers = layer_table(model, exits)
+    for k, stage in enumerate(design.stages):  # the design's folding must be one FINN could build
+        check_folding(f"{design_path}: stages[{k}].folding", stage.folding, stage_layers[k], f"stage {stage.name!r}")
+        check_folding(f"{design_path}: stages[{k}].head.folding", stage.head.folding, head_layers[k],
+                      f"head {stage.head.name!r}")
     graphs, ctu = [], []
     for k, stage in enumerate(design.stages):
         pair = []

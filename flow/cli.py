@@ -92,11 +92,12 @@ def _load_run_config(path: str):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    config = _load_run_config(args.config)  # a bad config fails before torch is imported
+
     import torch
 
     from exitflow.quant.train import train
 
-    config = _load_run_config(args.config)
     torch.set_num_threads(max(1, args.threads))
     result = train(config, args.out)
     accuracy = ", ".join(f"{k} {100 * v:.2f}%" for k, v in result.val_accuracy.items())

@@ -18,8 +18,13 @@ def atomic_write(path: str | Path, write: Callable[[Path], object]) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".tmp.{path.name}")
-    write(tmp)
-    tmp.replace(path)
+    try:
+        write(tmp)
+        tmp.replace(path)
+    except BaseException:  # Ctrl-C or a failed write: no half-written file left beside the real one
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
     return path
 
 

@@ -248,13 +248,24 @@ def _step_key(step: _Step, ctx: _Context, records: dict) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
-def read_records(out: Path) -> dict:
-    """The step records of ``out/run.json`` ({} when there is none, or it is unreadable)."""
+def read_records(out: Path, strict: bool = False) -> dict:
+    """The step records of ``out/run.json`` ({} when there is none). An unreadable file is {}
+    too, unless ``strict``: then it is one ConfigError line, since redoing every step would
+    overwrite what the user may have edited since (``sweep/design.yaml``)."""
+    path = Path(out) / RUN_FILE
     try:
-        data = json.loads((Path(out) / RUN_FILE).read_text())
-    except (OSError, ValueError):
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as err:
+        if strict:
+            raise ConfigError(f"{path}: damaged ({type(err).__name__}); remove it to redo every step, or run with "
+                              "--force (nothing was changed)") from None
         return {}
     steps = data.get("steps") if isinstance(data, dict) else None
+    if strict and not isinstance(steps, dict):
+        raise ConfigError(f"{path}: not a run record (no 'steps' object); remove it to redo every step, or run "
+                          "with --force (nothing was changed)")
     return steps if isinstance(steps, dict) else {}
 
 
@@ -334,7 +345,7 @@ def _run(config, out: Path, settings: RunSettings, force: bool, log: Callable[[s
 
     ctx = _Context(config, out, settings, _resolved(config, settings), force)
     _check_folder(ctx)
-    records = {k: v for k, v in read_records(out).items() if k in STEP_NAMES}
+    records = {k: v for k, v in read_records(out, strict=not force).items() if k in STEP_NAMES}
     _write_records(ctx, records)  # marks DIR as a folder of `exitflow run` from the start
     result = RunResult(out)
     todo = list(steps if steps is not None else STEPS)
