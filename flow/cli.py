@@ -399,20 +399,42 @@ class _Interrupt:
     """Ctrl-C exits 130 at any instant. The first SIGINT raises KeyboardInterrupt, so every step
     puts back what it was changing; whatever that exception turns into on its way out (an
     ImportError when it lands inside an import, say) still ends as an interrupt. A second SIGINT
-    ends the process at once: what an interrupted build leaves, the next build repairs."""
+    ends the process at once: what an interrupted build leaves, the next build repairs.
+
+    Python swallows an exception raised where it cannot propagate (a weakref callback, a
+    ``__del__``) and prints "Exception ignored in ...". A KeyboardInterrupt lost that way is sent
+    again, so it lands in ordinary code, and nothing is printed."""
 
     def __init__(self) -> None:
         self.seen = False
         self.previous = None
+        self.previous_hook = None
+        self.alarm = None
 
     def __enter__(self) -> _Interrupt:
         if threading.current_thread() is threading.main_thread():
             self.previous = signal.signal(signal.SIGINT, self._handle)
+            self.previous_hook = sys.unraisablehook
+            sys.unraisablehook = self._unraisable
         return self
 
     def __exit__(self, *exc) -> None:
         if self.previous is not None:
             signal.signal(signal.SIGINT, self.previous)
+            sys.unraisablehook = self.previous_hook
+        if self.alarm is not None:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, self.alarm)
+
+    def _unraisable(self, unraisable) -> None:
+        if isinstance(unraisable.exc_value, KeyboardInterrupt):
+            # Raised again by an alarm a moment later, outside the finaliser (a signal raised
+            # here would be handled at once, inside this hook).
+            self.seen = False
+            self.alarm = signal.signal(signal.SIGALRM, self._handle)
+            signal.setitimer(signal.ITIMER_REAL, 0.02)
+            return
+        self.previous_hook(unraisable)
 
     def _handle(self, signum, frame) -> None:
         if self.seen:

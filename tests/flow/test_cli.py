@@ -2,6 +2,7 @@
 
 import json
 import subprocess
+import time
 
 import pytest
 
@@ -112,6 +113,30 @@ def test_keyboard_interrupt(monkeypatch, capsys):
 
     monkeypatch.setattr(cli, "cmd_boards", interrupted)
     assert main(["boards"]) == 130
+    assert capsys.readouterr().err == "exitflow boards: interrupted\n"
+
+
+def test_an_interrupt_that_lands_in_a_finaliser_still_interrupts(monkeypatch, capsys):
+    """Ctrl-C arriving inside a ``__del__`` or weakref callback is swallowed by Python ("Exception
+    ignored in ..."); exitflow raises it again in ordinary code, and prints nothing of it."""
+    import signal
+
+    class Finalised:
+        def __del__(self):
+            signal.raise_signal(signal.SIGINT)
+
+    reached = []
+
+    def work(args):
+        obj = Finalised()
+        del obj
+        for _ in range(200):
+            time.sleep(0.005)
+        reached.append("the end")
+
+    monkeypatch.setattr(cli, "cmd_boards", work)
+    assert main(["boards"]) == 130
+    assert reached == []
     assert capsys.readouterr().err == "exitflow boards: interrupted\n"
 
 
