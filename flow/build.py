@@ -26,7 +26,7 @@ import numpy as np
 from exitflow.boards.vivado import VIVADO_VERSION  # the tool release finn-plus 1.6.1 targets
 
 from .design import Design, load_design
-from .errors import ConfigError
+from .errors import ConfigError, check_interrupt
 from .files import atomic_write, user_path
 
 
@@ -123,8 +123,6 @@ def build(run_dir: str | Path, design_path: str | Path | None = None, log: Calla
           hw_dir: str | Path | None = None, vivado_project: bool = True) -> list[GraphReport]:
     """Build the design into ``hw_dir`` (default ``DIR/hw``); see the module docstring."""
     from exitflow.boards import get_board
-    from exitflow.quant import checkpoint as ckpt
-    from exitflow.quant.export import layer_table
 
     run_dir = user_path(run_dir)
     design_path = user_path(design_path) if design_path else run_dir / "sweep" / "design.yaml"
@@ -132,6 +130,10 @@ def build(run_dir: str | Path, design_path: str | Path | None = None, log: Calla
         raise ConfigError(f"{design_path}: design not found; pass --design FILE (a design YAML, see README)")
     design = load_design(design_path)
     board = get_board(design.board)
+    # torch, only once the design and the board are known to be good: a mistake there is reported at once
+    from exitflow.quant import checkpoint as ckpt
+    from exitflow.quant.export import layer_table
+
     config, model, data = ckpt.load_model(run_dir)
     exits = match_design(design, config, model, str(design_path))
     chosen = [*exits, model.exit_names[-1]]
@@ -233,6 +235,7 @@ def _build_graphs(hw, design, design_path, board, model, data, exits, stage_laye
         from exitflow.boards.vivado import write_project
 
         write_project(hw.parent, summary)
+    check_interrupt()  # a Ctrl-C that a library swallowed: the earlier build comes back, this one is not committed
     atomic_write(hw / "build.json", lambda tmp: tmp.write_text(json.dumps(summary, indent=1)))  # last: the build is done
     return reports
 

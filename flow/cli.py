@@ -23,7 +23,7 @@ import traceback
 from collections.abc import Callable, Sequence
 
 from . import __version__
-from .errors import ExitflowError, NotAvailableError
+from .errors import INTERRUPTED, ExitflowError, NotAvailableError
 
 # (name, one-line help, the issue that delivers it when it is not here yet)
 COMMANDS: list[tuple[str, str, str | None]] = [
@@ -412,6 +412,7 @@ class _Interrupt:
         self.alarm = None
 
     def __enter__(self) -> _Interrupt:
+        INTERRUPTED.clear()
         if threading.current_thread() is threading.main_thread():
             self.previous = signal.signal(signal.SIGINT, self._handle)
             self.previous_hook = sys.unraisablehook
@@ -419,6 +420,7 @@ class _Interrupt:
         return self
 
     def __exit__(self, *exc) -> None:
+        INTERRUPTED.clear()
         if self.previous is not None:
             signal.signal(signal.SIGINT, self.previous)
             sys.unraisablehook = self.previous_hook
@@ -440,6 +442,7 @@ class _Interrupt:
         if self.seen:
             os._exit(130)
         self.seen = True
+        INTERRUPTED.set()
         raise KeyboardInterrupt
 
 

@@ -8,6 +8,19 @@ exitflow and is reported as such.
 
 from __future__ import annotations
 
+import threading
+
+#: Set by the command line's Ctrl-C handler. Some library code catches every exception (a bare
+#: ``except``) and goes on, swallowing the KeyboardInterrupt; long loops call
+#: :func:`check_interrupt` between their steps, so the work still stops at the next step.
+INTERRUPTED = threading.Event()
+
+
+def check_interrupt() -> None:
+    """Raise KeyboardInterrupt if Ctrl-C was pressed (see :data:`INTERRUPTED`)."""
+    if INTERRUPTED.is_set():
+        raise KeyboardInterrupt
+
 
 class ExitflowError(Exception):
     """A problem with the user's input, explained in one line that says how to fix it."""

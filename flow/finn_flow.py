@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import ConfigError, ExitflowError
+from .errors import ConfigError, ExitflowError, check_interrupt
 
 HW_ATTRS = ["PE", "SIMD", "ram_style", "ram_style_thresholds", "mem_mode", "resType", "impl_style", "parallel_window"]
 WEIGHT_OPS = ("MVAU", "VVAU")
@@ -466,6 +466,7 @@ def run_flow(src: Path, out: Path, state: FlowState, log: Callable[[str], None] 
         raise ExitflowError(f"{src}: corrupt QONNX file ({type(err).__name__}); export the stages again") from None
     with finn_chatter(out / "finn.log", "w") as finn_log, finn_settings(out / "tmp"):
         for step in STEPS:
+            check_interrupt()  # a Ctrl-C that FINN swallowed stops the build here
             finn_log.write(f"== {step.__name__}\n")
             model = step(model, state)
             if step is specialize_layers:

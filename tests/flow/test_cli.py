@@ -140,6 +140,31 @@ def test_an_interrupt_that_lands_in_a_finaliser_still_interrupts(monkeypatch, ca
     assert capsys.readouterr().err == "exitflow boards: interrupted\n"
 
 
+def test_an_interrupt_a_library_swallowed_stops_at_the_next_step(monkeypatch, capsys):
+    """Library code that catches every exception swallows Ctrl-C; the next step boundary
+    (``check_interrupt``, between FINN steps and before a build is committed) stops the work."""
+    import signal
+
+    from exitflow.errors import check_interrupt
+
+    reached = []
+
+    def work(args):
+        try:
+            signal.raise_signal(signal.SIGINT)
+        except BaseException:  # noqa: BLE001 (what a careless library does)
+            pass
+        reached.append("after the library")
+        check_interrupt()
+        reached.append("the end")
+
+    monkeypatch.setattr(cli, "cmd_boards", work)
+    assert main(["boards"]) == 130
+    assert reached == ["after the library"]
+    assert capsys.readouterr().err == "exitflow boards: interrupted\n"
+    check_interrupt()  # the next command starts afresh
+
+
 def test_python_dash_m(exitflow_cmd):
     import sys
 
