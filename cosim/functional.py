@@ -116,22 +116,24 @@ def _apply_layout(nodes: list, parent, x: np.ndarray, where: str) -> np.ndarray:
 def load_built(run_dir: str | Path, design_path: str | Path | None = None) -> Built:
     """Check and load ``DIR``'s model, the design and ``DIR/hw``; every problem is one
     :class:`ConfigError` line naming the file and the fix."""
-    from qonnx.custom_op.registry import getCustomOp
-
-    from exitflow.build import backup_of, check_folding, is_finished, match_design
     from exitflow.design import load_design
     from exitflow.files import user_path
-    from exitflow.quant import checkpoint as ckpt
-    from exitflow.finn_flow import read_layers
-    from exitflow.quant.export import layer_table
-
-    from .engines import _import_finn_ops
 
     run_dir = user_path(run_dir)
     design_path = user_path(design_path) if design_path else run_dir / "sweep" / "design.yaml"
     if not design_path.is_file():
         raise ConfigError(f"{design_path}: design not found; pass --design FILE (a design YAML, see README)")
     design = load_design(design_path)
+    # torch, QONNX and FINN, only once the design is known to be good: a mistake there is reported at once
+    from qonnx.custom_op.registry import getCustomOp
+
+    from exitflow.build import backup_of, check_folding, is_finished, match_design
+    from exitflow.finn_flow import read_layers
+    from exitflow.quant import checkpoint as ckpt
+    from exitflow.quant.export import layer_table
+
+    from .engines import _import_finn_ops
+
     config, model, _ = ckpt.load_model(run_dir)
     early = match_design(design, config, model, str(design_path))
     exits = [*early, model.exit_names[-1]]

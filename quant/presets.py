@@ -8,8 +8,10 @@ per-tensor, so each layer's output is integers times one scale.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from torch import nn
+if TYPE_CHECKING:  # torch only for annotations: reading a config must not wait for torch
+    from torch import nn
 
 PRESETS: dict[str, tuple[int, int]] = {"w1a1": (1, 1), "w2a2": (2, 2), "w4a4": (4, 4), "w8a8": (8, 8)}
 SUPPORTED_BITS = (1, 2, 3, 4, 5, 6, 7, 8)
