@@ -8,6 +8,39 @@ pytest_plugins = ["exitflow.testing", "pytester"]
 
 REPO = Path(__file__).resolve().parents[1]
 
+# The test command runs the suite on two processes (pytest-xdist: -n 2 in pyproject.toml). A
+# process takes one group at a time: the tests that share an expensive session fixture form one
+# group, so the fixture is made once; every other test module is a group of its own (its tests
+# keep their order, as the README walk-through needs). The longest groups go first, so that
+# neither process is left with a long one at the end.
+SHARED = {"tests/hostile/": "hostile (one trained run)", "tests/cosim/": "cosim (the built designs)",
+          "tests/flow/test_run.py": "finished_run", "tests/flow/test_report.py": "finished_run"}
+LONGEST_FIRST = ["hostile (one trained run)", "tests/test_readme.py", "tests/flow/test_build.py",
+                 "cosim (the built designs)", "finished_run", "tests/dse/test_sweep.py", "tests/dse/test_finn_model.py",
+                 "tests/quant/test_export.py"]
+
+
+def group_of(nodeid: str) -> str:
+    path = nodeid.split("::", 1)[0]
+    return next((group for prefix, group in SHARED.items() if path.startswith(prefix)), path)
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {group: k for k, group in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(group_of(item.nodeid), len(rank)))  # stable: order within a group kept
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """xdist's scope scheduling with :func:`group_of` as the scope (its own ``loadgroup`` marks
+    are lost on pytest 9, whose node ids no longer follow ``item._nodeid``)."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class Groups(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return group_of(nodeid)
+
+    return Groups(config, log)
+
 
 @pytest.fixture
 def repo() -> Path:

@@ -138,6 +138,8 @@ def test_integer_streams_between_stages(digits_run, tmp_path):
 
 @pytest.fixture(scope="module")
 def cnv_run(tmp_path_factory):
+    """A quarter-width cnv w2a2 (16..64 channels): the same FINN nodes and stage boundaries as the
+    full width, built in a fraction of the time (dse/test_finn_model builds the full width)."""
     from exitflow.data import DataSpec
     from exitflow.quant.config import ModelConfig, RunConfig, TrainConfig
     from exitflow.quant.train import train
@@ -146,7 +148,8 @@ def cnv_run(tmp_path_factory):
     rng = np.random.default_rng(0)
     np.savez(folder / "tiny.npz", x=rng.integers(0, 256, (64, 3, 32, 32), dtype=np.uint8), y=np.arange(64) % 10)
     config = RunConfig(data=DataSpec(name="npz", path=str(folder / "tiny.npz")),
-                       model=ModelConfig(backbone="cnv", preset="w2a2"), train=TrainConfig(epochs=1, batch_size=32))
+                       model=ModelConfig(backbone="cnv", preset="w2a2", width=0.25),
+                       train=TrainConfig(epochs=1, batch_size=32))
     train(config, folder / "run", log=lambda line: None)
     return folder / "run"
 
@@ -161,7 +164,7 @@ def test_cnv_builds_for_every_subset(cnv_run, tmp_path, exits):
     stages, start = [], 0
     for k, end in enumerate([*exits, "fc1"]):
         blocks = CNV_BLOCKS[start : CNV_BLOCKS.index(end) + 1]
-        folding = {"conv1": {"pe": 16, "simd": 32}} if "conv1" in blocks else {}
+        folding = {"conv1": {"pe": 16, "simd": 16}} if "conv1" in blocks else {}  # quarter width: 16 channels
         stages.append((f"s{k}", blocks, folding, {}))
         start = CNV_BLOCKS.index(end) + 1
     build(cnv_run, _write(tmp_path, _design("cnv", stages)), log=lambda line: None)
