@@ -25,7 +25,7 @@ import numpy as np
 
 from exitflow.boards.vivado import VIVADO_VERSION  # the tool release finn-plus 1.6.1 targets
 
-from .design import Design, load_design
+from .design import Design, gate_depth_limit, load_design, memory_bits
 from .errors import ConfigError, check_interrupt
 from .files import atomic_write, user_path
 
@@ -224,7 +224,7 @@ def _build_graphs(hw, design, design_path, board, model, data, exits, stage_laye
         reports.append(report)
         log(f"{kind} {name}: {report.nodes} HW nodes, interval {report.interval_cycles} cycles, "
             f"LUT {report.lut:.0f}, BRAM18 {report.bram18}, DSP {report.dsp}")
-    gates = _gate_checks(hw, design, log)
+    gates = _gate_checks(hw, design, board, design_path, log)
     summary = {
         "design": str(Path(design_path).resolve()), "board": board.name, "part": board.part, "gates": gates,
         "clock_mhz": design.resolve_clock_mhz(), "input_shape": list(data["input_shape"]),
@@ -240,19 +240,27 @@ def _build_graphs(hw, design, design_path, board, model, data, exits, stage_laye
     return reports
 
 
-def _gate_checks(hw: Path, design: Design, log) -> list[dict]:
-    """A gate's FIFO should cover its head's decision latency (the sum of the head's node
-    cycles): a shallower one stalls the stage while the head decides. Reported, not refused:
-    the depth is the design's trade-off."""
+def _gate_checks(hw: Path, design: Design, board, design_path: Path, log) -> list[dict]:
+    """A gate must fit on the board: ``gate_depth`` feature maps of the stage's real size (its
+    folded output words times the stream width) within the device's memory, or the design is
+    refused. Its FIFO should also cover its head's decision latency (the sum of the head's node
+    cycles): a shallower one stalls the stage while the head decides. That is reported, not
+    refused: the depth is the design's trade-off."""
     from qonnx.core.modelwrapper import ModelWrapper
     from qonnx.custom_op.registry import getCustomOp
 
     import exitflow.hw_ops.ctu_op  # noqa: F401
 
     checks = []
-    for stage in design.stages[:-1]:
-        last = ModelWrapper(str(hw / stage.name / "model_hw.onnx")).graph.node[-1]
-        folds = int(np.prod(getCustomOp(last).get_folded_output_shape()[:-1]))
+    for k, stage in enumerate(design.stages[:-1]):
+        last = getCustomOp(ModelWrapper(str(hw / stage.name / "model_hw.onnx")).graph.node[-1])
+        folds = int(np.prod(last.get_folded_output_shape()[:-1]))
+        map_bits = folds * int(last.get_outstream_width())
+        if stage.gate_depth * map_bits > memory_bits(board):
+            raise ConfigError(
+                f"{design_path}: stages[{k}].gate_depth: {stage.gate_depth:,} feature maps of {map_bits:,} bits after "
+                f"{stage.name!r} need {stage.gate_depth * map_bits:,} bits; {board.name} holds {memory_bits(board):,} "
+                f"in all (BRAM, URAM and LUT RAM), so at most {gate_depth_limit(board, map_bits):,} maps; the search uses 2 to 8")
         latency = sum(json.loads((hw / stage.head.name / "estimate_layer_cycles.json").read_text()).values())
         words = stage.gate_depth * folds
         checks.append({"stage": stage.name, "fifo_words": words, "head_latency_cycles": int(latency), "covers": words >= latency})

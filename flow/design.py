@@ -217,12 +217,18 @@ def _check_board(design: Design, source: str) -> None:
         raise ConfigError(f"{where}{key}: {message}")
 
 
-def gate_depth_limit(board) -> int:
-    """The most feature maps a gate can hold on ``board``: every bit of its block RAM, UltraRAM
-    and LUT RAM (64 bits a LUT) holding one feature map of a single bit. Real feature maps are
-    hundreds of bits and more, so a design near this bound never fits; past it, it cannot."""
+def memory_bits(board) -> int:
+    """Every bit of memory on ``board``'s device: block RAM, UltraRAM and LUT RAM (64 bits a LUT)."""
     r = board.available
     return r.bram18 * 18 * 1024 + r.uram * 288 * 1024 + r.lut * 64
+
+
+def gate_depth_limit(board, map_bits: int = 1) -> int:
+    """The most feature maps of ``map_bits`` bits a gate can hold on ``board``, with all of its
+    memory (:func:`memory_bits`) and nothing else on the device: past it, a design cannot fit.
+    With the default of one bit a map, the bound for a design whose stream widths are not known
+    yet (the build checks each gate again with its real feature-map size)."""
+    return memory_bits(board) // max(1, map_bits)
 
 
 def check_fits_board(design: Design, board) -> list[tuple[str, str]]:
@@ -269,6 +275,7 @@ __all__ = [
     "check_fits_board",
     "design_from_data",
     "gate_depth_limit",
+    "memory_bits",
     "load_design",
     "save_design",
     "to_data",

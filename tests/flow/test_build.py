@@ -259,6 +259,26 @@ def test_bad_design_leaves_earlier_outputs_alone(digits_run, tmp_path, exitflow_
     assert {p: p.stat().st_mtime_ns for p in (digits_run / "hw").rglob("*.json")} == before
 
 
+def test_a_gate_deeper_than_the_board_can_hold_is_refused(digits_run, tmp_path, exitflow_cmd):
+    """Within the config-time bound (one bit a map) but not with the stage's real feature maps:
+    the build refuses it, names the key and the deepest gate that fits, and keeps the last hw/."""
+    from exitflow.boards import get_board
+    from exitflow.design import gate_depth_limit
+
+    good = _write(tmp_path, _design("lenet", LENET_SUBSETS[1]))
+    assert subprocess.run([*exitflow_cmd, "build", str(digits_run), "--design", str(good)], capture_output=True).returncode == 0
+    before = {p: p.stat().st_mtime_ns for p in (digits_run / "hw").rglob("*.json")}
+    data = _design("lenet", LENET_SUBSETS[1])
+    data["stages"][0]["gate_depth"] = gate_depth_limit(get_board("Pynq-Z2")) // 2
+    deep = tmp_path / "deep"
+    deep.mkdir()
+    out = subprocess.run([*exitflow_cmd, "build", str(digits_run), "--design", str(_write(deep, data))],
+                         capture_output=True, text=True)
+    assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
+    assert "stages[0].gate_depth" in out.stderr and "feature maps of" in out.stderr and "so at most" in out.stderr
+    assert {p: p.stat().st_mtime_ns for p in (digits_run / "hw").rglob("*.json")} == before
+
+
 def test_cli_says_what_the_bitfile_needs(digits_run, tmp_path, exitflow_cmd):
     design = _write(tmp_path, _design("lenet", LENET_SUBSETS[0]))
     out = subprocess.run([*exitflow_cmd, "build", str(digits_run), "--design", str(design)], capture_output=True, text=True)
