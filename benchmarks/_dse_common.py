@@ -31,7 +31,7 @@ def swept(model: str, drop_pp: float):
         return _CACHE[key]
     import torch
 
-    from exitflow.data import DataSpec
+    from exitflow.core.data import DataSpec
     from exitflow.dse.sweep import sweep
     from exitflow.quant.config import ModelConfig, RunConfig, TrainConfig
     from exitflow.quant.profile import profile

@@ -47,7 +47,7 @@ def _design_for(model: str, root: Path) -> Path:
 
 
 def run() -> list[dict]:
-    from exitflow.build import build
+    from exitflow.hw.build import build
     from exitflow.cosim import cosimulate
     from exitflow.cosim.cycle import load_pipeline, simulate
     from exitflow.dse.throughput import stage_level_fps
@@ -58,7 +58,7 @@ def run() -> list[dict]:
     for model in ("lenet", "cnv"):
         run_dir = _design_for(model, root)
         design = run_dir / "sweep" / "design.yaml"
-        build(run_dir, design, log=lambda line: None, vivado_project=False)
+        build(run_dir, design, log=lambda line: None, vivado_project=None)
         taken = cosimulate(run_dir, design, engine="vectorised").engines[0].results.exit
         pipeline, names = load_pipeline(run_dir, design)
         start = time.perf_counter()

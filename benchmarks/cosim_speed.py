@@ -32,7 +32,7 @@ PEAK_MEM = """
 import resource, sys, numpy as np, torch
 torch.set_num_threads(2)
 from exitflow.cosim.functional import load_built, run_design
-from exitflow.data import load_splits
+from exitflow.core.data import load_splits
 built = load_built(sys.argv[1], sys.argv[2])
 x = load_splits(built.config.data).test.x
 images = np.resize(x, (10_000, *x.shape[1:]))  # the test split repeated to 10,000 samples
@@ -42,7 +42,7 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
 
 def _trained_and_built(root: Path, name: str, data, model, design: dict) -> tuple[Path, Path]:
-    from exitflow.build import build
+    from exitflow.hw.build import build
     from exitflow.quant.config import RunConfig, TrainConfig
     from exitflow.quant.train import train
 
@@ -50,7 +50,7 @@ def _trained_and_built(root: Path, name: str, data, model, design: dict) -> tupl
     train(RunConfig(data=data, model=model, train=TrainConfig(epochs=1)), run, log=lambda line: None)
     path = root / f"{name}.yaml"
     path.write_text(yaml.safe_dump(design, sort_keys=False))
-    build(run, path, log=lambda line: None, vivado_project=False)
+    build(run, path, log=lambda line: None, vivado_project=None)
     return run, path
 
 
@@ -59,7 +59,7 @@ def run() -> dict:
 
     from exitflow.cosim.engines import FinnEngine, VectorisedEngine
     from exitflow.cosim.functional import load_built, run_design
-    from exitflow.data import DataSpec, load_splits
+    from exitflow.core.data import DataSpec, load_splits
     from exitflow.quant.config import ModelConfig
 
     torch.set_num_threads(2)

@@ -13,7 +13,7 @@ ATHEENA = {"lut": 1818, "ff": 1498, "dsp": 8}
 
 
 def run() -> list[dict]:
-    from exitflow.hw_ops.ctu import CTUParams
+    from exitflow.hls_templates.ctu import CTUParams
 
     rows = []
     for policy in ("max_prob", "margin"):

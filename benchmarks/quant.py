@@ -29,7 +29,7 @@ def calibrate(summary: dict) -> int:
 
 
 def run_one(dataset: str) -> dict:
-    from exitflow.data import DataSpec
+    from exitflow.core.data import DataSpec
     from exitflow.quant.config import RunConfig
     from exitflow.quant.profile import profile
     from exitflow.quant.train import train

@@ -18,9 +18,11 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from exitflow.errors import NotAvailableError
+from exitflow.core.errors import NotAvailableError
+from exitflow.hw import build as hw_build
+from exitflow.hw.build import VIVADO_VERSION, missing_tools
+from exitflow.hw.folding import record_fifo_depth
 
-VIVADO_VERSION = "2024.2"
 ID_BITS = 16
 BOARD_PARTS = {  # board files Vivado knows the PYNQ boards by (used when installed)
     "Pynq-Z1": "www.digilentinc.com:pynq-z1:part0:1.0",
@@ -29,13 +31,6 @@ BOARD_PARTS = {  # board files Vivado knows the PYNQ boards by (used when instal
     "ZCU104": "xilinx.com:zcu104:part0:1.1",
     "KV260": "xilinx.com:kv260_som:part0:1.3",
 }
-
-
-def missing_tools() -> list[str]:
-    missing = [] if shutil.which("vivado") else [f"Vivado {VIVADO_VERSION} (vivado)"]
-    if not (shutil.which("vitis_hls") or shutil.which("vitis-run")):
-        missing.append(f"Vitis HLS {VIVADO_VERSION} (vitis_hls or vitis-run)")
-    return missing
 
 
 _TCL_BARE = re.compile(r"[A-Za-z0-9_./:+=,@%-]+")
@@ -105,10 +100,10 @@ def write_project(run_dir: str | Path, summary: dict | None = None) -> Path:
     from qonnx.core.modelwrapper import ModelWrapper
     from qonnx.custom_op.registry import getCustomOp
 
-    import exitflow.hw_ops.ctu_op  # noqa: F401
-    from exitflow.boards import get_board
+    import exitflow.hls_templates.ctu_op  # noqa: F401
+    from exitflow.core.catalogue import get_board
     from exitflow.boards.driver import RecordFormat
-    from exitflow.design import load_design
+    from exitflow.core.design import load_design
     from exitflow.hls_templates import TEMPLATE_DIR
 
     hw = Path(run_dir) / "hw"
@@ -168,19 +163,11 @@ def write_project(run_dir: str | Path, summary: dict | None = None) -> Path:
     return out
 
 
-def record_fifo_depth(design) -> int:
-    """Records each CTU -> gate and exit -> merge stream holds in the block design: an AXI-stream
-    FIFO at least as deep as the deepest gate (a gate waiting for the next stage stops reading
-    records; with only a stream register in between, the head then stalls the duplicate before
-    the gate's feature-map FIFO is full, and depth beyond the head's own storage buys nothing:
-    found by the cycle simulation), and 16 at least (``axis_data_fifo``'s minimum). The cycle
-    simulation (``exitflow.cosim.cycle``) uses the same depth."""
-    return record_fifo_for(max([stage.gate_depth or 1 for stage in design.stages]))
-
-
-def record_fifo_for(deepest_gate: int) -> int:
-    """:func:`record_fifo_depth` for a design whose deepest gate holds ``deepest_gate`` feature maps."""
-    return 1 << max(4, (max(1, deepest_gate) - 1).bit_length())
+def build_with_project(run_dir: str | Path, design_path: str | Path | None = None, log=print,
+                       hw_dir: str | Path | None = None) -> list:
+    """:func:`exitflow.hw.build.build` with the Vivado project (:func:`write_project`) written
+    from the build's summary before build.json commits the build, as ``exitflow build`` does."""
+    return hw_build.build(run_dir, design_path, log=log, hw_dir=hw_dir, vivado_project=write_project)
 
 
 def build_bitfile(run_dir: str | Path, log=print) -> Path:
@@ -195,7 +182,7 @@ def build_bitfile(run_dir: str | Path, log=print) -> Path:
     from finn.transformation.fpgadataflow.hlssynth_ip import HLSSynthIP
     from qonnx.core.modelwrapper import ModelWrapper
 
-    from exitflow.finn_flow import finn_settings
+    from exitflow.hw.finn_flow import finn_settings
 
     summary = json.loads((hw / "build.json").read_text())
     for graph in summary["graphs"]:

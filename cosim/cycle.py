@@ -54,10 +54,10 @@ from pathlib import Path
 
 import numpy as np
 
-from exitflow.errors import ConfigError
+from exitflow.core.errors import ConfigError
 
 RECORD_FIFO = 2  # records a bare CTU -> gate or exit -> merge stream holds (a stream register); a
-# built design has record FIFOs as deep as its deepest gate (exitflow.boards.vivado.record_fifo_depth)
+# built design has record FIFOs as deep as its deepest gate (exitflow.hw.folding.record_fifo_depth)
 MIN_SAMPLES = 10_000  # samples simulated at least: the exit sequence repeats until there are this many
 PROGRESS_EVERY = 1_000
 
@@ -385,8 +385,8 @@ def _graph_units(folder: Path, fix: str) -> tuple[list[Unit], object]:
 
 def load_pipeline(run_dir: str | Path, design_path: str | Path | None = None) -> tuple[Pipeline, list[str]]:
     """The pipeline of the design built in ``DIR/hw`` and its exit (head) names."""
-    from exitflow.design import load_design
-    from exitflow.files import user_path
+    from exitflow.core.design import load_design
+    from exitflow.core.files import user_path
 
     from .engines import _import_finn_ops
 
@@ -411,7 +411,7 @@ def load_pipeline(run_dir: str | Path, design_path: str | Path | None = None) ->
         head, _ = _graph_units(hw / stage.head.name, fix)
         words = int(np.prod(last.get_folded_output_shape()[:-1]))
         stages.append(Stage(stage.name, tuple(units), tuple(head), stage.gate_depth, max(1, words)))
-    from exitflow.boards.vivado import record_fifo_depth
+    from exitflow.hw.folding import record_fifo_depth
 
     return Pipeline(tuple(stages), clock_mhz, record_fifo_depth(design)), [s.head.name for s in design.stages]
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from exitflow.errors import ExitflowError
+from exitflow.core.errors import ExitflowError
 
 #: node types (generic names, without the _hls/_rtl suffix) that only move data
 PASS_THROUGH = ("StreamingDataWidthConverter", "StreamingFIFO", "StreamingDataflowPartition")
@@ -50,8 +50,8 @@ def _import_finn_ops() -> None:
 
     if getattr(settings, "_SETTINGS", None) is None:
         settings.initialize_dummy_settings()
-    import exitflow.hw_ops.ctu_op  # noqa: F401
-    import exitflow.hw_ops.routing_ops  # noqa: F401
+    import exitflow.hls_templates.ctu_op  # noqa: F401
+    import exitflow.hls_templates.routing_ops  # noqa: F401
 
 
 # ------------------------------------------------------------------------------- reference

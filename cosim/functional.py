@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from exitflow.errors import ConfigError
+from exitflow.core.errors import ConfigError
 
 from .engines import FinnEngine, VectorisedEngine, first_difference
 
@@ -62,7 +62,7 @@ class Built:
 
     run_dir: Path
     design_path: Path
-    design: object  # exitflow.design.Design
+    design: object  # exitflow.core.design.Design
     config: object  # RunConfig
     model: object  # MultiExitNet
     exits: list[str]  # the model's exits the design keeps, the final one last
@@ -116,8 +116,8 @@ def _apply_layout(nodes: list, parent, x: np.ndarray, where: str) -> np.ndarray:
 def load_built(run_dir: str | Path, design_path: str | Path | None = None) -> Built:
     """Check and load ``DIR``'s model, the design and ``DIR/hw``; every problem is one
     :class:`ConfigError` line naming the file and the fix."""
-    from exitflow.design import load_design
-    from exitflow.files import user_path
+    from exitflow.core.design import load_design
+    from exitflow.core.files import user_path
 
     run_dir = user_path(run_dir)
     design_path = user_path(design_path) if design_path else run_dir / "sweep" / "design.yaml"
@@ -127,8 +127,9 @@ def load_built(run_dir: str | Path, design_path: str | Path | None = None) -> Bu
     # torch, QONNX and FINN, only once the design is known to be good: a mistake there is reported at once
     from qonnx.custom_op.registry import getCustomOp
 
-    from exitflow.build import backup_of, check_folding, is_finished, match_design
-    from exitflow.finn_flow import read_layers
+    from exitflow.hw.build import backup_of, is_finished, match_design
+    from exitflow.hw.folding import check_folding
+    from exitflow.hw.finn_flow import read_layers
     from exitflow.quant import checkpoint as ckpt
     from exitflow.quant.export import layer_table
 
@@ -263,7 +264,7 @@ def run_design(built: Built, images: np.ndarray, engine: str = "vectorised",
 def model_logits(built: Built, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(integer logits (N, exits, classes), scales, logit bit widths) of the Brevitas model at the
     design's exits, as profiling computes them."""
-    from exitflow.data import ImageSet
+    from exitflow.core.data import ImageSet
     from exitflow.quant.profile import run_exits
 
     data = ImageSet("cosim", images, np.zeros(len(images), dtype=np.int64), built.model.num_classes)
@@ -524,7 +525,7 @@ def cosimulate(run_dir: str | Path, design: str | Path | None = None, samples: i
     """Cosimulate the first ``samples`` test samples (all by default) of the design built in
     ``run_dir``. ``engine``: "vectorised" (all samples), "finn" (FINN's reference, all samples:
     slow) or "both" (vectorised on all, FINN on the first ``reference_samples``)."""
-    from exitflow.data import load_splits
+    from exitflow.core.data import load_splits
 
     if engine not in ENGINES:
         raise ConfigError(f"engine: {engine!r} is not one of {', '.join(ENGINES)}")

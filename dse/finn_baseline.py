@@ -21,9 +21,9 @@ def finn_setfolding_baseline(run_dir: Path, model, config, board, budget: np.nda
     meanwhile (SetFolding warns about every op it does not know) goes to ``run_dir/log/finn.log``."""
     from qonnx.core.modelwrapper import ModelWrapper
 
-    import exitflow.hw_ops.ctu_op  # noqa: F401
-    from exitflow.build import build
-    from exitflow.finn_flow import finn_chatter
+    import exitflow.hls_templates.ctu_op  # noqa: F401
+    from exitflow.hw.build import build
+    from exitflow.hw.finn_flow import finn_chatter
     from exitflow.quant.custom import CustomMultiExitNet
 
     blocks = [model.exit_names[-1]] if isinstance(model, CustomMultiExitNet) else list(model.block_names)
@@ -33,7 +33,7 @@ def finn_setfolding_baseline(run_dir: Path, model, config, board, budget: np.nda
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "design.yaml").write_text(yaml.safe_dump(design, sort_keys=False))
     if not (folder / "hw" / "build.json").exists():
-        build(run_dir, folder / "design.yaml", log=lambda line: None, hw_dir=folder / "hw", vivado_project=False)
+        build(run_dir, folder / "design.yaml", log=lambda line: None, hw_dir=folder / "hw", vivado_project=None)
     graphs = [ModelWrapper(str(folder / "hw" / name / "model_specialized.onnx")) for name in ("whole", "classifier")]
     best, points = None, []
     with finn_chatter(run_dir / "log" / "finn.log") as log_file:  # SetFolding warns hundreds of times
@@ -74,11 +74,11 @@ def _setfolding_point(graphs, target: int, board, budget: np.ndarray) -> dict:
 
 
 def _unbuildable(model) -> list[str]:
-    """FINN's code-generation rules (:func:`exitflow.build.folding_violation`) that a folding
+    """FINN's code-generation rules (:func:`exitflow.hw.build.folding_violation`) that a folding
     SetFolding chose breaks: it does not check SIMD >= MW/1024, which FINN's HLS MVAU asserts."""
     from qonnx.custom_op.registry import getCustomOp
 
-    from exitflow.build import folding_violation
+    from exitflow.hw.folding import folding_violation
 
     out = []
     for node in model.graph.node:

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from exitflow.hw.folding import _pool_folds, _set_pool_fold, _window_attrs, _window_cycles, pool_units, window_fold
+
 RESOURCES = ("lut", "bram18", "uram", "dsp")
 
 BUFFER_STYLES = ("distributed", "block")
@@ -74,70 +76,6 @@ class PoolUnit:
     nodes: dict = field(default_factory=dict)  # node -> {lut, ...: (styles, folds)}, for tests
 
 
-def pick_pool(cycles: np.ndarray, limit) -> np.ndarray:
-    """The fold a pooling unit takes: the narrowest (options ascending) whose cycles are at most
-    ``limit``, the cycles of the MVAU governing it (:func:`pool_units`); the widest when none is.
-    One definition: the build applies it, the search models it."""
-    limit = np.asarray(limit, dtype=np.float64)
-    fits = np.asarray(cycles, dtype=np.float64) <= limit[..., None]
-    return np.where(fits.any(axis=-1), fits.argmax(axis=-1), len(cycles) - 1)
-
-
-def pool_units(model) -> list[tuple]:
-    """(window generator, Pool node, governing MVAU node, the pool's stream leaves the graph) for
-    every Pool fed by a window generator. The governing MVAU is the nearest one upstream (the
-    convolution whose output the pool reduces) or, for a pool at the graph's input (an exit
-    head), the nearest one downstream; None when the graph has no MVAU on that path (the pool
-    then keeps the folding it was built with)."""
-    out = []
-    for pool in model.graph.node:
-        if not pool.op_type.startswith("Pool"):
-            continue
-        swg = model.find_producer(pool.input[0])
-        if swg is None or not swg.op_type.startswith("ConvolutionInputGenerator"):
-            continue
-        governor = model.find_producer(swg.input[0])
-        while governor is not None and not governor.op_type.startswith("MVAU"):
-            governor = model.find_producer(governor.input[0])
-        ends = model.find_consumer(pool.output[0]) is None
-        if governor is None:
-            governor = model.find_consumer(pool.output[0])
-            while governor is not None and not governor.op_type.startswith("MVAU"):
-                governor = model.find_consumer(governor.output[0])
-        out.append((swg, pool, governor, ends))
-    return out
-
-
-def _pool_folds(pool_inst) -> list[int]:
-    channels = pool_inst.get_nodeattr("Channels")
-    return [d for d in range(1, channels + 1) if channels % d == 0]
-
-
-def _set_pool_fold(swg_inst, pool_inst, d: int) -> None:
-    swg_inst.set_nodeattr("SIMD", d)
-    pool_inst.set_nodeattr("PE", d)
-
-
-def fold_pools(model, buffer_styles: dict | None = None) -> None:
-    """Fold every pooling unit with a governing MVAU by :func:`pick_pool` (the build's step), its
-    window generator's line buffer in the governing layer's style (``buffer_styles``: MVAU node
-    name -> a :data:`BUFFER_STYLES` entry; default: as built)."""
-    from qonnx.custom_op.registry import getCustomOp
-
-    for swg, pool, governor, _ in pool_units(model):
-        if governor is None:
-            continue
-        swg_inst, pool_inst = getCustomOp(swg), getCustomOp(pool)
-        if buffer_styles and governor.name in buffer_styles:
-            swg_inst.set_nodeattr("ram_style", buffer_styles[governor.name])
-        folds = _pool_folds(pool_inst)
-        cycles = []
-        for d in folds:
-            _set_pool_fold(swg_inst, pool_inst, d)
-            cycles.append(max(swg_inst.get_exp_cycles(), pool_inst.get_exp_cycles()))
-        _set_pool_fold(swg_inst, pool_inst, folds[int(pick_pool(np.array(cycles), getCustomOp(governor).get_exp_cycles()))])
-
-
 def _pool_unit(model, part: str, swg, pool, governor: int, ends: bool) -> PoolUnit:
     """FINN's estimates of a pooling unit at every fold and line-buffer style (the nodes are
     restored afterwards)."""
@@ -183,20 +121,6 @@ class Inventory:
     pools: tuple[PoolUnit, ...] = ()  # pooling units whose fold follows a weight layer
 
 
-def _window_attrs(inst) -> dict:
-    if inst.get_nodeattr("depthwise"):
-        raise NotImplementedError(f"{inst.onnx_node.name}: depthwise window generators are not modelled")
-    if inst.get_nodeattr("ram_style") == "ultra":
-        raise NotImplementedError(f"{inst.onnx_node.name}: URAM line buffers are not modelled")
-    return {
-        "node": inst.onnx_node.name, "ifm_ch": inst.get_nodeattr("IFMChannels"),
-        "k": list(inst.get_nodeattr("ConvKernelDim")), "ifm": list(inst.get_nodeattr("IFMDim")),
-        "ofm": list(inst.get_nodeattr("OFMDim")), "stride": list(inst.get_nodeattr("Stride")),
-        "dilation": list(inst.get_nodeattr("Dilation")), "in_bits": inst.get_input_datatype().bitwidth(),
-        "ram_style": inst.get_nodeattr("ram_style"),
-    }
-
-
 def inventory(model_path: str | Path, part: str, layer_names: list[str], name: str = "") -> Inventory:
     """What the search needs of one built graph (see the module docstring)."""
     from finn.analysis.fpgadataflow.exp_cycles_per_layer import exp_cycles_per_layer
@@ -205,8 +129,8 @@ def inventory(model_path: str | Path, part: str, layer_names: list[str], name: s
     from qonnx.core.modelwrapper import ModelWrapper
     from qonnx.custom_op.registry import getCustomOp
 
-    import exitflow.hw_ops.ctu_op  # noqa: F401
-    import exitflow.hw_ops.routing_ops  # noqa: F401
+    import exitflow.hls_templates.ctu_op  # noqa: F401
+    import exitflow.hls_templates.routing_ops  # noqa: F401
 
     model = ModelWrapper(str(model_path))
     res = model.analysis(lambda m: res_estimation(m, part))
@@ -344,37 +268,6 @@ def _mvau(L: WeightLayer, pe: np.ndarray, simd: np.ndarray, ram_style: np.ndarra
 
 def _ram_width(depth: np.ndarray) -> np.ndarray:
     return np.select([depth <= 512, depth <= 1024, depth <= 2048, depth <= 4096, depth <= 8192], [36, 18, 9, 4, 2], 1)
-
-
-def _window_cycles(w: dict, simd: np.ndarray, parallel: np.ndarray) -> np.ndarray:
-    """FINN's ``get_exp_cycles`` of the generator (default or parallel implementation)."""
-    (k_h, k_w), (h, wd), (oh, ow) = w["k"], w["ifm"], w["ofm"]
-    (s_h, s_w), (d_h, d_w) = w["stride"], w["dilation"]
-    cf = (w["ifm_ch"] // simd).astype(np.int64)
-    buffer_min = ((k_h - 1) * d_h * wd + (k_w - 1) * d_w + 1) * cf
-    default = buffer_min + oh * np.maximum(ow * k_w * k_h * cf, s_w * wd * cf)
-    return np.where(parallel, h * wd * cf + 2, default)
-
-
-def window_fold(w: dict, mvau_cycles: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(the generator's SIMD, its ``parallel_window`` flag) for an MVAU taking ``mvau_cycles``
-    per sample: the smallest SIMD (a divisor of the input channels) at which the generator keeps
-    up with the MVAU; when even SIMD = channels does not, FINN's parallel-window mode (a whole
-    k x k x channels window per cycle). A width converter joins the two where their streams
-    differ, as FINN's InsertDWC does. A 1x1 kernel always runs FINN's parallel implementation
-    (``select_impl_style``) and has no window mode. One definition: the build applies it, the
-    search models it."""
-    k_h, k_w = w["k"]
-    pointwise = k_h * k_w == 1
-    mvau_cycles = np.asarray(mvau_cycles, dtype=np.float64)
-    simd = np.full(mvau_cycles.shape, w["ifm_ch"], dtype=np.int64)
-    wide = np.full(mvau_cycles.shape, not pointwise)
-    for d in sorted((d for d in range(1, w["ifm_ch"] + 1) if w["ifm_ch"] % d == 0), reverse=True):
-        d_arr = np.full(mvau_cycles.shape, d, dtype=np.int64)
-        fits = _window_cycles(w, d_arr, np.full(mvau_cycles.shape, pointwise)) <= mvau_cycles
-        simd = np.where(fits, d, simd)
-        wide = np.where(fits, False, wide)
-    return simd, wide
 
 
 def _window(w: dict, simd: np.ndarray, wide: np.ndarray, style: np.ndarray | None = None) -> dict[str, np.ndarray]:

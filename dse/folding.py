@@ -17,13 +17,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .finn_model import BUFFER_STYLES, RESOURCES, WeightLayer, layer_costs, pick_pool, stream_widths
+from exitflow.hw.folding import divisors, folding_violation, pick_pool
+
+from .finn_model import BUFFER_STYLES, RESOURCES, WeightLayer, layer_costs, stream_widths
 
 
 def legal_foldings(layer: WeightLayer) -> tuple[np.ndarray, np.ndarray]:
     """All (PE, SIMD) FINN can build for the layer: those `exitflow build` accepts."""
-    from exitflow.build import divisors, folding_violation
-
     channels = layer.window["ifm_ch"] if layer.window else None
     pairs = [(p, s) for p in divisors(layer.mh) for s in divisors(layer.mw)
              if folding_violation(layer.layer, p, s, layer.mw, layer.mh, channels, layer.wbits) is None]
@@ -86,7 +86,7 @@ class FoldingTable:
     """Every legal folding (PE, SIMD, weight memory style, multiplier resource, line-buffer
     style) of one layer with its resources and cycles, and one lower envelope per cost
     weighting. A pooling unit whose fold follows the layer (``pools``) is part of each folding:
-    its fold is :func:`~exitflow.dse.finn_model.pick_pool` of the MVAU's cycles, its line buffer
+    its fold is :func:`~exitflow.hw.folding.pick_pool` of the MVAU's cycles, its line buffer
     in the folding's style, its resources and cycles in the folding's."""
 
     layer: WeightLayer

@@ -76,7 +76,7 @@ class GraphCost:
         return resources, cycles, latency
 
     def pool_folds(self, picks: list[np.ndarray]) -> list[np.ndarray]:
-        """The fold each pooling unit takes (finn_model.pick_pool) given the layers' folding
+        """The fold each pooling unit takes (hw.folding.pick_pool) given the layers' folding
         indices: it follows its governing layer's cycles (its costs are in that layer's table)."""
         return [self.pool_fold(p, np.maximum(picks[unit.governor], 0)) for p, unit in enumerate(self.pools)]
 
@@ -120,7 +120,7 @@ class GraphCost:
 
 
 def graph_cost(folder: Path, part: str, budget: np.ndarray) -> GraphCost:
-    from exitflow.finn_flow import read_layers
+    from exitflow.hw.finn_flow import read_layers
 
     layers = list(read_layers(folder / "layers.json", f"delete {folder.parent} and sweep again"))
     inv = inventory(folder / "model_hw.onnx", part, layers, folder.name)
@@ -162,7 +162,7 @@ class Segment:
 
     def gate(self, depth: int) -> np.ndarray:
         """LUT, BRAM18, URAM, DSP of a gate holding ``depth`` feature maps after this segment."""
-        from exitflow.hw_ops.routing import gate_resources
+        from exitflow.hls_templates.routing import gate_resources
 
         lut, bram = gate_resources(self.stream_bits, self.folds, depth)
         return np.array([lut, bram, 0.0, 0.0])
@@ -171,10 +171,11 @@ class Segment:
 def routing_cost(segments: list[Segment], subset: tuple[int, ...], gate_depth: int) -> tuple[np.ndarray, np.ndarray]:
     """(gate cost per kept early exit (exits x 4), cost of the rest outside the FINN graphs (4,)) of
     a design keeping ``subset``: the gates, the merge and the two record FIFOs of every exit, the
-    final one included, as the block design builds them (:mod:`exitflow.hw_ops.routing`,
+    final one included, as the block design builds them (:mod:`exitflow.hls_templates.routing`,
     :mod:`exitflow.boards.vivado`)."""
-    from exitflow.boards.vivado import ID_BITS, record_fifo_for
-    from exitflow.hw_ops.routing import merge_resources, record_fifo_resources
+    from exitflow.boards.vivado import ID_BITS
+    from exitflow.hw.folding import record_fifo_for
+    from exitflow.hls_templates.routing import merge_resources, record_fifo_resources
 
     kept = [*subset, len(segments) - 1]
     exit_bits = max(1, (len(kept) - 1).bit_length())

@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from exitflow.errors import ConfigError, ExitflowError
-from exitflow.files import user_path
+from exitflow.core.errors import ConfigError, ExitflowError
+from exitflow.core.files import user_path
 
 from .search import Candidate, Segment, active_bound, graph_cost, pareto, routing_cost, search
 from .throughput import sensitivity, stage_level_fps
@@ -92,8 +92,8 @@ def _segments_design(model, config, board_name: str) -> tuple[dict, list[list[st
 def sweep(run_dir: str | Path, board_name: str, objective: str = "throughput", min_accuracy: float | None = None,
           max_drop_pp: float | None = 1.0, util: float = 0.85, policy: str = "max_prob", max_exits: int = 3,
           max_latency_us: float | None = None, log=print) -> SweepResult:
-    from exitflow.boards import get_board
-    from exitflow.build import build
+    from exitflow.core.catalogue import get_board
+    from exitflow.hw.build import build
     from exitflow.quant import checkpoint as ckpt
 
     run_dir = user_path(run_dir)
@@ -122,7 +122,7 @@ def sweep(run_dir: str | Path, board_name: str, objective: str = "throughput", m
     if not fresh:
         inventory_design.write_text(text)
         log("building every candidate stage and head once to take FINN's estimates")
-        build(run_dir, inventory_design, log=lambda line: None, hw_dir=out / "inventory", vivado_project=False)
+        build(run_dir, inventory_design, log=lambda line: None, hw_dir=out / "inventory", vivado_project=None)
     budget = np.array(board.available.as_tuple(), dtype=float)[[0, 2, 3, 4]] * util  # lut, bram18, uram, dsp
     segments = [Segment(model.exit_names[k], tuple(b), graph_cost(out / "inventory" / f"seg{k}", board.part, budget),
                         graph_cost(out / "inventory" / f"head{k}", board.part, budget),
@@ -295,7 +295,7 @@ def _flow_digest() -> str:
     (window and pooling folds): an inventory built by another flow is built again."""
     import hashlib
 
-    from exitflow import finn_flow
+    from exitflow.hw import finn_flow
     from exitflow.dse import finn_model
 
     return hashlib.sha256(b"".join(Path(m.__file__).read_bytes() for m in (finn_flow, finn_model))).hexdigest()[:16]
@@ -307,7 +307,7 @@ def _streams(inventory: Path, k: int) -> tuple[int, int, int]:
     from qonnx.core.modelwrapper import ModelWrapper
     from qonnx.custom_op.registry import getCustomOp
 
-    import exitflow.hw_ops.ctu_op  # noqa: F401
+    import exitflow.hls_templates.ctu_op  # noqa: F401
 
     node = ModelWrapper(str(inventory / f"seg{k}" / "model_hw.onnx")).graph.node[-1]
     last = getCustomOp(node)
@@ -331,8 +331,8 @@ def _as_json(c: Candidate, names: list[str], clock_mhz: float) -> dict:
 
 
 def _write(out: Path, r: SweepResult, segments, model, backbone: str, board, budget, util) -> None:
-    from exitflow.design import save_design
-    from exitflow.files import atomic_write
+    from exitflow.core.design import save_design
+    from exitflow.core.files import atomic_write
 
     names = model.exit_names
     report = {
@@ -359,8 +359,8 @@ def _write(out: Path, r: SweepResult, segments, model, backbone: str, board, bud
 
 
 def _design(c: Candidate, segments, backbone: str, board, gate_depth: int = GATE_DEPTH):
-    from exitflow.design import Design, ExitHead, LayerFolding, Stage
-    from exitflow.schema import FrozenMap
+    from exitflow.core.design import Design, ExitHead, LayerFolding, Stage
+    from exitflow.core.schema import FrozenMap
 
     kept = list(c.exits) + [len(segments) - 1]
     stages, start = [], 0
@@ -388,7 +388,7 @@ def _plots(out: Path, r: SweepResult, names: list[str]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from exitflow.files import atomic_write
+    from exitflow.core.files import atomic_write
 
     fig, ax = plt.subplots(figsize=(7, 4.5), constrained_layout=True)
     front = sorted(r.front, key=lambda c: c.fps)

@@ -113,7 +113,7 @@ def stage_level_fps(taken: np.ndarray, stage_cycles: list[float], head_cycles: l
     stages = tuple(Stage(f"stage{k}", (Unit("stage", int(np.ceil(stage_cycles[k]))),), (Unit("head", int(np.ceil(head_cycles[k]))),),
                          gate_depths[k] if k < n - 1 else None, max(1, int(gate_words[k])))
                    for k in range(n))
-    from exitflow.boards.vivado import record_fifo_for
+    from exitflow.hw.folding import record_fifo_for
 
     records = record_fifo_for(max(gate_depths[: n - 1]))
     return simulate(Pipeline(stages, clock_mhz, records), taken, min_samples=min_samples).simulated_fps

@@ -1,12 +1,18 @@
 """Standalone HLS C++ templates of exitflow's exit hardware (CTU, gate, merge), and where to find
-them and the open ``ap_types`` headers for C simulation with g++ (no vendor tools needed)."""
+them and the open ``ap_types`` headers for C simulation with g++ (no vendor tools needed).
+
+Next to the templates, the exit hardware as FINN layers: confidence-threshold unit, gate and merge.
+Each layer is split as in FINN: a generic layer (shapes, stream widths, cycles, resource
+estimates, ``execute_node``) and an HLS backend that generates code from a standalone template
+in this folder.
+"""
 
 from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
 
-from exitflow.errors import NotAvailableError
+from exitflow.core.errors import NotAvailableError
 
 TEMPLATE_DIR = Path(__file__).resolve().parent
 

@@ -13,7 +13,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from exitflow.errors import NotAvailableError
+from exitflow.core.errors import NotAvailableError
 
 from . import TEMPLATE_DIR, ap_types_include_dir
 

@@ -17,8 +17,8 @@ from typing import Any
 
 import torch
 
-from exitflow.errors import ConfigError, ExitflowError
-from exitflow.schema import from_data, to_data
+from exitflow.core.errors import ConfigError, ExitflowError
+from exitflow.core.schema import from_data, to_data
 
 FORMAT = "exitflow-checkpoint"
 VERSION = 1
@@ -29,7 +29,7 @@ class CheckpointError(ExitflowError):
 
 
 def save(path: Path, payload: dict[str, Any]) -> None:
-    from exitflow.files import atomic_write
+    from exitflow.core.files import atomic_write
 
     atomic_write(path, lambda tmp: torch.save({"format": FORMAT, "version": VERSION, **payload}, tmp))
 
@@ -176,7 +176,7 @@ def trusted_config(path: Path, data: dict[str, Any], config=None):
     checkpoint's own stored config is only compared with it, never used to import anything: a
     checkpoint whose stored config differs is refused. Without either, a built-in backbone is
     built from the stored config (it names nothing to import); a custom one is refused."""
-    from exitflow.schema import load_file
+    from exitflow.core.schema import load_file
 
     from .config import RunConfig
 

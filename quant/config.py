@@ -2,12 +2,12 @@
 
 A run config is YAML with three sections, each optional::
 
-    data:  {name: mnist5k, seed: 0}            # exitflow.data.DataSpec
+    data:  {name: mnist5k, seed: 0}            # exitflow.core.data.DataSpec
     model: {backbone: lenet, preset: w4a4}      # ModelConfig
     train: {mode: end_to_end, epochs: 12}       # TrainConfig
 
 Unknown keys and impossible values are rejected with one line naming the key
-(see :mod:`exitflow.schema`).
+(see :mod:`exitflow.core.schema`).
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from exitflow.data import DataSpec
-from exitflow.schema import FieldError, FrozenMap
+from exitflow.core.data import DataSpec
+from exitflow.core.schema import FieldError, FrozenMap
 
 from .presets import PRESETS, SUPPORTED_BITS, Bits
 

@@ -20,7 +20,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from exitflow.errors import ConfigError
+from exitflow.core.errors import ConfigError
 
 from .network import build_head
 from .presets import Bits

@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from exitflow.errors import ConfigError
-from exitflow.files import user_path
+from exitflow.core.errors import ConfigError
+from exitflow.core.files import user_path
 
 from . import checkpoint as ckpt
 from .network import MultiExitNet

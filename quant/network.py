@@ -219,8 +219,8 @@ class MultiExitNet(nn.Module):
 
 def build_model(config, input_shape: tuple[int, int, int], num_classes: int) -> MultiExitNet:
     """A :class:`MultiExitNet` from a :class:`~exitflow.quant.config.ModelConfig`; a model that
-    does not fit the config or the data is one :class:`~exitflow.errors.ConfigError` line."""
-    from exitflow.errors import ConfigError
+    does not fit the config or the data is one :class:`~exitflow.core.errors.ConfigError` line."""
+    from exitflow.core.errors import ConfigError
 
     input_shape = tuple(int(v) for v in input_shape)
     if config.backbone == "custom":
@@ -253,7 +253,7 @@ def build_model(config, input_shape: tuple[int, int, int], num_classes: int) -> 
 
 
 def _build_custom(config, input_shape, num_classes):
-    from exitflow.errors import ConfigError
+    from exitflow.core.errors import ConfigError
 
     from .custom import CustomMultiExitNet, load_factory
 

@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from exitflow.data import ImageSet, load_splits
-from exitflow.files import atomic_write, user_path
+from exitflow.core.data import ImageSet, load_splits
+from exitflow.core.files import atomic_write, user_path
 
 from . import checkpoint as ckpt
 from .network import MultiExitNet
@@ -135,7 +135,7 @@ def load_profile(run_dir: str | Path) -> dict[str, np.ndarray]:
     """DIR/profile.npz, checked: every array :func:`profile` writes, of the shapes it writes. A
     missing, empty, truncated or foreign file is one :class:`ConfigError` line naming the file and
     the fix (``exitflow profile DIR``); the sweep and the cosimulation read it only through here."""
-    from exitflow.errors import ConfigError
+    from exitflow.core.errors import ConfigError
 
     run_dir = Path(run_dir)
     path = run_dir / "profile.npz"

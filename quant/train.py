@@ -32,10 +32,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from exitflow.data import ImageSet, load_splits
-from exitflow.errors import ConfigError, ExitflowError
-from exitflow.files import atomic_write, user_path
-from exitflow.schema import dump_yaml, to_data
+from exitflow.core.data import ImageSet, load_splits
+from exitflow.core.errors import ConfigError, ExitflowError
+from exitflow.core.files import atomic_write, user_path
+from exitflow.core.schema import dump_yaml, to_data
 
 from . import checkpoint as ckpt
 from .config import RunConfig

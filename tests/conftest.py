@@ -14,8 +14,8 @@ REPO = Path(__file__).resolve().parents[1]
 # keep their order, as the README walk-through needs). The longest groups go first, so that
 # neither process is left with a long one at the end.
 SHARED = {"tests/hostile/": "hostile (one trained run)", "tests/cosim/": "cosim (the built designs)",
-          "tests/flow/test_run.py": "finished_run", "tests/flow/test_report.py": "finished_run"}
-LONGEST_FIRST = ["hostile (one trained run)", "tests/test_readme.py", "tests/flow/test_build.py",
+          "tests/app/test_run.py": "finished_run", "tests/app/test_report.py": "finished_run"}
+LONGEST_FIRST = ["hostile (one trained run)", "tests/test_readme.py", "tests/hw/test_build.py",
                  "cosim (the built designs)", "finished_run", "tests/dse/test_sweep.py", "tests/dse/test_finn_model.py",
                  "tests/quant/test_export.py"]
 
@@ -74,7 +74,7 @@ def _isolated_user_config(tmp_path_factory, monkeypatch):
 @pytest.fixture(scope="session")
 def digits_run(tmp_path_factory):
     """A lenet trained for 6 epochs on digits: small, fast, shared by the quant and build tests."""
-    from exitflow.data import DataSpec
+    from exitflow.core.data import DataSpec
     from exitflow.quant.config import ModelConfig, RunConfig, TrainConfig
     from exitflow.quant.train import train
 

@@ -2,7 +2,7 @@
 
 The CIFAR-10 example reads the user's files; here it reads tiny batches written in the CIFAR-10
 binary format. `examples/lenet_digits.yaml` also runs end to end, unchanged, through `exitflow
-run` (tests/flow/test_run.py)."""
+run` (tests/app/test_run.py)."""
 
 from dataclasses import replace
 from pathlib import Path
@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from exitflow.data import load_splits
+from exitflow.core.data import load_splits
 from exitflow.quant.config import RunConfig
 from exitflow.quant.network import build_model
-from exitflow.schema import load_file
+from exitflow.core.schema import load_file
 
 EXAMPLES = sorted((Path(__file__).resolve().parents[1] / "examples").glob("*.yaml"))
 NAMES = [p.stem for p in EXAMPLES]

@@ -20,14 +20,14 @@ def test_user_folders_are_exitflow_subpackages(folder, repo):
     assert Path(module.__file__).resolve() == repo / folder / "__init__.py"
 
 
-def test_exitflow_package_is_the_flow_folder(repo):
-    assert Path(exitflow.__file__).resolve() == repo / "flow" / "__init__.py"
+def test_exitflow_package_is_the_exitflow_folder(repo):
+    assert Path(exitflow.__file__).resolve() == repo / "exitflow" / "__init__.py"
     assert exitflow.__version__ == metadata.version("exitflow")
 
 
 def test_no_generic_top_level_names(tmp_path):
-    """Outside the repository, only `exitflow` is importable: no `quant`, `boards`, `flow`..."""
-    names = USER_FOLDERS + ["flow", "tests", "benchmarks"]
+    """Outside the repository, only `exitflow` is importable: no `quant`, `boards`, `core`..."""
+    names = USER_FOLDERS + ["core", "hw", "app", "flow", "tests", "benchmarks"]
     code = (
         "import importlib.util, json; "
         f"print(json.dumps({{n: importlib.util.find_spec(n) is not None for n in {names!r}}}))"
@@ -140,8 +140,8 @@ def test_package_data_covers_the_data_files(repo):
 
     data = tomllib.loads((repo / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
     for package, patterns in data.items():
-        folder = repo / {"exitflow": "flow", "exitflow.boards": "boards", "exitflow.hls_templates": "hls_templates",
-                          "exitflow.cosim": "cosim"}[package]
+        folder = repo / {"exitflow.core": "core", "exitflow.app": "app", "exitflow.boards": "boards",
+                          "exitflow.hls_templates": "hls_templates", "exitflow.cosim": "cosim"}[package]
         files = [p.relative_to(folder).as_posix() for p in folder.rglob("*")
                  if p.is_file() and p.suffix != ".py" and "__pycache__" not in p.parts]
         uncovered = [f for f in files if not any(fnmatch.fnmatch(f, pat) for pat in patterns)]

@@ -25,7 +25,7 @@ def test_unknown_benchmark(repo):
 def test_boards_command_imports_no_heavy_library():
     """`exitflow boards` must start fast: torch, numpy, FINN and brevitas stay unloaded."""
     code = (
-        "import sys, io, contextlib; from exitflow.cli import main\n"
+        "import sys, io, contextlib; from exitflow.app.cli import main\n"
         "with contextlib.redirect_stdout(io.StringIO()): rc = main(['boards'])\n"
         "print(rc, sorted(m for m in ('torch', 'numpy', 'finn', 'brevitas', 'qonnx', 'matplotlib') if m in sys.modules))"
     )

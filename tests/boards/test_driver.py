@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from exitflow.boards.driver import DriverError, RecordFormat, decode, pack_images, reorder
-from exitflow.hw_ops.ctu import CTUParams
-from exitflow.hw_ops.routing import TagFormat
+from exitflow.hls_templates.ctu import CTUParams
+from exitflow.hls_templates.routing import TagFormat
 
 FMT = RecordFormat(id_bits=16, exit_bits=2, class_bits=4, code_bits=(14, 14, 14))
 

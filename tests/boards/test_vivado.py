@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from exitflow.boards import load_catalogue
+from exitflow.core.catalogue import load_catalogue
 from exitflow.boards.driver import RecordFormat
 from exitflow.boards.vivado import build_bitfile, missing_tools
-from exitflow.build import build
-from exitflow.errors import NotAvailableError
+from exitflow.boards.vivado import build_with_project as build
+from exitflow.core.errors import NotAvailableError
 from exitflow.hls_templates.csim import compile_cpp
 
 DESIGN = {

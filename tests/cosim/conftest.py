@@ -19,7 +19,7 @@ DESIGNS = {
 def median_threshold(run, exit_name, policy):
     """A threshold at which about half of the test samples leave at ``exit_name``."""
     from exitflow.cosim.functional import model_logits  # noqa: F401  (imports FINN's settings once)
-    from exitflow.data import load_splits
+    from exitflow.core.data import load_splits
     from exitflow.quant import checkpoint as ckpt
     from exitflow.quant.profile import run_exits
 
@@ -46,7 +46,7 @@ def design_data(run, model_name, blocks, exits, policy):
 
 def built_run(source, folder, data):
     """A copy of the trained run in ``source`` with ``data`` built into its hw/."""
-    from exitflow.build import build
+    from exitflow.hw.build import build
     from exitflow.quant.profile import profile
 
     folder.mkdir(parents=True)
@@ -63,7 +63,7 @@ def built_run(source, folder, data):
 def cnv_trained(tmp_path_factory):
     """A quarter-width cnv w2a2 trained for one epoch on 240 random images: fast to train and to
     build, and its exits still disagree with each other."""
-    from exitflow.data import DataSpec
+    from exitflow.core.data import DataSpec
     from exitflow.quant.config import ModelConfig, RunConfig, TrainConfig
     from exitflow.quant.train import train
 

@@ -6,7 +6,7 @@ import pytest
 
 from exitflow.cosim.cycle import Pipeline, Stage, Unit, predict, run, simulate
 from exitflow.dse.throughput import input_interval
-from exitflow.errors import ConfigError
+from exitflow.core.errors import ConfigError
 
 CLOCK = 100.0  # MHz
 

@@ -90,7 +90,7 @@ def test_a_corrupted_weight_is_located(lenet_built, tmp_path):
     images = load_built(run, path)
     good = ModelWrapper(str(run / "hw" / "s0" / "model_hw.onnx"))
     bad = ModelWrapper(str(copy / "hw" / "s0" / "model_hw.onnx"))
-    from exitflow.data import load_splits
+    from exitflow.core.data import load_splits
 
     x = images.input_order(load_splits(images.config.data).test.x[first.sample : first.sample + 1])
     _, want = FinnEngine(good).run(x, keep=True)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import yaml
 
-from exitflow.build import build
+from exitflow.hw.build import build
 from exitflow.dse.finn_model import inventory, layer_costs
 from qonnx.custom_op.registry import getCustomOp
 from exitflow.dse.finn_model import BUFFER_STYLES
@@ -32,8 +32,8 @@ def _finn_numbers(folder, part, layers, folding, tmp):
     from finn.analysis.fpgadataflow.res_estimation import res_estimation
     from qonnx.core.modelwrapper import ModelWrapper
 
-    from exitflow.design import LayerFolding
-    from exitflow.finn_flow import FlowState, apply_folding, insert_width_converters, minimize_bit_width
+    from exitflow.core.design import LayerFolding
+    from exitflow.hw.finn_flow import FlowState, apply_folding, insert_width_converters, minimize_bit_width
 
     state = FlowState(name=folder.name, part=part, clock_ns=10.0, layers=layers, out=tmp,
                       folding={l: LayerFolding(pe=pe, simd=simd, ram_style=style, res_type=mult, buffer_style=buffer)
@@ -49,7 +49,7 @@ def _finn_numbers(folder, part, layers, folding, tmp):
 
 
 def _check(run, tmp_path, model_name, stages, seed):
-    import exitflow.hw_ops.ctu_op  # noqa: F401
+    import exitflow.hls_templates.ctu_op  # noqa: F401
     from exitflow.dse.search import graph_cost
 
     path = tmp_path / f"{model_name}.yaml"
@@ -130,7 +130,7 @@ def test_lenet_stages_and_heads(digits_run, tmp_path):
 
 @pytest.mark.slow
 def test_cnv_stages_and_heads(tmp_path):
-    from exitflow.data import DataSpec
+    from exitflow.core.data import DataSpec
     from exitflow.quant.config import ModelConfig, RunConfig, TrainConfig
     from exitflow.quant.train import train
 

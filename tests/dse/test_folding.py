@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import yaml
 
-from exitflow.build import build
+from exitflow.hw.build import build
 from exitflow.dse.finn_model import inventory
 from exitflow.dse.folding import FoldingTable, legal_foldings
 

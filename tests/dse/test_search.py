@@ -91,9 +91,9 @@ def test_gate_words_follow_the_chosen_pe_of_the_stage_end():
 
 
 def test_routing_cost_counts_gates_merge_and_two_record_fifos_per_exit():
-    from exitflow.boards.vivado import record_fifo_for
+    from exitflow.hw.folding import record_fifo_for
     from exitflow.dse.search import routing_cost
-    from exitflow.hw_ops.routing import merge_resources, record_fifo_resources
+    from exitflow.hls_templates.routing import merge_resources, record_fifo_resources
 
     segments, *_ = problem()
     segments = [Segment(s.exit, s.blocks, s.body, s.head, stream_bits=8, folds=100, record_bits=14) for s in segments]
@@ -202,8 +202,8 @@ def test_headroom_sizes_later_stages_for_more_samples_at_the_same_throughput():
     (b"\xff\xfe\x00", "unreadable or not JSON (UnicodeDecodeError)"),
 ])
 def test_layers_json_of_the_wrong_shape_is_one_line(tmp_path, content, message):
-    from exitflow.errors import ConfigError
-    from exitflow.finn_flow import read_layers
+    from exitflow.core.errors import ConfigError
+    from exitflow.hw.finn_flow import read_layers
 
     path = tmp_path / "seg0" / "layers.json"
     path.parent.mkdir()
@@ -218,7 +218,7 @@ def test_layers_json_of_the_wrong_shape_is_one_line(tmp_path, content, message):
 
 def test_the_sweeps_inventory_reads_layers_json_checked(tmp_path):
     from exitflow.dse.search import graph_cost
-    from exitflow.errors import ConfigError
+    from exitflow.core.errors import ConfigError
 
     folder = tmp_path / "sweep" / "inventory" / "seg0"
     folder.mkdir(parents=True)

@@ -6,7 +6,7 @@ import subprocess
 import pytest
 import yaml
 
-from exitflow.design import load_design
+from exitflow.core.design import load_design
 
 
 @pytest.fixture(scope="module")
@@ -142,7 +142,7 @@ def profiled_copy(digits_run, tmp_path_factory):
 
 @pytest.mark.parametrize("damage", ["empty", "truncated", "random bytes", "other keys", "no codes", "wrong shape", "no samples"])
 def test_a_damaged_profile_is_one_line(profiled_copy, exitflow_cmd, damage):
-    from exitflow.errors import ConfigError
+    from exitflow.core.errors import ConfigError
     from exitflow.quant.profile import load_profile
 
     run, good = profiled_copy
@@ -166,7 +166,7 @@ def test_a_damaged_profile_is_one_line(profiled_copy, exitflow_cmd, damage):
 
 def test_sweep_refuses_a_negative_max_exits_from_python(digits_run):
     from exitflow.dse.sweep import sweep
-    from exitflow.errors import ConfigError
+    from exitflow.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"--max-exits: must be an integer >= 0 \(early exits per design\); got -1"):
         sweep(digits_run, "Pynq-Z2", max_exits=-1)
@@ -190,7 +190,7 @@ def test_finn_chatter_catches_loggers_prints_and_warnings(tmp_path, capfd):
     import sys
     import warnings
 
-    from exitflow.finn_flow import finn_chatter
+    from exitflow.hw.finn_flow import finn_chatter
 
     finn_log = logging.getLogger("finn_logger")
     before = (finn_log.handlers[:], finn_log.propagate, finn_log.level)

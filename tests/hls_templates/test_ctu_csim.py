@@ -4,7 +4,7 @@
 import numpy as np
 import pytest
 
-from exitflow.hw_ops.ctu import CTUParams, csim
+from exitflow.hls_templates.ctu import CTUParams, csim
 
 CONFIGS = [  # classes, logit bits, PE, scale, threshold (max_prob; margin scales it)
     (10, 8, 1, 0.05, 0.9),

@@ -4,7 +4,7 @@ sample is lost, duplicated, or reordered within its exit."""
 import numpy as np
 import pytest
 
-from exitflow.hw_ops.routing import TagFormat, gate_csim, gate_model, merge_csim, merge_model
+from exitflow.hls_templates.routing import TagFormat, gate_csim, gate_model, merge_csim, merge_model
 
 FMT = TagFormat(id_bits=16, exit_bits=2, rec_bits=19)
 

@@ -5,14 +5,14 @@ import numpy as np
 import pytest
 import torch
 
-from exitflow.data import DataSpec, load_splits
-from exitflow.errors import ConfigError
+from exitflow.core.data import DataSpec, load_splits
+from exitflow.core.errors import ConfigError
 from exitflow.quant import checkpoint as ckpt
 from exitflow.quant.config import ModelConfig, RunConfig, TrainConfig
 from exitflow.quant.export import export_stages, run_stages
 from exitflow.quant.network import build_model
 from exitflow.quant.train import to_input, train
-from exitflow.schema import FrozenMap, from_data
+from exitflow.core.schema import FrozenMap, from_data
 
 from .conftest import randomise_batch_norm
 

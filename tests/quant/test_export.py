@@ -8,8 +8,8 @@ import pytest
 import torch
 from qonnx.core.modelwrapper import ModelWrapper
 
-from exitflow.data import DataSpec, load_splits
-from exitflow.errors import ConfigError
+from exitflow.core.data import DataSpec, load_splits
+from exitflow.core.errors import ConfigError
 from exitflow.quant.config import ModelConfig
 from exitflow.quant.export import export_run, export_stages, is_linear_graph, run_stages
 from exitflow.quant.network import build_model

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from exitflow.errors import ConfigError
+from exitflow.core.errors import ConfigError
 from exitflow.quant.config import BitsOverride, ModelConfig
 from exitflow.quant.network import build_model
-from exitflow.schema import FrozenMap, from_data
+from exitflow.core.schema import FrozenMap, from_data
 
 
 @pytest.mark.parametrize(

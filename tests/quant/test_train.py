@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from exitflow.data import DataSpec, load_splits
-from exitflow.errors import ConfigError, ExitflowError
+from exitflow.core.data import DataSpec, load_splits
+from exitflow.core.errors import ConfigError, ExitflowError
 from exitflow.quant import checkpoint as ckpt
 from exitflow.quant.config import ModelConfig, RunConfig, TrainConfig
 from exitflow.quant.train import to_input, train
-from exitflow.schema import dump_yaml, from_data
+from exitflow.core.schema import dump_yaml, from_data
 
 QUIET = {"log": lambda line: None}
 

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from exitflow.data import DataSpec, load_splits
-from exitflow.errors import ConfigError
+from exitflow.core.data import DataSpec, load_splits
+from exitflow.core.errors import ConfigError
 from exitflow.quant import checkpoint as ckpt
 from exitflow.quant import train as train_module
 from exitflow.quant.config import ModelConfig, RunConfig, TrainConfig
@@ -20,7 +20,7 @@ from exitflow.quant.export import export_stages
 from exitflow.quant.network import build_model
 from exitflow.quant.profile import profile
 from exitflow.quant.train import to_input, train
-from exitflow.schema import FrozenMap, dump_yaml, to_data
+from exitflow.core.schema import FrozenMap, dump_yaml, to_data
 
 QUIET = dict(log=lambda line: None, progress=False)
 

@@ -1,0 +1,496 @@
+"""The ``exitflow`` command line.
+
+Every subcommand is a function ``cmd_<name>(args) -> int``. Errors a user can cause are
+:class:`~exitflow.core.errors.ExitflowError`: printed as one line on stderr, exit code 2 (3 for a
+feature that is not available here), no traceback unless ``--debug`` is given. Anything else is
+a bug in exitflow: one line saying so, exit code 1, and the traceback with ``--debug``.
+
+Heavy libraries (torch, FINN, numpy) are imported inside the subcommands that need them, so
+``exitflow boards`` and ``exitflow --help`` start fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import errno
+import json
+import os
+import signal
+import sys
+import threading
+import traceback
+from collections.abc import Callable, Sequence
+
+from exitflow import __version__
+from exitflow.core.errors import INTERRUPTED, ExitflowError, NotAvailableError
+
+# (name, one-line help, the issue that delivers it when it is not here yet)
+COMMANDS: list[tuple[str, str, str | None]] = [
+    ("boards", "list the board catalogue, or show one board", None),
+    ("train", "train a quantised multi-exit network from a config", None),
+    ("profile", "profile exits of a trained network: exit rate and accuracy per threshold", None),
+    ("export", "export chosen exits stage by stage as QONNX files for FINN", None),
+    ("sweep", "search exits, thresholds and folding under a board budget", None),
+    ("build", "generate FINN hardware for every stage and exit unit of a design", None),
+    ("cosim", "bit-accurate cosimulation of a built design against the quantised model", None),
+    ("report", "rebuild the HTML report of a run folder", None),
+    ("run", "the whole flow: train, profile, sweep, build, cosim, report", None),
+]
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+# ---------------------------------------------------------------------------- boards
+
+
+def _board_rows(boards) -> list[list[str]]:
+    rows = []
+    for b in boards:
+        r, s = b.resources, b.shell
+        rows.append(
+            [b.name, b.part, b.finn_board, f"{b.clock_mhz:g}", f"{r.lut:,}", f"{r.ff:,}", f"{r.bram18:,}",
+             f"{r.uram:,}", f"{r.dsp:,}", f"{s.lut:,}/{s.ff:,}/{s.bram18}"]
+        )
+    return rows
+
+
+def _table(header: list[str], rows: list[list[str]], right: set[int]) -> str:
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)]
+    def fmt(cells):
+        return "  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+    lines = [fmt(header), "  ".join("-" * w for w in widths)]
+    lines += [fmt(r) for r in rows]
+    return "\n".join(lines)
+
+
+def cmd_boards(args: argparse.Namespace) -> int:
+    from exitflow.core.catalogue import get_board, load_catalogue, user_board_dirs
+    from exitflow.core.schema import to_data
+
+    boards = [get_board(args.name)] if args.name else list(load_catalogue().values())
+    if args.json:
+        print(json.dumps([to_data(b) for b in boards], indent=2))
+        return 0
+    header = ["board", "part", "FINN board", "MHz", "LUT", "FF", "BRAM18", "URAM", "DSP", "shell LUT/FF/BRAM18"]
+    print(_table(header, _board_rows(boards), right={3, 4, 5, 6, 7, 8, 9}))
+    if not args.name:
+        print(f"\nTotals are device datasheet figures; the shell is an estimate. "
+              f"Add a board: one YAML file in {user_board_dirs()[0]}")
+    return 0
+
+
+# ---------------------------------------------------------------------------- quant
+
+
+def _load_run_config(path: str):
+    from exitflow.app.run import load_config
+
+    return load_config(path)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    config = _load_run_config(args.config)  # a bad config fails before torch is imported
+
+    import torch
+
+    from exitflow.quant.train import train
+
+    torch.set_num_threads(max(1, args.threads))
+    result = train(config, args.out)
+    accuracy = ", ".join(f"{k} {100 * v:.2f}%" for k, v in result.val_accuracy.items())
+    print(f"trained {args.out}/model.pt ({result.epochs_run} epochs, {result.seconds:.0f} s); val accuracy: {accuracy}")
+    return 0
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    from exitflow.quant.profile import profile
+
+    summary = profile(args.dir)
+    test = summary["splits"]["test"]
+    accuracy = ", ".join(f"{k} {100 * v:.2f}%" for k, v in test["accuracy"].items())
+    table = test["max_prob"]["cascade"]
+    drops = table["accuracy_drop_pp"]
+    ok = [i for i, d in enumerate(drops) if d <= 0.5]
+    print(f"wrote {args.dir}/profile.npz, profile.json, profile.png; test accuracy: {accuracy}")
+    if ok:
+        best = max(ok, key=lambda i: table["early_fraction"][i])
+        t = test["max_prob"]["thresholds"][best]
+        print(f"max_prob threshold {t} at every exit: {100 * table['early_fraction'][best]:.1f}% of test samples "
+              f"leave early, accuracy {100 * table['accuracy'][best]:.2f}% ({drops[best]:+.2f} pp below the final exit)")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from exitflow.quant.export import export_run
+
+    exits = [e for e in (args.exits or "").split(",") if e]
+    manifest = export_run(args.dir, exits)
+    files = ", ".join(f"{s['file']}+{h['file']}" for s, h in zip(manifest["stages"], manifest["heads"]))
+    print(f"exported exits {', '.join(manifest['exits'])} to {args.dir}/stages: {files}")
+    return 0
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    from exitflow.boards.vivado import build_bitfile, build_with_project, missing_tools
+
+    reports = build_with_project(args.dir, args.design)
+    print(f"wrote {args.dir}/hw: {len(reports)} graphs through FINN code generation, the Vivado project in {args.dir}/hw/vivado")
+    missing = missing_tools()
+    if missing:
+        design = args.design or f"{args.dir}/sweep/design.yaml"
+        print(f"bitfile: needs {' and '.join(missing)} (not on PATH); on a machine with them run: "
+              f"exitflow build {args.dir} --design {design}")
+        return 0
+    print(f"bitfile: {build_bitfile(args.dir)}")
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from exitflow.dse.sweep import sweep
+
+    r = sweep(args.dir, args.board, objective=args.objective, min_accuracy=args.min_accuracy,
+              max_drop_pp=args.max_drop_pp, util=args.util, max_latency_us=args.max_latency_us, max_exits=args.max_exits)
+    import json
+    from pathlib import Path
+
+    c = r.chosen
+    names = json.loads((Path(args.dir) / "sweep" / "pareto.json").read_text())["chosen"]["exits"]
+    print(f"chosen: exits {', '.join(names) or 'none'} at thresholds {list(c.thresholds)}: {r.fps_with_gates:,.0f} samples/s "
+          f"with its gates of {r.gate_depth} feature maps ({c.fps:,.0f} with unbounded gates), "
+          f"{r.gain_with_gates:.2f}x the best design without early exits ({r.no_exit.fps:,.0f}/s); LUT {c.resources[0]:,.0f}, "
+          f"BRAM18 {c.resources[1]:.0f}, DSP {c.resources[3]:.0f}, mean latency {c.mean_latency_us:.1f} us; "
+          f"test accuracy {100 * r.test_accuracy:.2f}% "
+          f"(final exit alone {100 * r.final_test_accuracy:.2f}%)")
+    if c.exits:
+        print(f"on the test split's traffic: {r.fps_with_gates_test:,.0f} samples/s with its gates "
+              f"({r.fps_with_gates_test / r.no_exit.fps:.2f}x)")
+    e = r.equal_throughput
+    if e is not None:
+        print(f"matching the no-exit throughput with its gates takes {e.resources[0]:,.0f} LUTs "
+              f"({e.resources[0] / r.no_exit.resources[0]:.1%} of the no-exit design's)")
+    print(f"what keeps it from being faster: {r.bound}")
+    print(f"wrote {args.dir}/sweep: pareto.json, pareto.png, resources.png, design.yaml ({len(r.front)} designs on the front)")
+    return 0
+
+
+def cmd_cosim(args: argparse.Namespace) -> int:
+    import sys
+
+    from tqdm import tqdm
+
+    from exitflow.hw.build import restore_build
+    from exitflow.cosim import cosimulate
+    from exitflow.core.errors import ConfigError, MismatchError
+    from exitflow.core.files import atomic_write, user_path
+
+    if args.samples is not None and args.samples < 1:
+        raise ConfigError(f"--samples: must be a positive number of test samples; got {args.samples}")
+    if args.reference_samples < 1:
+        raise ConfigError(f"--reference-samples: must be >= 1; got {args.reference_samples}")
+    restore_build(user_path(args.dir) / "hw", log=lambda line: print(line, file=sys.stderr))
+    bar = tqdm(desc="cosim", unit="sample", disable=not sys.stderr.isatty(), leave=False)
+    try:
+        report = cosimulate(args.dir, args.design, args.samples, args.engine, args.reference_samples, progress=bar.update)
+    finally:
+        bar.close()
+    data = report.to_data()
+    cycle = None
+    if args.cycle:
+        from exitflow.cosim.cycle import MIN_SAMPLES, simulate_design
+
+        taken = report.engines[0].results.exit
+        repeats = max(3, -(-MIN_SAMPLES // len(taken)))
+        bar = tqdm(desc="cycle simulation", unit="sample", total=repeats * len(taken), disable=not sys.stderr.isatty(),
+                   leave=False)
+        try:
+            cycle = simulate_design(args.dir, args.design, taken, progress=bar.update)
+        finally:
+            bar.close()
+        data["cycle"] = cycle.to_data()
+    path = f"{args.dir}/cosim/report.json"
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=1)))
+    print(f"{report.summary()}; predicted {report.predicted_fractions}")
+    if cycle is not None:
+        print(cycle.summary())
+    print(f"wrote {path}")
+    if not report.bit_exact:
+        raise MismatchError(f"{report.mismatch_count} of {report.samples} samples differ; first: "
+                            f"{report.mismatches[0].describe()} (all in {path})")
+    return 0
+
+
+# ---------------------------------------------------------------------------- the whole flow
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from exitflow.app.run import RunSettings, load_config, run
+
+    result = run(load_config(args.config), args.out, RunSettings(board=args.board), force=args.force)
+    done = [s.name for s in result.steps if s.status == "done"]
+    print(f"done in {result.seconds:.0f} s ({', '.join(done) or 'every step unchanged, nothing'} run now); "
+          f"open {args.out}/report.html")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from exitflow.app.report import write_report
+
+    print(f"wrote {write_report(args.dir)}")
+    return 0
+
+
+# ---------------------------------------------------------------------------- later issues
+
+
+def _not_yet(name: str, where: str) -> Callable[[argparse.Namespace], int]:
+    def handler(args: argparse.Namespace) -> int:
+        raise NotAvailableError(f"`exitflow {name}` is not in exitflow {__version__} yet; it arrives with {where}")
+
+    return handler
+
+
+def _add_arguments(name: str, p: argparse.ArgumentParser) -> None:
+    """The arguments of each subcommand (later ones included, so that ``--help`` documents them now).
+    Numbers are checked where they are parsed: a bad one is argparse's one-line usage error."""
+
+    def number(kind, low=None, high=None, what="", above=None):
+        def parse(text: str):
+            try:
+                value = kind(text)
+            except ValueError:
+                raise argparse.ArgumentTypeError(f"must be {what}; got {text!r}") from None
+            if kind is float and value != value:  # nan
+                raise argparse.ArgumentTypeError(f"must be {what}; got {text!r}")
+            if (low is not None and value < low) or (high is not None and value > high) or (
+                    above is not None and value <= above):
+                raise argparse.ArgumentTypeError(f"must be {what}; got {text}")
+            return value
+
+        parse.__name__ = what  # argparse names the type in its own messages
+        return parse
+
+    if name == "train":
+        p.add_argument("config", help="run config (YAML): data, model and train sections")
+        p.add_argument("--out", required=True, help="run folder to write model.pt, config.yaml, train_log.json")
+        p.add_argument("--threads", type=number(int, 1, what="an integer >= 1"), default=2,
+                       help="CPU threads for torch (default 2)")
+    elif name == "profile":
+        p.add_argument("dir", help="run folder holding model.pt")
+    elif name == "export":
+        p.add_argument("dir", help="run folder holding model.pt")
+        p.add_argument("--exits", help="comma-separated early exits to keep (block names); the final exit is always kept")
+    elif name == "sweep":
+        p.add_argument("dir", help="run folder holding profile.npz")
+        p.add_argument("--board", required=True, help="board name (see `exitflow boards`)")
+        p.add_argument("--objective", choices=["throughput", "latency"], default="throughput")
+        p.add_argument("--min-accuracy", type=number(float, 0.0, 1.0, what="a fraction in [0, 1], e.g. 0.97"),
+                       help="absolute accuracy floor (fraction, e.g. 0.97)")
+        p.add_argument("--max-drop-pp", type=number(float, 0.0, 100.0, what="percentage points in [0, 100]"), default=1.0,
+                       help="accuracy floor as percentage points below the final exit (default 1.0)")
+        p.add_argument("--max-latency-us", type=number(float, above=0.0, what="a positive number of microseconds"),
+                       help="latency limit in microseconds")
+        p.add_argument("--util", type=number(float, what="a number in (0, 1], e.g. 0.85"), default=0.85,
+                       help="utilisation cap of the board budget (default 0.85)")
+        p.add_argument("--max-exits", type=number(int, 0, what="an integer >= 0"), default=3,
+                       help="most early exits a design may have (default 3; 0: only designs without early exits)")
+    elif name == "build":
+        p.add_argument("dir", help="run folder")
+        p.add_argument("--design", help="design YAML (default: DIR/sweep/design.yaml)")
+    elif name == "cosim":
+        p.add_argument("dir", help="run folder")
+        p.add_argument("--design", help="design YAML (default: DIR/sweep/design.yaml)")
+        p.add_argument("--samples", type=int, help="cosimulate the first N test samples (default: the whole test split)")
+        p.add_argument("--engine", choices=["vectorised", "finn", "both"], default="both",
+                       help="vectorised: exitflow's batch engine on every sample; finn: FINN's own Python execution "
+                            "on every sample (slow: a few images/s for CNV); both (default): vectorised on every "
+                            "sample and FINN on the first --reference-samples, compared with each other")
+        p.add_argument("--reference-samples", type=int, default=10,
+                       help="samples FINN's reference execution runs with --engine both (default 10)")
+        p.add_argument("--cycle", action="store_true",
+                       help="also run the cycle-level pipeline simulation on the exit sequence found: throughput "
+                            "and latency per exit against the dse model's prediction")
+        p.epilog = ("Writes DIR/cosim/report.json (only when the run completes). Exit codes: 0 bit-exact, 4 a sample "
+                    "differs (the report locates it), 2 bad input (one line; an earlier report is kept).")
+    elif name == "report":
+        p.add_argument("dir", help="run folder")
+    elif name == "run":
+        p.add_argument("config", nargs="?", help="run config (YAML); the built-in default when left out")
+        p.add_argument("--out", required=True, help="run folder (a re-run continues it: unchanged steps are skipped)")
+        p.add_argument("--board", default="Pynq-Z2", help="board name (see `exitflow boards`; default Pynq-Z2)")
+        p.add_argument("--force", action="store_true", help="redo every step")
+        p.epilog = ("Steps: train, profile, sweep, build, cosim, report; each is recorded in DIR/run.json with a hash "
+                    "of the config and its input files and skipped when they are unchanged. Ctrl-C loses nothing "
+                    "finished. Exit codes: 0 done, 2 bad input (one line), 4 the cosimulation found a mismatch.")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    class OneLineParser(argparse.ArgumentParser):
+        """A usage error is one line, ``exitflow <cmd>: error: ...``, exit code 2 (argparse prints
+        the whole usage first); ``--help`` is unchanged. Subparsers are of this class too."""
+
+        def error(self, message: str):
+            text = " ".join(message.split())
+            self.exit(2, f"{self.prog}: error: {text} (see `{self.prog} --help`)\n")
+
+        def parse_args(self, args=None, namespace=None):
+            ns, extras = self.parse_known_args(args, namespace)
+            if extras:  # found by the top parser after the subcommand's: name the subcommand
+                command = getattr(ns, "command", None)
+                prog = f"{self.prog} {command}" if command else self.prog
+                self.exit(2, f"{prog}: error: unrecognized arguments: {' '.join(extras)} (see `{prog} --help`)\n")
+            return ns
+
+    parser = OneLineParser(
+        prog="exitflow",
+        description="FPGA co-design of early-exit neural networks (Brevitas -> FINN -> PYNQ).",
+        epilog="Bad input exits with code 2 and one line on stderr; --debug shows the traceback.",
+    )
+    parser.add_argument("--version", action="version", version=f"exitflow {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback on errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
+    sub.required = True
+    for name, help_text, later in COMMANDS:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show the full traceback on errors")
+        if name == "boards":
+            p.add_argument("name", nargs="?", help="show only this board")
+            p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+            p.set_defaults(handler=cmd_boards)
+        else:
+            _add_arguments(name, p)
+            handler = globals().get(f"cmd_{name}") if later is None else _not_yet(name, later)
+            p.set_defaults(handler=handler)
+    return parser
+
+
+# The run folder each command writes, as (argument, whether the command may make the folder).
+WRITES: dict[str, tuple[str, bool]] = {
+    "train": ("out", True), "run": ("out", True), "profile": ("dir", False), "export": ("dir", False),
+    "sweep": ("dir", False), "build": ("dir", False), "cosim": ("dir", False), "report": ("dir", False),
+}
+# OSError numbers that are the user's environment, not a bug: one line and exit code 2.
+_USER_OS_ERRORS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENAMETOOLONG}
+
+
+@contextlib.contextmanager
+def _writer(args: argparse.Namespace):
+    """One writer per run folder: the folder the command writes is held for the whole command
+    (a second exitflow process on it is refused at once). ``--out`` must be new, empty or a run
+    folder; a command that reads an existing run folder takes the lock only if it is one (the
+    command itself says what is missing otherwise, and leaves a stranger's folder untouched)."""
+    from exitflow.core.files import check_out_folder, is_run_folder, run_folder_lock, user_path
+
+    attr, makes = WRITES.get(args.command, (None, False))
+    folder = user_path(getattr(args, attr)) if attr else None
+    if folder is not None and makes:
+        check_out_folder(folder, f"--{attr}")
+    if folder is None or not (makes or (folder.is_dir() and is_run_folder(folder))):
+        yield
+        return
+    with run_folder_lock(folder, f"exitflow {args.command}"):
+        yield
+
+
+class _Interrupt:
+    """Ctrl-C exits 130 at any instant. The first SIGINT raises KeyboardInterrupt, so every step
+    puts back what it was changing; whatever that exception turns into on its way out (an
+    ImportError when it lands inside an import, say) still ends as an interrupt. A second SIGINT
+    ends the process at once: what an interrupted build leaves, the next build repairs.
+
+    Python swallows an exception raised where it cannot propagate (a weakref callback, a
+    ``__del__``) and prints "Exception ignored in ...". A KeyboardInterrupt lost that way is sent
+    again, so it lands in ordinary code, and nothing is printed."""
+
+    def __init__(self) -> None:
+        self.seen = False
+        self.previous = None
+        self.previous_hook = None
+        self.alarm = None
+
+    def __enter__(self) -> _Interrupt:
+        INTERRUPTED.clear()
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGINT, self._handle)
+            self.previous_hook = sys.unraisablehook
+            sys.unraisablehook = self._unraisable
+        return self
+
+    def __exit__(self, *exc) -> None:
+        INTERRUPTED.clear()
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+            sys.unraisablehook = self.previous_hook
+        if self.alarm is not None:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, self.alarm)
+
+    def _unraisable(self, unraisable) -> None:
+        if isinstance(unraisable.exc_value, KeyboardInterrupt):
+            # Raised again by an alarm a moment later, outside the finaliser (a signal raised
+            # here would be handled at once, inside this hook).
+            self.seen = False
+            self.alarm = signal.signal(signal.SIGALRM, self._handle)
+            signal.setitimer(signal.ITIMER_REAL, 0.02)
+            return
+        self.previous_hook(unraisable)
+
+    def _handle(self, signum, frame) -> None:
+        if self.seen:
+            os._exit(130)
+        self.seen = True
+        INTERRUPTED.set()
+        raise KeyboardInterrupt
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    prog = f"exitflow {args.command}"
+    with _Interrupt() as interrupt:
+        return _main(args, prog, interrupt)
+
+
+def _main(args: argparse.Namespace, prog: str, interrupt: _Interrupt) -> int:
+    try:
+        with _writer(args):
+            code = int(args.handler(args) or 0)
+        if interrupt.seen:  # something caught the KeyboardInterrupt and went on
+            print(f"{prog}: interrupted", file=sys.stderr)
+            return 130
+        return code
+    except BaseException as err:  # noqa: BLE001 (sorted below)
+        if interrupt.seen or isinstance(err, KeyboardInterrupt):
+            print(f"{prog}: interrupted", file=sys.stderr)
+            return 130
+        if isinstance(err, SystemExit):
+            raise
+        return _report(err, args, prog)
+
+
+def _report(err: BaseException, args: argparse.Namespace, prog: str) -> int:
+    """One line on stderr for an error, and its exit code."""
+    if isinstance(err, BrokenPipeError):
+        return 0
+    if args.debug:
+        traceback.print_exception(err)
+    if isinstance(err, ExitflowError):
+        print(f"{prog}: error: {_one_line(str(err))}", file=sys.stderr)
+        return err.exit_code
+    if isinstance(err, OSError) and err.errno in _USER_OS_ERRORS:
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"{prog}: error: {where}{err.strerror} (check the folder's permissions and free space)",
+              file=sys.stderr)
+        return 2
+    print(
+        f"{prog}: internal error: {type(err).__name__}: {_one_line(str(err))} "
+        "(a bug in exitflow; rerun with --debug for the traceback and report it)",
+        file=sys.stderr,
+    )
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,408 @@
+"""The main job end to end: ``exitflow run [CONFIG] --out DIR``.
+
+Six steps, in order, each one of exitflow's own commands on the same run folder:
+
+========  ===========================================  =======================================
+step      reads (besides the resolved config)          writes
+========  ===========================================  =======================================
+train     (the data set)                               model.pt, config.yaml, train_log.json
+profile   model.pt                                     profile.npz, profile.json, profile.png
+sweep     model.pt, profile.npz                        sweep/pareto.json, pareto.png,
+                                                       resources.png, design.yaml
+build     model.pt, sweep/design.yaml                  hw/ (build.json), the Vivado project
+cosim     model.pt, profile.npz, sweep/design.yaml,    cosim/report.json
+          hw/build.json
+report    everything above, run.json's step records   report.html
+========  ===========================================  =======================================
+
+**Caching.** A step's *key* is a SHA-256 over the resolved config (data, model, train, board,
+objective), the step's name and the contents of the files it reads. After a step finishes, its
+key, time and one-line summary are written to ``DIR/run.json`` (atomically). A re-run skips a
+step whose key is unchanged and whose outputs are all there, and redoes the others: a changed
+config changes every key, so the run starts again from ``train``; an edited
+``sweep/design.yaml`` redoes ``build`` and what follows. ``force=True`` redoes every step.
+
+**Interrupts.** Every step writes its outputs atomically (``train`` checkpoints every epoch and
+resumes; ``build`` puts an earlier ``hw/`` back when it fails or is interrupted), and a step is
+recorded only once it has finished, so Ctrl-C at any point loses nothing finished and the next
+run continues with the step that was interrupted. When DIR holds the model of an earlier config
+(or ``force`` retrains), the new one trains in ``DIR/.run/train`` and replaces the earlier files
+only once it is complete. A folder that ``exitflow train`` made for another config (no
+``run.json``) is refused, as ``exitflow train`` refuses it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import shutil
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Literal
+
+from exitflow.core.errors import ConfigError, MismatchError
+from exitflow.core.files import atomic_write, check_out_folder, run_folder_lock, user_path
+
+STEP_NAMES = ("train", "profile", "sweep", "build", "cosim", "report")
+RUN_FILE = "run.json"
+DEFAULT_BOARD = "Pynq-Z2"
+Objective = Literal["throughput", "latency"]
+Status = Literal["done", "skipped"]
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """What a run needs besides the model config: the board and the search objective."""
+
+    board: str = DEFAULT_BOARD
+    objective: Objective = "throughput"
+    max_drop_pp: float = 1.0  # accuracy floor of the design search, pp below the final exit
+    threads: int = 2  # torch CPU threads
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    name: str
+    status: Status
+    seconds: float  # time this invocation spent on the step (0 when skipped)
+    summary: str  # one line: what the step found
+    recorded_seconds: float  # time of the run that produced the outputs
+
+
+@dataclass
+class RunResult:
+    out: Path
+    steps: list[StepRecord] = field(default_factory=list)
+    bit_exact: bool | None = None  # the cosimulation's verdict (None: it did not run)
+
+    @property
+    def seconds(self) -> float:
+        return sum(s.seconds for s in self.steps)
+
+
+@dataclass
+class _Context:
+    config: object  # RunConfig
+    out: Path
+    settings: RunSettings
+    config_text: str  # the resolved config, as it enters every key
+    force: bool = False
+
+    @property
+    def design(self) -> Path:
+        return self.out / "sweep" / "design.yaml"
+
+
+@dataclass(frozen=True)
+class _Step:
+    name: str
+    inputs: tuple[str, ...]  # files in DIR whose contents enter the key
+    outputs: tuple[str, ...]  # files in DIR that must exist for the step to count as done
+    work: Callable[[_Context], str]  # does the step, returns its one-line summary
+
+
+# ------------------------------------------------------------------------- the steps
+
+
+def _step_train(ctx: _Context) -> str:
+    import torch
+
+    from exitflow.quant.train import train
+    from exitflow.core.schema import dump_yaml
+
+    torch.set_num_threads(max(1, ctx.settings.threads))
+    existing = ctx.out / "config.yaml"
+    earlier = existing.exists() and existing.read_text() != dump_yaml(ctx.config)
+    if earlier or (ctx.force and (ctx.out / "model.pt").exists()):
+        # DIR holds the run of an earlier config (or --force retrains): train beside it, in a staging
+        # folder that an interrupted run resumes from, and replace the earlier model only once this one is done.
+        staging = ctx.out / ".run" / "train"
+        staged = staging / "config.yaml"
+        if staged.exists() and staged.read_text() != dump_yaml(ctx.config):
+            shutil.rmtree(staging)  # an unfinished training of yet another config
+        result = train(ctx.config, staging, log=lambda line: None)
+        (ctx.out / "checkpoint.pt").unlink(missing_ok=True)  # the earlier config's unfinished epochs
+        for name in ("model.pt", "train_log.json", "config.yaml"):  # config.yaml last: it says whose model.pt it is
+            atomic_write(ctx.out / name, lambda tmp, source=staging / name: shutil.copyfile(source, tmp))
+        shutil.rmtree(staging)
+        with contextlib.suppress(OSError):
+            staging.parent.rmdir()
+    else:
+        result = train(ctx.config, ctx.out, log=lambda line: None)
+    accuracy = ", ".join(f"{k} {100 * v:.2f}%" for k, v in result.val_accuracy.items())
+    epochs = ctx.config.train.epochs
+    return f"{epochs} epochs ({result.epochs_run} run now); validation accuracy per exit: {accuracy}"
+
+
+def _step_profile(ctx: _Context) -> str:
+    from exitflow.quant.profile import profile
+
+    summary = profile(ctx.out)
+    test = summary["splits"]["test"]
+    accuracy = ", ".join(f"{k} {100 * v:.2f}%" for k, v in test["accuracy"].items())
+    return f"{test['samples']} test samples; accuracy per exit: {accuracy}"
+
+
+def _step_sweep(ctx: _Context) -> str:
+    from exitflow.dse.sweep import sweep
+
+    r = sweep(ctx.out, ctx.settings.board, objective=ctx.settings.objective, max_drop_pp=ctx.settings.max_drop_pp,
+              log=lambda line: None)
+    c = r.chosen
+    exits = json.loads((ctx.out / "sweep" / "pareto.json").read_text())["chosen"]["exits"]  # names, not indices
+    return (f"chosen exits {', '.join(exits) or 'none'} at thresholds {list(c.thresholds)}: {c.fps:,.0f} samples/s "
+            f"({r.gain:.2f}x the best design without early exits), LUT {c.resources[0]:,.0f}, "
+            f"test accuracy {100 * r.test_accuracy:.2f}%; {len(r.front)} designs on the front")
+
+
+def _step_build(ctx: _Context) -> str:
+    from exitflow.boards.vivado import build_bitfile, build_with_project, missing_tools
+
+    reports = build_with_project(ctx.out, ctx.design, log=lambda line: None)
+    text = f"{len(reports)} graphs through FINN code generation, the Vivado project in hw/vivado"
+    missing = missing_tools()
+    if missing:
+        return f"{text}; bitfile not run (needs {' and '.join(missing)})"
+    return f"{text}; bitfile {build_bitfile(ctx.out, log=lambda line: None)}"
+
+
+def _step_cosim(ctx: _Context) -> str:
+    from exitflow.cosim import cosimulate
+
+    bar = _inner_bar("cosim", "sample")
+    try:
+        report = cosimulate(ctx.out, ctx.design, progress=bar.update)
+    finally:
+        bar.close()
+    data = report.to_data()
+    text = (f"{'bit-exact' if report.bit_exact else f'{report.mismatch_count} MISMATCHES'} on {report.samples} "
+            f"test samples")
+    try:
+        from exitflow.cosim.cycle import MIN_SAMPLES, simulate_design
+    except ImportError:  # an exitflow without the cycle-level simulation
+        data["cycle"] = None
+        text += "; cycle simulation not run (not in this exitflow)"
+    else:
+        taken = report.engines[0].results.exit
+        repeats = max(3, -(-MIN_SAMPLES // len(taken)))
+        bar = _inner_bar("cycle simulation", "sample", total=repeats * len(taken))
+        try:
+            cycle = simulate_design(ctx.out, ctx.design, taken, progress=bar.update)
+        finally:
+            bar.close()
+        data["cycle"] = cycle.to_data()
+        text += (f"; cycle simulation {cycle.simulated_fps:,.0f} samples/s against {cycle.predicted_fps:,.0f} "
+                 f"predicted (ratio {cycle.ratio:.3f})")
+    atomic_write(ctx.out / "cosim" / "report.json", lambda tmp: tmp.write_text(json.dumps(data, indent=1)))
+    return text
+
+
+def _step_report(ctx: _Context) -> str:
+    from exitflow.app.report import write_report
+
+    path = write_report(ctx.out)
+    return f"{path} ({path.stat().st_size / 1e6:.1f} MB, self-contained)"
+
+
+STEPS: tuple[_Step, ...] = (
+    _Step("train", (), ("model.pt", "config.yaml"), _step_train),
+    _Step("profile", ("model.pt",), ("profile.npz", "profile.json", "profile.png"), _step_profile),
+    _Step("sweep", ("model.pt", "profile.npz"),
+          ("sweep/pareto.json", "sweep/pareto.png", "sweep/resources.png", "sweep/design.yaml"), _step_sweep),
+    _Step("build", ("model.pt", "sweep/design.yaml"), ("hw/build.json",), _step_build),
+    _Step("cosim", ("model.pt", "profile.npz", "sweep/design.yaml", "hw/build.json"), ("cosim/report.json",), _step_cosim),
+    _Step("report", ("profile.json", "profile.png", "sweep/pareto.json", "sweep/pareto.png", "sweep/resources.png",
+                     "sweep/design.yaml", "hw/build.json", "cosim/report.json"), ("report.html",), _step_report),
+)
+assert tuple(s.name for s in STEPS) == STEP_NAMES
+
+
+# ------------------------------------------------------------------------- keys and records
+
+
+def _file_hash(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _step_key(step: _Step, ctx: _Context, records: dict) -> str:
+    parts: dict = {"step": step.name, "config": ctx.config_text,
+                   "inputs": {name: _file_hash(ctx.out / name) if (ctx.out / name).is_file() else None
+                              for name in step.inputs}}
+    if step.name == "report":
+        # the report shows every step's record and is drawn by the template: both enter its key
+        from exitflow.app.report import TEMPLATE
+
+        parts["steps"] = {k: v for k, v in records.items() if k != "report"}
+        parts["template"] = _file_hash(TEMPLATE)
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
+def read_records(out: Path, strict: bool = False) -> dict:
+    """The step records of ``out/run.json`` ({} when there is none). An unreadable file is {}
+    too, unless ``strict``: then it is one ConfigError line, since redoing every step would
+    overwrite what the user may have edited since (``sweep/design.yaml``)."""
+    path = Path(out) / RUN_FILE
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as err:
+        if strict:
+            raise ConfigError(f"{path}: damaged ({type(err).__name__}); remove it to redo every step, or run with "
+                              "--force (nothing was changed)") from None
+        return {}
+    steps = data.get("steps") if isinstance(data, dict) else None
+    if strict and not isinstance(steps, dict):
+        raise ConfigError(f"{path}: not a run record (no 'steps' object); remove it to redo every step, or run "
+                          "with --force (nothing was changed)")
+    return steps if isinstance(steps, dict) else {}
+
+
+def _write_records(ctx: _Context, records: dict) -> None:
+    from exitflow import __version__
+
+    data = {"exitflow": __version__, "board": ctx.settings.board, "objective": ctx.settings.objective,
+            "max_drop_pp": ctx.settings.max_drop_pp, "config": ctx.config_text, "steps": records}
+    atomic_write(ctx.out / RUN_FILE, lambda tmp: tmp.write_text(json.dumps(data, indent=1)))
+
+
+def _resolved(config, settings: RunSettings) -> str:
+    from exitflow.core.schema import dump_yaml
+
+    return dump_yaml(config) + f"# run\nboard: {settings.board}\nobjective: {settings.objective}\n" \
+        f"max_drop_pp: {settings.max_drop_pp}\n"
+
+
+# ------------------------------------------------------------------------- progress
+
+
+def _show() -> bool:
+    return sys.stderr.isatty()
+
+
+def _inner_bar(desc: str, unit: str, total: int | None = None):
+    from tqdm import tqdm
+
+    return tqdm(desc=desc, unit=unit, total=total, disable=not _show(), leave=False)
+
+
+def load_config(path: str | Path | None):
+    """The run config in ``path`` (YAML), or the built-in default when ``path`` is None.
+
+    Paths inside the file (``data.path``, ``train.backbone_from``) are read relative to the
+    file's own folder, wherever exitflow is started from, and made absolute here, once."""
+    import dataclasses
+
+    from exitflow.quant.config import RunConfig
+    from exitflow.core.schema import load_file
+
+    if path is None:
+        return RunConfig()
+    path = user_path(path)
+    config = load_file(RunConfig, path)
+
+    def near(value: str | None) -> str | None:
+        return None if value is None else str(user_path(path.parent / Path(value).expanduser()))
+
+    return dataclasses.replace(config, data=dataclasses.replace(config.data, path=near(config.data.path)),
+                               train=dataclasses.replace(config.train, backbone_from=near(config.train.backbone_from)))
+
+
+def run(config, out: str | Path, settings: RunSettings = RunSettings(), force: bool = False,
+        log: Callable[[str], None] = print, steps: Sequence[_Step] | None = None) -> RunResult:
+    """Run (or continue) the whole flow for ``config`` in folder ``out``; see the module docstring.
+
+    ``log`` receives one line per step. A cosimulation that finds a mismatch still ends with
+    the report, then raises :class:`MismatchError`."""
+    from exitflow.core.catalogue import get_board
+
+    if settings.objective not in ("throughput", "latency"):
+        raise ConfigError(f"objective: must be throughput or latency; got {settings.objective!r}")
+    if settings.threads < 1:
+        raise ConfigError(f"--threads: must be >= 1; got {settings.threads}")
+    board = get_board(settings.board)  # a typo fails now, not after training
+    settings = RunSettings(board.name, settings.objective, settings.max_drop_pp, settings.threads)
+    out = user_path(out)
+    check_out_folder(out)
+    with run_folder_lock(out, "exitflow run"):
+        return _run(config, out, settings, force, log, steps)
+
+
+def _run(config, out: Path, settings: RunSettings, force: bool, log: Callable[[str], None],
+         steps: Sequence[_Step] | None) -> RunResult:
+    from tqdm import tqdm
+
+    ctx = _Context(config, out, settings, _resolved(config, settings), force)
+    _check_folder(ctx)
+    records = {k: v for k, v in read_records(out, strict=not force).items() if k in STEP_NAMES}
+    _write_records(ctx, records)  # marks DIR as a folder of `exitflow run` from the start
+    result = RunResult(out)
+    todo = list(steps if steps is not None else STEPS)
+    bar = tqdm(todo, desc="exitflow run", unit="step", disable=not _show(), leave=False,
+               bar_format="{desc}: {n_fmt}/{total_fmt} steps |{bar}| {elapsed}")
+    write = tqdm.write if _show() and log is print else log  # on a terminal, lines go above the bar
+    finn_log = logging.getLogger("finn_logger")  # FINN's SetFolding warns about exitflow's own ops
+    level = finn_log.level
+    finn_log.setLevel(logging.ERROR)
+    try:
+        for step in bar:
+            bar.set_description(f"exitflow run: {step.name}")
+            key = _step_key(step, ctx, records)
+            previous = records.get(step.name)
+            done = all((out / name).is_file() for name in step.outputs)
+            if not force and isinstance(previous, dict) and previous.get("key") == key and done:
+                record = StepRecord(step.name, "skipped", 0.0, previous.get("summary", ""),
+                                    float(previous.get("seconds", 0.0)))
+                write(f"{step.name}: unchanged, skipped ({previous.get('summary', '')})")
+            else:
+                started = time.perf_counter()
+                summary = step.work(ctx)
+                seconds = time.perf_counter() - started
+                record = StepRecord(step.name, "done", seconds, summary, seconds)
+                records[step.name] = {"key": key,
+                                      "seconds": round(seconds, 3), "summary": summary,
+                                      "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+                _write_records(ctx, records)
+                write(f"{step.name}: {summary} [{seconds:.1f} s]")
+            result.steps.append(record)
+    finally:
+        bar.close()
+        finn_log.setLevel(level)
+    result.bit_exact = cosim_verdict(out)
+    if result.bit_exact is False:
+        raise MismatchError(f"the cosimulation found samples on which the hardware differs from the model; "
+                            f"see {out / 'cosim' / 'report.json'} and {out / 'report.html'}")
+    return result
+
+
+def _check_folder(ctx: _Context) -> None:
+    """A run folder of another config is replaced only when `exitflow run` made it (it has
+    run.json); one made by `exitflow train` is refused, as `exitflow train` refuses it."""
+    from exitflow.core.schema import dump_yaml
+
+    existing = ctx.out / "config.yaml"
+    if existing.is_file() and not (ctx.out / RUN_FILE).exists() and existing.read_text() != dump_yaml(ctx.config):
+        raise ConfigError(f"{ctx.out} already holds a run with a different config ({existing}); choose another "
+                          "--out folder (nothing was overwritten)")
+
+
+def cosim_verdict(out: Path) -> bool | None:
+    """True/False from ``out/cosim/report.json``, None when there is none."""
+    try:
+        return bool(json.loads((Path(out) / "cosim" / "report.json").read_text())["bit_exact"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+__all__ = ["DEFAULT_BOARD", "STEPS", "STEP_NAMES", "RunResult", "RunSettings", "StepRecord", "cosim_verdict",
+           "load_config", "read_records", "run"]

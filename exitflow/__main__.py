@@ -1,0 +1,5 @@
+import sys
+
+from exitflow.app.cli import main
+
+sys.exit(main())

@@ -1,5 +1,0 @@
-import sys
-
-from exitflow.cli import main
-
-sys.exit(main())

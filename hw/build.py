@@ -1,0 +1,249 @@
+"""``exitflow build``: a design -> FINN hardware for every stage and head, up to code generation.
+
+1. Check the design against the trained model (same backbone, stages that follow its blocks,
+   exits it has) and the folding against FINN's rules, before FINN runs.
+2. Export the design's exits stage by stage (QONNX).
+3. Run exitflow's FINN steps (:mod:`exitflow.hw.finn_flow`) on every stage and head into
+   ``DIR/hw/<stage or head name>/``: the specialised, folded HW graph, FINN's estimate reports,
+   the folding as a FINN folding-config JSON, and the generated HLS/RTL code.
+4. The bitfile needs Vivado and Vitis HLS; without them the build says so in one line.
+
+Bad input is found before anything is written. FINN records absolute paths, so the graphs are
+built in ``DIR/hw`` itself while an earlier ``DIR/hw`` waits in ``DIR/.hw.previous``; if the
+build fails, the earlier outputs are put back as they were.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+
+from exitflow.core.design import Design, gate_depth_limit, load_design, memory_bits
+from exitflow.core.errors import ConfigError, check_interrupt
+from exitflow.core.files import atomic_write, user_path
+from exitflow.hw.folding import check_folding
+
+VIVADO_VERSION = "2024.2"  # the tool release finn-plus 1.6.1 targets
+
+
+def match_design(design: Design, config, model, source: str) -> list[str]:
+    """The exits the design keeps, after checking it describes this model."""
+    if design.model != config.model.backbone:
+        raise ConfigError(f"{source}: model: the design is for {design.model!r}, the run folder holds a "
+                          f"{config.model.backbone!r} model")
+    from exitflow.quant.custom import CustomMultiExitNet
+
+    custom = isinstance(model, CustomMultiExitNet)
+    ends = [stage.blocks[-1] for stage in design.stages]
+    for k, (stage, end) in enumerate(zip(design.stages, ends)):
+        last = k == len(design.stages) - 1
+        if last and end != model.exit_names[-1]:
+            raise ConfigError(f"{source}: stages[{k}].blocks: the last stage must end with the final exit "
+                              f"{model.exit_names[-1]!r}; it ends with {end!r}")
+        if not last and end not in model.exit_names[:-1]:
+            raise ConfigError(f"{source}: stages[{k}].blocks: the model has no exit after {end!r}; "
+                              f"candidate exits: {', '.join(model.exit_names[:-1])}")
+    if not custom:
+        flat = [b for stage in design.stages for b in stage.blocks]
+        if flat != model.block_names:
+            raise ConfigError(f"{source}: stages: the blocks {flat} must be the model's blocks in order: "
+                              f"{model.block_names}")
+    names = [s.name for s in design.stages] + [h.name for h in design.heads]
+    clash = sorted({n for n in names if names.count(n) > 1})
+    if clash:
+        raise ConfigError(f"{source}: stage and head names share {clash[0]!r}; each names its own folder in hw/")
+    return ends[:-1]
+
+
+@dataclass(frozen=True)
+class GraphReport:
+    name: str
+    kind: str  # "stage" or "head"
+    lut: float
+    ff: float
+    bram18: int
+    uram: int
+    dsp: int
+    interval_cycles: int  # slowest node
+    nodes: int
+
+
+def _summarise(name: str, kind: str, folder: Path) -> GraphReport:
+    resources = json.loads((folder / "estimate_layer_resources.json").read_text())
+    cycles = json.loads((folder / "estimate_layer_cycles.json").read_text())
+    total = lambda key: sum(r.get(key, 0) for r in resources.values())  # noqa: E731
+    return GraphReport(name, kind, total("LUT"), total("FF"), int(total("BRAM_18K")), int(total("URAM")),
+                       int(total("DSP")), int(max(cycles.values())), len(resources))
+
+
+def build(run_dir: str | Path, design_path: str | Path | None = None, log: Callable[[str], None] = print,
+          hw_dir: str | Path | None = None,
+          vivado_project: Callable[[Path, dict], object] | None = None) -> list[GraphReport]:
+    """Build the design into ``hw_dir`` (default ``DIR/hw``); see the module docstring."""
+    from exitflow.core.catalogue import get_board
+
+    run_dir = user_path(run_dir)
+    design_path = user_path(design_path) if design_path else run_dir / "sweep" / "design.yaml"
+    if not design_path.exists():
+        raise ConfigError(f"{design_path}: design not found; pass --design FILE (a design YAML, see README)")
+    design = load_design(design_path)
+    board = get_board(design.board)
+    # torch, only once the design and the board are known to be good: a mistake there is reported at once
+    from exitflow.quant import checkpoint as ckpt
+    from exitflow.quant.export import layer_table
+
+    config, model, data = ckpt.load_model(run_dir)
+    exits = match_design(design, config, model, str(design_path))
+    chosen = [*exits, model.exit_names[-1]]
+    stage_layers, head_layers = layer_table(model, chosen)
+    for k, stage in enumerate(design.stages):
+        check_folding(f"{design_path}: stages[{k}].folding", stage.folding, stage_layers[k], f"stage {stage.name!r}")
+        check_folding(f"{design_path}: stages[{k}].head.folding", stage.head.folding, head_layers[k], f"head {stage.head.name!r}")
+
+    # FINN records absolute paths of generated code, so the build happens in DIR/hw itself; an
+    # earlier DIR/hw waits in DIR/.hw.previous and comes back if this build fails or is killed.
+    final = user_path(hw_dir) if hw_dir else run_dir / "hw"
+    restore_build(final, log)
+    previous = backup_of(final)
+    if final.exists():
+        final.rename(previous)
+    try:
+        reports = _build_graphs(final, design, design_path, board, model, data, exits, stage_layers, head_layers, log,
+                                vivado_project)
+    except BaseException:
+        shutil.rmtree(final, ignore_errors=True)
+        if previous.exists():
+            previous.rename(final)
+        raise
+    shutil.rmtree(previous, ignore_errors=True)
+    return reports
+
+
+def backup_of(hw: Path) -> Path:
+    """Where an earlier build waits while a new one runs: ``DIR/.hw.previous``."""
+    return hw.with_name(f".{hw.name}.previous")
+
+
+def is_finished(hw: Path) -> bool:
+    """A build is finished once its ``build.json`` is there: it is written last, atomically."""
+    return (hw / "build.json").is_file()
+
+
+def restore_build(hw: Path, log: Callable[[str], None] = print) -> bool:
+    """Put the last finished build back in ``hw`` after a build that was interrupted or killed
+    (``kill -9`` leaves no chance to clean up): an unfinished ``hw`` gives way to its backup; a
+    finished one makes the backup redundant. Safe to interrupt at any point and to call again.
+    Returns whether a backup was put back."""
+    previous = backup_of(hw)
+    if not previous.exists():
+        return False
+    if is_finished(hw):
+        shutil.rmtree(previous)  # the build finished; only its clean-up was cut short
+        return False
+    if not is_finished(previous):  # no finished build anywhere (cannot happen unless edited by hand)
+        shutil.rmtree(previous)
+        return False
+    shutil.rmtree(hw, ignore_errors=True)
+    previous.rename(hw)
+    log(f"note: {hw} held an interrupted build; the last finished build was put back from {previous}")
+    return True
+
+
+def _build_graphs(hw, design, design_path, board, model, data, exits, stage_layers, head_layers, log, vivado_project):
+    import sys
+
+    import torch
+    from tqdm import tqdm
+
+    from exitflow.quant.export import export_stages
+
+    from exitflow.hw import finn_flow
+
+    manifest = export_stages(model, exits, hw / "stages", torch.zeros((1, *data["input_shape"])))
+    clock_ns = 1000.0 / design.resolve_clock_mhz()
+    jobs = []
+    for k, stage in enumerate(design.stages):
+        ctu = {"policy": stage.head.policy, "threshold": stage.head.threshold, "scale": manifest["heads"][k]["scale"]}
+        blocks = ", ".join(stage.blocks)
+        jobs.append((stage.name, "stage", manifest["stages"][k]["file"], [l["name"] for l in stage_layers[k]], stage.folding, None,
+                     f"the stage of blocks {blocks}"))
+        jobs.append((stage.head.name, "head", manifest["heads"][k]["file"], [l["name"] for l in head_layers[k]], stage.head.folding, ctu,
+                     f"the exit head after {stage.blocks[-1]}"))
+    reports = []
+    for k, (name, kind, file, layers, folding, ctu, where) in enumerate(
+            tqdm(jobs, desc="FINN", unit="graph", disable=not sys.stderr.isatty(), leave=False)):
+        out = hw / name
+        state = finn_flow.FlowState(name=name, part=board.part, clock_ns=clock_ns, layers=layers, folding=folding,
+                                    out=out, image_input=k == 0, ctu=ctu, where=where)
+        finn_flow.run_flow(hw / "stages" / file, out, state)
+        (out / "layers.json").write_text(json.dumps({"layers": state.layer_nodes, "input_datatype": state.input_datatype,
+                                                     "input_scale": state.input_scale}, indent=1))
+        report = _summarise(name, kind, out)
+        reports.append(report)
+        log(f"{kind} {name}: {report.nodes} HW nodes, interval {report.interval_cycles} cycles, "
+            f"LUT {report.lut:.0f}, BRAM18 {report.bram18}, DSP {report.dsp}")
+    gates = _gate_checks(hw, design, board, design_path, log)
+    summary = {
+        "design": str(Path(design_path).resolve()), "board": board.name, "part": board.part, "gates": gates,
+        "clock_mhz": design.resolve_clock_mhz(), "input_shape": list(data["input_shape"]),
+        "graphs": [r.__dict__ for r in reports],
+        "bitfile": bitfile_status(hw.parent, design_path),
+    }
+    if vivado_project:  # the board's step (exitflow.boards.vivado.write_project): before build.json commits the build
+        vivado_project(hw.parent, summary)
+    check_interrupt()  # a Ctrl-C that a library swallowed: the earlier build comes back, this one is not committed
+    atomic_write(hw / "build.json", lambda tmp: tmp.write_text(json.dumps(summary, indent=1)))  # last: the build is done
+    return reports
+
+
+def _gate_checks(hw: Path, design: Design, board, design_path: Path, log) -> list[dict]:
+    """A gate must fit on the board: ``gate_depth`` feature maps of the stage's real size (its
+    folded output words times the stream width) within the device's memory, or the design is
+    refused. Its FIFO should also cover its head's decision latency (the sum of the head's node
+    cycles): a shallower one stalls the stage while the head decides. That is reported, not
+    refused: the depth is the design's trade-off."""
+    from qonnx.core.modelwrapper import ModelWrapper
+    from qonnx.custom_op.registry import getCustomOp
+
+    import exitflow.hls_templates.ctu_op  # noqa: F401
+
+    checks = []
+    for k, stage in enumerate(design.stages[:-1]):
+        last = getCustomOp(ModelWrapper(str(hw / stage.name / "model_hw.onnx")).graph.node[-1])
+        folds = int(np.prod(last.get_folded_output_shape()[:-1]))
+        map_bits = folds * int(last.get_outstream_width())
+        if stage.gate_depth * map_bits > memory_bits(board):
+            raise ConfigError(
+                f"{design_path}: stages[{k}].gate_depth: {stage.gate_depth:,} feature maps of {map_bits:,} bits after "
+                f"{stage.name!r} need {stage.gate_depth * map_bits:,} bits; {board.name} holds {memory_bits(board):,} "
+                f"in all (BRAM, URAM and LUT RAM), so at most {gate_depth_limit(board, map_bits):,} maps; the search uses 2 to 8")
+        latency = sum(json.loads((hw / stage.head.name / "estimate_layer_cycles.json").read_text()).values())
+        words = stage.gate_depth * folds
+        checks.append({"stage": stage.name, "fifo_words": words, "head_latency_cycles": int(latency), "covers": words >= latency})
+        if words < latency:
+            log(f"note: the gate after {stage.name} holds {words} words, less than {stage.head.name}'s decision latency "
+                f"of about {int(latency)} cycles; the stage may stall while it decides (raise gate_depth)")
+    return checks
+
+
+def missing_tools() -> list[str]:
+    missing = [] if shutil.which("vivado") else [f"Vivado {VIVADO_VERSION} (vivado)"]
+    if not (shutil.which("vitis_hls") or shutil.which("vitis-run")):
+        missing.append(f"Vitis HLS {VIVADO_VERSION} (vitis_hls or vitis-run)")
+    return missing
+
+
+def bitfile_status(run_dir: Path, design_path: Path) -> dict:
+    """What the Vivado part of the build needs, and whether this machine has it."""
+    return {
+        "tools": f"Vivado and Vitis HLS {VIVADO_VERSION}",
+        "missing": missing_tools(),
+        "project": str(Path(run_dir) / "hw" / "vivado"),
+        "command": f"exitflow build {run_dir} --design {design_path}",
+    }

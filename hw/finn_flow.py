@@ -1,0 +1,479 @@
+"""exitflow's own list of FINN steps, for one stage or head QONNX graph.
+
+FINN's builder module cannot be imported without Vivado, so exitflow runs FINN's transformations
+itself, in the order FINN's builder does, one function per step (each named by a verb):
+
+  integerize_input -> qonnx_to_finn -> tidy_up -> streamline -> convert_to_hw -> round_thresholds
+  -> remove_identity_thresholds -> take_dataflow_partition -> append_ctu (heads) -> specialize_layers -> apply_folding -> minimize_bit_width
+  -> insert_width_converters -> (estimate reports) -> generate_code
+
+``integerize_input`` is exitflow's: every exported graph starts with the quantiser of what it
+receives, so its input is replaced by the integer stream itself (``UINT8`` pixels for the first
+stage, the previous stage's activations for the others) times the quantiser's scale; FINN's
+streamlining absorbs that scale. Between stages the hardware therefore streams integers.
+
+Folding is given per *layer name* (block names for stages, ``hidden``/``classifier`` for heads):
+the k-th weight layer of a graph is its k-th MVAU, so generated FINN node names never appear in
+a design. The applied folding is also written as a FINN folding-config JSON keyed by node names,
+which FINN's own builder accepts unchanged (``folding_config_file``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import os
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from exitflow.core.errors import ConfigError, ExitflowError, check_interrupt
+
+HW_ATTRS = ["PE", "SIMD", "ram_style", "ram_style_thresholds", "mem_mode", "resType", "impl_style", "parallel_window"]
+WEIGHT_OPS = ("MVAU", "VVAU")
+
+
+class UnsupportedLayerError(ExitflowError):
+    """FINN cannot map a layer of the graph to hardware."""
+
+
+@dataclass
+class FlowState:
+    """What a step needs besides the graph."""
+
+    name: str  # stage or head name, for messages
+    part: str
+    clock_ns: float
+    layers: list[str]  # weight layers of this graph, in order
+    folding: Mapping[str, object]  # layer name -> LayerFolding
+    out: Path
+    layer_nodes: dict[str, str] = field(default_factory=dict)  # layer name -> FINN node name
+    image_input: bool = False  # the first stage: its input is UINT8 pixels
+    ctu: dict | None = None  # heads: policy, threshold (None: final exit), scale of the logits
+    input_datatype: str = ""
+    input_scale: float = 1.0
+    where: str = ""  # the graph in the user's words, for messages (e.g. "the stage of blocks conv0, conv1")
+
+    def __post_init__(self) -> None:
+        self.where = self.where or self.name
+
+
+#: The loggers FINN and QONNX talk through (SetFolding warns through ``finn_logger`` about every
+#: op it does not know, exitflow's own among them).
+FINN_LOGGERS = ("finn_logger", "finn", "qonnx", "build_dataflow")
+
+
+@contextlib.contextmanager
+def finn_chatter(path: Path, mode: str = "a"):
+    """Everything FINN says while the block runs goes to the log file ``path``, not to the
+    terminal: its loggers, Python warnings, and what it prints on stdout and stderr. The loggers'
+    own handlers, levels and propagation are put back afterwards."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, mode, encoding="utf-8") as log_file, contextlib.redirect_stdout(log_file), \
+            contextlib.redirect_stderr(log_file), warnings.catch_warnings():
+        warnings.simplefilter("always")  # into the log, every time
+        warnings.showwarning = lambda message, category, filename, lineno, file=None, line=None: log_file.write(
+            warnings.formatwarning(message, category, filename, lineno, line))  # catch_warnings puts it back
+        handler = logging.StreamHandler(log_file)
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        saved = []
+        for name in FINN_LOGGERS:
+            logger = logging.getLogger(name)
+            saved.append((logger, logger.handlers[:], logger.propagate, logger.level))
+            logger.handlers, logger.propagate = [handler], False
+            logger.setLevel(logging.WARNING)  # warnings are what the log is for, silenced or not elsewhere
+        try:
+            yield log_file
+        finally:
+            for logger, handlers, propagate, level in saved:
+                logger.handlers, logger.propagate = handlers, propagate
+                logger.setLevel(level)
+            log_file.flush()
+
+
+@contextlib.contextmanager
+def finn_settings(build_dir: Path):
+    """FINN writes generated code below its build directory: point it into exitflow's output."""
+    import finn.util.settings as settings
+    from finn.interface.settings import FINNSettings
+
+    build_dir.mkdir(parents=True, exist_ok=True)
+    previous = settings._SETTINGS
+    settings._SETTINGS = FINNSettings.init(
+        flow_config=build_dir / "dummy.yaml", finn_build_dir=str(build_dir), auto_set_environment_vars=False
+    )
+    try:
+        yield
+    finally:
+        settings._SETTINGS = previous
+
+
+def integerize_input(model, state: FlowState):
+    """Make the graph's input the integer stream the hardware receives, times its scale.
+
+    The first stage receives image pixels (``UINT8``; the model sees pixel/255, whatever it does
+    next, e.g. bnn_pynq's 2x-1). Every later stage and every head starts with the quantiser of
+    what it receives; its input becomes that quantiser's integers. FINN's streamlining then
+    absorbs the scale into the first thresholds."""
+    from onnx import helper
+    from qonnx.core.datatype import DataType
+    from qonnx.transformation.infer_shapes import InferShapes
+
+    graph_in = model.graph.input[0].name
+    first = model.find_consumer(graph_in)
+    if first is None:
+        raise UnsupportedLayerError(f"{state.where}: the graph input feeds no node")
+    if state.image_input:
+        dt, scale = DataType["UINT8"], np.float32(1.0 / 255.0)
+    else:
+        # a QuantReLU exports as Relu -> Quant; on its own non-negative output the Relu is the identity
+        quant = model.find_consumer(first.output[0]) if first.op_type == "Relu" else first
+        if quant is None or quant.op_type not in ("Quant", "BipolarQuant"):
+            raise UnsupportedLayerError(f"{state.where}: the graph must start with a quantiser; it starts with {first.op_type}")
+        scale = model.get_initializer(quant.input[1])
+        if scale is None or np.asarray(scale).size != 1:
+            raise UnsupportedLayerError(f"{state.where}: the input quantiser needs one per-tensor scale")
+        if quant.op_type == "BipolarQuant":
+            dt = DataType["BIPOLAR"]
+        else:
+            bits = int(model.get_initializer(quant.input[3]))
+            signed = next(a.i for a in quant.attribute if a.name == "signed")
+            dt = DataType[("INT" if signed else "UINT") + str(bits)]
+    scaled = graph_in + "_scaled"
+    model.set_initializer("exitflow_input_scale", np.asarray(scale, dtype=np.float32).reshape(()))
+    for consumer in model.find_consumers(graph_in):
+        consumer.input[list(consumer.input).index(graph_in)] = scaled
+    model.graph.node.insert(0, helper.make_node("Mul", [graph_in, "exitflow_input_scale"], [scaled], name="InputScale"))
+    model.set_tensor_datatype(graph_in, dt)
+    state.input_datatype, state.input_scale = dt.name, float(np.asarray(scale))
+    return model.transform(InferShapes())
+
+
+def qonnx_to_finn(model, state: FlowState):
+    from finn.transformation.qonnx.convert_qonnx_to_finn import ConvertQONNXtoFINN
+    from qonnx.util.cleanup import cleanup_model
+
+    return cleanup_model(model).transform(ConvertQONNXtoFINN())
+
+
+def tidy_up(model, state: FlowState):
+    from qonnx.transformation.fold_constants import FoldConstants
+    from qonnx.transformation.general import GiveReadableTensorNames, GiveUniqueNodeNames, RemoveStaticGraphInputs
+    from qonnx.transformation.infer_datatypes import InferDataTypes
+    from qonnx.transformation.infer_shapes import InferShapes
+
+    for t in (InferShapes(), FoldConstants(), GiveUniqueNodeNames(), GiveReadableTensorNames(), InferDataTypes(),
+              RemoveStaticGraphInputs()):
+        model = model.transform(t)
+    return model
+
+
+def streamline(model, state: FlowState):
+    """FINN's step_streamline, verbatim in order."""
+    import finn.transformation.streamline.absorb as absorb
+    from finn.transformation.streamline import Streamline
+    from finn.transformation.streamline.reorder import MakeMaxPoolNHWC
+    from qonnx.transformation.bipolar_to_xnor import ConvertBipolarMatMulToXnorPopcount
+    from qonnx.transformation.general import RemoveUnusedTensors
+    from qonnx.transformation.infer_data_layouts import InferDataLayouts
+    from qonnx.transformation.lower_convs_to_matmul import LowerConvsToMatMul
+
+    model = model.transform(absorb.AbsorbScalarBiasIntoMultiThreshold()).transform(Streamline())
+    if model.get_nodes_by_op_type("Conv"):
+        for t in (LowerConvsToMatMul(), MakeMaxPoolNHWC(), absorb.AbsorbTransposeIntoMultiThreshold(),
+                  MakeMaxPoolNHWC(), absorb.AbsorbConsecutiveTransposes()):
+            model = model.transform(t)
+    model = model.transform(ConvertBipolarMatMulToXnorPopcount()).transform(Streamline())
+    return model.transform(InferDataLayouts()).transform(RemoveUnusedTensors())
+
+
+def convert_to_hw(model, state: FlowState):
+    """The HW-layer inferences FINN's step_convert_to_hw applies that exitflow's graphs need."""
+    import finn.transformation.streamline.absorb as absorb
+    from finn.transformation.fpgadataflow.convert_to_hw.binary_matrix_vector_activation import (
+        InferBinaryMatrixVectorActivation,
+    )
+    from finn.transformation.fpgadataflow.convert_to_hw.conv_inp_gen import InferConvInpGen
+    from finn.transformation.fpgadataflow.convert_to_hw.pool import InferPool
+    from finn.transformation.fpgadataflow.convert_to_hw.quantized_matrix_vector_activation import (
+        InferQuantizedMatrixVectorActivation,
+    )
+    from finn.transformation.fpgadataflow.convert_to_hw.thresholding import InferThresholdingLayer
+    from finn.transformation.move_reshape import RemoveCNVtoFCFlatten
+    from qonnx.transformation.general import GiveUniqueNodeNames
+    from qonnx.transformation.infer_data_layouts import InferDataLayouts
+    from qonnx.transformation.infer_datatypes import InferDataTypes
+    from qonnx.transformation.infer_shapes import InferShapes
+
+    for t in (InferBinaryMatrixVectorActivation(), InferQuantizedMatrixVectorActivation(), InferThresholdingLayer(),
+              InferPool(), InferConvInpGen(), RemoveCNVtoFCFlatten(), absorb.AbsorbConsecutiveTransposes(),
+              GiveUniqueNodeNames(), InferDataLayouts(), InferDataTypes(), InferShapes()):
+        model = model.transform(t)
+    return model
+
+
+def round_thresholds(model, state: FlowState):
+    from finn.transformation.streamline.round_thresholds import RoundAndClipThresholds
+
+    return model.transform(RoundAndClipThresholds())
+
+
+def remove_identity_thresholds(model, state: FlowState):
+    """The graph's leading quantiser, once its input is the integer stream, maps every integer
+    to itself (thresholds min+1..max, offset min): it is removed instead of built."""
+    from qonnx.core.datatype import DataType
+    from qonnx.custom_op.registry import getCustomOp
+
+    for node in list(model.graph.node):
+        if node.op_type != "Thresholding":
+            continue
+        inst = getCustomOp(node)
+        dt_in, dt_out = inst.get_input_datatype(0), inst.get_output_datatype(0)
+        if dt_in != dt_out or dt_in == DataType["BIPOLAR"] or not dt_in.is_integer():
+            continue
+        thresholds = model.get_initializer(node.input[1])
+        steps = np.arange(dt_in.min() + 1, dt_in.max() + 1)
+        if thresholds is None or thresholds.shape[-1] != len(steps) or inst.get_nodeattr("ActVal") != dt_in.min():
+            continue
+        if not np.array_equal(thresholds, np.broadcast_to(steps, thresholds.shape)):
+            continue
+        producer, consumers = model.find_producer(node.input[0]), model.find_consumers(node.output[0]) or []
+        for consumer in consumers:
+            consumer.input[list(consumer.input).index(node.output[0])] = node.input[0]
+        if not consumers:  # the graph output itself
+            if producer is None:
+                continue
+            producer.output[list(producer.output).index(node.input[0])] = node.output[0]
+        model.graph.node.remove(node)
+    return model
+
+
+def take_dataflow_partition(model, state: FlowState):
+    """The HW nodes must form one contiguous run; what is left before and after them (layout
+    transposes, the output scale) stays in software. Anything else is an unsupported layer."""
+    hw = [n.domain.startswith("finn.custom_op.fpgadataflow") for n in model.graph.node]
+    if not any(hw):
+        raise UnsupportedLayerError(f"{state.where}: FINN mapped no layer to hardware")
+    first, last = hw.index(True), len(hw) - 1 - hw[::-1].index(True)
+    inside = [n for n, h in zip(model.graph.node[first : last + 1], hw[first : last + 1]) if not h]
+    if inside:
+        n = inside[0]
+        raise UnsupportedLayerError(
+            f"{state.where}: unsupported layer type {n.op_type} (node {n.name}): FINN cannot map it to hardware"
+        )
+    outside = [n for n, h in zip(model.graph.node, hw) if not h]
+    allowed = {"Transpose", "Mul", "Reshape", "Flatten", "Add"}
+    bad = [n for n in outside if n.op_type not in allowed]
+    if bad:
+        raise UnsupportedLayerError(
+            f"{state.where}: unsupported layer type {bad[0].op_type} (node {bad[0].name}): FINN cannot map it to hardware"
+        )
+    from finn.transformation.fpgadataflow.create_dataflow_partition import CreateDataflowPartition
+    from qonnx.core.modelwrapper import ModelWrapper
+    from qonnx.custom_op.registry import getCustomOp
+
+    parent = model.transform(CreateDataflowPartition(partition_model_dir=str(state.out / "partition")))
+    (sdp,) = parent.get_nodes_by_op_type("StreamingDataflowPartition")
+    parent.save(str(state.out / "parent.onnx"))
+    return ModelWrapper(getCustomOp(sdp).get_nodeattr("model"))
+
+
+def append_ctu(model, state: FlowState):
+    """Heads end in the confidence-threshold unit: integer logits in, decision record out."""
+    if state.ctu is None:
+        return model
+    from onnx import TensorProto, helper
+    from qonnx.transformation.general import GiveUniqueNodeNames
+    from qonnx.transformation.infer_datatypes import InferDataTypes
+    from qonnx.transformation.infer_shapes import InferShapes
+
+    import exitflow.hls_templates.ctu_op  # noqa: F401  registers the op in FINN's domains
+
+    logits = model.graph.output[0]
+    shape = model.get_tensor_shape(logits.name)
+    record = helper.make_tensor_value_info("ctu_record", TensorProto.FLOAT, [*shape[:-1], 1])
+    node = helper.make_node(
+        "ConfidenceThreshold", [logits.name], [record.name], domain="finn.custom_op.fpgadataflow",
+        backend="fpgadataflow", Classes=int(shape[-1]), PE=1, Policy=state.ctu["policy"],
+        Scale=repr(float(state.ctu["scale"])), Threshold=repr(float(state.ctu["threshold"] or 0.0)),
+        FinalExit=int(state.ctu["threshold"] is None), inputDataType=model.get_tensor_datatype(logits.name).name,
+        numInputVectors=[int(v) for v in shape[:-1]],
+    )
+    model.graph.node.append(node)
+    model.graph.value_info.append(logits)
+    model.graph.output.remove(logits)
+    model.graph.output.append(record)
+    return model.transform(InferShapes()).transform(InferDataTypes()).transform(GiveUniqueNodeNames())
+
+
+def specialize_layers(model, state: FlowState):
+    from finn.transformation.fpgadataflow.specialize_layers import SpecializeLayers
+    from qonnx.transformation.general import GiveUniqueNodeNames
+    from qonnx.transformation.infer_datatypes import InferDataTypes
+    from qonnx.transformation.infer_shapes import InferShapes
+
+    model = model.transform(SpecializeLayers(state.part))
+    return model.transform(GiveUniqueNodeNames()).transform(InferShapes()).transform(InferDataTypes())
+
+
+def default_folding(mw: int, channels: int | None = None):
+    """A layer the design does not fold: PE 1 and the smallest SIMD FINN can generate (a
+    divisor of MW that is at least MW/1024)."""
+    from exitflow.hw.folding import divisors, folding_violation
+    from exitflow.core.design import LayerFolding
+
+    simd = next(d for d in divisors(mw) if folding_violation("", 1, d, mw, 1, channels) is None)
+    return LayerFolding(pe=1, simd=simd)
+
+
+def apply_folding(model, state: FlowState):
+    """PE/SIMD/ram_style per layer name onto the k-th MVAU; the sliding-window generator feeding
+    an MVAU gets the smallest SIMD that keeps up with it (or FINN's parallel-window mode); each
+    pooling unit the narrowest fold that keeps up with the convolution it follows; the line
+    buffers of both generators in the layer's ``buffer_style``."""
+    from qonnx.custom_op.registry import getCustomOp
+
+    nodes = list(model.graph.node)
+    weight_nodes = [n for n in nodes if n.op_type.startswith(WEIGHT_OPS)]
+    if len(weight_nodes) != len(state.layers):
+        raise ExitflowError(
+            f"{state.where}: the graph has {len(weight_nodes)} weight layers but the model lists "
+            f"{len(state.layers)} ({', '.join(state.layers)}); was the stage exported from this model?"
+        )
+    buffers = {}
+    for layer, node in zip(state.layers, weight_nodes):
+        state.layer_nodes[layer] = node.name
+        inst = getCustomOp(node)
+        producer = model.find_producer(node.input[0])
+        window = producer is not None and producer.op_type.startswith("ConvolutionInputGenerator")
+        channels = getCustomOp(producer).get_nodeattr("IFMChannels") if window else None
+        fold = state.folding.get(layer) or default_folding(inst.get_nodeattr("MW"), channels)
+        buffers[node.name] = fold.buffer_style
+        inst.set_nodeattr("PE", fold.pe)
+        inst.set_nodeattr("SIMD", fold.simd)
+        if "ram_style" in inst.get_nodeattr_types():
+            inst.set_nodeattr("ram_style", fold.ram_style)
+        if node.op_type.endswith("_hls") and "resType" in inst.get_nodeattr_types():
+            inst.set_nodeattr("resType", fold.res_type)  # an RTL MVAU always uses DSP slices
+        if window:
+            # the generator's own SIMD: the smallest that keeps up with the MVAU, or FINN's
+            # parallel-window mode (exitflow.hw.folding.window_fold); a width converter
+            # joins the two (insert_width_converters)
+            from exitflow.hw.folding import _window_attrs, window_fold
+
+            swg = getCustomOp(producer)
+            simd, wide = window_fold(_window_attrs(swg), np.array([inst.get_exp_cycles()]))
+            swg.set_nodeattr("parallel_window", int(wide[0]))
+            swg.set_nodeattr("SIMD", int(simd[0]))
+            swg.set_nodeattr("ram_style", fold.buffer_style)
+    # pooling units (window generator and Pool) take the narrowest fold that keeps up with the
+    # convolution they follow (exitflow.hw.folding.pick_pool)
+    from exitflow.hw.folding import fold_pools
+
+    fold_pools(model, buffers)
+    return model
+
+
+def minimize_bit_width(model, state: FlowState):
+    from finn.transformation.fpgadataflow.minimize_accumulator_width import MinimizeAccumulatorWidth
+    from finn.transformation.fpgadataflow.minimize_weight_bit_width import MinimizeWeightBitWidth
+    from qonnx.transformation.infer_datatypes import InferDataTypes
+
+    return model.transform(MinimizeWeightBitWidth()).transform(MinimizeAccumulatorWidth()).transform(InferDataTypes())
+
+
+def insert_width_converters(model, state: FlowState):
+    """FINN's InsertDWC: a data-width converter wherever a unit's output stream is not as wide as
+    the next one's input (a layer's PE against the next layer's SIMD), as FINN's own builder
+    inserts them before stitching; then each converter gets its implementation."""
+    from finn.transformation.fpgadataflow.insert_dwc import InsertDWC
+    from finn.transformation.fpgadataflow.specialize_layers import SpecializeLayers
+    from qonnx.transformation.general import GiveUniqueNodeNames
+    from qonnx.transformation.infer_datatypes import InferDataTypes
+    from qonnx.transformation.infer_shapes import InferShapes
+
+    model = model.transform(InsertDWC()).transform(GiveUniqueNodeNames())
+    model = model.transform(SpecializeLayers(state.part)).transform(GiveUniqueNodeNames())
+    return model.transform(InferShapes()).transform(InferDataTypes())
+
+
+def generate_code(model, state: FlowState):
+    """HLS C++ and RTL for every node, into ``out/codegen`` (FINN's PrepareIP)."""
+    from finn.transformation.fpgadataflow.prepare_ip import PrepareIP
+
+    with finn_settings(state.out / "codegen"):
+        return model.transform(PrepareIP(state.part, state.clock_ns))
+
+
+STEPS: list[Callable] = [
+    integerize_input, qonnx_to_finn, tidy_up, streamline, convert_to_hw, round_thresholds,
+    remove_identity_thresholds, take_dataflow_partition, append_ctu, specialize_layers, apply_folding, minimize_bit_width,
+    insert_width_converters, generate_code,
+]
+
+
+def estimates(model, part: str) -> dict:
+    """FINN's own estimate analyses: per node resources and expected cycles."""
+    from finn.analysis.fpgadataflow.exp_cycles_per_layer import exp_cycles_per_layer
+    from finn.analysis.fpgadataflow.res_estimation import res_estimation
+
+    return {"resources": model.analysis(lambda m: res_estimation(m, part)), "cycles": model.analysis(exp_cycles_per_layer)}
+
+
+def read_layers(path: Path, rebuild: str) -> dict[str, str]:
+    """``hw/<graph>/layers.json``, checked: ``{"layers": {model layer: FINN node name}}`` as the
+    build writes it. Anything else is one :class:`ConfigError` line naming the file and ``rebuild``."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: missing; {rebuild}") from None
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as err:
+        raise ConfigError(f"{path}: unreadable or not JSON ({type(err).__name__}); {rebuild}") from None
+    layers = data.get("layers") if isinstance(data, dict) else None
+    if not isinstance(layers, dict) or not all(isinstance(k, str) and isinstance(v, str) and v for k, v in layers.items()):
+        if isinstance(layers, dict):
+            key, value = next((k, v) for k, v in layers.items() if not (isinstance(k, str) and isinstance(v, str) and v))
+            got = f"{key!r}: {value!r}"
+        elif isinstance(data, dict):
+            got = f"'layers' of type {type(layers).__name__}" if "layers" in data else "no 'layers' key"
+        else:
+            got = f"a JSON {type(data).__name__}"
+        raise ConfigError(f"{path}: expected {{\"layers\": {{layer name: FINN node name}}}}, got {got}; {rebuild}")
+    if len(set(layers.values())) != len(layers):
+        raise ConfigError(f"{path}: two layers name the same FINN node; {rebuild}")
+    return layers
+
+
+def run_flow(src: Path, out: Path, state: FlowState, log: Callable[[str], None] | None = None):
+    """Run every step on the graph at ``src``; returns the final (specialised, folded) model.
+
+    FINN's own chatter goes to ``out/finn.log``, not to the terminal."""
+    from finn.util.config import extract_model_config_to_json
+    from qonnx.core.modelwrapper import ModelWrapper
+
+    if not Path(src).is_file():
+        raise ExitflowError(f"{src}: stage file not found; export the stages again (exitflow export)")
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        model = ModelWrapper(str(src))
+    except Exception as err:  # onnx raises DecodeError and others for a damaged file
+        raise ExitflowError(f"{src}: corrupt QONNX file ({type(err).__name__}); export the stages again") from None
+    with finn_chatter(out / "finn.log", "w") as finn_log, finn_settings(out / "tmp"):
+        for step in STEPS:
+            check_interrupt()  # a Ctrl-C that FINN swallowed stops the build here
+            finn_log.write(f"== {step.__name__}\n")
+            model = step(model, state)
+            if step is specialize_layers:
+                model.save(str(out / "model_specialized.onnx"))
+    model.save(str(out / "model_hw.onnx"))
+    extract_model_config_to_json(model, out / "folding_config.json", HW_ATTRS)
+    report = estimates(model, state.part)
+    (out / "estimate_layer_resources.json").write_text(json.dumps(report["resources"], indent=1))
+    (out / "estimate_layer_cycles.json").write_text(json.dumps(report["cycles"], indent=1))
+    return model
