@@ -22,7 +22,7 @@ import threading
 import traceback
 from collections.abc import Callable, Sequence
 
-from exitflow import __version__
+from exitflow.core import __version__
 from exitflow.core.errors import INTERRUPTED, ExitflowError, NotAvailableError
 
 # (name, one-line help, the issue that delivers it when it is not here yet)
@@ -199,7 +199,8 @@ def cmd_cosim(args: argparse.Namespace) -> int:
     data = report.to_data()
     cycle = None
     if args.cycle:
-        from exitflow.cosim.cycle import MIN_SAMPLES, simulate_design
+        from exitflow.cosim.cycle import MIN_SAMPLES
+        from exitflow.dse.throughput import simulate_design
 
         taken = report.engines[0].results.exit
         repeats = max(3, -(-MIN_SAMPLES // len(taken)))

@@ -184,7 +184,8 @@ def _step_cosim(ctx: _Context) -> str:
     text = (f"{'bit-exact' if report.bit_exact else f'{report.mismatch_count} MISMATCHES'} on {report.samples} "
             f"test samples")
     try:
-        from exitflow.cosim.cycle import MIN_SAMPLES, simulate_design
+        from exitflow.cosim.cycle import MIN_SAMPLES
+        from exitflow.dse.throughput import simulate_design
     except ImportError:  # an exitflow without the cycle-level simulation
         data["cycle"] = None
         text += "; cycle simulation not run (not in this exitflow)"
@@ -269,7 +270,7 @@ def read_records(out: Path, strict: bool = False) -> dict:
 
 
 def _write_records(ctx: _Context, records: dict) -> None:
-    from exitflow import __version__
+    from exitflow.core import __version__
 
     data = {"exitflow": __version__, "board": ctx.settings.board, "objective": ctx.settings.objective,
             "max_drop_pp": ctx.settings.max_drop_pp, "config": ctx.config_text, "steps": records}

@@ -21,9 +21,8 @@ from pathlib import Path
 from exitflow.core.errors import NotAvailableError
 from exitflow.hw import build as hw_build
 from exitflow.hw.build import VIVADO_VERSION, missing_tools
-from exitflow.hw.folding import record_fifo_depth
+from exitflow.hw.folding import ID_BITS, record_fifo_depth
 
-ID_BITS = 16
 BOARD_PARTS = {  # board files Vivado knows the PYNQ boards by (used when installed)
     "Pynq-Z1": "www.digilentinc.com:pynq-z1:part0:1.0",
     "Pynq-Z2": "tul.com.tw:pynq-z2:part0:1.0",

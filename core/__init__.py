@@ -7,3 +7,5 @@ folder: ``$EXITFLOW_BOARDS`` if set (several folders separated by ``:``), otherw
 ``$XDG_CONFIG_HOME/exitflow/boards`` (``~/.config/exitflow/boards``). See ``boards/README.md`` for
 the fields.
 """
+
+__version__ = "0.1.0"  # exitflow's version (exitflow.__version__): here, so every layer may read it

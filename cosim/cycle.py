@@ -38,15 +38,15 @@ run ahead of a slower stage for the whole run. Latency runs from the cycle a sam
 0 to the cycle its record leaves the merge, under that full load; ``unloaded_cycles`` is the same
 for one sample alone.
 
-:func:`predict` is the dse model's throughput (:func:`exitflow.dse.throughput.pipeline`) for the
-same units and exit sequence, with each stage's cycles the slowest node of the stage and its head.
+:func:`exitflow.dse.throughput.simulate` runs this simulator and sets beside it the dse model's
+throughput (:func:`exitflow.dse.throughput.predict`) for the same units and exit sequence, with
+each stage's cycles the slowest node of the stage and its head.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -289,64 +289,10 @@ class CycleReport:
                 f"by the dse model (ratio {self.ratio:.3f}); mean latency per exit: {lat}")
 
 
-def predict(pipeline: Pipeline, taken: Sequence[int] | np.ndarray):
-    """The dse model's estimate (:class:`exitflow.dse.throughput.PipelineEstimate`) for the same
-    pipeline and exit sequence."""
-    from exitflow.dse.throughput import pipeline as model
-
-    pipeline.check()
-    taken = _check_taken(taken, len(pipeline.stages))
-    stage_cycles = [s.slowest for s in pipeline.stages]
-    gates = [None] + [s.gate_depth for s in pipeline.stages[:-1]]
-    return model(taken, stage_cycles, gates, pipeline.clock_mhz)
-
-
 def unloaded_latency(pipeline: Pipeline, exit_index: int) -> int:
     """Cycles from stage 0 to the merge's output for one sample alone that takes ``exit_index``."""
     trace = run(pipeline, [exit_index])
     return int(trace.done[0] - trace.accept[0])
-
-
-def simulate(pipeline: Pipeline, taken: Sequence[int] | np.ndarray, names: Sequence[str] | None = None,
-             min_samples: int = MIN_SAMPLES, progress: Callable[[int], None] | None = None,
-             keep_trace: bool = False) -> CycleReport:
-    """Run ``taken`` (repeated to at least ``min_samples`` samples and 3 repetitions) through the
-    pipeline; throughput over the repetitions between the first and the last, latency per exit
-    over the same samples, and the dse model's prediction for the same sequence."""
-    pipeline.check()
-    exits = len(pipeline.stages)
-    taken = _check_taken(taken, exits)
-    names = list(names) if names is not None else [s.name for s in pipeline.stages]
-    if len(names) != exits:
-        raise ConfigError(f"exit names: {len(names)} names for {exits} exits")
-    n = len(taken)
-    repeats = max(3, math.ceil(min_samples / n))
-    start = time.perf_counter()
-    trace = run(pipeline, np.tile(taken, repeats), progress)
-    seconds = time.perf_counter() - start
-    first, end = n, (repeats - 1) * n
-    # all samples of repetitions 0..r have left by finished[r]
-    finished = np.maximum.accumulate(trace.done)[n - 1 :: n]
-    cycles_per_sample = float(finished[repeats - 2] - finished[0]) / (end - first)
-    clock = pipeline.clock_mhz * 1e6
-    simulated = clock / cycles_per_sample if cycles_per_sample > 0 else math.inf
-    estimate = predict(pipeline, taken)
-    window = slice(first, end)
-    latencies = (trace.done - trace.accept)[window]
-    exit_of = trace.exit[window]
-    per_exit = []
-    for k in range(exits):
-        mine = latencies[exit_of == k]
-        stats = ((float(mine.mean()), float(np.percentile(mine, 50)), float(np.percentile(mine, 99)))
-                 if len(mine) else (None, None, None))
-        per_exit.append(ExitLatency(k, names[k], int(len(mine)), *(None if v is None else round(v, 2) for v in stats),
-                                    unloaded_latency(pipeline, k)))
-    return CycleReport(
-        clock_mhz=pipeline.clock_mhz, sequence=n, repeats=repeats, window=(first, end),
-        cycles_per_sample=cycles_per_sample, simulated_fps=simulated, predicted_fps=estimate.fps,
-        predicted_fps_unbounded=estimate.fps_unbounded, stage_cycles=[s.slowest for s in pipeline.stages],
-        predicted_intervals=list(estimate.intervals), reach=list(estimate.reach), latency=per_exit, seconds=seconds,
-        trace=trace if keep_trace else None)
 
 
 # ------------------------------------------------------------------------------ a built design
@@ -414,11 +360,3 @@ def load_pipeline(run_dir: str | Path, design_path: str | Path | None = None) ->
     from exitflow.hw.folding import record_fifo_depth
 
     return Pipeline(tuple(stages), clock_mhz, record_fifo_depth(design)), [s.head.name for s in design.stages]
-
-
-def simulate_design(run_dir: str | Path, design_path: str | Path | None, taken: np.ndarray,
-                    min_samples: int = MIN_SAMPLES, progress: Callable[[int], None] | None = None) -> CycleReport:
-    """The cycle simulation of the design built in ``run_dir`` on an exit sequence (e.g. the
-    functional cosimulation's ``Results.exit``)."""
-    pipeline, names = load_pipeline(run_dir, design_path)
-    return simulate(pipeline, taken, names, min_samples, progress)

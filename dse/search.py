@@ -173,8 +173,7 @@ def routing_cost(segments: list[Segment], subset: tuple[int, ...], gate_depth: i
     a design keeping ``subset``: the gates, the merge and the two record FIFOs of every exit, the
     final one included, as the block design builds them (:mod:`exitflow.hls_templates.routing`,
     :mod:`exitflow.boards.vivado`)."""
-    from exitflow.boards.vivado import ID_BITS
-    from exitflow.hw.folding import record_fifo_for
+    from exitflow.hw.folding import ID_BITS, record_fifo_for
     from exitflow.hls_templates.routing import merge_resources, record_fifo_resources
 
     kept = [*subset, len(segments) - 1]

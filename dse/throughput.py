@@ -17,9 +17,17 @@ them. A stage whose slowest unit (its own nodes and its head's) needs ``T_k`` cy
 
 from __future__ import annotations
 
+import math
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
+from exitflow.core.errors import ConfigError
+from exitflow.cosim.cycle import (MIN_SAMPLES, CycleReport, ExitLatency, Pipeline, Stage, Unit, _check_taken, load_pipeline,
+                                  run, unloaded_latency)
+from exitflow.hw.folding import record_fifo_for
 
 
 def reach_fractions(taken: np.ndarray, exits: int) -> np.ndarray:
@@ -105,15 +113,77 @@ def stage_level_fps(taken: np.ndarray, stage_cycles: list[float], head_cycles: l
     with the exit sequence ``taken``. The closed form above (:func:`pipeline`) bounds the burst
     stalls from the worst window alone, which is pessimistic for shallow gates and blind to
     blocking between stages; this is what the sweep ranks and sizes gates with."""
-    from exitflow.cosim.cycle import Pipeline, Stage, Unit, simulate
-
     n = len(stage_cycles)
     if n == 1:
         return clock_mhz * 1e6 / stage_cycles[0]
     stages = tuple(Stage(f"stage{k}", (Unit("stage", int(np.ceil(stage_cycles[k]))),), (Unit("head", int(np.ceil(head_cycles[k]))),),
                          gate_depths[k] if k < n - 1 else None, max(1, int(gate_words[k])))
                    for k in range(n))
-    from exitflow.hw.folding import record_fifo_for
-
     records = record_fifo_for(max(gate_depths[: n - 1]))
     return simulate(Pipeline(stages, clock_mhz, records), taken, min_samples=min_samples).simulated_fps
+
+
+# ---------------------------------------------------------------- the cycle simulation, predicted
+
+_model = pipeline  # predict's first argument is named pipeline too
+
+
+
+def predict(pipeline: Pipeline, taken: Sequence[int] | np.ndarray):
+    """The dse model's estimate (:class:`exitflow.dse.throughput.PipelineEstimate`) for the same
+    pipeline and exit sequence."""
+    pipeline.check()
+    taken = _check_taken(taken, len(pipeline.stages))
+    stage_cycles = [s.slowest for s in pipeline.stages]
+    gates = [None] + [s.gate_depth for s in pipeline.stages[:-1]]
+    return _model(taken, stage_cycles, gates, pipeline.clock_mhz)
+
+
+def simulate(pipeline: Pipeline, taken: Sequence[int] | np.ndarray, names: Sequence[str] | None = None,
+             min_samples: int = MIN_SAMPLES, progress: Callable[[int], None] | None = None,
+             keep_trace: bool = False) -> CycleReport:
+    """Run ``taken`` (repeated to at least ``min_samples`` samples and 3 repetitions) through the
+    pipeline; throughput over the repetitions between the first and the last, latency per exit
+    over the same samples, and the dse model's prediction for the same sequence."""
+    pipeline.check()
+    exits = len(pipeline.stages)
+    taken = _check_taken(taken, exits)
+    names = list(names) if names is not None else [s.name for s in pipeline.stages]
+    if len(names) != exits:
+        raise ConfigError(f"exit names: {len(names)} names for {exits} exits")
+    n = len(taken)
+    repeats = max(3, math.ceil(min_samples / n))
+    start = time.perf_counter()
+    trace = run(pipeline, np.tile(taken, repeats), progress)
+    seconds = time.perf_counter() - start
+    first, end = n, (repeats - 1) * n
+    # all samples of repetitions 0..r have left by finished[r]
+    finished = np.maximum.accumulate(trace.done)[n - 1 :: n]
+    cycles_per_sample = float(finished[repeats - 2] - finished[0]) / (end - first)
+    clock = pipeline.clock_mhz * 1e6
+    simulated = clock / cycles_per_sample if cycles_per_sample > 0 else math.inf
+    estimate = predict(pipeline, taken)
+    window = slice(first, end)
+    latencies = (trace.done - trace.accept)[window]
+    exit_of = trace.exit[window]
+    per_exit = []
+    for k in range(exits):
+        mine = latencies[exit_of == k]
+        stats = ((float(mine.mean()), float(np.percentile(mine, 50)), float(np.percentile(mine, 99)))
+                 if len(mine) else (None, None, None))
+        per_exit.append(ExitLatency(k, names[k], int(len(mine)), *(None if v is None else round(v, 2) for v in stats),
+                                    unloaded_latency(pipeline, k)))
+    return CycleReport(
+        clock_mhz=pipeline.clock_mhz, sequence=n, repeats=repeats, window=(first, end),
+        cycles_per_sample=cycles_per_sample, simulated_fps=simulated, predicted_fps=estimate.fps,
+        predicted_fps_unbounded=estimate.fps_unbounded, stage_cycles=[s.slowest for s in pipeline.stages],
+        predicted_intervals=list(estimate.intervals), reach=list(estimate.reach), latency=per_exit, seconds=seconds,
+        trace=trace if keep_trace else None)
+
+
+def simulate_design(run_dir: str | Path, design_path: str | Path | None, taken: np.ndarray,
+                    min_samples: int = MIN_SAMPLES, progress: Callable[[int], None] | None = None) -> CycleReport:
+    """The cycle simulation of the design built in ``run_dir`` on an exit sequence (e.g. the
+    functional cosimulation's ``Results.exit``)."""
+    pipeline, names = load_pipeline(run_dir, design_path)
+    return simulate(pipeline, taken, names, min_samples, progress)

@@ -9,6 +9,8 @@ import numpy as np
 
 from exitflow.core.errors import ConfigError
 
+ID_BITS = 16  # the sample id in every exit record (the block design and the search size records with it)
+
 
 def divisors(n: int) -> list[int]:
     return [d for d in range(1, n + 1) if n % d == 0]

@@ -1,7 +1,7 @@
 """A user's own Brevitas backbone with exitflow's exit heads attached by module name.
 
 The user's model is not rewritten: forward hooks read the outputs of the named modules, and an
-exit head (``network.build_head``) is attached to each. The final exit is the user's own
+exit head (``heads.build_head``) is attached to each. The final exit is the user's own
 classifier, a ``QuantLinear`` without bias and with a per-tensor weight scale, named by
 ``classifier``; it is read before anything that follows it (e.g. the ``TensorNorm`` of
 ``brevitas_examples.bnn_pynq``'s CNV): the backbone's forward stops at the classifier, which is
@@ -22,7 +22,7 @@ from torch import nn
 
 from exitflow.core.errors import ConfigError
 
-from .network import build_head
+from .heads import build_head
 from .presets import Bits
 
 CLASSIFIER_INPUT = "__classifier_input__"

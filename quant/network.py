@@ -16,6 +16,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from exitflow.core.errors import ConfigError
+
+from .custom import CustomMultiExitNet, load_factory
+from .heads import build_head
 from .presets import Bits, activation, input_quant, weight_kwargs
 
 
@@ -96,30 +100,6 @@ def build_block(spec: BlockSpec, in_shape: tuple[int, ...], bits: Bits) -> nn.Se
         layers["act"] = activation(bits.act)
     else:
         raise ValueError(f"block {spec.name!r}: unknown kind {spec.kind!r} (conv or linear)")
-    return nn.Sequential(layers)
-
-
-def build_head(in_shape: tuple[int, ...], num_classes: int, bits: Bits, pool_to: int = 4, hidden: int = 0) -> nn.Sequential:
-    """A cheap exit head: max pooling down to at most ``pool_to`` x ``pool_to``, flatten, an
-    optional hidden layer, and the classifier (QuantLinear, no bias, per-tensor scale)."""
-    from brevitas.nn import QuantLinear
-
-    layers: OrderedDict[str, nn.Module] = OrderedDict()
-    features = in_shape
-    if len(in_shape) == 3:
-        _, h, w = in_shape
-        k = max(1, math.ceil(max(h, w) / pool_to))
-        if k > 1:
-            layers["pool"] = nn.MaxPool2d(k)
-            features = (in_shape[0], h // k, w // k)
-        layers["flatten"] = nn.Flatten()
-    n = math.prod(features)
-    if hidden:
-        layers["hidden"] = QuantLinear(n, hidden, bias=False, return_quant_tensor=True, **weight_kwargs(bits.weight))
-        layers["hidden_bn"] = nn.BatchNorm1d(hidden)
-        layers["hidden_act"] = activation(bits.act)
-        n = hidden
-    layers["classifier"] = QuantLinear(n, num_classes, bias=False, return_quant_tensor=True, **weight_kwargs(bits.weight))
     return nn.Sequential(layers)
 
 
@@ -220,8 +200,6 @@ class MultiExitNet(nn.Module):
 def build_model(config, input_shape: tuple[int, int, int], num_classes: int) -> MultiExitNet:
     """A :class:`MultiExitNet` from a :class:`~exitflow.quant.config.ModelConfig`; a model that
     does not fit the config or the data is one :class:`~exitflow.core.errors.ConfigError` line."""
-    from exitflow.core.errors import ConfigError
-
     input_shape = tuple(int(v) for v in input_shape)
     if config.backbone == "custom":
         return _build_custom(config, input_shape, num_classes)
@@ -253,10 +231,6 @@ def build_model(config, input_shape: tuple[int, int, int], num_classes: int) -> 
 
 
 def _build_custom(config, input_shape, num_classes):
-    from exitflow.core.errors import ConfigError
-
-    from .custom import CustomMultiExitNet, load_factory
-
     factory = load_factory(config.factory)
     try:
         backbone = factory(**dict(config.factory_args))

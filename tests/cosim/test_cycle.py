@@ -4,7 +4,8 @@ the built digits lenet design against the dse model."""
 import numpy as np
 import pytest
 
-from exitflow.cosim.cycle import Pipeline, Stage, Unit, predict, run, simulate
+from exitflow.cosim.cycle import Pipeline, Stage, Unit, run
+from exitflow.dse.throughput import predict, simulate
 from exitflow.dse.throughput import input_interval
 from exitflow.core.errors import ConfigError
 
