@@ -23,7 +23,10 @@ import traceback
 from collections.abc import Callable, Sequence
 
 from exitflow.core import __version__
-from exitflow.core.errors import INTERRUPTED, ExitflowError, NotAvailableError
+from exitflow.core.catalogue import get_board, load_catalogue, user_board_dirs
+from exitflow.core.errors import INTERRUPTED, ConfigError, ExitflowError, MismatchError, NotAvailableError
+from exitflow.core.files import atomic_write, check_out_folder, is_run_folder, run_folder_lock, user_path
+from exitflow.core.schema import to_data
 
 # (name, one-line help, the issue that delivers it when it is not here yet)
 COMMANDS: list[tuple[str, str, str | None]] = [
@@ -67,9 +70,6 @@ def _table(header: list[str], rows: list[list[str]], right: set[int]) -> str:
 
 
 def cmd_boards(args: argparse.Namespace) -> int:
-    from exitflow.core.catalogue import get_board, load_catalogue, user_board_dirs
-    from exitflow.core.schema import to_data
-
     boards = [get_board(args.name)] if args.name else list(load_catalogue().values())
     if args.json:
         print(json.dumps([to_data(b) for b in boards], indent=2))
@@ -183,8 +183,6 @@ def cmd_cosim(args: argparse.Namespace) -> int:
 
     from exitflow.hw.build import restore_build
     from exitflow.cosim import cosimulate
-    from exitflow.core.errors import ConfigError, MismatchError
-    from exitflow.core.files import atomic_write, user_path
 
     if args.samples is not None and args.samples < 1:
         raise ConfigError(f"--samples: must be a positive number of test samples; got {args.samples}")
@@ -382,8 +380,6 @@ def _writer(args: argparse.Namespace):
     (a second exitflow process on it is refused at once). ``--out`` must be new, empty or a run
     folder; a command that reads an existing run folder takes the lock only if it is one (the
     command itself says what is missing otherwise, and leaves a stranger's folder untouched)."""
-    from exitflow.core.files import check_out_folder, is_run_folder, run_folder_lock, user_path
-
     attr, makes = WRITES.get(args.command, (None, False))
     folder = user_path(getattr(args, attr)) if attr else None
     if folder is not None and makes:

@@ -15,9 +15,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from exitflow.hw.build import backup_of, is_finished
+from exitflow.core.design import load_design
 from exitflow.core.errors import ConfigError
 from exitflow.core.files import atomic_write, user_path
+from exitflow.hw.build import backup_of, is_finished
 
 TEMPLATE = Path(__file__).parent / "templates" / "report.html.j2"
 REPORT_FILE = "report.html"
@@ -254,8 +255,6 @@ def collect(run_dir: str | Path) -> ReportData:
 
 
 def _collect_design(run_dir: Path, r: ReportData) -> None:
-    from exitflow.core.design import load_design
-
     path = run_dir / "sweep" / "design.yaml"
     if not path.is_file():
         if (run_dir / "sweep" / "pareto.json").is_file():

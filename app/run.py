@@ -46,8 +46,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Literal
 
+from exitflow.app.report import TEMPLATE, write_report
+from exitflow.core import __version__
+from exitflow.core.catalogue import get_board
 from exitflow.core.errors import ConfigError, MismatchError
 from exitflow.core.files import atomic_write, check_out_folder, run_folder_lock, user_path
+from exitflow.core.schema import dump_yaml, load_file
+from exitflow.quant.config import RunConfig
 
 STEP_NAMES = ("train", "profile", "sweep", "build", "cosim", "report")
 RUN_FILE = "run.json"
@@ -114,7 +119,6 @@ def _step_train(ctx: _Context) -> str:
     import torch
 
     from exitflow.quant.train import train
-    from exitflow.core.schema import dump_yaml
 
     torch.set_num_threads(max(1, ctx.settings.threads))
     existing = ctx.out / "config.yaml"
@@ -205,8 +209,6 @@ def _step_cosim(ctx: _Context) -> str:
 
 
 def _step_report(ctx: _Context) -> str:
-    from exitflow.app.report import write_report
-
     path = write_report(ctx.out)
     return f"{path} ({path.stat().st_size / 1e6:.1f} MB, self-contained)"
 
@@ -241,8 +243,6 @@ def _step_key(step: _Step, ctx: _Context, records: dict) -> str:
                               for name in step.inputs}}
     if step.name == "report":
         # the report shows every step's record and is drawn by the template: both enter its key
-        from exitflow.app.report import TEMPLATE
-
         parts["steps"] = {k: v for k, v in records.items() if k != "report"}
         parts["template"] = _file_hash(TEMPLATE)
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
@@ -270,16 +270,12 @@ def read_records(out: Path, strict: bool = False) -> dict:
 
 
 def _write_records(ctx: _Context, records: dict) -> None:
-    from exitflow.core import __version__
-
     data = {"exitflow": __version__, "board": ctx.settings.board, "objective": ctx.settings.objective,
             "max_drop_pp": ctx.settings.max_drop_pp, "config": ctx.config_text, "steps": records}
     atomic_write(ctx.out / RUN_FILE, lambda tmp: tmp.write_text(json.dumps(data, indent=1)))
 
 
 def _resolved(config, settings: RunSettings) -> str:
-    from exitflow.core.schema import dump_yaml
-
     return dump_yaml(config) + f"# run\nboard: {settings.board}\nobjective: {settings.objective}\n" \
         f"max_drop_pp: {settings.max_drop_pp}\n"
 
@@ -304,9 +300,6 @@ def load_config(path: str | Path | None):
     file's own folder, wherever exitflow is started from, and made absolute here, once."""
     import dataclasses
 
-    from exitflow.quant.config import RunConfig
-    from exitflow.core.schema import load_file
-
     if path is None:
         return RunConfig()
     path = user_path(path)
@@ -325,8 +318,6 @@ def run(config, out: str | Path, settings: RunSettings = RunSettings(), force: b
 
     ``log`` receives one line per step. A cosimulation that finds a mismatch still ends with
     the report, then raises :class:`MismatchError`."""
-    from exitflow.core.catalogue import get_board
-
     if settings.objective not in ("throughput", "latency"):
         raise ConfigError(f"objective: must be throughput or latency; got {settings.objective!r}")
     if settings.threads < 1:
@@ -389,8 +380,6 @@ def _run(config, out: Path, settings: RunSettings, force: bool, log: Callable[[s
 def _check_folder(ctx: _Context) -> None:
     """A run folder of another config is replaced only when `exitflow run` made it (it has
     run.json); one made by `exitflow train` is refused, as `exitflow train` refuses it."""
-    from exitflow.core.schema import dump_yaml
-
     existing = ctx.out / "config.yaml"
     if existing.is_file() and not (ctx.out / RUN_FILE).exists() and existing.read_text() != dump_yaml(ctx.config):
         raise ConfigError(f"{ctx.out} already holds a run with a different config ({existing}); choose another "

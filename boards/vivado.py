@@ -18,9 +18,14 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from exitflow.boards.driver import RecordFormat
+from exitflow.core.catalogue import get_board
+from exitflow.core.design import load_design
 from exitflow.core.errors import NotAvailableError
+from exitflow.hls_templates import TEMPLATE_DIR
 from exitflow.hw import build as hw_build
 from exitflow.hw.build import VIVADO_VERSION, missing_tools
+from exitflow.hw.finn_flow import finn_settings
 from exitflow.hw.folding import ID_BITS, record_fifo_depth
 
 BOARD_PARTS = {  # board files Vivado knows the PYNQ boards by (used when installed)
@@ -100,10 +105,6 @@ def write_project(run_dir: str | Path, summary: dict | None = None) -> Path:
     from qonnx.custom_op.registry import getCustomOp
 
     import exitflow.hls_templates.ctu_op  # noqa: F401
-    from exitflow.core.catalogue import get_board
-    from exitflow.boards.driver import RecordFormat
-    from exitflow.core.design import load_design
-    from exitflow.hls_templates import TEMPLATE_DIR
 
     hw = Path(run_dir) / "hw"
     if summary is None:
@@ -180,8 +181,6 @@ def build_bitfile(run_dir: str | Path, log=print) -> Path:
     from finn.transformation.fpgadataflow.create_stitched_ip import CreateStitchedIP
     from finn.transformation.fpgadataflow.hlssynth_ip import HLSSynthIP
     from qonnx.core.modelwrapper import ModelWrapper
-
-    from exitflow.hw.finn_flow import finn_settings
 
     summary = json.loads((hw / "build.json").read_text())
     for graph in summary["graphs"]:

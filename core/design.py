@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from exitflow.core.catalogue import get_board
 from exitflow.core.errors import BoardError, ConfigError
 from exitflow.core.schema import FieldError, FrozenMap, from_data, load_file, to_data, write_file
 
@@ -193,7 +194,6 @@ class Design:
         """The clock this design runs at: its own, or the board's default."""
         if self.clock_mhz is not None:
             return self.clock_mhz
-        from exitflow.core.catalogue import get_board
 
         return get_board(self.board).clock_mhz
 
@@ -206,8 +206,6 @@ def design_from_data(data: object, source: str = "") -> Design:
 
 
 def _check_board(design: Design, source: str) -> None:
-    from exitflow.core.catalogue import get_board
-
     where = f"{source}: " if source else ""
     try:
         board = get_board(design.board)

@@ -28,6 +28,7 @@ from typing import Any, Generic, Literal, TypeVar, Union
 import yaml
 
 from exitflow.core.errors import ConfigError
+from exitflow.core.files import atomic_write
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -307,7 +308,5 @@ def dump_yaml(obj: Any) -> str:
 
 def write_file(obj: Any, path: str | Path) -> Path:
     """Write ``obj`` as YAML atomically: a crash never leaves a half-written file behind."""
-    from exitflow.core.files import atomic_write
-
     text = dump_yaml(obj)
     return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))

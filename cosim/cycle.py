@@ -54,7 +54,12 @@ from pathlib import Path
 
 import numpy as np
 
+from exitflow.core.design import load_design
 from exitflow.core.errors import ConfigError
+from exitflow.core.files import user_path
+from exitflow.hw.folding import record_fifo_depth
+
+from .engines import _import_finn_ops
 
 RECORD_FIFO = 2  # records a bare CTU -> gate or exit -> merge stream holds (a stream register); a
 # built design has record FIFOs as deep as its deepest gate (exitflow.hw.folding.record_fifo_depth)
@@ -331,11 +336,6 @@ def _graph_units(folder: Path, fix: str) -> tuple[list[Unit], object]:
 
 def load_pipeline(run_dir: str | Path, design_path: str | Path | None = None) -> tuple[Pipeline, list[str]]:
     """The pipeline of the design built in ``DIR/hw`` and its exit (head) names."""
-    from exitflow.core.design import load_design
-    from exitflow.core.files import user_path
-
-    from .engines import _import_finn_ops
-
     run_dir = user_path(run_dir)
     design_path = user_path(design_path) if design_path else run_dir / "sweep" / "design.yaml"
     if not design_path.is_file():
@@ -357,6 +357,5 @@ def load_pipeline(run_dir: str | Path, design_path: str | Path | None = None) ->
         head, _ = _graph_units(hw / stage.head.name, fix)
         words = int(np.prod(last.get_folded_output_shape()[:-1]))
         stages.append(Stage(stage.name, tuple(units), tuple(head), stage.gate_depth, max(1, words)))
-    from exitflow.hw.folding import record_fifo_depth
 
     return Pipeline(tuple(stages), clock_mhz, record_fifo_depth(design)), [s.head.name for s in design.stages]

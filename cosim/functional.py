@@ -23,9 +23,16 @@ from pathlib import Path
 
 import numpy as np
 
+from exitflow.core.data import ImageSet, load_splits
+from exitflow.core.design import load_design
 from exitflow.core.errors import ConfigError
+from exitflow.core.files import user_path
+from exitflow.hw.build import backup_of, is_finished, match_design
+from exitflow.hw.finn_flow import read_layers
+from exitflow.hw.folding import check_folding
+from exitflow.quant import policies
 
-from .engines import FinnEngine, VectorisedEngine, first_difference
+from .engines import FinnEngine, VectorisedEngine, _import_finn_ops, first_difference
 
 ENGINES = ("vectorised", "finn", "both")
 DEFAULT_REFERENCE_SAMPLES = 10
@@ -116,9 +123,6 @@ def _apply_layout(nodes: list, parent, x: np.ndarray, where: str) -> np.ndarray:
 def load_built(run_dir: str | Path, design_path: str | Path | None = None) -> Built:
     """Check and load ``DIR``'s model, the design and ``DIR/hw``; every problem is one
     :class:`ConfigError` line naming the file and the fix."""
-    from exitflow.core.design import load_design
-    from exitflow.core.files import user_path
-
     run_dir = user_path(run_dir)
     design_path = user_path(design_path) if design_path else run_dir / "sweep" / "design.yaml"
     if not design_path.is_file():
@@ -127,13 +131,8 @@ def load_built(run_dir: str | Path, design_path: str | Path | None = None) -> Bu
     # torch, QONNX and FINN, only once the design is known to be good: a mistake there is reported at once
     from qonnx.custom_op.registry import getCustomOp
 
-    from exitflow.hw.build import backup_of, is_finished, match_design
-    from exitflow.hw.folding import check_folding
-    from exitflow.hw.finn_flow import read_layers
     from exitflow.quant import checkpoint as ckpt
     from exitflow.quant.export import layer_table
-
-    from .engines import _import_finn_ops
 
     config, model, _ = ckpt.load_model(run_dir)
     early = match_design(design, config, model, str(design_path))
@@ -264,7 +263,6 @@ def run_design(built: Built, images: np.ndarray, engine: str = "vectorised",
 def model_logits(built: Built, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(integer logits (N, exits, classes), scales, logit bit widths) of the Brevitas model at the
     design's exits, as profiling computes them."""
-    from exitflow.core.data import ImageSet
     from exitflow.quant.profile import run_exits
 
     data = ImageSet("cosim", images, np.zeros(len(images), dtype=np.int64), built.model.num_classes)
@@ -276,8 +274,6 @@ def model_logits(built: Built, images: np.ndarray) -> tuple[np.ndarray, np.ndarr
 def expected_results(built: Built, logits: np.ndarray, scales: np.ndarray, bits: np.ndarray) -> Results:
     """The Brevitas model + the policy function: per sample the first exit whose policy says
     exit (the final one otherwise), with that exit's class and confidence code."""
-    from exitflow.quant import policies
-
     n = len(logits)
     out = Results.empty(n)
     pending = np.ones(n, dtype=bool)
@@ -492,8 +488,6 @@ def _fractions(exits: np.ndarray, count: int) -> list[float]:
 def predicted_fractions(built: Built) -> tuple[list[float] | None, str]:
     """Exit fractions at the design's thresholds from DIR/profile.npz (the test split), as the
     design search predicted them."""
-    from exitflow.quant import policies
-
     from exitflow.quant.profile import load_profile
 
     path = built.run_dir / "profile.npz"
@@ -525,8 +519,6 @@ def cosimulate(run_dir: str | Path, design: str | Path | None = None, samples: i
     """Cosimulate the first ``samples`` test samples (all by default) of the design built in
     ``run_dir``. ``engine``: "vectorised" (all samples), "finn" (FINN's reference, all samples:
     slow) or "both" (vectorised on all, FINN on the first ``reference_samples``)."""
-    from exitflow.core.data import load_splits
-
     if engine not in ENGINES:
         raise ConfigError(f"engine: {engine!r} is not one of {', '.join(ENGINES)}")
     built = load_built(run_dir, design)

@@ -12,6 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import yaml
+from exitflow.hw.build import build
+from exitflow.hw.finn_flow import finn_chatter
+from exitflow.hw.folding import folding_violation
 
 TARGETS = tuple(int(v) for v in np.unique(np.round(np.geomspace(32, 2e6, 40))))
 
@@ -22,8 +25,6 @@ def finn_setfolding_baseline(run_dir: Path, model, config, board, budget: np.nda
     from qonnx.core.modelwrapper import ModelWrapper
 
     import exitflow.hls_templates.ctu_op  # noqa: F401
-    from exitflow.hw.build import build
-    from exitflow.hw.finn_flow import finn_chatter
     from exitflow.quant.custom import CustomMultiExitNet
 
     blocks = [model.exit_names[-1]] if isinstance(model, CustomMultiExitNet) else list(model.block_names)
@@ -77,8 +78,6 @@ def _unbuildable(model) -> list[str]:
     """FINN's code-generation rules (:func:`exitflow.hw.build.folding_violation`) that a folding
     SetFolding chose breaks: it does not check SIMD >= MW/1024, which FINN's HLS MVAU asserts."""
     from qonnx.custom_op.registry import getCustomOp
-
-    from exitflow.hw.folding import folding_violation
 
     out = []
     for node in model.graph.node:

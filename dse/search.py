@@ -22,6 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
+from exitflow.hls_templates.routing import gate_resources, merge_resources, record_fifo_resources
+from exitflow.hw.finn_flow import read_layers
+from exitflow.hw.folding import ID_BITS, record_fifo_for
 from exitflow.quant.policies import route, threshold_code
 
 from .finn_model import RESOURCES, dwc_luts, inventory
@@ -120,8 +123,6 @@ class GraphCost:
 
 
 def graph_cost(folder: Path, part: str, budget: np.ndarray) -> GraphCost:
-    from exitflow.hw.finn_flow import read_layers
-
     layers = list(read_layers(folder / "layers.json", f"delete {folder.parent} and sweep again"))
     inv = inventory(folder / "model_hw.onnx", part, layers, folder.name)
     fixed = np.array([sum(c[r] for c in inv.fixed.values()) for r in RESOURCES], dtype=float)
@@ -162,8 +163,6 @@ class Segment:
 
     def gate(self, depth: int) -> np.ndarray:
         """LUT, BRAM18, URAM, DSP of a gate holding ``depth`` feature maps after this segment."""
-        from exitflow.hls_templates.routing import gate_resources
-
         lut, bram = gate_resources(self.stream_bits, self.folds, depth)
         return np.array([lut, bram, 0.0, 0.0])
 
@@ -173,9 +172,6 @@ def routing_cost(segments: list[Segment], subset: tuple[int, ...], gate_depth: i
     a design keeping ``subset``: the gates, the merge and the two record FIFOs of every exit, the
     final one included, as the block design builds them (:mod:`exitflow.hls_templates.routing`,
     :mod:`exitflow.boards.vivado`)."""
-    from exitflow.hw.folding import ID_BITS, record_fifo_for
-    from exitflow.hls_templates.routing import merge_resources, record_fifo_resources
-
     kept = [*subset, len(segments) - 1]
     exit_bits = max(1, (len(kept) - 1).bit_length())
     record = ID_BITS + exit_bits + max(segments[k].record_bits for k in kept)

@@ -22,9 +22,17 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from exitflow.core.catalogue import get_board
+from exitflow.core.design import Design, ExitHead, LayerFolding, Stage, save_design
 from exitflow.core.errors import ConfigError, ExitflowError
-from exitflow.core.files import user_path
+from exitflow.core.files import atomic_write, user_path
+from exitflow.core.schema import FrozenMap
+from exitflow.dse import finn_model
+from exitflow.hw import finn_flow
+from exitflow.hw.build import build
+from exitflow.quant.policies import route, threshold_code
 
+from .finn_baseline import finn_setfolding_baseline
 from .search import Candidate, Segment, active_bound, graph_cost, pareto, routing_cost, search
 from .throughput import sensitivity, stage_level_fps
 
@@ -92,8 +100,6 @@ def _segments_design(model, config, board_name: str) -> tuple[dict, list[list[st
 def sweep(run_dir: str | Path, board_name: str, objective: str = "throughput", min_accuracy: float | None = None,
           max_drop_pp: float | None = 1.0, util: float = 0.85, policy: str = "max_prob", max_exits: int = 3,
           max_latency_us: float | None = None, log=print) -> SweepResult:
-    from exitflow.core.catalogue import get_board
-    from exitflow.hw.build import build
     from exitflow.quant import checkpoint as ckpt
 
     run_dir = user_path(run_dir)
@@ -156,7 +162,6 @@ def sweep(run_dir: str | Path, board_name: str, objective: str = "throughput", m
         closest = min(by_accuracy, key=lambda c: c.mean_latency_us)
         raise ExitflowError(f"latency limit {max_latency_us} us: no design meets it at the accuracy floor; the closest "
                             f"has {closest.mean_latency_us:.1f} us mean latency at {closest.fps:,.0f} samples/s")
-    from exitflow.quant.policies import route, threshold_code
 
     def taken_on(c: Candidate, split: str) -> np.ndarray:
         kept = list(c.exits) + [len(segments) - 1]
@@ -249,7 +254,6 @@ def sweep(run_dir: str | Path, board_name: str, objective: str = "throughput", m
     test_correct = prof["test_correct"]
     test_acc = float(test_correct[np.arange(len(test_taken)), np.asarray(kept)[test_taken]].mean())
     front = pareto(candidates)
-    from .finn_baseline import finn_setfolding_baseline
 
     log("judging FINN's SetFolding on the network without exits")
     finn_baseline, finn_points = finn_setfolding_baseline(run_dir, model, config, board, budget, out)
@@ -295,9 +299,6 @@ def _flow_digest() -> str:
     (window and pooling folds): an inventory built by another flow is built again."""
     import hashlib
 
-    from exitflow.hw import finn_flow
-    from exitflow.dse import finn_model
-
     return hashlib.sha256(b"".join(Path(m.__file__).read_bytes() for m in (finn_flow, finn_model))).hexdigest()[:16]
 
 
@@ -331,9 +332,6 @@ def _as_json(c: Candidate, names: list[str], clock_mhz: float) -> dict:
 
 
 def _write(out: Path, r: SweepResult, segments, model, backbone: str, board, budget, util) -> None:
-    from exitflow.core.design import save_design
-    from exitflow.core.files import atomic_write
-
     names = model.exit_names
     report = {
         "board": board.name, "utilisation_cap": util, "budget": dict(zip(("lut", "bram18", "uram", "dsp"), budget.tolist())),
@@ -359,9 +357,6 @@ def _write(out: Path, r: SweepResult, segments, model, backbone: str, board, bud
 
 
 def _design(c: Candidate, segments, backbone: str, board, gate_depth: int = GATE_DEPTH):
-    from exitflow.core.design import Design, ExitHead, LayerFolding, Stage
-    from exitflow.core.schema import FrozenMap
-
     kept = list(c.exits) + [len(segments) - 1]
     stages, start = [], 0
     for s, end in enumerate(kept):
@@ -387,8 +382,6 @@ def _plots(out: Path, r: SweepResult, names: list[str]) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from exitflow.core.files import atomic_write
 
     fig, ax = plt.subplots(figsize=(7, 4.5), constrained_layout=True)
     front = sorted(r.front, key=lambda c: c.fps)

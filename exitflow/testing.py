@@ -24,6 +24,7 @@ import os
 import shutil
 
 import pytest
+from exitflow.cosim import assert_bit_exact
 
 MARKERS = {
     "vivado": "needs Vivado on PATH (skipped with the reason when it is absent)",
@@ -51,8 +52,6 @@ def missing_requirement(marker: str) -> str | None:
 def cosim_bit_exact():
     """:func:`exitflow.cosim.assert_bit_exact`: ``cosim_bit_exact(run_dir, design=..., samples=...)``
     raises AssertionError naming the sample, stage, layer and element of every mismatch."""
-    from exitflow.cosim import assert_bit_exact
-
     return assert_bit_exact
 
 

@@ -13,6 +13,7 @@ from functools import cached_property
 
 import numpy as np
 
+from exitflow.hls_templates.csim import compile_cpp, render, run
 from exitflow.quant import policies
 
 
@@ -127,8 +128,6 @@ def csim(params: CTUParams, logits: np.ndarray, workdir) -> policies.Decision:
     """Run the HLS template ``exitflow_ctu.hpp`` for ``params`` under g++ on ``logits``
     (samples x classes) and return its decisions."""
     from pathlib import Path
-
-    from exitflow.hls_templates.csim import compile_cpp, render, run
 
     source = render(
         "csim_ctu.cpp.j2", policy=params.policy, classes=params.classes, pe=params.pe, logit_bits=params.logit_bits,

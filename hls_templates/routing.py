@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from exitflow.hls_templates.csim import compile_cpp, render, run
 
 
 def gate_resources(stream_bits: int, folds: int, depth: int, id_bits: int = 16) -> tuple[int, int]:
@@ -91,8 +92,6 @@ def merge_model(streams: list[list[int]]) -> list[int]:
 
 def gate_csim(ids, records, feature_maps, exit_index: int, fmt: TagFormat, fm_bits: int, workdir: Path, folds: int):
     """The gate template (``folds = 0``: the tag of the final exit) under g++."""
-    from exitflow.hls_templates.csim import compile_cpp, render, run
-
     source = render("csim_gate.cpp.j2", folds=folds, fm_bits=fm_bits, id_bits=fmt.id_bits, exit_bits=fmt.exit_bits,
                     rec_bits=fmt.rec_bits, exit_index=exit_index)
     binary = compile_cpp(source, Path(workdir), name=f"gate{folds}")
@@ -109,8 +108,6 @@ def gate_csim(ids, records, feature_maps, exit_index: int, fmt: TagFormat, fm_bi
 
 
 def merge_csim(streams: list[list[int]], width: int, workdir: Path) -> list[int]:
-    from exitflow.hls_templates.csim import compile_cpp, render, run
-
     binary = compile_cpp(render("csim_merge.cpp.j2", exits=len(streams), width=width), Path(workdir), name="merge")
     text = "\n".join(" ".join(map(str, [len(s), *s])) for s in streams) + "\n"
     return [int(v) for v in run(binary, text).split()]

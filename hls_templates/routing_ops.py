@@ -16,8 +16,9 @@ from finn.custom_op.fpgadataflow.hlsbackend import HLSBackend
 from finn.custom_op.fpgadataflow.hwcustomop import HWCustomOp
 from qonnx.core.datatype import DataType
 
+
 from .backend import TemplateHLSBackend
-from .routing import TagFormat, gate_resources, merge_resources
+from .routing import TagFormat, gate_resources, merge_model, merge_resources
 
 MASKED = -1
 
@@ -164,8 +165,6 @@ class ExitMerge(_Routing):
     get_outstream_width = get_instream_width
 
     def execute_node(self, context, graph):
-        from .routing import merge_model
-
         streams = [[int(v) for v in np.asarray(context[name]).astype(np.int64).ravel() if v != MASKED]
                    for name in self.onnx_node.input]
         merged = merge_model(streams)

@@ -24,9 +24,11 @@ from pathlib import Path
 import numpy as np
 
 
+from exitflow.core.catalogue import get_board
 from exitflow.core.design import Design, gate_depth_limit, load_design, memory_bits
 from exitflow.core.errors import ConfigError, check_interrupt
 from exitflow.core.files import atomic_write, user_path
+from exitflow.hw import finn_flow
 from exitflow.hw.folding import check_folding
 
 VIVADO_VERSION = "2024.2"  # the tool release finn-plus 1.6.1 targets
@@ -86,8 +88,6 @@ def build(run_dir: str | Path, design_path: str | Path | None = None, log: Calla
           hw_dir: str | Path | None = None,
           vivado_project: Callable[[Path, dict], object] | None = None) -> list[GraphReport]:
     """Build the design into ``hw_dir`` (default ``DIR/hw``); see the module docstring."""
-    from exitflow.core.catalogue import get_board
-
     run_dir = user_path(run_dir)
     design_path = user_path(design_path) if design_path else run_dir / "sweep" / "design.yaml"
     if not design_path.exists():
@@ -162,8 +162,6 @@ def _build_graphs(hw, design, design_path, board, model, data, exits, stage_laye
     from tqdm import tqdm
 
     from exitflow.quant.export import export_stages
-
-    from exitflow.hw import finn_flow
 
     manifest = export_stages(model, exits, hw / "stages", torch.zeros((1, *data["input_shape"])))
     clock_ns = 1000.0 / design.resolve_clock_mhz()

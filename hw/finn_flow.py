@@ -32,7 +32,9 @@ from pathlib import Path
 
 import numpy as np
 
+from exitflow.core.design import LayerFolding
 from exitflow.core.errors import ConfigError, ExitflowError, check_interrupt
+from exitflow.hw.folding import _window_attrs, divisors, fold_pools, folding_violation, window_fold
 
 HW_ATTRS = ["PE", "SIMD", "ram_style", "ram_style_thresholds", "mem_mode", "resType", "impl_style", "parallel_window"]
 WEIGHT_OPS = ("MVAU", "VVAU")
@@ -325,9 +327,6 @@ def specialize_layers(model, state: FlowState):
 def default_folding(mw: int, channels: int | None = None):
     """A layer the design does not fold: PE 1 and the smallest SIMD FINN can generate (a
     divisor of MW that is at least MW/1024)."""
-    from exitflow.hw.folding import divisors, folding_violation
-    from exitflow.core.design import LayerFolding
-
     simd = next(d for d in divisors(mw) if folding_violation("", 1, d, mw, 1, channels) is None)
     return LayerFolding(pe=1, simd=simd)
 
@@ -365,8 +364,6 @@ def apply_folding(model, state: FlowState):
             # the generator's own SIMD: the smallest that keeps up with the MVAU, or FINN's
             # parallel-window mode (exitflow.hw.folding.window_fold); a width converter
             # joins the two (insert_width_converters)
-            from exitflow.hw.folding import _window_attrs, window_fold
-
             swg = getCustomOp(producer)
             simd, wide = window_fold(_window_attrs(swg), np.array([inst.get_exp_cycles()]))
             swg.set_nodeattr("parallel_window", int(wide[0]))
@@ -374,8 +371,6 @@ def apply_folding(model, state: FlowState):
             swg.set_nodeattr("ram_style", fold.buffer_style)
     # pooling units (window generator and Pool) take the narrowest fold that keeps up with the
     # convolution they follow (exitflow.hw.folding.pick_pool)
-    from exitflow.hw.folding import fold_pools
-
     fold_pools(model, buffers)
     return model
 

@@ -18,7 +18,11 @@ from typing import Any
 import torch
 
 from exitflow.core.errors import ConfigError, ExitflowError
-from exitflow.core.schema import from_data, to_data
+from exitflow.core.files import atomic_write
+from exitflow.core.schema import from_data, load_file, to_data
+
+from .config import RunConfig
+from .network import build_model
 
 FORMAT = "exitflow-checkpoint"
 VERSION = 1
@@ -29,8 +33,6 @@ class CheckpointError(ExitflowError):
 
 
 def save(path: Path, payload: dict[str, Any]) -> None:
-    from exitflow.core.files import atomic_write
-
     atomic_write(path, lambda tmp: torch.save({"format": FORMAT, "version": VERSION, **payload}, tmp))
 
 
@@ -152,8 +154,6 @@ def restore_quantiser_stats(model: torch.nn.Module, stats: dict[str, dict[str, A
 def run_config(data: dict[str, Any]):
     """The RunConfig a checkpoint was trained with (read as data: nothing named in it is
     imported or called)."""
-    from .config import RunConfig
-
     try:
         return from_data(RunConfig, data.get("config"), source=f"{data.get('path', 'checkpoint')} (config)")
     except ConfigError as err:
@@ -176,10 +176,6 @@ def trusted_config(path: Path, data: dict[str, Any], config=None):
     checkpoint's own stored config is only compared with it, never used to import anything: a
     checkpoint whose stored config differs is refused. Without either, a built-in backbone is
     built from the stored config (it names nothing to import); a custom one is refused."""
-    from exitflow.core.schema import load_file
-
-    from .config import RunConfig
-
     stored = run_config(data)
     source = None
     if config is None:
@@ -212,8 +208,6 @@ def load_model(path: Path, config=None):
 
     The model is built from ``config`` (a RunConfig or YAML file) or the run folder's
     ``config.yaml`` (see :func:`trusted_config`), never from what the checkpoint names."""
-    from .network import build_model
-
     data = load(path)
     config = trusted_config(Path(data["path"]), data, config)
     model = build_model(config.model, tuple(data["input_shape"]), int(data["num_classes"]))

@@ -27,6 +27,7 @@ from exitflow.core.errors import ConfigError
 from exitflow.core.files import user_path
 
 from . import checkpoint as ckpt
+from .custom import CustomMultiExitNet
 from .network import MultiExitNet
 
 
@@ -84,8 +85,6 @@ def export_stages(model, exits: list[str], out_dir: str | Path, example: torch.T
     ``model`` is a built-in :class:`MultiExitNet` (each stage exported from its own modules) or a
     :class:`~exitflow.quant.custom.CustomMultiExitNet` (the user's whole model exported once and
     cut at the exits' tensors)."""
-    from .custom import CustomMultiExitNet
-
     unknown = [e for e in exits if e not in model.exit_names]
     if unknown:
         raise ConfigError(f"exits: {unknown[0]!r} is not a candidate exit of this model; candidate exits: {', '.join(model.exit_names)}")
@@ -130,8 +129,6 @@ def export_stages(model, exits: list[str], out_dir: str | Path, example: torch.T
 
 def _blocks(model, chosen: list[str], k: int) -> list[str]:
     """What stage k holds: block names (built-in) or the exits it runs between (custom)."""
-    from .custom import CustomMultiExitNet
-
     if isinstance(model, CustomMultiExitNet):
         return [chosen[k]]
     names = model.block_names
@@ -155,8 +152,6 @@ def _weight_layer(name: str, module) -> dict | None:
 def _stage_layers(model, chosen: list[str], k: int) -> list[dict]:
     """The weight layers of stage k, named as folding keys: block names (built-in) or module
     names (custom backbone)."""
-    from .custom import CustomMultiExitNet
-
     layers = []
     if isinstance(model, CustomMultiExitNet):
         order = [n for n, _ in model.backbone.named_modules() if n]
@@ -179,8 +174,6 @@ def _stage_layers(model, chosen: list[str], k: int) -> list[dict]:
 def layer_table(model, chosen: list[str]) -> tuple[list[list[dict]], list[list[dict]]]:
     """(weight layers of every stage, of every head) for the exits ``chosen`` (the final exit
     last), known before anything is exported: what folding is checked against."""
-    from .custom import CustomMultiExitNet
-
     stages = [_stage_layers(model, chosen, k) for k in range(len(chosen))]
     if isinstance(model, CustomMultiExitNet):
         heads = [_head_layers(model.head(e)) for e in chosen]

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from exitflow.core.data import ImageSet, load_splits
+from exitflow.core.errors import ConfigError
 from exitflow.core.files import atomic_write, user_path
 
 from . import checkpoint as ckpt
@@ -135,8 +136,6 @@ def load_profile(run_dir: str | Path) -> dict[str, np.ndarray]:
     """DIR/profile.npz, checked: every array :func:`profile` writes, of the shapes it writes. A
     missing, empty, truncated or foreign file is one :class:`ConfigError` line naming the file and
     the fix (``exitflow profile DIR``); the sweep and the cosimulation read it only through here."""
-    from exitflow.core.errors import ConfigError
-
     run_dir = Path(run_dir)
     path = run_dir / "profile.npz"
     again = f"run `exitflow profile {run_dir}` again"
