@@ -47,11 +47,14 @@ from pathlib import Path
 from typing import Literal
 
 from exitflow.app.report import TEMPLATE, write_report
+from exitflow.boards.vivado import build_bitfile, build_with_project, missing_tools
 from exitflow.core import __version__
 from exitflow.core.catalogue import get_board
 from exitflow.core.errors import ConfigError, MismatchError
 from exitflow.core.files import atomic_write, check_out_folder, run_folder_lock, user_path
 from exitflow.core.schema import dump_yaml, load_file
+from exitflow.cosim import cosimulate
+from exitflow.dse.sweep import sweep
 from exitflow.quant.config import RunConfig
 
 STEP_NAMES = ("train", "profile", "sweep", "build", "cosim", "report")
@@ -154,8 +157,6 @@ def _step_profile(ctx: _Context) -> str:
 
 
 def _step_sweep(ctx: _Context) -> str:
-    from exitflow.dse.sweep import sweep
-
     r = sweep(ctx.out, ctx.settings.board, objective=ctx.settings.objective, max_drop_pp=ctx.settings.max_drop_pp,
               log=lambda line: None)
     c = r.chosen
@@ -166,8 +167,6 @@ def _step_sweep(ctx: _Context) -> str:
 
 
 def _step_build(ctx: _Context) -> str:
-    from exitflow.boards.vivado import build_bitfile, build_with_project, missing_tools
-
     reports = build_with_project(ctx.out, ctx.design, log=lambda line: None)
     text = f"{len(reports)} graphs through FINN code generation, the Vivado project in hw/vivado"
     missing = missing_tools()
@@ -177,8 +176,6 @@ def _step_build(ctx: _Context) -> str:
 
 
 def _step_cosim(ctx: _Context) -> str:
-    from exitflow.cosim import cosimulate
-
     bar = _inner_bar("cosim", "sample")
     try:
         report = cosimulate(ctx.out, ctx.design, progress=bar.update)

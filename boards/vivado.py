@@ -23,6 +23,7 @@ from exitflow.core.catalogue import get_board
 from exitflow.core.design import load_design
 from exitflow.core.errors import NotAvailableError
 from exitflow.hls_templates import TEMPLATE_DIR
+from exitflow.hls_templates.registry import register_finn_ops
 from exitflow.hw import build as hw_build
 from exitflow.hw.build import VIVADO_VERSION, missing_tools
 from exitflow.hw.finn_flow import finn_settings
@@ -104,7 +105,7 @@ def write_project(run_dir: str | Path, summary: dict | None = None) -> Path:
     from qonnx.core.modelwrapper import ModelWrapper
     from qonnx.custom_op.registry import getCustomOp
 
-    import exitflow.hls_templates.ctu_op  # noqa: F401
+    register_finn_ops()
 
     hw = Path(run_dir) / "hw"
     if summary is None:

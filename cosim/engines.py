@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from exitflow.core.errors import ExitflowError
+from exitflow.hls_templates.registry import register_finn_ops
 
 #: node types (generic names, without the _hls/_rtl suffix) that only move data
 PASS_THROUGH = ("StreamingDataWidthConverter", "StreamingFIFO", "StreamingDataflowPartition")
@@ -50,8 +51,7 @@ def _import_finn_ops() -> None:
 
     if getattr(settings, "_SETTINGS", None) is None:
         settings.initialize_dummy_settings()
-    import exitflow.hls_templates.ctu_op  # noqa: F401
-    import exitflow.hls_templates.routing_ops  # noqa: F401
+    register_finn_ops()
 
 
 # ------------------------------------------------------------------------------- reference

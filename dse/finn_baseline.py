@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import yaml
+from exitflow.hls_templates.registry import register_finn_ops
 from exitflow.hw.build import build
 from exitflow.hw.finn_flow import finn_chatter
 from exitflow.hw.folding import folding_violation
@@ -24,9 +25,9 @@ def finn_setfolding_baseline(run_dir: Path, model, config, board, budget: np.nda
     meanwhile (SetFolding warns about every op it does not know) goes to ``run_dir/log/finn.log``."""
     from qonnx.core.modelwrapper import ModelWrapper
 
-    import exitflow.hls_templates.ctu_op  # noqa: F401
-    from exitflow.quant.custom import CustomMultiExitNet
+    from exitflow.quant.custom import CustomMultiExitNet  # torch
 
+    register_finn_ops()
     blocks = [model.exit_names[-1]] if isinstance(model, CustomMultiExitNet) else list(model.block_names)
     design = {"model": config.model.backbone, "board": board.name,
               "stages": [{"name": "whole", "blocks": blocks, "head": {"name": "classifier"}}]}

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from exitflow.hls_templates.registry import register_finn_ops
 from exitflow.hw.folding import _pool_folds, _set_pool_fold, _window_attrs, _window_cycles, pool_units, window_fold
 
 RESOURCES = ("lut", "bram18", "uram", "dsp")
@@ -129,8 +130,7 @@ def inventory(model_path: str | Path, part: str, layer_names: list[str], name: s
     from qonnx.core.modelwrapper import ModelWrapper
     from qonnx.custom_op.registry import getCustomOp
 
-    import exitflow.hls_templates.ctu_op  # noqa: F401
-    import exitflow.hls_templates.routing_ops  # noqa: F401
+    register_finn_ops()
 
     model = ModelWrapper(str(model_path))
     res = model.analysis(lambda m: res_estimation(m, part))

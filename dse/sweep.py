@@ -28,6 +28,7 @@ from exitflow.core.errors import ConfigError, ExitflowError
 from exitflow.core.files import atomic_write, user_path
 from exitflow.core.schema import FrozenMap
 from exitflow.dse import finn_model
+from exitflow.hls_templates.registry import register_finn_ops
 from exitflow.hw import finn_flow
 from exitflow.hw.build import build
 from exitflow.quant.policies import route, threshold_code
@@ -308,7 +309,7 @@ def _streams(inventory: Path, k: int) -> tuple[int, int, int]:
     from qonnx.core.modelwrapper import ModelWrapper
     from qonnx.custom_op.registry import getCustomOp
 
-    import exitflow.hls_templates.ctu_op  # noqa: F401
+    register_finn_ops()
 
     node = ModelWrapper(str(inventory / f"seg{k}" / "model_hw.onnx")).graph.node[-1]
     last = getCustomOp(node)

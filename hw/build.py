@@ -28,6 +28,7 @@ from exitflow.core.catalogue import get_board
 from exitflow.core.design import Design, gate_depth_limit, load_design, memory_bits
 from exitflow.core.errors import ConfigError, check_interrupt
 from exitflow.core.files import atomic_write, user_path
+from exitflow.hls_templates.registry import register_finn_ops
 from exitflow.hw import finn_flow
 from exitflow.hw.folding import check_folding
 
@@ -209,7 +210,7 @@ def _gate_checks(hw: Path, design: Design, board, design_path: Path, log) -> lis
     from qonnx.core.modelwrapper import ModelWrapper
     from qonnx.custom_op.registry import getCustomOp
 
-    import exitflow.hls_templates.ctu_op  # noqa: F401
+    register_finn_ops()
 
     checks = []
     for k, stage in enumerate(design.stages[:-1]):

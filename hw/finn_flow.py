@@ -34,6 +34,7 @@ import numpy as np
 
 from exitflow.core.design import LayerFolding
 from exitflow.core.errors import ConfigError, ExitflowError, check_interrupt
+from exitflow.hls_templates.registry import register_finn_ops
 from exitflow.hw.folding import _window_attrs, divisors, fold_pools, folding_violation, window_fold
 
 HW_ATTRS = ["PE", "SIMD", "ram_style", "ram_style_thresholds", "mem_mode", "resType", "impl_style", "parallel_window"]
@@ -295,7 +296,7 @@ def append_ctu(model, state: FlowState):
     from qonnx.transformation.infer_datatypes import InferDataTypes
     from qonnx.transformation.infer_shapes import InferShapes
 
-    import exitflow.hls_templates.ctu_op  # noqa: F401  registers the op in FINN's domains
+    register_finn_ops()
 
     logits = model.graph.output[0]
     shape = model.get_tensor_shape(logits.name)
