@@ -86,6 +86,7 @@ def cmd_boards(args: argparse.Namespace) -> int:
 
 
 def _load_run_config(path: str):
+    # numpy and the run's modules load per command: `exitflow boards` and --help import none of them
     from exitflow.app.run import load_config
 
     return load_config(path)
@@ -96,6 +97,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     import torch
 
+    # torch: only once the command line is parsed
     from exitflow.quant.train import train
 
     torch.set_num_threads(max(1, args.threads))
@@ -106,6 +108,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
+    # torch, per command
     from exitflow.quant.profile import profile
 
     summary = profile(args.dir)
@@ -124,6 +127,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    # torch, per command
     from exitflow.quant.export import export_run
 
     exits = [e for e in (args.exits or "").split(",") if e]
@@ -134,6 +138,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
+    # numpy and FINN's tooling, per command
     from exitflow.boards.vivado import build_bitfile, build_with_project, missing_tools
 
     reports = build_with_project(args.dir, args.design)
@@ -149,6 +154,7 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
+    # numpy, per command
     from exitflow.dse.sweep import sweep
 
     r = sweep(args.dir, args.board, objective=args.objective, min_accuracy=args.min_accuracy,
@@ -181,6 +187,7 @@ def cmd_cosim(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
+    # numpy, torch and FINN, per command
     from exitflow.hw.build import restore_build
     from exitflow.cosim import cosimulate
 
@@ -197,6 +204,7 @@ def cmd_cosim(args: argparse.Namespace) -> int:
     data = report.to_data()
     cycle = None
     if args.cycle:
+        # numpy: only with --cycle
         from exitflow.cosim.cycle import MIN_SAMPLES
         from exitflow.dse.throughput import simulate_design
 
@@ -225,6 +233,7 @@ def cmd_cosim(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    # numpy and torch, per command
     from exitflow.app.run import RunSettings, load_config, run
 
     result = run(load_config(args.config), args.out, RunSettings(board=args.board), force=args.force)
@@ -235,6 +244,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    # numpy and jinja2, per command
     from exitflow.app.report import write_report
 
     print(f"wrote {write_report(args.dir)}")

@@ -121,6 +121,7 @@ class _Step:
 def _step_train(ctx: _Context) -> str:
     import torch
 
+    # torch: only when the train step runs (a finished step is skipped without it)
     from exitflow.quant.train import train
 
     torch.set_num_threads(max(1, ctx.settings.threads))
@@ -148,6 +149,7 @@ def _step_train(ctx: _Context) -> str:
 
 
 def _step_profile(ctx: _Context) -> str:
+    # torch: only when the profile step runs
     from exitflow.quant.profile import profile
 
     summary = profile(ctx.out)

@@ -49,8 +49,8 @@ def _design_for(model: str, root: Path) -> Path:
 def run() -> list[dict]:
     from exitflow.hw.build import build
     from exitflow.cosim import cosimulate
-    from exitflow.cosim.cycle import load_pipeline, simulate
-    from exitflow.dse.throughput import stage_level_fps
+    from exitflow.cosim.cycle import load_pipeline
+    from exitflow.dse.throughput import simulate, stage_level_fps
 
     root = Path(tempfile.mkdtemp(prefix="exitflow_bench_fidelity_"))
     atexit.register(shutil.rmtree, root, ignore_errors=True)

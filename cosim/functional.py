@@ -131,6 +131,7 @@ def load_built(run_dir: str | Path, design_path: str | Path | None = None) -> Bu
     # torch, QONNX and FINN, only once the design is known to be good: a mistake there is reported at once
     from qonnx.custom_op.registry import getCustomOp
 
+    # torch: only after the design and the build were checked, so bad input is refused fast
     from exitflow.quant import checkpoint as ckpt
     from exitflow.quant.export import layer_table
 
@@ -263,6 +264,7 @@ def run_design(built: Built, images: np.ndarray, engine: str = "vectorised",
 def model_logits(built: Built, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(integer logits (N, exits, classes), scales, logit bit widths) of the Brevitas model at the
     design's exits, as profiling computes them."""
+    # torch: running the Brevitas model
     from exitflow.quant.profile import run_exits
 
     data = ImageSet("cosim", images, np.zeros(len(images), dtype=np.int64), built.model.num_classes)
@@ -344,6 +346,7 @@ def _layer_outputs(built: Built, image: np.ndarray) -> dict[tuple[int, str, str]
     head), channels last, keyed by (k, kind, layer name). Built-in backbones only."""
     import torch
 
+    # torch: the Brevitas model's layer outputs
     from exitflow.quant.network import MultiExitNet
     from exitflow.quant.train import to_input
 
@@ -488,6 +491,7 @@ def _fractions(exits: np.ndarray, count: int) -> list[float]:
 def predicted_fractions(built: Built) -> tuple[list[float] | None, str]:
     """Exit fractions at the design's thresholds from DIR/profile.npz (the test split), as the
     design search predicted them."""
+    # torch at import (quant.profile): cosim refuses bad input before it
     from exitflow.quant.profile import load_profile
 
     path = built.run_dir / "profile.npz"

@@ -76,7 +76,7 @@ def _setfolding_point(graphs, target: int, board, budget: np.ndarray) -> dict:
 
 
 def _unbuildable(model) -> list[str]:
-    """FINN's code-generation rules (:func:`exitflow.hw.build.folding_violation`) that a folding
+    """FINN's code-generation rules (:func:`exitflow.hw.folding.folding_violation`) that a folding
     SetFolding chose breaks: it does not check SIMD >= MW/1024, which FINN's HLS MVAU asserts."""
     from qonnx.custom_op.registry import getCustomOp
 

@@ -76,6 +76,7 @@ class SweepResult:
 
 def _segments_design(model, config, board_name: str) -> tuple[dict, list[list[str]]]:
     """The design keeping every candidate exit, and the blocks of each segment."""
+    # torch (a Brevitas module class): dse.sweep itself stays light to import
     from exitflow.quant.custom import CustomMultiExitNet
 
     exits = model.exit_names
@@ -101,6 +102,7 @@ def _segments_design(model, config, board_name: str) -> tuple[dict, list[list[st
 def sweep(run_dir: str | Path, board_name: str, objective: str = "throughput", min_accuracy: float | None = None,
           max_drop_pp: float | None = 1.0, util: float = 0.85, policy: str = "max_prob", max_exits: int = 3,
           max_latency_us: float | None = None, log=print) -> SweepResult:
+    # torch: when the sweep runs, not when the command line loads dse.sweep
     from exitflow.quant import checkpoint as ckpt
 
     run_dir = user_path(run_dir)
@@ -112,6 +114,7 @@ def sweep(run_dir: str | Path, board_name: str, objective: str = "throughput", m
         raise ConfigError(f"--max-exits: must be an integer >= 0 (early exits per design); got {max_exits!r}")
     board = get_board(board_name)
     config, model, _ = ckpt.load_model(run_dir)
+    # torch at import (quant.profile), as above
     from exitflow.quant.profile import load_profile
 
     profile_path = run_dir / "profile.npz"

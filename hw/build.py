@@ -40,6 +40,7 @@ def match_design(design: Design, config, model, source: str) -> list[str]:
     if design.model != config.model.backbone:
         raise ConfigError(f"{source}: model: the design is for {design.model!r}, the run folder holds a "
                           f"{config.model.backbone!r} model")
+    # torch (a Brevitas module class): hw.build stays light to import (cosim and the report use it)
     from exitflow.quant.custom import CustomMultiExitNet
 
     custom = isinstance(model, CustomMultiExitNet)
@@ -162,6 +163,7 @@ def _build_graphs(hw, design, design_path, board, model, data, exits, stage_laye
     import torch
     from tqdm import tqdm
 
+    # torch, as in build()
     from exitflow.quant.export import export_stages
 
     manifest = export_stages(model, exits, hw / "stages", torch.zeros((1, *data["input_shape"])))
