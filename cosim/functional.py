@@ -131,7 +131,6 @@ def load_built(run_dir: str | Path, design_path: str | Path | None = None) -> Bu
     # torch, QONNX and FINN, only once the design is known to be good: a mistake there is reported at once
     from qonnx.custom_op.registry import getCustomOp
 
-    # torch: only after the design and the build were checked, so bad input is refused fast
     from exitflow.quant import checkpoint as ckpt
     from exitflow.quant.export import layer_table
 
