@@ -439,7 +439,9 @@ class _Interrupt:
             # Raised again by an alarm a moment later, outside the finaliser (a signal raised
             # here would be handled at once, inside this hook).
             self.seen = False
-            self.alarm = signal.signal(signal.SIGALRM, self._handle)
+            previous = signal.signal(signal.SIGALRM, self._handle)
+            if self.alarm is None:  # the handler to put back is the one before the first alarm
+                self.alarm = previous
             signal.setitimer(signal.ITIMER_REAL, 0.02)
             return
         self.previous_hook(unraisable)

@@ -525,6 +525,7 @@ def cosimulate(run_dir: str | Path, design: str | Path | None = None, samples: i
     if engine not in ENGINES:
         raise ConfigError(f"engine: {engine!r} is not one of {', '.join(ENGINES)}")
     built = load_built(run_dir, design)
+    predicted, note = predicted_fractions(built)  # first: a damaged profile.npz is refused before any work
     test = load_splits(built.config.data).test
     total = len(test)
     if samples is None:
@@ -560,7 +561,6 @@ def cosimulate(run_dir: str | Path, design: str | Path | None = None, samples: i
     located = [locate(built, images, i, i, name, against, want, got)
                for i, name, against, want, got in mismatches[:max_located]]
     measured = runs[0].results.exit
-    predicted, note = predicted_fractions(built)
     return CosimReport(
         run_dir=str(built.run_dir), design=str(built.design_path), exits=built.names, samples=samples, engines=runs,
         engines_compared=compared, mismatches=located, mismatch_count=len(mismatches),

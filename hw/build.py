@@ -219,7 +219,7 @@ def _gate_checks(hw: Path, design: Design, board, design_path: Path, log) -> lis
         last = getCustomOp(ModelWrapper(str(hw / stage.name / "model_hw.onnx")).graph.node[-1])
         folds = int(np.prod(last.get_folded_output_shape()[:-1]))
         map_bits = folds * int(last.get_outstream_width())
-        if stage.gate_depth * map_bits > memory_bits(board):
+        if stage.gate_depth > gate_depth_limit(board, map_bits):  # the config-time check, with the real map size
             raise ConfigError(
                 f"{design_path}: stages[{k}].gate_depth: {stage.gate_depth:,} feature maps of {map_bits:,} bits after "
                 f"{stage.name!r} need {stage.gate_depth * map_bits:,} bits; {board.name} holds {memory_bits(board):,} "

@@ -1,6 +1,7 @@
 """The distribution: package layout, pins, the README's commands and .ci/run."""
 
 import re
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -120,10 +121,20 @@ def test_ci_runs_exactly_the_readme_commands(repo):
     commands = _readme_commands(repo)
     printed = subprocess.run([str(repo / ".ci" / "run"), "--print"], capture_output=True, text=True, check=True)
     assert printed.stdout.splitlines() == [commands["set up"], commands["test"], commands["main job"]]
-    script = (repo / ".ci" / "run").read_text()
-    for call in ('eval "$setup_cmd"', 'eval "$test_cmd"', '(cd "$work" && eval "$main_cmd")'):
-        assert call in script
+    lines = (repo / ".ci" / "run").read_text().splitlines()
+    for call in (commands["set up"], commands["test"], f'(cd "$work" && {commands["main job"]})'):
+        assert call in lines  # run verbatim, as a line of its own
     assert "--out" in commands["main job"] and not Path(commands["main job"].split("--out")[1].split()[0]).is_absolute()
+
+
+def test_ci_stops_when_the_readme_command_differs(repo, tmp_path):
+    copy = tmp_path / "repo"
+    (copy / ".ci").mkdir(parents=True)
+    shutil.copy(repo / ".ci" / "run", copy / ".ci" / "run")
+    text = (repo / "README.md").read_text().replace("exitflow run --out runs/default", "exitflow run --out runs/other")
+    (copy / "README.md").write_text(text)
+    done = subprocess.run([str(copy / ".ci" / "run"), "--print"], capture_output=True, text=True)
+    assert done.returncode == 2 and "main job command is 'exitflow run --out runs/other'" in done.stderr
 
 
 def test_pytest_markers_in_pyproject_match_the_plugin(repo):
