@@ -416,7 +416,7 @@ case("design/run-edited-illegal", "run", "hostile.yaml", "--out", "run", trained
 
 # ---------------------------------------------------------------------------- board files (EXITFLOW_BOARDS)
 
-PYNQ = Path(__file__).resolve().parents[2] / "boards" / "catalogue" / "Pynq-Z2.yaml"
+PYNQ = Path(__file__).resolve().parents[2] / "core" / "catalogue" / "Pynq-Z2.yaml"
 
 
 def board_file(change: Callable[[dict], object] | None = None, text: str | None = None) -> Callable[[Path], None]:
