@@ -54,16 +54,30 @@ def _board_rows(boards) -> list[list[str]]:
     for b in boards:
         r, s = b.resources, b.shell
         rows.append(
-            [b.name, b.part, b.finn_board, f"{b.clock_mhz:g}", f"{r.lut:,}", f"{r.ff:,}", f"{r.bram18:,}",
-             f"{r.uram:,}", f"{r.dsp:,}", f"{s.lut:,}/{s.ff:,}/{s.bram18}"]
+            [
+                b.name,
+                b.part,
+                b.finn_board,
+                f"{b.clock_mhz:g}",
+                f"{r.lut:,}",
+                f"{r.ff:,}",
+                f"{r.bram18:,}",
+                f"{r.uram:,}",
+                f"{r.dsp:,}",
+                f"{s.lut:,}/{s.ff:,}/{s.bram18}",
+            ]
         )
     return rows
 
 
 def _table(header: list[str], rows: list[list[str]], right: set[int]) -> str:
-    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)]
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows, strict=False)]
+
     def fmt(cells):
-        return "  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+        return "  ".join(
+            c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=False))
+        ).rstrip()
+
     lines = [fmt(header), "  ".join("-" * w for w in widths)]
     lines += [fmt(r) for r in rows]
     return "\n".join(lines)
@@ -77,8 +91,10 @@ def cmd_boards(args: argparse.Namespace) -> int:
     header = ["board", "part", "FINN board", "MHz", "LUT", "FF", "BRAM18", "URAM", "DSP", "shell LUT/FF/BRAM18"]
     print(_table(header, _board_rows(boards), right={3, 4, 5, 6, 7, 8, 9}))
     if not args.name:
-        print(f"\nTotals are device datasheet figures; the shell is an estimate. "
-              f"Add a board: one YAML file in {user_board_dirs()[0]}")
+        print(
+            f"\nTotals are device datasheet figures; the shell is an estimate. "
+            f"Add a board: one YAML file in {user_board_dirs()[0]}"
+        )
     return 0
 
 
@@ -121,8 +137,10 @@ def cmd_profile(args: argparse.Namespace) -> int:
     if ok:
         best = max(ok, key=lambda i: table["early_fraction"][i])
         t = test["max_prob"]["thresholds"][best]
-        print(f"max_prob threshold {t} at every exit: {100 * table['early_fraction'][best]:.1f}% of test samples "
-              f"leave early, accuracy {100 * table['accuracy'][best]:.2f}% ({drops[best]:+.2f} pp below the final exit)")
+        print(
+            f"max_prob threshold {t} at every exit: {100 * table['early_fraction'][best]:.1f}% of test samples "
+            f"leave early, accuracy {100 * table['accuracy'][best]:.2f}% ({drops[best]:+.2f} pp below the final exit)"
+        )
     return 0
 
 
@@ -132,7 +150,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     exits = [e for e in (args.exits or "").split(",") if e]
     manifest = export_run(args.dir, exits)
-    files = ", ".join(f"{s['file']}+{h['file']}" for s, h in zip(manifest["stages"], manifest["heads"]))
+    files = ", ".join(f"{s['file']}+{h['file']}" for s, h in zip(manifest["stages"], manifest["heads"], strict=False))
     print(f"exported exits {', '.join(manifest['exits'])} to {args.dir}/stages: {files}")
     return 0
 
@@ -142,12 +160,16 @@ def cmd_build(args: argparse.Namespace) -> int:
     from exitflow.boards.vivado import build_bitfile, build_with_project, missing_tools
 
     reports = build_with_project(args.dir, args.design)
-    print(f"wrote {args.dir}/hw: {len(reports)} graphs through FINN code generation, the Vivado project in {args.dir}/hw/vivado")
+    print(
+        f"wrote {args.dir}/hw: {len(reports)} graphs through FINN code generation, the Vivado project in {args.dir}/hw/vivado"
+    )
     missing = missing_tools()
     if missing:
         design = args.design or f"{args.dir}/sweep/design.yaml"
-        print(f"bitfile: needs {' and '.join(missing)} (not on PATH); on a machine with them run: "
-              f"exitflow build {args.dir} --design {design}")
+        print(
+            f"bitfile: needs {' and '.join(missing)} (not on PATH); on a machine with them run: "
+            f"exitflow build {args.dir} --design {design}"
+        )
         return 0
     print(f"bitfile: {build_bitfile(args.dir)}")
     return 0
@@ -157,28 +179,44 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     # numpy, per command
     from exitflow.dse.sweep import sweep
 
-    r = sweep(args.dir, args.board, objective=args.objective, min_accuracy=args.min_accuracy,
-              max_drop_pp=args.max_drop_pp, util=args.util, max_latency_us=args.max_latency_us, max_exits=args.max_exits)
+    r = sweep(
+        args.dir,
+        args.board,
+        objective=args.objective,
+        min_accuracy=args.min_accuracy,
+        max_drop_pp=args.max_drop_pp,
+        util=args.util,
+        max_latency_us=args.max_latency_us,
+        max_exits=args.max_exits,
+    )
     import json
     from pathlib import Path
 
     c = r.chosen
     names = json.loads((Path(args.dir) / "sweep" / "pareto.json").read_text())["chosen"]["exits"]
-    print(f"chosen: exits {', '.join(names) or 'none'} at thresholds {list(c.thresholds)}: {r.fps_with_gates:,.0f} samples/s "
-          f"with its gates of {r.gate_depth} feature maps ({c.fps:,.0f} with unbounded gates), "
-          f"{r.gain_with_gates:.2f}x the best design without early exits ({r.no_exit.fps:,.0f}/s); LUT {c.resources[0]:,.0f}, "
-          f"BRAM18 {c.resources[1]:.0f}, DSP {c.resources[3]:.0f}, mean latency {c.mean_latency_us:.1f} us; "
-          f"test accuracy {100 * r.test_accuracy:.2f}% "
-          f"(final exit alone {100 * r.final_test_accuracy:.2f}%)")
+    print(
+        f"chosen: exits {', '.join(names) or 'none'} at thresholds {list(c.thresholds)}: {r.fps_with_gates:,.0f} samples/s "
+        f"with its gates of {r.gate_depth} feature maps ({c.fps:,.0f} with unbounded gates), "
+        f"{r.gain_with_gates:.2f}x the best design without early exits ({r.no_exit.fps:,.0f}/s); LUT {c.resources[0]:,.0f}, "
+        f"BRAM18 {c.resources[1]:.0f}, DSP {c.resources[3]:.0f}, mean latency {c.mean_latency_us:.1f} us; "
+        f"test accuracy {100 * r.test_accuracy:.2f}% "
+        f"(final exit alone {100 * r.final_test_accuracy:.2f}%)"
+    )
     if c.exits:
-        print(f"on the test split's traffic: {r.fps_with_gates_test:,.0f} samples/s with its gates "
-              f"({r.fps_with_gates_test / r.no_exit.fps:.2f}x)")
+        print(
+            f"on the test split's traffic: {r.fps_with_gates_test:,.0f} samples/s with its gates "
+            f"({r.fps_with_gates_test / r.no_exit.fps:.2f}x)"
+        )
     e = r.equal_throughput
     if e is not None:
-        print(f"matching the no-exit throughput with its gates takes {e.resources[0]:,.0f} LUTs "
-              f"({e.resources[0] / r.no_exit.resources[0]:.1%} of the no-exit design's)")
+        print(
+            f"matching the no-exit throughput with its gates takes {e.resources[0]:,.0f} LUTs "
+            f"({e.resources[0] / r.no_exit.resources[0]:.1%} of the no-exit design's)"
+        )
     print(f"what keeps it from being faster: {r.bound}")
-    print(f"wrote {args.dir}/sweep: pareto.json, pareto.png, resources.png, design.yaml ({len(r.front)} designs on the front)")
+    print(
+        f"wrote {args.dir}/sweep: pareto.json, pareto.png, resources.png, design.yaml ({len(r.front)} designs on the front)"
+    )
     return 0
 
 
@@ -187,9 +225,10 @@ def cmd_cosim(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
+    from exitflow.cosim import cosimulate
+
     # numpy, torch and FINN, per command
     from exitflow.hw.build import restore_build
-    from exitflow.cosim import cosimulate
 
     if args.samples is not None and args.samples < 1:
         raise ConfigError(f"--samples: must be a positive number of test samples; got {args.samples}")
@@ -198,7 +237,9 @@ def cmd_cosim(args: argparse.Namespace) -> int:
     restore_build(user_path(args.dir) / "hw", log=lambda line: print(line, file=sys.stderr))
     bar = tqdm(desc="cosim", unit="sample", disable=not sys.stderr.isatty(), leave=False)
     try:
-        report = cosimulate(args.dir, args.design, args.samples, args.engine, args.reference_samples, progress=bar.update)
+        report = cosimulate(
+            args.dir, args.design, args.samples, args.engine, args.reference_samples, progress=bar.update
+        )
     finally:
         bar.close()
     data = report.to_data()
@@ -210,8 +251,13 @@ def cmd_cosim(args: argparse.Namespace) -> int:
 
         taken = report.engines[0].results.exit
         repeats = max(3, -(-MIN_SAMPLES // len(taken)))
-        bar = tqdm(desc="cycle simulation", unit="sample", total=repeats * len(taken), disable=not sys.stderr.isatty(),
-                   leave=False)
+        bar = tqdm(
+            desc="cycle simulation",
+            unit="sample",
+            total=repeats * len(taken),
+            disable=not sys.stderr.isatty(),
+            leave=False,
+        )
         try:
             cycle = simulate_design(args.dir, args.design, taken, progress=bar.update)
         finally:
@@ -224,8 +270,10 @@ def cmd_cosim(args: argparse.Namespace) -> int:
         print(cycle.summary())
     print(f"wrote {path}")
     if not report.bit_exact:
-        raise MismatchError(f"{report.mismatch_count} of {report.samples} samples differ; first: "
-                            f"{report.mismatches[0].describe()} (all in {path})")
+        raise MismatchError(
+            f"{report.mismatch_count} of {report.samples} samples differ; first: "
+            f"{report.mismatches[0].describe()} (all in {path})"
+        )
     return 0
 
 
@@ -238,8 +286,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     result = run(load_config(args.config), args.out, RunSettings(board=args.board), force=args.force)
     done = [s.name for s in result.steps if s.status == "done"]
-    print(f"done in {result.seconds:.0f} s ({', '.join(done) or 'every step unchanged, nothing'} run now); "
-          f"open {args.out}/report.html")
+    print(
+        f"done in {result.seconds:.0f} s ({', '.join(done) or 'every step unchanged, nothing'} run now); "
+        f"open {args.out}/report.html"
+    )
     return 0
 
 
@@ -273,8 +323,11 @@ def _add_arguments(name: str, p: argparse.ArgumentParser) -> None:
                 raise argparse.ArgumentTypeError(f"must be {what}; got {text!r}") from None
             if kind is float and value != value:  # nan
                 raise argparse.ArgumentTypeError(f"must be {what}; got {text!r}")
-            if (low is not None and value < low) or (high is not None and value > high) or (
-                    above is not None and value <= above):
+            if (
+                (low is not None and value < low)
+                or (high is not None and value > high)
+                or (above is not None and value <= above)
+            ):
                 raise argparse.ArgumentTypeError(f"must be {what}; got {text}")
             return value
 
@@ -284,45 +337,84 @@ def _add_arguments(name: str, p: argparse.ArgumentParser) -> None:
     if name == "train":
         p.add_argument("config", help="run config (YAML): data, model and train sections")
         p.add_argument("--out", required=True, help="run folder to write model.pt, config.yaml, train_log.json")
-        p.add_argument("--threads", type=number(int, 1, what="an integer >= 1"), default=2,
-                       help="CPU threads for torch (default 2)")
+        p.add_argument(
+            "--threads",
+            type=number(int, 1, what="an integer >= 1"),
+            default=2,
+            help="CPU threads for torch (default 2)",
+        )
     elif name == "profile":
         p.add_argument("dir", help="run folder holding model.pt")
     elif name == "export":
         p.add_argument("dir", help="run folder holding model.pt")
-        p.add_argument("--exits", help="comma-separated early exits to keep (block names); the final exit is always kept")
+        p.add_argument(
+            "--exits", help="comma-separated early exits to keep (block names); the final exit is always kept"
+        )
     elif name == "sweep":
         p.add_argument("dir", help="run folder holding profile.npz")
         p.add_argument("--board", required=True, help="board name (see `exitflow boards`)")
         p.add_argument("--objective", choices=["throughput", "latency"], default="throughput")
-        p.add_argument("--min-accuracy", type=number(float, 0.0, 1.0, what="a fraction in [0, 1], e.g. 0.97"),
-                       help="absolute accuracy floor (fraction, e.g. 0.97)")
-        p.add_argument("--max-drop-pp", type=number(float, 0.0, 100.0, what="percentage points in [0, 100]"), default=1.0,
-                       help="accuracy floor as percentage points below the final exit (default 1.0)")
-        p.add_argument("--max-latency-us", type=number(float, above=0.0, what="a positive number of microseconds"),
-                       help="latency limit in microseconds")
-        p.add_argument("--util", type=number(float, what="a number in (0, 1], e.g. 0.85"), default=0.85,
-                       help="utilisation cap of the board budget (default 0.85)")
-        p.add_argument("--max-exits", type=number(int, 0, what="an integer >= 0"), default=3,
-                       help="most early exits a design may have (default 3; 0: only designs without early exits)")
+        p.add_argument(
+            "--min-accuracy",
+            type=number(float, 0.0, 1.0, what="a fraction in [0, 1], e.g. 0.97"),
+            help="absolute accuracy floor (fraction, e.g. 0.97)",
+        )
+        p.add_argument(
+            "--max-drop-pp",
+            type=number(float, 0.0, 100.0, what="percentage points in [0, 100]"),
+            default=1.0,
+            help="accuracy floor as percentage points below the final exit (default 1.0)",
+        )
+        p.add_argument(
+            "--max-latency-us",
+            type=number(float, above=0.0, what="a positive number of microseconds"),
+            help="latency limit in microseconds",
+        )
+        p.add_argument(
+            "--util",
+            type=number(float, what="a number in (0, 1], e.g. 0.85"),
+            default=0.85,
+            help="utilisation cap of the board budget (default 0.85)",
+        )
+        p.add_argument(
+            "--max-exits",
+            type=number(int, 0, what="an integer >= 0"),
+            default=3,
+            help="most early exits a design may have (default 3; 0: only designs without early exits)",
+        )
     elif name == "build":
         p.add_argument("dir", help="run folder")
         p.add_argument("--design", help="design YAML (default: DIR/sweep/design.yaml)")
     elif name == "cosim":
         p.add_argument("dir", help="run folder")
         p.add_argument("--design", help="design YAML (default: DIR/sweep/design.yaml)")
-        p.add_argument("--samples", type=int, help="cosimulate the first N test samples (default: the whole test split)")
-        p.add_argument("--engine", choices=["vectorised", "finn", "both"], default="both",
-                       help="vectorised: exitflow's batch engine on every sample; finn: FINN's own Python execution "
-                            "on every sample (slow: a few images/s for CNV); both (default): vectorised on every "
-                            "sample and FINN on the first --reference-samples, compared with each other")
-        p.add_argument("--reference-samples", type=int, default=10,
-                       help="samples FINN's reference execution runs with --engine both (default 10)")
-        p.add_argument("--cycle", action="store_true",
-                       help="also run the cycle-level pipeline simulation on the exit sequence found: throughput "
-                            "and latency per exit against the dse model's prediction")
-        p.epilog = ("Writes DIR/cosim/report.json (only when the run completes). Exit codes: 0 bit-exact, 4 a sample "
-                    "differs (the report locates it), 2 bad input (one line; an earlier report is kept).")
+        p.add_argument(
+            "--samples", type=int, help="cosimulate the first N test samples (default: the whole test split)"
+        )
+        p.add_argument(
+            "--engine",
+            choices=["vectorised", "finn", "both"],
+            default="both",
+            help="vectorised: exitflow's batch engine on every sample; finn: FINN's own Python execution "
+            "on every sample (slow: a few images/s for CNV); both (default): vectorised on every "
+            "sample and FINN on the first --reference-samples, compared with each other",
+        )
+        p.add_argument(
+            "--reference-samples",
+            type=int,
+            default=10,
+            help="samples FINN's reference execution runs with --engine both (default 10)",
+        )
+        p.add_argument(
+            "--cycle",
+            action="store_true",
+            help="also run the cycle-level pipeline simulation on the exit sequence found: throughput "
+            "and latency per exit against the dse model's prediction",
+        )
+        p.epilog = (
+            "Writes DIR/cosim/report.json (only when the run completes). Exit codes: 0 bit-exact, 4 a sample "
+            "differs (the report locates it), 2 bad input (one line; an earlier report is kept)."
+        )
     elif name == "report":
         p.add_argument("dir", help="run folder")
     elif name == "run":
@@ -330,9 +422,11 @@ def _add_arguments(name: str, p: argparse.ArgumentParser) -> None:
         p.add_argument("--out", required=True, help="run folder (a re-run continues it: unchanged steps are skipped)")
         p.add_argument("--board", default="Pynq-Z2", help="board name (see `exitflow boards`; default Pynq-Z2)")
         p.add_argument("--force", action="store_true", help="redo every step")
-        p.epilog = ("Steps: train, profile, sweep, build, cosim, report; each is recorded in DIR/run.json with a hash "
-                    "of the config and its input files and skipped when they are unchanged. Ctrl-C loses nothing "
-                    "finished. Exit codes: 0 done, 2 bad input (one line), 4 the cosimulation found a mismatch.")
+        p.epilog = (
+            "Steps: train, profile, sweep, build, cosim, report; each is recorded in DIR/run.json with a hash "
+            "of the config and its input files and skipped when they are unchanged. Ctrl-C loses nothing "
+            "finished. Exit codes: 0 done, 2 bad input (one line), 4 the cosimulation found a mismatch."
+        )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -363,7 +457,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     for name, help_text, later in COMMANDS:
         p = sub.add_parser(name, help=help_text, description=help_text)
-        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show the full traceback on errors")
+        p.add_argument(
+            "--debug", action="store_true", default=argparse.SUPPRESS, help="show the full traceback on errors"
+        )
         if name == "boards":
             p.add_argument("name", nargs="?", help="show only this board")
             p.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -377,8 +473,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 # The run folder each command writes, as (argument, whether the command may make the folder).
 WRITES: dict[str, tuple[str, bool]] = {
-    "train": ("out", True), "run": ("out", True), "profile": ("dir", False), "export": ("dir", False),
-    "sweep": ("dir", False), "build": ("dir", False), "cosim": ("dir", False), "report": ("dir", False),
+    "train": ("out", True),
+    "run": ("out", True),
+    "profile": ("dir", False),
+    "export": ("dir", False),
+    "sweep": ("dir", False),
+    "build": ("dir", False),
+    "cosim": ("dir", False),
+    "report": ("dir", False),
 }
 # OSError numbers that are the user's environment, not a bug: one line and exit code 2.
 _USER_OS_ERRORS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENAMETOOLONG}
@@ -490,8 +592,7 @@ def _report(err: BaseException, args: argparse.Namespace, prog: str) -> int:
         return err.exit_code
     if isinstance(err, OSError) and err.errno in _USER_OS_ERRORS:
         where = f"{err.filename}: " if err.filename else ""
-        print(f"{prog}: error: {where}{err.strerror} (check the folder's permissions and free space)",
-              file=sys.stderr)
+        print(f"{prog}: error: {where}{err.strerror} (check the folder's permissions and free space)", file=sys.stderr)
         return 2
     print(
         f"{prog}: internal error: {type(err).__name__}: {_one_line(str(err))} "

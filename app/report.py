@@ -12,7 +12,7 @@ from __future__ import annotations
 import base64
 import json
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from exitflow.core.design import load_design
@@ -101,7 +101,9 @@ def _figure(path: Path, title: str, caption: str, run_dir: Path) -> Figure | Non
         return None
     if not raw.startswith(b"\x89PNG\r\n\x1a\n"):
         return None
-    return Figure(title, caption, str(path.relative_to(run_dir)), "data:image/png;base64," + base64.b64encode(raw).decode())
+    return Figure(
+        title, caption, str(path.relative_to(run_dir)), "data:image/png;base64," + base64.b64encode(raw).decode()
+    )
 
 
 def _n(value, digits: int = 0) -> str:
@@ -119,7 +121,7 @@ def collect(run_dir: str | Path) -> ReportData:
     run_dir = user_path(run_dir)
     if not run_dir.is_dir():
         raise ConfigError(f"{run_dir}: no such run folder; run `exitflow run --out {run_dir}` first")
-    r = ReportData(run_dir=str(run_dir.resolve()), generated=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
+    r = ReportData(run_dir=str(run_dir.resolve()), generated=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"))
     problems = r.problems
     run = _read_json(run_dir / "run.json", problems) or {}
     pareto = _read_json(run_dir / "sweep" / "pareto.json", problems)
@@ -127,8 +129,10 @@ def collect(run_dir: str | Path) -> ReportData:
     build = _read_json(run_dir / "hw" / "build.json", problems)
     backup = backup_of(run_dir / "hw")
     if build is None and is_finished(backup):
-        problems.append(f"hw/ holds an interrupted build; the build shown is the last finished one, which waits in "
-                        f"{backup} (`exitflow cosim {run_dir}` or `exitflow build {run_dir}` puts it back)")
+        problems.append(
+            f"hw/ holds an interrupted build; the build shown is the last finished one, which waits in "
+            f"{backup} (`exitflow cosim {run_dir}` or `exitflow build {run_dir}` puts it back)"
+        )
         build = _read_json(backup / "build.json", problems)
     cosim = _read_json(run_dir / "cosim" / "report.json", problems)
     board = run.get("board") or (pareto or {}).get("board") or "Pynq-Z2"
@@ -143,20 +147,35 @@ def collect(run_dir: str | Path) -> ReportData:
         settings.append(Row("config", (config_text.strip(),)))
     r.settings = tuple(settings)
     steps = run.get("steps") if isinstance(run.get("steps"), dict) else {}
-    r.steps = tuple(Row(name, (_n(rec.get("seconds"), 1), str(rec.get("summary", "")), str(rec.get("finished", ""))))
-                    for name, rec in steps.items() if isinstance(rec, dict))
+    r.steps = tuple(
+        Row(name, (_n(rec.get("seconds"), 1), str(rec.get("summary", "")), str(rec.get("finished", ""))))
+        for name, rec in steps.items()
+        if isinstance(rec, dict)
+    )
 
     # -- figures
     for key, path, title, caption in (
-        ("pareto", run_dir / "sweep" / "pareto.png", "Pareto front",
-         "Throughput against validation accuracy of the designs on the front (colour: LUT), the chosen design, "
-         "the best design without early exits and FINN's SetFolding without exits, under the same budget."),
-        ("profile", run_dir / "profile.png", "Exit rate and accuracy against the threshold",
-         "Per exit, on the test split: the share of samples that would leave at a max_prob threshold, and the "
-         "accuracy of those that do."),
-        ("resources", run_dir / "sweep" / "resources.png", "Resources per stage against the board budget",
-         "LUT, BRAM18 and DSP of each stage of the chosen design (with its head) and of the best design "
-         "without exits; the dashed line is the budget after the PYNQ shell and the utilisation cap."),
+        (
+            "pareto",
+            run_dir / "sweep" / "pareto.png",
+            "Pareto front",
+            "Throughput against validation accuracy of the designs on the front (colour: LUT), the chosen design, "
+            "the best design without early exits and FINN's SetFolding without exits, under the same budget.",
+        ),
+        (
+            "profile",
+            run_dir / "profile.png",
+            "Exit rate and accuracy against the threshold",
+            "Per exit, on the test split: the share of samples that would leave at a max_prob threshold, and the "
+            "accuracy of those that do.",
+        ),
+        (
+            "resources",
+            run_dir / "sweep" / "resources.png",
+            "Resources per stage against the board budget",
+            "LUT, BRAM18 and DSP of each stage of the chosen design (with its head) and of the best design "
+            "without exits; the dashed line is the budget after the PYNQ shell and the utilisation cap.",
+        ),
     ):
         fig = _figure(path, title, caption, run_dir)
         if fig is not None:
@@ -180,21 +199,58 @@ def collect(run_dir: str | Path) -> ReportData:
             Row("chosen design", (f"exits {', '.join(chosen.get('exits', [])) or 'none'}",)),
             Row("throughput (dse model)", (f"{_n(chosen.get('fps'))} samples/s",)),
             Row("gain over the best design without exits", (f"{_n(pareto.get('gain_vs_no_exit'), 2)}x",)),
-            Row("test accuracy", (f"{_pct(chosen.get('test_accuracy'))} (final exit alone "
-                                  f"{_pct(pareto.get('final_exit_test_accuracy'))})",)),
+            Row(
+                "test accuracy",
+                (
+                    f"{_pct(chosen.get('test_accuracy'))} (final exit alone "
+                    f"{_pct(pareto.get('final_exit_test_accuracy'))})",
+                ),
+            ),
             Row("what keeps it from being faster", (str(chosen.get("active_bound", "-")),)),
         )
-        rows = [Row("chosen (early exits)", (_n(chosen.get("fps")), _pct(chosen.get("val_accuracy")), _n(chosen.get("lut")),
-                                            _n(chosen.get("bram18")), _n(chosen.get("dsp")), _n(chosen.get("mean_latency_us"), 1))),
-                Row("best without early exits", (_n(no_exit.get("fps")), _pct(no_exit.get("val_accuracy")), _n(no_exit.get("lut")),
-                                                 _n(no_exit.get("bram18")), _n(no_exit.get("dsp")),
-                                                 _n(no_exit.get("mean_latency_us"), 1)))]
+        rows = [
+            Row(
+                "chosen (early exits)",
+                (
+                    _n(chosen.get("fps")),
+                    _pct(chosen.get("val_accuracy")),
+                    _n(chosen.get("lut")),
+                    _n(chosen.get("bram18")),
+                    _n(chosen.get("dsp")),
+                    _n(chosen.get("mean_latency_us"), 1),
+                ),
+            ),
+            Row(
+                "best without early exits",
+                (
+                    _n(no_exit.get("fps")),
+                    _pct(no_exit.get("val_accuracy")),
+                    _n(no_exit.get("lut")),
+                    _n(no_exit.get("bram18")),
+                    _n(no_exit.get("dsp")),
+                    _n(no_exit.get("mean_latency_us"), 1),
+                ),
+            ),
+        ]
         if finn:
-            rows.append(Row("FINN SetFolding, no exits", (_n(finn.get("fps")), _pct(no_exit.get("val_accuracy")),
-                                                          _n(finn.get("lut")), _n(finn.get("bram18")), _n(finn.get("dsp")), "-")))
+            rows.append(
+                Row(
+                    "FINN SetFolding, no exits",
+                    (
+                        _n(finn.get("fps")),
+                        _pct(no_exit.get("val_accuracy")),
+                        _n(finn.get("lut")),
+                        _n(finn.get("bram18")),
+                        _n(finn.get("dsp")),
+                        "-",
+                    ),
+                )
+            )
         r.compare = tuple(rows)
-        stage_rows = [Row(f"stage {k}", (_n(s.get("lut")), _n(s.get("bram18")), _n(s.get("dsp"))))
-                      for k, s in enumerate(chosen.get("stage_resources", []))]
+        stage_rows = [
+            Row(f"stage {k}", (_n(s.get("lut")), _n(s.get("bram18")), _n(s.get("dsp"))))
+            for k, s in enumerate(chosen.get("stage_resources", []))
+        ]
         stage_rows.append(Row("budget", (_n(budget.get("lut")), _n(budget.get("bram18")), _n(budget.get("dsp")))))
         r.stage_resources = tuple(stage_rows)
     else:
@@ -203,20 +259,39 @@ def collect(run_dir: str | Path) -> ReportData:
 
     # -- build
     if build:
-        r.graphs = tuple(Row(g.get("name", "?"), (g.get("kind", "?"), _n(g.get("lut")), _n(g.get("bram18")),
-                                                   _n(g.get("dsp")), _n(g.get("interval_cycles"))))
-                         for g in build.get("graphs", []))
+        r.graphs = tuple(
+            Row(
+                g.get("name", "?"),
+                (
+                    g.get("kind", "?"),
+                    _n(g.get("lut")),
+                    _n(g.get("bram18")),
+                    _n(g.get("dsp")),
+                    _n(g.get("interval_cycles")),
+                ),
+            )
+            for g in build.get("graphs", [])
+        )
         bitfile = build.get("bitfile", {})
         if not (run_dir / "hw" / "deploy" / "exitflow.bit").is_file():
             missing = bitfile.get("missing") or []
-            why = (f"needs {' and '.join(missing)}, not on this machine" if missing
-                   else "not built yet")
-            r.not_run.append(NotRun("bitfile (Vivado synthesis, place and route)", why,
-                                    f"{bitfile.get('command', f'exitflow build {d}')}   "
-                                    f"# on a machine with {bitfile.get('tools', 'Vivado and Vitis HLS')}"))
-            r.not_run.append(NotRun("run on a PYNQ board", "no bitfile",
-                                    "copy hw/deploy/ and hw/driver.json to the board, then "
-                                    "ExitflowAccelerator('exitflow.bit', 'driver.json').run(images)"))
+            why = f"needs {' and '.join(missing)}, not on this machine" if missing else "not built yet"
+            r.not_run.append(
+                NotRun(
+                    "bitfile (Vivado synthesis, place and route)",
+                    why,
+                    f"{bitfile.get('command', f'exitflow build {d}')}   "
+                    f"# on a machine with {bitfile.get('tools', 'Vivado and Vitis HLS')}",
+                )
+            )
+            r.not_run.append(
+                NotRun(
+                    "run on a PYNQ board",
+                    "no bitfile",
+                    "copy hw/deploy/ and hw/driver.json to the board, then "
+                    "ExitflowAccelerator('exitflow.bit', 'driver.json').run(images)",
+                )
+            )
     else:
         r.not_run.append(NotRun("hardware build", "no hw/build.json", f"exitflow build {d}"))
 
@@ -224,33 +299,63 @@ def collect(run_dir: str | Path) -> ReportData:
     if cosim:
         engines = cosim.get("engines", {})
         verdict = "bit-exact" if cosim.get("bit_exact") else f"{cosim.get('mismatch_count')} samples differ"
-        r.cosim = (Row("verdict", (verdict,)), Row("test samples", (_n(cosim.get("samples")),)),
-                   *(Row(f"engine {name}", (f"{_n(e.get('samples'))} samples, {_n(e.get('images_per_s'))} images/s, "
-                                            f"{_n(e.get('matches_model'))} equal to the model",))
-                     for name, e in engines.items()))
+        r.cosim = (
+            Row("verdict", (verdict,)),
+            Row("test samples", (_n(cosim.get("samples")),)),
+            *(
+                Row(
+                    f"engine {name}",
+                    (
+                        f"{_n(e.get('samples'))} samples, {_n(e.get('images_per_s'))} images/s, "
+                        f"{_n(e.get('matches_model'))} equal to the model",
+                    ),
+                )
+                for name, e in engines.items()
+            ),
+        )
         fractions = cosim.get("exit_fractions", {})
         exits = cosim.get("exits", [])
-        r.fractions = tuple(Row(label, tuple(_pct(v, 1) for v in values))
-                            for label, values in (("measured (hardware)", fractions.get("measured")),
-                                                  ("model", fractions.get("model")),
-                                                  ("predicted by the search", fractions.get("predicted")))
-                            if values) + (Row("exits", tuple(exits)),)
+        r.fractions = tuple(
+            Row(label, tuple(_pct(v, 1) for v in values))
+            for label, values in (
+                ("measured (hardware)", fractions.get("measured")),
+                ("model", fractions.get("model")),
+                ("predicted by the search", fractions.get("predicted")),
+            )
+            if values
+        ) + (Row("exits", tuple(exits)),)
         cycle = cosim.get("cycle")
         if cycle:
-            r.cycle = (Row("simulated throughput", (f"{_n(cycle.get('simulated_fps'), 1)} samples/s",)),
-                       Row("predicted by the dse model", (f"{_n(cycle.get('predicted_fps'), 1)} samples/s",)),
-                       Row("simulated / predicted", (_n(cycle.get("ratio"), 3),)),
-                       Row("cycles per sample", (_n(cycle.get("cycles_per_sample"), 1),)))
-            r.latency = tuple(Row(str(lat.get("name")), (_n(lat.get("samples")), _n(lat.get("mean_us"), 2),
-                                                        _n(lat.get("p99_us"), 2), _n(lat.get("unloaded_us"), 2)))
-                              for lat in cycle.get("latency", []))
+            r.cycle = (
+                Row("simulated throughput", (f"{_n(cycle.get('simulated_fps'), 1)} samples/s",)),
+                Row("predicted by the dse model", (f"{_n(cycle.get('predicted_fps'), 1)} samples/s",)),
+                Row("simulated / predicted", (_n(cycle.get("ratio"), 3),)),
+                Row("cycles per sample", (_n(cycle.get("cycles_per_sample"), 1),)),
+            )
+            r.latency = tuple(
+                Row(
+                    str(lat.get("name")),
+                    (
+                        _n(lat.get("samples")),
+                        _n(lat.get("mean_us"), 2),
+                        _n(lat.get("p99_us"), 2),
+                        _n(lat.get("unloaded_us"), 2),
+                    ),
+                )
+                for lat in cycle.get("latency", [])
+            )
         else:
-            r.not_run.append(NotRun("cycle-level simulation", "cosim/report.json has no cycle section",
-                                    f"exitflow cosim {d} --cycle"))
+            r.not_run.append(
+                NotRun(
+                    "cycle-level simulation", "cosim/report.json has no cycle section", f"exitflow cosim {d} --cycle"
+                )
+            )
     else:
         r.not_run.append(NotRun("cosimulation", "no cosim/report.json", f"exitflow cosim {d} --cycle"))
     if not (run_dir / "model.pt").is_file():
-        r.not_run.insert(0, NotRun("training", "no model.pt", f"exitflow run --out {d}   # or: exitflow train CONFIG --out {d}"))
+        r.not_run.insert(
+            0, NotRun("training", "no model.pt", f"exitflow run --out {d}   # or: exitflow train CONFIG --out {d}")
+        )
     return r
 
 
@@ -267,22 +372,36 @@ def _collect_design(run_dir: Path, r: ReportData) -> None:
         return
 
     def folding(table, prefix: str = "") -> tuple[Row, ...]:
-        return tuple(Row(prefix + layer, (str(f.pe), str(f.simd), f.ram_style, f.res_type, f.buffer_style)) for layer, f in table.items())
+        return tuple(
+            Row(prefix + layer, (str(f.pe), str(f.simd), f.ram_style, f.res_type, f.buffer_style))
+            for layer, f in table.items()
+        )
 
     r.design_note = f"model {design.model}, board {design.board}, clock {design.clock_mhz or 'the board default'} MHz"
     r.stages = tuple(
-        StageView(s.name, ", ".join(s.blocks), s.head.name, s.head.policy,
-                  "-" if s.head.threshold is None else f"{s.head.threshold:g}",
-                  "-" if s.gate_depth is None else str(s.gate_depth),
-                  folding(s.folding) + folding(s.head.folding, prefix=f"{s.head.name}: "))
-        for s in design.stages)
+        StageView(
+            s.name,
+            ", ".join(s.blocks),
+            s.head.name,
+            s.head.policy,
+            "-" if s.head.threshold is None else f"{s.head.threshold:g}",
+            "-" if s.gate_depth is None else str(s.gate_depth),
+            folding(s.folding) + folding(s.head.folding, prefix=f"{s.head.name}: "),
+        )
+        for s in design.stages
+    )
 
 
 def render(data: ReportData) -> str:
     import jinja2
 
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATE.parent)), undefined=jinja2.StrictUndefined,
-                             autoescape=True, trim_blocks=True, lstrip_blocks=True)
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(TEMPLATE.parent)),
+        undefined=jinja2.StrictUndefined,
+        autoescape=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
     return env.get_template(TEMPLATE.name).render(r=data)
 
 

@@ -42,7 +42,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
@@ -159,13 +159,20 @@ def _step_profile(ctx: _Context) -> str:
 
 
 def _step_sweep(ctx: _Context) -> str:
-    r = sweep(ctx.out, ctx.settings.board, objective=ctx.settings.objective, max_drop_pp=ctx.settings.max_drop_pp,
-              log=lambda line: None)
+    r = sweep(
+        ctx.out,
+        ctx.settings.board,
+        objective=ctx.settings.objective,
+        max_drop_pp=ctx.settings.max_drop_pp,
+        log=lambda line: None,
+    )
     c = r.chosen
     exits = json.loads((ctx.out / "sweep" / "pareto.json").read_text())["chosen"]["exits"]  # names, not indices
-    return (f"chosen exits {', '.join(exits) or 'none'} at thresholds {list(c.thresholds)}: {c.fps:,.0f} samples/s "
-            f"({r.gain:.2f}x the best design without early exits), LUT {c.resources[0]:,.0f}, "
-            f"test accuracy {100 * r.test_accuracy:.2f}%; {len(r.front)} designs on the front")
+    return (
+        f"chosen exits {', '.join(exits) or 'none'} at thresholds {list(c.thresholds)}: {c.fps:,.0f} samples/s "
+        f"({r.gain:.2f}x the best design without early exits), LUT {c.resources[0]:,.0f}, "
+        f"test accuracy {100 * r.test_accuracy:.2f}%; {len(r.front)} designs on the front"
+    )
 
 
 def _step_build(ctx: _Context) -> str:
@@ -184,8 +191,9 @@ def _step_cosim(ctx: _Context) -> str:
     finally:
         bar.close()
     data = report.to_data()
-    text = (f"{'bit-exact' if report.bit_exact else f'{report.mismatch_count} MISMATCHES'} on {report.samples} "
-            f"test samples")
+    text = (
+        f"{'bit-exact' if report.bit_exact else f'{report.mismatch_count} MISMATCHES'} on {report.samples} test samples"
+    )
     try:
         from exitflow.cosim.cycle import MIN_SAMPLES
         from exitflow.dse.throughput import simulate_design
@@ -201,8 +209,10 @@ def _step_cosim(ctx: _Context) -> str:
         finally:
             bar.close()
         data["cycle"] = cycle.to_data()
-        text += (f"; cycle simulation {cycle.simulated_fps:,.0f} samples/s against {cycle.predicted_fps:,.0f} "
-                 f"predicted (ratio {cycle.ratio:.3f})")
+        text += (
+            f"; cycle simulation {cycle.simulated_fps:,.0f} samples/s against {cycle.predicted_fps:,.0f} "
+            f"predicted (ratio {cycle.ratio:.3f})"
+        )
     atomic_write(ctx.out / "cosim" / "report.json", lambda tmp: tmp.write_text(json.dumps(data, indent=1)))
     return text
 
@@ -215,12 +225,31 @@ def _step_report(ctx: _Context) -> str:
 STEPS: tuple[_Step, ...] = (
     _Step("train", (), ("model.pt", "config.yaml"), _step_train),
     _Step("profile", ("model.pt",), ("profile.npz", "profile.json", "profile.png"), _step_profile),
-    _Step("sweep", ("model.pt", "profile.npz"),
-          ("sweep/pareto.json", "sweep/pareto.png", "sweep/resources.png", "sweep/design.yaml"), _step_sweep),
+    _Step(
+        "sweep",
+        ("model.pt", "profile.npz"),
+        ("sweep/pareto.json", "sweep/pareto.png", "sweep/resources.png", "sweep/design.yaml"),
+        _step_sweep,
+    ),
     _Step("build", ("model.pt", "sweep/design.yaml"), ("hw/build.json",), _step_build),
-    _Step("cosim", ("model.pt", "profile.npz", "sweep/design.yaml", "hw/build.json"), ("cosim/report.json",), _step_cosim),
-    _Step("report", ("profile.json", "profile.png", "sweep/pareto.json", "sweep/pareto.png", "sweep/resources.png",
-                     "sweep/design.yaml", "hw/build.json", "cosim/report.json"), ("report.html",), _step_report),
+    _Step(
+        "cosim", ("model.pt", "profile.npz", "sweep/design.yaml", "hw/build.json"), ("cosim/report.json",), _step_cosim
+    ),
+    _Step(
+        "report",
+        (
+            "profile.json",
+            "profile.png",
+            "sweep/pareto.json",
+            "sweep/pareto.png",
+            "sweep/resources.png",
+            "sweep/design.yaml",
+            "hw/build.json",
+            "cosim/report.json",
+        ),
+        ("report.html",),
+        _step_report,
+    ),
 )
 assert tuple(s.name for s in STEPS) == STEP_NAMES
 
@@ -237,9 +266,11 @@ def _file_hash(path: Path) -> str:
 
 
 def _step_key(step: _Step, ctx: _Context, records: dict) -> str:
-    parts: dict = {"step": step.name, "config": ctx.config_text,
-                   "inputs": {name: _file_hash(ctx.out / name) if (ctx.out / name).is_file() else None
-                              for name in step.inputs}}
+    parts: dict = {
+        "step": step.name,
+        "config": ctx.config_text,
+        "inputs": {name: _file_hash(ctx.out / name) if (ctx.out / name).is_file() else None for name in step.inputs},
+    }
     if step.name == "report":
         # the report shows every step's record and is drawn by the template: both enter its key
         parts["steps"] = {k: v for k, v in records.items() if k != "report"}
@@ -258,25 +289,37 @@ def read_records(out: Path, strict: bool = False) -> dict:
         return {}
     except (OSError, ValueError) as err:
         if strict:
-            raise ConfigError(f"{path}: damaged ({type(err).__name__}); remove it to redo every step, or run with "
-                              "--force (nothing was changed)") from None
+            raise ConfigError(
+                f"{path}: damaged ({type(err).__name__}); remove it to redo every step, or run with "
+                "--force (nothing was changed)"
+            ) from None
         return {}
     steps = data.get("steps") if isinstance(data, dict) else None
     if strict and not isinstance(steps, dict):
-        raise ConfigError(f"{path}: not a run record (no 'steps' object); remove it to redo every step, or run "
-                          "with --force (nothing was changed)")
+        raise ConfigError(
+            f"{path}: not a run record (no 'steps' object); remove it to redo every step, or run "
+            "with --force (nothing was changed)"
+        )
     return steps if isinstance(steps, dict) else {}
 
 
 def _write_records(ctx: _Context, records: dict) -> None:
-    data = {"exitflow": __version__, "board": ctx.settings.board, "objective": ctx.settings.objective,
-            "max_drop_pp": ctx.settings.max_drop_pp, "config": ctx.config_text, "steps": records}
+    data = {
+        "exitflow": __version__,
+        "board": ctx.settings.board,
+        "objective": ctx.settings.objective,
+        "max_drop_pp": ctx.settings.max_drop_pp,
+        "config": ctx.config_text,
+        "steps": records,
+    }
     atomic_write(ctx.out / RUN_FILE, lambda tmp: tmp.write_text(json.dumps(data, indent=1)))
 
 
 def _resolved(config, settings: RunSettings) -> str:
-    return dump_yaml(config) + f"# run\nboard: {settings.board}\nobjective: {settings.objective}\n" \
+    return (
+        dump_yaml(config) + f"# run\nboard: {settings.board}\nobjective: {settings.objective}\n"
         f"max_drop_pp: {settings.max_drop_pp}\n"
+    )
 
 
 # ------------------------------------------------------------------------- progress
@@ -307,12 +350,21 @@ def load_config(path: str | Path | None):
     def near(value: str | None) -> str | None:
         return None if value is None else str(user_path(path.parent / Path(value).expanduser()))
 
-    return dataclasses.replace(config, data=dataclasses.replace(config.data, path=near(config.data.path)),
-                               train=dataclasses.replace(config.train, backbone_from=near(config.train.backbone_from)))
+    return dataclasses.replace(
+        config,
+        data=dataclasses.replace(config.data, path=near(config.data.path)),
+        train=dataclasses.replace(config.train, backbone_from=near(config.train.backbone_from)),
+    )
 
 
-def run(config, out: str | Path, settings: RunSettings = RunSettings(), force: bool = False,
-        log: Callable[[str], None] = print, steps: Sequence[_Step] | None = None) -> RunResult:
+def run(
+    config,
+    out: str | Path,
+    settings: RunSettings = RunSettings(),
+    force: bool = False,
+    log: Callable[[str], None] = print,
+    steps: Sequence[_Step] | None = None,
+) -> RunResult:
     """Run (or continue) the whole flow for ``config`` in folder ``out``; see the module docstring.
 
     ``log`` receives one line per step. A cosimulation that finds a mismatch still ends with
@@ -329,8 +381,9 @@ def run(config, out: str | Path, settings: RunSettings = RunSettings(), force: b
         return _run(config, out, settings, force, log, steps)
 
 
-def _run(config, out: Path, settings: RunSettings, force: bool, log: Callable[[str], None],
-         steps: Sequence[_Step] | None) -> RunResult:
+def _run(
+    config, out: Path, settings: RunSettings, force: bool, log: Callable[[str], None], steps: Sequence[_Step] | None
+) -> RunResult:
     from tqdm import tqdm
 
     ctx = _Context(config, out, settings, _resolved(config, settings), force)
@@ -339,8 +392,14 @@ def _run(config, out: Path, settings: RunSettings, force: bool, log: Callable[[s
     _write_records(ctx, records)  # marks DIR as a folder of `exitflow run` from the start
     result = RunResult(out)
     todo = list(steps if steps is not None else STEPS)
-    bar = tqdm(todo, desc="exitflow run", unit="step", disable=not _show(), leave=False,
-               bar_format="{desc}: {n_fmt}/{total_fmt} steps |{bar}| {elapsed}")
+    bar = tqdm(
+        todo,
+        desc="exitflow run",
+        unit="step",
+        disable=not _show(),
+        leave=False,
+        bar_format="{desc}: {n_fmt}/{total_fmt} steps |{bar}| {elapsed}",
+    )
     write = tqdm.write if _show() and log is print else log  # on a terminal, lines go above the bar
     finn_log = logging.getLogger("finn_logger")  # FINN's SetFolding warns about exitflow's own ops
     level = finn_log.level
@@ -352,17 +411,21 @@ def _run(config, out: Path, settings: RunSettings, force: bool, log: Callable[[s
             previous = records.get(step.name)
             done = all((out / name).is_file() for name in step.outputs)
             if not force and isinstance(previous, dict) and previous.get("key") == key and done:
-                record = StepRecord(step.name, "skipped", 0.0, previous.get("summary", ""),
-                                    float(previous.get("seconds", 0.0)))
+                record = StepRecord(
+                    step.name, "skipped", 0.0, previous.get("summary", ""), float(previous.get("seconds", 0.0))
+                )
                 write(f"{step.name}: unchanged, skipped ({previous.get('summary', '')})")
             else:
                 started = time.perf_counter()
                 summary = step.work(ctx)
                 seconds = time.perf_counter() - started
                 record = StepRecord(step.name, "done", seconds, summary, seconds)
-                records[step.name] = {"key": key,
-                                      "seconds": round(seconds, 3), "summary": summary,
-                                      "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+                records[step.name] = {
+                    "key": key,
+                    "seconds": round(seconds, 3),
+                    "summary": summary,
+                    "finished": datetime.now(UTC).isoformat(timespec="seconds"),
+                }
                 _write_records(ctx, records)
                 write(f"{step.name}: {summary} [{seconds:.1f} s]")
             result.steps.append(record)
@@ -371,8 +434,10 @@ def _run(config, out: Path, settings: RunSettings, force: bool, log: Callable[[s
         finn_log.setLevel(level)
     result.bit_exact = cosim_verdict(out)
     if result.bit_exact is False:
-        raise MismatchError(f"the cosimulation found samples on which the hardware differs from the model; "
-                            f"see {out / 'cosim' / 'report.json'} and {out / 'report.html'}")
+        raise MismatchError(
+            f"the cosimulation found samples on which the hardware differs from the model; "
+            f"see {out / 'cosim' / 'report.json'} and {out / 'report.html'}"
+        )
     return result
 
 
@@ -381,8 +446,10 @@ def _check_folder(ctx: _Context) -> None:
     run.json); one made by `exitflow train` is refused, as `exitflow train` refuses it."""
     existing = ctx.out / "config.yaml"
     if existing.is_file() and not (ctx.out / RUN_FILE).exists() and existing.read_text() != dump_yaml(ctx.config):
-        raise ConfigError(f"{ctx.out} already holds a run with a different config ({existing}); choose another "
-                          "--out folder (nothing was overwritten)")
+        raise ConfigError(
+            f"{ctx.out} already holds a run with a different config ({existing}); choose another "
+            "--out folder (nothing was overwritten)"
+        )
 
 
 def cosim_verdict(out: Path) -> bool | None:
@@ -393,5 +460,15 @@ def cosim_verdict(out: Path) -> bool | None:
         return None
 
 
-__all__ = ["DEFAULT_BOARD", "STEPS", "STEP_NAMES", "RunResult", "RunSettings", "StepRecord", "cosim_verdict",
-           "load_config", "read_records", "run"]
+__all__ = [
+    "DEFAULT_BOARD",
+    "STEPS",
+    "STEP_NAMES",
+    "RunResult",
+    "RunSettings",
+    "StepRecord",
+    "cosim_verdict",
+    "load_config",
+    "read_records",
+    "run",
+]

@@ -14,10 +14,19 @@ MODELS = {
     # FINN's CNV-W2A2 topology, candidate exits including one after the first convolution
     # (15 epochs; 30 % of the images validate, so the thresholds are chosen on 1,500 samples: on
     # 750, the 1 pp floor was met on validation but missed by 0.5 pp on the test split)
-    "cnv": dict(backbone="cnv", preset="w2a2", exits=("conv0", "conv1", "conv3", "conv5", "fc0"), shape=(3, 32, 32),
-                data="mnist5k padded to 3x32x32 (no CIFAR-10 here), 30 % validation split", val_fraction=0.3, epochs=15),
+    "cnv": dict(
+        backbone="cnv",
+        preset="w2a2",
+        exits=("conv0", "conv1", "conv3", "conv5", "fc0"),
+        shape=(3, 32, 32),
+        data="mnist5k padded to 3x32x32 (no CIFAR-10 here), 30 % validation split",
+        val_fraction=0.3,
+        epochs=15,
+    ),
     # the built-in default: lenet w4a4, an exit after every block
-    "lenet": dict(backbone="lenet", preset="w4a4", exits=None, shape=None, data="mnist5k", val_fraction=0.15, epochs=30),
+    "lenet": dict(
+        backbone="lenet", preset="w4a4", exits=None, shape=None, data="mnist5k", val_fraction=0.15, epochs=30
+    ),
 }
 
 
@@ -48,9 +57,11 @@ def swept(model: str, drop_pp: float):
         else:
             folder = tempfile.mkdtemp(prefix=f"exitflow_bench_{model}_")
             atexit.register(shutil.rmtree, folder, ignore_errors=True)
-        config = RunConfig(data=DataSpec(name="mnist5k", shape=spec["shape"], val_fraction=spec["val_fraction"]),
-                           model=ModelConfig(backbone=spec["backbone"], preset=spec["preset"], exits=spec["exits"]),
-                           train=TrainConfig(epochs=epochs))
+        config = RunConfig(
+            data=DataSpec(name="mnist5k", shape=spec["shape"], val_fraction=spec["val_fraction"]),
+            model=ModelConfig(backbone=spec["backbone"], preset=spec["preset"], exits=spec["exits"]),
+            train=TrainConfig(epochs=epochs),
+        )
         train_s = None  # trained in an earlier run (EXITFLOW_DSE_RUNS)
         if not os.path.exists(os.path.join(folder, "profile.npz")):
             start = time.perf_counter()

@@ -47,10 +47,10 @@ def _design_for(model: str, root: Path) -> Path:
 
 
 def run() -> list[dict]:
-    from exitflow.hw.build import build
     from exitflow.cosim import cosimulate
     from exitflow.cosim.cycle import load_pipeline
     from exitflow.dse.throughput import simulate, stage_level_fps
+    from exitflow.hw.build import build
 
     root = Path(tempfile.mkdtemp(prefix="exitflow_bench_fidelity_"))
     atexit.register(shutil.rmtree, root, ignore_errors=True)
@@ -65,18 +65,35 @@ def run() -> list[dict]:
         report = simulate(pipeline, taken, names)
         seconds = time.perf_counter() - start
         stages = pipeline.stages
-        predicted = stage_level_fps(taken, [s.slowest for s in stages], [max(u.cycles for u in s.head) for s in stages],
-                                    [s.gate_depth for s in stages[:-1]], [s.gate_cycles for s in stages], pipeline.clock_mhz)
-        rows.append({
-            "model": model, "predicted_fps": round(predicted, 1), "simulated_fps": round(report.simulated_fps, 1),
-            "ratio": round(report.simulated_fps / predicted, 4), "closed_form_fps": round(report.predicted_fps, 1),
-            "predicted_fps_unbounded_gates": round(report.predicted_fps_unbounded, 1),
-            "exits": names, "gate_depths": [s.gate_depth for s in pipeline.stages[:-1]],
-            "stage_cycles": report.stage_cycles, "reach": [round(p, 4) for p in report.reach],
-            "mean_latency_us": [None if x.mean_cycles is None else round(x.mean_cycles / report.clock_mhz, 1)
-                                for x in report.latency],
-            "p99_latency_us": [None if x.p99_cycles is None else round(x.p99_cycles / report.clock_mhz, 1)
-                               for x in report.latency],
-            "samples_simulated": report.sequence * report.repeats, "simulation_s": round(seconds, 3),
-        })
+        predicted = stage_level_fps(
+            taken,
+            [s.slowest for s in stages],
+            [max(u.cycles for u in s.head) for s in stages],
+            [s.gate_depth for s in stages[:-1]],
+            [s.gate_cycles for s in stages],
+            pipeline.clock_mhz,
+        )
+        rows.append(
+            {
+                "model": model,
+                "predicted_fps": round(predicted, 1),
+                "simulated_fps": round(report.simulated_fps, 1),
+                "ratio": round(report.simulated_fps / predicted, 4),
+                "closed_form_fps": round(report.predicted_fps, 1),
+                "predicted_fps_unbounded_gates": round(report.predicted_fps_unbounded, 1),
+                "exits": names,
+                "gate_depths": [s.gate_depth for s in pipeline.stages[:-1]],
+                "stage_cycles": report.stage_cycles,
+                "reach": [round(p, 4) for p in report.reach],
+                "mean_latency_us": [
+                    None if x.mean_cycles is None else round(x.mean_cycles / report.clock_mhz, 1)
+                    for x in report.latency
+                ],
+                "p99_latency_us": [
+                    None if x.p99_cycles is None else round(x.p99_cycles / report.clock_mhz, 1) for x in report.latency
+                ],
+                "samples_simulated": report.sequence * report.repeats,
+                "simulation_s": round(seconds, 3),
+            }
+        )
     return rows

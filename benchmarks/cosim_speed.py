@@ -57,9 +57,9 @@ def _trained_and_built(root: Path, name: str, data, model, design: dict) -> tupl
 def run() -> dict:
     import torch
 
+    from exitflow.core.data import DataSpec, load_splits
     from exitflow.cosim.engines import FinnEngine, VectorisedEngine
     from exitflow.cosim.functional import load_built, run_design
-    from exitflow.core.data import DataSpec, load_splits
     from exitflow.quant.config import ModelConfig
 
     torch.set_num_threads(2)
@@ -67,10 +67,14 @@ def run() -> dict:
     atexit.register(shutil.rmtree, root, ignore_errors=True)
 
     # CNV-W2A2, the whole network as one stage
-    cnv_design = {"model": "cnv", "board": "Pynq-Z2",
-                  "stages": [{"name": "all", "blocks": CNV_BLOCKS, "head": {"name": "final"}}]}
-    cnv_run, cnv_path = _trained_and_built(root, "cnv", DataSpec(name="mnist5k", shape=(3, 32, 32)),
-                                           ModelConfig(backbone="cnv", preset="w2a2"), cnv_design)
+    cnv_design = {
+        "model": "cnv",
+        "board": "Pynq-Z2",
+        "stages": [{"name": "all", "blocks": CNV_BLOCKS, "head": {"name": "final"}}],
+    }
+    cnv_run, cnv_path = _trained_and_built(
+        root, "cnv", DataSpec(name="mnist5k", shape=(3, 32, 32)), ModelConfig(backbone="cnv", preset="w2a2"), cnv_design
+    )
     built = load_built(cnv_run, cnv_path)
     stage = built.graphs[0][0]
     images = np.resize(load_splits(built.config.data).test.x, (VECTORISED_SAMPLES, 3, 32, 32))
@@ -87,10 +91,15 @@ def run() -> dict:
         raise RuntimeError("the vectorised engine is not bit-exact with FINN on the CNV graph")
 
     # lenet on mnist5k, two early exits
-    lenet_design = {"model": "lenet", "board": "Pynq-Z2", "stages": [
-        {"name": "s0", "blocks": ["conv0"], "gate_depth": 2, "head": {"name": "e0", "threshold": 0.9}},
-        {"name": "s1", "blocks": ["conv1", "fc0"], "gate_depth": 2, "head": {"name": "e1", "threshold": 0.9}},
-        {"name": "s2", "blocks": ["fc1"], "head": {"name": "final"}}]}
+    lenet_design = {
+        "model": "lenet",
+        "board": "Pynq-Z2",
+        "stages": [
+            {"name": "s0", "blocks": ["conv0"], "gate_depth": 2, "head": {"name": "e0", "threshold": 0.9}},
+            {"name": "s1", "blocks": ["conv1", "fc0"], "gate_depth": 2, "head": {"name": "e1", "threshold": 0.9}},
+            {"name": "s2", "blocks": ["fc1"], "head": {"name": "final"}},
+        ],
+    }
     lenet_run, lenet_path = _trained_and_built(root, "lenet", DataSpec(name="mnist5k"), ModelConfig(), lenet_design)
     lenet = load_built(lenet_run, lenet_path)
     test = load_splits(lenet.config.data).test.x
@@ -100,9 +109,14 @@ def run() -> dict:
     run_design(lenet, images)
     lenet_rate = len(images) / (time.perf_counter() - start)
 
-    out = subprocess.run([sys.executable, "-c", PEAK_MEM, str(cnv_run), str(cnv_path)], capture_output=True,
-                         text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", PEAK_MEM, str(cnv_run), str(cnv_path)], capture_output=True, text=True, check=True
+    )
     peak_mb = float(out.stdout.strip().splitlines()[-1])
-    return {"ratio_vs_finn_cnv": round(vectorised_rate / finn_rate, 1), "finn_cnv_images_per_s": round(finn_rate, 2),
-            "vectorised_cnv_images_per_s": round(vectorised_rate, 1), "lenet_images_per_s": round(lenet_rate),
-            "peak_mem_mb_10k": round(peak_mb)}
+    return {
+        "ratio_vs_finn_cnv": round(vectorised_rate / finn_rate, 1),
+        "finn_cnv_images_per_s": round(finn_rate, 2),
+        "vectorised_cnv_images_per_s": round(vectorised_rate, 1),
+        "lenet_images_per_s": round(lenet_rate),
+        "peak_mem_mb_10k": round(peak_mb),
+    }

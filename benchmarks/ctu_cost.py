@@ -17,13 +17,22 @@ def run() -> list[dict]:
 
     rows = []
     for policy in ("max_prob", "margin"):
-        p = CTUParams(policy=policy, classes=10, logit_bits=8, scale=1 / 16, threshold=0.9 if policy == "max_prob" else 1.0)
-        rows.append({
-            "classes": p.classes, "logit_bits": p.logit_bits, "policy": policy,
-            "lut": p.lut(), "ff": p.ff(), "dsp": p.dsp(), "bram18": p.bram18(),
-            "cycles_per_sample": p.cycles_per_sample(),
-            "rom_words": int(len(p.rom)),
-            "lut_vs_atheena": round(p.lut() / ATHEENA["lut"], 3),
-            "ff_vs_atheena": round(p.ff() / ATHEENA["ff"], 3),
-        })
+        p = CTUParams(
+            policy=policy, classes=10, logit_bits=8, scale=1 / 16, threshold=0.9 if policy == "max_prob" else 1.0
+        )
+        rows.append(
+            {
+                "classes": p.classes,
+                "logit_bits": p.logit_bits,
+                "policy": policy,
+                "lut": p.lut(),
+                "ff": p.ff(),
+                "dsp": p.dsp(),
+                "bram18": p.bram18(),
+                "cycles_per_sample": p.cycles_per_sample(),
+                "rom_words": int(len(p.rom)),
+                "lut_vs_atheena": round(p.lut() / ATHEENA["lut"], 3),
+                "ff_vs_atheena": round(p.ff() / ATHEENA["ff"], 3),
+            }
+        )
     return rows

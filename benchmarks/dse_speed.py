@@ -16,9 +16,15 @@ from _dse_common import swept  # noqa: E402
 def run() -> dict:
     result, _ = swept("cnv", 1.0)
     stats = result.search_stats
-    return {"model": "cnv", "candidate_exits": stats["candidate_exits"], "seconds": round(stats["search_seconds"], 2),
-            "designs": stats["designs"], "designs_per_s": round(stats["designs"] / stats["search_seconds"]),
-            "skipped_threshold_combinations": stats["skipped_threshold_combinations"],
-            # after the search: finite-gate simulations that choose the design and find the cheapest
-            # one matching the no-exit throughput
-            "selection_seconds": round(stats["selection_seconds"], 2), "simulations": stats["simulations"]}
+    return {
+        "model": "cnv",
+        "candidate_exits": stats["candidate_exits"],
+        "seconds": round(stats["search_seconds"], 2),
+        "designs": stats["designs"],
+        "designs_per_s": round(stats["designs"] / stats["search_seconds"]),
+        "skipped_threshold_combinations": stats["skipped_threshold_combinations"],
+        # after the search: finite-gate simulations that choose the design and find the cheapest
+        # one matching the no-exit throughput
+        "selection_seconds": round(stats["selection_seconds"], 2),
+        "simulations": stats["simulations"],
+    }

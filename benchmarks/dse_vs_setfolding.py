@@ -19,9 +19,16 @@ def run() -> dict:
     ours = [c for c in result.candidates if c.exits == ()]
     not_worse = better = 0
     points = [p for p in result.finn_points if p["fits"]]
+
     def matching(p):  # ours at least as fast with no more LUT, BRAM18 and DSP (SetFolding uses none)
-        return [c for c in ours if c.fps >= p["fps"] and c.resources[0] <= p["lut"] and c.resources[1] <= p["bram18"]
-                and c.resources[3] <= p["dsp"]]
+        return [
+            c
+            for c in ours
+            if c.fps >= p["fps"]
+            and c.resources[0] <= p["lut"]
+            and c.resources[1] <= p["bram18"]
+            and c.resources[3] <= p["dsp"]
+        ]
 
     for p in points:
         match = matching(p)
@@ -31,5 +38,11 @@ def run() -> dict:
                 better += 1
     buildable = [p for p in points if p["buildable"]]
     not_worse_buildable = sum(1 for p in buildable if matching(p))
-    return {"model": "cnv", "points": len(points), "not_worse": not_worse, "better": better,
-            "buildable_points": len(buildable), "not_worse_at_buildable": not_worse_buildable}
+    return {
+        "model": "cnv",
+        "points": len(points),
+        "not_worse": not_worse,
+        "better": better,
+        "buildable_points": len(buildable),
+        "not_worse_at_buildable": not_worse_buildable,
+    }

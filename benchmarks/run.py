@@ -22,7 +22,9 @@ HERE = Path(__file__).resolve().parent
 
 
 def available() -> dict[str, Path]:
-    return {p.stem: p for p in sorted(HERE.glob("*.py")) if p.stem not in ("run", "__init__") and not p.stem.startswith("_")}
+    return {
+        p.stem: p for p in sorted(HERE.glob("*.py")) if p.stem not in ("run", "__init__") and not p.stem.startswith("_")
+    }
 
 
 def load(name: str, path: Path):

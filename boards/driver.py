@@ -60,8 +60,12 @@ class RecordFormat:
         return cls(data["id_bits"], data["exit_bits"], data["class_bits"], tuple(data["code_bits"]))
 
     def to_json(self) -> dict:
-        return {"id_bits": self.id_bits, "exit_bits": self.exit_bits, "class_bits": self.class_bits,
-                "code_bits": list(self.code_bits)}
+        return {
+            "id_bits": self.id_bits,
+            "exit_bits": self.exit_bits,
+            "class_bits": self.class_bits,
+            "code_bits": list(self.code_bits),
+        }
 
 
 @dataclass(frozen=True)
@@ -82,12 +86,23 @@ def decode(words: np.ndarray, fmt: RecordFormat) -> tuple[np.ndarray, ...]:
         v = int(v)
         sample_id, exit_index = v & mask(fmt.id_bits), (v >> fmt.id_bits) & mask(fmt.exit_bits)
         if exit_index >= len(fmt.code_bits):
-            raise DriverError(f"record of sample {sample_id} names exit {exit_index}; the design has {len(fmt.code_bits)}")
+            raise DriverError(
+                f"record of sample {sample_id} names exit {exit_index}; the design has {len(fmt.code_bits)}"
+            )
         code_bits = fmt.code_bits[exit_index]
         record = v >> (fmt.id_bits + fmt.exit_bits)
-        out.append((sample_id, exit_index, (record >> code_bits) & mask(fmt.class_bits), record & mask(code_bits),
-                    (record >> (code_bits + fmt.class_bits)) & 1))
-    ids, exits, classes, codes, flags = (np.array(col, dtype=np.int64) for col in zip(*out)) if out else [np.zeros(0, np.int64)] * 5
+        out.append(
+            (
+                sample_id,
+                exit_index,
+                (record >> code_bits) & mask(fmt.class_bits),
+                record & mask(code_bits),
+                (record >> (code_bits + fmt.class_bits)) & 1,
+            )
+        )
+    ids, exits, classes, codes, flags = (
+        (np.array(col, dtype=np.int64) for col in zip(*out, strict=False)) if out else [np.zeros(0, np.int64)] * 5
+    )
     return ids, exits, classes, codes, flags.astype(bool)
 
 
@@ -104,7 +119,11 @@ def reorder(words: np.ndarray, fmt: RecordFormat, samples: int, first_id: int = 
     seen = np.bincount(position, minlength=samples)
     if (seen != 1).any():
         missing, twice = np.flatnonzero(seen == 0), np.flatnonzero(seen > 1)
-        what = f"sample {int(missing[0]) + first_id} is missing" if missing.size else f"sample {int(twice[0]) + first_id} came back twice"
+        what = (
+            f"sample {int(missing[0]) + first_id} is missing"
+            if missing.size
+            else f"sample {int(twice[0]) + first_id} came back twice"
+        )
         raise DriverError(what)
     order = np.argsort(position, kind="stable")
     return Result(classes[order], exits[order], codes[order])

@@ -77,8 +77,13 @@ def tcl_list(values) -> str:
 def _render(template: str, **values) -> str:
     import jinja2
 
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(Path(__file__).parent / "templates")),
-                             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(Path(__file__).parent / "templates")),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
     env.filters["tcl"] = tcl_word
     env.filters["tcl_list"] = tcl_list
     return env.get_template(template).render(**values)
@@ -91,12 +96,20 @@ def _shell_word(text: str) -> str:
 
 def _hls_tcl(name: str, part: str, clock_ns: float, include: Path) -> str:
     cflags = f"-std=c++14 -I{_shell_word(str(include))}"
-    return "\n".join([
-        f"open_project -reset {tcl_word(name)}", f"add_files {tcl_word(name + '.cpp')} -cflags {tcl_word(cflags)}",
-        f"set_top {tcl_word(name)}",
-        "open_solution -reset sol1", f"set_part {tcl_word(part)}", f"create_clock -period {clock_ns:g}",
-        "csynth_design", "export_design -format ip_catalog", "exit", "",
-    ])
+    return "\n".join(
+        [
+            f"open_project -reset {tcl_word(name)}",
+            f"add_files {tcl_word(name + '.cpp')} -cflags {tcl_word(cflags)}",
+            f"set_top {tcl_word(name)}",
+            "open_solution -reset sol1",
+            f"set_part {tcl_word(part)}",
+            f"create_clock -period {clock_ns:g}",
+            "csynth_design",
+            "export_design -format ip_catalog",
+            "exit",
+            "",
+        ]
+    )
 
 
 def write_project(run_dir: str | Path, summary: dict | None = None) -> Path:
@@ -131,41 +144,70 @@ def write_project(run_dir: str | Path, summary: dict | None = None) -> Path:
             ips.append(("gate", f"{stage.name}_gate_ip", {"fm_bits": fm_bits, "folds": folds, "exit_index": k}))
         else:
             ips.append(("tag", f"{stage.name}_tag_ip", {"exit_index": k}))
-        stages.append({
-            "name": stage.name, "head": stage.head.name,
-            "vlnv": f"xilinx.com:user:{stage.name}:1.0", "head_vlnv": f"xilinx.com:user:{stage.head.name}:1.0",
-            "gate_vlnv": f"xilinx.com:hls:{stage.name}_gate_ip:1.0", "tag_vlnv": f"xilinx.com:hls:{stage.name}_tag_ip:1.0",
-            "input": "dma/M_AXIS_MM2S" if k == 0 else f"{design.stages[k - 1].name}_gate/fm_out",
-            "id_source": "ids/out" if k == 0 else f"{design.stages[k - 1].name}_gate/id_out",
-            "fifo_depth": 1 << max(4, ((stage.gate_depth or 1) * folds - 1).bit_length()),
-            "fifo_words": (stage.gate_depth or 0) * folds,
-            "record_fifo_depth": record_fifo_depth(design),
-        })
+        stages.append(
+            {
+                "name": stage.name,
+                "head": stage.head.name,
+                "vlnv": f"xilinx.com:user:{stage.name}:1.0",
+                "head_vlnv": f"xilinx.com:user:{stage.head.name}:1.0",
+                "gate_vlnv": f"xilinx.com:hls:{stage.name}_gate_ip:1.0",
+                "tag_vlnv": f"xilinx.com:hls:{stage.name}_tag_ip:1.0",
+                "input": "dma/M_AXIS_MM2S" if k == 0 else f"{design.stages[k - 1].name}_gate/fm_out",
+                "id_source": "ids/out" if k == 0 else f"{design.stages[k - 1].name}_gate/id_out",
+                "fifo_depth": 1 << max(4, ((stage.gate_depth or 1) * folds - 1).bit_length()),
+                "fifo_words": (stage.gate_depth or 0) * folds,
+                "record_fifo_depth": record_fifo_depth(design),
+            }
+        )
     ips += [("ids", "exitflow_ids", {}), ("merge", "exitflow_merge", {"exits": exits})]
-    script = ["#!/usr/bin/env bash", "# Vitis HLS for exitflow's exit IPs, then the block design with Vivado.", "set -euo pipefail",
-              'cd "$(dirname "$0")"']
+    script = [
+        "#!/usr/bin/env bash",
+        "# Vitis HLS for exitflow's exit IPs, then the block design with Vivado.",
+        "set -euo pipefail",
+        'cd "$(dirname "$0")"',
+    ]
     for kind, name, extra in ips:
         (out / f"{name}.cpp").write_text(_render("exit_ip.cpp.j2", kind=kind, name=name, **common, **extra))
         (out / f"{name}.tcl").write_text(_hls_tcl(name, board.part, clock_ns, TEMPLATE_DIR))
         script.append(f"(vitis_hls -f {name}.tcl || vitis-run --mode hls --tcl {name}.tcl)")
     script.append("vivado -mode batch -source block_design.tcl")
-    repos = [str(hw / s["name"] / "stitched_ip") for s in stages] + [str(hw / s["head"] / "stitched_ip") for s in stages]
+    repos = [str(hw / s["name"] / "stitched_ip") for s in stages] + [
+        str(hw / s["head"] / "stitched_ip") for s in stages
+    ]
     repos += [str(out / name / "sol1" / "impl" / "ip") for _, name, _ in ips]
-    tcl = _render("block_design.tcl.j2", design_name=design.model, board=board, board_part=BOARD_PARTS.get(board.name, ""),
-                  vivado_version=VIVADO_VERSION, clock_mhz=summary["clock_mhz"], ip_repos=repos, stages=stages,
-                  ids={"vlnv": "xilinx.com:hls:exitflow_ids:1.0"}, merge_vlnv="xilinx.com:hls:exitflow_merge:1.0",
-                  input_width=max(8, getCustomOp(stage_models[0].graph.node[0]).get_instream_width()),
-                  record_width=8 * fmt.word_bytes)
+    tcl = _render(
+        "block_design.tcl.j2",
+        design_name=design.model,
+        board=board,
+        board_part=BOARD_PARTS.get(board.name, ""),
+        vivado_version=VIVADO_VERSION,
+        clock_mhz=summary["clock_mhz"],
+        ip_repos=repos,
+        stages=stages,
+        ids={"vlnv": "xilinx.com:hls:exitflow_ids:1.0"},
+        merge_vlnv="xilinx.com:hls:exitflow_merge:1.0",
+        input_width=max(8, getCustomOp(stage_models[0].graph.node[0]).get_instream_width()),
+        record_width=8 * fmt.word_bytes,
+    )
     (out / "block_design.tcl").write_text(tcl)
     (out / "make_bitfile.sh").write_text("\n".join(script) + "\n")
     (out / "make_bitfile.sh").chmod(0o755)
-    (hw / "driver.json").write_text(json.dumps({"records": fmt.to_json(), "exits": [s.head.name for s in design.stages],
-                                                 "input_shape": summary.get("input_shape")}, indent=1))
+    (hw / "driver.json").write_text(
+        json.dumps(
+            {
+                "records": fmt.to_json(),
+                "exits": [s.head.name for s in design.stages],
+                "input_shape": summary.get("input_shape"),
+            },
+            indent=1,
+        )
+    )
     return out
 
 
-def build_with_project(run_dir: str | Path, design_path: str | Path | None = None, log=print,
-                       hw_dir: str | Path | None = None) -> list:
+def build_with_project(
+    run_dir: str | Path, design_path: str | Path | None = None, log=print, hw_dir: str | Path | None = None
+) -> list:
     """:func:`exitflow.hw.build.build` with the Vivado project (:func:`write_project`) written
     from the build's summary before build.json commits the build, as ``exitflow build`` does."""
     return hw_build.build(run_dir, design_path, log=log, hw_dir=hw_dir, vivado_project=write_project)
@@ -178,7 +220,8 @@ def build_bitfile(run_dir: str | Path, log=print) -> Path:
     if missing:
         raise NotAvailableError(
             f"the bitfile needs {' and '.join(missing)}, not found on PATH; the generated project is in "
-            f"{hw / 'vivado'} (run make_bitfile.sh there after `exitflow build` on a machine with them)")
+            f"{hw / 'vivado'} (run make_bitfile.sh there after `exitflow build` on a machine with them)"
+        )
     from finn.transformation.fpgadataflow.create_stitched_ip import CreateStitchedIP
     from finn.transformation.fpgadataflow.hlssynth_ip import HLSSynthIP
     from qonnx.core.modelwrapper import ModelWrapper
@@ -188,8 +231,12 @@ def build_bitfile(run_dir: str | Path, log=print) -> Path:
         folder = hw / graph["name"]
         with finn_settings(folder / "ipgen"):
             model = ModelWrapper(str(folder / "model_hw.onnx")).transform(HLSSynthIP())
-            model = model.transform(CreateStitchedIP(summary["part"], 1000.0 / summary["clock_mhz"], ip_name=graph["name"]))
-        shutil.copytree(model.get_metadata_prop("vivado_stitch_proj") + "/ip", folder / "stitched_ip", dirs_exist_ok=True)
+            model = model.transform(
+                CreateStitchedIP(summary["part"], 1000.0 / summary["clock_mhz"], ip_name=graph["name"])
+            )
+        shutil.copytree(
+            model.get_metadata_prop("vivado_stitch_proj") + "/ip", folder / "stitched_ip", dirs_exist_ok=True
+        )
         log(f"IP for {graph['kind']} {graph['name']}: {folder / 'stitched_ip'}")
     vivado = hw / "vivado"
     subprocess.run(["bash", str(vivado / "make_bitfile.sh")], check=True, cwd=vivado)

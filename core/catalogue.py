@@ -18,8 +18,19 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 #: The boards FINN's PYNQ flow knows (the keys of ``finn.util.basic.pynq_part_map`` in finn-plus
 #: 1.6.1; tests/core/test_catalogue.py checks it against FINN). Kept here so that reading a
 #: board file does not import FINN.
-FINN_BOARDS: tuple[str, ...] = ("Ultra96", "Ultra96-V2", "Pynq-Z1", "Pynq-Z2", "ZCU102", "ZCU104", "ZCU111",
-                                "RFSoC2x2", "RFSoC4x2", "KV260_SOM", "AUP-ZU3_8GB")
+FINN_BOARDS: tuple[str, ...] = (
+    "Ultra96",
+    "Ultra96-V2",
+    "Pynq-Z1",
+    "Pynq-Z2",
+    "ZCU102",
+    "ZCU104",
+    "ZCU111",
+    "RFSoC2x2",
+    "RFSoC4x2",
+    "KV260_SOM",
+    "AUP-ZU3_8GB",
+)
 #: Device totals a board file must state (a URAM count left out means the device has none).
 _REQUIRED_RESOURCES = ("lut", "ff", "bram18", "dsp")
 
@@ -40,7 +51,7 @@ class Resources:
                 raise FieldError(name, f"must be >= 0; got {getattr(self, name)}")
 
     def __add__(self, other: Resources) -> Resources:
-        return Resources(*(a + b for a, b in zip(self.as_tuple(), other.as_tuple())))
+        return Resources(*(a + b for a, b in zip(self.as_tuple(), other.as_tuple(), strict=False)))
 
     def as_tuple(self) -> tuple[int, int, int, int, int]:
         return (self.lut, self.ff, self.bram18, self.uram, self.dsp)
@@ -60,18 +71,26 @@ class Board:
 
     def __post_init__(self) -> None:
         if not _NAME_RE.match(self.name):
-            raise FieldError("name", f"must start with a letter or digit and hold only letters, digits and _ . + -; got {self.name!r}")
+            raise FieldError(
+                "name",
+                f"must start with a letter or digit and hold only letters, digits and _ . + -; got {self.name!r}",
+            )
         if not _PART_RE.match(self.part):
             raise FieldError("part", f"must be a Xilinx part name such as xc7z020clg400-1; got {self.part!r}")
         if self.finn_board not in FINN_BOARDS:
-            raise FieldError("finn_board", f"{self.finn_board!r} is not a board FINN knows; use one of "
-                                           f"{', '.join(FINN_BOARDS)} (the one with your board's part)")
+            raise FieldError(
+                "finn_board",
+                f"{self.finn_board!r} is not a board FINN knows; use one of "
+                f"{', '.join(FINN_BOARDS)} (the one with your board's part)",
+            )
         if not 0 < self.clock_mhz <= 1000:
             raise FieldError("clock_mhz", f"must be in (0, 1000] MHz; got {self.clock_mhz}")
         for key in ("lut", "ff", "bram18", "dsp"):
             if getattr(self.resources, key) <= 0:
-                raise FieldError(f"resources.{key}", f"must be > 0 for a real device; got {getattr(self.resources, key)}")
-        for key, total in zip(("lut", "ff", "bram18", "uram", "dsp"), self.resources.as_tuple()):
+                raise FieldError(
+                    f"resources.{key}", f"must be > 0 for a real device; got {getattr(self.resources, key)}"
+                )
+        for key, total in zip(("lut", "ff", "bram18", "uram", "dsp"), self.resources.as_tuple(), strict=False):
             used = getattr(self.shell, key)
             if used > total:
                 raise FieldError(f"shell.{key}", f"shell cost {used} exceeds the device total {total}")
@@ -84,7 +103,7 @@ class Board:
     @property
     def available(self) -> Resources:
         """What is left for exitflow's accelerator once the shell is placed."""
-        return Resources(*(t - s for t, s in zip(self.resources.as_tuple(), self.shell.as_tuple())))
+        return Resources(*(t - s for t, s in zip(self.resources.as_tuple(), self.shell.as_tuple(), strict=False)))
 
 
 def user_board_dirs() -> list[Path]:
@@ -110,8 +129,10 @@ def load_board_file(path: str | Path) -> Board:
         if isinstance(resources, dict):
             for key in _REQUIRED_RESOURCES:
                 if key not in resources:
-                    raise BoardError(f"board file {path}: resources.{key}: missing key {key!r}; give the device's "
-                                     f"total from its datasheet (resources need {', '.join(_REQUIRED_RESOURCES)})")
+                    raise BoardError(
+                        f"board file {path}: resources.{key}: missing key {key!r}; give the device's "
+                        f"total from its datasheet (resources need {', '.join(_REQUIRED_RESOURCES)})"
+                    )
         return from_data(Board, data, source=f"board file {path}")
     except BoardError:
         raise
@@ -127,8 +148,10 @@ def load_catalogue() -> dict[str, Board]:
     for folder in board_dirs():
         if folder.exists() and not folder.is_dir():
             source = "EXITFLOW_BOARDS" if os.environ.get("EXITFLOW_BOARDS") else "the user board folder"
-            raise BoardError(f"{folder}: is a file, not a folder of board files ({source}); "
-                             "point it at a folder holding one YAML file per board")
+            raise BoardError(
+                f"{folder}: is a file, not a folder of board files ({source}); "
+                "point it at a folder holding one YAML file per board"
+            )
         if not folder.is_dir():
             continue
         for path in sorted(folder.iterdir()):
@@ -138,8 +161,7 @@ def load_catalogue() -> dict[str, Board]:
             key = board.name.lower()
             if key in origin:
                 raise BoardError(
-                    f"board {board.name!r} is defined twice: {origin[key]} and {path}; "
-                    "rename or remove one of them"
+                    f"board {board.name!r} is defined twice: {origin[key]} and {path}; rename or remove one of them"
                 )
             origin[key] = path
             boards[board.name] = board
@@ -154,6 +176,5 @@ def get_board(name: str) -> Board:
             return board
     known = ", ".join(catalogue)
     raise BoardError(
-        f"unknown board {name!r}; known boards: {known} "
-        f"(add your own as a YAML file in {user_board_dirs()[0]})"
+        f"unknown board {name!r}; known boards: {known} (add your own as a YAML file in {user_board_dirs()[0]})"
     )

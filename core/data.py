@@ -132,9 +132,7 @@ def _check_images(x: np.ndarray, name: str) -> None:
             "(for floats in [0, 1] use (x * 255).round().astype(np.uint8))"
         )
     if x.ndim != 4 or x.shape[1] not in (1, 3) or x.shape[0] == 0 or min(x.shape[2:]) < 1:
-        raise DataError(
-            f"{name}: images have shape {x.shape} but must be (N, C, H, W) with C = 1 or 3 and N >= 1"
-        )
+        raise DataError(f"{name}: images have shape {x.shape} but must be (N, C, H, W) with C = 1 or 3 and N >= 1")
 
 
 def _check_labels(y: np.ndarray, n: int, num_classes: int, name: str) -> None:
@@ -150,8 +148,7 @@ def _check_labels(y: np.ndarray, n: int, num_classes: int, name: str) -> None:
     if bad.size:
         i = int(bad[0])
         raise DataError(
-            f"{name}: label {int(y[i])} at index {i} is outside 0..{num_classes - 1} "
-            f"({num_classes} classes)"
+            f"{name}: label {int(y[i])} at index {i} is outside 0..{num_classes - 1} ({num_classes} classes)"
         )
 
 
@@ -308,8 +305,10 @@ def read_npz(path: str | Path, num_classes: int | None = None) -> ImageSet:
         if len(present) > 1 and len(present) < num_classes:
             missing = sorted(set(range(num_classes)) - set(present.tolist()))
             shown = ", ".join(map(str, missing[:5])) + (", ..." if len(missing) > 5 else "")
-            raise DataError(f"{path}: labels reach {num_classes - 1} but no sample has label {shown}; relabel to "
-                            f"0..{len(present) - 1}, or set data.classes: {num_classes} in the config if that is meant")
+            raise DataError(
+                f"{path}: labels reach {num_classes - 1} but no sample has label {shown}; relabel to "
+                f"0..{len(present) - 1}, or set data.classes: {num_classes} in the config if that is meant"
+            )
     return ImageSet(str(path), x, y, num_classes or 2)
 
 
@@ -376,7 +375,9 @@ def _load_user(spec: DataSpec) -> tuple[ImageSet, ImageSet | None]:
             labels = _find(folder, f"{prefix}-labels-idx1-ubyte")
             if (images is None) != (labels is None):
                 have = images or labels
-                raise DataError(f"{folder}: found {have.name} but not its {'labels' if labels is None else 'images'} file")
+                raise DataError(
+                    f"{folder}: found {have.name} but not its {'labels' if labels is None else 'images'} file"
+                )
             if images is not None:
                 pairs[prefix] = read_mnist_idx(images, labels)  # type: ignore[arg-type]
         if "train" not in pairs:
@@ -413,8 +414,10 @@ def load_splits(spec: DataSpec = DataSpec()) -> Splits:
     data, test = load_dataset(spec)
     present = np.unique(data.y)
     if len(present) < 2:
-        raise DataError(f"{spec.path or spec.name}: every sample has label {int(present[0]) if len(present) else '?'}; "
-                        "a classifier needs samples of at least 2 classes")
+        raise DataError(
+            f"{spec.path or spec.name}: every sample has label {int(present[0]) if len(present) else '?'}; "
+            "a classifier needs samples of at least 2 classes"
+        )
     if test is None:
         fractions = (1.0 - spec.val_fraction - spec.test_fraction, spec.val_fraction, spec.test_fraction)
         indices = split_indices(data.y, fractions, spec.seed)
@@ -422,10 +425,17 @@ def load_splits(spec: DataSpec = DataSpec()) -> Splits:
         if test.shape != data.shape:
             raise DataError(f"{spec.path}: test images are {test.shape}, training images {data.shape}")
         indices = split_indices(data.y, (1.0 - spec.val_fraction, spec.val_fraction), spec.seed)
-    for index, split in zip(indices, ("train", "validation", "test")):
+    for index, split in zip(indices, ("train", "validation", "test"), strict=False):
         if len(index) == 0:
-            raise DataError(f"{data.name}: the {split} split is empty ({len(data)} samples); use more data or other fractions")
+            raise DataError(
+                f"{data.name}: the {split} split is empty ({len(data)} samples); use more data or other fractions"
+            )
     parts = [data.take(i) for i in indices] + ([test] if test is not None else [])
     if spec.shape is not None:
         parts = [p.to_shape(*spec.shape) for p in parts]
-    return Splits(*(ImageSet(f"{spec.name}/{s}", p.x, p.y, data.num_classes) for p, s in zip(parts, ("train", "val", "test"))))
+    return Splits(
+        *(
+            ImageSet(f"{spec.name}/{s}", p.x, p.y, data.num_classes)
+            for p, s in zip(parts, ("train", "val", "test"), strict=False)
+        )
+    )

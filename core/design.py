@@ -165,7 +165,9 @@ class Design:
                 (seen_head, stage.head.name, "head.name"),
             ):
                 if name in table:
-                    raise FieldError(f"{at}.{what}", f"{name!r} is used by stages[{table[name]}] already; names must be unique")
+                    raise FieldError(
+                        f"{at}.{what}", f"{name!r} is used by stages[{table[name]}] already; names must be unique"
+                    )
                 table[name] = k
             for i, block in enumerate(stage.blocks):
                 if block in seen_block:
@@ -175,10 +177,14 @@ class Design:
                 if stage.head.threshold is None:
                     raise FieldError(f"{at}.head.threshold", "an early exit needs a threshold")
                 if stage.gate_depth is None:
-                    raise FieldError(f"{at}.gate_depth", "a stage followed by another needs a gate depth (feature maps, >= 1)")
+                    raise FieldError(
+                        f"{at}.gate_depth", "a stage followed by another needs a gate depth (feature maps, >= 1)"
+                    )
             else:
                 if stage.head.threshold is not None:
-                    raise FieldError(f"{at}.head.threshold", "the final exit takes every remaining sample: leave the threshold out")
+                    raise FieldError(
+                        f"{at}.head.threshold", "the final exit takes every remaining sample: leave the threshold out"
+                    )
                 if stage.gate_depth is not None:
                     raise FieldError(f"{at}.gate_depth", "the last stage has no gate after it: leave gate_depth out")
 
@@ -239,14 +245,22 @@ def check_fits_board(design: Design, board) -> list[tuple[str, str]]:
         for section, folding in ((f"{at}.folding", stage.folding), (f"{at}.head.folding", stage.head.folding)):
             for layer, fold in folding.items():
                 if fold.ram_style == "ultra" and board.available.uram == 0:
-                    problems.append((f"{section}.{layer}.ram_style",
-                                     f"'ultra' needs UltraRAM, which {board.name} ({board.part}) does not have; "
-                                     "use block, distributed or auto"))
+                    problems.append(
+                        (
+                            f"{section}.{layer}.ram_style",
+                            f"'ultra' needs UltraRAM, which {board.name} ({board.part}) does not have; "
+                            "use block, distributed or auto",
+                        )
+                    )
         if stage.gate_depth is not None and stage.gate_depth > limit:
-            problems.append((f"{at}.gate_depth",
-                             f"{stage.gate_depth:,} feature maps cannot fit on {board.name}: its memory holds at most "
-                             f"{limit:,} bits (BRAM, URAM and LUT RAM), so at most that many maps of one bit; "
-                             "the search uses 2 to 8"))
+            problems.append(
+                (
+                    f"{at}.gate_depth",
+                    f"{stage.gate_depth:,} feature maps cannot fit on {board.name}: its memory holds at most "
+                    f"{limit:,} bits (BRAM, URAM and LUT RAM), so at most that many maps of one bit; "
+                    "the search uses 2 to 8",
+                )
+            )
     return problems
 
 

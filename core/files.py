@@ -58,8 +58,10 @@ def check_out_folder(folder: Path, option: str = "--out") -> None:
         raise ConfigError(f"{option} {folder}: exists and is not a folder; choose another {option}")
     if folder.is_dir() and any(folder.iterdir()) and not is_run_folder(folder):
         shown = ", ".join(sorted(p.name for p in folder.iterdir())[:5])
-        raise ConfigError(f"{option} {folder}: holds files exitflow did not write ({shown}, ...); choose an empty "
-                          f"or new folder for {option} (nothing was changed)")
+        raise ConfigError(
+            f"{option} {folder}: holds files exitflow did not write ({shown}, ...); choose an empty "
+            f"or new folder for {option} (nothing was changed)"
+        )
 
 
 @contextlib.contextmanager
@@ -83,16 +85,19 @@ def run_folder_lock(folder: str | Path, command: str):
         folder.mkdir(parents=True, exist_ok=True)
         handle = open(path, "a+")  # noqa: SIM115 (held until the context ends)
     except OSError as err:
-        raise ConfigError(f"{folder}: cannot write the run folder ({err.strerror}); exitflow writes its outputs "
-                          "there: make it writable or choose another folder") from None
+        raise ConfigError(
+            f"{folder}: cannot write the run folder ({err.strerror}); exitflow writes its outputs "
+            "there: make it writable or choose another folder"
+        ) from None
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         handle.seek(0)
         holder = handle.read().strip() or "another exitflow process"
         handle.close()
-        raise RunFolderBusy(f"{folder}: {holder} is writing this run folder; wait for it to finish "
-                            "or use another folder") from None
+        raise RunFolderBusy(
+            f"{folder}: {holder} is writing this run folder; wait for it to finish or use another folder"
+        ) from None
     handle.seek(0)
     handle.truncate()
     handle.write(f"exitflow process {os.getpid()} (`{command}`)\n")

@@ -250,8 +250,9 @@ def parse_yaml(text: str, source: str = "") -> Any:
     try:
         return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
     except _DuplicateKey as err:
-        raise ConfigError(f"{where}line {err.line}: duplicate key {err.key!r} (first at line {err.first}); "
-                          "keep one of them") from None
+        raise ConfigError(
+            f"{where}line {err.line}: duplicate key {err.key!r} (first at line {err.first}); keep one of them"
+        ) from None
     except yaml.MarkedYAMLError as err:
         mark = err.problem_mark
         at = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
@@ -273,14 +274,18 @@ def read_yaml(path: str | Path, max_bytes: int = MAX_YAML_BYTES) -> Any:
     except OSError as err:
         raise ConfigError(f"{path}: cannot read: {err.strerror}") from None
     if path.is_file() and size > max_bytes:
-        raise ConfigError(f"{path}: {size:,} bytes is over the {max_bytes:,}-byte limit for a YAML file "
-                          f"(configs, designs and boards are a few KB); is this the right file?")
+        raise ConfigError(
+            f"{path}: {size:,} bytes is over the {max_bytes:,}-byte limit for a YAML file "
+            f"(configs, designs and boards are a few KB); is this the right file?"
+        )
     try:
         with path.open("rb") as f:
             raw = f.read(max_bytes + 1)
         if len(raw) > max_bytes:
-            raise ConfigError(f"{path}: over the {max_bytes:,}-byte limit for a YAML file "
-                              "(configs, designs and boards are a few KB); is this the right file?")
+            raise ConfigError(
+                f"{path}: over the {max_bytes:,}-byte limit for a YAML file "
+                "(configs, designs and boards are a few KB); is this the right file?"
+            )
         text = raw.decode("utf-8")
     except FileNotFoundError:
         raise ConfigError(f"{path}: file not found") from None

@@ -111,9 +111,13 @@ class Pipeline:
                 raise ConfigError(f"{where}: the stage and its head need at least one unit each")
             for unit in (*stage.units, *stage.head):
                 if unit.cycles < 0 or unit.cycles != int(unit.cycles):
-                    raise ConfigError(f"{where}: unit {unit.name} has {unit.cycles} cycles; cycles are whole numbers >= 0")
+                    raise ConfigError(
+                        f"{where}: unit {unit.name} has {unit.cycles} cycles; cycles are whole numbers >= 0"
+                    )
             if k < last and (stage.gate_depth is None or stage.gate_depth < 1):
-                raise ConfigError(f"{where}: a stage followed by another needs a gate depth >= 1; got {stage.gate_depth}")
+                raise ConfigError(
+                    f"{where}: a stage followed by another needs a gate depth >= 1; got {stage.gate_depth}"
+                )
             if k == last and stage.gate_depth is not None:
                 raise ConfigError(f"{where}: the last stage has no gate; got gate depth {stage.gate_depth}")
             if k < last and stage.gate_cycles < 1:
@@ -142,8 +146,7 @@ def _check_taken(taken: np.ndarray, exits: int) -> np.ndarray:
     return taken.astype(np.int64)
 
 
-def run(pipeline: Pipeline, taken: Sequence[int] | np.ndarray,
-        progress: Callable[[int], None] | None = None) -> Trace:
+def run(pipeline: Pipeline, taken: Sequence[int] | np.ndarray, progress: Callable[[int], None] | None = None) -> Trace:
     """Simulate the samples of ``taken`` (each one's exit index) entering back to back."""
     pipeline.check()
     stages = pipeline.stages
@@ -248,10 +251,19 @@ class ExitLatency:
         def us(value: float | None) -> float | None:
             return None if value is None else round(value / clock_mhz, 3)
 
-        return {"exit": self.exit, "name": self.name, "samples": self.samples,
-                "mean_cycles": self.mean_cycles, "p50_cycles": self.p50_cycles, "p99_cycles": self.p99_cycles,
-                "mean_us": us(self.mean_cycles), "p50_us": us(self.p50_cycles), "p99_us": us(self.p99_cycles),
-                "unloaded_cycles": self.unloaded_cycles, "unloaded_us": us(self.unloaded_cycles)}
+        return {
+            "exit": self.exit,
+            "name": self.name,
+            "samples": self.samples,
+            "mean_cycles": self.mean_cycles,
+            "p50_cycles": self.p50_cycles,
+            "p99_cycles": self.p99_cycles,
+            "mean_us": us(self.mean_cycles),
+            "p50_us": us(self.p50_cycles),
+            "p99_us": us(self.p99_cycles),
+            "unloaded_cycles": self.unloaded_cycles,
+            "unloaded_us": us(self.unloaded_cycles),
+        }
 
 
 @dataclass
@@ -279,19 +291,28 @@ class CycleReport:
 
     def to_data(self) -> dict:
         return {
-            "simulated_fps": round(self.simulated_fps, 3), "predicted_fps": round(self.predicted_fps, 3),
-            "ratio": round(self.ratio, 4), "predicted_fps_unbounded": round(self.predicted_fps_unbounded, 3),
-            "clock_mhz": self.clock_mhz, "cycles_per_sample": round(self.cycles_per_sample, 3),
-            "stage_cycles": self.stage_cycles, "predicted_intervals": [round(v, 3) for v in self.predicted_intervals],
+            "simulated_fps": round(self.simulated_fps, 3),
+            "predicted_fps": round(self.predicted_fps, 3),
+            "ratio": round(self.ratio, 4),
+            "predicted_fps_unbounded": round(self.predicted_fps_unbounded, 3),
+            "clock_mhz": self.clock_mhz,
+            "cycles_per_sample": round(self.cycles_per_sample, 3),
+            "stage_cycles": self.stage_cycles,
+            "predicted_intervals": [round(v, 3) for v in self.predicted_intervals],
             "reach": [round(p, 6) for p in self.reach],
-            "sequence_samples": self.sequence, "repeats": self.repeats, "measured_window": list(self.window),
-            "latency": [lat.to_data(self.clock_mhz) for lat in self.latency], "seconds": round(self.seconds, 3),
+            "sequence_samples": self.sequence,
+            "repeats": self.repeats,
+            "measured_window": list(self.window),
+            "latency": [lat.to_data(self.clock_mhz) for lat in self.latency],
+            "seconds": round(self.seconds, 3),
         }
 
     def summary(self) -> str:
         lat = ", ".join(f"{x.name} {x.mean_cycles / self.clock_mhz:,.1f} us" for x in self.latency if x.samples)
-        return (f"cycle simulation: {self.simulated_fps:,.1f} samples/s simulated, {self.predicted_fps:,.1f} predicted "
-                f"by the dse model (ratio {self.ratio:.3f}); mean latency per exit: {lat}")
+        return (
+            f"cycle simulation: {self.simulated_fps:,.1f} samples/s simulated, {self.predicted_fps:,.1f} predicted "
+            f"by the dse model (ratio {self.ratio:.3f}); mean latency per exit: {lat}"
+        )
 
 
 def unloaded_latency(pipeline: Pipeline, exit_index: int) -> int:

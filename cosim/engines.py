@@ -138,7 +138,8 @@ class VectorisedEngine:
             if builder is None:
                 raise UnsupportedNodeError(
                     f"{node.name}: the vectorised engine has no kernel for {node.op_type}; "
-                    "run the FINN reference instead (--engine finn)")
+                    "run the FINN reference instead (--engine finn)"
+                )
             inst = getCustomOp(node)
             self.steps.append(Step(node.name, op, builder(inst, model), tuple(inst.get_normal_input_shape())[1:]))
             previous = node.output[0]
@@ -177,7 +178,8 @@ def _sliding_window(inst, model) -> Kernel:
         n, _, _, c = h.shape
         s0, s1, s2, s3 = h.strides
         view = np.lib.stride_tricks.as_strided(
-            h, shape=(n, oh, ow, kh, kw, c), strides=(s0, s1 * sh, s2 * sw, s1 * dh, s2 * dw, s3), writeable=False)
+            h, shape=(n, oh, ow, kh, kw, c), strides=(s0, s1 * sh, s2 * sw, s1 * dh, s2 * dw, s3), writeable=False
+        )
         key = (view.shape, h.dtype)
         out = buffers.get(key)
         if out is None:
@@ -222,8 +224,13 @@ def _exact_matmul(weights: np.ndarray, in_range: tuple[int, int]) -> Kernel:
     # inputs spanning at most 256 values run in int8 after subtracting an offset:
     # x @ W = (x - offset) @ W + offset * (column sums of W)
     offset = lo + 128 if hi - lo <= 255 and not -128 <= lo <= hi <= 127 else 0
-    int8_mm = _int8_matmul() if hi - lo <= 255 and np.abs(w_int).max(initial=0) <= 127 \
-        and bound + abs(offset) * int(np.abs(w_int).sum(axis=0).max(initial=0)) < 2**31 else None
+    int8_mm = (
+        _int8_matmul()
+        if hi - lo <= 255
+        and np.abs(w_int).max(initial=0) <= 127
+        and bound + abs(offset) * int(np.abs(w_int).sum(axis=0).max(initial=0)) < 2**31
+        else None
+    )
     if int8_mm is not None:
         import torch
 
@@ -257,8 +264,12 @@ def _thresholds(thresholds: np.ndarray, act_val: int, bipolar_out: bool, out_dty
     beyond it, so the counts are unchanged)."""
     t = np.ceil(np.asarray(thresholds, dtype=np.float64))
     steps = t.shape[1]
-    limits = {np.dtype(np.int32): 2**31 - 1, np.dtype(np.float32): 2**24, np.dtype(np.float64): 2**53,
-              np.dtype(np.int64): 2**62}
+    limits = {
+        np.dtype(np.int32): 2**31 - 1,
+        np.dtype(np.float32): 2**24,
+        np.dtype(np.float64): 2**53,
+        np.dtype(np.int64): 2**62,
+    }
     typed = {dt: np.clip(t, -limit, limit).astype(dt) for dt, limit in limits.items()}
 
     def apply(acc: np.ndarray) -> np.ndarray:
@@ -293,8 +304,9 @@ def _mvau(inst, model) -> Kernel:
     if inst.get_nodeattr("noActivation"):
         return lambda x: np.rint(matmul(x)).astype(np.int64)
     odt = inst.get_output_datatype()
-    threshold = _thresholds(model.get_initializer(node.input[2]), inst.get_nodeattr("ActVal"),
-                            odt == DataType["BIPOLAR"], int_dtype(odt))
+    threshold = _thresholds(
+        model.get_initializer(node.input[2]), inst.get_nodeattr("ActVal"), odt == DataType["BIPOLAR"], int_dtype(odt)
+    )
     return lambda x: threshold(matmul(x))
 
 
@@ -302,8 +314,12 @@ def _thresholding(inst, model) -> Kernel:
     from qonnx.core.datatype import DataType
 
     odt = DataType[inst.get_nodeattr("outputDataType")]
-    return _thresholds(model.get_initializer(inst.onnx_node.input[1]), inst.get_nodeattr("ActVal"),
-                       odt == DataType["BIPOLAR"], int_dtype(odt))
+    return _thresholds(
+        model.get_initializer(inst.onnx_node.input[1]),
+        inst.get_nodeattr("ActVal"),
+        odt == DataType["BIPOLAR"],
+        int_dtype(odt),
+    )
 
 
 def _pool(inst, model) -> Kernel:
@@ -401,7 +417,9 @@ class Difference:
         return f"node {self.node}, element {list(self.index)}: expected {self.expected}, got {self.got}"
 
 
-def first_difference(expected: dict[str, np.ndarray], got: dict[str, np.ndarray], order: list[str]) -> Difference | None:
+def first_difference(
+    expected: dict[str, np.ndarray], got: dict[str, np.ndarray], order: list[str]
+) -> Difference | None:
     """The first node in ``order`` whose output differs between two runs of one sample."""
     for name in order:
         a, b = np.asarray(expected[name]), np.asarray(got[name])

@@ -115,8 +115,10 @@ def _apply_layout(nodes: list, parent, x: np.ndarray, where: str) -> np.ndarray:
             shape = parent.get_tensor_shape(node.output[0])
             x = x.reshape(len(x), *shape[1:])
         elif node.op_type not in ("Mul",):
-            raise ConfigError(f"{where}: software node {node.op_type} ({node.name}) around the HW graph is not "
-                              "supported by the cosimulation")
+            raise ConfigError(
+                f"{where}: software node {node.op_type} ({node.name}) around the HW graph is not "
+                "supported by the cosimulation"
+            )
     return x
 
 
@@ -141,8 +143,10 @@ def load_built(run_dir: str | Path, design_path: str | Path | None = None) -> Bu
     rebuild = f"build it with `exitflow build {run_dir} --design {design_path}`"
     if not is_finished(hw):
         if is_finished(backup_of(hw)):
-            raise ConfigError(f"{hw}: holds an interrupted build; the last finished build waits in {backup_of(hw)}: "
-                              f"`exitflow cosim {run_dir}` puts it back, or {rebuild}")
+            raise ConfigError(
+                f"{hw}: holds an interrupted build; the last finished build waits in {backup_of(hw)}: "
+                f"`exitflow cosim {run_dir}` puts it back, or {rebuild}"
+            )
         raise ConfigError(f"{hw}: no built hardware; {rebuild}")
     try:
         summary = json.loads((hw / "build.json").read_text())
@@ -154,8 +158,9 @@ def load_built(run_dir: str | Path, design_path: str | Path | None = None) -> Bu
     stage_layers, head_layers = layer_table(model, exits)
     for k, stage in enumerate(design.stages):  # the design's folding must be one FINN could build
         check_folding(f"{design_path}: stages[{k}].folding", stage.folding, stage_layers[k], f"stage {stage.name!r}")
-        check_folding(f"{design_path}: stages[{k}].head.folding", stage.head.folding, head_layers[k],
-                      f"head {stage.head.name!r}")
+        check_folding(
+            f"{design_path}: stages[{k}].head.folding", stage.head.folding, head_layers[k], f"head {stage.head.name!r}"
+        )
     graphs, ctu = [], []
     for k, stage in enumerate(design.stages):
         pair = []
@@ -165,18 +170,23 @@ def load_built(run_dir: str | Path, design_path: str | Path | None = None) -> Bu
             built_layers = read_layers(folder / "layers.json", rebuild)  # checked: one line if damaged
             wanted = [layer["name"] for layer in layers]
             if list(built_layers) != wanted:
-                raise ConfigError(f"{folder}: built with the layers {list(built_layers)}, the design's {kind} {name!r} "
-                                  f"has {wanted}; the hardware is from another design: {rebuild}")
+                raise ConfigError(
+                    f"{folder}: built with the layers {list(built_layers)}, the design's {kind} {name!r} "
+                    f"has {wanted}; the hardware is from another design: {rebuild}"
+                )
             pair.append(Graph(name, kind, k, graph, {node: layer for layer, node in built_layers.items()}))
         head_graph = pair[1].model
         last = head_graph.graph.node[-1]
         if not last.op_type.startswith("ConfidenceThreshold"):
-            raise ConfigError(f"{hw / stage.head.name}: the head does not end in the confidence-threshold unit; {rebuild}")
+            raise ConfigError(
+                f"{hw / stage.head.name}: the head does not end in the confidence-threshold unit; {rebuild}"
+            )
         params = getCustomOp(last).params()
         if (params.policy, params.threshold) != (stage.head.policy, stage.head.threshold):
             raise ConfigError(
                 f"{hw / stage.head.name}: built with policy {params.policy} at threshold {params.threshold}, the design "
-                f"says {stage.head.policy} at {stage.head.threshold}; the hardware is from another design: {rebuild}")
+                f"says {stage.head.policy} at {stage.head.threshold}; the hardware is from another design: {rebuild}"
+            )
         graphs.append(tuple(pair))
         ctu.append(params)
     _check_streams(hw, graphs)
@@ -204,16 +214,23 @@ def _check_streams(hw: Path, graphs: list[tuple[Graph, Graph]]) -> None:
             name = consumer.model.graph.input[0].name
             dt_in, dt_out = consumer.model.get_tensor_datatype(name), stage.model.get_tensor_datatype(out)
             if dt_in != dt_out:
-                raise ConfigError(f"{hw / consumer.name}: takes {dt_in.name} but {stage.name} produces {dt_out.name}; "
-                                  "rebuild the design")
-            consumer_parent = _load_graph(hw / consumer.name / "parent.onnx", "rebuild the design with `exitflow build`")
+                raise ConfigError(
+                    f"{hw / consumer.name}: takes {dt_in.name} but {stage.name} produces {dt_out.name}; "
+                    "rebuild the design"
+                )
+            consumer_parent = _load_graph(
+                hw / consumer.name / "parent.onnx", "rebuild the design with `exitflow build`"
+            )
             probe = np.arange(int(np.prod(out_shape))).reshape(out_shape)
             moved = _apply_layout(after, producer_parent, probe, str(hw / stage.name))
-            moved = _apply_layout(_software_nodes(consumer_parent, before=True), consumer_parent, moved,
-                                  str(hw / consumer.name))
+            moved = _apply_layout(
+                _software_nodes(consumer_parent, before=True), consumer_parent, moved, str(hw / consumer.name)
+            )
             if not np.array_equal(moved.reshape(-1), probe.reshape(-1)):
-                raise ConfigError(f"{hw / consumer.name}: its input layout differs from {stage.name}'s output layout; "
-                                  "rebuild the design")
+                raise ConfigError(
+                    f"{hw / consumer.name}: its input layout differs from {stage.name}'s output layout; "
+                    "rebuild the design"
+                )
 
 
 # ------------------------------------------------------------------------------ running
@@ -235,8 +252,9 @@ class Results:
         return (self.exit != other.exit) | (self.cls != other.cls) | (self.code != other.code)
 
 
-def run_design(built: Built, images: np.ndarray, engine: str = "vectorised",
-               progress: Callable[[int], None] | None = None) -> Results:
+def run_design(
+    built: Built, images: np.ndarray, engine: str = "vectorised", progress: Callable[[int], None] | None = None
+) -> Results:
     """Execute uint8 images (N, C, H, W) through the design's HW graphs with one engine."""
     n = len(images)
     out = Results.empty(n)
@@ -244,7 +262,7 @@ def run_design(built: Built, images: np.ndarray, engine: str = "vectorised",
     for start in range(0, n, chunk):
         index = np.arange(start, min(start + chunk, n))
         h = built.input_order(images[index])
-        for k, ((stage, head), params) in enumerate(zip(built.graphs, built.ctu)):
+        for k, ((stage, head), params) in enumerate(zip(built.graphs, built.ctu, strict=False)):
             h, _ = stage.engine(engine).run(h)
             records, _ = head.engine(engine).run(h)
             decision = params.unpack(records.reshape(-1))
@@ -310,11 +328,17 @@ class Mismatch:
 
     def describe(self) -> str:
         what = "the Brevitas model + policy" if self.against == "model" else "FINN's execution"
-        text = (f"sample {self.sample}: the {self.engine} engine gives (exit, class, code) = "
-                f"({self.got['exit']}, {self.got['class']}, {self.got['code']}), {what} "
-                f"({self.expected['exit']}, {self.expected['class']}, {self.expected['code']})")
+        text = (
+            f"sample {self.sample}: the {self.engine} engine gives (exit, class, code) = "
+            f"({self.got['exit']}, {self.got['class']}, {self.got['code']}), {what} "
+            f"({self.expected['exit']}, {self.expected['class']}, {self.expected['code']})"
+        )
         if self.graph:
-            where = ", ".join(p for p in (self.graph, self.layer and f"layer {self.layer}", self.node and f"FINN node {self.node}") if p)
+            where = ", ".join(
+                p
+                for p in (self.graph, self.layer and f"layer {self.layer}", self.node and f"FINN node {self.node}")
+                if p
+            )
             text += f"; first difference in {where}"
             if self.element is not None:
                 text += f", element {self.element}: expected {self.element_expected}, got {self.element_got}"
@@ -357,6 +381,7 @@ def _layer_outputs(built: Built, image: np.ndarray) -> dict[tuple[int, str, str]
     def grab(key):
         def hook(module, inputs, output):  # the first call: a block's quantiser runs again at a boundary
             found.setdefault(key, np.asarray(output.int().detach().numpy(), dtype=np.int64))
+
         return hook
 
     stages = model.stage_modules(built.exits[:-1])
@@ -383,13 +408,23 @@ def _layer_outputs(built: Built, image: np.ndarray) -> dict[tuple[int, str, str]
     return {key: (np.moveaxis(v, 1, -1) if v.ndim == 4 else v) for key, v in found.items()}
 
 
-def locate(built: Built, images: np.ndarray, sample: int, index: int, engine: str, against: str,
-           expected: Results, got: Results) -> Mismatch:
+def locate(
+    built: Built,
+    images: np.ndarray,
+    sample: int,
+    index: int,
+    engine: str,
+    against: str,
+    expected: Results,
+    got: Results,
+) -> Mismatch:
     """Find where one mismatching sample first differs: between the two engines, every
     intermediate tensor of every graph on the sample's path; against the model, every weight
     layer's integer output (built-in backbones), then the head's integer logits."""
     upto = max(int(expected.exit[index]), int(got.exit[index]))
-    base = dict(sample=sample, engine=engine, against=against, expected=_triple(expected, index), got=_triple(got, index))
+    base = dict(
+        sample=sample, engine=engine, against=against, expected=_triple(expected, index), got=_triple(got, index)
+    )
     image = images[index]
     if against != "model":
         reference, candidate = _trace(built, image, against, upto), _trace(built, image, engine, upto)
@@ -397,8 +432,15 @@ def locate(built: Built, images: np.ndarray, sample: int, index: int, engine: st
             order = [n.name for n in graph.model.graph.node]
             diff = first_difference(reference[graph.name], candidate[graph.name], order)
             if diff:
-                return Mismatch(**base, graph=graph.label, node=diff.node, layer=graph.layers.get(diff.node),
-                                element=list(diff.index), element_expected=diff.expected, element_got=diff.got)
+                return Mismatch(
+                    **base,
+                    graph=graph.label,
+                    node=diff.node,
+                    layer=graph.layers.get(diff.node),
+                    element=list(diff.index),
+                    element_expected=diff.expected,
+                    element_got=diff.got,
+                )
         return Mismatch(**base)
     trace = _trace(built, image, engine, upto)
     golden = _layer_outputs(built, image)
@@ -411,8 +453,15 @@ def locate(built: Built, images: np.ndarray, sample: int, index: int, engine: st
             want = want.reshape(have.shape)
             if not np.array_equal(want, have):
                 where = tuple(int(i) for i in np.argwhere(want != have)[0])
-                return Mismatch(**base, graph=graph.label, node=node, layer=layer, element=list(where[1:]),
-                                element_expected=int(want[where]), element_got=int(have[where]))
+                return Mismatch(
+                    **base,
+                    graph=graph.label,
+                    node=node,
+                    layer=layer,
+                    element=list(where[1:]),
+                    element_expected=int(want[where]),
+                    element_got=int(have[where]),
+                )
     logits, _, _ = model_logits(built, image[None])
     for k, (_, head) in enumerate(built.graphs[: upto + 1]):
         ctu_input = head.model.graph.node[-1].input[0]
@@ -421,8 +470,15 @@ def locate(built: Built, images: np.ndarray, sample: int, index: int, engine: st
         want = logits[0, k]
         if not np.array_equal(want, have):
             j = int(np.argwhere(want != have)[0][0])
-            return Mismatch(**base, graph=head.label, node=producer.name, layer=head.layers.get(producer.name),
-                            element=[j], element_expected=int(want[j]), element_got=int(have[j]))
+            return Mismatch(
+                **base,
+                graph=head.label,
+                node=producer.name,
+                layer=head.layers.get(producer.name),
+                element=[j],
+                element_expected=int(want[j]),
+                element_got=int(have[j]),
+            )
     # the logits agree: the difference is in the decision itself
     head = built.graphs[min(int(expected.exit[index]), int(got.exit[index]))][1]
     return Mismatch(**base, graph=head.label, node=head.model.graph.node[-1].name, layer="confidence-threshold unit")
@@ -465,16 +521,29 @@ class CosimReport:
 
     def to_data(self) -> dict:
         return {
-            "run_dir": self.run_dir, "design": self.design, "exits": self.exits, "samples": self.samples,
+            "run_dir": self.run_dir,
+            "design": self.design,
+            "exits": self.exits,
+            "samples": self.samples,
             "bit_exact": self.bit_exact,
-            "engines": {e.name: {"samples": e.samples, "seconds": round(e.seconds, 4),
-                                 "images_per_s": round(e.images_per_s, 2), "matches_model": e.matches_model}
-                        for e in self.engines},
+            "engines": {
+                e.name: {
+                    "samples": e.samples,
+                    "seconds": round(e.seconds, 4),
+                    "images_per_s": round(e.images_per_s, 2),
+                    "matches_model": e.matches_model,
+                }
+                for e in self.engines
+            },
             "engines_compared": self.engines_compared,
             "mismatch_count": self.mismatch_count,
             "mismatches": [{**asdict(m), "description": m.describe()} for m in self.mismatches],
-            "exit_fractions": {"measured": self.measured_fractions, "model": self.model_fractions,
-                               "predicted": self.predicted_fractions, "predicted_from": self.prediction_note},
+            "exit_fractions": {
+                "measured": self.measured_fractions,
+                "model": self.model_fractions,
+                "predicted": self.predicted_fractions,
+                "predicted_from": self.prediction_note,
+            },
         }
 
     def summary(self) -> str:
@@ -501,8 +570,10 @@ def predicted_fractions(built: Built) -> tuple[list[float] | None, str]:
     scales = npz["scales"]
     codes = {p: npz[f"test_code_{p}"] for p in policies.POLICIES}
     if names != list(built.model.exit_names):
-        raise ConfigError(f"{path}: profiled exits {names} are not the model's {list(built.model.exit_names)}; "
-                          f"run `exitflow profile {built.run_dir}` again")
+        raise ConfigError(
+            f"{path}: profiled exits {names} are not the model's {list(built.model.exit_names)}; "
+            f"run `exitflow profile {built.run_dir}` again"
+        )
     n = len(codes["max_prob"])
     pending = np.ones(n, dtype=bool)
     taken = np.full(n, len(built.exits) - 1)
@@ -516,9 +587,15 @@ def predicted_fractions(built: Built) -> tuple[list[float] | None, str]:
     return _fractions(taken, len(built.exits)), f"{path} (test split, {n} samples)"
 
 
-def cosimulate(run_dir: str | Path, design: str | Path | None = None, samples: int | None = None,
-               engine: str = "both", reference_samples: int = DEFAULT_REFERENCE_SAMPLES,
-               progress: Callable[[int], None] | None = None, max_located: int = 20) -> CosimReport:
+def cosimulate(
+    run_dir: str | Path,
+    design: str | Path | None = None,
+    samples: int | None = None,
+    engine: str = "both",
+    reference_samples: int = DEFAULT_REFERENCE_SAMPLES,
+    progress: Callable[[int], None] | None = None,
+    max_located: int = 20,
+) -> CosimReport:
     """Cosimulate the first ``samples`` test samples (all by default) of the design built in
     ``run_dir``. ``engine``: "vectorised" (all samples), "finn" (FINN's reference, all samples:
     slow) or "both" (vectorised on all, FINN on the first ``reference_samples``)."""
@@ -537,8 +614,11 @@ def cosimulate(run_dir: str | Path, design: str | Path | None = None, samples: i
     images = test.x[:samples]
     logits, scales, bits = model_logits(built, images)
     expected = expected_results(built, logits, scales, bits)
-    plan = {"vectorised": [("vectorised", samples)], "finn": [("finn", samples)],
-            "both": [("vectorised", samples), ("finn", min(reference_samples, samples))]}[engine]
+    plan = {
+        "vectorised": [("vectorised", samples)],
+        "finn": [("finn", samples)],
+        "both": [("vectorised", samples), ("finn", min(reference_samples, samples))],
+    }[engine]
     runs: list[EngineRun] = []
     mismatches: list[tuple[int, str, str, Results, Results]] = []
     for name, count in plan:
@@ -557,20 +637,37 @@ def cosimulate(run_dir: str | Path, design: str | Path | None = None, samples: i
         vec, ref = runs
         compared = ref.samples
         head = Results(vec.results.exit[:compared], vec.results.cls[:compared], vec.results.code[:compared])
-        mismatches += [(int(i), "vectorised", "finn", ref.results, head) for i in np.flatnonzero(head.differs(ref.results))]
-    located = [locate(built, images, i, i, name, against, want, got)
-               for i, name, against, want, got in mismatches[:max_located]]
+        mismatches += [
+            (int(i), "vectorised", "finn", ref.results, head) for i in np.flatnonzero(head.differs(ref.results))
+        ]
+    located = [
+        locate(built, images, i, i, name, against, want, got)
+        for i, name, against, want, got in mismatches[:max_located]
+    ]
     measured = runs[0].results.exit
     return CosimReport(
-        run_dir=str(built.run_dir), design=str(built.design_path), exits=built.names, samples=samples, engines=runs,
-        engines_compared=compared, mismatches=located, mismatch_count=len(mismatches),
+        run_dir=str(built.run_dir),
+        design=str(built.design_path),
+        exits=built.names,
+        samples=samples,
+        engines=runs,
+        engines_compared=compared,
+        mismatches=located,
+        mismatch_count=len(mismatches),
         measured_fractions=_fractions(measured, len(built.exits)),
-        model_fractions=_fractions(expected.exit, len(built.exits)), predicted_fractions=predicted,
-        prediction_note=note)
+        model_fractions=_fractions(expected.exit, len(built.exits)),
+        predicted_fractions=predicted,
+        prediction_note=note,
+    )
 
 
-def assert_bit_exact(run_dir: str | Path, design: str | Path | None = None, samples: int | None = None,
-                     engine: str = "vectorised", reference_samples: int = DEFAULT_REFERENCE_SAMPLES) -> CosimReport:
+def assert_bit_exact(
+    run_dir: str | Path,
+    design: str | Path | None = None,
+    samples: int | None = None,
+    engine: str = "vectorised",
+    reference_samples: int = DEFAULT_REFERENCE_SAMPLES,
+) -> CosimReport:
     """Assert that the design built in ``run_dir`` cosimulates bit-exactly against the Brevitas
     model and the policy function (and, with ``engine="both"``, against FINN's own execution)
     on the first ``samples`` test samples. Raises AssertionError describing the mismatches."""
@@ -578,6 +675,9 @@ def assert_bit_exact(run_dir: str | Path, design: str | Path | None = None, samp
     if not report.bit_exact:
         lines = [m.describe() for m in report.mismatches[:5]]
         more = report.mismatch_count - len(lines)
-        raise AssertionError(f"{report.mismatch_count} of {report.samples} samples do not cosimulate bit-exactly:\n  "
-                             + "\n  ".join(lines) + (f"\n  ... and {more} more" if more > 0 else ""))
+        raise AssertionError(
+            f"{report.mismatch_count} of {report.samples} samples do not cosimulate bit-exactly:\n  "
+            + "\n  ".join(lines)
+            + (f"\n  ... and {more} more" if more > 0 else "")
+        )
     return report

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import yaml
+
 from exitflow.hls_templates.registry import register_finn_ops
 from exitflow.hw.build import build
 from exitflow.hw.finn_flow import finn_chatter
@@ -20,7 +21,9 @@ from exitflow.hw.folding import folding_violation
 TARGETS = tuple(int(v) for v in np.unique(np.round(np.geomspace(32, 2e6, 40))))
 
 
-def finn_setfolding_baseline(run_dir: Path, model, config, board, budget: np.ndarray, out: Path) -> tuple[dict | None, list[dict]]:
+def finn_setfolding_baseline(
+    run_dir: Path, model, config, board, budget: np.ndarray, out: Path
+) -> tuple[dict | None, list[dict]]:
     """(the fastest SetFolding result within the budget, every SetFolding result). What FINN says
     meanwhile (SetFolding warns about every op it does not know) goes to ``run_dir/log/finn.log``."""
     from qonnx.core.modelwrapper import ModelWrapper
@@ -29,8 +32,11 @@ def finn_setfolding_baseline(run_dir: Path, model, config, board, budget: np.nda
 
     register_finn_ops()
     blocks = [model.exit_names[-1]] if isinstance(model, CustomMultiExitNet) else list(model.block_names)
-    design = {"model": config.model.backbone, "board": board.name,
-              "stages": [{"name": "whole", "blocks": blocks, "head": {"name": "classifier"}}]}
+    design = {
+        "model": config.model.backbone,
+        "board": board.name,
+        "stages": [{"name": "whole", "blocks": blocks, "head": {"name": "classifier"}}],
+    }
     folder = out / "finn_baseline"
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "design.yaml").write_text(yaml.safe_dump(design, sort_keys=False))
@@ -69,10 +75,17 @@ def _setfolding_point(graphs, target: int, board, budget: np.ndarray) -> dict:
         res = folded.analysis(lambda m: res_estimation(m, board.part))
         resources += [sum(r[k] for r in res.values()) for k in ("LUT", "BRAM_18K", "URAM", "DSP")]
         slowest = max(slowest, max(folded.analysis(exp_cycles_per_layer).values()))
-    return {"target_cycles": target, "fps": board.clock_mhz * 1e6 / slowest, "lut": float(resources[0]),
-            "bram18": float(resources[1]), "uram": float(resources[2]), "dsp": float(resources[3]),
-            "fits": bool(np.all(resources <= budget + 1e-9)), "buildable": not problems,
-            "why_not_buildable": problems[0] if problems else None}
+    return {
+        "target_cycles": target,
+        "fps": board.clock_mhz * 1e6 / slowest,
+        "lut": float(resources[0]),
+        "bram18": float(resources[1]),
+        "uram": float(resources[2]),
+        "dsp": float(resources[3]),
+        "fits": bool(np.all(resources <= budget + 1e-9)),
+        "buildable": not problems,
+        "why_not_buildable": problems[0] if problems else None,
+    }
 
 
 def _unbuildable(model) -> list[str]:
@@ -84,8 +97,15 @@ def _unbuildable(model) -> list[str]:
     for node in model.graph.node:
         if node.op_type.startswith("MVAU"):
             inst = getCustomOp(node)
-            problem = folding_violation(node.name, inst.get_nodeattr("PE"), inst.get_nodeattr("SIMD"), inst.get_nodeattr("MW"),
-                                        inst.get_nodeattr("MH"), None, inst.get_input_datatype(1).bitwidth())
+            problem = folding_violation(
+                node.name,
+                inst.get_nodeattr("PE"),
+                inst.get_nodeattr("SIMD"),
+                inst.get_nodeattr("MW"),
+                inst.get_nodeattr("MH"),
+                None,
+                inst.get_input_datatype(1).bitwidth(),
+            )
             if problem:
                 out.append(f"{node.name}: {problem[1]}")
     return out

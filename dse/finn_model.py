@@ -94,7 +94,7 @@ def _pool_unit(model, part: str, swg, pool, governor: int, ends: bool) -> PoolUn
             _set_pool_fold(swg_inst, pool_inst, d)
             for node, inst in ((swg, swg_inst), (pool, pool_inst)):
                 r = inst.node_res_estimation(part)
-                for key, finn_key in zip(RESOURCES, ("LUT", "BRAM_18K", "URAM", "DSP")):
+                for key, finn_key in zip(RESOURCES, ("LUT", "BRAM_18K", "URAM", "DSP"), strict=False):
                     nodes[node.name][key][s, f] = float(r[finn_key])
                 nodes[node.name]["cycles"][s, f] = float(inst.get_exp_cycles())
             if s == 0:
@@ -104,9 +104,19 @@ def _pool_unit(model, part: str, swg, pool, governor: int, ends: bool) -> PoolUn
     pool_inst.set_nodeattr("PE", built[1])
     swg_inst.set_nodeattr("ram_style", built[2])
     a, b = nodes[swg.name], nodes[pool.name]
-    return PoolUnit(swg.name, pool.name, governor, ends, np.array(folds),
-                    np.stack([a[k] + b[k] for k in RESOURCES], axis=-1), np.maximum(a["cycles"][0], b["cycles"][0]),
-                    a["cycles"][0] + b["cycles"][0], np.array(in_width), np.array(out_width), nodes)
+    return PoolUnit(
+        swg.name,
+        pool.name,
+        governor,
+        ends,
+        np.array(folds),
+        np.stack([a[k] + b[k] for k in RESOURCES], axis=-1),
+        np.maximum(a["cycles"][0], b["cycles"][0]),
+        a["cycles"][0] + b["cycles"][0],
+        np.array(in_width),
+        np.array(out_width),
+        nodes,
+    )
 
 
 @dataclass(frozen=True)
@@ -138,6 +148,7 @@ def inventory(model_path: str | Path, part: str, layer_names: list[str], name: s
     mvaus = [n for n in model.graph.node if n.op_type.startswith("MVAU")]
     if len(mvaus) != len(layer_names):
         raise ValueError(f"{model_path}: {len(mvaus)} MVAUs for layers {layer_names}")
+
     def producer_of(node):  # the unit feeding ``node``, past FINN's width converters
         producer = model.find_producer(node.input[0])
         while producer is not None and producer.op_type.startswith("StreamingDataWidthConverter"):
@@ -145,7 +156,7 @@ def inventory(model_path: str | Path, part: str, layer_names: list[str], name: s
         return producer
 
     layers, tied = [], set()
-    for layer, node in zip(layer_names, mvaus):
+    for layer, node in zip(layer_names, mvaus, strict=False):
         inst = getCustomOp(node)
         idt = inst.get_input_datatype(0)
         producer = producer_of(node)
@@ -153,22 +164,38 @@ def inventory(model_path: str | Path, part: str, layer_names: list[str], name: s
         if producer is not None and producer.op_type.startswith("ConvolutionInputGenerator"):
             window = _window_attrs(getCustomOp(producer))
             tied.add(producer.name)
-        layers.append(WeightLayer(
-            layer=layer, node=node.name, impl="rtl" if node.op_type.endswith("_rtl") else "hls",
-            mw=inst.get_nodeattr("MW"), mh=inst.get_nodeattr("MH"), wbits=inst.get_input_datatype(1).bitwidth(),
-            abits=idt.bitwidth(), signed_input=bool(idt.signed()), acc_bits=inst.get_accumulator_datatype().bitwidth(),
-            out_bits=inst.get_output_datatype().bitwidth(), no_activation=bool(inst.get_nodeattr("noActivation")),
-            mem_mode=inst.get_nodeattr("mem_mode"), ram_style=inst.get_nodeattr("ram_style"),
-            ram_style_thresholds=inst.get_nodeattr("ram_style_thresholds") if "ram_style_thresholds" in inst.get_nodeattr_types() else "",
-            res_type=inst.get_nodeattr("resType") if "resType" in inst.get_nodeattr_types() else "",
-            vectors=int(np.prod(inst.get_nodeattr("numInputVectors"))),
-            th=inst.get_nodeattr("TH") if "TH" in inst.get_nodeattr_types() else 1,
-            dsp_block=get_dsp_block(part), window=window,
-        ))
+        layers.append(
+            WeightLayer(
+                layer=layer,
+                node=node.name,
+                impl="rtl" if node.op_type.endswith("_rtl") else "hls",
+                mw=inst.get_nodeattr("MW"),
+                mh=inst.get_nodeattr("MH"),
+                wbits=inst.get_input_datatype(1).bitwidth(),
+                abits=idt.bitwidth(),
+                signed_input=bool(idt.signed()),
+                acc_bits=inst.get_accumulator_datatype().bitwidth(),
+                out_bits=inst.get_output_datatype().bitwidth(),
+                no_activation=bool(inst.get_nodeattr("noActivation")),
+                mem_mode=inst.get_nodeattr("mem_mode"),
+                ram_style=inst.get_nodeattr("ram_style"),
+                ram_style_thresholds=inst.get_nodeattr("ram_style_thresholds")
+                if "ram_style_thresholds" in inst.get_nodeattr_types()
+                else "",
+                res_type=inst.get_nodeattr("resType") if "resType" in inst.get_nodeattr_types() else "",
+                vectors=int(np.prod(inst.get_nodeattr("numInputVectors"))),
+                th=inst.get_nodeattr("TH") if "TH" in inst.get_nodeattr_types() else 1,
+                dsp_block=get_dsp_block(part),
+                window=window,
+            )
+        )
     # pooling units whose fold follows a weight layer (pick_pool)
     index = {node.name: k for k, node in enumerate(mvaus)}
-    pools = tuple(_pool_unit(model, part, swg, pool, index[governor.name], ends)
-                  for swg, pool, governor, ends in pool_units(model) if governor is not None)
+    pools = tuple(
+        _pool_unit(model, part, swg, pool, index[governor.name], ends)
+        for swg, pool, governor, ends in pool_units(model)
+        if governor is not None
+    )
     pool_in = {u.window: k for k, u in enumerate(pools)}
     pool_out = {u.pool: k for k, u in enumerate(pools)}
     tied |= set(pool_in) | set(pool_out)
@@ -201,14 +228,22 @@ def inventory(model_path: str | Path, part: str, layer_names: list[str], name: s
         if node.op_type.startswith(("MVAU", "StreamingDataWidthConverter")) or node.name in tied:
             continue
         r = res[node.name]
-        fixed[node.name] = {"lut": r["LUT"], "bram18": r["BRAM_18K"], "uram": r["URAM"], "dsp": r["DSP"], "cycles": cycles[node.name]}
+        fixed[node.name] = {
+            "lut": r["LUT"],
+            "bram18": r["BRAM_18K"],
+            "uram": r["URAM"],
+            "dsp": r["DSP"],
+            "cycles": cycles[node.name],
+        }
     return Inventory(name, part, tuple(layers), fixed, tuple(edges), pools)
 
 
 # ------------------------------------------------------------------------------ formulas
 
 
-def _mvau(L: WeightLayer, pe: np.ndarray, simd: np.ndarray, ram_style: np.ndarray, res_type: np.ndarray) -> dict[str, np.ndarray]:
+def _mvau(
+    L: WeightLayer, pe: np.ndarray, simd: np.ndarray, ram_style: np.ndarray, res_type: np.ndarray
+) -> dict[str, np.ndarray]:
     P, Q = pe.astype(np.float64), simd.astype(np.float64)
     dsp_mult = res_type == "dsp"
     W, A = L.wbits, L.abits
@@ -222,11 +257,20 @@ def _mvau(L: WeightLayer, pe: np.ndarray, simd: np.ndarray, ram_style: np.ndarra
     elif L.mem_mode in ("external", "external_mem"):
         no_bram_arr = np.ones(pe.shape, dtype=bool)
     else:
-        no_bram_arr = distributed | (ram_style == "ultra") if L.mem_mode == "internal_decoupled" else np.zeros(pe.shape, dtype=bool)
+        no_bram_arr = (
+            distributed | (ram_style == "ultra")
+            if L.mem_mode == "internal_decoupled"
+            else np.zeros(pe.shape, dtype=bool)
+        )
     bram = np.select(
         [mem_width == 1, mem_width == 2, mem_width <= 4, mem_width <= 9, (mem_width <= 18) | (omega > 512)],
-        [np.ceil(omega / 16384), np.ceil(omega / 8192), np.ceil(omega / 4096) * np.ceil(mem_width / 4),
-         np.ceil(omega / 2048) * np.ceil(mem_width / 9), np.ceil(omega / 1024) * np.ceil(mem_width / 18)],
+        [
+            np.ceil(omega / 16384),
+            np.ceil(omega / 8192),
+            np.ceil(omega / 4096) * np.ceil(mem_width / 4),
+            np.ceil(omega / 2048) * np.ceil(mem_width / 9),
+            np.ceil(omega / 1024) * np.ceil(mem_width / 18),
+        ],
         np.ceil(omega / 512) * np.ceil(mem_width / 36),
     )
     bram = np.where(no_bram_arr, 0, bram)
@@ -259,8 +303,8 @@ def _mvau(L: WeightLayer, pe: np.ndarray, simd: np.ndarray, ram_style: np.ndarra
         thr = comp = np.zeros(pe.shape)
         if not L.no_activation and L.ram_style_thresholds == "distributed":
             tmem = L.mh // pe
-            thr = (2 ** L.out_bits - 1) * acc_bits * np.ceil(tmem / 64)
-            comp = np.full(pe.shape, (2 ** L.out_bits - 1) * acc_bits, dtype=np.float64)
+            thr = (2**L.out_bits - 1) * acc_bits * np.ceil(tmem / 64)
+            comp = np.full(pe.shape, (2**L.out_bits - 1) * acc_bits, dtype=np.float64)
         lut = np.floor(300 + 1.1 * (P * (mult + adder + acc_bits + thr + comp)) + c2)
         dsp = np.where(dsp_mult, P * Q * np.ceil((W + A) / 48), 0.0)
     return {"lut": lut, "bram18": bram, "uram": uram, "dsp": dsp, "cycles": cycles}
@@ -282,7 +326,9 @@ def _window(w: dict, simd: np.ndarray, wide: np.ndarray, style: np.ndarray | Non
         raise NotImplementedError(f"{w['node']}: 1-D window generators are not modelled")
     # default implementation
     buffer_min = ((k_h - 1) * d_h * wd + (k_w - 1) * d_w + 1) * cf
-    depth_default = buffer_min + np.maximum(0, ((s_w - 1) - k_h * k_w) * cf) + np.maximum(0, ((s_h - 1) * wd - k_h * k_w) * cf)
+    depth_default = (
+        buffer_min + np.maximum(0, ((s_w - 1) - k_h * k_w) * cf) + np.maximum(0, ((s_h - 1) * wd - k_h * k_w) * cf)
+    )
     # parallel implementation: one input word per cycle, k_h - 1 line buffers
     depth_parallel = ((k_h - 1) * d_h * wd + (k_w - 1) * d_w) * cf + 2
     depth = np.where(parallel, depth_parallel, depth_default)
@@ -315,13 +361,17 @@ def dwc_luts(in_width, out_width) -> np.ndarray:
     return np.where(inw == outw, 0, up + down).astype(np.float64)
 
 
-def layer_costs(layer: WeightLayer, pe, simd, ram_style=None, res_type=None, buffer_style=None) -> dict[str, dict[str, np.ndarray]]:
+def layer_costs(
+    layer: WeightLayer, pe, simd, ram_style=None, res_type=None, buffer_style=None
+) -> dict[str, dict[str, np.ndarray]]:
     """{node name: {lut, bram18, uram, dsp, cycles}} of the MVAU, its window generator and the
     width converter between them (key ``<MVAU node>:dwc``) for every (PE, SIMD[, weight
     ram_style[, multiplier resType[, line-buffer style]]]) of the arrays ``pe``, ``simd``,
     ``ram_style``, ``res_type`` and ``buffer_style`` (default: what the graph was built with)."""
     pe, simd = np.asarray(pe, dtype=np.int64), np.asarray(simd, dtype=np.int64)
-    styles = np.full(pe.shape, layer.ram_style, dtype=object) if ram_style is None else np.asarray(ram_style, dtype=object)
+    styles = (
+        np.full(pe.shape, layer.ram_style, dtype=object) if ram_style is None else np.asarray(ram_style, dtype=object)
+    )
     mults = np.full(pe.shape, layer.res_type, dtype=object) if res_type is None else np.asarray(res_type, dtype=object)
     mvau = _mvau(layer, pe, simd, styles, mults)
     out = {layer.node: mvau}

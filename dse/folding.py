@@ -25,9 +25,13 @@ from .finn_model import BUFFER_STYLES, RESOURCES, WeightLayer, layer_costs, stre
 def legal_foldings(layer: WeightLayer) -> tuple[np.ndarray, np.ndarray]:
     """All (PE, SIMD) FINN can build for the layer: those `exitflow build` accepts."""
     channels = layer.window["ifm_ch"] if layer.window else None
-    pairs = [(p, s) for p in divisors(layer.mh) for s in divisors(layer.mw)
-             if folding_violation(layer.layer, p, s, layer.mw, layer.mh, channels, layer.wbits) is None]
-    pe, simd = zip(*pairs)
+    pairs = [
+        (p, s)
+        for p in divisors(layer.mh)
+        for s in divisors(layer.mw)
+        if folding_violation(layer.layer, p, s, layer.mw, layer.mh, channels, layer.wbits) is None
+    ]
+    pe, simd = zip(*pairs, strict=False)
     return np.array(pe), np.array(simd)
 
 
@@ -59,11 +63,19 @@ def buffer_styles(layer: WeightLayer, pools: tuple = ()) -> tuple[str, ...]:
     return BUFFER_STYLES[:1]
 
 
-_EXIT = ((1.0, 1.0, 1.0, 1.0), (4.0, 1.0, 1.0, 1.0), (1.0, 4.0, 1.0, 1.0), (1.0, 1.0, 1.0, 0.125), (4.0, 1.0, 1.0, 0.125),
-         (16.0, 1.0, 1.0, 0.125))
+_EXIT = (
+    (1.0, 1.0, 1.0, 1.0),
+    (4.0, 1.0, 1.0, 1.0),
+    (1.0, 4.0, 1.0, 1.0),
+    (1.0, 1.0, 1.0, 0.125),
+    (4.0, 1.0, 1.0, 0.125),
+    (16.0, 1.0, 1.0, 0.125),
+)
 WEIGHTINGS = _EXIT + tuple(
-    w for w in ((float(lut), 1.0, 1.0, dsp) for dsp in (1e6, 1.0, 0.25) for lut in np.geomspace(1 / 64, 64, 37))
-    if w not in _EXIT)
+    w
+    for w in ((float(lut), 1.0, 1.0, dsp) for dsp in (1e6, 1.0, 0.25) for lut in np.geomspace(1 / 64, 64, 37))
+    if w not in _EXIT
+)
 """How a folding's resources add up to one cost: the budget shares of LUT, BRAM18, URAM and DSP
 times these weights. The first treats every resource alike; the next two make LUTs or BRAM18
 four times dearer, so the search also sees LUT-lean and BRAM-lean designs (one scalar cost alone
@@ -107,10 +119,14 @@ class FoldingTable:
     @classmethod
     def build(cls, layer: WeightLayer, budget: np.ndarray, weightings=WEIGHTINGS, pools: tuple = ()) -> FoldingTable:
         pe, simd = legal_foldings(layer)
-        variants = [(s, m, b) for s in weight_styles(layer) for m in mult_styles(layer) for b in buffer_styles(layer, pools)]
+        variants = [
+            (s, m, b) for s in weight_styles(layer) for m in mult_styles(layer) for b in buffer_styles(layer, pools)
+        ]
         n = len(pe)
         pe, simd = np.tile(pe, len(variants)), np.tile(simd, len(variants))
-        ram_style, res_type, buffer_style = (np.repeat(np.array([v[i] for v in variants], dtype=object), n) for i in range(3))
+        ram_style, res_type, buffer_style = (
+            np.repeat(np.array([v[i] for v in variants], dtype=object), n) for i in range(3)
+        )
         costs = layer_costs(layer, pe, simd, ram_style, res_type, buffer_style)
         resources = sum(np.stack([c[r] for r in RESOURCES], axis=1) for c in costs.values())
         per_node = np.stack([c["cycles"] for c in costs.values()])
@@ -127,13 +143,32 @@ class FoldingTable:
             share = np.where(resources > 0, resources / budget, 0.0)
         weighted = np.array([(share * np.asarray(w)).sum(axis=1) for w in weightings]) + 1e-9 * resources[:, 0]
         in_width, out_width = stream_widths(layer, pe, simd, mvau)
-        return cls(layer, pe, simd, resources, cycles, weighted, latency, ram_style, in_width, out_width, res_type,
-                   mvau, buffer_style, tuple(folds))
+        return cls(
+            layer,
+            pe,
+            simd,
+            resources,
+            cycles,
+            weighted,
+            latency,
+            ram_style,
+            in_width,
+            out_width,
+            res_type,
+            mvau,
+            buffer_style,
+            tuple(folds),
+        )
 
     def index(self, pe: int, simd: int, ram_style: str, res_type: str, buffer_style: str = BUFFER_STYLES[0]) -> int:
         """The folding (PE, SIMD, weight memory style, multiplier resource, line-buffer style)."""
-        match = np.flatnonzero((self.pe == pe) & (self.simd == simd) & (self.ram_style == ram_style)
-                               & (self.res_type == res_type) & (self.buffer_style == buffer_style))
+        match = np.flatnonzero(
+            (self.pe == pe)
+            & (self.simd == simd)
+            & (self.ram_style == ram_style)
+            & (self.res_type == res_type)
+            & (self.buffer_style == buffer_style)
+        )
         if not match.size:
             raise KeyError(f"{self.layer.layer}: no folding {(pe, simd, ram_style, res_type, buffer_style)}")
         return int(match[0])

@@ -61,7 +61,7 @@ class GraphCost:
         resources = np.broadcast_to(self.fixed, (*shape, len(self.fixed))).astype(float)
         cycles = np.full(shape, float(self.fixed_cycles))
         latency = np.full(shape, float(self.fixed_latency))
-        for table, idx in zip(self.tables, picks):
+        for table, idx in zip(self.tables, picks, strict=False):
             ok = idx >= 0
             safe = np.maximum(idx, 0)
             resources = resources + np.where(ok[..., None], table.resources[safe], 0.0)
@@ -70,7 +70,9 @@ class GraphCost:
         if self.edges:
             folds = self.pool_folds(picks)
             lut = np.zeros(shape)
-            for (src_kind, src, dst_kind, dst), (src_class, dst_class, table) in zip(self.edges, self._converters):
+            for (src_kind, src, dst_kind, dst), (src_class, dst_class, table) in zip(
+                self.edges, self._converters, strict=False
+            ):
                 i = self._class(src_kind, src, src_class, picks, folds)
                 j = self._class(dst_kind, dst, dst_class, picks, folds)
                 lut = lut + table[i, j]
@@ -128,8 +130,10 @@ def graph_cost(folder: Path, part: str, budget: np.ndarray) -> GraphCost:
     fixed = np.array([sum(c[r] for c in inv.fixed.values()) for r in RESOURCES], dtype=float)
     fixed_cycles = max([c["cycles"] for c in inv.fixed.values()], default=0.0)
     fixed_latency = float(sum(c["cycles"] for c in inv.fixed.values()))
-    tables = tuple(FoldingTable.build(layer, budget, pools=tuple(u for u in inv.pools if u.governor == k))
-                   for k, layer in enumerate(inv.layers))
+    tables = tuple(
+        FoldingTable.build(layer, budget, pools=tuple(u for u in inv.pools if u.governor == k))
+        for k, layer in enumerate(inv.layers)
+    )
     return GraphCost(folder.name, tables, fixed, fixed_cycles, fixed_latency, inv.edges, inv.pools)
 
 
@@ -178,7 +182,9 @@ def routing_cost(segments: list[Segment], subset: tuple[int, ...], gate_depth: i
     gates = np.array([segments[k].gate(gate_depth) for k in subset]).reshape(len(subset), 4)
     word = 8 * (1 << (-(-record // 8) - 1).bit_length())  # the block design's record word (RecordFormat.word_bytes)
     lut, bram = record_fifo_resources(word, record_fifo_for(gate_depth if subset else 1))
-    rest = np.array([2 * len(kept) * lut + (merge_resources(record, len(kept)) if subset else 0.0), 2 * len(kept) * bram, 0.0, 0.0])
+    rest = np.array(
+        [2 * len(kept) * lut + (merge_resources(record, len(kept)) if subset else 0.0), 2 * len(kept) * bram, 0.0, 0.0]
+    )
     return gates, rest
 
 
@@ -206,8 +212,13 @@ TARGETS = np.unique(np.round(np.geomspace(16, 4e6, 120)))
 FINE_TARGETS = np.unique(np.round(np.geomspace(16, 4e6, 2000)))  # for the designs without early exits
 
 
-def active_bound(c: Candidate, segments: list[Segment], budget: np.ndarray, targets: np.ndarray = TARGETS,
-                 gate_depth: int | None = None) -> str:
+def active_bound(
+    c: Candidate,
+    segments: list[Segment],
+    budget: np.ndarray,
+    targets: np.ndarray = TARGETS,
+    gate_depth: int | None = None,
+) -> str:
     """Why the design is not faster: what stops the next faster interval target of the grid.
     One of 'resource budget (LUT)' (or BRAM18, URAM, DSP), 'streaming floor of <layer or node>'
     (a layer at one output pixel per cycle, or a node folding does not change), or
@@ -233,8 +244,10 @@ def active_bound(c: Candidate, segments: list[Segment], budget: np.ndarray, targ
                     fastest = table.cycles.min()
                     w = table.layer.window
                     if w is not None and fastest == w["ifm"][0] * w["ifm"][1] + 2:  # parallel window generator
-                        return (f"streaming floor of {table.layer.layer}'s window generator "
-                                f"(one input pixel per cycle: {fastest:.0f} cycles)")
+                        return (
+                            f"streaming floor of {table.layer.layer}'s window generator "
+                            f"(one input pixel per cycle: {fastest:.0f} cycles)"
+                        )
                     what = "streaming floor" if fastest <= floor else "folding-legality limit"
                     return f"{what} of {table.layer.layer} ({fastest:.0f} cycles)"
                 total += table.resources[idx]
@@ -274,11 +287,18 @@ class LazyFolding(Mapping):
     def _build(self) -> dict:
         def pick(table, i):
             k = i[(self._row, *self._column)]
-            return (int(table.pe[k]), int(table.simd[k]), str(table.ram_style[k]), str(table.res_type[k]),
-                    str(table.buffer_style[k]))
+            return (
+                int(table.pe[k]),
+                int(table.simd[k]),
+                str(table.ram_style[k]),
+                str(table.res_type[k]),
+                str(table.buffer_style[k]),
+            )
 
-        return {name: {table.layer.layer: pick(table, i) for table, i in zip(graph.tables, idx)}
-                for name, (graph, idx) in self._picks.items()}
+        return {
+            name: {table.layer.layer: pick(table, i) for table, i in zip(graph.tables, idx, strict=False)}
+            for name, (graph, idx) in self._picks.items()
+        }
 
     def __getitem__(self, key):
         return self._build()[key]
@@ -305,11 +325,23 @@ def search(*args, **kwargs) -> list[Candidate]:
             gc.enable()
 
 
-def _search(segments: list[Segment], codes: np.ndarray, correct: np.ndarray, scales: np.ndarray, policy: str,
-           threshold_grid: list[float], budget: np.ndarray, clock_mhz: float, max_exits: int = 3,
-           targets: np.ndarray | None = None, progress=None, stats: dict | None = None,
-           exit_weightings: int = EXIT_WEIGHTINGS, gate_depths: tuple[int, ...] = (8,),
-           headrooms: tuple[float, ...] = (1.0,)) -> list[Candidate]:
+def _search(
+    segments: list[Segment],
+    codes: np.ndarray,
+    correct: np.ndarray,
+    scales: np.ndarray,
+    policy: str,
+    threshold_grid: list[float],
+    budget: np.ndarray,
+    clock_mhz: float,
+    max_exits: int = 3,
+    targets: np.ndarray | None = None,
+    progress=None,
+    stats: dict | None = None,
+    exit_weightings: int = EXIT_WEIGHTINGS,
+    gate_depths: tuple[int, ...] = (8,),
+    headrooms: tuple[float, ...] = (1.0,),
+) -> list[Candidate]:
     """Every (exits, thresholds, interval, gate depth) that fits ``budget``; the caller keeps the
     Pareto front. Resources include a gate of each of ``gate_depths`` feature maps after each
     kept early exit (one candidate per depth), the merge of the exits' records and the record
@@ -332,19 +364,21 @@ def _search(segments: list[Segment], codes: np.ndarray, correct: np.ndarray, sca
     tables = [t for seg in segments for g in (seg.body, seg.head) for t in g.tables]
     all_w = len(tables[0].costs) if tables else 1
     samples = np.arange(len(codes))
-    for subset in (progress(subsets) if progress else subsets):
+    for subset in progress(subsets) if progress else subsets:
         kept = list(subset) + [n - 1]
         combos = list(itertools.product(*([threshold_grid] * len(subset))))
         taken = np.zeros((len(combos), len(codes)), dtype=np.int64)
         if subset:
             for c, thresholds in enumerate(combos):
-                constants = [threshold_code(policy, t, float(scales[k])) for t, k in zip(thresholds, subset)]
+                constants = [
+                    threshold_code(policy, t, float(scales[k])) for t, k in zip(thresholds, subset, strict=False)
+                ]
                 taken[c] = route(policy, codes[:, kept], constants)
         accuracy = correct[samples[None, :], np.asarray(kept)[taken]].mean(axis=1)
         reach = np.stack([(taken >= s).mean(axis=1) for s in range(len(kept))], axis=1)  # (combos, stages)
         useful = undominated(accuracy, reach)
         skipped += len(combos) - int(useful.sum())
-        combos = [t for t, u in zip(combos, useful) if u]
+        combos = [t for t, u in zip(combos, useful, strict=False) if u]
         taken, accuracy, reach = taken[useful], accuracy[useful], reach[useful]
         share = np.stack([(taken == s).mean(axis=1) for s in range(len(kept))], axis=1)
         n_w = min(all_w, exit_weightings) if subset else all_w
@@ -352,7 +386,7 @@ def _search(segments: list[Segment], codes: np.ndarray, correct: np.ndarray, sca
         n_t = len(targets)
         depths = tuple(gate_depths) if subset else tuple(gate_depths)[:1]  # no gates without exits
         earlier: dict = {}  # gate depth -> what smaller headrooms gave (feasible, total, slowest)
-        for headroom in (tuple(headrooms) if subset else (1.0,)):
+        for headroom in tuple(headrooms) if subset else (1.0,):
             shape = (len(combos), n_w, n_t)
             total = np.zeros((*shape, len(RESOURCES)))
             per_stage = np.zeros((len(kept), *shape, len(RESOURCES)))
@@ -404,8 +438,28 @@ def _search(segments: list[Segment], codes: np.ndarray, correct: np.ndarray, sca
                     # a larger headroom that changed no stage's speed only costs more: not listed
                     new &= ~(was_fit & np.all(was_slowest == slowest, axis=0) & np.all(was_total <= total, axis=-1))
                 earlier.setdefault(depth, []).append((fits, total, slowest))
-                out.extend(_candidates(subset, combos, targets, fits, total, per_stage, interval, accuracy, reach, share,
-                                       to_exit, slowest, head_slowest, picks, clock_mhz, depth, headroom, new))
+                out.extend(
+                    _candidates(
+                        subset,
+                        combos,
+                        targets,
+                        fits,
+                        total,
+                        per_stage,
+                        interval,
+                        accuracy,
+                        reach,
+                        share,
+                        to_exit,
+                        slowest,
+                        head_slowest,
+                        picks,
+                        clock_mhz,
+                        depth,
+                        headroom,
+                        new,
+                    )
+                )
                 if not subset and not custom and fits.any():
                     # the designs with exits also try the best no-exit design's interval exactly: the one
                     # that matches its throughput is then on the grid, not up to a grid step faster
@@ -416,8 +470,26 @@ def _search(segments: list[Segment], codes: np.ndarray, correct: np.ndarray, sca
     return out
 
 
-def _candidates(subset, combos, targets, feasible, total, per_stage, interval, accuracy, reach, share, to_exit, slowest,
-                head_slowest, picks, clock_mhz, depth, headroom=1.0, listed=None) -> list[Candidate]:
+def _candidates(
+    subset,
+    combos,
+    targets,
+    feasible,
+    total,
+    per_stage,
+    interval,
+    accuracy,
+    reach,
+    share,
+    to_exit,
+    slowest,
+    head_slowest,
+    picks,
+    clock_mhz,
+    depth,
+    headroom=1.0,
+    listed=None,
+) -> list[Candidate]:
     """The candidates of one exit subset, gate depth and headroom from the search's (combinations
     x weightings x targets) arrays: those that fit (``feasible``; ``listed``: those of them worth
     listing, default all), less those another weighting or the next faster target matches."""
@@ -429,28 +501,62 @@ def _candidates(subset, combos, targets, feasible, total, per_stage, interval, a
     # the same target under another weighting) match in throughput, resources and latency is
     # never worth listing: it is not on any front and never chosen
     keep = feasible.copy() if listed is None else listed.copy()
-    keep[:, :, 1:] &= ~(feasible[:, :, :-1] & np.all(total[:, :, :-1] <= total[:, :, 1:], axis=-1)
-                        & (fps[:, :, :-1] >= fps[:, :, 1:]) & (mean_latency[:, :, :-1] <= mean_latency[:, :, 1:]))
+    keep[:, :, 1:] &= ~(
+        feasible[:, :, :-1]
+        & np.all(total[:, :, :-1] <= total[:, :, 1:], axis=-1)
+        & (fps[:, :, :-1] >= fps[:, :, 1:])
+        & (mean_latency[:, :, :-1] <= mean_latency[:, :, 1:])
+    )
     for w in range(1, n_w):
         for v in range(w):
-            same = (feasible[:, v] & np.all(total[:, v] <= total[:, w], axis=-1) & (fps[:, v] >= fps[:, w])
-                    & (mean_latency[:, v] <= mean_latency[:, w]))
+            same = (
+                feasible[:, v]
+                & np.all(total[:, v] <= total[:, w], axis=-1)
+                & (fps[:, v] >= fps[:, w])
+                & (mean_latency[:, v] <= mean_latency[:, w])
+            )
             keep[:, w] &= ~same
     # gather the kept designs' numbers at once, then make the candidates from lists
     cs, ws, ts = np.nonzero(keep)
-    rows = zip(cs.tolist(), ws.tolist(), ts.tolist(), targets[ts].tolist(), fps[cs, ws, ts].tolist(),
-               accuracy[cs].tolist(), total[cs, ws, ts].tolist(), reach[cs].tolist(),
-               np.moveaxis(latency_us[:, cs, ws, ts], 0, 1).tolist(), np.moveaxis(slowest[:, cs, ws, ts], 0, 1).tolist(),
-               np.moveaxis(per_stage[:, cs, ws, ts], 0, 1).tolist(), mean_latency[cs, ws, ts].tolist(),
-               np.moveaxis(head_slowest[:, cs, ws, ts], 0, 1).tolist())
+    rows = zip(
+        cs.tolist(),
+        ws.tolist(),
+        ts.tolist(),
+        targets[ts].tolist(),
+        fps[cs, ws, ts].tolist(),
+        accuracy[cs].tolist(),
+        total[cs, ws, ts].tolist(),
+        reach[cs].tolist(),
+        np.moveaxis(latency_us[:, cs, ws, ts], 0, 1).tolist(),
+        np.moveaxis(slowest[:, cs, ws, ts], 0, 1).tolist(),
+        np.moveaxis(per_stage[:, cs, ws, ts], 0, 1).tolist(),
+        mean_latency[cs, ws, ts].tolist(),
+        np.moveaxis(head_slowest[:, cs, ws, ts], 0, 1).tolist(),
+        strict=False,
+    )
     exits = tuple(subset)
     out = []
     for c, w, t, target, f, acc, res, r, lat, slow, stage_res, mean, head in rows:
-        out.append(Candidate(
-            exits=exits, thresholds=combos[c], target=target, fps=f, accuracy=acc, resources=tuple(res),
-            reach=tuple(r), folding=LazyFolding(picks, c, (w, t)), latency_us=tuple(lat), stage_cycles=tuple(slow),
-            stage_resources=tuple(map(tuple, stage_res)), mean_latency_us=mean, weighting=w, head_cycles=tuple(head),
-            gate_depth=depth, headroom=headroom))
+        out.append(
+            Candidate(
+                exits=exits,
+                thresholds=combos[c],
+                target=target,
+                fps=f,
+                accuracy=acc,
+                resources=tuple(res),
+                reach=tuple(r),
+                folding=LazyFolding(picks, c, (w, t)),
+                latency_us=tuple(lat),
+                stage_cycles=tuple(slow),
+                stage_resources=tuple(map(tuple, stage_res)),
+                mean_latency_us=mean,
+                weighting=w,
+                head_cycles=tuple(head),
+                gate_depth=depth,
+                headroom=headroom,
+            )
+        )
     return out
 
 

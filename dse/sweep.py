@@ -89,7 +89,7 @@ def _segments_design(model, config, board_name: str) -> tuple[dict, list[list[st
             blocks.append(names[start:end])
             start = end
     stages = []
-    for k, (e, b) in enumerate(zip(exits, blocks)):
+    for k, (e, b) in enumerate(zip(exits, blocks, strict=False)):
         last = k == len(exits) - 1
         stage = {"name": f"seg{k}", "blocks": b, "head": {"name": f"head{k}"}}
         if not last:
@@ -99,9 +99,18 @@ def _segments_design(model, config, board_name: str) -> tuple[dict, list[list[st
     return {"model": config.model.backbone, "board": board_name, "stages": stages}, blocks
 
 
-def sweep(run_dir: str | Path, board_name: str, objective: str = "throughput", min_accuracy: float | None = None,
-          max_drop_pp: float | None = 1.0, util: float = 0.85, policy: str = "max_prob", max_exits: int = 3,
-          max_latency_us: float | None = None, log=print) -> SweepResult:
+def sweep(
+    run_dir: str | Path,
+    board_name: str,
+    objective: str = "throughput",
+    min_accuracy: float | None = None,
+    max_drop_pp: float | None = 1.0,
+    util: float = 0.85,
+    policy: str = "max_prob",
+    max_exits: int = 3,
+    max_latency_us: float | None = None,
+    log=print,
+) -> SweepResult:
     # torch: when the sweep runs, not when the command line loads dse.sweep
     from exitflow.quant import checkpoint as ckpt
 
@@ -120,23 +129,36 @@ def sweep(run_dir: str | Path, board_name: str, objective: str = "throughput", m
     profile_path = run_dir / "profile.npz"
     prof = load_profile(run_dir)  # checked: one line for a missing, damaged or foreign file
     if list(prof["exit_names"]) != list(model.exit_names):
-        raise ConfigError(f"{profile_path}: profiled exits {list(prof['exit_names'])} are not the model's "
-                          f"{model.exit_names}; run `exitflow profile {run_dir}` again")
+        raise ConfigError(
+            f"{profile_path}: profiled exits {list(prof['exit_names'])} are not the model's "
+            f"{model.exit_names}; run `exitflow profile {run_dir}` again"
+        )
     out = run_dir / "sweep"
     out.mkdir(parents=True, exist_ok=True)
     design, blocks = _segments_design(model, config, board.name)
     text = yaml.safe_dump(design, sort_keys=False) + f"# built by exitflow's FINN flow {_flow_digest()}\n"
     inventory_design = out / "inventory_design.yaml"
-    fresh = (inventory_design.exists() and inventory_design.read_text() == text and (out / "inventory" / "build.json").exists()
-             and (out / "inventory" / "build.json").stat().st_mtime >= (run_dir / "model.pt").stat().st_mtime)
+    fresh = (
+        inventory_design.exists()
+        and inventory_design.read_text() == text
+        and (out / "inventory" / "build.json").exists()
+        and (out / "inventory" / "build.json").stat().st_mtime >= (run_dir / "model.pt").stat().st_mtime
+    )
     if not fresh:
         inventory_design.write_text(text)
         log("building every candidate stage and head once to take FINN's estimates")
         build(run_dir, inventory_design, log=lambda line: None, hw_dir=out / "inventory", vivado_project=None)
     budget = np.array(board.available.as_tuple(), dtype=float)[[0, 2, 3, 4]] * util  # lut, bram18, uram, dsp
-    segments = [Segment(model.exit_names[k], tuple(b), graph_cost(out / "inventory" / f"seg{k}", board.part, budget),
-                        graph_cost(out / "inventory" / f"head{k}", board.part, budget),
-                        *_streams(out / "inventory", k)) for k, b in enumerate(blocks)]
+    segments = [
+        Segment(
+            model.exit_names[k],
+            tuple(b),
+            graph_cost(out / "inventory" / f"seg{k}", board.part, budget),
+            graph_cost(out / "inventory" / f"head{k}", board.part, budget),
+            *_streams(out / "inventory", k),
+        )
+        for k, b in enumerate(blocks)
+    ]
     codes, correct = prof[f"val_code_{policy}"], prof["val_correct"]
     from tqdm import tqdm
 
@@ -145,31 +167,54 @@ def sweep(run_dir: str | Path, board_name: str, objective: str = "throughput", m
 
     started = time.perf_counter()
     stats: dict = {}
-    candidates = search(segments, codes, correct, prof["scales"], policy, list(MAX_PROB_THRESHOLDS), budget,
-                        board.clock_mhz, max_exits=max_exits, stats=stats, gate_depths=GATE_DEPTHS, headrooms=HEADROOMS,
-                        progress=lambda items: tqdm(items, desc="sweep", unit="exit set", disable=not show, leave=False))
+    candidates = search(
+        segments,
+        codes,
+        correct,
+        prof["scales"],
+        policy,
+        list(MAX_PROB_THRESHOLDS),
+        budget,
+        board.clock_mhz,
+        max_exits=max_exits,
+        stats=stats,
+        gate_depths=GATE_DEPTHS,
+        headrooms=HEADROOMS,
+        progress=lambda items: tqdm(items, desc="sweep", unit="exit set", disable=not show, leave=False),
+    )
     search_seconds, designs = time.perf_counter() - started, stats["designs"]
     final_acc = float(correct[:, -1].mean())
     floor = min_accuracy if min_accuracy is not None else final_acc - (max_drop_pp or 0.0) / 100.0
-    eligible = [c for c in candidates if c.accuracy >= floor - 1e-12
-                and (max_latency_us is None or c.mean_latency_us <= max_latency_us)]
+    eligible = [
+        c
+        for c in candidates
+        if c.accuracy >= floor - 1e-12 and (max_latency_us is None or c.mean_latency_us <= max_latency_us)
+    ]
     no_exit = [c for c in candidates if c.exits == ()]
     if not no_exit:
-        raise ExitflowError(f"resource budget: no design without early exits fits {board.name} at {util:.0%} "
-                            "utilisation (raise --util or choose a larger board)")
+        raise ExitflowError(
+            f"resource budget: no design without early exits fits {board.name} at {util:.0%} "
+            "utilisation (raise --util or choose a larger board)"
+        )
     if not eligible:
         by_accuracy = [c for c in candidates if c.accuracy >= floor - 1e-12]
         if not by_accuracy:
             closest = max(candidates, key=lambda c: (c.accuracy, c.fps))
-            raise ExitflowError(f"accuracy floor {floor:.4f}: no design reaches it; the closest reaches "
-                                f"{closest.accuracy:.4f} at {closest.fps:,.0f} samples/s (exits {list(closest.exits)})")
+            raise ExitflowError(
+                f"accuracy floor {floor:.4f}: no design reaches it; the closest reaches "
+                f"{closest.accuracy:.4f} at {closest.fps:,.0f} samples/s (exits {list(closest.exits)})"
+            )
         closest = min(by_accuracy, key=lambda c: c.mean_latency_us)
-        raise ExitflowError(f"latency limit {max_latency_us} us: no design meets it at the accuracy floor; the closest "
-                            f"has {closest.mean_latency_us:.1f} us mean latency at {closest.fps:,.0f} samples/s")
+        raise ExitflowError(
+            f"latency limit {max_latency_us} us: no design meets it at the accuracy floor; the closest "
+            f"has {closest.mean_latency_us:.1f} us mean latency at {closest.fps:,.0f} samples/s"
+        )
 
     def taken_on(c: Candidate, split: str) -> np.ndarray:
         kept = list(c.exits) + [len(segments) - 1]
-        constants = [threshold_code(policy, t, float(prof["scales"][k])) for t, k in zip(c.thresholds, c.exits)]
+        constants = [
+            threshold_code(policy, t, float(prof["scales"][k])) for t, k in zip(c.thresholds, c.exits, strict=False)
+        ]
         codes_ = prof[f"{split}_code_{policy}"][:, kept]
         return route(policy, codes_, constants) if c.exits else np.zeros(len(codes_), dtype=np.int64)
 
@@ -184,8 +229,14 @@ def sweep(run_dir: str | Path, board_name: str, objective: str = "throughput", m
         key = (id(c), depth)
         if key not in simulated:
             kept = list(c.exits) + [len(segments) - 1]
-            fps = stage_level_fps(taken_on(c, "val"), list(c.stage_cycles), list(c.head_cycles), [depth] * len(c.exits),
-                                  [segments[k].words(c.folding) for k in kept], board.clock_mhz)
+            fps = stage_level_fps(
+                taken_on(c, "val"),
+                list(c.stage_cycles),
+                list(c.head_cycles),
+                [depth] * len(c.exits),
+                [segments[k].words(c.folding) for k in kept],
+                board.clock_mhz,
+            )
             simulated[key] = min(c.fps, fps)
         return simulated[key]
 
@@ -195,8 +246,14 @@ def sweep(run_dir: str | Path, board_name: str, objective: str = "throughput", m
     def gated_alike(c: Candidate) -> float:
         """:func:`gated` at the design's own gate depth; designs alike in what the simulation
         sees (exits, thresholds, stage and head cycles, gate words and depth) share one run."""
-        key = (c.exits, c.thresholds, c.stage_cycles, c.head_cycles, c.gate_depth,
-               tuple(segments[k].words(c.folding) for k in (*c.exits, len(segments) - 1)))
+        key = (
+            c.exits,
+            c.thresholds,
+            c.stage_cycles,
+            c.head_cycles,
+            c.gate_depth,
+            tuple(segments[k].words(c.folding) for k in (*c.exits, len(segments) - 1)),
+        )
         if key not in alike:
             alike[key] = gated(c, c.gate_depth)
             runs.update()
@@ -223,6 +280,7 @@ def sweep(run_dir: str | Path, board_name: str, objective: str = "throughput", m
     # deeper gates where the budget has room and bursts of hard samples still stall a stage
     depth = chosen.gate_depth
     if chosen.exits:
+
         def outside(d):  # (gates x 4, the rest: merge and record FIFOs) at gate depth d
             return routing_cost(segments, chosen.exits, d)
 
@@ -242,17 +300,32 @@ def sweep(run_dir: str | Path, board_name: str, objective: str = "throughput", m
         gates, rest = outside(depth)
         extra, extra_rest = gates - searched[0], rest - searched[1]
         last = len(chosen.stage_resources) - 1
-        stages = [tuple(np.add(r, extra[s] if s < last else extra_rest).tolist())
-                  for s, r in enumerate(chosen.stage_resources)]
-        chosen = replace(chosen, resources=tuple(np.add(chosen.resources, extra.sum(axis=0) + extra_rest).tolist()),
-                         stage_resources=tuple(stages), gate_depth=depth)
+        stages = [
+            tuple(np.add(r, extra[s] if s < last else extra_rest).tolist())
+            for s, r in enumerate(chosen.stage_resources)
+        ]
+        chosen = replace(
+            chosen,
+            resources=tuple(np.add(chosen.resources, extra.sum(axis=0) + extra_rest).tolist()),
+            stage_resources=tuple(stages),
+            gate_depth=depth,
+        )
     kept = list(chosen.exits) + [len(segments) - 1]
     stage_cycles = list(chosen.stage_cycles)
     test_taken = taken_on(chosen, "test")
     test_fps = chosen.fps
     if chosen.exits:  # the same simulation on the test split's traffic, which the search never saw
-        test_fps = min(chosen.fps, stage_level_fps(test_taken, stage_cycles, list(chosen.head_cycles), [depth] * len(chosen.exits),
-                                                   [segments[k].words(chosen.folding) for k in kept], board.clock_mhz))
+        test_fps = min(
+            chosen.fps,
+            stage_level_fps(
+                test_taken,
+                stage_cycles,
+                list(chosen.head_cycles),
+                [depth] * len(chosen.exits),
+                [segments[k].words(chosen.folding) for k in kept],
+                board.clock_mhz,
+            ),
+        )
     selection_seconds = time.perf_counter() - selecting
     runs.close()
     test_correct = prof["test_correct"]
@@ -262,17 +335,34 @@ def sweep(run_dir: str | Path, board_name: str, objective: str = "throughput", m
     log("judging FINN's SetFolding on the network without exits")
     finn_baseline, finn_points = finn_setfolding_baseline(run_dir, model, config, board, budget, out)
     drift = sensitivity(np.array(chosen.reach), stage_cycles, board.clock_mhz)
-    result = SweepResult(chosen, best_no_exit, front, chosen.fps / best_no_exit.fps, test_acc,
-                         float(test_correct[:, -1].mean()), gated_fps,
-                         active_bound(chosen, segments, budget, gate_depth=depth), drift, tuple(budget.tolist()),
-                         finn_baseline, gate_depth=depth, equal_throughput=equal, equal_throughput_fps=equal_fps,
-                         fps_with_gates_test=test_fps)
+    result = SweepResult(
+        chosen,
+        best_no_exit,
+        front,
+        chosen.fps / best_no_exit.fps,
+        test_acc,
+        float(test_correct[:, -1].mean()),
+        gated_fps,
+        active_bound(chosen, segments, budget, gate_depth=depth),
+        drift,
+        tuple(budget.tolist()),
+        finn_baseline,
+        gate_depth=depth,
+        equal_throughput=equal,
+        equal_throughput_fps=equal_fps,
+        fps_with_gates_test=test_fps,
+    )
     result.front_bounds.extend(active_bound(c, segments, budget) for c in front)
     result.candidates.extend(candidates)
     result.finn_points.extend(finn_points)
-    result.search_stats.update(search_seconds=search_seconds, designs=designs, candidate_exits=len(segments) - 1,
-                               selection_seconds=selection_seconds, simulations=len(simulated),
-                               skipped_threshold_combinations=stats["skipped_threshold_combinations"])
+    result.search_stats.update(
+        search_seconds=search_seconds,
+        designs=designs,
+        candidate_exits=len(segments) - 1,
+        selection_seconds=selection_seconds,
+        simulations=len(simulated),
+        skipped_threshold_combinations=stats["skipped_threshold_combinations"],
+    )
     _write(out, result, segments, model, config.model.backbone, board, budget, util)
     return result
 
@@ -285,8 +375,9 @@ def _equal_throughput(eligible: list[Candidate], target_fps: float, gated_fps) -
     with its finite gates for the fewest LUTs: candidates whose unbounded-gate throughput reaches
     it, fewest LUTs first, each simulated with its gates (``gated_fps``) until one does (at most
     :data:`EQUAL_THROUGHPUT_RUNS` simulations)."""
-    matching = sorted((c for c in eligible if c.exits and c.fps >= target_fps),
-                      key=lambda c: (c.resources[0], c.resources[1], -c.fps))
+    matching = sorted(
+        (c for c in eligible if c.exits and c.fps >= target_fps), key=lambda c: (c.resources[0], c.resources[1], -c.fps)
+    )
     runs = 0
     for c in matching:
         fps = gated_fps(c)
@@ -326,34 +417,65 @@ def _streams(inventory: Path, k: int) -> tuple[int, int, int]:
 
 
 def _as_json(c: Candidate, names: list[str], clock_mhz: float) -> dict:
-    return {"exits": [names[k] for k in c.exits], "thresholds": list(c.thresholds), "fps": c.fps,
-            "val_accuracy": c.accuracy, "lut": c.resources[0], "bram18": c.resources[1], "uram": c.resources[2],
-            "dsp": c.resources[3], "interval_cycles": c.target, "reach": list(c.reach),
-            "gate_depth": c.gate_depth if c.exits else None, "headroom": c.headroom if c.exits else None,
-            "latency_cycles_to_exit": [round(t * clock_mhz) for t in c.latency_us],
-            "latency_us_to_exit": list(c.latency_us), "mean_latency_cycles": c.mean_latency_us * clock_mhz,
-            "mean_latency_us": c.mean_latency_us}
+    return {
+        "exits": [names[k] for k in c.exits],
+        "thresholds": list(c.thresholds),
+        "fps": c.fps,
+        "val_accuracy": c.accuracy,
+        "lut": c.resources[0],
+        "bram18": c.resources[1],
+        "uram": c.resources[2],
+        "dsp": c.resources[3],
+        "interval_cycles": c.target,
+        "reach": list(c.reach),
+        "gate_depth": c.gate_depth if c.exits else None,
+        "headroom": c.headroom if c.exits else None,
+        "latency_cycles_to_exit": [round(t * clock_mhz) for t in c.latency_us],
+        "latency_us_to_exit": list(c.latency_us),
+        "mean_latency_cycles": c.mean_latency_us * clock_mhz,
+        "mean_latency_us": c.mean_latency_us,
+    }
 
 
 def _write(out: Path, r: SweepResult, segments, model, backbone: str, board, budget, util) -> None:
     names = model.exit_names
     report = {
-        "board": board.name, "utilisation_cap": util, "budget": dict(zip(("lut", "bram18", "uram", "dsp"), budget.tolist())),
-        "chosen": {**_as_json(r.chosen, names, board.clock_mhz), "test_accuracy": r.test_accuracy, "fps_with_gates": r.fps_with_gates,
-                   "fps_with_gates_on_test_traffic": r.fps_with_gates_test,
-                   "gate_depth": r.gate_depth if r.chosen.exits else None, "gain_with_gates": r.gain_with_gates,
-                   "stage_resources": [dict(zip(("lut", "bram18", "uram", "dsp"), res)) for res in r.chosen.stage_resources],
-                   "active_bound": r.bound,
-                   "fps_if_reach_minus_5pp": r.sensitivity["minus"], "fps_if_reach_plus_5pp": r.sensitivity["plus"]},
+        "board": board.name,
+        "utilisation_cap": util,
+        "budget": dict(zip(("lut", "bram18", "uram", "dsp"), budget.tolist(), strict=False)),
+        "chosen": {
+            **_as_json(r.chosen, names, board.clock_mhz),
+            "test_accuracy": r.test_accuracy,
+            "fps_with_gates": r.fps_with_gates,
+            "fps_with_gates_on_test_traffic": r.fps_with_gates_test,
+            "gate_depth": r.gate_depth if r.chosen.exits else None,
+            "gain_with_gates": r.gain_with_gates,
+            "stage_resources": [
+                dict(zip(("lut", "bram18", "uram", "dsp"), res, strict=False)) for res in r.chosen.stage_resources
+            ],
+            "active_bound": r.bound,
+            "fps_if_reach_minus_5pp": r.sensitivity["minus"],
+            "fps_if_reach_plus_5pp": r.sensitivity["plus"],
+        },
         "no_exit_baseline": _as_json(r.no_exit, names, board.clock_mhz),
         # the cheapest design with exits (LUTs) matching the no-exit throughput with its finite gates
-        "equal_throughput": ({**_as_json(r.equal_throughput, names, board.clock_mhz), "fps_with_gates": r.equal_throughput_fps,
-                              "lut_fraction": r.equal_throughput.resources[0] / r.no_exit.resources[0]}
-                             if r.equal_throughput is not None else None),
-        "gain_vs_no_exit": r.gain, "final_exit_test_accuracy": r.final_test_accuracy,
+        "equal_throughput": (
+            {
+                **_as_json(r.equal_throughput, names, board.clock_mhz),
+                "fps_with_gates": r.equal_throughput_fps,
+                "lut_fraction": r.equal_throughput.resources[0] / r.no_exit.resources[0],
+            }
+            if r.equal_throughput is not None
+            else None
+        ),
+        "gain_vs_no_exit": r.gain,
+        "final_exit_test_accuracy": r.final_test_accuracy,
         "finn_setfolding_baseline": r.finn_baseline,
         "gain_vs_finn_setfolding": (r.chosen.fps / r.finn_baseline["fps"]) if r.finn_baseline else None,
-        "front": [{**_as_json(c, names, board.clock_mhz), "active_bound": b} for c, b in zip(r.front, r.front_bounds)],
+        "front": [
+            {**_as_json(c, names, board.clock_mhz), "active_bound": b}
+            for c, b in zip(r.front, r.front_bounds, strict=False)
+        ],
     }
     atomic_write(out / "pareto.json", lambda p: p.write_text(json.dumps(report, indent=1)))
     save_design(_design(r.chosen, segments, backbone, board, r.gate_depth), out / "design.yaml")
@@ -368,15 +490,31 @@ def _design(c: Candidate, segments, backbone: str, board, gate_depth: int = GATE
         blocks = [b for seg in segments[start : end + 1] for b in seg.blocks]
         folding = {}
         for seg in segments[start : end + 1]:
-            folding.update({layer: LayerFolding(pe=pe, simd=simd, ram_style=style, res_type=mult, buffer_style=buffer)
-                            for layer, (pe, simd, style, mult, buffer) in c.folding.get(seg.body.name, {}).items()})
-        head_fold = {layer: LayerFolding(pe=pe, simd=simd, ram_style=style, res_type=mult, buffer_style=buffer)
-                     for layer, (pe, simd, style, mult, buffer) in c.folding.get(segments[end].head.name, {}).items()}
+            folding.update(
+                {
+                    layer: LayerFolding(pe=pe, simd=simd, ram_style=style, res_type=mult, buffer_style=buffer)
+                    for layer, (pe, simd, style, mult, buffer) in c.folding.get(seg.body.name, {}).items()
+                }
+            )
+        head_fold = {
+            layer: LayerFolding(pe=pe, simd=simd, ram_style=style, res_type=mult, buffer_style=buffer)
+            for layer, (pe, simd, style, mult, buffer) in c.folding.get(segments[end].head.name, {}).items()
+        }
         name = f"exit_{segments[end].exit}".replace(".", "_") if not last else "final"
-        stages.append(Stage(name=f"stage{s}", blocks=tuple(blocks), folding=FrozenMap(folding),
-                            gate_depth=None if last else gate_depth,
-                            head=ExitHead(name=name, policy="max_prob", threshold=None if last else c.thresholds[s],
-                                          folding=FrozenMap(head_fold))))
+        stages.append(
+            Stage(
+                name=f"stage{s}",
+                blocks=tuple(blocks),
+                folding=FrozenMap(folding),
+                gate_depth=None if last else gate_depth,
+                head=ExitHead(
+                    name=name,
+                    policy="max_prob",
+                    threshold=None if last else c.thresholds[s],
+                    folding=FrozenMap(head_fold),
+                ),
+            )
+        )
         start = end + 1
     return Design(model=backbone, board=board.name, clock_mhz=board.clock_mhz, stages=tuple(stages))
 
@@ -389,19 +527,45 @@ def _plots(out: Path, r: SweepResult, names: list[str]) -> None:
 
     fig, ax = plt.subplots(figsize=(7, 4.5), constrained_layout=True)
     front = sorted(r.front, key=lambda c: c.fps)
-    sc = ax.scatter([c.fps for c in front], [100 * c.accuracy for c in front], c=[c.resources[0] for c in front],
-                    cmap="viridis", s=18, label="Pareto front (colour: LUT)")
+    sc = ax.scatter(
+        [c.fps for c in front],
+        [100 * c.accuracy for c in front],
+        c=[c.resources[0] for c in front],
+        cmap="viridis",
+        s=18,
+        label="Pareto front (colour: LUT)",
+    )
     fig.colorbar(sc, ax=ax, label="LUT")
-    ax.scatter([r.no_exit.fps], [100 * r.no_exit.accuracy], marker="s", color="red", s=60, label="best without early exits")
+    ax.scatter(
+        [r.no_exit.fps], [100 * r.no_exit.accuracy], marker="s", color="red", s=60, label="best without early exits"
+    )
     if r.finn_baseline:
-        ax.scatter([r.finn_baseline["fps"]], [100 * r.no_exit.accuracy], marker="D", color="orange", s=50,
-                   label="FINN SetFolding, no exits")
-    ax.scatter([r.fps_with_gates], [100 * r.chosen.accuracy], marker="*", color="black", s=140,
-               label=f"chosen: {r.gain_with_gates:.2f}x with its gates ({r.gain:.2f}x unbounded)")
+        ax.scatter(
+            [r.finn_baseline["fps"]],
+            [100 * r.no_exit.accuracy],
+            marker="D",
+            color="orange",
+            s=50,
+            label="FINN SetFolding, no exits",
+        )
+    ax.scatter(
+        [r.fps_with_gates],
+        [100 * r.chosen.accuracy],
+        marker="*",
+        color="black",
+        s=140,
+        label=f"chosen: {r.gain_with_gates:.2f}x with its gates ({r.gain:.2f}x unbounded)",
+    )
     if r.equal_throughput is not None:
         e = r.equal_throughput
-        ax.scatter([r.equal_throughput_fps], [100 * e.accuracy], marker="^", color="magenta", s=60,
-                   label=f"matches the no-exit throughput: {e.resources[0] / r.no_exit.resources[0]:.0%} of its LUTs")
+        ax.scatter(
+            [r.equal_throughput_fps],
+            [100 * e.accuracy],
+            marker="^",
+            color="magenta",
+            s=60,
+            label=f"matches the no-exit throughput: {e.resources[0] / r.no_exit.resources[0]:.0%} of its LUTs",
+        )
     ax.set(xscale="log", xlabel="throughput (samples/s)", ylabel="validation accuracy (%)", title="Design space")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8, loc="lower left")
@@ -410,9 +574,9 @@ def _plots(out: Path, r: SweepResult, names: list[str]) -> None:
     fig, axes = plt.subplots(1, 3, figsize=(10, 3.6), constrained_layout=True)
     stages = r.chosen.stage_resources
     stage_names = [f"stage {k}" for k in range(len(stages))]
-    for ax, (label, i) in zip(axes, (("LUT", 0), ("BRAM18", 1), ("DSP", 3))):
+    for ax, (label, i) in zip(axes, (("LUT", 0), ("BRAM18", 1), ("DSP", 3)), strict=False):
         bottom = 0.0
-        for name, res in zip(stage_names, stages):
+        for name, res in zip(stage_names, stages, strict=False):
             ax.bar(["chosen"], [res[i]], bottom=bottom, label=name)
             bottom += res[i]
         ax.bar(["no exits"], [r.no_exit.resources[i]], color="grey", label="best without exits")

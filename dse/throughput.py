@@ -25,8 +25,18 @@ from dataclasses import dataclass
 import numpy as np
 
 from exitflow.core.errors import ConfigError
-from exitflow.cosim.cycle import (MIN_SAMPLES, CycleReport, ExitLatency, Pipeline, Stage, Unit, _check_taken, load_pipeline,
-                                  run, unloaded_latency)
+from exitflow.cosim.cycle import (
+    MIN_SAMPLES,
+    CycleReport,
+    ExitLatency,
+    Pipeline,
+    Stage,
+    Unit,
+    _check_taken,
+    load_pipeline,
+    run,
+    unloaded_latency,
+)
 from exitflow.hw.folding import record_fifo_for
 
 
@@ -69,7 +79,9 @@ class PipelineEstimate:
     reach: tuple[float, ...]  # p_k
 
 
-def pipeline(taken: np.ndarray, stage_cycles: list[float], gate_samples: list[int | None], clock_mhz: float) -> PipelineEstimate:
+def pipeline(
+    taken: np.ndarray, stage_cycles: list[float], gate_samples: list[int | None], clock_mhz: float
+) -> PipelineEstimate:
     """Throughput of stages with ``stage_cycles[k]`` cycles per sample (the slowest unit of stage
     k and its head); ``gate_samples[k]`` is the buffer in front of stage k (None for stage 0)."""
     taken = np.asarray(taken)
@@ -79,11 +91,18 @@ def pipeline(taken: np.ndarray, stage_cycles: list[float], gate_samples: list[in
     unbounded = [reach[k] * stage_cycles[k] for k in range(exits)]
     clock = clock_mhz * 1e6
     worst = int(np.argmax(intervals))
-    return PipelineEstimate(fps=clock / max(intervals), fps_unbounded=clock / max(unbounded),
-                            intervals=tuple(intervals), bottleneck=worst, reach=tuple(reach))
+    return PipelineEstimate(
+        fps=clock / max(intervals),
+        fps_unbounded=clock / max(unbounded),
+        intervals=tuple(intervals),
+        bottleneck=worst,
+        reach=tuple(reach),
+    )
 
 
-def sensitivity(reach: np.ndarray, stage_cycles: list[float], clock_mhz: float, drift: float = 0.05) -> dict[str, float]:
+def sensitivity(
+    reach: np.ndarray, stage_cycles: list[float], clock_mhz: float, drift: float = 0.05
+) -> dict[str, float]:
     """Throughput (unbounded gates) when every p_k (k > 0) moves by -drift and +drift."""
     out = {}
     for name, sign in (("minus", -1), ("plus", +1)):
@@ -99,12 +118,23 @@ def latency(taken: np.ndarray, stage_latency: list[float], head_latency: list[fl
     to_exit = np.cumsum(stage_latency) + np.asarray(head_latency, dtype=float)
     taken = np.asarray(taken)
     mean = float(to_exit[taken].mean()) if len(taken) else 0.0
-    return {"cycles_to_exit": to_exit.tolist(), "us_to_exit": (to_exit / clock_mhz).tolist(),
-            "mean_cycles": mean, "mean_us": mean / clock_mhz}
+    return {
+        "cycles_to_exit": to_exit.tolist(),
+        "us_to_exit": (to_exit / clock_mhz).tolist(),
+        "mean_cycles": mean,
+        "mean_us": mean / clock_mhz,
+    }
 
 
-def stage_level_fps(taken: np.ndarray, stage_cycles: list[float], head_cycles: list[float], gate_depths: list[int],
-                    gate_words: list[int], clock_mhz: float, min_samples: int = 4000) -> float:
+def stage_level_fps(
+    taken: np.ndarray,
+    stage_cycles: list[float],
+    head_cycles: list[float],
+    gate_depths: list[int],
+    gate_words: list[int],
+    clock_mhz: float,
+    min_samples: int = 4000,
+) -> float:
     """The design search's throughput for finite gates: the cycle simulation
     (:mod:`exitflow.cosim.cycle`) of the pipeline at stage level, each stage one unit at
     ``stage_cycles[k]`` (the slowest node of stage k and its head, as above) and its head one unit
@@ -116,9 +146,16 @@ def stage_level_fps(taken: np.ndarray, stage_cycles: list[float], head_cycles: l
     n = len(stage_cycles)
     if n == 1:
         return clock_mhz * 1e6 / stage_cycles[0]
-    stages = tuple(Stage(f"stage{k}", (Unit("stage", int(np.ceil(stage_cycles[k]))),), (Unit("head", int(np.ceil(head_cycles[k]))),),
-                         gate_depths[k] if k < n - 1 else None, max(1, int(gate_words[k])))
-                   for k in range(n))
+    stages = tuple(
+        Stage(
+            f"stage{k}",
+            (Unit("stage", int(np.ceil(stage_cycles[k]))),),
+            (Unit("head", int(np.ceil(head_cycles[k]))),),
+            gate_depths[k] if k < n - 1 else None,
+            max(1, int(gate_words[k])),
+        )
+        for k in range(n)
+    )
     records = record_fifo_for(max(gate_depths[: n - 1]))
     return simulate(Pipeline(stages, clock_mhz, records), taken, min_samples=min_samples).simulated_fps
 
@@ -126,7 +163,6 @@ def stage_level_fps(taken: np.ndarray, stage_cycles: list[float], head_cycles: l
 # ---------------------------------------------------------------- the cycle simulation, predicted
 
 _model = pipeline  # predict's first argument is named pipeline too
-
 
 
 def predict(pipeline: Pipeline, taken: Sequence[int] | np.ndarray):
@@ -139,9 +175,14 @@ def predict(pipeline: Pipeline, taken: Sequence[int] | np.ndarray):
     return _model(taken, stage_cycles, gates, pipeline.clock_mhz)
 
 
-def simulate(pipeline: Pipeline, taken: Sequence[int] | np.ndarray, names: Sequence[str] | None = None,
-             min_samples: int = MIN_SAMPLES, progress: Callable[[int], None] | None = None,
-             keep_trace: bool = False) -> CycleReport:
+def simulate(
+    pipeline: Pipeline,
+    taken: Sequence[int] | np.ndarray,
+    names: Sequence[str] | None = None,
+    min_samples: int = MIN_SAMPLES,
+    progress: Callable[[int], None] | None = None,
+    keep_trace: bool = False,
+) -> CycleReport:
     """Run ``taken`` (repeated to at least ``min_samples`` samples and 3 repetitions) through the
     pipeline; throughput over the repetitions between the first and the last, latency per exit
     over the same samples, and the dse model's prediction for the same sequence."""
@@ -169,20 +210,45 @@ def simulate(pipeline: Pipeline, taken: Sequence[int] | np.ndarray, names: Seque
     per_exit = []
     for k in range(exits):
         mine = latencies[exit_of == k]
-        stats = ((float(mine.mean()), float(np.percentile(mine, 50)), float(np.percentile(mine, 99)))
-                 if len(mine) else (None, None, None))
-        per_exit.append(ExitLatency(k, names[k], int(len(mine)), *(None if v is None else round(v, 2) for v in stats),
-                                    unloaded_latency(pipeline, k)))
+        stats = (
+            (float(mine.mean()), float(np.percentile(mine, 50)), float(np.percentile(mine, 99)))
+            if len(mine)
+            else (None, None, None)
+        )
+        per_exit.append(
+            ExitLatency(
+                k,
+                names[k],
+                int(len(mine)),
+                *(None if v is None else round(v, 2) for v in stats),
+                unloaded_latency(pipeline, k),
+            )
+        )
     return CycleReport(
-        clock_mhz=pipeline.clock_mhz, sequence=n, repeats=repeats, window=(first, end),
-        cycles_per_sample=cycles_per_sample, simulated_fps=simulated, predicted_fps=estimate.fps,
-        predicted_fps_unbounded=estimate.fps_unbounded, stage_cycles=[s.slowest for s in pipeline.stages],
-        predicted_intervals=list(estimate.intervals), reach=list(estimate.reach), latency=per_exit, seconds=seconds,
-        trace=trace if keep_trace else None)
+        clock_mhz=pipeline.clock_mhz,
+        sequence=n,
+        repeats=repeats,
+        window=(first, end),
+        cycles_per_sample=cycles_per_sample,
+        simulated_fps=simulated,
+        predicted_fps=estimate.fps,
+        predicted_fps_unbounded=estimate.fps_unbounded,
+        stage_cycles=[s.slowest for s in pipeline.stages],
+        predicted_intervals=list(estimate.intervals),
+        reach=list(estimate.reach),
+        latency=per_exit,
+        seconds=seconds,
+        trace=trace if keep_trace else None,
+    )
 
 
-def simulate_design(run_dir: str | Path, design_path: str | Path | None, taken: np.ndarray,
-                    min_samples: int = MIN_SAMPLES, progress: Callable[[int], None] | None = None) -> CycleReport:
+def simulate_design(
+    run_dir: str | Path,
+    design_path: str | Path | None,
+    taken: np.ndarray,
+    min_samples: int = MIN_SAMPLES,
+    progress: Callable[[int], None] | None = None,
+) -> CycleReport:
     """The cycle simulation of the design built in ``run_dir`` on an exit sequence (e.g. the
     functional cosimulation's ``Results.exit``)."""
     pipeline, names = load_pipeline(run_dir, design_path)

@@ -24,6 +24,7 @@ import os
 import shutil
 
 import pytest
+
 from exitflow.cosim import assert_bit_exact
 
 MARKERS = {
@@ -41,7 +42,9 @@ def missing_requirement(marker: str) -> str | None:
             return "Vivado not found: `vivado` is not on PATH (source your Vivado installation's settings64.sh)"
     elif marker == "vitis":
         if shutil.which("vitis_hls") is None and shutil.which("vitis-run") is None:
-            return "Vitis HLS not found: neither `vitis_hls` nor `vitis-run` is on PATH (source your Vitis settings64.sh)"
+            return (
+                "Vitis HLS not found: neither `vitis_hls` nor `vitis-run` is on PATH (source your Vitis settings64.sh)"
+            )
     elif marker == "board":
         if not os.environ.get("EXITFLOW_BOARD_HOST"):
             return "no PYNQ board: set EXITFLOW_BOARD_HOST to the board's host name to run board tests"

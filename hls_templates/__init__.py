@@ -31,4 +31,6 @@ def ap_types_include_dir() -> Path:
         folder = Path(root) / "templates" / "vivado" / "ap_types"
         if (folder / "ap_int.h").is_file() and (folder / "hls_stream.h").is_file():
             return folder
-    raise NotAvailableError(f"hls4ml at {list(spec.submodule_search_locations)} lacks templates/vivado/ap_types/ap_int.h")
+    raise NotAvailableError(
+        f"hls4ml at {list(spec.submodule_search_locations)} lacks templates/vivado/ap_types/ap_int.h"
+    )

@@ -22,8 +22,11 @@ def render(template: str, **values) -> str:
     import jinja2
 
     env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(TEMPLATE_DIR)), undefined=jinja2.StrictUndefined,
-        keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True,
+        loader=jinja2.FileSystemLoader(str(TEMPLATE_DIR)),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
     )
     return env.get_template(template).render(**values)
 
@@ -40,7 +43,17 @@ def compile_cpp(source: str, workdir: Path, name: str = "csim") -> Path:
         return binary
     cpp = workdir / f"{name}_{digest}.cpp"
     cpp.write_text(source)
-    cmd = [gpp, "-std=c++14", "-O0", "-w", f"-I{TEMPLATE_DIR}", f"-I{ap_types_include_dir()}", str(cpp), "-o", str(binary)]
+    cmd = [
+        gpp,
+        "-std=c++14",
+        "-O0",
+        "-w",
+        f"-I{TEMPLATE_DIR}",
+        f"-I{ap_types_include_dir()}",
+        str(cpp),
+        "-o",
+        str(binary),
+    ]
     result = subprocess.run(cmd, capture_output=True, text=True)
     if result.returncode != 0:
         raise RuntimeError(f"g++ failed on {cpp}:\n{result.stderr[-4000:]}")

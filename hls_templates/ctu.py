@@ -68,18 +68,25 @@ class CTUParams:
 
     def pack(self, decision: policies.Decision) -> np.ndarray:
         """Records as the hardware emits them: code | class << CODE_BITS | exit << (CODE_BITS + CLASS_BITS)."""
-        return (decision.code + (decision.cls << self.code_bits)
-                + (decision.exit.astype(np.int64) << (self.code_bits + self.class_bits)))
+        return (
+            decision.code
+            + (decision.cls << self.code_bits)
+            + (decision.exit.astype(np.int64) << (self.code_bits + self.class_bits))
+        )
 
     def unpack(self, records: np.ndarray) -> policies.Decision:
         r = np.asarray(records, dtype=np.int64)
-        return policies.Decision(exit=(r >> (self.code_bits + self.class_bits)) & 1 == 1,
-                                 cls=(r >> self.code_bits) & ((1 << self.class_bits) - 1),
-                                 code=r & ((1 << self.code_bits) - 1))
+        return policies.Decision(
+            exit=(r >> (self.code_bits + self.class_bits)) & 1 == 1,
+            cls=(r >> self.code_bits) & ((1 << self.class_bits) - 1),
+            code=r & ((1 << self.code_bits) - 1),
+        )
 
     def decide(self, logits: np.ndarray) -> policies.Decision:
         """The Python model of the unit: the policy function itself."""
-        return policies.decide(self.policy, logits, self.scale, self.logit_bits, self.threshold_constant, self.frac_bits)
+        return policies.decide(
+            self.policy, logits, self.scale, self.logit_bits, self.threshold_constant, self.frac_bits
+        )
 
     # -- cost ------------------------------------------------------------------------------
     # LUT6 counts of the datapath, component by component (documented in hls_templates/README.md):
@@ -130,15 +137,24 @@ def csim(params: CTUParams, logits: np.ndarray, workdir) -> policies.Decision:
     from pathlib import Path
 
     source = render(
-        "csim_ctu.cpp.j2", policy=params.policy, classes=params.classes, pe=params.pe, logit_bits=params.logit_bits,
-        class_bits=params.class_bits, code_bits=params.code_bits, frac_bits=params.frac_bits,
-        rom=[int(v) for v in params.rom], rom_shift=params.rom_shift, threshold=params.threshold_constant,
+        "csim_ctu.cpp.j2",
+        policy=params.policy,
+        classes=params.classes,
+        pe=params.pe,
+        logit_bits=params.logit_bits,
+        class_bits=params.class_bits,
+        code_bits=params.code_bits,
+        frac_bits=params.frac_bits,
+        rom=[int(v) for v in params.rom],
+        rom_shift=params.rom_shift,
+        threshold=params.threshold_constant,
     )
     binary = compile_cpp(source, Path(workdir), name=f"ctu_{params.policy}")
     z = np.asarray(logits, dtype=np.int64)
     text = f"{len(z)}\n" + "\n".join(" ".join(map(str, row)) for row in z) + "\n"
     rows = np.array([line.split() for line in run(binary, text).splitlines()], dtype=object).reshape(-1, 3)
     return policies.Decision(
-        exit=rows[:, 0].astype(int).astype(bool), cls=rows[:, 1].astype(np.int64),
+        exit=rows[:, 0].astype(int).astype(bool),
+        cls=rows[:, 1].astype(np.int64),
         code=np.array([int(v) for v in rows[:, 2]], dtype=np.int64),
     )

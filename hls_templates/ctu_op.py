@@ -44,10 +44,13 @@ class ConfidenceThreshold(HWCustomOp):
     # -- the unit ---------------------------------------------------------------------------
     def params(self) -> CTUParams:
         return CTUParams(
-            policy=self.get_nodeattr("Policy"), classes=self.get_nodeattr("Classes"),
-            logit_bits=self.get_input_datatype().bitwidth(), scale=float(self.get_nodeattr("Scale")),
+            policy=self.get_nodeattr("Policy"),
+            classes=self.get_nodeattr("Classes"),
+            logit_bits=self.get_input_datatype().bitwidth(),
+            scale=float(self.get_nodeattr("Scale")),
             threshold=None if self.get_nodeattr("FinalExit") else float(self.get_nodeattr("Threshold")),
-            pe=self.get_nodeattr("PE"), frac_bits=self.get_nodeattr("FracBits"),
+            pe=self.get_nodeattr("PE"),
+            frac_bits=self.get_nodeattr("FracBits"),
         )
 
     # -- shapes and streams -------------------------------------------------------------------
@@ -163,8 +166,10 @@ class ConfidenceThreshold_hls(ConfidenceThreshold, TemplateHLSBackend):
 
     def docompute(self):
         if self.params().policy == "max_prob":
-            call = ("exitflow::ctu_max_prob<CLASSES, PE, LOGIT_BITS, FRAC_BITS, ROM_DEPTH, ROM_SHIFT, CLASS_BITS, "
-                    "CODE_BITS>(in0_V, out0_V, ROM, THRESHOLD, SAMPLES);")
+            call = (
+                "exitflow::ctu_max_prob<CLASSES, PE, LOGIT_BITS, FRAC_BITS, ROM_DEPTH, ROM_SHIFT, CLASS_BITS, "
+                "CODE_BITS>(in0_V, out0_V, ROM, THRESHOLD, SAMPLES);"
+            )
         else:
             call = "exitflow::ctu_margin<CLASSES, PE, LOGIT_BITS, CLASS_BITS, CODE_BITS>(in0_V, out0_V, THRESHOLD, SAMPLES);"
         self.code_gen_dict["$DOCOMPUTE$"] = [call]

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
 from exitflow.hls_templates.csim import compile_cpp, render, run
 
 
@@ -59,9 +60,11 @@ class TagFormat:
     def untag(self, tagged) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         t = np.asarray([int(v) for v in tagged], dtype=object)
         mask = lambda bits: (1 << bits) - 1  # noqa: E731
-        return ((t & mask(self.id_bits)).astype(np.int64),
-                ((t >> self.id_bits) & mask(self.exit_bits)).astype(np.int64),
-                (t >> (self.id_bits + self.exit_bits)).astype(object))
+        return (
+            (t & mask(self.id_bits)).astype(np.int64),
+            ((t >> self.id_bits) & mask(self.exit_bits)).astype(np.int64),
+            (t >> (self.id_bits + self.exit_bits)).astype(object),
+        )
 
     def leaves(self, record: int) -> bool:
         return bool((int(record) >> (self.rec_bits - 1)) & 1)
@@ -70,7 +73,7 @@ class TagFormat:
 def gate_model(ids, records, feature_maps, exit_index: int, fmt: TagFormat):
     """(ids going on, their feature maps, tagged records of the samples that exit here)."""
     go_ids, go_fms, tagged = [], [], []
-    for sample_id, record, fm in zip(ids, records, feature_maps):
+    for sample_id, record, fm in zip(ids, records, feature_maps, strict=False):
         if fmt.leaves(record):
             tagged.append(int(fmt.tag([sample_id], exit_index, [record])[0]))
         else:
@@ -92,10 +95,19 @@ def merge_model(streams: list[list[int]]) -> list[int]:
 
 def gate_csim(ids, records, feature_maps, exit_index: int, fmt: TagFormat, fm_bits: int, workdir: Path, folds: int):
     """The gate template (``folds = 0``: the tag of the final exit) under g++."""
-    source = render("csim_gate.cpp.j2", folds=folds, fm_bits=fm_bits, id_bits=fmt.id_bits, exit_bits=fmt.exit_bits,
-                    rec_bits=fmt.rec_bits, exit_index=exit_index)
+    source = render(
+        "csim_gate.cpp.j2",
+        folds=folds,
+        fm_bits=fm_bits,
+        id_bits=fmt.id_bits,
+        exit_bits=fmt.exit_bits,
+        rec_bits=fmt.rec_bits,
+        exit_index=exit_index,
+    )
     binary = compile_cpp(source, Path(workdir), name=f"gate{folds}")
-    lines = [f"{len(ids)}"] + [" ".join(map(str, [i, r, *fm])) for i, r, fm in zip(ids, records, feature_maps)]
+    lines = [f"{len(ids)}"] + [
+        " ".join(map(str, [i, r, *fm])) for i, r, fm in zip(ids, records, feature_maps, strict=False)
+    ]
     go_ids, go_fms, tagged = [], [], []
     for line in run(binary, "\n".join(lines) + "\n").splitlines():
         kind, *values = line.split()

@@ -16,7 +16,6 @@ from finn.custom_op.fpgadataflow.hlsbackend import HLSBackend
 from finn.custom_op.fpgadataflow.hwcustomop import HWCustomOp
 from qonnx.core.datatype import DataType
 
-
 from .backend import TemplateHLSBackend
 from .routing import TagFormat, gate_resources, merge_model, merge_resources
 
@@ -89,8 +88,11 @@ class ExitGate(_Routing):
         return self.get_folded_input_shape(min(ind, 1))
 
     def get_input_datatype(self, ind=0):
-        return [DataType[self.get_nodeattr("fmDataType")], DataType[f"UINT{self.get_nodeattr('IdBits')}"],
-                DataType[f"UINT{self.get_nodeattr('RecordBits')}"]][ind]
+        return [
+            DataType[self.get_nodeattr("fmDataType")],
+            DataType[f"UINT{self.get_nodeattr('IdBits')}"],
+            DataType[f"UINT{self.get_nodeattr('RecordBits')}"],
+        ][ind]
 
     def get_output_datatype(self, ind=0):
         if ind == 2:
@@ -121,11 +123,15 @@ class ExitGate(_Routing):
         return self._samples() * max(1, self.folds())
 
     def lut_estimation(self, fpgapart=None):
-        return gate_resources(self.get_instream_width(0), self.folds(), self.get_nodeattr("Depth"), self.get_nodeattr("IdBits"))[0]
+        return gate_resources(
+            self.get_instream_width(0), self.folds(), self.get_nodeattr("Depth"), self.get_nodeattr("IdBits")
+        )[0]
 
     def bram_estimation(self, fpgapart=None):
         """The FIFO in front of the gate (:func:`~exitflow.hls_templates.routing.gate_resources`)."""
-        return gate_resources(self.get_instream_width(0), self.folds(), self.get_nodeattr("Depth"), self.get_nodeattr("IdBits"))[1]
+        return gate_resources(
+            self.get_instream_width(0), self.folds(), self.get_nodeattr("Depth"), self.get_nodeattr("IdBits")
+        )[1]
 
 
 @register_hw
@@ -165,8 +171,10 @@ class ExitMerge(_Routing):
     get_outstream_width = get_instream_width
 
     def execute_node(self, context, graph):
-        streams = [[int(v) for v in np.asarray(context[name]).astype(np.int64).ravel() if v != MASKED]
-                   for name in self.onnx_node.input]
+        streams = [
+            [int(v) for v in np.asarray(context[name]).astype(np.int64).ravel() if v != MASKED]
+            for name in self.onnx_node.input
+        ]
         merged = merge_model(streams)
         out = np.full(self._samples(), MASKED, dtype=np.int64)
         out[: len(merged)] = merged
@@ -208,7 +216,12 @@ class ExitGate_hls(ExitGate, _RoutingHLS):
         return ["fm_in", "id_in", "rec_in", "fm_out", "id_out", "exit_out"]
 
     def blackboxfunction(self):
-        fm, idw, rec, tag = self.get_instream_width(0), self.get_nodeattr("IdBits"), self.get_nodeattr("RecordBits"), self._fmt().width
+        fm, idw, rec, tag = (
+            self.get_instream_width(0),
+            self.get_nodeattr("IdBits"),
+            self.get_nodeattr("RecordBits"),
+            self._fmt().width,
+        )
         self.code_gen_dict["$BLACKBOXFUNCTION$"] = [
             f"void {self.onnx_node.name}(hls::stream<ap_uint<{fm}>> &fm_in, hls::stream<ap_uint<{idw}>> &id_in, "
             f"hls::stream<ap_uint<{rec}>> &rec_in, hls::stream<ap_uint<{fm}>> &fm_out, "

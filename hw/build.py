@@ -23,7 +23,6 @@ from pathlib import Path
 
 import numpy as np
 
-
 from exitflow.core.catalogue import get_board
 from exitflow.core.design import Design, gate_depth_limit, load_design, memory_bits
 from exitflow.core.errors import ConfigError, check_interrupt
@@ -38,26 +37,33 @@ VIVADO_VERSION = "2024.2"  # the tool release finn-plus 1.6.1 targets
 def match_design(design: Design, config, model, source: str) -> list[str]:
     """The exits the design keeps, after checking it describes this model."""
     if design.model != config.model.backbone:
-        raise ConfigError(f"{source}: model: the design is for {design.model!r}, the run folder holds a "
-                          f"{config.model.backbone!r} model")
+        raise ConfigError(
+            f"{source}: model: the design is for {design.model!r}, the run folder holds a "
+            f"{config.model.backbone!r} model"
+        )
     # torch (a Brevitas module class): hw.build stays light to import (cosim and the report use it)
     from exitflow.quant.custom import CustomMultiExitNet
 
     custom = isinstance(model, CustomMultiExitNet)
     ends = [stage.blocks[-1] for stage in design.stages]
-    for k, (stage, end) in enumerate(zip(design.stages, ends)):
+    for k, (stage, end) in enumerate(zip(design.stages, ends, strict=False)):
         last = k == len(design.stages) - 1
         if last and end != model.exit_names[-1]:
-            raise ConfigError(f"{source}: stages[{k}].blocks: the last stage must end with the final exit "
-                              f"{model.exit_names[-1]!r}; it ends with {end!r}")
+            raise ConfigError(
+                f"{source}: stages[{k}].blocks: the last stage must end with the final exit "
+                f"{model.exit_names[-1]!r}; it ends with {end!r}"
+            )
         if not last and end not in model.exit_names[:-1]:
-            raise ConfigError(f"{source}: stages[{k}].blocks: the model has no exit after {end!r}; "
-                              f"candidate exits: {', '.join(model.exit_names[:-1])}")
+            raise ConfigError(
+                f"{source}: stages[{k}].blocks: the model has no exit after {end!r}; "
+                f"candidate exits: {', '.join(model.exit_names[:-1])}"
+            )
     if not custom:
         flat = [b for stage in design.stages for b in stage.blocks]
         if flat != model.block_names:
-            raise ConfigError(f"{source}: stages: the blocks {flat} must be the model's blocks in order: "
-                              f"{model.block_names}")
+            raise ConfigError(
+                f"{source}: stages: the blocks {flat} must be the model's blocks in order: {model.block_names}"
+            )
     names = [s.name for s in design.stages] + [h.name for h in design.heads]
     clash = sorted({n for n in names if names.count(n) > 1})
     if clash:
@@ -82,13 +88,26 @@ def _summarise(name: str, kind: str, folder: Path) -> GraphReport:
     resources = json.loads((folder / "estimate_layer_resources.json").read_text())
     cycles = json.loads((folder / "estimate_layer_cycles.json").read_text())
     total = lambda key: sum(r.get(key, 0) for r in resources.values())  # noqa: E731
-    return GraphReport(name, kind, total("LUT"), total("FF"), int(total("BRAM_18K")), int(total("URAM")),
-                       int(total("DSP")), int(max(cycles.values())), len(resources))
+    return GraphReport(
+        name,
+        kind,
+        total("LUT"),
+        total("FF"),
+        int(total("BRAM_18K")),
+        int(total("URAM")),
+        int(total("DSP")),
+        int(max(cycles.values())),
+        len(resources),
+    )
 
 
-def build(run_dir: str | Path, design_path: str | Path | None = None, log: Callable[[str], None] = print,
-          hw_dir: str | Path | None = None,
-          vivado_project: Callable[[Path, dict], object] | None = None) -> list[GraphReport]:
+def build(
+    run_dir: str | Path,
+    design_path: str | Path | None = None,
+    log: Callable[[str], None] = print,
+    hw_dir: str | Path | None = None,
+    vivado_project: Callable[[Path, dict], object] | None = None,
+) -> list[GraphReport]:
     """Build the design into ``hw_dir`` (default ``DIR/hw``); see the module docstring."""
     run_dir = user_path(run_dir)
     design_path = user_path(design_path) if design_path else run_dir / "sweep" / "design.yaml"
@@ -106,7 +125,9 @@ def build(run_dir: str | Path, design_path: str | Path | None = None, log: Calla
     stage_layers, head_layers = layer_table(model, chosen)
     for k, stage in enumerate(design.stages):
         check_folding(f"{design_path}: stages[{k}].folding", stage.folding, stage_layers[k], f"stage {stage.name!r}")
-        check_folding(f"{design_path}: stages[{k}].head.folding", stage.head.folding, head_layers[k], f"head {stage.head.name!r}")
+        check_folding(
+            f"{design_path}: stages[{k}].head.folding", stage.head.folding, head_layers[k], f"head {stage.head.name!r}"
+        )
 
     # FINN records absolute paths of generated code, so the build happens in DIR/hw itself; an
     # earlier DIR/hw waits in DIR/.hw.previous and comes back if this build fails or is killed.
@@ -116,8 +137,9 @@ def build(run_dir: str | Path, design_path: str | Path | None = None, log: Calla
     if final.exists():
         final.rename(previous)
     try:
-        reports = _build_graphs(final, design, design_path, board, model, data, exits, stage_layers, head_layers, log,
-                                vivado_project)
+        reports = _build_graphs(
+            final, design, design_path, board, model, data, exits, stage_layers, head_layers, log, vivado_project
+        )
     except BaseException:
         shutil.rmtree(final, ignore_errors=True)
         if previous.exists():
@@ -172,34 +194,74 @@ def _build_graphs(hw, design, design_path, board, model, data, exits, stage_laye
     for k, stage in enumerate(design.stages):
         ctu = {"policy": stage.head.policy, "threshold": stage.head.threshold, "scale": manifest["heads"][k]["scale"]}
         blocks = ", ".join(stage.blocks)
-        jobs.append((stage.name, "stage", manifest["stages"][k]["file"], [l["name"] for l in stage_layers[k]], stage.folding, None,
-                     f"the stage of blocks {blocks}"))
-        jobs.append((stage.head.name, "head", manifest["heads"][k]["file"], [l["name"] for l in head_layers[k]], stage.head.folding, ctu,
-                     f"the exit head after {stage.blocks[-1]}"))
+        jobs.append(
+            (
+                stage.name,
+                "stage",
+                manifest["stages"][k]["file"],
+                [l["name"] for l in stage_layers[k]],
+                stage.folding,
+                None,
+                f"the stage of blocks {blocks}",
+            )
+        )
+        jobs.append(
+            (
+                stage.head.name,
+                "head",
+                manifest["heads"][k]["file"],
+                [l["name"] for l in head_layers[k]],
+                stage.head.folding,
+                ctu,
+                f"the exit head after {stage.blocks[-1]}",
+            )
+        )
     reports = []
     for k, (name, kind, file, layers, folding, ctu, where) in enumerate(
-            tqdm(jobs, desc="FINN", unit="graph", disable=not sys.stderr.isatty(), leave=False)):
+        tqdm(jobs, desc="FINN", unit="graph", disable=not sys.stderr.isatty(), leave=False)
+    ):
         out = hw / name
-        state = finn_flow.FlowState(name=name, part=board.part, clock_ns=clock_ns, layers=layers, folding=folding,
-                                    out=out, image_input=k == 0, ctu=ctu, where=where)
+        state = finn_flow.FlowState(
+            name=name,
+            part=board.part,
+            clock_ns=clock_ns,
+            layers=layers,
+            folding=folding,
+            out=out,
+            image_input=k == 0,
+            ctu=ctu,
+            where=where,
+        )
         finn_flow.run_flow(hw / "stages" / file, out, state)
-        (out / "layers.json").write_text(json.dumps({"layers": state.layer_nodes, "input_datatype": state.input_datatype,
-                                                     "input_scale": state.input_scale}, indent=1))
+        (out / "layers.json").write_text(
+            json.dumps(
+                {"layers": state.layer_nodes, "input_datatype": state.input_datatype, "input_scale": state.input_scale},
+                indent=1,
+            )
+        )
         report = _summarise(name, kind, out)
         reports.append(report)
-        log(f"{kind} {name}: {report.nodes} HW nodes, interval {report.interval_cycles} cycles, "
-            f"LUT {report.lut:.0f}, BRAM18 {report.bram18}, DSP {report.dsp}")
+        log(
+            f"{kind} {name}: {report.nodes} HW nodes, interval {report.interval_cycles} cycles, "
+            f"LUT {report.lut:.0f}, BRAM18 {report.bram18}, DSP {report.dsp}"
+        )
     gates = _gate_checks(hw, design, board, design_path, log)
     summary = {
-        "design": str(Path(design_path).resolve()), "board": board.name, "part": board.part, "gates": gates,
-        "clock_mhz": design.resolve_clock_mhz(), "input_shape": list(data["input_shape"]),
+        "design": str(Path(design_path).resolve()),
+        "board": board.name,
+        "part": board.part,
+        "gates": gates,
+        "clock_mhz": design.resolve_clock_mhz(),
+        "input_shape": list(data["input_shape"]),
         "graphs": [r.__dict__ for r in reports],
         "bitfile": bitfile_status(hw.parent, design_path),
     }
     if vivado_project:  # the board's step (exitflow.boards.vivado.write_project): before build.json commits the build
         vivado_project(hw.parent, summary)
     check_interrupt()  # a Ctrl-C that a library swallowed: the earlier build comes back, this one is not committed
-    atomic_write(hw / "build.json", lambda tmp: tmp.write_text(json.dumps(summary, indent=1)))  # last: the build is done
+    atomic_write(
+        hw / "build.json", lambda tmp: tmp.write_text(json.dumps(summary, indent=1))
+    )  # last: the build is done
     return reports
 
 
@@ -223,13 +285,18 @@ def _gate_checks(hw: Path, design: Design, board, design_path: Path, log) -> lis
             raise ConfigError(
                 f"{design_path}: stages[{k}].gate_depth: {stage.gate_depth:,} feature maps of {map_bits:,} bits after "
                 f"{stage.name!r} need {stage.gate_depth * map_bits:,} bits; {board.name} holds {memory_bits(board):,} "
-                f"in all (BRAM, URAM and LUT RAM), so at most {gate_depth_limit(board, map_bits):,} maps; the search uses 2 to 8")
+                f"in all (BRAM, URAM and LUT RAM), so at most {gate_depth_limit(board, map_bits):,} maps; the search uses 2 to 8"
+            )
         latency = sum(json.loads((hw / stage.head.name / "estimate_layer_cycles.json").read_text()).values())
         words = stage.gate_depth * folds
-        checks.append({"stage": stage.name, "fifo_words": words, "head_latency_cycles": int(latency), "covers": words >= latency})
+        checks.append(
+            {"stage": stage.name, "fifo_words": words, "head_latency_cycles": int(latency), "covers": words >= latency}
+        )
         if words < latency:
-            log(f"note: the gate after {stage.name} holds {words} words, less than {stage.head.name}'s decision latency "
-                f"of about {int(latency)} cycles; the stage may stall while it decides (raise gate_depth)")
+            log(
+                f"note: the gate after {stage.name} holds {words} words, less than {stage.head.name}'s decision latency "
+                f"of about {int(latency)} cycles; the stage may stall while it decides (raise gate_depth)"
+            )
     return checks
 
 

@@ -21,10 +21,8 @@ which FINN's own builder accepts unchanged (``folding_config_file``).
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import logging
-import os
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -78,11 +76,16 @@ def finn_chatter(path: Path, mode: str = "a"):
     own handlers, levels and propagation are put back afterwards."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, mode, encoding="utf-8") as log_file, contextlib.redirect_stdout(log_file), \
-            contextlib.redirect_stderr(log_file), warnings.catch_warnings():
+    with (
+        open(path, mode, encoding="utf-8") as log_file,
+        contextlib.redirect_stdout(log_file),
+        contextlib.redirect_stderr(log_file),
+        warnings.catch_warnings(),
+    ):
         warnings.simplefilter("always")  # into the log, every time
         warnings.showwarning = lambda message, category, filename, lineno, file=None, line=None: log_file.write(
-            warnings.formatwarning(message, category, filename, lineno, line))  # catch_warnings puts it back
+            warnings.formatwarning(message, category, filename, lineno, line)
+        )  # catch_warnings puts it back
         handler = logging.StreamHandler(log_file)
         handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
         saved = []
@@ -138,7 +141,9 @@ def integerize_input(model, state: FlowState):
         # a QuantReLU exports as Relu -> Quant; on its own non-negative output the Relu is the identity
         quant = model.find_consumer(first.output[0]) if first.op_type == "Relu" else first
         if quant is None or quant.op_type not in ("Quant", "BipolarQuant"):
-            raise UnsupportedLayerError(f"{state.where}: the graph must start with a quantiser; it starts with {first.op_type}")
+            raise UnsupportedLayerError(
+                f"{state.where}: the graph must start with a quantiser; it starts with {first.op_type}"
+            )
         scale = model.get_initializer(quant.input[1])
         if scale is None or np.asarray(scale).size != 1:
             raise UnsupportedLayerError(f"{state.where}: the input quantiser needs one per-tensor scale")
@@ -171,8 +176,14 @@ def tidy_up(model, state: FlowState):
     from qonnx.transformation.infer_datatypes import InferDataTypes
     from qonnx.transformation.infer_shapes import InferShapes
 
-    for t in (InferShapes(), FoldConstants(), GiveUniqueNodeNames(), GiveReadableTensorNames(), InferDataTypes(),
-              RemoveStaticGraphInputs()):
+    for t in (
+        InferShapes(),
+        FoldConstants(),
+        GiveUniqueNodeNames(),
+        GiveReadableTensorNames(),
+        InferDataTypes(),
+        RemoveStaticGraphInputs(),
+    ):
         model = model.transform(t)
     return model
 
@@ -189,8 +200,13 @@ def streamline(model, state: FlowState):
 
     model = model.transform(absorb.AbsorbScalarBiasIntoMultiThreshold()).transform(Streamline())
     if model.get_nodes_by_op_type("Conv"):
-        for t in (LowerConvsToMatMul(), MakeMaxPoolNHWC(), absorb.AbsorbTransposeIntoMultiThreshold(),
-                  MakeMaxPoolNHWC(), absorb.AbsorbConsecutiveTransposes()):
+        for t in (
+            LowerConvsToMatMul(),
+            MakeMaxPoolNHWC(),
+            absorb.AbsorbTransposeIntoMultiThreshold(),
+            MakeMaxPoolNHWC(),
+            absorb.AbsorbConsecutiveTransposes(),
+        ):
             model = model.transform(t)
     model = model.transform(ConvertBipolarMatMulToXnorPopcount()).transform(Streamline())
     return model.transform(InferDataLayouts()).transform(RemoveUnusedTensors())
@@ -214,9 +230,19 @@ def convert_to_hw(model, state: FlowState):
     from qonnx.transformation.infer_datatypes import InferDataTypes
     from qonnx.transformation.infer_shapes import InferShapes
 
-    for t in (InferBinaryMatrixVectorActivation(), InferQuantizedMatrixVectorActivation(), InferThresholdingLayer(),
-              InferPool(), InferConvInpGen(), RemoveCNVtoFCFlatten(), absorb.AbsorbConsecutiveTransposes(),
-              GiveUniqueNodeNames(), InferDataLayouts(), InferDataTypes(), InferShapes()):
+    for t in (
+        InferBinaryMatrixVectorActivation(),
+        InferQuantizedMatrixVectorActivation(),
+        InferThresholdingLayer(),
+        InferPool(),
+        InferConvInpGen(),
+        RemoveCNVtoFCFlatten(),
+        absorb.AbsorbConsecutiveTransposes(),
+        GiveUniqueNodeNames(),
+        InferDataLayouts(),
+        InferDataTypes(),
+        InferShapes(),
+    ):
         model = model.transform(t)
     return model
 
@@ -264,13 +290,13 @@ def take_dataflow_partition(model, state: FlowState):
     if not any(hw):
         raise UnsupportedLayerError(f"{state.where}: FINN mapped no layer to hardware")
     first, last = hw.index(True), len(hw) - 1 - hw[::-1].index(True)
-    inside = [n for n, h in zip(model.graph.node[first : last + 1], hw[first : last + 1]) if not h]
+    inside = [n for n, h in zip(model.graph.node[first : last + 1], hw[first : last + 1], strict=False) if not h]
     if inside:
         n = inside[0]
         raise UnsupportedLayerError(
             f"{state.where}: unsupported layer type {n.op_type} (node {n.name}): FINN cannot map it to hardware"
         )
-    outside = [n for n, h in zip(model.graph.node, hw) if not h]
+    outside = [n for n, h in zip(model.graph.node, hw, strict=False) if not h]
     allowed = {"Transpose", "Mul", "Reshape", "Flatten", "Add"}
     bad = [n for n in outside if n.op_type not in allowed]
     if bad:
@@ -302,10 +328,18 @@ def append_ctu(model, state: FlowState):
     shape = model.get_tensor_shape(logits.name)
     record = helper.make_tensor_value_info("ctu_record", TensorProto.FLOAT, [*shape[:-1], 1])
     node = helper.make_node(
-        "ConfidenceThreshold", [logits.name], [record.name], domain="finn.custom_op.fpgadataflow",
-        backend="fpgadataflow", Classes=int(shape[-1]), PE=1, Policy=state.ctu["policy"],
-        Scale=repr(float(state.ctu["scale"])), Threshold=repr(float(state.ctu["threshold"] or 0.0)),
-        FinalExit=int(state.ctu["threshold"] is None), inputDataType=model.get_tensor_datatype(logits.name).name,
+        "ConfidenceThreshold",
+        [logits.name],
+        [record.name],
+        domain="finn.custom_op.fpgadataflow",
+        backend="fpgadataflow",
+        Classes=int(shape[-1]),
+        PE=1,
+        Policy=state.ctu["policy"],
+        Scale=repr(float(state.ctu["scale"])),
+        Threshold=repr(float(state.ctu["threshold"] or 0.0)),
+        FinalExit=int(state.ctu["threshold"] is None),
+        inputDataType=model.get_tensor_datatype(logits.name).name,
         numInputVectors=[int(v) for v in shape[:-1]],
     )
     model.graph.node.append(node)
@@ -347,7 +381,7 @@ def apply_folding(model, state: FlowState):
             f"{len(state.layers)} ({', '.join(state.layers)}); was the stage exported from this model?"
         )
     buffers = {}
-    for layer, node in zip(state.layers, weight_nodes):
+    for layer, node in zip(state.layers, weight_nodes, strict=False):
         state.layer_nodes[layer] = node.name
         inst = getCustomOp(node)
         producer = model.find_producer(node.input[0])
@@ -408,9 +442,20 @@ def generate_code(model, state: FlowState):
 
 
 STEPS: list[Callable] = [
-    integerize_input, qonnx_to_finn, tidy_up, streamline, convert_to_hw, round_thresholds,
-    remove_identity_thresholds, take_dataflow_partition, append_ctu, specialize_layers, apply_folding, minimize_bit_width,
-    insert_width_converters, generate_code,
+    integerize_input,
+    qonnx_to_finn,
+    tidy_up,
+    streamline,
+    convert_to_hw,
+    round_thresholds,
+    remove_identity_thresholds,
+    take_dataflow_partition,
+    append_ctu,
+    specialize_layers,
+    apply_folding,
+    minimize_bit_width,
+    insert_width_converters,
+    generate_code,
 ]
 
 
@@ -419,7 +464,10 @@ def estimates(model, part: str) -> dict:
     from finn.analysis.fpgadataflow.exp_cycles_per_layer import exp_cycles_per_layer
     from finn.analysis.fpgadataflow.res_estimation import res_estimation
 
-    return {"resources": model.analysis(lambda m: res_estimation(m, part)), "cycles": model.analysis(exp_cycles_per_layer)}
+    return {
+        "resources": model.analysis(lambda m: res_estimation(m, part)),
+        "cycles": model.analysis(exp_cycles_per_layer),
+    }
 
 
 def read_layers(path: Path, rebuild: str) -> dict[str, str]:
@@ -432,15 +480,19 @@ def read_layers(path: Path, rebuild: str) -> dict[str, str]:
     except (OSError, UnicodeDecodeError, ValueError, RecursionError) as err:
         raise ConfigError(f"{path}: unreadable or not JSON ({type(err).__name__}); {rebuild}") from None
     layers = data.get("layers") if isinstance(data, dict) else None
-    if not isinstance(layers, dict) or not all(isinstance(k, str) and isinstance(v, str) and v for k, v in layers.items()):
+    if not isinstance(layers, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) and v for k, v in layers.items()
+    ):
         if isinstance(layers, dict):
-            key, value = next((k, v) for k, v in layers.items() if not (isinstance(k, str) and isinstance(v, str) and v))
+            key, value = next(
+                (k, v) for k, v in layers.items() if not (isinstance(k, str) and isinstance(v, str) and v)
+            )
             got = f"{key!r}: {value!r}"
         elif isinstance(data, dict):
             got = f"'layers' of type {type(layers).__name__}" if "layers" in data else "no 'layers' key"
         else:
             got = f"a JSON {type(data).__name__}"
-        raise ConfigError(f"{path}: expected {{\"layers\": {{layer name: FINN node name}}}}, got {got}; {rebuild}")
+        raise ConfigError(f'{path}: expected {{"layers": {{layer name: FINN node name}}}}, got {got}; {rebuild}')
     if len(set(layers.values())) != len(layers):
         raise ConfigError(f"{path}: two layers name the same FINN node; {rebuild}")
     return layers

@@ -16,25 +16,34 @@ def divisors(n: int) -> list[int]:
     return [d for d in range(1, n + 1) if n % d == 0]
 
 
-def folding_violation(name: str, pe: int, simd: int, mw: int, mh: int, cin: int | None = None,
-                      wbits: int | None = None) -> tuple[str, str] | None:
+def folding_violation(
+    name: str, pe: int, simd: int, mw: int, mh: int, cin: int | None = None, wbits: int | None = None
+) -> tuple[str, str] | None:
     """The first of FINN's folding rules (PE, SIMD) breaks for a layer of MW inputs and MH
     outputs, as (key suffix, message), or None when FINN can build it. The one definition of the
     rules: `exitflow build` reports them, the design search enumerates what passes them. (A
     convolution's window generator takes its own SIMD, a divisor of ``cin``, with a width
     converter to the MVAU, so ``cin`` adds no rule.)"""
     if mh % pe:
-        return ".pe", (f"{pe} does not divide the {mh} outputs of {name} (FINN needs MH % PE == 0); "
-                       f"legal PE: {', '.join(map(str, divisors(mh)))}")
+        return ".pe", (
+            f"{pe} does not divide the {mh} outputs of {name} (FINN needs MH % PE == 0); "
+            f"legal PE: {', '.join(map(str, divisors(mh)))}"
+        )
     if mw % simd:
-        return ".simd", (f"{simd} does not divide the {mw} inputs of {name} (FINN needs MW % SIMD == 0); "
-                         f"legal SIMD: {', '.join(map(str, divisors(mw)))}")
+        return ".simd", (
+            f"{simd} does not divide the {mw} inputs of {name} (FINN needs MW % SIMD == 0); "
+            f"legal SIMD: {', '.join(map(str, divisors(mw)))}"
+        )
     if wbits is not None and pe * simd * wbits > 8191:
-        return "", (f"PE x SIMD x weight bits = {pe} x {simd} x {wbits} = {pe * simd * wbits} exceeds 8191, "
-                    "the widest ap_int FINN's HLS MVAU can use")
+        return "", (
+            f"PE x SIMD x weight bits = {pe} x {simd} x {wbits} = {pe * simd * wbits} exceeds 8191, "
+            "the widest ap_int FINN's HLS MVAU can use"
+        )
     if simd * 1024 < mw:
-        return ".simd", (f"{simd} is below MW/1024 = {mw / 1024:g} for {name} "
-                         "(FINN's HLS MVAU code generation needs SIMD >= MW/1024)")
+        return ".simd", (
+            f"{simd} is below MW/1024 = {mw / 1024:g} for {name} "
+            "(FINN's HLS MVAU code generation needs SIMD >= MW/1024)"
+        )
     return None
 
 
@@ -44,9 +53,13 @@ def check_folding(where: str, folding, layers: list[dict], owner: str) -> None:
     by_name = {layer["name"]: layer for layer in layers}
     for name, fold in folding.items():
         if name not in by_name:
-            raise ConfigError(f"{where}.{name}: no weight layer {name!r} in {owner} (layers: {', '.join(by_name) or 'none'})")
+            raise ConfigError(
+                f"{where}.{name}: no weight layer {name!r} in {owner} (layers: {', '.join(by_name) or 'none'})"
+            )
         layer = by_name[name]
-        problem = folding_violation(name, fold.pe, fold.simd, layer["mw"], layer["mh"], layer.get("cin"), layer.get("wbits"))
+        problem = folding_violation(
+            name, fold.pe, fold.simd, layer["mw"], layer["mh"], layer.get("cin"), layer.get("wbits")
+        )
         if problem:
             raise ConfigError(f"{where}.{name}{problem[0]}: {problem[1]}")
 
@@ -112,7 +125,9 @@ def fold_pools(model, buffer_styles: dict | None = None) -> None:
         for d in folds:
             _set_pool_fold(swg_inst, pool_inst, d)
             cycles.append(max(swg_inst.get_exp_cycles(), pool_inst.get_exp_cycles()))
-        _set_pool_fold(swg_inst, pool_inst, folds[int(pick_pool(np.array(cycles), getCustomOp(governor).get_exp_cycles()))])
+        _set_pool_fold(
+            swg_inst, pool_inst, folds[int(pick_pool(np.array(cycles), getCustomOp(governor).get_exp_cycles()))]
+        )
 
 
 def _window_attrs(inst) -> dict:
@@ -121,10 +136,14 @@ def _window_attrs(inst) -> dict:
     if inst.get_nodeattr("ram_style") == "ultra":
         raise NotImplementedError(f"{inst.onnx_node.name}: URAM line buffers are not modelled")
     return {
-        "node": inst.onnx_node.name, "ifm_ch": inst.get_nodeattr("IFMChannels"),
-        "k": list(inst.get_nodeattr("ConvKernelDim")), "ifm": list(inst.get_nodeattr("IFMDim")),
-        "ofm": list(inst.get_nodeattr("OFMDim")), "stride": list(inst.get_nodeattr("Stride")),
-        "dilation": list(inst.get_nodeattr("Dilation")), "in_bits": inst.get_input_datatype().bitwidth(),
+        "node": inst.onnx_node.name,
+        "ifm_ch": inst.get_nodeattr("IFMChannels"),
+        "k": list(inst.get_nodeattr("ConvKernelDim")),
+        "ifm": list(inst.get_nodeattr("IFMDim")),
+        "ofm": list(inst.get_nodeattr("OFMDim")),
+        "stride": list(inst.get_nodeattr("Stride")),
+        "dilation": list(inst.get_nodeattr("Dilation")),
+        "in_bits": inst.get_input_datatype().bitwidth(),
         "ram_style": inst.get_nodeattr("ram_style"),
     }
 

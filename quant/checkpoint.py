@@ -47,8 +47,10 @@ def load(path: Path) -> dict[str, Any]:
             warnings.simplefilter("ignore")
             data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many kinds for a damaged file
-        raise CheckpointError(f"{path}: corrupt or unreadable checkpoint ({_reason(err)}); "
-                              "train it again or point at the run folder's own model.pt") from None
+        raise CheckpointError(
+            f"{path}: corrupt or unreadable checkpoint ({_reason(err)}); "
+            "train it again or point at the run folder's own model.pt"
+        ) from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not an exitflow checkpoint (written by something else)")
     if data.get("version") != VERSION:
@@ -63,7 +65,9 @@ def _reason(err: Exception) -> str:
     text = str(err)
     if "Weights only load failed" in text:
         if "Unsupported global" in text or "GLOBAL" in text:
-            return "it holds Python objects, not only tensors and plain data; exitflow never loads code from a checkpoint"
+            return (
+                "it holds Python objects, not only tensors and plain data; exitflow never loads code from a checkpoint"
+            )
         return "its pickle data is invalid: truncated, damaged or not a torch file"
     if isinstance(err, EOFError) or not text.strip():
         return "the file is empty or truncated"
@@ -89,7 +93,9 @@ def _full_state_keys(model: torch.nn.Module) -> list[str]:
         brevitas_config._FULL_STATE_DICT = full
 
 
-def load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], path: str, prefixes: tuple[str, ...] | None = None) -> None:
+def load_state(
+    model: torch.nn.Module, state: dict[str, torch.Tensor], path: str, prefixes: tuple[str, ...] | None = None
+) -> None:
     """Load ``state`` into ``model`` (only keys under ``prefixes`` when given), or explain in one
     line why the checkpoint belongs to another architecture.
 
@@ -107,8 +113,11 @@ def load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], path: str
     missing = [k for k in required if k not in state]
     shape = [k for k in required if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
     if missing or shape:
-        what = f"lacks {missing[0]}" if missing else (
-            f"has {shape[0]} of shape {tuple(state[shape[0]].shape)}, the model {tuple(own[shape[0]].shape)}")
+        what = (
+            f"lacks {missing[0]}"
+            if missing
+            else (f"has {shape[0]} of shape {tuple(state[shape[0]].shape)}, the model {tuple(own[shape[0]].shape)}")
+        )
         raise CheckpointError(f"{path}: checkpoint is for a different architecture: it {what}")
     loaded = {k: state[k] for k in accepted if under(k) and k in state}
     # A module shared between a loaded part and a kept part (an exit head re-applies the
@@ -119,8 +128,9 @@ def load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], path: str
     try:
         result = model.load_state_dict(merged, strict=False)
     except RuntimeError as err:  # size mismatch of a key the fresh model does not list
-        raise CheckpointError(f"{path}: checkpoint is for a different architecture: "
-                              f"{str(err).strip().splitlines()[-1].strip()[:200]}") from None
+        raise CheckpointError(
+            f"{path}: checkpoint is for a different architecture: {str(err).strip().splitlines()[-1].strip()[:200]}"
+        ) from None
     # Only the stats-initialised scales a model that has not seen data omits may stay missing.
     left = [k for k in result.missing_keys if k in own]
     if left:
@@ -133,8 +143,11 @@ def quantiser_stats(model: torch.nn.Module) -> dict[str, dict[str, Any]]:
     parameter the statistic will initialise."""
     from brevitas.core.scaling import ParameterFromRuntimeStatsScaling
 
-    return {name: {"counter": int(m.counter), "buffer": m.buffer.detach().clone(), "value": m.value.detach().clone()}
-            for name, m in model.named_modules() if isinstance(m, ParameterFromRuntimeStatsScaling)}
+    return {
+        name: {"counter": int(m.counter), "buffer": m.buffer.detach().clone(), "value": m.value.detach().clone()}
+        for name, m in model.named_modules()
+        if isinstance(m, ParameterFromRuntimeStatsScaling)
+    }
 
 
 def restore_quantiser_stats(model: torch.nn.Module, stats: dict[str, dict[str, Any]]) -> None:
@@ -192,14 +205,16 @@ def trusted_config(path: Path, data: dict[str, Any], config=None):
         if stored.model.backbone == "custom":
             raise CheckpointError(
                 f"{path}: no config.yaml beside it, and a custom backbone's model.factory is never taken from the "
-                "checkpoint itself; put the run's config.yaml next to model.pt (or pass the config)")
+                "checkpoint itself; put the run's config.yaml next to model.pt (or pass the config)"
+            )
         return stored
     diff = _first_difference(to_data(stored), to_data(config))
     if diff:
         key, theirs, ours = diff
         raise CheckpointError(
             f"{path}: its stored config has {key} = {theirs!r} but {source} has {ours!r}; the checkpoint "
-            "was not trained with this config (use the config it was trained with, or train again)")
+            "was not trained with this config (use the config it was trained with, or train again)"
+        )
     return config
 
 
@@ -215,4 +230,15 @@ def load_model(path: Path, config=None):
     return config, model.eval(), data
 
 
-__all__ = ["CheckpointError", "load", "load_model", "load_state", "run_config", "quantiser_stats", "restore_quantiser_stats", "save", "to_data", "trusted_config"]
+__all__ = [
+    "CheckpointError",
+    "load",
+    "load_model",
+    "load_state",
+    "run_config",
+    "quantiser_stats",
+    "restore_quantiser_stats",
+    "save",
+    "to_data",
+    "trusted_config",
+]

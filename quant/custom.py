@@ -47,10 +47,19 @@ class CustomMultiExitNet(nn.Module):
     """``forward`` returns every exit's logits (QuantTensors) in the order of the named modules,
     the user's classifier last, like :class:`~exitflow.quant.network.MultiExitNet`."""
 
-    def __init__(self, backbone: nn.Module, exits: list[str], classifier: str, input_shape: tuple[int, int, int],
-                 num_classes: int, bits: Bits, pool_to: int = 4, hidden: int = 0):
+    def __init__(
+        self,
+        backbone: nn.Module,
+        exits: list[str],
+        classifier: str,
+        input_shape: tuple[int, int, int],
+        num_classes: int,
+        bits: Bits,
+        pool_to: int = 4,
+        hidden: int = 0,
+    ):
         super().__init__()
-        from brevitas.nn import QuantLinear, QuantIdentity
+        from brevitas.nn import QuantIdentity, QuantLinear
 
         order = [name for name, _ in backbone.named_modules() if name]
         modules = dict(backbone.named_modules())
@@ -61,9 +70,12 @@ class CustomMultiExitNet(nn.Module):
         if not isinstance(cls, QuantLinear) or cls.bias is not None:
             raise ConfigError(
                 f"model.classifier: {classifier!r} is a {type(cls).__name__}{' with bias' if getattr(cls, 'bias', None) is not None else ''}; "
-                "the final exit must be a QuantLinear without bias")
+                "the final exit must be a QuantLinear without bias"
+            )
         if cls.quant_weight().scale.numel() != 1:
-            raise ConfigError(f"model.classifier: {classifier!r} has per-channel weight scales; the final exit needs one per-tensor scale")
+            raise ConfigError(
+                f"model.classifier: {classifier!r} has per-channel weight scales; the final exit needs one per-tensor scale"
+            )
         ordered_exits = sorted(dict.fromkeys(exits), key=order.index)
         if any(order.index(e) >= order.index(classifier) for e in ordered_exits):
             raise ConfigError(f"model.exits: every exit must come before the classifier {classifier!r}")
@@ -92,7 +104,9 @@ class CustomMultiExitNet(nn.Module):
         for e in ordered_exits:
             requant = QuantIdentity(act_quant=modules[self._quantiser_of[e]].act_quant, return_quant_tensor=True)
             self.heads[_key(e)] = nn.Sequential(requant, build_head(self.shapes[e], num_classes, bits, pool_to, hidden))
-        final_requant = QuantIdentity(act_quant=modules[self._quantiser_of[CLASSIFIER_INPUT]].act_quant, return_quant_tensor=True)
+        final_requant = QuantIdentity(
+            act_quant=modules[self._quantiser_of[CLASSIFIER_INPUT]].act_quant, return_quant_tensor=True
+        )
         self.heads[_key(classifier)] = nn.Sequential(final_requant, cls)
         self.train(was_training)
 
@@ -110,7 +124,8 @@ class CustomMultiExitNet(nn.Module):
                 return siblings[-1]
         raise ConfigError(
             f"model.exits: {name!r} is a {type(module).__name__}; an exit must follow an activation quantiser "
-            "(QuantIdentity, QuantReLU, QuantHardTanh) or a max pool right after one")
+            "(QuantIdentity, QuantReLU, QuantHardTanh) or a max pool right after one"
+        )
 
     @staticmethod
     def _last_quantiser_before(order: list[str], modules: dict, name: str) -> str:
@@ -122,6 +137,7 @@ class CustomMultiExitNet(nn.Module):
     def _tap(self, name: str) -> Callable:
         def hook(module, args, output):
             self._taps[name] = output
+
         return hook
 
     def _stop_at_classifier(self, module, args):
@@ -140,9 +156,14 @@ class CustomMultiExitNet(nn.Module):
             self._tapping = False
         missing = [n for n in [*self.early, CLASSIFIER_INPUT] if n not in self._taps]
         if missing:
-            key, name = ("model.classifier", self.classifier_name) if missing[0] == CLASSIFIER_INPUT else ("model.exits", missing[0])
-            raise ConfigError(f"{key}: module {name!r} was not called by the backbone's forward; "
-                              "name a module its forward runs")
+            key, name = (
+                ("model.classifier", self.classifier_name)
+                if missing[0] == CLASSIFIER_INPUT
+                else ("model.exits", missing[0])
+            )
+            raise ConfigError(
+                f"{key}: module {name!r} was not called by the backbone's forward; name a module its forward runs"
+            )
         return dict(self._taps)
 
     @property
@@ -178,8 +199,11 @@ def _is_weight_layer(module: nn.Module) -> bool:
 def _inside_brevitas_layer(name: str, modules: dict) -> bool:
     """A submodule of a Brevitas layer (its quantisers' own parts), not a layer of the user's."""
     parts = name.split(".")
-    return any(type(modules[".".join(parts[:i])]).__module__.startswith("brevitas.")
-               for i in range(1, len(parts)) if ".".join(parts[:i]) in modules)
+    return any(
+        type(modules[".".join(parts[:i])]).__module__.startswith("brevitas.")
+        for i in range(1, len(parts))
+        if ".".join(parts[:i]) in modules
+    )
 
 
 def _check_layers(order: list[str], modules: dict, classifier: str) -> None:
@@ -192,14 +216,15 @@ def _check_layers(order: list[str], modules: dict, classifier: str) -> None:
             if isinstance(module, plain):
                 raise ConfigError(
                     f"model.factory: {name!r} is a torch {type(module).__name__}, not quantised: the hardware has only "
-                    f"quantised weight layers; make it a brevitas.nn.{quant}")
+                    f"quantised weight layers; make it a brevitas.nn.{quant}"
+                )
 
 
 def _check_stages(order: list[str], modules: dict, exits: list[str], classifier: str) -> None:
     """Every stage (the input to the first exit, from one exit to the next, from the last exit to
     the classifier) holds at least one weight layer: a stage without one would be no hardware."""
     bounds = [None, *exits, classifier]
-    for start, end in zip(bounds, bounds[1:]):
+    for start, end in zip(bounds, bounds[1:], strict=False):
         first = 0 if start is None else order.index(start) + 1
         between = order[first : order.index(end)]
         if any(_is_weight_layer(modules[n]) for n in between):
@@ -213,7 +238,8 @@ def _check_stages(order: list[str], modules: dict, exits: list[str], classifier:
         fix = f"drop the exit {start!r}" if start is not None else f"drop the exit {end!r}"
         raise ConfigError(
             f"model.exits: no weight layer (QuantConv2d or QuantLinear) {where}, so that stage would have no "
-            f"hardware; {fix} or move it after a weight layer")
+            f"hardware; {fix} or move it after a weight layer"
+        )
 
 
 def _preview(names: list[str], limit: int = 12) -> str:

@@ -87,7 +87,9 @@ def export_stages(model, exits: list[str], out_dir: str | Path, example: torch.T
     cut at the exits' tensors)."""
     unknown = [e for e in exits if e not in model.exit_names]
     if unknown:
-        raise ConfigError(f"exits: {unknown[0]!r} is not a candidate exit of this model; candidate exits: {', '.join(model.exit_names)}")
+        raise ConfigError(
+            f"exits: {unknown[0]!r} is not a candidate exit of this model; candidate exits: {', '.join(model.exit_names)}"
+        )
     out_dir = Path(out_dir)
     tmp = out_dir.with_name(f".{out_dir.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -110,16 +112,25 @@ def export_stages(model, exits: list[str], out_dir: str | Path, example: torch.T
             head = model.head(exit_name) if isinstance(model, CustomMultiExitNet) else model.stage_modules(chosen)[k][1]
             _export(head, features[k], tmp / f"head{k}.onnx")
             logits = head(features[k])
-            manifest["stages"].append({
-                "file": f"stage{k}.onnx", "blocks": _blocks(model, chosen, k),
-                "input_shape": list(inputs[k].shape[1:]), "output_shape": list(features[k].shape[1:]),
-                "layers": _stage_layers(model, chosen, k),
-            })
-            manifest["heads"].append({
-                "file": f"head{k}.onnx", "exit": exit_name, "scale": float(logits.scale),
-                "logit_bits": int(logits.bit_width), "num_classes": int(logits.shape[1]),
-                "layers": _head_layers(head),
-            })
+            manifest["stages"].append(
+                {
+                    "file": f"stage{k}.onnx",
+                    "blocks": _blocks(model, chosen, k),
+                    "input_shape": list(inputs[k].shape[1:]),
+                    "output_shape": list(features[k].shape[1:]),
+                    "layers": _stage_layers(model, chosen, k),
+                }
+            )
+            manifest["heads"].append(
+                {
+                    "file": f"head{k}.onnx",
+                    "exit": exit_name,
+                    "scale": float(logits.scale),
+                    "logit_bits": int(logits.bit_width),
+                    "num_classes": int(logits.shape[1]),
+                    "layers": _head_layers(head),
+                }
+            )
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
     if out_dir.exists():
         shutil.rmtree(out_dir)
@@ -145,7 +156,13 @@ def _weight_layer(name: str, module) -> dict | None:
     wbits = int(module.quant_weight().bit_width)
     if isinstance(module, QuantConv2d):
         k = int(np.prod(module.kernel_size))
-        return {"name": name, "mw": module.in_channels * k, "mh": module.out_channels, "cin": module.in_channels, "wbits": wbits}
+        return {
+            "name": name,
+            "mw": module.in_channels * k,
+            "mh": module.out_channels,
+            "cin": module.in_channels,
+            "wbits": wbits,
+        }
     return {"name": name, "mw": module.in_features, "mh": module.out_features, "wbits": wbits}
 
 
@@ -186,7 +203,7 @@ def _head_layers(head) -> list[dict]:
     """Weight layers of a head: ``hidden`` (if any) and ``classifier``."""
     found = [m for m in head.modules() if _weight_layer("", m)]
     names = ["hidden", "classifier"] if len(found) == 2 else ["classifier"]
-    return [_weight_layer(n, m) for n, m in zip(names, found)]
+    return [_weight_layer(n, m) for n, m in zip(names, found, strict=False)]
 
 
 def _builtin_stages(model: MultiExitNet, chosen: list[str], x: torch.Tensor, folder: Path) -> list[torch.Tensor]:
@@ -237,7 +254,9 @@ def _cut_custom(model, chosen: list[str], x: torch.Tensor, folder: Path) -> list
         if k > 0:
             quant = _quantiser_node(producer, start, chosen[k - 1])
             new_in = "stage_in"
-            node = helper.make_node("Quant", [new_in, *quant.input[1:]], [start], domain=quant.domain, name="StageInputQuant")
+            node = helper.make_node(
+                "Quant", [new_in, *quant.input[1:]], [start], domain=quant.domain, name="StageInputQuant"
+            )
             node.attribute.extend(quant.attribute)
             stage.graph.node.insert(0, node)
             have = {i.name for i in stage.graph.initializer}
@@ -270,8 +289,10 @@ def _quantiser_node(producer: dict, tensor: str, exit_name: str = ""):
     if node.op_type == "MaxPool":
         node = producer[node.input[0]]
     if node.op_type not in ("Quant", "BipolarQuant"):
-        raise ConfigError(f"model.exits: the output of {exit_name!r} is not the output of an activation quantiser "
-                          "once exported; put the exit right after a QuantIdentity, QuantReLU or QuantHardTanh")
+        raise ConfigError(
+            f"model.exits: the output of {exit_name!r} is not the output of an activation quantiser "
+            "once exported; put the exit right after a QuantIdentity, QuantReLU or QuantHardTanh"
+        )
     return node
 
 
@@ -313,7 +334,8 @@ def check_chain(raw, model) -> None:
             kind = "skip connection" if op in ("Add", "Sub") else "join"
             raise ConfigError(
                 f"{where or 'the backbone'}: the {kind} ({op} of two branches) is not supported: exitflow maps only a "
-                f"backbone that is one chain of layers to hardware; remove the branch from {owner}")
+                f"backbone that is one chain of layers to hardware; remove the branch from {owner}"
+            )
 
 
 def export_run(run_dir: str | Path, exits: list[str]) -> dict:
@@ -332,8 +354,10 @@ def run_stages(stage_dir: str | Path, x: np.ndarray) -> list[np.ndarray]:
 
     stage_dir = Path(stage_dir)
     manifest = json.loads((stage_dir / "manifest.json").read_text())
-    graphs = [(ModelWrapper(str(stage_dir / s["file"])), ModelWrapper(str(stage_dir / h["file"])), h)
-              for s, h in zip(manifest["stages"], manifest["heads"])]
+    graphs = [
+        (ModelWrapper(str(stage_dir / s["file"])), ModelWrapper(str(stage_dir / h["file"])), h)
+        for s, h in zip(manifest["stages"], manifest["heads"], strict=False)
+    ]
     logits = [[] for _ in graphs]
     for i in range(len(x)):
         h = x[i : i + 1].astype(np.float32)

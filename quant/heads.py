@@ -11,7 +11,9 @@ from torch import nn
 from .presets import Bits, activation, weight_kwargs
 
 
-def build_head(in_shape: tuple[int, ...], num_classes: int, bits: Bits, pool_to: int = 4, hidden: int = 0) -> nn.Sequential:
+def build_head(
+    in_shape: tuple[int, ...], num_classes: int, bits: Bits, pool_to: int = 4, hidden: int = 0
+) -> nn.Sequential:
     """A cheap exit head: max pooling down to at most ``pool_to`` x ``pool_to``, flatten, an
     optional hidden layer, and the classifier (QuantLinear, no bias, per-tensor scale)."""
     from brevitas.nn import QuantLinear
@@ -31,5 +33,7 @@ def build_head(in_shape: tuple[int, ...], num_classes: int, bits: Bits, pool_to:
         layers["hidden_bn"] = nn.BatchNorm1d(hidden)
         layers["hidden_act"] = activation(bits.act)
         n = hidden
-    layers["classifier"] = QuantLinear(n, num_classes, bias=False, return_quant_tensor=True, **weight_kwargs(bits.weight))
+    layers["classifier"] = QuantLinear(
+        n, num_classes, bias=False, return_quant_tensor=True, **weight_kwargs(bits.weight)
+    )
     return nn.Sequential(layers)

@@ -40,24 +40,37 @@ def lenet(input_shape: tuple[int, int, int]) -> list[BlockSpec]:
     small ones such as 8x8 digits."""
     _, h, _ = input_shape
     if h >= 20:
-        return [BlockSpec("conv0", "conv", 16, 5, True), BlockSpec("conv1", "conv", 32, 5, True),
-                BlockSpec("fc0", "linear", 120), BlockSpec("fc1", "linear", 84)]
-    return [BlockSpec("conv0", "conv", 16, 3, True), BlockSpec("conv1", "conv", 32, 3, False),
-            BlockSpec("fc0", "linear", 64), BlockSpec("fc1", "linear", 64)]
+        return [
+            BlockSpec("conv0", "conv", 16, 5, True),
+            BlockSpec("conv1", "conv", 32, 5, True),
+            BlockSpec("fc0", "linear", 120),
+            BlockSpec("fc1", "linear", 84),
+        ]
+    return [
+        BlockSpec("conv0", "conv", 16, 3, True),
+        BlockSpec("conv1", "conv", 32, 3, False),
+        BlockSpec("fc0", "linear", 64),
+        BlockSpec("fc1", "linear", 64),
+    ]
 
 
 def cnv(input_shape: tuple[int, int, int], width: float = 1.0) -> list[BlockSpec]:
     """FINN's CNV for 32x32x3 (brevitas_examples.bnn_pynq CNV): six 3x3 convolutions in three
     pairs (64, 128, 256 channels; max pooling after the first two pairs), then linear layers of
     512, 512 and the classifier. ``width`` scales every channel count (1.0 is the original)."""
+
     def c(n: int) -> int:
         return max(1, round(n * width))
 
     return [
-        BlockSpec("conv0", "conv", c(64)), BlockSpec("conv1", "conv", c(64), pool=True),
-        BlockSpec("conv2", "conv", c(128)), BlockSpec("conv3", "conv", c(128), pool=True),
-        BlockSpec("conv4", "conv", c(256)), BlockSpec("conv5", "conv", c(256)),
-        BlockSpec("fc0", "linear", c(512)), BlockSpec("fc1", "linear", c(512)),
+        BlockSpec("conv0", "conv", c(64)),
+        BlockSpec("conv1", "conv", c(64), pool=True),
+        BlockSpec("conv2", "conv", c(128)),
+        BlockSpec("conv3", "conv", c(128), pool=True),
+        BlockSpec("conv4", "conv", c(256)),
+        BlockSpec("conv5", "conv", c(256)),
+        BlockSpec("fc0", "linear", c(512)),
+        BlockSpec("fc1", "linear", c(512)),
     ]
 
 
@@ -72,7 +85,9 @@ def _out_shape(spec: BlockSpec, shape: tuple[int, ...]) -> tuple[int, ...]:
     _, h, w = shape
     h, w = h - spec.kernel + 1, w - spec.kernel + 1
     if h < 1 or w < 1:
-        raise ValueError(f"block {spec.name!r}: a {spec.kernel}x{spec.kernel} kernel does not fit the {shape[1]}x{shape[2]} input")
+        raise ValueError(
+            f"block {spec.name!r}: a {spec.kernel}x{spec.kernel} kernel does not fit the {shape[1]}x{shape[2]} input"
+        )
     if spec.pool:
         h, w = h // 2, w // 2
         if h < 1 or w < 1:
@@ -85,8 +100,9 @@ def build_block(spec: BlockSpec, in_shape: tuple[int, ...], bits: Bits) -> nn.Se
 
     layers: OrderedDict[str, nn.Module] = OrderedDict()
     if spec.kind == "conv":
-        layers["conv"] = QuantConv2d(in_shape[0], spec.channels, spec.kernel, bias=False, return_quant_tensor=True,
-                                     **weight_kwargs(bits.weight))
+        layers["conv"] = QuantConv2d(
+            in_shape[0], spec.channels, spec.kernel, bias=False, return_quant_tensor=True, **weight_kwargs(bits.weight)
+        )
         layers["bn"] = nn.BatchNorm2d(spec.channels)
         layers["act"] = activation(bits.act)
         if spec.pool:
@@ -94,8 +110,9 @@ def build_block(spec: BlockSpec, in_shape: tuple[int, ...], bits: Bits) -> nn.Se
     elif spec.kind == "linear":
         if len(in_shape) > 1:
             layers["flatten"] = nn.Flatten()
-        layers["linear"] = QuantLinear(math.prod(in_shape), spec.channels, bias=False, return_quant_tensor=True,
-                                       **weight_kwargs(bits.weight))
+        layers["linear"] = QuantLinear(
+            math.prod(in_shape), spec.channels, bias=False, return_quant_tensor=True, **weight_kwargs(bits.weight)
+        )
         layers["bn"] = nn.BatchNorm1d(spec.channels)
         layers["act"] = activation(bits.act)
     else:
@@ -116,9 +133,17 @@ class MultiExitNet(nn.Module):
     """Backbone blocks with candidate exit heads; ``forward`` returns every exit's logits
     (Brevitas QuantTensors: integer logits with one scale), in block order."""
 
-    def __init__(self, specs: list[BlockSpec], input_shape: tuple[int, int, int], num_classes: int,
-                 exits: list[str] | None, bits: Bits, block_bits: dict[str, Bits] | None = None,
-                 pool_to: int = 4, hidden: int = 0):
+    def __init__(
+        self,
+        specs: list[BlockSpec],
+        input_shape: tuple[int, int, int],
+        num_classes: int,
+        exits: list[str] | None,
+        bits: Bits,
+        block_bits: dict[str, Bits] | None = None,
+        pool_to: int = 4,
+        hidden: int = 0,
+    ):
         super().__init__()
         names = [s.name for s in specs]
         block_bits = block_bits or {}
@@ -219,15 +244,20 @@ def build_model(config, input_shape: tuple[int, int, int], num_classes: int) -> 
                 raise ConfigError(f"{key}: no block named {name!r} in {config.backbone}; blocks: {', '.join(names)}")
     try:
         return MultiExitNet(
-            specs, input_shape, num_classes,
+            specs,
+            input_shape,
+            num_classes,
             exits=list(config.exits) if config.exits is not None else None,
             bits=config.bits_for("__preset__"),
             block_bits={n: config.bits_for(n) for n in config.block_bits},
-            pool_to=config.head.pool_to, hidden=config.head.hidden,
+            pool_to=config.head.pool_to,
+            hidden=config.head.hidden,
         )
     except ValueError as err:
         shape = "x".join(map(str, input_shape))
-        raise ConfigError(f"model: {err} (the data's images are {shape}; choose another backbone or data.shape)") from None
+        raise ConfigError(
+            f"model: {err} (the data's images are {shape}; choose another backbone or data.shape)"
+        ) from None
 
 
 def _build_custom(config, input_shape, num_classes):
@@ -239,14 +269,28 @@ def _build_custom(config, input_shape, num_classes):
     if isinstance(backbone, tuple) and backbone and isinstance(backbone[0], nn.Module):
         backbone = backbone[0]  # e.g. brevitas_examples' model_with_cfg returns (model, cfg)
     if not isinstance(backbone, nn.Module):
-        what = (f"a tuple of {', '.join(type(v).__name__ for v in backbone[:4])}" if isinstance(backbone, tuple)
-                else f"a {type(backbone).__name__}")
+        what = (
+            f"a tuple of {', '.join(type(v).__name__ for v in backbone[:4])}"
+            if isinstance(backbone, tuple)
+            else f"a {type(backbone).__name__}"
+        )
         raise ConfigError(
             f"model.factory: {config.factory} returned {what}, not a torch module (nor a tuple whose first item is one); "
-            "wrap it in a function of your own that returns the nn.Module and name that function as model.factory")
+            "wrap it in a function of your own that returns the nn.Module and name that function as model.factory"
+        )
     try:
-        return CustomMultiExitNet(backbone, list(config.exits), config.classifier, input_shape, num_classes,
-                                  config.bits_for("__preset__"), config.head.pool_to, config.head.hidden)
+        return CustomMultiExitNet(
+            backbone,
+            list(config.exits),
+            config.classifier,
+            input_shape,
+            num_classes,
+            config.bits_for("__preset__"),
+            config.head.pool_to,
+            config.head.hidden,
+        )
     except RuntimeError as err:  # the backbone's own forward failed on the data's shape
         shape = "x".join(map(str, input_shape))
-        raise ConfigError(f"model: {config.factory} cannot take the data's {shape} images ({str(err).splitlines()[0]})") from None
+        raise ConfigError(
+            f"model: {config.factory} cannot take the data's {shape} images ({str(err).splitlines()[0]})"
+        ) from None

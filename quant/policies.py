@@ -113,8 +113,9 @@ def _check_logits(logits: np.ndarray, logit_bits: int) -> np.ndarray:
     return z
 
 
-def confidence_code(policy: Policy, logits: np.ndarray, scale: float, logit_bits: int,
-                    frac_bits: int = DEFAULT_FRAC_BITS) -> tuple[np.ndarray, np.ndarray]:
+def confidence_code(
+    policy: Policy, logits: np.ndarray, scale: float, logit_bits: int, frac_bits: int = DEFAULT_FRAC_BITS
+) -> tuple[np.ndarray, np.ndarray]:
     """(class, confidence code) for integer ``logits`` of shape ``(..., classes)``."""
     z = _check_logits(logits, logit_bits)
     cls = np.argmax(z, axis=-1)  # first maximum, as the hardware's strict '>' scan
@@ -137,8 +138,14 @@ def exits(policy: Policy, code: np.ndarray, threshold_constant: int) -> np.ndarr
     return np.asarray(code) >= threshold_constant
 
 
-def decide(policy: Policy, logits: np.ndarray, scale: float, logit_bits: int, threshold_constant: int,
-           frac_bits: int = DEFAULT_FRAC_BITS) -> Decision:
+def decide(
+    policy: Policy,
+    logits: np.ndarray,
+    scale: float,
+    logit_bits: int,
+    threshold_constant: int,
+    frac_bits: int = DEFAULT_FRAC_BITS,
+) -> Decision:
     """The CTU: integer logits -> (exit flag, class, confidence code), exactly as in hardware."""
     cls, code = confidence_code(policy, logits, scale, logit_bits, frac_bits)
     return Decision(exit=exits(policy, code, threshold_constant), cls=cls.astype(np.int64), code=code.astype(np.int64))

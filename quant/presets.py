@@ -52,8 +52,9 @@ def activation(bits: int) -> nn.Module:
         return QuantIdentity(act_quant=SignedBinaryActPerTensorConst, return_quant_tensor=True)
     # A learned scale initialised from a fixed range (not from runtime statistics): the state
     # is the same from the first step on, so checkpoints load and resume exactly.
-    return QuantReLU(act_quant=Uint8ActPerTensorFloatMaxInit, bit_width=bits, max_val=ACT_MAX_INIT,
-                     return_quant_tensor=True)
+    return QuantReLU(
+        act_quant=Uint8ActPerTensorFloatMaxInit, bit_width=bits, max_val=ACT_MAX_INIT, return_quant_tensor=True
+    )
 
 
 def input_quant() -> nn.Module:
@@ -63,6 +64,9 @@ def input_quant() -> nn.Module:
     from brevitas.quant import Uint8ActPerTensorFloat
 
     return QuantIdentity(
-        act_quant=Uint8ActPerTensorFloat, bit_width=8, scaling_impl_type="const", scaling_init=1.0,
+        act_quant=Uint8ActPerTensorFloat,
+        bit_width=8,
+        scaling_impl_type="const",
+        scaling_init=1.0,
         return_quant_tensor=True,
     )

@@ -77,8 +77,14 @@ def margin_grid(scales: np.ndarray, codes: np.ndarray) -> tuple[float, ...]:
     return tuple(np.round(np.linspace(0.0, max(top, 1e-6), 40), 6).tolist())
 
 
-def threshold_table(split: SplitProfile, policy: str, grid: tuple[float, ...], scales: np.ndarray,
-                    names: list[str], frac_bits: int = DEFAULT_FRAC_BITS) -> dict:
+def threshold_table(
+    split: SplitProfile,
+    policy: str,
+    grid: tuple[float, ...],
+    scales: np.ndarray,
+    names: list[str],
+    frac_bits: int = DEFAULT_FRAC_BITS,
+) -> dict:
     """Per exit and for the whole cascade, at every threshold of ``grid``."""
     n, e = split.pred.shape
     correct = split.correct
@@ -112,16 +118,22 @@ def profile(run_dir: str | Path, frac_bits: int = DEFAULT_FRAC_BITS, plot: bool 
     for split_name, data in (("val", splits.val), ("test", splits.test)):
         prof, scales, bits = run_exits(model, data, frac_bits)
         arrays["scales"], arrays["logit_bits"] = scales, bits
-        arrays.update({
-            f"{split_name}_logits": prof.logits, f"{split_name}_labels": prof.labels,
-            f"{split_name}_pred": prof.pred, f"{split_name}_correct": prof.correct,
-            **{f"{split_name}_code_{p}": c for p, c in prof.codes.items()},
-        })
+        arrays.update(
+            {
+                f"{split_name}_logits": prof.logits,
+                f"{split_name}_labels": prof.labels,
+                f"{split_name}_pred": prof.pred,
+                f"{split_name}_correct": prof.correct,
+                **{f"{split_name}_code_{p}": c for p, c in prof.codes.items()},
+            }
+        )
         summary["splits"][split_name] = {
             "samples": int(len(data)),
-            "accuracy": dict(zip(names, prof.correct.mean(axis=0).round(6).tolist())),
+            "accuracy": dict(zip(names, prof.correct.mean(axis=0).round(6).tolist(), strict=False)),
             "max_prob": threshold_table(prof, "max_prob", MAX_PROB_GRID, scales, names, frac_bits),
-            "margin": threshold_table(prof, "margin", margin_grid(scales, prof.codes["margin"]), scales, names, frac_bits),
+            "margin": threshold_table(
+                prof, "margin", margin_grid(scales, prof.codes["margin"]), scales, names, frac_bits
+            ),
         }
     summary["scales"] = arrays["scales"].tolist()
     summary["logit_bits"] = arrays["logit_bits"].tolist()
@@ -150,8 +162,10 @@ def load_profile(run_dir: str | Path) -> dict[str, np.ndarray]:
         with np.load(path, allow_pickle=False) as npz:
             missing = [k for k in wanted if k not in npz.files]
             if missing:
-                raise ConfigError(f"{path}: not a profile exitflow wrote (lacks {', '.join(missing[:4])}"
-                                  f"{', ...' if len(missing) > 4 else ''}); {again}")
+                raise ConfigError(
+                    f"{path}: not a profile exitflow wrote (lacks {', '.join(missing[:4])}"
+                    f"{', ...' if len(missing) > 4 else ''}); {again}"
+                )
             arrays = {k: npz[k] for k in wanted}
     except ConfigError:
         raise
@@ -184,7 +198,9 @@ def load_profile(run_dir: str | Path) -> dict[str, np.ndarray]:
         for key in ("pred", "correct", *(f"code_{p}" for p in POLICIES)):
             array = arrays[f"{split}_{key}"]
             if array.shape != (n, n_exits) or array.dtype.kind not in ("b" if key == "correct" else "iu"):
-                raise bad(f"{split}_{key}", f"{'booleans' if key == 'correct' else 'integers'} of shape ({n}, {n_exits})")
+                raise bad(
+                    f"{split}_{key}", f"{'booleans' if key == 'correct' else 'integers'} of shape ({n}, {n_exits})"
+                )
     return arrays
 
 

@@ -76,7 +76,7 @@ def evaluate(model: MultiExitNet, data: ImageSet, batch_size: int = 500) -> dict
         for k, out in enumerate(model(x)):
             correct[k] += (out.value.argmax(dim=1) == y).sum().item()
     model.train(was_training)
-    return {name: float(c / len(data)) for name, c in zip(model.exit_names, correct)}
+    return {name: float(c / len(data)) for name, c in zip(model.exit_names, correct, strict=False)}
 
 
 def _exit_weights(config: RunConfig, model: MultiExitNet) -> list[float]:
@@ -104,7 +104,7 @@ def _loss(config: RunConfig, outputs: list, y: torch.Tensor, weights: list[float
     if mode == "exits_only":
         per_exit = per_exit[:-1]
         weights = weights[:-1]
-    total = sum(w * l for w, l in zip(weights, per_exit))
+    total = sum(w * l for w, l in zip(weights, per_exit, strict=False))
     return total, [float(l.detach()) for l in per_exit]
 
 
@@ -156,7 +156,9 @@ def _check_out(out: Path, config: RunConfig) -> dict | None:
     return None
 
 
-def train(config: RunConfig, out: str | Path, log: Callable[[str], None] = print, progress: bool | None = None) -> TrainResult:
+def train(
+    config: RunConfig, out: str | Path, log: Callable[[str], None] = print, progress: bool | None = None
+) -> TrainResult:
     """Train (or resume, or find finished) the run ``config`` in folder ``out``."""
     out = user_path(out)
     started = time.perf_counter()
@@ -222,25 +224,42 @@ def train(config: RunConfig, out: str | Path, log: Callable[[str], None] = print
         schedule.step()
         val = evaluate(model, splits.val)
         trained = model.exit_names[:-1] if config.train.mode == "exits_only" else model.exit_names
-        history.append({
-            "epoch": epoch + 1,
-            "loss": {name: float(sums[k] / n) for k, name in enumerate(trained)},
-            "val_accuracy": val,
-        })
-        ckpt.save(out / "checkpoint.pt", {
-            "config": to_data(config), "epoch": epoch + 1, "state_dict": model.state_dict(),
-            "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(), "history": history,
-            "quant_stats": ckpt.quantiser_stats(model),
-            "input_shape": list(input_shape), "num_classes": num_classes,
-        })
+        history.append(
+            {
+                "epoch": epoch + 1,
+                "loss": {name: float(sums[k] / n) for k, name in enumerate(trained)},
+                "val_accuracy": val,
+            }
+        )
+        ckpt.save(
+            out / "checkpoint.pt",
+            {
+                "config": to_data(config),
+                "epoch": epoch + 1,
+                "state_dict": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "schedule": schedule.state_dict(),
+                "history": history,
+                "quant_stats": ckpt.quantiser_stats(model),
+                "input_shape": list(input_shape),
+                "num_classes": num_classes,
+            },
+        )
         _write_log(out, config, model, history)
         log(f"epoch {epoch + 1}/{epochs}: val accuracy " + ", ".join(f"{k} {100 * v:.1f}%" for k, v in val.items()))
     if not val:
         val = evaluate(model, splits.val)
-    ckpt.save(out / "model.pt", {
-        "config": to_data(config), "state_dict": model.state_dict(), "input_shape": list(input_shape),
-        "num_classes": num_classes, "exit_names": model.exit_names, "val_accuracy": val,
-    })
+    ckpt.save(
+        out / "model.pt",
+        {
+            "config": to_data(config),
+            "state_dict": model.state_dict(),
+            "input_shape": list(input_shape),
+            "num_classes": num_classes,
+            "exit_names": model.exit_names,
+            "val_accuracy": val,
+        },
+    )
     (out / "checkpoint.pt").unlink(missing_ok=True)
     return TrainResult(out, epochs - first, val, time.perf_counter() - started)
 

@@ -13,11 +13,22 @@ REPO = Path(__file__).resolve().parents[1]
 # group, so the fixture is made once; every other test module is a group of its own (its tests
 # keep their order, as the README walk-through needs). The longest groups go first, so that
 # neither process is left with a long one at the end.
-SHARED = {"tests/hostile/": "hostile (one trained run)", "tests/cosim/": "cosim (the built designs)",
-          "tests/app/test_run.py": "finished_run", "tests/app/test_report.py": "finished_run"}
-LONGEST_FIRST = ["hostile (one trained run)", "tests/test_readme.py", "tests/hw/test_build.py",
-                 "cosim (the built designs)", "finished_run", "tests/dse/test_sweep.py", "tests/dse/test_finn_model.py",
-                 "tests/quant/test_export.py"]
+SHARED = {
+    "tests/hostile/": "hostile (one trained run)",
+    "tests/cosim/": "cosim (the built designs)",
+    "tests/app/test_run.py": "finished_run",
+    "tests/app/test_report.py": "finished_run",
+}
+LONGEST_FIRST = [
+    "hostile (one trained run)",
+    "tests/test_readme.py",
+    "tests/hw/test_build.py",
+    "cosim (the built designs)",
+    "finished_run",
+    "tests/dse/test_sweep.py",
+    "tests/dse/test_finn_model.py",
+    "tests/quant/test_export.py",
+]
 
 
 def group_of(nodeid: str) -> str:

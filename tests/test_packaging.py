@@ -56,8 +56,22 @@ def test_lock_pins_the_required_versions(repo):
     assert pins["brevitas"] == "0.13.4"
     assert pins["qonnx"] == "1.0.0"
     assert pins["finn-plus"] == "1.6.1"
-    for name in ["hls4ml", "numpy", "onnx", "onnxruntime", "protobuf", "jinja2", "psutil", "pyyaml",
-                 "matplotlib", "pytest", "tqdm", "hypothesis", "mlxtend", "scikit-learn"]:
+    for name in [
+        "hls4ml",
+        "numpy",
+        "onnx",
+        "onnxruntime",
+        "protobuf",
+        "jinja2",
+        "psutil",
+        "pyyaml",
+        "matplotlib",
+        "pytest",
+        "tqdm",
+        "hypothesis",
+        "mlxtend",
+        "scikit-learn",
+    ]:
         assert name in pins, name
 
 
@@ -90,7 +104,11 @@ def test_pip_check_reports_only_the_documented_finn_plus_findings():
 
 
 def test_no_cuda_packages_installed():
-    cuda = [d.metadata["Name"] for d in metadata.distributions() if d.metadata["Name"].lower().startswith(("nvidia", "triton", "cuda"))]
+    cuda = [
+        d.metadata["Name"]
+        for d in metadata.distributions()
+        if d.metadata["Name"].lower().startswith(("nvidia", "triton", "cuda"))
+    ]
     assert cuda == []
     import torch
 
@@ -151,10 +169,21 @@ def test_package_data_covers_the_data_files(repo):
 
     data = tomllib.loads((repo / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
     for package, patterns in data.items():
-        folder = repo / {"exitflow.core": "core", "exitflow.app": "app", "exitflow.boards": "boards",
-                          "exitflow.hls_templates": "hls_templates", "exitflow.cosim": "cosim"}[package]
-        files = [p.relative_to(folder).as_posix() for p in folder.rglob("*")
-                 if p.is_file() and p.suffix != ".py" and "__pycache__" not in p.parts]
+        folder = (
+            repo
+            / {
+                "exitflow.core": "core",
+                "exitflow.app": "app",
+                "exitflow.boards": "boards",
+                "exitflow.hls_templates": "hls_templates",
+                "exitflow.cosim": "cosim",
+            }[package]
+        )
+        files = [
+            p.relative_to(folder).as_posix()
+            for p in folder.rglob("*")
+            if p.is_file() and p.suffix != ".py" and "__pycache__" not in p.parts
+        ]
         uncovered = [f for f in files if not any(fnmatch.fnmatch(f, pat) for pat in patterns)]
         assert uncovered == [], f"{package}: add to package-data: {uncovered}"
 

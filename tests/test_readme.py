@@ -62,8 +62,9 @@ def test_readme_block(section, block, needs, workdir):
     if needs:
         pytest.skip(f"needs {needs}")
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    done = subprocess.run(["bash", "-e", "-c", block], cwd=workdir, env=env, capture_output=True, text=True,
-                          timeout=1800)
+    done = subprocess.run(
+        ["bash", "-e", "-c", block], cwd=workdir, env=env, capture_output=True, text=True, timeout=1800
+    )
     assert done.returncode == 0, f"{section}:\n{block}\nexit {done.returncode}\n{done.stderr[-3000:]}"
     assert "Traceback" not in done.stderr
     for path in re.findall(r"--out (\S+)", block):  # every run folder a block names is there, relative to cwd

@@ -22,8 +22,8 @@ class FinishedRun:
 
 @pytest.fixture(scope="session")
 def finished_run(tmp_path_factory) -> FinishedRun:
-    from exitflow.hw import finn_flow
     from exitflow.app.run import load_config, read_records, run
+    from exitflow.hw import finn_flow
 
     out = tmp_path_factory.mktemp("flow") / "digits"
     config = load_config(EXAMPLE)

@@ -180,30 +180,56 @@ def _one_line_usage_error(out, prog):
     return out.stderr
 
 
-@pytest.mark.parametrize("args, prog, message", [
-    (["sweep", "d", "--board", "Pynq-Z2", "--util", "abc"], "exitflow sweep",
-     "argument --util: must be a number in (0, 1], e.g. 0.85; got 'abc'"),
-    (["sweep", "d", "--board", "Pynq-Z2", "--min-accuracy", "1.5"], "exitflow sweep",
-     "argument --min-accuracy: must be a fraction in [0, 1], e.g. 0.97; got 1.5"),
-    (["sweep", "d", "--board", "Pynq-Z2", "--min-accuracy", "-0.1"], "exitflow sweep", "got -0.1"),
-    (["sweep", "d", "--board", "Pynq-Z2", "--min-accuracy", "nan"], "exitflow sweep", "got 'nan'"),
-    (["sweep", "d", "--board", "Pynq-Z2", "--max-exits", "-1"], "exitflow sweep",
-     "argument --max-exits: must be an integer >= 0; got -1"),
-    (["sweep", "d", "--board", "Pynq-Z2", "--max-exits", "two"], "exitflow sweep", "got 'two'"),
-    (["sweep", "d", "--board", "Pynq-Z2", "--max-drop-pp", "-1"], "exitflow sweep",
-     "argument --max-drop-pp: must be percentage points in [0, 100]; got -1"),
-    (["sweep", "d", "--board", "Pynq-Z2", "--max-latency-us", "0"], "exitflow sweep",
-     "argument --max-latency-us: must be a positive number of microseconds; got 0"),
-    (["sweep", "d", "--board", "Pynq-Z2", "--util", "nan"], "exitflow sweep", "argument --util: must be a number in (0, 1]"),
-    (["train", "c.yaml", "--out", "o", "--threads", "0"], "exitflow train", "argument --threads: must be an integer >= 1; got 0"),
-    (["train", "c.yaml", "--out", "o", "--threads", "-3"], "exitflow train", "got -3"),
-    (["sweep", "d"], "exitflow sweep", "the following arguments are required: --board"),
-    (["sweep", "d", "--board", "Pynq-Z2", "--objective", "energy"], "exitflow sweep", "invalid choice: 'energy'"),
-    (["cosim", "d", "--samples", "x"], "exitflow cosim", "argument --samples: invalid int value: 'x'"),
-    (["frobnicate"], "exitflow", "invalid choice: 'frobnicate'"),
-    ([], "exitflow", "the following arguments are required: COMMAND"),
-    (["boards", "--colour"], "exitflow boards", "unrecognized arguments: --colour"),
-])
+@pytest.mark.parametrize(
+    "args, prog, message",
+    [
+        (
+            ["sweep", "d", "--board", "Pynq-Z2", "--util", "abc"],
+            "exitflow sweep",
+            "argument --util: must be a number in (0, 1], e.g. 0.85; got 'abc'",
+        ),
+        (
+            ["sweep", "d", "--board", "Pynq-Z2", "--min-accuracy", "1.5"],
+            "exitflow sweep",
+            "argument --min-accuracy: must be a fraction in [0, 1], e.g. 0.97; got 1.5",
+        ),
+        (["sweep", "d", "--board", "Pynq-Z2", "--min-accuracy", "-0.1"], "exitflow sweep", "got -0.1"),
+        (["sweep", "d", "--board", "Pynq-Z2", "--min-accuracy", "nan"], "exitflow sweep", "got 'nan'"),
+        (
+            ["sweep", "d", "--board", "Pynq-Z2", "--max-exits", "-1"],
+            "exitflow sweep",
+            "argument --max-exits: must be an integer >= 0; got -1",
+        ),
+        (["sweep", "d", "--board", "Pynq-Z2", "--max-exits", "two"], "exitflow sweep", "got 'two'"),
+        (
+            ["sweep", "d", "--board", "Pynq-Z2", "--max-drop-pp", "-1"],
+            "exitflow sweep",
+            "argument --max-drop-pp: must be percentage points in [0, 100]; got -1",
+        ),
+        (
+            ["sweep", "d", "--board", "Pynq-Z2", "--max-latency-us", "0"],
+            "exitflow sweep",
+            "argument --max-latency-us: must be a positive number of microseconds; got 0",
+        ),
+        (
+            ["sweep", "d", "--board", "Pynq-Z2", "--util", "nan"],
+            "exitflow sweep",
+            "argument --util: must be a number in (0, 1]",
+        ),
+        (
+            ["train", "c.yaml", "--out", "o", "--threads", "0"],
+            "exitflow train",
+            "argument --threads: must be an integer >= 1; got 0",
+        ),
+        (["train", "c.yaml", "--out", "o", "--threads", "-3"], "exitflow train", "got -3"),
+        (["sweep", "d"], "exitflow sweep", "the following arguments are required: --board"),
+        (["sweep", "d", "--board", "Pynq-Z2", "--objective", "energy"], "exitflow sweep", "invalid choice: 'energy'"),
+        (["cosim", "d", "--samples", "x"], "exitflow cosim", "argument --samples: invalid int value: 'x'"),
+        (["frobnicate"], "exitflow", "invalid choice: 'frobnicate'"),
+        ([], "exitflow", "the following arguments are required: COMMAND"),
+        (["boards", "--colour"], "exitflow boards", "unrecognized arguments: --colour"),
+    ],
+)
 def test_every_usage_error_is_one_line_exit_2(exitflow_cmd, tmp_path, args, prog, message):
     out = subprocess.run([*exitflow_cmd, *args], capture_output=True, text=True, cwd=tmp_path)
     assert message in _one_line_usage_error(out, prog)
@@ -231,15 +257,21 @@ def test_sweep_max_exits_reaches_the_search(monkeypatch):
     assert seen["max_exits"] == 3  # the search's own default
 
 
-@pytest.mark.parametrize("content, message", [
-    ("train:\n  epochs: 2\n  epochs: 3\n", "line 3: duplicate key 'epochs' (first at line 2); keep one of them"),
-    ("data: {name: digits, name: mnist5k}\n", "line 1: duplicate key 'name' (first at line 1)"),
-    ("# padding\n" * 120_000, "bytes is over the 1,048,576-byte limit for a YAML file"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("train:\n  epochs: 2\n  epochs: 3\n", "line 3: duplicate key 'epochs' (first at line 2); keep one of them"),
+        ("data: {name: digits, name: mnist5k}\n", "line 1: duplicate key 'name' (first at line 1)"),
+        ("# padding\n" * 120_000, "bytes is over the 1,048,576-byte limit for a YAML file"),
+    ],
+)
 def test_a_config_with_duplicate_keys_or_over_the_size_cap(exitflow_cmd, tmp_path, content, message):
     config = tmp_path / "config.yaml"
     config.write_text(content)
-    for command in (["train", str(config), "--out", str(tmp_path / "out")], ["run", str(config), "--out", str(tmp_path / "out")]):
+    for command in (
+        ["train", str(config), "--out", str(tmp_path / "out")],
+        ["run", str(config), "--out", str(tmp_path / "out")],
+    ):
         out = subprocess.run([*exitflow_cmd, *command], capture_output=True, text=True)
         assert out.returncode == 2, out.stderr
         assert out.stderr.count("\n") == 1 and "Traceback" not in out.stderr

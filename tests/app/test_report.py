@@ -62,8 +62,14 @@ def test_report_names_what_was_not_run_with_its_command(finished_run):
     assert not [n for n in data.not_run if n.what in ("design search", "hardware build", "cosimulation", "profile")]
 
 
-@pytest.mark.parametrize("keep", [[], ["model.pt", "config.yaml", "profile.json", "profile.png", "profile.npz"],
-                                  ["model.pt", "config.yaml", "profile.json", "sweep"]])
+@pytest.mark.parametrize(
+    "keep",
+    [
+        [],
+        ["model.pt", "config.yaml", "profile.json", "profile.png", "profile.npz"],
+        ["model.pt", "config.yaml", "profile.json", "sweep"],
+    ],
+)
 @pytest.mark.slow
 def test_report_of_a_partial_folder_lists_the_rest_as_not_run(finished_run, tmp_path, keep, capsys):
     out = tmp_path / "partial"
@@ -115,8 +121,11 @@ window.addEventListener("load", () => {
 </body>"""
 
 
-@pytest.mark.skipif(_chromium() is None, reason="headless Chromium not found: neither `chromium` nor `chromium-browser` "
-                                                 "is on PATH (on Debian/Ubuntu: apt-get install chromium)")
+@pytest.mark.skipif(
+    _chromium() is None,
+    reason="headless Chromium not found: neither `chromium` nor `chromium-browser` "
+    "is on PATH (on Debian/Ubuntu: apt-get install chromium)",
+)
 @pytest.mark.slow
 def test_report_renders_in_a_real_browser(finished_run, tmp_path):
     """Chromium loads every embedded image (naturalWidth > 0) and shows the key numbers, offline."""
@@ -124,9 +133,19 @@ def test_report_renders_in_a_real_browser(finished_run, tmp_path):
     html = (finished_run.out / "report.html").read_text()
     assert html.count("</body>") == 1
     page.write_text(html.replace("</body>", CHECK))  # a copy with a probe; the report itself has no script
-    cmd = [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-           "--no-first-run", "--disable-extensions", f"--user-data-dir={tmp_path / 'profile'}",
-           "--virtual-time-budget=10000", "--dump-dom", page.as_uri()]
+    cmd = [
+        _chromium(),
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--no-first-run",
+        "--disable-extensions",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--virtual-time-budget=10000",
+        "--dump-dom",
+        page.as_uri(),
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     match = re.search(r'<pre id="browser-check">(.*?)</pre>', out.stdout, re.S)

@@ -13,8 +13,17 @@ import pytest
 from exitflow.app.cli import main
 from exitflow.app.run import STEP_NAMES, STEPS, load_config, read_records, run
 
-OUTPUTS = ["model.pt", "config.yaml", "profile.npz", "profile.png", "sweep/pareto.json", "sweep/design.yaml",
-           "hw/build.json", "cosim/report.json", "report.html"]
+OUTPUTS = [
+    "model.pt",
+    "config.yaml",
+    "profile.npz",
+    "profile.png",
+    "sweep/pareto.json",
+    "sweep/design.yaml",
+    "hw/build.json",
+    "cosim/report.json",
+    "report.html",
+]
 
 
 def _digest(path: Path) -> str:
@@ -27,11 +36,14 @@ def _state(out: Path) -> dict[str, tuple[int, str]]:
 
 def _recording(calls: list[str]):
     """STEPS whose work only records that it was asked to run (for tests of the bookkeeping)."""
+
     def work(name):
         def record(ctx):
             calls.append(name)
             return f"{name} (recorded)"
+
         return record
+
     return tuple(replace(s, work=work(s.name)) for s in STEPS)
 
 
@@ -48,8 +60,14 @@ def test_interrupted_build_loses_nothing_and_the_rerun_continues(finished_run):
     assert list(finished_run.records_after_interrupt) == ["train", "profile", "sweep"]
     assert not finished_run.hw_after_interrupt  # the half-built hw/ was removed, nothing half-written stays
     statuses = [(s.name, s.status) for s in finished_run.resumed]
-    assert statuses == [("train", "skipped"), ("profile", "skipped"), ("sweep", "skipped"),
-                        ("build", "done"), ("cosim", "done"), ("report", "done")]
+    assert statuses == [
+        ("train", "skipped"),
+        ("profile", "skipped"),
+        ("sweep", "skipped"),
+        ("build", "done"),
+        ("cosim", "done"),
+        ("report", "done"),
+    ]
     assert list(read_records(finished_run.out)) == list(STEP_NAMES)
     for name in OUTPUTS:
         assert (finished_run.out / name).is_file(), name
@@ -83,8 +101,11 @@ def test_second_run_skips_every_step_quickly(finished_run):
 
 @pytest.mark.slow
 def test_cli_rerun_skips_every_step(finished_run, exitflow_cmd):
-    out = subprocess.run([*exitflow_cmd, "run", str(finished_run.config_path), "--out", str(finished_run.out)],
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        [*exitflow_cmd, "run", str(finished_run.config_path), "--out", str(finished_run.out)],
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert [line.split(":", 1)[0] for line in lines[:6]] == list(STEP_NAMES)
@@ -127,7 +148,9 @@ def test_changed_config_redoes_from_train_and_keeps_the_old_model_until_done(run
     changed = replace(config, train=replace(config.train, epochs=3, seed=5))
     old = {name: _digest(run_copy / name) for name in ("model.pt", "config.yaml", "train_log.json")}
     calls: list[str] = []
-    steps = tuple(real if real.name == "train" else recording for real, recording in zip(STEPS, _recording(calls)))
+    steps = tuple(
+        real if real.name == "train" else recording for real, recording in zip(STEPS, _recording(calls), strict=False)
+    )
 
     # Ctrl-C in the new config's second epoch: the earlier run's model stays as it was
     evaluate = train_module.evaluate
@@ -160,9 +183,14 @@ def test_bad_input_is_one_line_exit_2(case, tmp_path, capsys):
     config = tmp_path / "config.yaml"
     out = tmp_path / "out"
     args = ["run", str(config), "--out", str(out)]
-    expected = {"missing": "file not found", "unknown key": "model.bogus: unknown key",
-                "malformed": "malformed YAML", "bad value": "train.epochs: must be >= 1",
-                "bad board": "unknown board 'Pynq-Z9'", "out is a file": "exists and is not a folder"}[case]
+    expected = {
+        "missing": "file not found",
+        "unknown key": "model.bogus: unknown key",
+        "malformed": "malformed YAML",
+        "bad value": "train.epochs: must be >= 1",
+        "bad board": "unknown board 'Pynq-Z9'",
+        "out is a file": "exists and is not a folder",
+    }[case]
     text = {"unknown key": "model: {bogus: 1}\n", "malformed": "data: [unclosed\n", "bad value": "train: {epochs: 0}\n"}
     if case in text:
         config.write_text(text[case])

@@ -6,7 +6,9 @@ import sys
 
 
 def test_boards_benchmark_prints_one_json_line(repo):
-    out = subprocess.run([sys.executable, str(repo / "benchmarks" / "run.py"), "boards"], capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, str(repo / "benchmarks" / "run.py"), "boards"], capture_output=True, text=True
+    )
     assert out.returncode == 0, out.stderr
     (line,) = out.stdout.splitlines()
     figures = json.loads(line)
@@ -16,7 +18,9 @@ def test_boards_benchmark_prints_one_json_line(repo):
 
 
 def test_unknown_benchmark(repo):
-    out = subprocess.run([sys.executable, str(repo / "benchmarks" / "run.py"), "boards", "nope"], capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, str(repo / "benchmarks" / "run.py"), "boards", "nope"], capture_output=True, text=True
+    )
     assert out.returncode == 2
     assert out.stdout == ""
     assert out.stderr.strip().startswith("benchmarks/run.py: error: unknown benchmark 'nope'; known: boards")

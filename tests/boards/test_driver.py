@@ -21,7 +21,9 @@ def hardware_words(ids, exits, classes, codes):
 
     records = ctu.pack(Decision(exit=np.ones(len(ids), bool), cls=np.asarray(classes), code=np.asarray(codes)))
     tag = TagFormat(FMT.id_bits, FMT.exit_bits, FMT.record_bits)
-    return np.array([int(tag.tag([i], e, [r])[0]) for i, e, r in zip(ids, exits, records)], dtype=np.uint64)
+    return np.array(
+        [int(tag.tag([i], e, [r])[0]) for i, e, r in zip(ids, exits, records, strict=False)], dtype=np.uint64
+    )
 
 
 def test_decode_then_reorder_restores_sample_order():
@@ -46,7 +48,11 @@ def test_ids_wrap_around_between_batches():
 
 @pytest.mark.parametrize(
     "ids, message",
-    [([0, 1, 1, 3], "sample 2 is missing"), ([0, 1, 2], "expected 4 records, got 3"), ([0, 1, 2, 9], "record id 9 is not in this batch")],
+    [
+        ([0, 1, 1, 3], "sample 2 is missing"),
+        ([0, 1, 2], "expected 4 records, got 3"),
+        ([0, 1, 2, 9], "record id 9 is not in this batch"),
+    ],
 )
 def test_lost_or_duplicated_samples_are_reported(ids, message):
     words = hardware_words(ids, [0] * len(ids), [1] * len(ids), [0] * len(ids))
@@ -62,7 +68,9 @@ def test_pack_images_is_nhwc():
 
 
 def test_record_format_from_driver_json(tmp_path):
-    (tmp_path / "driver.json").write_text(json.dumps({"records": {"id_bits": 16, "exit_bits": 2, "class_bits": 4, "code_bits": [14, 14, 14]}}))
+    (tmp_path / "driver.json").write_text(
+        json.dumps({"records": {"id_bits": 16, "exit_bits": 2, "class_bits": 4, "code_bits": [14, 14, 14]}})
+    )
     fmt = RecordFormat.load(tmp_path / "driver.json")
     assert fmt == FMT and fmt.width == 37 and fmt.word_bytes == 8
 
@@ -72,9 +80,16 @@ def test_exits_with_different_code_widths():
     selects the layout."""
     fmt = RecordFormat(16, 1, 4, (14, 18))
     tag = TagFormat(16, 1, fmt.record_bits)
-    words = [int(tag.tag([0], 0, [(1 << 18) | (7 << 14) | 1234])[0]), int(tag.tag([1], 1, [(1 << 22) | (3 << 18) | 200000])[0])]
+    words = [
+        int(tag.tag([0], 0, [(1 << 18) | (7 << 14) | 1234])[0]),
+        int(tag.tag([1], 1, [(1 << 22) | (3 << 18) | 200000])[0]),
+    ]
     result = reorder(np.array(words, dtype=np.uint64), fmt, 2)
-    assert result.classes.tolist() == [7, 3] and result.codes.tolist() == [1234, 200000] and result.exits.tolist() == [0, 1]
+    assert (
+        result.classes.tolist() == [7, 3]
+        and result.codes.tolist() == [1234, 200000]
+        and result.exits.tolist() == [0, 1]
+    )
     with pytest.raises(DriverError, match="names exit 1; the design has 1"):
         decode(np.array(words, dtype=np.uint64), RecordFormat(16, 1, 4, (14,)))
 

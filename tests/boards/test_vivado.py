@@ -7,18 +7,24 @@ from pathlib import Path
 import pytest
 import yaml
 
-from exitflow.core.catalogue import load_catalogue
 from exitflow.boards.driver import RecordFormat
 from exitflow.boards.vivado import build_bitfile, missing_tools
 from exitflow.boards.vivado import build_with_project as build
+from exitflow.core.catalogue import load_catalogue
 from exitflow.core.errors import NotAvailableError
 from exitflow.hls_templates.csim import compile_cpp
 
 DESIGN = {
-    "model": "lenet", "board": "Pynq-Z2",
+    "model": "lenet",
+    "board": "Pynq-Z2",
     "stages": [
         {"name": "early", "blocks": ["conv0"], "gate_depth": 6, "head": {"name": "exit0", "threshold": 0.9}},
-        {"name": "middle", "blocks": ["conv1", "fc0"], "gate_depth": 2, "head": {"name": "exit1", "policy": "margin", "threshold": 1.5}},
+        {
+            "name": "middle",
+            "blocks": ["conv1", "fc0"],
+            "gate_depth": 2,
+            "head": {"name": "exit1", "policy": "margin", "threshold": 1.5},
+        },
         {"name": "last", "blocks": ["fc1"], "head": {"name": "final"}},
     ],
 }
@@ -39,8 +45,20 @@ def test_project_files(built):
         assert f"{ip}.cpp" in names and f"{ip}.tcl" in names
     tcl = (vivado / "block_design.tcl").read_text()
     assert "set part xc7z020clg400-1" in tcl and "tul.com.tw:pynq-z2" in tcl
-    for cell in ("early", "exit0", "middle", "exit1", "last", "final", "early_gate", "middle_gate", "last_tag", "merge", "dma"):
-        assert f"create_bd_cell -type ip -vlnv" in tcl and f" {cell}\n" in tcl
+    for cell in (
+        "early",
+        "exit0",
+        "middle",
+        "exit1",
+        "last",
+        "final",
+        "early_gate",
+        "middle_gate",
+        "last_tag",
+        "merge",
+        "dma",
+    ):
+        assert "create_bd_cell -type ip -vlnv" in tcl and f" {cell}\n" in tcl
     assert "merge/in_V_2" in tcl and "early_gate/fm_out] [get_bd_intf_pins middle/s_axis_0" in tcl
     script = (vivado / "make_bitfile.sh").read_text()
     assert script.rstrip().endswith("vivado -mode batch -source block_design.tcl")
@@ -60,7 +78,9 @@ def test_gate_fifo_depth_follows_the_design(built):
     depths = {cell: int(d) for d, cell in re.findall(r"CONFIG\.FIFO_DEPTH \{(\d+)\}\] \[get_bd_cells (\w+)\]", tcl)}
     words = [int(line.split("FIFO of ")[1].split()[0]) for line in tcl.splitlines() if "FIFO of" in line]
     gate_fifos = [d for cell, d in depths.items() if cell.endswith("_fifo")]
-    assert len(gate_fifos) == len(words) == 2 and all(d >= w and d & (d - 1) == 0 for d, w in zip(gate_fifos, words))
+    assert len(gate_fifos) == len(words) == 2 and all(
+        d >= w and d & (d - 1) == 0 for d, w in zip(gate_fifos, words, strict=False)
+    )
     assert words[0] > 0 and words[0] % 6 == 0  # gate_depth 6 feature maps
     # every head -> gate and exit -> merge record stream has a FIFO holding at least a gate's worth
     records = [d for cell, d in depths.items() if cell.endswith(("_rec", "_out"))]
@@ -89,7 +109,11 @@ def test_driver_json(built):
 def test_bitfile_without_vivado_names_the_tools_and_the_project(built):
     with pytest.raises(NotAvailableError) as err:
         build_bitfile(built.parent)
-    assert "Vivado 2024.2" in str(err.value) and "Vitis HLS 2024.2" in str(err.value) and str(built / "vivado") in str(err.value)
+    assert (
+        "Vivado 2024.2" in str(err.value)
+        and "Vitis HLS 2024.2" in str(err.value)
+        and str(built / "vivado") in str(err.value)
+    )
 
 
 @pytest.mark.vivado
@@ -109,9 +133,31 @@ def test_bitfile_for_every_board(digits_run, tmp_path, board):
 # ---------------------------------------------------------------------------- Tcl quoting
 
 HOSTILE_WORDS = [
-    "plain", "/abs/path/x_1.0", "my runs/Ünïcode dir", "with space", "", " ", "tab\there", "new\nline",
-    "{braces}", "{", "}", "a}b{c", "back\\slash", "trailing\\", "$dollar", "$env(HOME)", "[exec rm -rf /]",
-    "semi;colon", "quote\"d", "#hash", "ünï €", "ends with space ", "\\{", "\"{\"", "a\\\nb",
+    "plain",
+    "/abs/path/x_1.0",
+    "my runs/Ünïcode dir",
+    "with space",
+    "",
+    " ",
+    "tab\there",
+    "new\nline",
+    "{braces}",
+    "{",
+    "}",
+    "a}b{c",
+    "back\\slash",
+    "trailing\\",
+    "$dollar",
+    "$env(HOME)",
+    "[exec rm -rf /]",
+    "semi;colon",
+    'quote"d',
+    "#hash",
+    "ünï €",
+    "ends with space ",
+    "\\{",
+    '"{"',
+    "a\\\nb",
 ]
 
 
@@ -136,7 +182,9 @@ def test_tcl_word_reads_back_exactly_in_tclsh():
     words = [tcl_word(w) for w in HOSTILE_WORDS]
     assert all(w.isascii() for w in words)
     script = "".join(f"set w {w}\nputs [binary encode hex [encoding convertto utf-8 $w]]\n" for w in words)
-    script += f"foreach w [list {tcl_list(HOSTILE_WORDS)}] {{ puts [binary encode hex [encoding convertto utf-8 $w]] }}\n"
+    script += (
+        f"foreach w [list {tcl_list(HOSTILE_WORDS)}] {{ puts [binary encode hex [encoding convertto utf-8 $w]] }}\n"
+    )
     assert _tclsh(script).split("\n")[:-1] == _hex_lines(HOSTILE_WORDS) * 2
 
 
@@ -171,13 +219,17 @@ def test_block_design_tcl_keeps_paths_with_spaces_and_non_ascii(built, tmp_path)
     for ip in ("early_gate_ip", "exitflow_merge"):
         hls = (vivado / f"{ip}.tcl").read_text(encoding="utf-8")
         assert hls.isascii()
-        flags = _tclsh("proc unknown args { return \"\" }\n"
-                       "proc add_files {f flag value} { puts [binary encode hex [encoding convertto utf-8 $value]] }\n" + hls)
+        flags = _tclsh(
+            'proc unknown args { return "" }\n'
+            "proc add_files {f flag value} { puts [binary encode hex [encoding convertto utf-8 $value]] }\n" + hls
+        )
         include = bytes.fromhex(flags.split()[0]).decode()
         assert include.startswith("-std=c++14 -I")
         import shlex
 
-        assert shlex.split(include)[1][2:] == str(Path(__import__("exitflow.hls_templates", fromlist=["TEMPLATE_DIR"]).TEMPLATE_DIR))
+        assert shlex.split(include)[1][2:] == str(
+            Path(__import__("exitflow.hls_templates", fromlist=["TEMPLATE_DIR"]).TEMPLATE_DIR)
+        )
 
 
 def test_hls_script_keeps_an_include_folder_with_spaces(tmp_path):
@@ -188,8 +240,10 @@ def test_hls_script_keeps_an_include_folder_with_spaces(tmp_path):
     include = tmp_path / "my runs" / "Ünïcode $dir [x] {y}"
     tcl = _hls_tcl("exitflow_ids", "xc7z020clg400-1", 10.0, include)
     assert tcl.isascii()
-    out = _tclsh("proc unknown args { return \"\" }\n"
-                 "proc add_files {f flag value} { puts [binary encode hex [encoding convertto utf-8 $f]]\n"
-                 "  puts [binary encode hex [encoding convertto utf-8 $value]] }\n" + tcl)
+    out = _tclsh(
+        'proc unknown args { return "" }\n'
+        "proc add_files {f flag value} { puts [binary encode hex [encoding convertto utf-8 $f]]\n"
+        "  puts [binary encode hex [encoding convertto utf-8 $value]] }\n" + tcl
+    )
     source, flags = (bytes.fromhex(line).decode() for line in out.split())
     assert source == "exitflow_ids.cpp" and shlex.split(flags) == ["-std=c++14", f"-I{include}"]

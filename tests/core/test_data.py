@@ -50,9 +50,10 @@ def test_builtin_split_is_deterministic_disjoint_and_stratified(name):
     full = digits() if name == "digits" else mnist5k()
     assert total == len(full)
     assert abs(len(a.test) - 0.15 * total) <= 10 and abs(len(a.val) - 0.15 * total) <= 10
+
     # a partition: every (image, label) of the full set lands in exactly one split
     def records(*sets):
-        return sorted(x.tobytes() + bytes([int(y)]) for s in sets for x, y in zip(s.x, s.y))
+        return sorted(x.tobytes() + bytes([int(y)]) for s in sets for x, y in zip(s.x, s.y, strict=False))
 
     assert records(a.train, a.val, a.test) == records(full)
     counts = np.bincount(a.test.y, minlength=10)
@@ -90,7 +91,11 @@ def test_to_shape_pads_and_repeats_channels():
 
 def _idx(array: np.ndarray) -> bytes:
     code = 0x08
-    return bytes([0, 0, code, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape) + array.astype(np.uint8).tobytes()
+    return (
+        bytes([0, 0, code, array.ndim])
+        + struct.pack(f">{array.ndim}I", *array.shape)
+        + array.astype(np.uint8).tobytes()
+    )
 
 
 def _images(n, c, h, w, seed=0):
@@ -178,8 +183,12 @@ def test_cifar10_binary_errors(tmp_path):
 
 
 def _cifar_python(x, y) -> bytes:
-    batch = {b"batch_label": b"testing batch 1 of 1", b"labels": [int(v) for v in y],
-             b"data": x.reshape(len(x), -1), b"filenames": [b"f%d.png" % i for i in range(len(y))]}
+    batch = {
+        b"batch_label": b"testing batch 1 of 1",
+        b"labels": [int(v) for v in y],
+        b"data": x.reshape(len(x), -1),
+        b"filenames": [b"f%d.png" % i for i in range(len(y))],
+    }
     return pickle.dumps(batch, protocol=2)
 
 
@@ -228,7 +237,11 @@ def test_npz_round_trip(tmp_path):
     "x, y, message",
     [
         (np.zeros((4, 8, 8), np.float32), np.zeros(4, np.int64), r"dtype float32 but must be uint8"),
-        (np.zeros((4, 5, 8, 8), np.uint8), np.zeros(4, np.int64), r"shape \(4, 5, 8, 8\) but must be \(N, C, H, W\) with C = 1 or 3"),
+        (
+            np.zeros((4, 5, 8, 8), np.uint8),
+            np.zeros(4, np.int64),
+            r"shape \(4, 5, 8, 8\) but must be \(N, C, H, W\) with C = 1 or 3",
+        ),
         (np.zeros((4, 64), np.uint8), np.zeros(4, np.int64), r"shape \(4, 64\) but must be"),
         (np.zeros((4, 8, 8), np.uint8), np.zeros(3, np.int64), "4 images but 3 labels"),
         (np.zeros((4, 8, 8), np.uint8), np.array([0, 1, -1, 1]), r"label -1 at index 2 is outside"),
@@ -278,14 +291,18 @@ def test_idx_header_whose_dimensions_overflow(tmp_path):
     holds: refused as the header it is, not reshaped (a ValueError, exit code 1, before)."""
     path = tmp_path / "huge"
     path.write_bytes(bytes([0, 0, 8, 4]) + struct.pack(">4I", *(65536,) * 4))
-    with pytest.raises(DataError, match=r"idx header says 65536x65536x65536x65536 = 18446744073709551616 bytes of data, file holds 0") as err:
+    with pytest.raises(
+        DataError, match=r"idx header says 65536x65536x65536x65536 = 18446744073709551616 bytes of data, file holds 0"
+    ) as err:
         read_idx(path)
     assert "\n" not in str(err.value) and str(path) in str(err.value)
 
 
 def test_a_data_set_with_one_class_is_refused(tmp_path):
     np.savez(tmp_path / "one.npz", x=_images(20, 1, 8, 8)[:, 0], y=np.zeros(20, dtype=np.int64))
-    with pytest.raises(DataError, match=r"one.npz: every sample has label 0; a classifier needs samples of at least 2 classes"):
+    with pytest.raises(
+        DataError, match=r"one.npz: every sample has label 0; a classifier needs samples of at least 2 classes"
+    ):
         load_splits(DataSpec(name="npz", path=str(tmp_path / "one.npz")))
     (tmp_path / "train-images-idx3-ubyte").write_bytes(_idx(np.zeros((10, 4, 4))))
     (tmp_path / "train-labels-idx1-ubyte").write_bytes(_idx(np.full(10, 7)))
@@ -296,7 +313,10 @@ def test_a_data_set_with_one_class_is_refused(tmp_path):
 def test_npz_labels_outside_the_classes(tmp_path):
     x = _images(20, 1, 8, 8)[:, 0]
     np.savez(tmp_path / "gap.npz", x=x, y=np.where(np.arange(20) % 2, 0, 9))  # labels 0 and 9 only
-    with pytest.raises(DataError, match=r"gap.npz: labels reach 9 but no sample has label 1, 2, 3, 4, 5, \.\.\.; relabel to 0..1, or set data.classes: 10"):
+    with pytest.raises(
+        DataError,
+        match=r"gap.npz: labels reach 9 but no sample has label 1, 2, 3, 4, 5, \.\.\.; relabel to 0..1, or set data.classes: 10",
+    ):
         read_npz(tmp_path / "gap.npz")
     assert read_npz(tmp_path / "gap.npz", 10).num_classes == 10  # the config says 10 classes: accepted
     np.savez(tmp_path / "over.npz", x=x, y=np.arange(20) % 4)

@@ -33,7 +33,9 @@ thresholds = {
 
 def _without_ultra(folding):
     """UltraRAM only on a board that has it (a design with it elsewhere is refused)."""
-    return FrozenMap({k: dataclasses.replace(f, ram_style="block") if f.ram_style == "ultra" else f for k, f in folding.items()})
+    return FrozenMap(
+        {k: dataclasses.replace(f, ram_style="block") if f.ram_style == "ultra" else f for k, f in folding.items()}
+    )
 
 
 @st.composite
@@ -141,15 +143,39 @@ def _mutate(path, value):
 DELETE = KeyError
 BAD = [
     (("colour",), "red", "colour: unknown key; allowed keys here: model, board, clock_mhz, stages"),
-    (("stages", 0, "head", "thresh"), 0.5, "stages[0].head.thresh: unknown key; allowed keys here: name, policy, threshold, folding"),
+    (
+        ("stages", 0, "head", "thresh"),
+        0.5,
+        "stages[0].head.thresh: unknown key; allowed keys here: name, policy, threshold, folding",
+    ),
     (("stages", 0, "folding", "conv0", "pe"), 0, "stages[0].folding.conv0.pe: must be a positive integer; got 0"),
     (("stages", 0, "folding", "conv0", "simd"), "2", "stages[0].folding.conv0.simd: must be an integer; got '2' (str)"),
     (("stages", 0, "folding", "conv0", "pe"), True, "stages[0].folding.conv0.pe: must be an integer; got True (bool)"),
-    (("stages", 0, "folding", "conv0", "ram_style"), "bram", "stages[0].folding.conv0.ram_style: must be one of 'auto', 'block', 'distributed', 'ultra'; got 'bram'"),
-    (("stages", 0, "folding", "conv0", "unroll"), 2, "stages[0].folding.conv0.unroll: unknown key; allowed keys here: pe, simd, ram_style"),
-    (("stages", 0, "head", "policy"), "softmax", "stages[0].head.policy: must be one of 'max_prob', 'margin'; got 'softmax'"),
-    (("stages", 0, "head", "threshold"), 1.5, "stages[0].head.threshold: for policy max_prob must be in (0, 1]; got 1.5"),
-    (("stages", 0, "head", "threshold"), 0.0, "stages[0].head.threshold: for policy max_prob must be in (0, 1]; got 0.0"),
+    (
+        ("stages", 0, "folding", "conv0", "ram_style"),
+        "bram",
+        "stages[0].folding.conv0.ram_style: must be one of 'auto', 'block', 'distributed', 'ultra'; got 'bram'",
+    ),
+    (
+        ("stages", 0, "folding", "conv0", "unroll"),
+        2,
+        "stages[0].folding.conv0.unroll: unknown key; allowed keys here: pe, simd, ram_style",
+    ),
+    (
+        ("stages", 0, "head", "policy"),
+        "softmax",
+        "stages[0].head.policy: must be one of 'max_prob', 'margin'; got 'softmax'",
+    ),
+    (
+        ("stages", 0, "head", "threshold"),
+        1.5,
+        "stages[0].head.threshold: for policy max_prob must be in (0, 1]; got 1.5",
+    ),
+    (
+        ("stages", 0, "head", "threshold"),
+        0.0,
+        "stages[0].head.threshold: for policy max_prob must be in (0, 1]; got 0.0",
+    ),
     (("stages", 0, "head", "threshold"), DELETE, "stages[0].head.threshold: an early exit needs a threshold"),
     (("stages", 0, "head", "threshold"), ".nan", "stages[0].head.threshold: must be a number; got '.nan' (str)"),
     (("stages", 0, "gate_depth"), DELETE, "stages[0].gate_depth: a stage followed by another needs a gate depth"),
@@ -161,22 +187,41 @@ BAD = [
     (("stages", 1, "blocks"), ["conv0"], "stages[1].blocks[0]: block 'conv0' is in stages[0] already"),
     (("stages", 1, "blocks"), [], "stages[1].blocks: must name at least one backbone block"),
     (("stages", 1, "blocks"), "conv1", "stages[1].blocks: must be a list; got 'conv1' (str)"),
-    (("stages", 1, "name"), "my stage", "stages[1].name: must start with a letter or _ and hold only letters, digits, _ and -; got 'my stage'"),
+    (
+        ("stages", 1, "name"),
+        "my stage",
+        "stages[1].name: must start with a letter or _ and hold only letters, digits, _ and -; got 'my stage'",
+    ),
     (("stages", 0, "folding"), {3: {"pe": 1}}, "stages[0].folding: key 3 must be a str"),
     (("stages",), [], "stages: must hold at least one stage"),
     (("stages",), DELETE, "stages: missing required key"),
     (("clock_mhz",), -100, "clock_mhz: must be in (0, 1000] MHz; got -100.0"),
-    (("stages", 0, "folding", "conv0", "ram_style"), "ultra",
-     "stages[0].folding.conv0.ram_style: 'ultra' needs UltraRAM, which Pynq-Z2 (xc7z020clg400-1) does not have; use block, distributed or auto"),
-    (("stages", 0, "head", "folding", "fc", "ram_style"), "ultra",
-     "stages[0].head.folding.fc.ram_style: 'ultra' needs UltraRAM, which Pynq-Z2"),
-    (("stages", 0, "gate_depth"), 10**9,
-     "stages[0].gate_depth: 1,000,000,000 feature maps cannot fit on Pynq-Z2: its memory holds at most 8,236,032 bits"),
-    (("board",), "Pynq-Z9", "board: unknown board 'Pynq-Z9'; known boards: KV260, Pynq-Z1, Pynq-Z2, Ultra96-V2, ZCU104"),
+    (
+        ("stages", 0, "folding", "conv0", "ram_style"),
+        "ultra",
+        "stages[0].folding.conv0.ram_style: 'ultra' needs UltraRAM, which Pynq-Z2 (xc7z020clg400-1) does not have; use block, distributed or auto",
+    ),
+    (
+        ("stages", 0, "head", "folding", "fc", "ram_style"),
+        "ultra",
+        "stages[0].head.folding.fc.ram_style: 'ultra' needs UltraRAM, which Pynq-Z2",
+    ),
+    (
+        ("stages", 0, "gate_depth"),
+        10**9,
+        "stages[0].gate_depth: 1,000,000,000 feature maps cannot fit on Pynq-Z2: its memory holds at most 8,236,032 bits",
+    ),
+    (
+        ("board",),
+        "Pynq-Z9",
+        "board: unknown board 'Pynq-Z9'; known boards: KV260, Pynq-Z1, Pynq-Z2, Ultra96-V2, ZCU104",
+    ),
 ]
 
 
-@pytest.mark.parametrize("path, value, message", BAD, ids=[m.split(":")[0] + "-" + str(i) for i, (_, _, m) in enumerate(BAD)])
+@pytest.mark.parametrize(
+    "path, value, message", BAD, ids=[m.split(":")[0] + "-" + str(i) for i, (_, _, m) in enumerate(BAD)]
+)
 def test_bad_design_is_one_line_naming_the_key(tmp_path, path, value, message):
     file = tmp_path / "design.yaml"
     file.write_text(yaml.safe_dump(_mutate(path, value), sort_keys=False))
@@ -252,5 +297,7 @@ def test_ultra_ram_and_deep_gates_where_the_board_has_room():
 def test_design_with_a_duplicated_key(tmp_path):
     file = tmp_path / "design.yaml"
     file.write_text("model: lenet\nboard: Pynq-Z2\nboard: ZCU104\nstages: []\n")
-    with pytest.raises(ConfigError, match=r"design.yaml: line 3: duplicate key 'board' \(first at line 2\); keep one of them"):
+    with pytest.raises(
+        ConfigError, match=r"design.yaml: line 3: duplicate key 'board' \(first at line 2\); keep one of them"
+    ):
         load_design(file)

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from exitflow.hw.build import backup_of, is_finished, restore_build
 from exitflow.core.errors import ConfigError, RunFolderBusy
 from exitflow.core.files import LOCK_FILE, check_out_folder, run_folder_lock, user_path
+from exitflow.hw.build import backup_of, is_finished, restore_build
 
 
 def test_user_path_is_absolute_from_the_current_folder(tmp_path, monkeypatch):
@@ -30,13 +30,21 @@ def test_lock_is_reentrant_in_one_process(tmp_path):
 
 def test_a_second_process_is_refused_naming_the_first(tmp_path):
     folder = tmp_path / "run"
-    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(f"""
         import sys, time
         from exitflow.core.files import run_folder_lock
         with run_folder_lock({str(folder)!r}, "exitflow build"):
             print("held", flush=True)
             time.sleep(60)
-        """)], stdout=subprocess.PIPE, text=True)
+        """),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
         with pytest.raises(RunFolderBusy, match=rf"exitflow process {holder.pid} \(`exitflow build`\) is writing"):
@@ -81,14 +89,17 @@ def _build(folder: Path, tag: str, finished: bool) -> None:
         (folder / "build.json").write_text("{}")
 
 
-@pytest.mark.parametrize(("hw", "backup", "expected"), [
-    (None, None, None),
-    ("new", None, "new"),  # an unfinished first build: kept, the next build replaces it
-    ("good", None, "good"),
-    (None, "good", "good"),  # killed between moving the old build aside and starting the new one
-    ("new", "good", "good"),  # killed during the build
-    ("good2", "good", "good2"),  # killed while removing the backup of a finished build
-])
+@pytest.mark.parametrize(
+    ("hw", "backup", "expected"),
+    [
+        (None, None, None),
+        ("new", None, "new"),  # an unfinished first build: kept, the next build replaces it
+        ("good", None, "good"),
+        (None, "good", "good"),  # killed between moving the old build aside and starting the new one
+        ("new", "good", "good"),  # killed during the build
+        ("good2", "good", "good2"),  # killed while removing the backup of a finished build
+    ],
+)
 def test_restore_build_after_an_interruption_at_any_point(tmp_path, hw, backup, expected):
     final = tmp_path / "hw"
     if hw:

@@ -18,8 +18,8 @@ DESIGNS = {
 
 def median_threshold(run, exit_name, policy):
     """A threshold at which about half of the test samples leave at ``exit_name``."""
-    from exitflow.cosim.functional import model_logits  # noqa: F401  (imports FINN's settings once)
     from exitflow.core.data import load_splits
+    from exitflow.cosim.functional import model_logits  # noqa: F401  (imports FINN's settings once)
     from exitflow.quant import checkpoint as ckpt
     from exitflow.quant.profile import run_exits
 
@@ -70,9 +70,11 @@ def cnv_trained(tmp_path_factory):
     folder = tmp_path_factory.mktemp("cosim_cnv")
     rng = np.random.default_rng(0)
     np.savez(folder / "tiny.npz", x=rng.integers(0, 256, (240, 3, 32, 32), dtype=np.uint8), y=np.arange(240) % 10)
-    config = RunConfig(data=DataSpec(name="npz", path=str(folder / "tiny.npz")),
-                       model=ModelConfig(backbone="cnv", preset="w2a2", width=0.25),
-                       train=TrainConfig(epochs=1, batch_size=32))
+    config = RunConfig(
+        data=DataSpec(name="npz", path=str(folder / "tiny.npz")),
+        model=ModelConfig(backbone="cnv", preset="w2a2", width=0.25),
+        train=TrainConfig(epochs=1, batch_size=32),
+    )
     train(config, folder / "run", log=lambda line: None)
     return folder / "run"
 

@@ -32,7 +32,11 @@ def test_cosim_writes_the_report(exitflow_cmd, run_copy):
     assert report["bit_exact"] is True and report["mismatch_count"] == 0 and report["mismatches"] == []
     assert set(report["engines"]) == {"vectorised", "finn"}
     assert report["engines"]["finn"]["samples"] == 5 == report["engines_compared"]
-    assert report["engines"]["vectorised"]["matches_model"] == report["samples"] == report["engines"]["vectorised"]["samples"]
+    assert (
+        report["engines"]["vectorised"]["matches_model"]
+        == report["samples"]
+        == report["engines"]["vectorised"]["samples"]
+    )
     fractions = report["exit_fractions"]
     assert sum(fractions["measured"]) == pytest.approx(1.0) and len(fractions["measured"]) == 2
     assert fractions["predicted"] == pytest.approx(fractions["measured"])  # whole test split, from profile.npz
@@ -52,10 +56,14 @@ def _bad(exitflow_cmd, run_dir, *args):
 @pytest.mark.slow
 def test_bad_sample_counts(exitflow_cmd, run_copy):
     run_dir, design = run_copy
-    assert _bad(exitflow_cmd, run_dir, "--design", str(design), "--samples", "0") == \
-        "exitflow cosim: error: --samples: must be a positive number of test samples; got 0"
-    assert _bad(exitflow_cmd, run_dir, "--design", str(design), "--samples", "100000") == \
-        "exitflow cosim: error: --samples: 100000 is not in 1..269, the size of the test split"
+    assert (
+        _bad(exitflow_cmd, run_dir, "--design", str(design), "--samples", "0")
+        == "exitflow cosim: error: --samples: must be a positive number of test samples; got 0"
+    )
+    assert (
+        _bad(exitflow_cmd, run_dir, "--design", str(design), "--samples", "100000")
+        == "exitflow cosim: error: --samples: 100000 is not in 1..269, the size of the test split"
+    )
 
 
 @pytest.mark.slow
@@ -66,7 +74,9 @@ def test_design_for_another_model(exitflow_cmd, run_copy, tmp_path):
     other = tmp_path / "cnv.yaml"
     other.write_text(yaml.safe_dump(data))
     err = _bad(exitflow_cmd, run_dir, "--design", str(other))
-    assert err == f"exitflow cosim: error: {other}: model: the design is for 'cnv', the run folder holds a 'lenet' model"
+    assert (
+        err == f"exitflow cosim: error: {other}: model: the design is for 'cnv', the run folder holds a 'lenet' model"
+    )
 
 
 @pytest.mark.slow
@@ -139,13 +149,16 @@ def test_cycle_adds_the_pipeline_simulation(exitflow_cmd, run_copy):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("content, message", [
-    ("[1, 2]", 'expected {"layers": {layer name: FINN node name}}, got a JSON list'),
-    ('{"layers": ["conv0"]}', "got 'layers' of type list"),
-    ('{"layers": {"conv0": 3}}', "got 'conv0': 3"),
-    ('{"nodes": {}}', "got no 'layers' key"),
-    ("{not json", "unreadable or not JSON (JSONDecodeError)"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("[1, 2]", 'expected {"layers": {layer name: FINN node name}}, got a JSON list'),
+        ('{"layers": ["conv0"]}', "got 'layers' of type list"),
+        ('{"layers": {"conv0": 3}}', "got 'conv0': 3"),
+        ('{"nodes": {}}', "got no 'layers' key"),
+        ("{not json", "unreadable or not JSON (JSONDecodeError)"),
+    ],
+)
 def test_layers_json_of_the_wrong_shape(exitflow_cmd, run_copy, tmp_path, content, message):
     run_dir, design = run_copy
     broken = tmp_path / "run"
@@ -159,12 +172,15 @@ def test_layers_json_of_the_wrong_shape(exitflow_cmd, run_copy, tmp_path, conten
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("damage, message", [
-    ("empty", "profile.npz: empty file"),
-    ("truncated", "profile.npz: unreadable, truncated or not an .npz"),
-    ("random", "profile.npz: unreadable, truncated or not an .npz"),
-    ("other keys", "profile.npz: not a profile exitflow wrote (lacks exit_names"),
-])
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        ("empty", "profile.npz: empty file"),
+        ("truncated", "profile.npz: unreadable, truncated or not an .npz"),
+        ("random", "profile.npz: unreadable, truncated or not an .npz"),
+        ("other keys", "profile.npz: not a profile exitflow wrote (lacks exit_names"),
+    ],
+)
 def test_a_damaged_profile_stops_the_cosimulation(exitflow_cmd, run_copy, tmp_path, damage, message):
     import io
 
@@ -176,8 +192,12 @@ def test_a_damaged_profile_stops_the_cosimulation(exitflow_cmd, run_copy, tmp_pa
     good = (broken / "profile.npz").read_bytes()
     other = io.BytesIO()
     np.savez(other, x=np.zeros(2))
-    content = {"empty": b"", "truncated": good[: len(good) // 3], "random": np.random.default_rng(1).bytes(4096),
-               "other keys": other.getvalue()}[damage]
+    content = {
+        "empty": b"",
+        "truncated": good[: len(good) // 3],
+        "random": np.random.default_rng(1).bytes(4096),
+        "other keys": other.getvalue(),
+    }[damage]
     (broken / "profile.npz").write_bytes(content)
     err = _bad(exitflow_cmd, broken, "--design", str(design), "--engine", "vectorised")
     assert err.startswith("exitflow cosim: error: ") and message in err

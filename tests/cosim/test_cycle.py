@@ -4,10 +4,9 @@ the built digits lenet design against the dse model."""
 import numpy as np
 import pytest
 
-from exitflow.cosim.cycle import Pipeline, Stage, Unit, run
-from exitflow.dse.throughput import predict, simulate
-from exitflow.dse.throughput import input_interval
 from exitflow.core.errors import ConfigError
+from exitflow.cosim.cycle import Pipeline, Stage, Unit, run
+from exitflow.dse.throughput import input_interval, predict, simulate
 
 CLOCK = 100.0  # MHz
 
@@ -23,8 +22,14 @@ def single(*cycles, head=(10,)):
 def two_stage(t0, t1, depth, gate_cycles=4, head0=(10,), head1=(10,), record_fifo=2):
     """Records reach the gate through ``record_fifo``-record streams: only with at least
     ``depth`` of them can the head run ``depth`` samples ahead of a stalled gate."""
-    return Pipeline((Stage("s0", units(*t0), units(*head0, prefix="h"), depth, gate_cycles),
-                     Stage("s1", units(*t1), units(*head1, prefix="h"))), CLOCK, record_fifo)
+    return Pipeline(
+        (
+            Stage("s0", units(*t0), units(*head0, prefix="h"), depth, gate_cycles),
+            Stage("s1", units(*t1), units(*head1, prefix="h")),
+        ),
+        CLOCK,
+        record_fifo,
+    )
 
 
 def test_single_stage_runs_at_its_slowest_unit():
@@ -84,8 +89,7 @@ def test_a_burst_of_hard_samples_stalls_stage_0_behind_a_tiny_gate():
 
 def test_exiting_samples_are_faster_than_continuing_ones():
     taken = np.tile([0, 0, 1, 0, 1, 1, 0, 0], 100)
-    report = simulate(two_stage((100, 50), (120, 80), depth=4, head0=(40, 10), head1=(60, 10)), taken,
-                      min_samples=3000)
+    report = simulate(two_stage((100, 50), (120, 80), depth=4, head0=(40, 10), head1=(60, 10)), taken, min_samples=3000)
     early, late = report.latency
     assert early.samples > 0 and late.samples > 0
     assert early.mean_cycles < late.mean_cycles and early.p99_cycles < late.p99_cycles
@@ -114,13 +118,16 @@ def test_prediction_uses_the_slowest_unit_of_stage_and_head():
     assert estimate.intervals[0] == 130 and estimate.intervals[1] == pytest.approx(75)
 
 
-@pytest.mark.parametrize("make, taken, message", [
-    (lambda: single(10), [0, 1], "exit indices must be integers in 0..0"),
-    (lambda: single(10), [], "needs at least one sample"),
-    (lambda: two_stage((10,), (10,), depth=0), [0], "needs a gate depth >= 1; got 0"),
-    (lambda: single(-1), [0], "has -1 cycles"),
-    (lambda: Pipeline((Stage("s0", (), units(1)),), CLOCK), [0], "at least one unit each"),
-])
+@pytest.mark.parametrize(
+    "make, taken, message",
+    [
+        (lambda: single(10), [0, 1], "exit indices must be integers in 0..0"),
+        (lambda: single(10), [], "needs at least one sample"),
+        (lambda: two_stage((10,), (10,), depth=0), [0], "needs a gate depth >= 1; got 0"),
+        (lambda: single(-1), [0], "has -1 cycles"),
+        (lambda: Pipeline((Stage("s0", (), units(1)),), CLOCK), [0], "at least one unit each"),
+    ],
+)
 def test_bad_input_is_one_line(make, taken, message):
     with pytest.raises(ConfigError, match=message) as err:
         simulate(make(), np.asarray(taken, dtype=int))
@@ -128,8 +135,12 @@ def test_bad_input_is_one_line(make, taken, message):
 
 
 def test_ten_thousand_samples_take_well_under_a_second():
-    pipe = Pipeline(tuple(Stage(f"s{k}", units(*range(50, 60)), units(20, 10, prefix="h"), 8 if k < 3 else None, 16)
-                          for k in range(4)), CLOCK)
+    pipe = Pipeline(
+        tuple(
+            Stage(f"s{k}", units(*range(50, 60)), units(20, 10, prefix="h"), 8 if k < 3 else None, 16) for k in range(4)
+        ),
+        CLOCK,
+    )
     taken = np.random.default_rng(0).integers(0, 4, 2500)
     report = simulate(pipe, taken, min_samples=10_000)
     assert report.repeats * report.sequence == 10_000

@@ -85,7 +85,9 @@ def test_a_corrupted_weight_is_located(lenet_built, tmp_path):
     assert (first.graph, first.layer, first.node) == ("stage s0", "conv0", node_name)
     assert first.element is not None and len(first.element) == 3  # (row, column, channel) of the feature map
     assert first.element_expected != first.element_got
-    assert f"first difference in stage s0, layer conv0, FINN node {node_name}, element {first.element}" in first.describe()
+    assert (
+        f"first difference in stage s0, layer conv0, FINN node {node_name}, element {first.element}" in first.describe()
+    )
     # layer by layer: the same sample through the built graph and the corrupted one
     images = load_built(run, path)
     good = ModelWrapper(str(run / "hw" / "s0" / "model_hw.onnx"))

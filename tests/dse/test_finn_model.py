@@ -6,12 +6,11 @@ import json
 import numpy as np
 import pytest
 import yaml
-
-from exitflow.hw.build import build
-from exitflow.dse.finn_model import inventory, layer_costs
 from qonnx.custom_op.registry import getCustomOp
-from exitflow.dse.finn_model import BUFFER_STYLES
+
+from exitflow.dse.finn_model import BUFFER_STYLES, inventory, layer_costs
 from exitflow.dse.folding import buffer_styles, mult_styles, weight_styles
+from exitflow.hw.build import build
 
 SAMPLES_PER_GRAPH = 17  # 12 graphs: 204 random foldings
 
@@ -35,16 +34,26 @@ def _finn_numbers(folder, part, layers, folding, tmp):
     from exitflow.core.design import LayerFolding
     from exitflow.hw.finn_flow import FlowState, apply_folding, insert_width_converters, minimize_bit_width
 
-    state = FlowState(name=folder.name, part=part, clock_ns=10.0, layers=layers, out=tmp,
-                      folding={l: LayerFolding(pe=pe, simd=simd, ram_style=style, res_type=mult, buffer_style=buffer)
-                               for l, (pe, simd, style, mult, buffer) in zip(layers, folding)})
+    state = FlowState(
+        name=folder.name,
+        part=part,
+        clock_ns=10.0,
+        layers=layers,
+        out=tmp,
+        folding={
+            l: LayerFolding(pe=pe, simd=simd, ram_style=style, res_type=mult, buffer_style=buffer)
+            for l, (pe, simd, style, mult, buffer) in zip(layers, folding, strict=False)
+        },
+    )
     model = ModelWrapper(str(folder / "model_specialized.onnx"))
     for step in (apply_folding, minimize_bit_width, insert_width_converters):
         model = step(model, state)
     res = model.analysis(lambda m: res_estimation(m, part))
     cycles = model.analysis(exp_cycles_per_layer)
-    nodes = {n: {"lut": r["LUT"], "bram18": r["BRAM_18K"], "uram": r["URAM"], "dsp": r["DSP"], "cycles": cycles[n]}
-             for n, r in res.items()}
+    nodes = {
+        n: {"lut": r["LUT"], "bram18": r["BRAM_18K"], "uram": r["URAM"], "dsp": r["DSP"], "cycles": cycles[n]}
+        for n, r in res.items()
+    }
     return model, nodes
 
 
@@ -72,9 +81,15 @@ def _check(run, tmp_path, model_name, stages, seed):
         inv = inventory(folder / "model_hw.onnx", summary["part"], layers, graph["name"])
         cost = graph_cost(folder, summary["part"], budget)
         for _ in range(SAMPLES_PER_GRAPH):
-            folding = [(*_legal(layer, rng), str(rng.choice(weight_styles(layer))), str(rng.choice(mult_styles(layer))),
-                        str(rng.choice(buffer_styles(layer, tuple(u for u in inv.pools if u.governor == k)))))
-                       for k, layer in enumerate(inv.layers)]
+            folding = [
+                (
+                    *_legal(layer, rng),
+                    str(rng.choice(weight_styles(layer))),
+                    str(rng.choice(mult_styles(layer))),
+                    str(rng.choice(buffer_styles(layer, tuple(u for u in inv.pools if u.governor == k)))),
+                )
+                for k, layer in enumerate(inv.layers)
+            ]
             model, finn = _finn_numbers(folder, summary["part"], layers, folding, tmp_path / "flow")
             dwcs = [n.name for n in model.graph.node if n.op_type.startswith("StreamingDataWidthConverter")]
             for node, fixed in inv.fixed.items():  # units folding does not change
@@ -82,8 +97,14 @@ def _check(run, tmp_path, model_name, stages, seed):
             ours_dwc = 0.0
             for k, layer in enumerate(inv.layers):
                 pe, simd, style, mult, buffer = folding[k]
-                ours = layer_costs(layer, np.array([pe]), np.array([simd]), np.array([style], dtype=object),
-                                   np.array([mult], dtype=object), np.array([buffer], dtype=object))
+                ours = layer_costs(
+                    layer,
+                    np.array([pe]),
+                    np.array([simd]),
+                    np.array([style], dtype=object),
+                    np.array([mult], dtype=object),
+                    np.array([buffer], dtype=object),
+                )
                 for node, costs in ours.items():
                     if node.endswith(":dwc"):
                         ours_dwc += costs["lut"][0]
@@ -95,10 +116,10 @@ def _check(run, tmp_path, model_name, stages, seed):
                     parallel += swg.get_nodeattr("parallel_window")
             # the graph as a whole, width converters between layers included, through the search's
             # own GraphCost: every resource and the interval exactly as FINN estimates them
-            picks = [np.array([[t.index(*f)]]) for t, f in zip(cost.tables, folding)]
+            picks = [np.array([[t.index(*f)]]) for t, f in zip(cost.tables, folding, strict=False)]
             # pooling units: their fold follows the layer they pool (pick_pool), their line buffer
             # its buffer_style, as the build's
-            for unit, k in zip(cost.pools, cost.pool_folds(picks)):
+            for unit, k in zip(cost.pools, cost.pool_folds(picks), strict=False):
                 style = BUFFER_STYLES.index(folding[unit.governor][4])
                 for node, costs in unit.nodes.items():
                     for key in ("lut", "bram18", "uram", "dsp", "cycles"):
@@ -136,8 +157,11 @@ def test_cnv_stages_and_heads(tmp_path):
 
     rng = np.random.default_rng(0)
     np.savez(tmp_path / "tiny.npz", x=rng.integers(0, 256, (64, 3, 32, 32), dtype=np.uint8), y=np.arange(64) % 10)
-    config = RunConfig(data=DataSpec(name="npz", path=str(tmp_path / "tiny.npz")),
-                       model=ModelConfig(backbone="cnv", preset="w2a2"), train=TrainConfig(epochs=1, batch_size=32))
+    config = RunConfig(
+        data=DataSpec(name="npz", path=str(tmp_path / "tiny.npz")),
+        model=ModelConfig(backbone="cnv", preset="w2a2"),
+        train=TrainConfig(epochs=1, batch_size=32),
+    )
     train(config, tmp_path / "run", log=lambda line: None)
     blocks = ["conv0", "conv1", "conv2", "conv3", "conv4", "conv5", "fc0", "fc1"]
     n, narrowed = _check(tmp_path / "run", tmp_path, "cnv", [blocks[:2], blocks[2:6], blocks[6:]], seed=1)

@@ -1,23 +1,29 @@
 """The cheapest legal folding per target interval, against brute force."""
 
 import json
-
 from dataclasses import replace
 
 import numpy as np
 import pytest
 import yaml
 
-from exitflow.hw.build import build
 from exitflow.dse.finn_model import inventory
 from exitflow.dse.folding import FoldingTable, legal_foldings
+from exitflow.hw.build import build
 
 
 @pytest.fixture(scope="module")
 def lenet_layers(digits_run, tmp_path_factory):
     path = tmp_path_factory.mktemp("d") / "design.yaml"
-    path.write_text(yaml.safe_dump({"model": "lenet", "board": "Pynq-Z2", "stages": [
-        {"name": "all", "blocks": ["conv0", "conv1", "fc0", "fc1"], "head": {"name": "final"}}]}))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "model": "lenet",
+                "board": "Pynq-Z2",
+                "stages": [{"name": "all", "blocks": ["conv0", "conv1", "fc0", "fc1"], "head": {"name": "final"}}],
+            }
+        )
+    )
     build(digits_run, path, log=lambda line: None)
     folder = digits_run / "hw" / "all"
     names = list(json.loads((folder / "layers.json").read_text())["layers"])
@@ -47,7 +53,7 @@ def test_cheapest_meets_the_target_and_nothing_cheaper_does(lenet_layers):
             fast = table.envelope(targets)[w]
             assert np.array_equal(cost[np.maximum(fast, 0)] * (fast >= 0), cost[np.maximum(chosen, 0)] * (chosen >= 0))
             assert np.array_equal(fast >= 0, chosen >= 0)
-            for t, i in zip(targets, chosen):
+            for t, i in zip(targets, chosen, strict=False):
                 fits = np.flatnonzero(table.cycles <= t)
                 assert (i == -1) == (fits.size == 0)
                 if fits.size:
@@ -55,16 +61,33 @@ def test_cheapest_meets_the_target_and_nothing_cheaper_does(lenet_layers):
                     assert cost[i] == cost[fits].min()
             # a looser target is never more expensive
             picked = [cost[i] for i in chosen if i >= 0]
-            assert all(a >= b - 1e-12 for a, b in zip(picked, picked[1:]))
+            assert all(a >= b - 1e-12 for a, b in zip(picked, picked[1:], strict=False))
         assert np.all(table.resources[:, 2] == 0)  # no URAM on a Zynq-7020
 
 
 def test_unavailable_resource_is_never_chosen():
     from exitflow.dse.finn_model import WeightLayer
 
-    layer = WeightLayer(layer="fc", node="MVAU_hls_0", impl="hls", mw=64, mh=16, wbits=4, abits=4, signed_input=False,
-                        acc_bits=14, out_bits=4, no_activation=False, mem_mode="internal_decoupled", ram_style="auto",
-                        ram_style_thresholds="auto", res_type="dsp", vectors=1, th=1, dsp_block="DSP48E1")
+    layer = WeightLayer(
+        layer="fc",
+        node="MVAU_hls_0",
+        impl="hls",
+        mw=64,
+        mh=16,
+        wbits=4,
+        abits=4,
+        signed_input=False,
+        acc_bits=14,
+        out_bits=4,
+        no_activation=False,
+        mem_mode="internal_decoupled",
+        ram_style="auto",
+        ram_style_thresholds="auto",
+        res_type="dsp",
+        vectors=1,
+        th=1,
+        dsp_block="DSP48E1",
+    )
     no_dsp = FoldingTable.build(layer, np.array([53200, 280, 0, 0], dtype=float))
     assert np.all(np.isinf(no_dsp.costs[:, no_dsp.resources[:, 3] > 0]))
     # an HLS MVAU may multiply in LUTs instead: the board without DSPs gets those foldings
@@ -80,9 +103,26 @@ def test_wide_operands_multiply_in_dsp_slices_when_luts_are_dear():
     from exitflow.dse.finn_model import WeightLayer
     from exitflow.dse.folding import WEIGHTINGS
 
-    layer = WeightLayer(layer="conv0", node="MVAU_hls_0", impl="hls", mw=27, mh=64, wbits=2, abits=8, signed_input=False,
-                        acc_bits=16, out_bits=2, no_activation=False, mem_mode="internal_decoupled", ram_style="auto",
-                        ram_style_thresholds="block", res_type="lut", vectors=900, th=1, dsp_block="DSP48E1")
+    layer = WeightLayer(
+        layer="conv0",
+        node="MVAU_hls_0",
+        impl="hls",
+        mw=27,
+        mh=64,
+        wbits=2,
+        abits=8,
+        signed_input=False,
+        acc_bits=16,
+        out_bits=2,
+        no_activation=False,
+        mem_mode="internal_decoupled",
+        ram_style="auto",
+        ram_style_thresholds="block",
+        res_type="lut",
+        vectors=900,
+        th=1,
+        dsp_block="DSP48E1",
+    )
     table = FoldingTable.build(layer, np.array([41820, 234.6, 0, 187], dtype=float))
     both = np.flatnonzero((table.pe == 64) & (table.simd == 1) & (table.ram_style == "distributed"))
     lut, dsp = sorted(both, key=lambda i: table.res_type[i] == "dsp")

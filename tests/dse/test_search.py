@@ -11,19 +11,48 @@ BUDGET = np.array([20000, 100, 0, 50], dtype=float)
 
 
 def layer(name, mw, mh):
-    return WeightLayer(layer=name, node=f"MVAU_{name}", impl="hls", mw=mw, mh=mh, wbits=2, abits=2, signed_input=False,
-                       acc_bits=16, out_bits=2, no_activation=False, mem_mode="internal_decoupled", ram_style="auto",
-                       ram_style_thresholds="auto", res_type="lut", vectors=64, th=1, dsp_block="DSP48E1")
+    return WeightLayer(
+        layer=name,
+        node=f"MVAU_{name}",
+        impl="hls",
+        mw=mw,
+        mh=mh,
+        wbits=2,
+        abits=2,
+        signed_input=False,
+        acc_bits=16,
+        out_bits=2,
+        no_activation=False,
+        mem_mode="internal_decoupled",
+        ram_style="auto",
+        ram_style_thresholds="auto",
+        res_type="lut",
+        vectors=64,
+        th=1,
+        dsp_block="DSP48E1",
+    )
 
 
 def graph(name, layers, fixed_cycles=0.0, budget=BUDGET):
-    return GraphCost(name, tuple(FoldingTable.build(l, budget) for l in layers), np.array([100.0, 0, 0, 0]), fixed_cycles)
+    return GraphCost(
+        name, tuple(FoldingTable.build(l, budget) for l in layers), np.array([100.0, 0, 0, 0]), fixed_cycles
+    )
 
 
 def problem(budget=BUDGET):
     segments = [
-        Segment("e0", ("b0",), graph("s0", [layer("b0", 64, 32)], budget=budget), graph("h0", [layer("h0c", 64, 10)], budget=budget)),
-        Segment("e1", ("b1",), graph("s1", [layer("b1", 256, 64)], budget=budget), graph("h1", [layer("h1c", 128, 10)], budget=budget)),
+        Segment(
+            "e0",
+            ("b0",),
+            graph("s0", [layer("b0", 64, 32)], budget=budget),
+            graph("h0", [layer("h0c", 64, 10)], budget=budget),
+        ),
+        Segment(
+            "e1",
+            ("b1",),
+            graph("s1", [layer("b1", 256, 64)], budget=budget),
+            graph("h1", [layer("h1c", 128, 10)], budget=budget),
+        ),
     ]
     rng = np.random.default_rng(0)
     n = 400
@@ -83,7 +112,9 @@ def test_pareto_front():
 
 def test_gate_words_follow_the_chosen_pe_of_the_stage_end():
     segment, _ = problem()[0]
-    built_at_pe_2 = Segment(segment.exit, segment.blocks, segment.body, segment.head, stream_bits=4, folds=64, last_pe=2)
+    built_at_pe_2 = Segment(
+        segment.exit, segment.blocks, segment.body, segment.head, stream_bits=4, folds=64, last_pe=2
+    )
     assert built_at_pe_2.words({"s0": {"b0": (8, 1, "auto")}}) == 16  # 128 values, 8 per word
     assert built_at_pe_2.words({"s0": {"b0": (1, 1, "auto")}}) == 128
     fixed_end = Segment(segment.exit, segment.blocks, segment.body, segment.head, stream_bits=4, folds=64)
@@ -91,9 +122,9 @@ def test_gate_words_follow_the_chosen_pe_of_the_stage_end():
 
 
 def test_routing_cost_counts_gates_merge_and_two_record_fifos_per_exit():
-    from exitflow.hw.folding import record_fifo_for
     from exitflow.dse.search import routing_cost
     from exitflow.hls_templates.routing import merge_resources, record_fifo_resources
+    from exitflow.hw.folding import record_fifo_for
 
     segments, *_ = problem()
     segments = [Segment(s.exit, s.blocks, s.body, s.head, stream_bits=8, folds=100, record_bits=14) for s in segments]
@@ -154,7 +185,9 @@ def test_gate_depths_change_only_the_routing_cost():
 
     segments, codes, correct, scales = problem()
     segments = [Segment(s.exit, s.blocks, s.body, s.head, stream_bits=8, folds=100, record_bits=14) for s in segments]
-    found = search(segments, codes, correct, scales, "max_prob", [0.9], BUDGET * [1, 10, 1, 1], 100.0, gate_depths=(2, 16))
+    found = search(
+        segments, codes, correct, scales, "max_prob", [0.9], BUDGET * [1, 10, 1, 1], 100.0, gate_depths=(2, 16)
+    )
     early = {}
     for c in (c for c in found if c.exits):
         early.setdefault(c.gate_depth, {})[(c.target, c.weighting)] = c
@@ -191,16 +224,19 @@ def test_headroom_sizes_later_stages_for_more_samples_at_the_same_throughput():
     assert faster > 0
 
 
-@pytest.mark.parametrize("content, message", [
-    ("[1, 2]", 'expected {"layers": {layer name: FINN node name}}, got a JSON list'),
-    ('{"layers": ["conv0"]}', "got 'layers' of type list"),
-    ('{"layers": {"conv0": 3}}', "got 'conv0': 3"),
-    ('{"layers": {"conv0": ""}}', "got 'conv0': ''"),
-    ('{"nodes": {}}', "got no 'layers' key"),
-    ('{"layers": {"conv0": "MVAU_0", "conv1": "MVAU_0"}}', "two layers name the same FINN node"),
-    ("{not json", "unreadable or not JSON (JSONDecodeError)"),
-    (b"\xff\xfe\x00", "unreadable or not JSON (UnicodeDecodeError)"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("[1, 2]", 'expected {"layers": {layer name: FINN node name}}, got a JSON list'),
+        ('{"layers": ["conv0"]}', "got 'layers' of type list"),
+        ('{"layers": {"conv0": 3}}', "got 'conv0': 3"),
+        ('{"layers": {"conv0": ""}}', "got 'conv0': ''"),
+        ('{"nodes": {}}', "got no 'layers' key"),
+        ('{"layers": {"conv0": "MVAU_0", "conv1": "MVAU_0"}}', "two layers name the same FINN node"),
+        ("{not json", "unreadable or not JSON (JSONDecodeError)"),
+        (b"\xff\xfe\x00", "unreadable or not JSON (UnicodeDecodeError)"),
+    ],
+)
 def test_layers_json_of_the_wrong_shape_is_one_line(tmp_path, content, message):
     from exitflow.core.errors import ConfigError
     from exitflow.hw.finn_flow import read_layers
@@ -210,18 +246,24 @@ def test_layers_json_of_the_wrong_shape_is_one_line(tmp_path, content, message):
     path.write_bytes(content if isinstance(content, bytes) else content.encode())
     with pytest.raises(ConfigError) as err:
         read_layers(path, "build it again")
-    assert str(err.value).startswith(f"{path}: ") and message in str(err.value) and str(err.value).endswith("; build it again")
+    assert (
+        str(err.value).startswith(f"{path}: ")
+        and message in str(err.value)
+        and str(err.value).endswith("; build it again")
+    )
     assert "\n" not in str(err.value)
     path.write_text('{"layers": {"conv0": "MVAU_rtl_0"}, "input_datatype": "UINT8"}')
     assert read_layers(path, "x") == {"conv0": "MVAU_rtl_0"}
 
 
 def test_the_sweeps_inventory_reads_layers_json_checked(tmp_path):
-    from exitflow.dse.search import graph_cost
     from exitflow.core.errors import ConfigError
+    from exitflow.dse.search import graph_cost
 
     folder = tmp_path / "sweep" / "inventory" / "seg0"
     folder.mkdir(parents=True)
     (folder / "layers.json").write_text("[]")
-    with pytest.raises(ConfigError, match=r"seg0/layers.json: expected .*got a JSON list; delete .*inventory and sweep again"):
+    with pytest.raises(
+        ConfigError, match=r"seg0/layers.json: expected .*got a JSON list; delete .*inventory and sweep again"
+    ):
         graph_cost(folder, "xc7z020clg400-1", np.ones(4))

@@ -4,7 +4,6 @@ import json
 import subprocess
 
 import pytest
-import yaml
 
 from exitflow.core.design import load_design
 
@@ -14,7 +13,9 @@ def swept(digits_run, exitflow_cmd):
     from exitflow.quant.profile import profile
 
     profile(digits_run, plot=False)
-    out = subprocess.run([*exitflow_cmd, "sweep", str(digits_run), "--board", "Pynq-Z2"], capture_output=True, text=True)
+    out = subprocess.run(
+        [*exitflow_cmd, "sweep", str(digits_run), "--board", "Pynq-Z2"], capture_output=True, text=True
+    )
     assert out.returncode == 0, out.stderr
     SWEEP_STDERR.append(out.stderr)
     return digits_run, out.stdout
@@ -47,7 +48,11 @@ def test_sweep_writes_its_outputs(swept):
     finn = report["finn_setfolding_baseline"]
     assert finn is not None and finn["lut"] <= budget["lut"] and finn["fps"] > 0
     assert report["gain_vs_finn_setfolding"] == pytest.approx(chosen["fps"] / finn["fps"])
-    assert chosen["fps_if_reach_plus_5pp"] <= chosen["fps"] * (1 + 1e-9) <= chosen["fps_if_reach_minus_5pp"] * (1 + 1e-6) + 1e-6
+    assert (
+        chosen["fps_if_reach_plus_5pp"]
+        <= chosen["fps"] * (1 + 1e-9)
+        <= chosen["fps_if_reach_minus_5pp"] * (1 + 1e-6) + 1e-6
+    )
     # the chosen design's gate depth and headroom are search variables; its gates are in its budget
     if chosen["exits"]:
         assert chosen["gate_depth"] >= 2 and chosen["headroom"] >= 1.0
@@ -67,8 +72,11 @@ def test_chosen_design_builds(swept, exitflow_cmd):
     run, _ = swept
     design = load_design(run / "sweep" / "design.yaml")
     assert design.board == "Pynq-Z2" and design.model == "lenet"
-    out = subprocess.run([*exitflow_cmd, "build", str(run), "--design", str(run / "sweep" / "design.yaml")],
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        [*exitflow_cmd, "build", str(run), "--design", str(run / "sweep" / "design.yaml")],
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode == 0, out.stderr
     built = json.loads((run / "hw" / "build.json").read_text())
     assert [g["name"] for g in built["graphs"] if g["kind"] == "stage"] == [s.name for s in design.stages]
@@ -83,19 +91,27 @@ def test_sweep_needs_a_profile(tmp_path, digits_run, exitflow_cmd):
     assert out.returncode == 2 and "profile.npz: not found; run `exitflow profile" in out.stderr
     bad = subprocess.run([*exitflow_cmd, "sweep", str(run), "--board", "Pynq-Z9"], capture_output=True, text=True)
     assert bad.returncode == 2 and "unknown board 'Pynq-Z9'" in bad.stderr
-    util = subprocess.run([*exitflow_cmd, "sweep", str(run), "--board", "Pynq-Z2", "--util", "1.5"], capture_output=True, text=True)
+    util = subprocess.run(
+        [*exitflow_cmd, "sweep", str(run), "--board", "Pynq-Z2", "--util", "1.5"], capture_output=True, text=True
+    )
     assert util.returncode == 2 and "--util: must be in (0, 1]" in util.stderr
 
 
 @pytest.mark.slow
 def test_constraints_no_design_meets_name_the_closest(swept, exitflow_cmd):
     run, _ = swept
-    out = subprocess.run([*exitflow_cmd, "sweep", str(run), "--board", "Pynq-Z2", "--min-accuracy", "1.0"],
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        [*exitflow_cmd, "sweep", str(run), "--board", "Pynq-Z2", "--min-accuracy", "1.0"],
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode == 2 and out.stderr.count("\n") == 1
     assert "accuracy floor 1.0000: no design reaches it; the closest reaches" in out.stderr
-    out = subprocess.run([*exitflow_cmd, "sweep", str(run), "--board", "Pynq-Z2", "--max-latency-us", "0.001"],
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        [*exitflow_cmd, "sweep", str(run), "--board", "Pynq-Z2", "--max-latency-us", "0.001"],
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode == 2 and "latency limit 0.001 us: no design meets it" in out.stderr
 
 
@@ -119,9 +135,14 @@ def _damaged_profiles(good: bytes):
         "empty": (b"", "profile.npz: empty file; run `exitflow profile"),
         "truncated": (good[: len(good) // 2], "profile.npz: unreadable, truncated or not an .npz"),
         "random bytes": (np.random.default_rng(0).bytes(5000), "profile.npz: unreadable, truncated or not an .npz"),
-        "other keys": (npz_bytes({"x": np.zeros(3), "y": np.ones(3)}),
-                       "profile.npz: not a profile exitflow wrote (lacks exit_names, frac_bits, scales, logit_bits, ...)"),
-        "no codes": (npz_bytes(no_codes), "profile.npz: not a profile exitflow wrote (lacks val_code_max_prob, val_code_margin)"),
+        "other keys": (
+            npz_bytes({"x": np.zeros(3), "y": np.ones(3)}),
+            "profile.npz: not a profile exitflow wrote (lacks exit_names, frac_bits, scales, logit_bits, ...)",
+        ),
+        "no codes": (
+            npz_bytes(no_codes),
+            "profile.npz: not a profile exitflow wrote (lacks val_code_max_prob, val_code_margin)",
+        ),
         "wrong shape": (npz_bytes(wrong_shape), "profile.npz: val_correct has shape"),
         "no samples": (npz_bytes(no_samples), "profile.npz: test_labels has shape (0,)"),
     }
@@ -140,7 +161,9 @@ def profiled_copy(digits_run, tmp_path_factory):
     return run, (run / "profile.npz").read_bytes()
 
 
-@pytest.mark.parametrize("damage", ["empty", "truncated", "random bytes", "other keys", "no codes", "wrong shape", "no samples"])
+@pytest.mark.parametrize(
+    "damage", ["empty", "truncated", "random bytes", "other keys", "no codes", "wrong shape", "no samples"]
+)
 def test_a_damaged_profile_is_one_line(profiled_copy, exitflow_cmd, damage):
     from exitflow.core.errors import ConfigError
     from exitflow.quant.profile import load_profile
@@ -165,8 +188,8 @@ def test_a_damaged_profile_is_one_line(profiled_copy, exitflow_cmd, damage):
 
 
 def test_sweep_refuses_a_negative_max_exits_from_python(digits_run):
-    from exitflow.dse.sweep import sweep
     from exitflow.core.errors import ConfigError
+    from exitflow.dse.sweep import sweep
 
     with pytest.raises(ConfigError, match=r"--max-exits: must be an integer >= 0 \(early exits per design\); got -1"):
         sweep(digits_run, "Pynq-Z2", max_exits=-1)
@@ -207,7 +230,12 @@ def test_finn_chatter_catches_loggers_prints_and_warnings(tmp_path, capfd):
     assert captured.out == "" and captured.err == ""
     log = path.read_text()
     assert log.startswith("earlier run\n")  # appended, nothing already written is lost
-    for line in ("WARNING finn_logger: SetFolding doesn't know how to handle op_type ConfidenceThreshold_hls",
-                 "WARNING qonnx.transformation: a qonnx warning", "a FINN print", "a FINN stderr line", "a FINN UserWarning"):
+    for line in (
+        "WARNING finn_logger: SetFolding doesn't know how to handle op_type ConfidenceThreshold_hls",
+        "WARNING qonnx.transformation: a qonnx warning",
+        "a FINN print",
+        "a FINN stderr line",
+        "a FINN UserWarning",
+    ):
         assert line in log, line
     assert (finn_log.handlers, finn_log.propagate, finn_log.level) == before

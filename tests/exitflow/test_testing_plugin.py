@@ -39,11 +39,13 @@ def test_skipped_with_reason_when_tools_are_absent(pytester, monkeypatch, tmp_pa
     pytester.makepyfile(TEST_FILE)
     result = pytester.runpytest_inprocess("-p", "exitflow.testing", "-rs", "--strict-markers")
     result.assert_outcomes(passed=1, skipped=3)
-    result.stdout.fnmatch_lines([
-        "*Vivado not found: `vivado` is not on PATH*",
-        "*Vitis HLS not found: neither `vitis_hls` nor `vitis-run` is on PATH*",
-        "*no PYNQ board: set EXITFLOW_BOARD_HOST*",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            "*Vivado not found: `vivado` is not on PATH*",
+            "*Vitis HLS not found: neither `vitis_hls` nor `vitis-run` is on PATH*",
+            "*no PYNQ board: set EXITFLOW_BOARD_HOST*",
+        ]
+    )
 
 
 def test_run_when_tools_are_present(pytester, monkeypatch, tmp_path):

@@ -19,14 +19,14 @@ CONFIGS = [  # classes, logit bits, PE, scale, threshold (max_prob; margin scale
 def vectors(rng, n, classes, bits):
     lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
     parts = [
-        rng.integers(lo, hi + 1, (n // 5, classes)),                       # anywhere in range
-        rng.integers(-8, 9, (n // 5, classes)).clip(lo, hi),               # near each other: many ties
+        rng.integers(lo, hi + 1, (n // 5, classes)),  # anywhere in range
+        rng.integers(-8, 9, (n // 5, classes)).clip(lo, hi),  # near each other: many ties
         np.repeat(rng.integers(lo, hi + 1, (n // 10, 1)), classes, axis=1),  # all equal
-        rng.choice([lo, hi, lo + 1, hi - 1, 0], (n // 10, classes)),       # saturated / extremes
+        rng.choice([lo, hi, lo + 1, hi - 1, 0], (n // 10, classes)),  # saturated / extremes
     ]
     tied = rng.integers(lo, hi + 1, (n - sum(len(p) for p in parts), classes))
     top = tied.max(axis=1)
-    for row, t in zip(tied, top):  # duplicate the maximum somewhere else
+    for row, t in zip(tied, top, strict=False):  # duplicate the maximum somewhere else
         row[rng.integers(classes)] = t
     return np.concatenate(parts + [tied]).astype(np.int64)
 

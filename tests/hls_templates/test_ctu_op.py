@@ -32,9 +32,20 @@ def ctu_model(policy, threshold, dtype="INT16", classes=10, pe=2, scale=0.05, fi
 
     inp = helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, classes])
     out = helper.make_tensor_value_info("r", TensorProto.FLOAT, [1, 1])
-    node = helper.make_node("ConfidenceThreshold", ["z"], ["r"], domain="finn.custom_op.fpgadataflow",
-                            backend="fpgadataflow", Classes=classes, PE=pe, Policy=policy, Scale=repr(scale),
-                            Threshold=repr(threshold), FinalExit=final, inputDataType=dtype)
+    node = helper.make_node(
+        "ConfidenceThreshold",
+        ["z"],
+        ["r"],
+        domain="finn.custom_op.fpgadataflow",
+        backend="fpgadataflow",
+        Classes=classes,
+        PE=pe,
+        Policy=policy,
+        Scale=repr(scale),
+        Threshold=repr(threshold),
+        FinalExit=final,
+        inputDataType=dtype,
+    )
     model = ModelWrapper(qonnx_make_model(helper.make_graph([node], "ctu", [inp], [out])))
     model.set_tensor_datatype("z", DataType[dtype])
     return model.transform(InferShapes()).transform(InferDataTypes()).transform(GiveUniqueNodeNames())
@@ -72,7 +83,6 @@ def test_final_exit_always_leaves():
 def test_finn_estimates_and_datatypes():
     from finn.analysis.fpgadataflow.exp_cycles_per_layer import exp_cycles_per_layer
     from finn.analysis.fpgadataflow.res_estimation import res_estimation
-
     from finn.transformation.fpgadataflow.specialize_layers import SpecializeLayers
 
     model = ctu_model("max_prob", 0.9, dtype="INT8").transform(SpecializeLayers(PART))
@@ -120,10 +130,20 @@ def test_generated_hls_top_compiles_and_agrees(tmp_path, policy, threshold):
     top = (folder / f"top_{model.graph.node[0].name}.cpp").read_text()
     (tmp_path / "stub").mkdir()
     (tmp_path / "stub" / "bnn-library.h").write_text("#include <ap_int.h>\n#include <hls_stream.h>\n")
-    source = (f'#include "{folder}/exitflow_ctu.hpp"\n'
-              + top.replace('#include "exitflow_ctu.hpp"', "").replace('#include "bnn-library.h"', f'#include "{tmp_path}/stub/bnn-library.h"')
-              + DRIVER.format(top=model.graph.node[0].name, win=inst.get_instream_width(), wout=inst.get_outstream_width(),
-                              folds=5, pe=2, bits=16))
+    source = (
+        f'#include "{folder}/exitflow_ctu.hpp"\n'
+        + top.replace('#include "exitflow_ctu.hpp"', "").replace(
+            '#include "bnn-library.h"', f'#include "{tmp_path}/stub/bnn-library.h"'
+        )
+        + DRIVER.format(
+            top=model.graph.node[0].name,
+            win=inst.get_instream_width(),
+            wout=inst.get_outstream_width(),
+            folds=5,
+            pe=2,
+            bits=16,
+        )
+    )
     binary = compile_cpp(source, tmp_path / "build", name="top")
     z = logits(300, seed=4)
     out = run(binary, f"{len(z)}\n" + "\n".join(" ".join(map(str, r)) for r in z) + "\n")

@@ -12,7 +12,7 @@ FMT = TagFormat(id_bits=16, exit_bits=2, rec_bits=19)
 def random_records(rng, n, exit_rate):
     flags = rng.random(n) < exit_rate
     payload = rng.integers(0, 1 << (FMT.rec_bits - 1), n)
-    return [int(p) | (int(f) << (FMT.rec_bits - 1)) for p, f in zip(payload, flags)]
+    return [int(p) | (int(f) << (FMT.rec_bits - 1)) for p, f in zip(payload, flags, strict=False)]
 
 
 @pytest.mark.parametrize("folds, exit_rate", [(1, 0.5), (7, 0.9), (16, 0.1), (3, 0.0), (3, 1.0)])

@@ -30,14 +30,30 @@ def finn_build_dir(tmp_path):
 def gate_graph(samples=40, elements=12, pe=4, depth=8):
     import exitflow.hls_templates.routing_ops  # noqa: F401
 
-    ins = [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in
-           (("fm", [samples, elements]), ("ids", [samples, 1]), ("rec", [samples, 1]))]
-    outs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in
-            (("fm_out", [samples, elements]), ("ids_out", [samples, 1]), ("tagged", [samples, 1]))]
-    node = helper.make_node("ExitGate", ["fm", "ids", "rec"], ["fm_out", "ids_out", "tagged"],
-                            domain="finn.custom_op.fpgadataflow", backend="fpgadataflow", Samples=samples,
-                            Elements=elements, PE=pe, ExitIndex=1, IdBits=16, ExitBits=2, RecordBits=19,
-                            Depth=depth, fmDataType="UINT4")
+    ins = [
+        helper.make_tensor_value_info(n, TensorProto.FLOAT, s)
+        for n, s in (("fm", [samples, elements]), ("ids", [samples, 1]), ("rec", [samples, 1]))
+    ]
+    outs = [
+        helper.make_tensor_value_info(n, TensorProto.FLOAT, s)
+        for n, s in (("fm_out", [samples, elements]), ("ids_out", [samples, 1]), ("tagged", [samples, 1]))
+    ]
+    node = helper.make_node(
+        "ExitGate",
+        ["fm", "ids", "rec"],
+        ["fm_out", "ids_out", "tagged"],
+        domain="finn.custom_op.fpgadataflow",
+        backend="fpgadataflow",
+        Samples=samples,
+        Elements=elements,
+        PE=pe,
+        ExitIndex=1,
+        IdBits=16,
+        ExitBits=2,
+        RecordBits=19,
+        Depth=depth,
+        fmDataType="UINT4",
+    )
     model = ModelWrapper(qonnx_make_model(helper.make_graph([node], "gate", ins, outs)))
     model.set_tensor_datatype("fm", DataType["UINT4"])
     return model.transform(GiveUniqueNodeNames())
@@ -51,7 +67,9 @@ def test_gate_execution_matches_the_model():
     fm = rng.integers(0, 16, (n, 12)).astype(np.float32)
     ids = np.arange(100, 100 + n)
     rec = rng.integers(0, 1 << 18, n) | (rng.integers(0, 2, n) << 18)
-    out = execute_onnx(gate_graph(), {"fm": fm, "ids": ids[:, None].astype(np.float32), "rec": rec[:, None].astype(np.float32)})
+    out = execute_onnx(
+        gate_graph(), {"fm": fm, "ids": ids[:, None].astype(np.float32), "rec": rec[:, None].astype(np.float32)}
+    )
     go_ids, go_fms, tagged = gate_model(ids.tolist(), rec.tolist(), fm.astype(int).tolist(), 1, FMT)
     kept = out["ids_out"].ravel() != -1
     assert out["ids_out"].ravel()[kept].tolist() == go_ids
@@ -60,13 +78,24 @@ def test_gate_execution_matches_the_model():
 
 
 def test_merge_execution_matches_the_model():
-    import exitflow.hls_templates.routing_ops  # noqa: F401
     from finn.core.onnx_exec import execute_onnx
+
+    import exitflow.hls_templates.routing_ops  # noqa: F401
 
     ins = [helper.make_tensor_value_info(f"t{k}", TensorProto.FLOAT, [6, 1]) for k in range(3)]
     out = helper.make_tensor_value_info("merged", TensorProto.FLOAT, [6, 1])
-    node = helper.make_node("ExitMerge", [i.name for i in ins], ["merged"], domain="finn.custom_op.fpgadataflow",
-                            backend="fpgadataflow", Samples=6, Exits=3, IdBits=16, ExitBits=2, RecordBits=19)
+    node = helper.make_node(
+        "ExitMerge",
+        [i.name for i in ins],
+        ["merged"],
+        domain="finn.custom_op.fpgadataflow",
+        backend="fpgadataflow",
+        Samples=6,
+        Exits=3,
+        IdBits=16,
+        ExitBits=2,
+        RecordBits=19,
+    )
     model = ModelWrapper(qonnx_make_model(helper.make_graph([node], "merge", ins, [out])))
     streams = [[11, 12, -1, -1, -1, -1], [21, -1, -1, -1, -1, -1], [31, 32, 33, -1, -1, -1]]
     got = execute_onnx(model, {f"t{k}": np.array(s, dtype=np.int64)[:, None] for k, s in enumerate(streams)})["merged"]
@@ -92,6 +121,10 @@ def test_gate_specialises_estimates_and_generates_code(tmp_path):
     assert "exitflow::gate<3, 16, ID_BITS, EXIT_BITS, REC_BITS, REC_BITS - 1>" in top
     (tmp_path / "stub").mkdir()
     (tmp_path / "stub" / "bnn-library.h").write_text("#include <ap_int.h>\n#include <hls_stream.h>\n")
-    source = top.replace('#include "bnn-library.h"', f'#include "{tmp_path}/stub/bnn-library.h"').replace(
-        '#include "exitflow_gate.hpp"', f'#include "{folder}/exitflow_gate.hpp"') + "\nint main() { return 0; }\n"
+    source = (
+        top.replace('#include "bnn-library.h"', f'#include "{tmp_path}/stub/bnn-library.h"').replace(
+            '#include "exitflow_gate.hpp"', f'#include "{folder}/exitflow_gate.hpp"'
+        )
+        + "\nint main() { return 0; }\n"
+    )
     assert compile_cpp(source, tmp_path / "build", name="gate_top").exists()

@@ -37,8 +37,15 @@ def env_for(cwd: Path, extra: dict | None = None) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST", "EXITFLOW"))}
     home = cwd.with_name(cwd.name + ".home")  # the user's own, beside the working folder (never the developer's)
     (home / ".config").mkdir(parents=True, exist_ok=True)
-    env.update({"XDG_CONFIG_HOME": str(home / ".config"), "HOME": str(home), "PYTHONDONTWRITEBYTECODE": "1",
-                "OMP_NUM_THREADS": "1", "COLUMNS": "200"})
+    env.update(
+        {
+            "XDG_CONFIG_HOME": str(home / ".config"),
+            "HOME": str(home),
+            "PYTHONDONTWRITEBYTECODE": "1",
+            "OMP_NUM_THREADS": "1",
+            "COLUMNS": "200",
+        }
+    )
     env.update(extra or {})
     return env
 
@@ -54,16 +61,32 @@ class Done:
         return f"exitflow {' '.join(self.args)} -> {self.code}\nstdout: {self.stdout[-2000:]}\nstderr: {self.stderr[-3000:]}"
 
 
-def exitflow(args: list[str], cwd: Path, env: dict | None = None, timeout: float = 600, prefix: list[str] | None = None) -> Done:
+def exitflow(
+    args: list[str], cwd: Path, env: dict | None = None, timeout: float = 600, prefix: list[str] | None = None
+) -> Done:
     """``exitflow ARGS`` in ``cwd``, as a user types it."""
-    done = subprocess.run([*(prefix or []), EXITFLOW, *args], cwd=cwd, env=env_for(cwd, env), capture_output=True,
-                          text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    done = subprocess.run(
+        [*(prefix or []), EXITFLOW, *args],
+        cwd=cwd,
+        env=env_for(cwd, env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
     return Done(args, done.returncode, done.stdout, done.stderr)
 
 
 def start(args: list[str], cwd: Path, env: dict | None = None) -> subprocess.Popen:
-    return subprocess.Popen([EXITFLOW, *args], cwd=cwd, env=env_for(cwd, env), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+    return subprocess.Popen(
+        [EXITFLOW, *args],
+        cwd=cwd,
+        env=env_for(cwd, env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def assert_one_line_error(done: Done, code: int = 2) -> None:
@@ -74,8 +97,9 @@ def assert_one_line_error(done: Done, code: int = 2) -> None:
     assert "weights_only=False" not in done.stderr, done.describe()
 
 
-def assert_unchanged(before: dict[str, str], after: dict[str, str], may_write: tuple[str, ...] = (),
-                     new_ok: bool = False) -> None:
+def assert_unchanged(
+    before: dict[str, str], after: dict[str, str], may_write: tuple[str, ...] = (), new_ok: bool = False
+) -> None:
     """Every file that was there is there and unchanged, but those the command may write
     (glob patterns); no new file either, unless ``new_ok`` (besides an empty lock file)."""
     from fnmatch import fnmatch
@@ -87,8 +111,11 @@ def assert_unchanged(before: dict[str, str], after: dict[str, str], may_write: t
     assert not changed, f"files changed or deleted: {changed[:10]}"
     if not new_ok:
         empty = hashlib.sha256(b"").hexdigest()
-        new = sorted(rel for rel in after if rel not in before and not allowed(rel)
-                     and not (Path(rel).name == LOCK and after[rel] == empty))
+        new = sorted(
+            rel
+            for rel in after
+            if rel not in before and not allowed(rel) and not (Path(rel).name == LOCK and after[rel] == empty)
+        )
         assert not new, f"files created: {new[:10]}"
 
 

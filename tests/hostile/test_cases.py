@@ -19,8 +19,11 @@ WORKERS = int(os.environ.get("EXITFLOW_HOSTILE_WORKERS", "4"))
 @pytest.fixture(scope="module")
 def outcomes(request, tmp_path_factory):
     """Every case of the table, run once (only those selected, when -k selects some)."""
-    wanted = {item.callspec.params["case"].id for item in request.session.items
-              if item.module.__name__ == request.module.__name__ and hasattr(item, "callspec")}
+    wanted = {
+        item.callspec.params["case"].id
+        for item in request.session.items
+        if item.module.__name__ == request.module.__name__ and hasattr(item, "callspec")
+    }
     cases = [c for c in CASES if c.id in wanted]
     trained = request.getfixturevalue("trained") if any(c.trained for c in cases) else None
     base = tmp_path_factory.mktemp("hostile_cases")

@@ -12,8 +12,7 @@ from pathlib import Path
 
 import pytest
 from hostile_cases import TRAINED_CONFIG
-from hostile_harness import (LOCK, assert_one_line_error, assert_unchanged, checksums, copy_run, exitflow, start,
-                             Done)
+from hostile_harness import LOCK, Done, assert_one_line_error, assert_unchanged, checksums, copy_run, exitflow, start
 
 pytestmark = pytest.mark.slow
 BACKUP = ".hw.previous"
@@ -38,6 +37,7 @@ def finish(proc, timeout: float = 600.0) -> Done:
 def after(seconds: float) -> Callable[[Path, object], None]:
     def point(run: Path, proc) -> None:
         time.sleep(seconds)
+
     return point
 
 
@@ -45,6 +45,7 @@ def when(rel: str, extra: float = 0.0) -> Callable[[Path, object], None]:
     def point(run: Path, proc) -> None:
         wait_for(lambda: any(run.glob(rel)), proc, label=rel)
         time.sleep(extra)
+
     return point
 
 
@@ -70,7 +71,7 @@ class Interrupt:
     point: Callable[[Path, object], None]
     sig: int = signal.SIGINT
     prepare: Callable[[Path], None] | None = None
-    resume: tuple[str, ...] | None = None     # the command run afterwards, expected to finish (0)
+    resume: tuple[str, ...] | None = None  # the command run afterwards, expected to finish (0)
     may_write: tuple[str, ...] = ()
 
 
@@ -87,8 +88,14 @@ INTERRUPTS = [
     Interrupt("build-sigint-in-finn-codegen", BUILD, when("hw/*/codegen", 0.5), resume=BUILD),
     Interrupt("build-sigint-at-6s", BUILD, after(6.0)),
     Interrupt("run-sigint-at-0.5s", ("run", "hostile.yaml", "--out", "run"), after(0.5), prepare=edit_design),
-    Interrupt("run-sigint-in-build", ("run", "hostile.yaml", "--out", "run"), when(BACKUP, 0.5), prepare=edit_design,
-              resume=("run", "hostile.yaml", "--out", "run"), may_write=("sweep/design.yaml",)),
+    Interrupt(
+        "run-sigint-in-build",
+        ("run", "hostile.yaml", "--out", "run"),
+        when(BACKUP, 0.5),
+        prepare=edit_design,
+        resume=("run", "hostile.yaml", "--out", "run"),
+        may_write=("sweep/design.yaml",),
+    ),
     Interrupt("cosim-sigint-at-1.5s", ("cosim", "run"), after(1.5)),
     Interrupt("sweep-sigint-at-4s", ("sweep", "run", "--board", "Pynq-Z2"), after(4.0), may_write=("log/finn.log",)),
 ]
@@ -119,8 +126,12 @@ def test_train_sigint_then_resume(tmp_path):
     """Ctrl-C during training: 130, no half-written file; the same command then finishes."""
     (tmp_path / "c.yaml").write_text("data: {name: digits}\nmodel: {backbone: lenet}\ntrain: {epochs: 2, seed: 3}\n")
     proc = start(["train", "c.yaml", "--out", "fresh"], tmp_path)
-    wait_for(lambda: any((tmp_path / "fresh").glob("*.pt")) or (tmp_path / "fresh" / "train_log.json").exists(), proc,
-             label="the first checkpoint", timeout=300)
+    wait_for(
+        lambda: any((tmp_path / "fresh").glob("*.pt")) or (tmp_path / "fresh" / "train_log.json").exists(),
+        proc,
+        label="the first checkpoint",
+        timeout=300,
+    )
     proc.send_signal(signal.SIGINT)
     done = finish(proc)
     assert_one_line_error(done, 130)
@@ -131,7 +142,7 @@ def test_train_sigint_then_resume(tmp_path):
 
 
 def _hw_of(state: dict[str, str], prefix: str = "hw/") -> dict[str, str]:
-    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
 
 
 @pytest.mark.parametrize("kill_at", [BACKUP, "hw/*/codegen"])
@@ -167,7 +178,9 @@ def test_kill9_leaves_backup_that_cosim_finds_and_names(run_copy):
     when(BACKUP, 0.5)(run_copy, proc)  # the earlier build moved aside, the new one under way
     proc.kill()
     proc.wait(timeout=60)
-    assert (run_copy / BACKUP).is_dir() and not (run_copy / "hw" / "build.json").is_file(), "the build ended before kill -9"
+    assert (run_copy / BACKUP).is_dir() and not (run_copy / "hw" / "build.json").is_file(), (
+        "the build ended before kill -9"
+    )
     cosim = exitflow(["cosim", "run", "--samples", "20"], cwd)
     assert cosim.code == 0, cosim.describe()
     if "put back" not in cosim.stderr and "backup" not in cosim.stderr and ".hw.previous" not in cosim.stderr:
@@ -252,9 +265,18 @@ def _read_only_prefix(folder: Path) -> list[str] | None:
     return prefix if probe.returncode == 0 and not (folder / ".probe").exists() else None
 
 
-@pytest.mark.parametrize("args", [("report", "run"), ("profile", "run"), ("build", "run"), ("cosim", "run", "--samples", "5"),
-                                  ("sweep", "run", "--board", "Pynq-Z2"), ("run", "hostile.yaml", "--out", "run", "--force")],
-                         ids=lambda a: a[0])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("report", "run"),
+        ("profile", "run"),
+        ("build", "run"),
+        ("cosim", "run", "--samples", "5"),
+        ("sweep", "run", "--board", "Pynq-Z2"),
+        ("run", "hostile.yaml", "--out", "run", "--force"),
+    ],
+    ids=lambda a: a[0],
+)
 def test_read_only_run_folder_is_one_line(run_copy, args):
     prefix = _read_only_prefix(run_copy)
     if prefix is None:  # not root: file modes are enough

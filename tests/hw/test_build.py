@@ -11,16 +11,20 @@ import yaml
 from qonnx.core.modelwrapper import ModelWrapper
 from qonnx.custom_op.registry import getCustomOp
 
-from exitflow.hw.build import build
 from exitflow.core.errors import ConfigError
+from exitflow.hw.build import build
 
 
 def _design(model, stages, board="Pynq-Z2"):
     data = {"model": model, "board": board, "stages": []}
     for k, (name, blocks, folding, head_folding) in enumerate(stages):
         last = k == len(stages) - 1
-        stage = {"name": name, "blocks": blocks, "folding": folding,
-                 "head": {"name": f"{name}_exit", "folding": head_folding}}
+        stage = {
+            "name": name,
+            "blocks": blocks,
+            "folding": folding,
+            "head": {"name": f"{name}_exit", "folding": head_folding},
+        }
         if not last:
             stage["gate_depth"] = 4
             stage["head"]["threshold"] = 0.9
@@ -63,7 +67,9 @@ def _check_graph(folder, folding):
     from finn.transformation.general import ApplyConfig
 
     config = json.loads((folder / "folding_config.json").read_text())
-    fresh = ModelWrapper(str(folder / "model_specialized.onnx")).transform(ApplyConfig(str(folder / "folding_config.json")))
+    fresh = ModelWrapper(str(folder / "model_specialized.onnx")).transform(
+        ApplyConfig(str(folder / "folding_config.json"))
+    )
     for node in fresh.graph.node:
         for attr, value in config[node.name].items():
             assert getCustomOp(node).get_nodeattr(attr) == value
@@ -77,15 +83,29 @@ def _check_graph(folder, folding):
 
 
 LENET_SUBSETS = [
-    [("all", ["conv0", "conv1", "fc0", "fc1"], {"conv0": {"pe": 4, "simd": 1}, "conv1": {"pe": 4, "simd": 8}},
-      {"classifier": {"pe": 2, "simd": 4}})],
+    [
+        (
+            "all",
+            ["conv0", "conv1", "fc0", "fc1"],
+            {"conv0": {"pe": 4, "simd": 1}, "conv1": {"pe": 4, "simd": 8}},
+            {"classifier": {"pe": 2, "simd": 4}},
+        )
+    ],
     # SIMD = MW: parallel-window generator; line buffers (conv0's generator and pooling unit) in block RAM
-    [("early", ["conv0"], {"conv0": {"pe": 16, "simd": 9, "buffer_style": "block"}}, {}),
-     ("rest", ["conv1", "fc0", "fc1"], {"conv1": {"pe": 8, "simd": 16, "buffer_style": "block"}, "fc0": {"pe": 4, "simd": 4}},
-      {"classifier": {"pe": 5, "simd": 8}})],
-    [("a", ["conv0", "conv1"], {}, {"classifier": {"pe": 10, "simd": 32}}),
-     ("b", ["fc0"], {"fc0": {"pe": 2, "simd": 32}}, {}),
-     ("c", ["fc1"], {"fc1": {"pe": 16, "simd": 64}}, {})],
+    [
+        ("early", ["conv0"], {"conv0": {"pe": 16, "simd": 9, "buffer_style": "block"}}, {}),
+        (
+            "rest",
+            ["conv1", "fc0", "fc1"],
+            {"conv1": {"pe": 8, "simd": 16, "buffer_style": "block"}, "fc0": {"pe": 4, "simd": 4}},
+            {"classifier": {"pe": 5, "simd": 8}},
+        ),
+    ],
+    [
+        ("a", ["conv0", "conv1"], {}, {"classifier": {"pe": 10, "simd": 32}}),
+        ("b", ["fc0"], {"fc0": {"pe": 2, "simd": 32}}, {}),
+        ("c", ["fc1"], {"fc1": {"pe": 16, "simd": 64}}, {}),
+    ],
 ]
 
 
@@ -112,7 +132,11 @@ def test_integer_streams_between_stages(digits_run, tmp_path):
     # (one pixel in per cycle, a whole 3x3 window out): digits' 8 x 8 image in 8 x 8 + 2 cycles
     early = ModelWrapper(str(digits_run / "hw" / "early" / "model_hw.onnx"))
     swg = getCustomOp(early.graph.node[0])
-    assert (swg.get_nodeattr("parallel_window"), swg.get_nodeattr("SIMD"), swg.select_impl_style()) == (1, 1, "parallel")
+    assert (swg.get_nodeattr("parallel_window"), swg.get_nodeattr("SIMD"), swg.select_impl_style()) == (
+        1,
+        1,
+        "parallel",
+    )
     cycles = json.loads((digits_run / "hw" / "early" / "estimate_layer_cycles.json").read_text())
     assert cycles[early.graph.node[0].name] == 8 * 8 + 2 and cycles[early.graph.node[1].name] == 6 * 6
     first = json.loads((digits_run / "hw" / "early" / "layers.json").read_text())
@@ -147,9 +171,11 @@ def cnv_run(tmp_path_factory):
     folder = tmp_path_factory.mktemp("cnv")
     rng = np.random.default_rng(0)
     np.savez(folder / "tiny.npz", x=rng.integers(0, 256, (64, 3, 32, 32), dtype=np.uint8), y=np.arange(64) % 10)
-    config = RunConfig(data=DataSpec(name="npz", path=str(folder / "tiny.npz")),
-                       model=ModelConfig(backbone="cnv", preset="w2a2", width=0.25),
-                       train=TrainConfig(epochs=1, batch_size=32))
+    config = RunConfig(
+        data=DataSpec(name="npz", path=str(folder / "tiny.npz")),
+        model=ModelConfig(backbone="cnv", preset="w2a2", width=0.25),
+        train=TrainConfig(epochs=1, batch_size=32),
+    )
     train(config, folder / "run", log=lambda line: None)
     return folder / "run"
 
@@ -176,29 +202,46 @@ def test_cnv_builds_for_every_subset(cnv_run, tmp_path, exits):
 @pytest.mark.slow
 def test_users_own_backbone_builds(tmp_path):
     from exitflow.core.data import DataSpec
+    from exitflow.core.schema import FrozenMap
     from exitflow.quant.config import ModelConfig, RunConfig, TrainConfig
     from exitflow.quant.train import train
-    from exitflow.core.schema import FrozenMap
 
     rng = np.random.default_rng(1)
     np.savez(tmp_path / "tiny.npz", x=rng.integers(0, 256, (40, 3, 32, 32), dtype=np.uint8), y=np.arange(40) % 10)
-    model = ModelConfig(backbone="custom", factory="brevitas_examples.bnn_pynq.models.CNV:CNV",
-                        factory_args=FrozenMap({"num_classes": 10, "weight_bit_width": 2, "act_bit_width": 2,
-                                                "in_bit_width": 8, "in_ch": 3}),
-                        exits=("conv_features.7",), classifier="linear_features.6", preset="w2a2")
-    config = RunConfig(data=DataSpec(name="npz", path=str(tmp_path / "tiny.npz")), model=model,
-                       train=TrainConfig(epochs=1, batch_size=20))
+    model = ModelConfig(
+        backbone="custom",
+        factory="brevitas_examples.bnn_pynq.models.CNV:CNV",
+        factory_args=FrozenMap(
+            {"num_classes": 10, "weight_bit_width": 2, "act_bit_width": 2, "in_bit_width": 8, "in_ch": 3}
+        ),
+        exits=("conv_features.7",),
+        classifier="linear_features.6",
+        preset="w2a2",
+    )
+    config = RunConfig(
+        data=DataSpec(name="npz", path=str(tmp_path / "tiny.npz")),
+        model=model,
+        train=TrainConfig(epochs=1, batch_size=20),
+    )
     train(config, tmp_path / "run", log=lambda line: None)
-    stages = [("front", ["conv_features.7"], {"conv_features.1": {"pe": 16, "simd": 3}}, {}),
-              ("back", ["linear_features.6"], {}, {"classifier": {"pe": 10, "simd": 8}})]
+    stages = [
+        ("front", ["conv_features.7"], {"conv_features.1": {"pe": 16, "simd": 3}}, {}),
+        ("back", ["linear_features.6"], {}, {"classifier": {"pe": 10, "simd": 8}}),
+    ]
     build(tmp_path / "run", _write(tmp_path, _design("custom", stages)), log=lambda line: None)
     _check_graph(tmp_path / "run" / "hw" / "front", stages[0][2])
     _check_graph(tmp_path / "run" / "hw" / "back_exit", stages[1][3])
 
 
 BAD = [
-    ({"conv0": {"pe": 5, "simd": 1}}, "stages[0].folding.conv0.pe: 5 does not divide the 16 outputs of conv0 (FINN needs MH % PE == 0); legal PE: 1, 2, 4, 8, 16"),
-    ({"conv0": {"pe": 1, "simd": 2}}, "stages[0].folding.conv0.simd: 2 does not divide the 9 inputs of conv0 (FINN needs MW % SIMD == 0); legal SIMD: 1, 3, 9"),
+    (
+        {"conv0": {"pe": 5, "simd": 1}},
+        "stages[0].folding.conv0.pe: 5 does not divide the 16 outputs of conv0 (FINN needs MH % PE == 0); legal PE: 1, 2, 4, 8, 16",
+    ),
+    (
+        {"conv0": {"pe": 1, "simd": 2}},
+        "stages[0].folding.conv0.simd: 2 does not divide the 9 inputs of conv0 (FINN needs MW % SIMD == 0); legal SIMD: 1, 3, 9",
+    ),
     ({"conv9": {"pe": 1}}, "stages[0].folding.conv9: no weight layer 'conv9' in stage 'early' (layers: conv0)"),
 ]
 
@@ -213,20 +256,32 @@ def test_illegal_folding_is_rejected_before_finn_runs(digits_run, tmp_path, fold
 
 
 def test_weight_stream_wider_than_ap_int_max(tmp_path):
-    from exitflow.hw.folding import check_folding
     from exitflow.core.design import LayerFolding
+    from exitflow.hw.folding import check_folding
 
     with pytest.raises(ConfigError, match=r"fc: PE x SIMD x weight bits = 64 x 64 x 4 = 16384 exceeds 8191"):
-        check_folding("d.yaml: stages[0].folding", {"fc": LayerFolding(pe=64, simd=64)},
-                      [{"name": "fc", "mw": 64, "mh": 64, "wbits": 4}], "stage 's'")
+        check_folding(
+            "d.yaml: stages[0].folding",
+            {"fc": LayerFolding(pe=64, simd=64)},
+            [{"name": "fc", "mw": 64, "mh": 64, "wbits": 4}],
+            "stage 's'",
+        )
 
 
 def test_simd_below_mw_over_1024(tmp_path):
-    from exitflow.hw.folding import check_folding
     from exitflow.core.design import LayerFolding
+    from exitflow.hw.folding import check_folding
 
-    with pytest.raises(ConfigError, match=r"fc\.simd: 1 is below MW/1024 = 2 for fc \(FINN's HLS MVAU code generation needs SIMD >= MW/1024\)"):
-        check_folding("d.yaml: stages[0].folding", {"fc": LayerFolding(simd=1)}, [{"name": "fc", "mw": 2048, "mh": 10}], "stage 's'")
+    with pytest.raises(
+        ConfigError,
+        match=r"fc\.simd: 1 is below MW/1024 = 2 for fc \(FINN's HLS MVAU code generation needs SIMD >= MW/1024\)",
+    ):
+        check_folding(
+            "d.yaml: stages[0].folding",
+            {"fc": LayerFolding(simd=1)},
+            [{"name": "fc", "mw": 2048, "mh": 10}],
+            "stage 's'",
+        )
 
 
 @pytest.mark.parametrize(
@@ -234,10 +289,15 @@ def test_simd_below_mw_over_1024(tmp_path):
     [
         (lambda d: d.update(model="cnv"), "model: the design is for 'cnv', the run folder holds a 'lenet' model"),
         (lambda d: d["stages"][1].update(blocks=["conv1", "fc0"]), "the last stage must end with the final exit 'fc1'"),
-        (lambda d: d["stages"][0].update(blocks=["conv0", "fc0"]) or d["stages"][1].update(blocks=["conv1", "fc1"]),
-         "stages: the blocks ['conv0', 'fc0', 'conv1', 'fc1'] must be the model's blocks in order"),
-        (lambda d: d["stages"][0].update(blocks=["conv0", "conv1", "fc0", "fc1"]) or d["stages"][1].update(blocks=["extra"]),
-         "stages[0].blocks: the model has no exit after 'fc1'"),
+        (
+            lambda d: d["stages"][0].update(blocks=["conv0", "fc0"]) or d["stages"][1].update(blocks=["conv1", "fc1"]),
+            "stages: the blocks ['conv0', 'fc0', 'conv1', 'fc1'] must be the model's blocks in order",
+        ),
+        (
+            lambda d: d["stages"][0].update(blocks=["conv0", "conv1", "fc0", "fc1"])
+            or d["stages"][1].update(blocks=["extra"]),
+            "stages[0].blocks: the model has no exit after 'fc1'",
+        ),
         (lambda d: d.update(board="Pynq-Z9"), "board: unknown board 'Pynq-Z9'"),
     ],
 )
@@ -251,10 +311,19 @@ def test_design_that_does_not_match_the_model(digits_run, tmp_path, mutate, mess
 
 def test_bad_design_leaves_earlier_outputs_alone(digits_run, tmp_path, exitflow_cmd):
     good = _write(tmp_path, _design("lenet", LENET_SUBSETS[0]))
-    assert subprocess.run([*exitflow_cmd, "build", str(digits_run), "--design", str(good)], capture_output=True).returncode == 0
+    assert (
+        subprocess.run([*exitflow_cmd, "build", str(digits_run), "--design", str(good)], capture_output=True).returncode
+        == 0
+    )
     before = {p: p.stat().st_mtime_ns for p in (digits_run / "hw").rglob("*.json")}
-    bad = _design("lenet", [("early", ["conv0"], {"conv0": {"pe": 3, "simd": 1}}, {}), ("rest", ["conv1", "fc0", "fc1"], {}, {})])
-    out = subprocess.run([*exitflow_cmd, "build", str(digits_run), "--design", str(_write(tmp_path, bad))], capture_output=True, text=True)
+    bad = _design(
+        "lenet", [("early", ["conv0"], {"conv0": {"pe": 3, "simd": 1}}, {}), ("rest", ["conv1", "fc0", "fc1"], {}, {})]
+    )
+    out = subprocess.run(
+        [*exitflow_cmd, "build", str(digits_run), "--design", str(_write(tmp_path, bad))],
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode == 2 and out.stderr.count("\n") == 1 and "conv0.pe: 3 does not divide" in out.stderr
     assert {p: p.stat().st_mtime_ns for p in (digits_run / "hw").rglob("*.json")} == before
 
@@ -266,14 +335,18 @@ def test_a_gate_deeper_than_the_board_can_hold_is_refused(digits_run, tmp_path, 
     from exitflow.core.design import gate_depth_limit
 
     good = _write(tmp_path, _design("lenet", LENET_SUBSETS[1]))
-    assert subprocess.run([*exitflow_cmd, "build", str(digits_run), "--design", str(good)], capture_output=True).returncode == 0
+    assert (
+        subprocess.run([*exitflow_cmd, "build", str(digits_run), "--design", str(good)], capture_output=True).returncode
+        == 0
+    )
     before = {p: p.stat().st_mtime_ns for p in (digits_run / "hw").rglob("*.json")}
     data = _design("lenet", LENET_SUBSETS[1])
     data["stages"][0]["gate_depth"] = gate_depth_limit(get_board("Pynq-Z2")) // 2
     deep = tmp_path / "deep"
     deep.mkdir()
-    out = subprocess.run([*exitflow_cmd, "build", str(digits_run), "--design", str(_write(deep, data))],
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        [*exitflow_cmd, "build", str(digits_run), "--design", str(_write(deep, data))], capture_output=True, text=True
+    )
     assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
     assert "stages[0].gate_depth" in out.stderr and "feature maps of" in out.stderr and "so at most" in out.stderr
     assert {p: p.stat().st_mtime_ns for p in (digits_run / "hw").rglob("*.json")} == before
@@ -281,10 +354,14 @@ def test_a_gate_deeper_than_the_board_can_hold_is_refused(digits_run, tmp_path, 
 
 def test_cli_says_what_the_bitfile_needs(digits_run, tmp_path, exitflow_cmd):
     design = _write(tmp_path, _design("lenet", LENET_SUBSETS[0]))
-    out = subprocess.run([*exitflow_cmd, "build", str(digits_run), "--design", str(design)], capture_output=True, text=True)
+    out = subprocess.run(
+        [*exitflow_cmd, "build", str(digits_run), "--design", str(design)], capture_output=True, text=True
+    )
     assert out.returncode == 0, out.stderr
-    assert ("bitfile: needs Vivado 2024.2 (vivado) and Vitis HLS 2024.2 (vitis_hls or vitis-run) (not on PATH); "
-            f"on a machine with them run: exitflow build {digits_run} --design {design}") in out.stdout
+    assert (
+        "bitfile: needs Vivado 2024.2 (vivado) and Vitis HLS 2024.2 (vitis_hls or vitis-run) (not on PATH); "
+        f"on a machine with them run: exitflow build {digits_run} --design {design}"
+    ) in out.stdout
     fresh = tmp_path / "fresh_run"  # a run folder without a sweep: no default design to fall back on
     shutil.copytree(digits_run, fresh, ignore=shutil.ignore_patterns("hw", "stages", "sweep"))
     missing = subprocess.run([*exitflow_cmd, "build", str(fresh)], capture_output=True, text=True)
@@ -311,23 +388,39 @@ def test_unsupported_layer(tmp_path):
     from exitflow.quant.export import _export
 
     model = torch.nn.Sequential(
-        QuantIdentity(bit_width=4, return_quant_tensor=True), QuantLinear(8, 8, bias=False, weight_bit_width=4),
-        torch.nn.Softsign(), QuantIdentity(bit_width=4, return_quant_tensor=True),
-        QuantLinear(8, 4, bias=False, weight_bit_width=4))
+        QuantIdentity(bit_width=4, return_quant_tensor=True),
+        QuantLinear(8, 8, bias=False, weight_bit_width=4),
+        torch.nn.Softsign(),
+        QuantIdentity(bit_width=4, return_quant_tensor=True),
+        QuantLinear(8, 4, bias=False, weight_bit_width=4),
+    )
     _export(model, torch.rand(1, 8), tmp_path / "g.onnx")
-    state = FlowState(name="stage0", part="xc7z020clg400-1", clock_ns=10.0, layers=["a", "b"], folding={}, out=tmp_path / "out")
-    with pytest.raises(UnsupportedLayerError, match=r"stage0: unsupported layer type \w+ \(node .*\): FINN cannot map it to hardware"):
+    state = FlowState(
+        name="stage0", part="xc7z020clg400-1", clock_ns=10.0, layers=["a", "b"], folding={}, out=tmp_path / "out"
+    )
+    with pytest.raises(
+        UnsupportedLayerError, match=r"stage0: unsupported layer type \w+ \(node .*\): FINN cannot map it to hardware"
+    ):
         run_flow(tmp_path / "g.onnx", tmp_path / "out", state)
-    named = FlowState(name="seg0", part="xc7z020clg400-1", clock_ns=10.0, layers=["a", "b"], folding={},
-                      out=tmp_path / "out2", where="the stage of blocks conv0, conv1")
-    with pytest.raises(UnsupportedLayerError, match=r"^the stage of blocks conv0, conv1: unsupported layer type") as err:
+    named = FlowState(
+        name="seg0",
+        part="xc7z020clg400-1",
+        clock_ns=10.0,
+        layers=["a", "b"],
+        folding={},
+        out=tmp_path / "out2",
+        where="the stage of blocks conv0, conv1",
+    )
+    with pytest.raises(
+        UnsupportedLayerError, match=r"^the stage of blocks conv0, conv1: unsupported layer type"
+    ) as err:
         run_flow(tmp_path / "g.onnx", tmp_path / "out2", named)
     assert "seg0" not in str(err.value)  # messages name the user's blocks, never the internal graph name
 
 
 def test_failure_inside_finn_puts_earlier_outputs_back(digits_run, tmp_path, monkeypatch):
-    from exitflow.hw import finn_flow
     from exitflow.core.errors import ExitflowError
+    from exitflow.hw import finn_flow
 
     build(digits_run, _write(tmp_path, _design("lenet", LENET_SUBSETS[0])), log=lambda line: None)
     before = sorted(str(p.relative_to(digits_run)) for p in (digits_run / "hw").rglob("*"))

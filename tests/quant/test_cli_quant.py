@@ -22,7 +22,11 @@ def test_train_profile_export(tmp_path, exitflow_cmd):
     result = run(exitflow_cmd, "train", str(tmp_path / "run.yaml"), "--out", str(out))
     assert result.returncode == 0, result.stderr
     assert "epoch 3/3" in result.stdout and f"trained {out}/model.pt" in result.stdout
-    assert {p.name for p in out.iterdir() if not p.name.startswith(".")} == {"model.pt", "config.yaml", "train_log.json"}
+    assert {p.name for p in out.iterdir() if not p.name.startswith(".")} == {
+        "model.pt",
+        "config.yaml",
+        "train_log.json",
+    }
     result = run(exitflow_cmd, "profile", str(out))
     assert result.returncode == 0, result.stderr
     assert (out / "profile.npz").exists() and "test accuracy: conv0" in result.stdout
@@ -30,14 +34,21 @@ def test_train_profile_export(tmp_path, exitflow_cmd):
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("exported exits conv0, fc1")
     assert sorted(p.name for p in (out / "stages").iterdir()) == [
-        "head0.onnx", "head1.onnx", "manifest.json", "stage0.onnx", "stage1.onnx"]
+        "head0.onnx",
+        "head1.onnx",
+        "manifest.json",
+        "stage0.onnx",
+        "stage1.onnx",
+    ]
 
 
 @pytest.mark.parametrize(
     "config, message",
     [
-        ("model: {exits: [conv7]}\ntrain: {epochs: 1}\ndata: {name: digits}\n",
-         "model.exits: no block named 'conv7' in lenet"),
+        (
+            "model: {exits: [conv7]}\ntrain: {epochs: 1}\ndata: {name: digits}\n",
+            "model.exits: no block named 'conv7' in lenet",
+        ),
         ("model: {preset: w16a16}\n", "model.preset: must be one of 'w1a1', 'w2a2', 'w4a4', 'w8a8'"),
         ("model: {block_bits: {conv0: {act: 12}}}\n", "model.block_bits.conv0.act: unsupported bit width 12"),
         ("data: {name: digits}\nmodel: {backbone: cnv}\n", "cnv takes 3x32x32 images but the data is 1x8x8"),

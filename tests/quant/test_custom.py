@@ -7,12 +7,12 @@ import torch
 
 from exitflow.core.data import DataSpec, load_splits
 from exitflow.core.errors import ConfigError
+from exitflow.core.schema import FrozenMap, from_data
 from exitflow.quant import checkpoint as ckpt
 from exitflow.quant.config import ModelConfig, RunConfig, TrainConfig
 from exitflow.quant.export import export_stages, run_stages
 from exitflow.quant.network import build_model
 from exitflow.quant.train import to_input, train
-from exitflow.core.schema import FrozenMap, from_data
 
 from .conftest import randomise_batch_norm
 
@@ -21,8 +21,14 @@ EXITS = ("conv_features.3", "conv_features.7", "conv_features.14", "linear_featu
 
 
 def cnv_config(exits=EXITS, classifier="linear_features.6", **kw):
-    return ModelConfig(backbone="custom", factory="brevitas_examples.bnn_pynq.models.CNV:CNV",
-                       factory_args=CNV_ARGS, exits=exits, classifier=classifier, **kw)
+    return ModelConfig(
+        backbone="custom",
+        factory="brevitas_examples.bnn_pynq.models.CNV:CNV",
+        factory_args=CNV_ARGS,
+        exits=exits,
+        classifier=classifier,
+        **kw,
+    )
 
 
 def test_exits_by_module_name_give_integer_logits():
@@ -51,7 +57,7 @@ def test_chained_stages_reproduce_the_integer_logits(tmp_path, exits):
         expected = [o.int().numpy().astype(np.int64) for o in model(x)]
     manifest = export_stages(model, exits, tmp_path / "stages", x[:1])
     assert manifest["exits"] == [*exits, "linear_features.6"]
-    for name, logits in zip(manifest["exits"], run_stages(tmp_path / "stages", x.numpy())):
+    for name, logits in zip(manifest["exits"], run_stages(tmp_path / "stages", x.numpy()), strict=False):
         assert np.array_equal(logits, expected[model.exit_names.index(name)]), name
 
 
@@ -62,10 +68,15 @@ def test_train_then_exits_only_keeps_the_users_classifier_bit_identical(tmp_path
     y = np.arange(160) % 10
     np.savez(tmp_path / "tiny.npz", x=x, y=y)
     data = DataSpec(name="npz", path=str(tmp_path / "tiny.npz"))
-    base = RunConfig(data=data, model=cnv_config(exits=("conv_features.7",)), train=TrainConfig(epochs=1, batch_size=32))
+    base = RunConfig(
+        data=data, model=cnv_config(exits=("conv_features.7",)), train=TrainConfig(epochs=1, batch_size=32)
+    )
     train(base, tmp_path / "base", log=lambda line: None)
-    exits_only = RunConfig(data=data, model=base.model,
-                           train=TrainConfig(epochs=1, batch_size=32, mode="exits_only", backbone_from=str(tmp_path / "base")))
+    exits_only = RunConfig(
+        data=data,
+        model=base.model,
+        train=TrainConfig(epochs=1, batch_size=32, mode="exits_only", backbone_from=str(tmp_path / "base")),
+    )
     train(exits_only, tmp_path / "exits", log=lambda line: None)
     test = load_splits(data).test
     finals = []
@@ -80,9 +91,15 @@ def test_train_then_exits_only_keeps_the_users_classifier_bit_identical(tmp_path
     "config, message",
     [
         (dict(exits=("conv_features.99",)), "model.exits: the backbone has no module named 'conv_features.99'"),
-        (dict(exits=("conv_features.1",)), "'conv_features.1' is a QuantConv2d; an exit must follow an activation quantiser"),
+        (
+            dict(exits=("conv_features.1",)),
+            "'conv_features.1' is a QuantConv2d; an exit must follow an activation quantiser",
+        ),
         (dict(classifier="linear_features.7"), "model.classifier: 'linear_features.7' is a TensorNorm"),
-        (dict(exits=("linear_features.2",), classifier="linear_features.0"), "every exit must come before the classifier"),
+        (
+            dict(exits=("linear_features.2",), classifier="linear_features.0"),
+            "every exit must come before the classifier",
+        ),
     ],
 )
 def test_bad_exit_or_classifier(config, message):
@@ -96,10 +113,15 @@ def test_bad_exit_or_classifier(config, message):
     [
         ({"backbone": "custom", "classifier": "fc", "exits": ["a"]}, "factory: a custom backbone needs factory"),
         ({"backbone": "custom", "factory": "m:f", "exits": ["a"]}, "classifier: a custom backbone needs classifier"),
-        ({"backbone": "custom", "factory": "m:f", "classifier": "fc"}, "exits: a custom backbone needs the module names"),
+        (
+            {"backbone": "custom", "factory": "m:f", "classifier": "fc"},
+            "exits: a custom backbone needs the module names",
+        ),
         ({"factory": "m:f"}, "factory: is only used with backbone: custom (backbone is lenet)"),
-        ({"backbone": "custom", "factory": "m:f", "classifier": "fc", "exits": ["a"], "factory_args": {"n": [1]}},
-         "factory_args.n: must be bool or int or float or str; got [1]"),
+        (
+            {"backbone": "custom", "factory": "m:f", "classifier": "fc", "exits": ["a"], "factory_args": {"n": [1]}},
+            "factory_args.n: must be bool or int or float or str; got [1]",
+        ),
     ],
 )
 def test_custom_config_errors(data, message):
@@ -114,11 +136,17 @@ def test_custom_config_errors(data, message):
         ("no_such_package.models:CNV", {}, "model.factory: cannot import 'no_such_package.models'"),
         ("brevitas_examples.bnn_pynq.models.CNV:NoSuch", {}, "has no callable 'NoSuch'"),
         ("brevitas_examples.bnn_pynq.models.CNV", {}, "must be 'package.module:callable'"),
-        ("brevitas_examples.bnn_pynq.models.CNV:CNV", {"colour": 3}, "model.factory_args: brevitas_examples.bnn_pynq.models.CNV:CNV does not take them"),
+        (
+            "brevitas_examples.bnn_pynq.models.CNV:CNV",
+            {"colour": 3},
+            "model.factory_args: brevitas_examples.bnn_pynq.models.CNV:CNV does not take them",
+        ),
     ],
 )
 def test_bad_factory(factory, args, message):
-    config = ModelConfig(backbone="custom", factory=factory, factory_args=FrozenMap(args), exits=EXITS, classifier="linear_features.6")
+    config = ModelConfig(
+        backbone="custom", factory=factory, factory_args=FrozenMap(args), exits=EXITS, classifier="linear_features.6"
+    )
     with pytest.raises(ConfigError) as err:
         build_model(config, (3, 32, 32), 10)
     assert message in str(err.value)

@@ -54,7 +54,7 @@ def test_chained_stages_reproduce_the_integer_logits(tmp_path, backbone, exits):
     expected = _brevitas_logits(model, x)
     produced = run_stages(tmp_path / "stages", x.numpy())
     assert len(produced) == len(kept)
-    for name, logits in zip(kept, produced):
+    for name, logits in zip(kept, produced, strict=False):
         reference = expected[model.exit_names.index(name)]
         assert logits.shape == (SAMPLES, 10)
         assert np.array_equal(logits, reference), f"exit {name}: exported stages differ from Brevitas"
@@ -64,7 +64,13 @@ def test_chained_stages_reproduce_the_integer_logits(tmp_path, backbone, exits):
 def test_export_run_writes_the_manifest(digits_run):
     manifest = export_run(digits_run, ["conv1"])
     stages = digits_run / "stages"
-    assert sorted(p.name for p in stages.iterdir()) == ["head0.onnx", "head1.onnx", "manifest.json", "stage0.onnx", "stage1.onnx"]
+    assert sorted(p.name for p in stages.iterdir()) == [
+        "head0.onnx",
+        "head1.onnx",
+        "manifest.json",
+        "stage0.onnx",
+        "stage1.onnx",
+    ]
     assert json.loads((stages / "manifest.json").read_text()) == manifest
     assert [s["blocks"] for s in manifest["stages"]] == [["conv0", "conv1"], ["fc0", "fc1"]]
     assert manifest["stages"][1]["input_shape"] == manifest["stages"][0]["output_shape"]
@@ -73,6 +79,9 @@ def test_export_run_writes_the_manifest(digits_run):
 
 def test_unknown_exit_is_rejected_and_nothing_is_written(digits_run):
     before = sorted((digits_run).iterdir())
-    with pytest.raises(ConfigError, match="exits: 'conv7' is not a candidate exit of this model; candidate exits: conv0, conv1, fc0, fc1"):
+    with pytest.raises(
+        ConfigError,
+        match="exits: 'conv7' is not a candidate exit of this model; candidate exits: conv0, conv1, fc0, fc1",
+    ):
         export_run(digits_run, ["conv7"])
     assert sorted(digits_run.iterdir()) == before

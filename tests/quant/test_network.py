@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from exitflow.core.errors import ConfigError
+from exitflow.core.schema import FrozenMap, from_data
 from exitflow.quant.config import BitsOverride, ModelConfig
 from exitflow.quant.network import build_model
-from exitflow.core.schema import FrozenMap, from_data
 
 
 @pytest.mark.parametrize(
@@ -40,11 +40,20 @@ def test_cnv_topology_matches_finn_cnv():
     model = build_model(ModelConfig(backbone="cnv"), (3, 32, 32), 10)
     convs = [m for m in model.blocks.modules() if m.__class__.__name__ == "QuantConv2d"]
     assert [(c.in_channels, c.out_channels, c.kernel_size) for c in convs] == [
-        (3, 64, (3, 3)), (64, 64, (3, 3)), (64, 128, (3, 3)), (128, 128, (3, 3)), (128, 256, (3, 3)), (256, 256, (3, 3))]
+        (3, 64, (3, 3)),
+        (64, 64, (3, 3)),
+        (64, 128, (3, 3)),
+        (128, 128, (3, 3)),
+        (128, 256, (3, 3)),
+        (256, 256, (3, 3)),
+    ]
     assert model.shapes["conv5"] == (256, 1, 1)
     linears = [m for m in model.modules() if m.__class__.__name__ == "QuantLinear"]
     final = model.heads["fc1"].classifier
-    assert [(m.in_features, m.out_features) for m in linears if m in list(model.blocks.modules())] == [(256, 512), (512, 512)]
+    assert [(m.in_features, m.out_features) for m in linears if m in list(model.blocks.modules())] == [
+        (256, 512),
+        (512, 512),
+    ]
     assert (final.in_features, final.out_features) == (512, 10)
 
 
@@ -69,9 +78,17 @@ def test_w1a1_is_binary():
 @pytest.mark.parametrize(
     "data, shape, message",
     [
-        ({"exits": ["conv9"]}, (1, 28, 28), "model.exits: no block named 'conv9' in lenet; blocks: conv0, conv1, fc0, fc1"),
+        (
+            {"exits": ["conv9"]},
+            (1, 28, 28),
+            "model.exits: no block named 'conv9' in lenet; blocks: conv0, conv1, fc0, fc1",
+        ),
         ({"block_bits": {"fc7": {"act": 2}}}, (1, 28, 28), "model.block_bits: no block named 'fc7'"),
-        ({"backbone": "cnv"}, (1, 28, 28), "cnv takes 3x32x32 images but the data is 1x28x28; set data.shape: [3, 32, 32]"),
+        (
+            {"backbone": "cnv"},
+            (1, 28, 28),
+            "cnv takes 3x32x32 images but the data is 1x28x28; set data.shape: [3, 32, 32]",
+        ),
         ({}, (1, 4, 4), "a 3x3 kernel does not fit"),
     ],
 )
@@ -85,7 +102,10 @@ def test_model_that_does_not_fit(data, shape, message):
     "data, message",
     [
         ({"preset": "w3a3"}, "preset: must be one of 'w1a1', 'w2a2', 'w4a4', 'w8a8'; got 'w3a3'"),
-        ({"block_bits": {"conv0": {"weight": 16}}}, "block_bits.conv0.weight: unsupported bit width 16; supported: 1, 2"),
+        (
+            {"block_bits": {"conv0": {"weight": 16}}},
+            "block_bits.conv0.weight: unsupported bit width 16; supported: 1, 2",
+        ),
         ({"backbone": "resnet"}, "backbone: must be one of 'lenet', 'cnv'"),
         ({"exits": ["conv0", "conv0"]}, "exits: names a block twice"),
         ({"head": {"pool_to": 0}}, "head.pool_to: must be >= 1"),
@@ -105,7 +125,7 @@ def test_stage_modules_cover_the_backbone_once():
     with torch.no_grad():
         full = model(x)
         h = x
-        for (stage, head), k in zip(pairs, [0, 2, 3]):
+        for (stage, head), k in zip(pairs, [0, 2, 3], strict=False):
             h = stage(h).value
             assert np.array_equal(head(h).int().numpy(), full[k].int().numpy())
     with pytest.raises(ValueError, match="no exit head after block 'conv9'"):

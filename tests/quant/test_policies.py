@@ -8,7 +8,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from exitflow.quant.policies import code_bits, confidence_code, decide, exp_rom, exits, rom_shift, threshold_code
+from exitflow.quant.policies import code_bits, confidence_code, decide, exits, exp_rom, rom_shift, threshold_code
 
 BITS = [2, 3, 4, 6, 8, 12, 16, 20, 24, 32]
 

@@ -32,8 +32,13 @@ def test_codes_are_the_policy_function_of_the_logits(profiled):
     _, _, arrays = profiled
     for k in range(4):
         for policy in ("max_prob", "margin"):
-            _, code = confidence_code(policy, arrays["test_logits"][:, k], float(arrays["scales"][k]),
-                                      int(arrays["logit_bits"][k]), int(arrays["frac_bits"]))
+            _, code = confidence_code(
+                policy,
+                arrays["test_logits"][:, k],
+                float(arrays["scales"][k]),
+                int(arrays["logit_bits"][k]),
+                int(arrays["frac_bits"]),
+            )
             assert np.array_equal(code, arrays[f"test_code_{policy}"][:, k])
     assert np.array_equal(arrays["test_pred"], arrays["test_logits"].argmax(axis=2))
     assert np.array_equal(arrays["test_correct"], arrays["test_pred"] == arrays["test_labels"][:, None])
@@ -54,7 +59,7 @@ def test_threshold_table_matches_a_direct_computation(profiled):
         assert table["cascade"]["early_fraction"][i] == pytest.approx((taken < 3).mean(), abs=1e-12)
         assert sum(table["cascade"]["exit_fractions"][i]) == pytest.approx(1.0, abs=1e-5)
     rates = table["exits"]["fc0"]["exit_rate"]
-    assert all(a >= b for a, b in zip(rates, rates[1:]))  # a stricter threshold never takes more
+    assert all(a >= b for a, b in zip(rates, rates[1:], strict=False))  # a stricter threshold never takes more
 
 
 def test_profile_of_a_missing_run(tmp_path):

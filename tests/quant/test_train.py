@@ -9,16 +9,18 @@ import torch
 
 from exitflow.core.data import DataSpec, load_splits
 from exitflow.core.errors import ConfigError, ExitflowError
+from exitflow.core.schema import dump_yaml, from_data
 from exitflow.quant import checkpoint as ckpt
 from exitflow.quant.config import ModelConfig, RunConfig, TrainConfig
 from exitflow.quant.train import to_input, train
-from exitflow.core.schema import dump_yaml, from_data
 
 QUIET = {"log": lambda line: None}
 
 
 def _config(**train):
-    return RunConfig(data=DataSpec(name="digits"), model=ModelConfig(), train=TrainConfig(**{"epochs": 6, "seed": 1, **train}))
+    return RunConfig(
+        data=DataSpec(name="digits"), model=ModelConfig(), train=TrainConfig(**{"epochs": 6, "seed": 1, **train})
+    )
 
 
 def test_run_folder_contents(digits_run):
@@ -91,8 +93,11 @@ def test_exits_only_keeps_the_final_exit_bit_identical(digits_run, tmp_path):
 
 
 def test_exits_only_refuses_another_architecture(digits_run, tmp_path):
-    config = RunConfig(data=DataSpec(name="digits"), model=ModelConfig(preset="w2a2"),
-                       train=TrainConfig(mode="exits_only", backbone_from=str(digits_run)))
+    config = RunConfig(
+        data=DataSpec(name="digits"),
+        model=ModelConfig(preset="w2a2"),
+        train=TrainConfig(mode="exits_only", backbone_from=str(digits_run)),
+    )
     with pytest.raises(ckpt.CheckpointError, match="backbone checkpoint has model.preset = 'w4a4', this config 'w2a2'"):
         train(config, tmp_path / "x", **QUIET)
 

@@ -13,6 +13,7 @@ import torch
 
 from exitflow.core.data import DataSpec, load_splits
 from exitflow.core.errors import ConfigError
+from exitflow.core.schema import FrozenMap, dump_yaml, to_data
 from exitflow.quant import checkpoint as ckpt
 from exitflow.quant import train as train_module
 from exitflow.quant.config import ModelConfig, RunConfig, TrainConfig
@@ -20,13 +21,12 @@ from exitflow.quant.export import export_stages
 from exitflow.quant.network import build_model
 from exitflow.quant.profile import profile
 from exitflow.quant.train import to_input, train
-from exitflow.core.schema import FrozenMap, dump_yaml, to_data
 
 QUIET = dict(log=lambda line: None, progress=False)
 
 # A user's backbone for 1x8x8 digits with Brevitas's default activation quantisers: QuantIdentity
 # and QuantReLU scales are ParameterFromRuntimeStatsScaling, initialised from the data it sees.
-DEFAULT_QUANT_MODEL = '''
+DEFAULT_QUANT_MODEL = """
 import torch
 from torch import nn
 from brevitas.nn import QuantConv2d, QuantIdentity, QuantLinear, QuantReLU
@@ -85,7 +85,7 @@ def make_cfg_first(**kw):
 
 def make_dict(**kw):
     return {"model": Net(**kw)}
-'''
+"""
 
 
 @pytest.fixture
@@ -101,8 +101,9 @@ def user_module(tmp_path, monkeypatch):
 
 
 def custom(name, factory="make", exits=("block0.act",), **args):
-    return ModelConfig(backbone="custom", factory=f"{name}:{factory}", factory_args=FrozenMap(args),
-                       exits=exits, classifier="fc")
+    return ModelConfig(
+        backbone="custom", factory=f"{name}:{factory}", factory_args=FrozenMap(args), exits=exits, classifier="fc"
+    )
 
 
 def _capture_trained_model(monkeypatch) -> list:
@@ -125,8 +126,11 @@ def _capture_trained_model(monkeypatch) -> list:
 @pytest.mark.parametrize("batch_size", [64, 4], ids=["still-collecting-stats", "stats-collected"])
 def test_default_quantisers_train_profile_and_load_bit_exactly(tmp_path, user_module, monkeypatch, batch_size):
     name, _ = user_module
-    config = RunConfig(data=DataSpec(name="digits"), model=custom(name, exits=("block0.act", "mid")),
-                       train=TrainConfig(epochs=2, batch_size=batch_size, seed=3))
+    config = RunConfig(
+        data=DataSpec(name="digits"),
+        model=custom(name, exits=("block0.act", "mid")),
+        train=TrainConfig(epochs=2, batch_size=batch_size, seed=3),
+    )
     fresh = build_model(config.model, (1, 8, 8), 10)
     stats_keys = [k for k in ckpt._full_state_keys(fresh) if k.endswith("scaling_impl.value")]
     assert stats_keys and not any(k in fresh.state_dict() for k in stats_keys)  # the case of issue 13
@@ -145,7 +149,7 @@ def test_default_quantisers_train_profile_and_load_bit_exactly(tmp_path, user_mo
     with torch.no_grad():
         want, got = trained(x), loaded(x)
     assert len(want) == len(got) == 3
-    for a, b in zip(want, got):
+    for a, b in zip(want, got, strict=False):
         assert torch.equal(a.value, b.value) and torch.equal(a.scale, b.scale)
     # the loaded scales are final, as Brevitas intends: no quantiser collects statistics again
     from brevitas.core.scaling import ParameterFromRuntimeStatsScaling
@@ -176,17 +180,22 @@ def test_factory_returning_model_and_cfg(user_module):
 
 
 def test_brevitas_examples_model_with_cfg():
-    config = ModelConfig(backbone="custom", factory="brevitas_examples.bnn_pynq.models:model_with_cfg",
-                         factory_args=FrozenMap({"name": "cnv_2w2a", "pretrained": False}),
-                         exits=("conv_features.7",), classifier="linear_features.6")
+    config = ModelConfig(
+        backbone="custom",
+        factory="brevitas_examples.bnn_pynq.models:model_with_cfg",
+        factory_args=FrozenMap({"name": "cnv_2w2a", "pretrained": False}),
+        exits=("conv_features.7",),
+        classifier="linear_features.6",
+    )
     model = build_model(config, (3, 32, 32), 10).eval()
     with torch.no_grad():
         outs = model(torch.rand(2, 3, 32, 32))
     assert [tuple(o.shape) for o in outs] == [(2, 10), (2, 10)]
 
 
-@pytest.mark.parametrize("factory, what", [("make_cfg_first", "returned a tuple of dict, Net"),
-                                           ("make_dict", "returned a dict")])
+@pytest.mark.parametrize(
+    "factory, what", [("make_cfg_first", "returned a tuple of dict, Net"), ("make_dict", "returned a dict")]
+)
 def test_factory_returning_something_else(user_module, factory, what):
     name, _ = user_module
     with pytest.raises(ConfigError) as err:
@@ -231,8 +240,10 @@ def test_unquantised_conv_is_named_when_the_model_is_built(user_module):
     name, _ = user_module
     with pytest.raises(ConfigError) as err:
         build_model(custom(name, exits=("block0.act",), plain=True), (1, 8, 8), 10)
-    assert str(err.value) == ("model.factory: 'block1.conv' is a torch Conv2d, not quantised: the hardware has only "
-                              "quantised weight layers; make it a brevitas.nn.QuantConv2d")
+    assert str(err.value) == (
+        "model.factory: 'block1.conv' is a torch Conv2d, not quantised: the hardware has only "
+        "quantised weight layers; make it a brevitas.nn.QuantConv2d"
+    )
 
 
 # ---------------------------------------------------------------------------- 4. stages without hardware
@@ -242,7 +253,10 @@ def test_unquantised_conv_is_named_when_the_model_is_built(user_module):
     "exits, message",
     [
         (("act2",), "no weight layer (QuantConv2d or QuantLinear) between the exit 'act2' and the classifier 'fc'"),
-        (("block1.act", "mid"), "no weight layer (QuantConv2d or QuantLinear) between the exits 'block1.act' and 'mid'"),
+        (
+            ("block1.act", "mid"),
+            "no weight layer (QuantConv2d or QuantLinear) between the exits 'block1.act' and 'mid'",
+        ),
         (("inp",), "no weight layer (QuantConv2d or QuantLinear) before the first exit 'inp'"),
     ],
 )
@@ -260,7 +274,7 @@ def test_exit_that_leaves_a_stage_without_hardware(tmp_path, user_module, exits,
 # ---------------------------------------------------------------------------- 5. checkpoints name nothing that runs
 
 
-RECORDER = '''
+RECORDER = """
 import pathlib
 pathlib.Path({log!r}).open("a").write("imported\\n")
 
@@ -268,7 +282,7 @@ pathlib.Path({log!r}).open("a").write("imported\\n")
 def make(**kw):
     pathlib.Path({log!r}).open("a").write("called\\n")
     raise SystemExit("a checkpoint's factory ran")
-'''
+"""
 
 
 def _forge(source_run, folder, model_section):
@@ -286,8 +300,13 @@ def _forge(source_run, folder, model_section):
 @pytest.mark.parametrize("beside", ["none", "honest"])
 def test_checkpoint_naming_os_system_is_refused(tmp_path, digits_run, beside):
     marker = tmp_path / "pwned"
-    evil = {"backbone": "custom", "factory": "os:system", "factory_args": {"command": f"touch {marker}"},
-            "exits": ["conv0"], "classifier": "fc"}
+    evil = {
+        "backbone": "custom",
+        "factory": "os:system",
+        "factory_args": {"command": f"touch {marker}"},
+        "exits": ["conv0"],
+        "classifier": "fc",
+    }
     folder = _forge(digits_run, tmp_path / "forged", evil)
     if beside == "honest":
         (folder / "config.yaml").write_text((digits_run / "config.yaml").read_text())
@@ -313,10 +332,14 @@ def test_checkpoint_naming_a_module_never_imports_it(tmp_path, digits_run, user_
     folder = _forge(digits_run, tmp_path / "forged", forged)
     with pytest.raises(ckpt.CheckpointError, match="no config.yaml beside it"):  # nothing to trust beside it
         ckpt.load_model(folder)
-    with pytest.raises(ckpt.CheckpointError, match=rf"stored config has model.factory = '{recorder}:make' but the given"):
+    with pytest.raises(
+        ckpt.CheckpointError, match=rf"stored config has model.factory = '{recorder}:make' but the given"
+    ):
         ckpt.load_model(folder, config=honest)
     (folder / "config.yaml").write_text(dump_yaml(honest))
-    with pytest.raises(ckpt.CheckpointError, match=rf"stored config has model.factory = '{recorder}:make' but .*config.yaml"):
+    with pytest.raises(
+        ckpt.CheckpointError, match=rf"stored config has model.factory = '{recorder}:make' but .*config.yaml"
+    ):
         ckpt.load_model(folder)
     assert not log.exists() and recorder not in sys.modules
 
@@ -344,6 +367,7 @@ def test_damaged_checkpoint_is_one_line_without_torchs_advice(tmp_path, digits_r
     elif damage == "garbage":
         (run / "model.pt").write_bytes(np.random.default_rng(0).bytes(4096))
     else:
+
         class Evil:
             def __reduce__(self):
                 return (os.system, (f"touch {tmp_path / 'pwned'}",))
@@ -367,8 +391,11 @@ def test_damaged_checkpoint_is_one_line_without_torchs_advice(tmp_path, digits_r
 def test_resume_with_default_quantisers_matches_an_uninterrupted_run(tmp_path, user_module):
     name, _ = user_module
     # 26 batches an epoch: the quantisers are still collecting statistics (300 batches) when cut
-    config = RunConfig(data=DataSpec(name="digits"), model=custom(name, exits=("block0.act", "mid")),
-                       train=TrainConfig(epochs=3, batch_size=48, seed=1))
+    config = RunConfig(
+        data=DataSpec(name="digits"),
+        model=custom(name, exits=("block0.act", "mid")),
+        train=TrainConfig(epochs=3, batch_size=48, seed=1),
+    )
     train(config, tmp_path / "whole", **QUIET)
 
     def interrupt_after_first_epoch(line):
@@ -383,4 +410,6 @@ def test_resume_with_default_quantisers_matches_an_uninterrupted_run(tmp_path, u
     cut = ckpt.load(tmp_path / "cut")["state_dict"]
     assert any(k.endswith("scaling_impl.value") for k in whole)
     assert whole.keys() == cut.keys()
-    assert all(torch.equal(whole[k], cut[k]) for k in whole), [k for k in whole if not torch.equal(whole[k], cut[k])][:3]
+    assert all(torch.equal(whole[k], cut[k]) for k in whole), [k for k in whole if not torch.equal(whole[k], cut[k])][
+        :3
+    ]
