@@ -1,12 +1,13 @@
 """The ``exitflow`` command line.
 
-Every subcommand is a function ``cmd_<name>(args) -> int``. Errors a user can cause are
+Every subcommand is a function ``cmd_<name>(args) -> int``: ``boards`` here, the others in
+:mod:`exitflow.app.commands`, loaded when one of them runs. Errors a user can cause are
 :class:`~exitflow.core.errors.ExitflowError`: printed as one line on stderr, exit code 2 (3 for a
 feature that is not available here), no traceback unless ``--debug`` is given. Anything else is
 a bug in exitflow: one line saying so, exit code 1, and the traceback with ``--debug``.
 
-Heavy libraries (torch, FINN, numpy) are imported inside the subcommands that need them, so
-``exitflow boards`` and ``exitflow --help`` start fast.
+numpy, torch and FINN are not loaded for ``exitflow boards`` and ``exitflow --help``, so they
+start fast (benchmark ``boards``).
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ from collections.abc import Callable, Sequence
 
 from exitflow.core import __version__
 from exitflow.core.catalogue import get_board, load_catalogue, user_board_dirs
-from exitflow.core.errors import INTERRUPTED, ConfigError, ExitflowError, MismatchError, NotAvailableError
-from exitflow.core.files import atomic_write, check_out_folder, is_run_folder, run_folder_lock, user_path
+from exitflow.core.errors import INTERRUPTED, ExitflowError, NotAvailableError
+from exitflow.core.files import check_out_folder, is_run_folder, run_folder_lock, user_path
 from exitflow.core.schema import to_data
 
 # (name, one-line help, the issue that delivers it when it is not here yet)
@@ -98,210 +99,19 @@ def cmd_boards(args: argparse.Namespace) -> int:
     return 0
 
 
-# ---------------------------------------------------------------------------- quant
-
-
-def _load_run_config(path: str):
-    # numpy and the run's modules load per command: `exitflow boards` and --help import none of them
-    from exitflow.app.run import load_config
-
-    return load_config(path)
-
-
-def cmd_train(args: argparse.Namespace) -> int:
-    config = _load_run_config(args.config)  # a bad config fails before torch is imported
-
-    import torch
-
-    # torch: only once the command line is parsed
-    from exitflow.quant.train import train
-
-    torch.set_num_threads(max(1, args.threads))
-    result = train(config, args.out)
-    accuracy = ", ".join(f"{k} {100 * v:.2f}%" for k, v in result.val_accuracy.items())
-    print(f"trained {args.out}/model.pt ({result.epochs_run} epochs, {result.seconds:.0f} s); val accuracy: {accuracy}")
-    return 0
-
-
-def cmd_profile(args: argparse.Namespace) -> int:
-    # torch, per command
-    from exitflow.quant.profile import profile
-
-    summary = profile(args.dir)
-    test = summary["splits"]["test"]
-    accuracy = ", ".join(f"{k} {100 * v:.2f}%" for k, v in test["accuracy"].items())
-    table = test["max_prob"]["cascade"]
-    drops = table["accuracy_drop_pp"]
-    ok = [i for i, d in enumerate(drops) if d <= 0.5]
-    print(f"wrote {args.dir}/profile.npz, profile.json, profile.png; test accuracy: {accuracy}")
-    if ok:
-        best = max(ok, key=lambda i: table["early_fraction"][i])
-        t = test["max_prob"]["thresholds"][best]
-        print(
-            f"max_prob threshold {t} at every exit: {100 * table['early_fraction'][best]:.1f}% of test samples "
-            f"leave early, accuracy {100 * table['accuracy'][best]:.2f}% ({drops[best]:+.2f} pp below the final exit)"
-        )
-    return 0
-
-
-def cmd_export(args: argparse.Namespace) -> int:
-    # torch, per command
-    from exitflow.quant.export import export_run
-
-    exits = [e for e in (args.exits or "").split(",") if e]
-    manifest = export_run(args.dir, exits)
-    files = ", ".join(f"{s['file']}+{h['file']}" for s, h in zip(manifest["stages"], manifest["heads"], strict=False))
-    print(f"exported exits {', '.join(manifest['exits'])} to {args.dir}/stages: {files}")
-    return 0
-
-
-def cmd_build(args: argparse.Namespace) -> int:
-    # numpy and FINN's tooling, per command
-    from exitflow.boards.vivado import build_bitfile, build_with_project, missing_tools
-
-    reports = build_with_project(args.dir, args.design)
-    print(
-        f"wrote {args.dir}/hw: {len(reports)} graphs through FINN code generation, the Vivado project in {args.dir}/hw/vivado"
-    )
-    missing = missing_tools()
-    if missing:
-        design = args.design or f"{args.dir}/sweep/design.yaml"
-        print(
-            f"bitfile: needs {' and '.join(missing)} (not on PATH); on a machine with them run: "
-            f"exitflow build {args.dir} --design {design}"
-        )
-        return 0
-    print(f"bitfile: {build_bitfile(args.dir)}")
-    return 0
-
-
-def cmd_sweep(args: argparse.Namespace) -> int:
-    # numpy, per command
-    from exitflow.dse.sweep import sweep
-
-    r = sweep(
-        args.dir,
-        args.board,
-        objective=args.objective,
-        min_accuracy=args.min_accuracy,
-        max_drop_pp=args.max_drop_pp,
-        util=args.util,
-        max_latency_us=args.max_latency_us,
-        max_exits=args.max_exits,
-    )
-    import json
-    from pathlib import Path
-
-    c = r.chosen
-    names = json.loads((Path(args.dir) / "sweep" / "pareto.json").read_text())["chosen"]["exits"]
-    print(
-        f"chosen: exits {', '.join(names) or 'none'} at thresholds {list(c.thresholds)}: {r.fps_with_gates:,.0f} samples/s "
-        f"with its gates of {r.gate_depth} feature maps ({c.fps:,.0f} with unbounded gates), "
-        f"{r.gain_with_gates:.2f}x the best design without early exits ({r.no_exit.fps:,.0f}/s); LUT {c.resources[0]:,.0f}, "
-        f"BRAM18 {c.resources[1]:.0f}, DSP {c.resources[3]:.0f}, mean latency {c.mean_latency_us:.1f} us; "
-        f"test accuracy {100 * r.test_accuracy:.2f}% "
-        f"(final exit alone {100 * r.final_test_accuracy:.2f}%)"
-    )
-    if c.exits:
-        print(
-            f"on the test split's traffic: {r.fps_with_gates_test:,.0f} samples/s with its gates "
-            f"({r.fps_with_gates_test / r.no_exit.fps:.2f}x)"
-        )
-    e = r.equal_throughput
-    if e is not None:
-        print(
-            f"matching the no-exit throughput with its gates takes {e.resources[0]:,.0f} LUTs "
-            f"({e.resources[0] / r.no_exit.resources[0]:.1%} of the no-exit design's)"
-        )
-    print(f"what keeps it from being faster: {r.bound}")
-    print(
-        f"wrote {args.dir}/sweep: pareto.json, pareto.png, resources.png, design.yaml ({len(r.front)} designs on the front)"
-    )
-    return 0
-
-
-def cmd_cosim(args: argparse.Namespace) -> int:
-    import sys
-
-    from tqdm import tqdm
-
-    from exitflow.cosim import cosimulate
-
-    # numpy, torch and FINN, per command
-    from exitflow.hw.build import restore_build
-
-    if args.samples is not None and args.samples < 1:
-        raise ConfigError(f"--samples: must be a positive number of test samples; got {args.samples}")
-    if args.reference_samples < 1:
-        raise ConfigError(f"--reference-samples: must be >= 1; got {args.reference_samples}")
-    restore_build(user_path(args.dir) / "hw", log=lambda line: print(line, file=sys.stderr))
-    bar = tqdm(desc="cosim", unit="sample", disable=not sys.stderr.isatty(), leave=False)
-    try:
-        report = cosimulate(
-            args.dir, args.design, args.samples, args.engine, args.reference_samples, progress=bar.update
-        )
-    finally:
-        bar.close()
-    data = report.to_data()
-    cycle = None
-    if args.cycle:
-        # numpy: only with --cycle
-        from exitflow.cosim.cycle import MIN_SAMPLES
-        from exitflow.dse.throughput import simulate_design
-
-        taken = report.engines[0].results.exit
-        repeats = max(3, -(-MIN_SAMPLES // len(taken)))
-        bar = tqdm(
-            desc="cycle simulation",
-            unit="sample",
-            total=repeats * len(taken),
-            disable=not sys.stderr.isatty(),
-            leave=False,
-        )
-        try:
-            cycle = simulate_design(args.dir, args.design, taken, progress=bar.update)
-        finally:
-            bar.close()
-        data["cycle"] = cycle.to_data()
-    path = f"{args.dir}/cosim/report.json"
-    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=1)))
-    print(f"{report.summary()}; predicted {report.predicted_fractions}")
-    if cycle is not None:
-        print(cycle.summary())
-    print(f"wrote {path}")
-    if not report.bit_exact:
-        raise MismatchError(
-            f"{report.mismatch_count} of {report.samples} samples differ; first: "
-            f"{report.mismatches[0].describe()} (all in {path})"
-        )
-    return 0
-
-
-# ---------------------------------------------------------------------------- the whole flow
-
-
-def cmd_run(args: argparse.Namespace) -> int:
-    # numpy and torch, per command
-    from exitflow.app.run import RunSettings, load_config, run
-
-    result = run(load_config(args.config), args.out, RunSettings(board=args.board), force=args.force)
-    done = [s.name for s in result.steps if s.status == "done"]
-    print(
-        f"done in {result.seconds:.0f} s ({', '.join(done) or 'every step unchanged, nothing'} run now); "
-        f"open {args.out}/report.html"
-    )
-    return 0
-
-
-def cmd_report(args: argparse.Namespace) -> int:
-    # numpy and jinja2, per command
-    from exitflow.app.report import write_report
-
-    print(f"wrote {write_report(args.dir)}")
-    return 0
-
-
 # ---------------------------------------------------------------------------- later issues
+
+
+def _command(name: str) -> Callable[[argparse.Namespace], int]:
+    """``cmd_<name>`` of :mod:`exitflow.app.commands`, loaded when the command runs."""
+
+    def handler(args: argparse.Namespace) -> int:
+        # deferred on purpose: the commands load numpy and every step; `exitflow boards` and --help need none
+        from exitflow.app import commands
+
+        return getattr(commands, f"cmd_{name}")(args)
+
+    return handler
 
 
 def _not_yet(name: str, where: str) -> Callable[[argparse.Namespace], int]:
@@ -466,8 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.set_defaults(handler=cmd_boards)
         else:
             _add_arguments(name, p)
-            handler = globals().get(f"cmd_{name}") if later is None else _not_yet(name, later)
-            p.set_defaults(handler=handler)
+            p.set_defaults(handler=_command(name) if later is None else _not_yet(name, later))
     return parser
 
 

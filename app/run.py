@@ -34,6 +34,7 @@ only once it is complete. A folder that ``exitflow train`` made for another conf
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
@@ -45,6 +46,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
+
+from tqdm import tqdm
 
 from exitflow.app.report import TEMPLATE, write_report
 from exitflow.boards.vivado import build_bitfile, build_with_project, missing_tools
@@ -194,10 +197,10 @@ def _step_cosim(ctx: _Context) -> str:
     text = (
         f"{'bit-exact' if report.bit_exact else f'{report.mismatch_count} MISMATCHES'} on {report.samples} test samples"
     )
-    try:
+    try:  # deferred on purpose: an exitflow without the cycle simulation still cosimulates, and says so
         from exitflow.cosim.cycle import MIN_SAMPLES
         from exitflow.dse.throughput import simulate_design
-    except ImportError:  # an exitflow without the cycle-level simulation
+    except ImportError:
         data["cycle"] = None
         text += "; cycle simulation not run (not in this exitflow)"
     else:
@@ -330,8 +333,6 @@ def _show() -> bool:
 
 
 def _inner_bar(desc: str, unit: str, total: int | None = None):
-    from tqdm import tqdm
-
     return tqdm(desc=desc, unit=unit, total=total, disable=not _show(), leave=False)
 
 
@@ -340,8 +341,6 @@ def load_config(path: str | Path | None):
 
     Paths inside the file (``data.path``, ``train.backbone_from``) are read relative to the
     file's own folder, wherever exitflow is started from, and made absolute here, once."""
-    import dataclasses
-
     if path is None:
         return RunConfig()
     path = user_path(path)
@@ -360,7 +359,7 @@ def load_config(path: str | Path | None):
 def run(
     config,
     out: str | Path,
-    settings: RunSettings = RunSettings(),
+    settings: RunSettings | None = None,
     force: bool = False,
     log: Callable[[str], None] = print,
     steps: Sequence[_Step] | None = None,
@@ -369,6 +368,7 @@ def run(
 
     ``log`` receives one line per step. A cosimulation that finds a mismatch still ends with
     the report, then raises :class:`MismatchError`."""
+    settings = settings if settings is not None else RunSettings()
     if settings.objective not in ("throughput", "latency"):
         raise ConfigError(f"objective: must be throughput or latency; got {settings.objective!r}")
     if settings.threads < 1:
@@ -384,8 +384,6 @@ def run(
 def _run(
     config, out: Path, settings: RunSettings, force: bool, log: Callable[[str], None], steps: Sequence[_Step] | None
 ) -> RunResult:
-    from tqdm import tqdm
-
     ctx = _Context(config, out, settings, _resolved(config, settings), force)
     _check_folder(ctx)
     records = {k: v for k, v in read_records(out, strict=not force).items() if k in STEP_NAMES}
