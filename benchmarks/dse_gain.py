@@ -3,7 +3,8 @@ exits, on Pynq-Z2 under the same budget (the search finds both), at accuracy flo
 percentage points below the final exit; and the LUT share a multi-exit design needs to match the
 no-exit throughput with its finite gates. Per model: cnv (FINN's CNV-W2A2, on mnist5k padded to 3x32x32, 15 epochs,
 thresholds chosen on a 30 % validation split) and the default lenet. The floors apply to the
-validation split; ``test_drop_pp_*`` is the chosen design's drop on the test split. Targets (cnv): gain >= 3.0 at 1 pp (ATHEENA: 2.00-2.78x), LUT fraction <= 0.40
+validation split; ``test_drop_pp_*`` is the chosen design's drop on the test split. Targets (cnv):
+gain >= 3.0 at 1 pp (ATHEENA: 2.00-2.78x), LUT fraction <= 0.40
 (ATHEENA: 0.46). The gains apply the burst model with the chosen design's finite gates (whose
 cost is in its budget); `*_unbounded_gates` are ATHEENA's rule (infinite gate buffers).
 """

@@ -405,12 +405,14 @@ def load_dataset(spec: DataSpec) -> tuple[ImageSet, ImageSet | None]:
     return _load_user(spec)
 
 
-def load_splits(spec: DataSpec = DataSpec()) -> Splits:
+def load_splits(spec: DataSpec | None = None) -> Splits:
     """Deterministic train/validation/test splits for ``spec``.
 
     Without a test set of its own the data is split three ways (``1 - val - test``, ``val``,
     ``test``); with one, that test set is kept and the rest split into train and validation.
+    ``spec`` defaults to ``DataSpec()``.
     """
+    spec = spec if spec is not None else DataSpec()
     data, test = load_dataset(spec)
     present = np.unique(data.y)
     if len(present) < 2:

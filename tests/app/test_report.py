@@ -111,7 +111,8 @@ def test_report_of_a_missing_folder_is_one_line_exit_2(tmp_path, capsys):
 
 CHECK = """<script>
 window.addEventListener("load", () => {
-  const images = Array.from(document.images).map(i => ({complete: i.complete, width: i.naturalWidth, height: i.naturalHeight}));
+  const images = Array.from(document.images).map(
+    i => ({complete: i.complete, width: i.naturalWidth, height: i.naturalHeight}));
   const out = document.createElement("pre");
   out.id = "browser-check";
   out.textContent = JSON.stringify({images: images, text: document.body.innerText});

@@ -31,7 +31,7 @@ def test_boards_command_imports_no_heavy_library():
     code = (
         "import sys, io, contextlib; from exitflow.app.cli import main\n"
         "with contextlib.redirect_stdout(io.StringIO()): rc = main(['boards'])\n"
-        "print(rc, sorted(m for m in ('torch', 'numpy', 'finn', 'brevitas', 'qonnx', 'matplotlib') if m in sys.modules))"
+        "print(rc, sorted(m for m in ('torch', 'numpy', 'finn', 'brevitas', 'qonnx', 'matplotlib') if m in sys.modules))"  # noqa: E501 (the exact text)
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "0 []"

@@ -315,7 +315,7 @@ def test_npz_labels_outside_the_classes(tmp_path):
     np.savez(tmp_path / "gap.npz", x=x, y=np.where(np.arange(20) % 2, 0, 9))  # labels 0 and 9 only
     with pytest.raises(
         DataError,
-        match=r"gap.npz: labels reach 9 but no sample has label 1, 2, 3, 4, 5, \.\.\.; relabel to 0..1, or set data.classes: 10",
+        match=r"gap.npz: labels reach 9 but no sample has label 1, 2, 3, 4, 5, \.\.\.; relabel to 0..1, or set data.classes: 10",  # noqa: E501 (the exact text)
     ):
         read_npz(tmp_path / "gap.npz")
     assert read_npz(tmp_path / "gap.npz", 10).num_classes == 10  # the config says 10 classes: accepted

@@ -41,8 +41,8 @@ def _finn_numbers(folder, part, layers, folding, tmp):
         layers=layers,
         out=tmp,
         folding={
-            l: LayerFolding(pe=pe, simd=simd, ram_style=style, res_type=mult, buffer_style=buffer)
-            for l, (pe, simd, style, mult, buffer) in zip(layers, folding, strict=False)
+            layer: LayerFolding(pe=pe, simd=simd, ram_style=style, res_type=mult, buffer_style=buffer)
+            for layer, (pe, simd, style, mult, buffer) in zip(layers, folding, strict=False)
         },
     )
     model = ModelWrapper(str(folder / "model_specialized.onnx"))

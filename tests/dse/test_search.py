@@ -35,7 +35,7 @@ def layer(name, mw, mh):
 
 def graph(name, layers, fixed_cycles=0.0, budget=BUDGET):
     return GraphCost(
-        name, tuple(FoldingTable.build(l, budget) for l in layers), np.array([100.0, 0, 0, 0]), fixed_cycles
+        name, tuple(FoldingTable.build(layer, budget) for layer in layers), np.array([100.0, 0, 0, 0]), fixed_cycles
     )
 
 

@@ -225,7 +225,7 @@ def test_finn_chatter_catches_loggers_prints_and_warnings(tmp_path, capfd):
         logging.getLogger("qonnx.transformation").warning("a qonnx warning")
         print("a FINN print")
         sys.stderr.write("a FINN stderr line\n")
-        warnings.warn("a FINN UserWarning")
+        warnings.warn("a FINN UserWarning", stacklevel=1)
     captured = capfd.readouterr()
     assert captured.out == "" and captured.err == ""
     log = path.read_text()

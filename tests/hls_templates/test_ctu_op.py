@@ -105,7 +105,8 @@ int main() {{
         hls::stream<ap_uint<{win}>> in; hls::stream<ap_uint<{wout}>> out;
         for (unsigned f = 0; f < {folds}; f++) {{
             ap_uint<{win}> w = 0;
-            for (unsigned p = 0; p < {pe}; p++) {{ long long v; std::scanf("%lld", &v); w(({bits})*(p+1)-1, {bits}*p) = ap_int<{bits}>(v); }}
+            for (unsigned p = 0; p < {pe}; p++) {{
+                long long v; std::scanf("%lld", &v); w(({bits})*(p+1)-1, {bits}*p) = ap_int<{bits}>(v); }}
             in.write(w);
         }}
         {top}(in, out);

@@ -58,7 +58,8 @@ class Done:
     stderr: str
 
     def describe(self) -> str:
-        return f"exitflow {' '.join(self.args)} -> {self.code}\nstdout: {self.stdout[-2000:]}\nstderr: {self.stderr[-3000:]}"
+        out, err = self.stdout[-2000:], self.stderr[-3000:]
+        return f"exitflow {' '.join(self.args)} -> {self.code}\nstdout: {out}\nstderr: {err}"
 
 
 def exitflow(

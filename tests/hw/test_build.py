@@ -236,11 +236,11 @@ def test_users_own_backbone_builds(tmp_path):
 BAD = [
     (
         {"conv0": {"pe": 5, "simd": 1}},
-        "stages[0].folding.conv0.pe: 5 does not divide the 16 outputs of conv0 (FINN needs MH % PE == 0); legal PE: 1, 2, 4, 8, 16",
+        "stages[0].folding.conv0.pe: 5 does not divide the 16 outputs of conv0 (FINN needs MH % PE == 0); legal PE: 1, 2, 4, 8, 16",  # noqa: E501 (the exact text)
     ),
     (
         {"conv0": {"pe": 1, "simd": 2}},
-        "stages[0].folding.conv0.simd: 2 does not divide the 9 inputs of conv0 (FINN needs MW % SIMD == 0); legal SIMD: 1, 3, 9",
+        "stages[0].folding.conv0.simd: 2 does not divide the 9 inputs of conv0 (FINN needs MW % SIMD == 0); legal SIMD: 1, 3, 9",  # noqa: E501 (the exact text)
     ),
     ({"conv9": {"pe": 1}}, "stages[0].folding.conv9: no weight layer 'conv9' in stage 'early' (layers: conv0)"),
 ]
