@@ -10,6 +10,7 @@ another architecture is one clear error line.
 
 from __future__ import annotations
 
+import errno
 import re
 import warnings
 from pathlib import Path
@@ -72,6 +73,9 @@ def _reason(err: Exception) -> str:
     if isinstance(err, EOFError) or not text.strip():
         return "the file is empty or truncated"
     if "zip archive" in text or "central directory" in text:
+        return "not a complete torch archive: truncated or damaged"
+    if isinstance(err, OSError) and err.errno == errno.EINVAL:
+        # torch's zip reader seeks past the end of an archive cut short after its first records
         return "not a complete torch archive: truncated or damaged"
     lines = [ln for ln in text.strip().splitlines() if "weights_only" not in ln]
     first = re.sub(r"\x1b\[[0-9;]*m", "", lines[0]).strip()[:160] if lines else ""
