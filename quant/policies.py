@@ -24,12 +24,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Literal
 
 import numpy as np
 
-Policy = Literal["max_prob", "margin"]
-POLICIES: tuple[str, ...] = ("max_prob", "margin")
+from exitflow.core.design import POLICIES, Policy  # the one definition; re-exported here
+
 DEFAULT_FRAC_BITS = 10
 
 
