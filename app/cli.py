@@ -24,6 +24,7 @@ from collections.abc import Callable, Sequence
 
 from exitflow.core import __version__
 from exitflow.core.catalogue import get_board, load_catalogue, user_board_dirs
+from exitflow.core.design import OBJECTIVES
 from exitflow.core.errors import INTERRUPTED, ConfigError, ExitflowError, MismatchError, NotAvailableError
 from exitflow.core.files import atomic_write, check_out_folder, is_run_folder, run_folder_lock, user_path
 from exitflow.core.schema import to_data
@@ -353,7 +354,7 @@ def _add_arguments(name: str, p: argparse.ArgumentParser) -> None:
     elif name == "sweep":
         p.add_argument("dir", help="run folder holding profile.npz")
         p.add_argument("--board", required=True, help="board name (see `exitflow boards`)")
-        p.add_argument("--objective", choices=["throughput", "latency"], default="throughput")
+        p.add_argument("--objective", choices=OBJECTIVES, default="throughput")
         p.add_argument(
             "--min-accuracy",
             type=number(float, 0.0, 1.0, what="a fraction in [0, 1], e.g. 0.97"),

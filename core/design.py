@@ -47,6 +47,10 @@ from exitflow.core.schema import FieldError, FrozenMap, from_data, load_file, to
 Policy = Literal["max_prob", "margin"]
 POLICIES: tuple[str, ...] = ("max_prob", "margin")
 
+#: What the design search (``exitflow sweep``, ``exitflow run``) optimises under the accuracy floor.
+Objective = Literal["throughput", "latency"]
+OBJECTIVES: tuple[str, ...] = ("throughput", "latency")
+
 #: FINN's ``ram_style`` for weight memories.
 RamStyle = Literal["auto", "block", "distributed", "ultra"]
 

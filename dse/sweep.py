@@ -23,7 +23,7 @@ import numpy as np
 import yaml
 
 from exitflow.core.catalogue import get_board
-from exitflow.core.design import Design, ExitHead, LayerFolding, Stage, save_design
+from exitflow.core.design import OBJECTIVES, Design, ExitHead, LayerFolding, Stage, save_design
 from exitflow.core.errors import ConfigError, ExitflowError
 from exitflow.core.files import atomic_write, user_path
 from exitflow.core.schema import FrozenMap
@@ -117,8 +117,8 @@ def sweep(
     run_dir = user_path(run_dir)
     if not 0.0 < util <= 1.0:
         raise ConfigError(f"--util: must be in (0, 1]; got {util}")
-    if objective not in ("throughput", "latency"):
-        raise ConfigError(f"--objective: must be throughput or latency; got {objective!r}")
+    if objective not in OBJECTIVES:
+        raise ConfigError(f"--objective: must be {' or '.join(OBJECTIVES)}; got {objective!r}")
     if isinstance(max_exits, bool) or not isinstance(max_exits, int) or max_exits < 0:
         raise ConfigError(f"--max-exits: must be an integer >= 0 (early exits per design); got {max_exits!r}")
     board = get_board(board_name)
