@@ -23,7 +23,7 @@ import traceback
 from collections.abc import Callable, Sequence
 
 from exitflow.core import __version__
-from exitflow.core.catalogue import get_board, load_catalogue, user_board_dirs
+from exitflow.core.catalogue import DEFAULT_BOARD, get_board, load_catalogue, user_board_dirs
 from exitflow.core.design import OBJECTIVES
 from exitflow.core.errors import INTERRUPTED, ConfigError, ExitflowError, MismatchError, NotAvailableError
 from exitflow.core.files import atomic_write, check_out_folder, is_run_folder, run_folder_lock, user_path
@@ -421,7 +421,9 @@ def _add_arguments(name: str, p: argparse.ArgumentParser) -> None:
     elif name == "run":
         p.add_argument("config", nargs="?", help="run config (YAML); the built-in default when left out")
         p.add_argument("--out", required=True, help="run folder (a re-run continues it: unchanged steps are skipped)")
-        p.add_argument("--board", default="Pynq-Z2", help="board name (see `exitflow boards`; default Pynq-Z2)")
+        p.add_argument(
+            "--board", default=DEFAULT_BOARD, help=f"board name (see `exitflow boards`; default {DEFAULT_BOARD})"
+        )
         p.add_argument("--force", action="store_true", help="redo every step")
         p.epilog = (
             "Steps: train, profile, sweep, build, cosim, report; each is recorded in DIR/run.json with a hash "

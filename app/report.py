@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from exitflow.core.catalogue import DEFAULT_BOARD
 from exitflow.core.design import load_design
 from exitflow.core.errors import ConfigError
 from exitflow.core.files import atomic_write, user_path
@@ -135,7 +136,7 @@ def collect(run_dir: str | Path) -> ReportData:
         )
         build = _read_json(backup / "build.json", problems)
     cosim = _read_json(run_dir / "cosim" / "report.json", problems)
-    board = run.get("board") or (pareto or {}).get("board") or "Pynq-Z2"
+    board = run.get("board") or (pareto or {}).get("board") or DEFAULT_BOARD
     d = str(run_dir)
 
     # -- settings and steps

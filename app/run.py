@@ -49,7 +49,7 @@ from typing import Literal
 from exitflow.app.report import TEMPLATE, write_report
 from exitflow.boards.vivado import build_bitfile, build_with_project, missing_tools
 from exitflow.core import __version__
-from exitflow.core.catalogue import get_board
+from exitflow.core.catalogue import DEFAULT_BOARD, get_board
 from exitflow.core.design import OBJECTIVES, Objective
 from exitflow.core.errors import ConfigError, MismatchError
 from exitflow.core.files import atomic_write, check_out_folder, run_folder_lock, user_path
@@ -60,7 +60,6 @@ from exitflow.quant.config import RunConfig
 
 STEP_NAMES = ("train", "profile", "sweep", "build", "cosim", "report")
 RUN_FILE = "run.json"
-DEFAULT_BOARD = "Pynq-Z2"
 Status = Literal["done", "skipped"]
 
 
