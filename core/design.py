@@ -61,6 +61,7 @@ ResType = Literal["lut", "dsp"]
 #: Where a window generator keeps its line buffer (FINN's ``ram_style`` of
 #: ``ConvolutionInputGenerator_rtl``): LUTRAM (FINN's default) or block RAM.
 BufferStyle = Literal["distributed", "block"]
+BUFFER_STYLES: tuple[str, ...] = ("distributed", "block")  # the search tries them in this order
 
 _NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
 _LAYER_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*$")
