@@ -22,6 +22,7 @@ from exitflow.boards.driver import RecordFormat
 from exitflow.core.catalogue import get_board
 from exitflow.core.design import load_design
 from exitflow.core.errors import NotAvailableError
+from exitflow.core.templates import template_env
 from exitflow.hls_templates import TEMPLATE_DIR
 from exitflow.hls_templates.registry import register_finn_ops
 from exitflow.hw import build as hw_build
@@ -75,17 +76,7 @@ def tcl_list(values) -> str:
 
 
 def _render(template: str, **values) -> str:
-    import jinja2
-
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(Path(__file__).parent / "templates")),
-        undefined=jinja2.StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-        keep_trailing_newline=True,
-    )
-    env.filters["tcl"] = tcl_word
-    env.filters["tcl_list"] = tcl_list
+    env = template_env(Path(__file__).parent / "templates", filters={"tcl": tcl_word, "tcl_list": tcl_list})
     return env.get_template(template).render(**values)
 
 
