@@ -23,7 +23,7 @@ import numpy as np
 import yaml
 
 from exitflow.core.catalogue import get_board
-from exitflow.core.design import OBJECTIVES, Design, ExitHead, LayerFolding, Stage, save_design
+from exitflow.core.design import OBJECTIVES, Design, ExitHead, LayerFolding, Stage, kept_exits, save_design
 from exitflow.core.errors import ConfigError, ExitflowError
 from exitflow.core.files import atomic_write, user_path
 from exitflow.core.schema import FrozenMap
@@ -211,7 +211,7 @@ def sweep(
         )
 
     def taken_on(c: Candidate, split: str) -> np.ndarray:
-        kept = list(c.exits) + [len(segments) - 1]
+        kept = kept_exits(c.exits, len(segments) - 1)
         constants = [
             threshold_code(policy, t, float(prof["scales"][k])) for t, k in zip(c.thresholds, c.exits, strict=False)
         ]
@@ -228,7 +228,7 @@ def sweep(
             return c.fps
         key = (id(c), depth)
         if key not in simulated:
-            kept = list(c.exits) + [len(segments) - 1]
+            kept = kept_exits(c.exits, len(segments) - 1)
             fps = stage_level_fps(
                 taken_on(c, "val"),
                 list(c.stage_cycles),
@@ -252,7 +252,7 @@ def sweep(
             c.stage_cycles,
             c.head_cycles,
             c.gate_depth,
-            tuple(segments[k].words(c.folding) for k in (*c.exits, len(segments) - 1)),
+            tuple(segments[k].words(c.folding) for k in kept_exits(c.exits, len(segments) - 1)),
         )
         if key not in alike:
             alike[key] = gated(c, c.gate_depth)
@@ -310,7 +310,7 @@ def sweep(
             stage_resources=tuple(stages),
             gate_depth=depth,
         )
-    kept = list(chosen.exits) + [len(segments) - 1]
+    kept = kept_exits(chosen.exits, len(segments) - 1)
     stage_cycles = list(chosen.stage_cycles)
     test_taken = taken_on(chosen, "test")
     test_fps = chosen.fps
@@ -483,7 +483,7 @@ def _write(out: Path, r: SweepResult, segments, model, backbone: str, board, bud
 
 
 def _design(c: Candidate, segments, backbone: str, board, gate_depth: int = GATE_DEPTH):
-    kept = list(c.exits) + [len(segments) - 1]
+    kept = kept_exits(c.exits, len(segments) - 1)
     stages, start = [], 0
     for s, end in enumerate(kept):
         last = s == len(kept) - 1

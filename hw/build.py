@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from exitflow.core.catalogue import get_board
-from exitflow.core.design import Design, gate_depth_limit, load_design, memory_bits
+from exitflow.core.design import Design, gate_depth_limit, kept_exits, load_design, memory_bits
 from exitflow.core.errors import ConfigError, check_interrupt
 from exitflow.core.files import atomic_write, user_path
 from exitflow.hls_templates.registry import register_finn_ops
@@ -121,7 +121,7 @@ def build(
 
     config, model, data = ckpt.load_model(run_dir)
     exits = match_design(design, config, model, str(design_path))
-    chosen = [*exits, model.exit_names[-1]]
+    chosen = kept_exits(exits, model.exit_names[-1])
     stage_layers, head_layers = layer_table(model, chosen)
     for k, stage in enumerate(design.stages):
         check_folding(f"{design_path}: stages[{k}].folding", stage.folding, stage_layers[k], f"stage {stage.name!r}")
