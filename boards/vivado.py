@@ -28,7 +28,7 @@ from exitflow.hls_templates.registry import register_finn_ops
 from exitflow.hw import build as hw_build
 from exitflow.hw.build import VIVADO_VERSION, missing_tools
 from exitflow.hw.finn_flow import finn_settings
-from exitflow.hw.folding import ID_BITS, record_fifo_depth
+from exitflow.hw.folding import ID_BITS, record_fifo_depth, stream_words
 
 BOARD_PARTS = {  # board files Vivado knows the PYNQ boards by (used when installed)
     "Pynq-Z1": "www.digilentinc.com:pynq-z1:part0:1.0",
@@ -130,7 +130,7 @@ def write_project(run_dir: str | Path, summary: dict | None = None) -> Path:
         last = k == exits - 1
         out_node = getCustomOp(stage_models[k].graph.node[-1])
         fm_bits = out_node.get_outstream_width()
-        folds = int(__import__("numpy").prod(out_node.get_folded_output_shape()[:-1]))
+        folds = stream_words(out_node)
         if not last:
             ips.append(("gate", f"{stage.name}_gate_ip", {"fm_bits": fm_bits, "folds": folds, "exit_index": k}))
         else:

@@ -31,6 +31,7 @@ from exitflow.dse import finn_model
 from exitflow.hls_templates.registry import register_finn_ops
 from exitflow.hw import finn_flow
 from exitflow.hw.build import build
+from exitflow.hw.folding import stream_words
 from exitflow.quant.policies import route, threshold_code
 
 from .finn_baseline import finn_setfolding_baseline
@@ -409,7 +410,7 @@ def _streams(inventory: Path, k: int) -> tuple[int, int, int]:
     last = getCustomOp(node)
     ctu = getCustomOp(ModelWrapper(str(inventory / f"head{k}" / "model_hw.onnx")).graph.node[-1])
     pe = last.get_nodeattr("PE") if node.op_type.startswith("MVAU") else 0
-    width, words = last.get_outstream_width(), int(np.prod(last.get_folded_output_shape()[:-1]))
+    width, words = last.get_outstream_width(), stream_words(last)
     if node.op_type.startswith("Pool"):  # its fold follows the design's folding: counted at its widest
         scale = last.get_nodeattr("Channels") // last.get_nodeattr("PE")
         width, words = width * scale, words // scale
