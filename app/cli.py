@@ -24,7 +24,8 @@ import traceback
 from collections.abc import Callable, Sequence
 
 from exitflow.core import __version__
-from exitflow.core.catalogue import get_board, load_catalogue, user_board_dirs
+from exitflow.core.catalogue import DEFAULT_BOARD, get_board, load_catalogue, user_board_dirs
+from exitflow.core.design import OBJECTIVES
 from exitflow.core.errors import INTERRUPTED, ExitflowError, NotAvailableError
 from exitflow.core.files import check_out_folder, is_run_folder, run_folder_lock, user_path
 from exitflow.core.schema import to_data
@@ -163,7 +164,7 @@ def _add_arguments(name: str, p: argparse.ArgumentParser) -> None:
     elif name == "sweep":
         p.add_argument("dir", help="run folder holding profile.npz")
         p.add_argument("--board", required=True, help="board name (see `exitflow boards`)")
-        p.add_argument("--objective", choices=["throughput", "latency"], default="throughput")
+        p.add_argument("--objective", choices=OBJECTIVES, default="throughput")
         p.add_argument(
             "--min-accuracy",
             type=number(float, 0.0, 1.0, what="a fraction in [0, 1], e.g. 0.97"),
@@ -230,7 +231,9 @@ def _add_arguments(name: str, p: argparse.ArgumentParser) -> None:
     elif name == "run":
         p.add_argument("config", nargs="?", help="run config (YAML); the built-in default when left out")
         p.add_argument("--out", required=True, help="run folder (a re-run continues it: unchanged steps are skipped)")
-        p.add_argument("--board", default="Pynq-Z2", help="board name (see `exitflow boards`; default Pynq-Z2)")
+        p.add_argument(
+            "--board", default=DEFAULT_BOARD, help=f"board name (see `exitflow boards`; default {DEFAULT_BOARD})"
+        )
         p.add_argument("--force", action="store_true", help="redo every step")
         p.epilog = (
             "Steps: train, profile, sweep, build, cosim, report; each is recorded in DIR/run.json with a hash "

@@ -15,9 +15,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from exitflow.core.catalogue import DEFAULT_BOARD
 from exitflow.core.design import load_design
 from exitflow.core.errors import ConfigError
 from exitflow.core.files import atomic_write, user_path
+from exitflow.core.templates import template_env
 from exitflow.hw.build import backup_of, is_finished
 
 TEMPLATE = Path(__file__).parent / "templates" / "report.html.j2"
@@ -135,7 +137,7 @@ def collect(run_dir: str | Path) -> ReportData:
         )
         build = _read_json(backup / "build.json", problems)
     cosim = _read_json(run_dir / "cosim" / "report.json", problems)
-    board = run.get("board") or (pareto or {}).get("board") or "Pynq-Z2"
+    board = run.get("board") or (pareto or {}).get("board") or DEFAULT_BOARD
     d = str(run_dir)
 
     # -- settings and steps
@@ -393,15 +395,7 @@ def _collect_design(run_dir: Path, r: ReportData) -> None:
 
 
 def render(data: ReportData) -> str:
-    import jinja2
-
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(TEMPLATE.parent)),
-        undefined=jinja2.StrictUndefined,
-        autoescape=True,
-        trim_blocks=True,
-        lstrip_blocks=True,
-    )
+    env = template_env(TEMPLATE.parent, autoescape=True, keep_trailing_newline=False)
     return env.get_template(TEMPLATE.name).render(r=data)
 
 

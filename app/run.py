@@ -52,7 +52,8 @@ from tqdm import tqdm
 from exitflow.app.report import TEMPLATE, write_report
 from exitflow.boards.vivado import build_bitfile, build_with_project, missing_tools
 from exitflow.core import __version__
-from exitflow.core.catalogue import get_board
+from exitflow.core.catalogue import DEFAULT_BOARD, get_board
+from exitflow.core.design import OBJECTIVES, Objective
 from exitflow.core.errors import ConfigError, MismatchError
 from exitflow.core.files import atomic_write, check_out_folder, run_folder_lock, user_path
 from exitflow.core.schema import dump_yaml, load_file
@@ -62,8 +63,6 @@ from exitflow.quant.config import RunConfig
 
 STEP_NAMES = ("train", "profile", "sweep", "build", "cosim", "report")
 RUN_FILE = "run.json"
-DEFAULT_BOARD = "Pynq-Z2"
-Objective = Literal["throughput", "latency"]
 Status = Literal["done", "skipped"]
 
 
@@ -369,8 +368,8 @@ def run(
     ``log`` receives one line per step. A cosimulation that finds a mismatch still ends with
     the report, then raises :class:`MismatchError`."""
     settings = settings if settings is not None else RunSettings()
-    if settings.objective not in ("throughput", "latency"):
-        raise ConfigError(f"objective: must be throughput or latency; got {settings.objective!r}")
+    if settings.objective not in OBJECTIVES:
+        raise ConfigError(f"objective: must be {' or '.join(OBJECTIVES)}; got {settings.objective!r}")
     if settings.threads < 1:
         raise ConfigError(f"--threads: must be >= 1; got {settings.threads}")
     board = get_board(settings.board)  # a typo fails now, not after training

@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from exitflow.hls_templates.records import ctu_record_bits, unpack_ctu, unpack_tag
+
 
 class DriverError(RuntimeError):
     """The accelerator returned something that is not one record per sample."""
@@ -43,7 +45,7 @@ class RecordFormat:
 
     @property
     def record_bits(self) -> int:  # the widest CTU record: code, class, exit flag
-        return max(self.code_bits) + self.class_bits + 1
+        return ctu_record_bits(max(self.code_bits), self.class_bits)
 
     @property
     def width(self) -> int:
@@ -80,26 +82,15 @@ class Result:
 
 def decode(words: np.ndarray, fmt: RecordFormat) -> tuple[np.ndarray, ...]:
     """(ids, exit indices, classes, codes, exit flags) of raw record words."""
-    mask = lambda bits: (1 << bits) - 1  # noqa: E731
     out = []
     for v in np.asarray(words, dtype=np.uint64).tolist():
-        v = int(v)
-        sample_id, exit_index = v & mask(fmt.id_bits), (v >> fmt.id_bits) & mask(fmt.exit_bits)
+        sample_id, exit_index, record = unpack_tag(int(v), fmt.id_bits, fmt.exit_bits)
         if exit_index >= len(fmt.code_bits):
             raise DriverError(
                 f"record of sample {sample_id} names exit {exit_index}; the design has {len(fmt.code_bits)}"
             )
-        code_bits = fmt.code_bits[exit_index]
-        record = v >> (fmt.id_bits + fmt.exit_bits)
-        out.append(
-            (
-                sample_id,
-                exit_index,
-                (record >> code_bits) & mask(fmt.class_bits),
-                record & mask(code_bits),
-                (record >> (code_bits + fmt.class_bits)) & 1,
-            )
-        )
+        flag, cls, code = unpack_ctu(record, fmt.code_bits[exit_index], fmt.class_bits)
+        out.append((sample_id, exit_index, cls, code, flag))
     ids, exits, classes, codes, flags = (
         (np.array(col, dtype=np.int64) for col in zip(*out, strict=False)) if out else [np.zeros(0, np.int64)] * 5
     )

@@ -22,12 +22,13 @@ from exitflow.boards.driver import RecordFormat
 from exitflow.core.catalogue import get_board
 from exitflow.core.design import load_design
 from exitflow.core.errors import NotAvailableError
+from exitflow.core.templates import template_env
 from exitflow.hls_templates import TEMPLATE_DIR
 from exitflow.hls_templates.registry import register_finn_ops
 from exitflow.hw import build as hw_build
 from exitflow.hw.build import VIVADO_VERSION, missing_tools
 from exitflow.hw.finn_flow import finn_settings
-from exitflow.hw.folding import ID_BITS, record_fifo_depth
+from exitflow.hw.folding import ID_BITS, record_fifo_depth, stream_words
 
 BOARD_PARTS = {  # board files Vivado knows the PYNQ boards by (used when installed)
     "Pynq-Z1": "www.digilentinc.com:pynq-z1:part0:1.0",
@@ -75,17 +76,7 @@ def tcl_list(values) -> str:
 
 
 def _render(template: str, **values) -> str:
-    import jinja2
-
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(Path(__file__).parent / "templates")),
-        undefined=jinja2.StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-        keep_trailing_newline=True,
-    )
-    env.filters["tcl"] = tcl_word
-    env.filters["tcl_list"] = tcl_list
+    env = template_env(Path(__file__).parent / "templates", filters={"tcl": tcl_word, "tcl_list": tcl_list})
     return env.get_template(template).render(**values)
 
 
@@ -139,7 +130,7 @@ def write_project(run_dir: str | Path, summary: dict | None = None) -> Path:
         last = k == exits - 1
         out_node = getCustomOp(stage_models[k].graph.node[-1])
         fm_bits = out_node.get_outstream_width()
-        folds = int(__import__("numpy").prod(out_node.get_folded_output_shape()[:-1]))
+        folds = stream_words(out_node)
         if not last:
             ips.append(("gate", f"{stage.name}_gate_ip", {"fm_bits": fm_bits, "folds": folds, "exit_index": k}))
         else:

@@ -31,6 +31,9 @@ FINN_BOARDS: tuple[str, ...] = (
     "KV260_SOM",
     "AUP-ZU3_8GB",
 )
+#: The board ``exitflow run`` and the report assume when none is given.
+DEFAULT_BOARD = "Pynq-Z2"
+
 #: Device totals a board file must state (a URAM count left out means the device has none).
 _REQUIRED_RESOURCES = ("lut", "ff", "bram18", "dsp")
 

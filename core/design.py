@@ -33,9 +33,10 @@ Example::
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 from exitflow.core.catalogue import get_board
 from exitflow.core.errors import BoardError, ConfigError
@@ -47,6 +48,10 @@ from exitflow.core.schema import FieldError, FrozenMap, from_data, load_file, to
 Policy = Literal["max_prob", "margin"]
 POLICIES: tuple[str, ...] = ("max_prob", "margin")
 
+#: What the design search (``exitflow sweep``, ``exitflow run``) optimises under the accuracy floor.
+Objective = Literal["throughput", "latency"]
+OBJECTIVES: tuple[str, ...] = ("throughput", "latency")
+
 #: FINN's ``ram_style`` for weight memories.
 RamStyle = Literal["auto", "block", "distributed", "ultra"]
 
@@ -57,6 +62,9 @@ ResType = Literal["lut", "dsp"]
 #: Where a window generator keeps its line buffer (FINN's ``ram_style`` of
 #: ``ConvolutionInputGenerator_rtl``): LUTRAM (FINN's default) or block RAM.
 BufferStyle = Literal["distributed", "block"]
+BUFFER_STYLES: tuple[str, ...] = ("distributed", "block")  # the search tries them in this order
+
+T = TypeVar("T")
 
 _NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
 _LAYER_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*$")
@@ -225,6 +233,12 @@ def memory_bits(board) -> int:
     """Every bit of memory on ``board``'s device: block RAM, UltraRAM and LUT RAM (64 bits a LUT)."""
     r = board.available
     return r.bram18 * 18 * 1024 + r.uram * 288 * 1024 + r.lut * 64
+
+
+def kept_exits(early: Iterable[T], final: T) -> list[T]:
+    """The exits a cascade keeps, in order: the chosen early exits, then the final one, which
+    every sample left over takes."""
+    return [*early, final]
 
 
 def gate_depth_limit(board, map_bits: int = 1) -> int:

@@ -57,7 +57,7 @@ import numpy as np
 from exitflow.core.design import load_design
 from exitflow.core.errors import ConfigError
 from exitflow.core.files import user_path
-from exitflow.hw.folding import record_fifo_depth
+from exitflow.hw.folding import record_fifo_depth, stream_words
 
 from .engines import _import_finn_ops
 
@@ -376,7 +376,7 @@ def load_pipeline(run_dir: str | Path, design_path: str | Path | None = None) ->
     for stage in design.stages:
         units, last = _graph_units(hw / stage.name, fix)
         head, _ = _graph_units(hw / stage.head.name, fix)
-        words = int(np.prod(last.get_folded_output_shape()[:-1]))
+        words = stream_words(last)
         stages.append(Stage(stage.name, tuple(units), tuple(head), stage.gate_depth, max(1, words)))
 
     return Pipeline(tuple(stages), clock_mhz, record_fifo_depth(design)), [s.head.name for s in design.stages]

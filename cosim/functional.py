@@ -295,15 +295,15 @@ def expected_results(built: Built, logits: np.ndarray, scales: np.ndarray, bits:
     exit (the final one otherwise), with that exit's class and confidence code."""
     n = len(logits)
     out = Results.empty(n)
-    pending = np.ones(n, dtype=bool)
-    last = len(built.exits) - 1
-    for k, stage in enumerate(built.design.stages):
-        head = stage.head
-        constant = 0 if k == last else policies.threshold_code(head.policy, head.threshold, scales[k])
-        decision = policies.decide(head.policy, logits[:, k], float(scales[k]), int(bits[k]), constant)
-        leave = pending & (decision.exit if k < last else True)
-        out.exit[leave], out.cls[leave], out.code[leave] = k, decision.cls[leave], decision.code[leave]
-        pending &= ~leave
+    heads = [stage.head for stage in built.design.stages]
+    cls, code = np.empty((n, len(heads)), dtype=np.int64), np.empty((n, len(heads)), dtype=np.int64)
+    for k, head in enumerate(heads):
+        cls[:, k], code[:, k] = policies.confidence_code(head.policy, logits[:, k], float(scales[k]), int(bits[k]))
+    early = heads[:-1]
+    constants = [policies.threshold_code(h.policy, h.threshold, scales[k]) for k, h in enumerate(early)]
+    out.exit[:] = policies.route([h.policy for h in early], code, constants)
+    rows = np.arange(n)
+    out.cls[:], out.code[:] = cls[rows, out.exit], code[rows, out.exit]
     return out
 
 
@@ -575,15 +575,16 @@ def predicted_fractions(built: Built) -> tuple[list[float] | None, str]:
             f"run `exitflow profile {built.run_dir}` again"
         )
     n = len(codes["max_prob"])
-    pending = np.ones(n, dtype=bool)
-    taken = np.full(n, len(built.exits) - 1)
-    for k, stage in enumerate(built.design.stages[:-1]):
-        j = names.index(built.exits[k])
-        head = stage.head
-        constant = policies.threshold_code(head.policy, head.threshold, float(scales[j]))
-        leave = pending & policies.exits(head.policy, codes[head.policy][:, j], constant)
-        taken[leave] = k
-        pending &= ~leave
+    early = [stage.head for stage in built.design.stages[:-1]]
+    columns = [names.index(e) for e in built.exits[: len(early)]]
+    # the final exit's column is never read: every sample left over takes it
+    exit_codes = np.zeros((n, len(early) + 1), dtype=np.result_type(*codes.values()))
+    for k, (head, j) in enumerate(zip(early, columns, strict=True)):
+        exit_codes[:, k] = codes[head.policy][:, j]
+    constants = [
+        policies.threshold_code(h.policy, h.threshold, float(scales[j])) for h, j in zip(early, columns, strict=True)
+    ]
+    taken = policies.route([h.policy for h in early], exit_codes, constants)
     return _fractions(taken, len(built.exits)), f"{path} (test split, {n} samples)"
 
 

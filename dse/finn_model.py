@@ -19,16 +19,14 @@ from pathlib import Path
 
 import numpy as np
 
+from exitflow.core.design import BUFFER_STYLES
 from exitflow.hls_templates.registry import register_finn_ops
 from exitflow.hw.folding import _pool_folds, _set_pool_fold, _window_attrs, _window_cycles, pool_units, window_fold
 
 RESOURCES = ("lut", "bram18", "uram", "dsp")
 
-BUFFER_STYLES = ("distributed", "block")
-"""Where a window generator keeps its line buffer (FINN's ``ram_style`` of
-``ConvolutionInputGenerator_rtl``): LUTRAM, FINN's default, or block RAM. A search variable of
-every layer with a window generator in front of it or a pooling unit after it (the layer's
-``buffer_style``)."""
+# BUFFER_STYLES (exitflow.core.design): a search variable of every layer with a window generator in
+# front of it or a pooling unit after it (the layer's ``buffer_style``).
 
 
 @dataclass(frozen=True)

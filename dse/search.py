@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from exitflow.core.design import kept_exits
 from exitflow.hls_templates.routing import gate_resources, merge_resources, record_fifo_resources
 from exitflow.hw.finn_flow import read_layers
 from exitflow.hw.folding import ID_BITS, record_fifo_for
@@ -227,7 +228,7 @@ def active_bound(
     if faster.size == 0:
         return "the fastest interval target searched"
     t = np.array([faster.max()])
-    kept = list(c.exits) + [len(segments) - 1]
+    kept = kept_exits(c.exits, len(segments) - 1)
     gates, merge = routing_cost(segments, c.exits, c.gate_depth if gate_depth is None else gate_depth)
     total, start = gates.sum(axis=0) + merge, 0
     for s, end in enumerate(kept):
@@ -365,7 +366,7 @@ def _search(
     all_w = len(tables[0].costs) if tables else 1
     samples = np.arange(len(codes))
     for subset in progress(subsets) if progress else subsets:
-        kept = list(subset) + [n - 1]
+        kept = kept_exits(subset, n - 1)
         combos = list(itertools.product(*([threshold_grid] * len(subset))))
         taken = np.zeros((len(combos), len(codes)), dtype=np.int64)
         if subset:

@@ -23,7 +23,7 @@ import numpy as np
 import yaml
 
 from exitflow.core.catalogue import get_board
-from exitflow.core.design import Design, ExitHead, LayerFolding, Stage, save_design
+from exitflow.core.design import OBJECTIVES, Design, ExitHead, LayerFolding, Stage, kept_exits, save_design
 from exitflow.core.errors import ConfigError, ExitflowError
 from exitflow.core.files import atomic_write, user_path
 from exitflow.core.schema import FrozenMap
@@ -31,6 +31,7 @@ from exitflow.dse import finn_model
 from exitflow.hls_templates.registry import register_finn_ops
 from exitflow.hw import finn_flow
 from exitflow.hw.build import build
+from exitflow.hw.folding import stream_words
 from exitflow.quant.policies import route, threshold_code
 
 from .finn_baseline import finn_setfolding_baseline
@@ -117,8 +118,8 @@ def sweep(
     run_dir = user_path(run_dir)
     if not 0.0 < util <= 1.0:
         raise ConfigError(f"--util: must be in (0, 1]; got {util}")
-    if objective not in ("throughput", "latency"):
-        raise ConfigError(f"--objective: must be throughput or latency; got {objective!r}")
+    if objective not in OBJECTIVES:
+        raise ConfigError(f"--objective: must be {' or '.join(OBJECTIVES)}; got {objective!r}")
     if isinstance(max_exits, bool) or not isinstance(max_exits, int) or max_exits < 0:
         raise ConfigError(f"--max-exits: must be an integer >= 0 (early exits per design); got {max_exits!r}")
     board = get_board(board_name)
@@ -211,7 +212,7 @@ def sweep(
         )
 
     def taken_on(c: Candidate, split: str) -> np.ndarray:
-        kept = list(c.exits) + [len(segments) - 1]
+        kept = kept_exits(c.exits, len(segments) - 1)
         constants = [
             threshold_code(policy, t, float(prof["scales"][k])) for t, k in zip(c.thresholds, c.exits, strict=False)
         ]
@@ -228,7 +229,7 @@ def sweep(
             return c.fps
         key = (id(c), depth)
         if key not in simulated:
-            kept = list(c.exits) + [len(segments) - 1]
+            kept = kept_exits(c.exits, len(segments) - 1)
             fps = stage_level_fps(
                 taken_on(c, "val"),
                 list(c.stage_cycles),
@@ -252,7 +253,7 @@ def sweep(
             c.stage_cycles,
             c.head_cycles,
             c.gate_depth,
-            tuple(segments[k].words(c.folding) for k in (*c.exits, len(segments) - 1)),
+            tuple(segments[k].words(c.folding) for k in kept_exits(c.exits, len(segments) - 1)),
         )
         if key not in alike:
             alike[key] = gated(c, c.gate_depth)
@@ -310,7 +311,7 @@ def sweep(
             stage_resources=tuple(stages),
             gate_depth=depth,
         )
-    kept = list(chosen.exits) + [len(segments) - 1]
+    kept = kept_exits(chosen.exits, len(segments) - 1)
     stage_cycles = list(chosen.stage_cycles)
     test_taken = taken_on(chosen, "test")
     test_fps = chosen.fps
@@ -409,7 +410,7 @@ def _streams(inventory: Path, k: int) -> tuple[int, int, int]:
     last = getCustomOp(node)
     ctu = getCustomOp(ModelWrapper(str(inventory / f"head{k}" / "model_hw.onnx")).graph.node[-1])
     pe = last.get_nodeattr("PE") if node.op_type.startswith("MVAU") else 0
-    width, words = last.get_outstream_width(), int(np.prod(last.get_folded_output_shape()[:-1]))
+    width, words = last.get_outstream_width(), stream_words(last)
     if node.op_type.startswith("Pool"):  # its fold follows the design's folding: counted at its widest
         scale = last.get_nodeattr("Channels") // last.get_nodeattr("PE")
         width, words = width * scale, words // scale
@@ -483,7 +484,7 @@ def _write(out: Path, r: SweepResult, segments, model, backbone: str, board, bud
 
 
 def _design(c: Candidate, segments, backbone: str, board, gate_depth: int = GATE_DEPTH):
-    kept = list(c.exits) + [len(segments) - 1]
+    kept = kept_exits(c.exits, len(segments) - 1)
     stages, start = [], 0
     for s, end in enumerate(kept):
         last = s == len(kept) - 1

@@ -14,21 +14,13 @@ import subprocess
 from pathlib import Path
 
 from exitflow.core.errors import NotAvailableError
+from exitflow.core.templates import template_env
 
 from . import TEMPLATE_DIR, ap_types_include_dir
 
 
 def render(template: str, **values) -> str:
-    import jinja2
-
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(TEMPLATE_DIR)),
-        undefined=jinja2.StrictUndefined,
-        keep_trailing_newline=True,
-        trim_blocks=True,
-        lstrip_blocks=True,
-    )
-    return env.get_template(template).render(**values)
+    return template_env(TEMPLATE_DIR).get_template(template).render(**values)
 
 
 def compile_cpp(source: str, workdir: Path, name: str = "csim") -> Path:

@@ -14,6 +14,7 @@ from functools import cached_property
 import numpy as np
 
 from exitflow.hls_templates.csim import compile_cpp, render, run
+from exitflow.hls_templates.records import ctu_record_bits, pack_ctu, unpack_ctu
 from exitflow.quant import policies
 
 
@@ -45,7 +46,7 @@ class CTUParams:
 
     @property
     def record_bits(self) -> int:
-        return 1 + self.class_bits + self.code_bits
+        return ctu_record_bits(self.code_bits, self.class_bits)
 
     @cached_property
     def rom(self) -> np.ndarray:
@@ -68,19 +69,11 @@ class CTUParams:
 
     def pack(self, decision: policies.Decision) -> np.ndarray:
         """Records as the hardware emits them: code | class << CODE_BITS | exit << (CODE_BITS + CLASS_BITS)."""
-        return (
-            decision.code
-            + (decision.cls << self.code_bits)
-            + (decision.exit.astype(np.int64) << (self.code_bits + self.class_bits))
-        )
+        return pack_ctu(decision.code, decision.cls, decision.exit.astype(np.int64), self.code_bits, self.class_bits)
 
     def unpack(self, records: np.ndarray) -> policies.Decision:
-        r = np.asarray(records, dtype=np.int64)
-        return policies.Decision(
-            exit=(r >> (self.code_bits + self.class_bits)) & 1 == 1,
-            cls=(r >> self.code_bits) & ((1 << self.class_bits) - 1),
-            code=r & ((1 << self.code_bits) - 1),
-        )
+        flag, cls, code = unpack_ctu(np.asarray(records, dtype=np.int64), self.code_bits, self.class_bits)
+        return policies.Decision(exit=flag == 1, cls=cls, code=code)
 
     def decide(self, logits: np.ndarray) -> policies.Decision:
         """The Python model of the unit: the policy function itself."""

@@ -16,6 +16,8 @@ from finn.custom_op.fpgadataflow.hlsbackend import HLSBackend
 from finn.custom_op.fpgadataflow.hwcustomop import HWCustomOp
 from qonnx.core.datatype import DataType
 
+from exitflow.core.design import POLICIES
+
 from .backend import TemplateHLSBackend
 from .ctu import CTUParams
 
@@ -28,7 +30,7 @@ class ConfidenceThreshold(HWCustomOp):
         attrs = {
             "Classes": ("i", True, 0),
             "PE": ("i", False, 1),
-            "Policy": ("s", True, "max_prob", {"max_prob", "margin"}),
+            "Policy": ("s", True, "max_prob", set(POLICIES)),
             # float64 values as their repr: ONNX float attributes are float32, and the ROM and the
             # threshold constant must come from exactly the scale profiling used
             "Scale": ("s", True, "1.0"),

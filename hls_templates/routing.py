@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from exitflow.hls_templates.csim import compile_cpp, render, run
+from exitflow.hls_templates.records import exit_flag, pack_tag, unpack_tag
 
 
 def gate_resources(stream_bits: int, folds: int, depth: int, id_bits: int = 16) -> tuple[int, int]:
@@ -55,19 +56,16 @@ class TagFormat:
 
     def tag(self, ids, exit_index: int, records) -> np.ndarray:
         ids, records = np.asarray(ids, dtype=object), np.asarray(records, dtype=object)
-        return ids + (exit_index << self.id_bits) + (records << (self.id_bits + self.exit_bits))
+        return pack_tag(ids, exit_index, records, self.id_bits, self.exit_bits)
 
     def untag(self, tagged) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        t = np.asarray([int(v) for v in tagged], dtype=object)
-        mask = lambda bits: (1 << bits) - 1  # noqa: E731
-        return (
-            (t & mask(self.id_bits)).astype(np.int64),
-            ((t >> self.id_bits) & mask(self.exit_bits)).astype(np.int64),
-            (t >> (self.id_bits + self.exit_bits)).astype(object),
+        ids, exits, records = unpack_tag(
+            np.asarray([int(v) for v in tagged], dtype=object), self.id_bits, self.exit_bits
         )
+        return ids.astype(np.int64), exits.astype(np.int64), records.astype(object)
 
     def leaves(self, record: int) -> bool:
-        return bool((int(record) >> (self.rec_bits - 1)) & 1)
+        return bool(exit_flag(int(record), self.rec_bits))
 
 
 def gate_model(ids, records, feature_maps, exit_index: int, fmt: TagFormat):

@@ -17,6 +17,7 @@ from finn.custom_op.fpgadataflow.hwcustomop import HWCustomOp
 from qonnx.core.datatype import DataType
 
 from .backend import TemplateHLSBackend
+from .records import exit_flag
 from .routing import TagFormat, gate_resources, merge_model, merge_resources
 
 MASKED = -1
@@ -113,7 +114,7 @@ class ExitGate(_Routing):
         ids = np.asarray(context[node.input[1]]).astype(np.int64).ravel()
         records = np.asarray(context[node.input[2]]).astype(np.int64).ravel()
         fmt = self._fmt()
-        leave = (records >> (fmt.rec_bits - 1)) & 1 == 1
+        leave = exit_flag(records, fmt.rec_bits) == 1
         context[node.output[0]] = np.where(leave[:, None], 0, fm.reshape(len(ids), -1)).reshape(fm.shape)
         context[node.output[1]] = np.where(leave, MASKED, ids).reshape(-1, 1)
         tagged = np.array([int(t) for t in fmt.tag(ids, self.get_nodeattr("ExitIndex"), records)], dtype=np.int64)

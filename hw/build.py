@@ -21,15 +21,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from exitflow.core.catalogue import get_board
-from exitflow.core.design import Design, gate_depth_limit, load_design, memory_bits
+from exitflow.core.design import Design, gate_depth_limit, kept_exits, load_design, memory_bits
 from exitflow.core.errors import ConfigError, check_interrupt
 from exitflow.core.files import atomic_write, user_path
 from exitflow.hls_templates.registry import register_finn_ops
 from exitflow.hw import finn_flow
-from exitflow.hw.folding import check_folding
+from exitflow.hw.folding import check_folding, stream_words
 
 VIVADO_VERSION = "2024.2"  # the tool release finn-plus 1.6.1 targets
 
@@ -121,7 +119,7 @@ def build(
 
     config, model, data = ckpt.load_model(run_dir)
     exits = match_design(design, config, model, str(design_path))
-    chosen = [*exits, model.exit_names[-1]]
+    chosen = kept_exits(exits, model.exit_names[-1])
     stage_layers, head_layers = layer_table(model, chosen)
     for k, stage in enumerate(design.stages):
         check_folding(f"{design_path}: stages[{k}].folding", stage.folding, stage_layers[k], f"stage {stage.name!r}")
@@ -279,7 +277,7 @@ def _gate_checks(hw: Path, design: Design, board, design_path: Path, log) -> lis
     checks = []
     for k, stage in enumerate(design.stages[:-1]):
         last = getCustomOp(ModelWrapper(str(hw / stage.name / "model_hw.onnx")).graph.node[-1])
-        folds = int(np.prod(last.get_folded_output_shape()[:-1]))
+        folds = stream_words(last)
         map_bits = folds * int(last.get_outstream_width())
         if stage.gate_depth > gate_depth_limit(board, map_bits):  # the config-time check, with the real map size
             raise ConfigError(

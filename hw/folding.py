@@ -179,6 +179,12 @@ def window_fold(w: dict, mvau_cycles: np.ndarray) -> tuple[np.ndarray, np.ndarra
     return simd, wide
 
 
+def stream_words(node) -> int:
+    """Stream words per feature map out of a FINN layer (``node``: its custom op): its folded output
+    shape without the last axis, the values of one word (the PE / SIMD fold)."""
+    return int(np.prod(node.get_folded_output_shape()[:-1]))
+
+
 def record_fifo_depth(design) -> int:
     """Records each CTU -> gate and exit -> merge stream holds in the block design: an AXI-stream
     FIFO at least as deep as the deepest gate (a gate waiting for the next stage stops reading

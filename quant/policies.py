@@ -22,14 +22,14 @@ the ROM and the threshold constant, which happen once, offline.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Literal
 
 import numpy as np
 
-Policy = Literal["max_prob", "margin"]
-POLICIES: tuple[str, ...] = ("max_prob", "margin")
+from exitflow.core.design import POLICIES, Policy  # the one definition; re-exported here
+
 DEFAULT_FRAC_BITS = 10
 
 
@@ -151,14 +151,22 @@ def decide(
     return Decision(exit=exits(policy, code, threshold_constant), cls=cls.astype(np.int64), code=code.astype(np.int64))
 
 
-def route(policy: Policy, codes: np.ndarray, constants: np.ndarray | list[int]) -> np.ndarray:
+def route(policy: Policy | Sequence[Policy], codes: np.ndarray, constants: np.ndarray | list[int]) -> np.ndarray:
     """The exit every sample takes in a cascade: the first early exit whose CTU says exit, else
     the final one. ``codes`` is ``(samples, exits)``; ``constants`` has one threshold constant
-    per early exit (``exits - 1``). Returns exit indices ``0 .. exits-1``."""
+    per early exit (``exits - 1``); ``policy`` is one policy for every early exit or one per early
+    exit. Returns exit indices ``0 .. exits-1``."""
     codes = np.asarray(codes)
     constants = np.asarray(constants, dtype=np.int64)
     if codes.ndim != 2 or constants.shape != (codes.shape[1] - 1,):
         raise ValueError(f"codes {codes.shape} need one constant per early exit; got {constants.shape}")
-    leave = exits(policy, codes[:, :-1], constants[None, :])
+    if isinstance(policy, str):
+        leave = exits(policy, codes[:, :-1], constants[None, :])
+    else:
+        if len(policy) != len(constants):
+            raise ValueError(f"{len(constants)} early exits need one policy each; got {len(policy)}")
+        leave = np.empty((len(codes), len(constants)), dtype=bool)
+        for j, p in enumerate(policy):
+            leave[:, j] = exits(p, codes[:, j], constants[j])
     leave = np.concatenate([leave, np.ones((len(codes), 1), dtype=bool)], axis=1)
     return np.argmax(leave, axis=1)
