@@ -105,8 +105,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         f"{r.fps_with_gates:,.0f} samples/s "
         f"with its gates of {r.gate_depth} feature maps ({c.fps:,.0f} with unbounded gates), "
         f"{r.gain_with_gates:.2f}x the best design without early exits ({r.no_exit.fps:,.0f}/s); "
-        f"LUT {c.resources[0]:,.0f}, "
-        f"BRAM18 {c.resources[1]:.0f}, DSP {c.resources[3]:.0f}, mean latency {c.mean_latency_us:.1f} us; "
+        f"LUT {c.resources.lut:,.0f}, "
+        f"BRAM18 {c.resources.bram18:.0f}, DSP {c.resources.dsp:.0f}, mean latency {c.mean_latency_us:.1f} us; "
         f"test accuracy {100 * r.test_accuracy:.2f}% "
         f"(final exit alone {100 * r.final_test_accuracy:.2f}%)"
     )
@@ -118,8 +118,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     e = r.equal_throughput
     if e is not None:
         print(
-            f"matching the no-exit throughput with its gates takes {e.resources[0]:,.0f} LUTs "
-            f"({e.resources[0] / r.no_exit.resources[0]:.1%} of the no-exit design's)"
+            f"matching the no-exit throughput with its gates takes {e.resources.lut:,.0f} LUTs "
+            f"({e.resources.lut / r.no_exit.resources.lut:.1%} of the no-exit design's)"
         )
     print(f"what keeps it from being faster: {r.bound}")
     print(

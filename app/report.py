@@ -19,6 +19,7 @@ from exitflow.core.catalogue import DEFAULT_BOARD
 from exitflow.core.design import load_design
 from exitflow.core.errors import ConfigError
 from exitflow.core.files import atomic_write, user_path
+from exitflow.core.resources import NAMES
 from exitflow.core.templates import template_env
 from exitflow.hw.build import backup_of, is_finished
 
@@ -112,6 +113,16 @@ def _n(value, digits: int = 0) -> str:
     if value is None:
         return "-"
     return f"{value:,.{digits}f}"
+
+
+#: The resources the report's tables show (URAM left out: the PYNQ boards' designs use none).
+SHOWN = tuple(name for name in NAMES if name != "uram")
+
+
+def _resources(record: dict) -> tuple[str, ...]:
+    """LUT, BRAM18 and DSP of a record of pareto.json or build.json (keys as
+    :meth:`~exitflow.core.resources.Resources.as_dict` writes them), "-" where one is missing."""
+    return tuple(_n(record.get(name)) for name in SHOWN)
 
 
 def _pct(value, digits: int = 2) -> str:
@@ -216,9 +227,7 @@ def collect(run_dir: str | Path) -> ReportData:
                 (
                     _n(chosen.get("fps")),
                     _pct(chosen.get("val_accuracy")),
-                    _n(chosen.get("lut")),
-                    _n(chosen.get("bram18")),
-                    _n(chosen.get("dsp")),
+                    *_resources(chosen),
                     _n(chosen.get("mean_latency_us"), 1),
                 ),
             ),
@@ -227,9 +236,7 @@ def collect(run_dir: str | Path) -> ReportData:
                 (
                     _n(no_exit.get("fps")),
                     _pct(no_exit.get("val_accuracy")),
-                    _n(no_exit.get("lut")),
-                    _n(no_exit.get("bram18")),
-                    _n(no_exit.get("dsp")),
+                    *_resources(no_exit),
                     _n(no_exit.get("mean_latency_us"), 1),
                 ),
             ),
@@ -241,19 +248,14 @@ def collect(run_dir: str | Path) -> ReportData:
                     (
                         _n(finn.get("fps")),
                         _pct(no_exit.get("val_accuracy")),
-                        _n(finn.get("lut")),
-                        _n(finn.get("bram18")),
-                        _n(finn.get("dsp")),
+                        *_resources(finn),
                         "-",
                     ),
                 )
             )
         r.compare = tuple(rows)
-        stage_rows = [
-            Row(f"stage {k}", (_n(s.get("lut")), _n(s.get("bram18")), _n(s.get("dsp"))))
-            for k, s in enumerate(chosen.get("stage_resources", []))
-        ]
-        stage_rows.append(Row("budget", (_n(budget.get("lut")), _n(budget.get("bram18")), _n(budget.get("dsp")))))
+        stage_rows = [Row(f"stage {k}", _resources(s)) for k, s in enumerate(chosen.get("stage_resources", []))]
+        stage_rows.append(Row("budget", _resources(budget)))
         r.stage_resources = tuple(stage_rows)
     else:
         r.not_run.append(NotRun("design search", "no sweep/pareto.json", f"exitflow sweep {d} --board {board}"))
@@ -266,9 +268,7 @@ def collect(run_dir: str | Path) -> ReportData:
                 g.get("name", "?"),
                 (
                     g.get("kind", "?"),
-                    _n(g.get("lut")),
-                    _n(g.get("bram18")),
-                    _n(g.get("dsp")),
+                    *_resources(g),
                     _n(g.get("interval_cycles")),
                 ),
             )

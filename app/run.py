@@ -172,7 +172,7 @@ def _step_sweep(ctx: _Context) -> str:
     exits = json.loads((ctx.out / "sweep" / "pareto.json").read_text())["chosen"]["exits"]  # names, not indices
     return (
         f"chosen exits {', '.join(exits) or 'none'} at thresholds {list(c.thresholds)}: {c.fps:,.0f} samples/s "
-        f"({r.gain:.2f}x the best design without early exits), LUT {c.resources[0]:,.0f}, "
+        f"({r.gain:.2f}x the best design without early exits), LUT {c.resources.lut:,.0f}, "
         f"test accuracy {100 * r.test_accuracy:.2f}%; {len(r.front)} designs on the front"
     )
 

@@ -90,4 +90,4 @@ def lut_fraction_at_equal_throughput(result, floor: float) -> float | None:
     matching = [c for c in result.candidates if c.exits and c.fps >= result.no_exit.fps and c.accuracy >= floor]
     if not matching:
         return None
-    return min(c.resources[0] for c in matching) / result.no_exit.resources[0]
+    return min(c.resources.lut for c in matching) / result.no_exit.resources.lut

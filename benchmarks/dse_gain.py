@@ -37,7 +37,7 @@ def run() -> list[dict]:
                 # the cheapest design with exits that matches the no-exit throughput with its finite
                 # gates (simulated), and the same with unbounded gates (ATHEENA's rule)
                 "lut_fraction_at_equal_throughput": (
-                    round(one.equal_throughput.resources[0] / one.no_exit.resources[0], 3)
+                    round(one.equal_throughput.resources.lut / one.no_exit.resources.lut, 3)
                     if one.equal_throughput is not None
                     else None
                 ),

@@ -25,16 +25,16 @@ def run() -> dict:
             c
             for c in ours
             if c.fps >= p["fps"]
-            and c.resources[0] <= p["lut"]
-            and c.resources[1] <= p["bram18"]
-            and c.resources[3] <= p["dsp"]
+            and c.resources.lut <= p["lut"]
+            and c.resources.bram18 <= p["bram18"]
+            and c.resources.dsp <= p["dsp"]
         ]
 
     for p in points:
         match = matching(p)
         if match:
             not_worse += 1
-            if any(c.fps > p["fps"] or c.resources[0] < p["lut"] or c.resources[1] < p["bram18"] for c in match):
+            if any(c.fps > p["fps"] or c.resources.lut < p["lut"] or c.resources.bram18 < p["bram18"] for c in match):
                 better += 1
     buildable = [p for p in points if p["buildable"]]
     not_worse_buildable = sum(1 for p in buildable if matching(p))

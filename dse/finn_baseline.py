@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from exitflow.core.resources import Resources
 from exitflow.hls_templates.registry import register_finn_ops
 from exitflow.hw.build import build
 from exitflow.hw.finn_flow import finn_chatter
@@ -22,7 +23,7 @@ TARGETS = tuple(int(v) for v in np.unique(np.round(np.geomspace(32, 2e6, 40))))
 
 
 def finn_setfolding_baseline(
-    run_dir: Path, model, config, board, budget: np.ndarray, out: Path
+    run_dir: Path, model, config, board, budget: Resources, out: Path
 ) -> tuple[dict | None, list[dict]]:
     """(the fastest SetFolding result within the budget, every SetFolding result). What FINN says
     meanwhile (SetFolding warns about every op it does not know) goes to ``run_dir/log/finn.log``."""
@@ -54,7 +55,7 @@ def finn_setfolding_baseline(
     return best, points
 
 
-def _setfolding_point(graphs, target: int, board, budget: np.ndarray) -> dict:
+def _setfolding_point(graphs, target: int, board, budget: Resources) -> dict:
     """SetFolding of every graph at ``target`` cycles per frame, judged by FINN's estimator."""
     from finn.analysis.fpgadataflow.exp_cycles_per_layer import exp_cycles_per_layer
     from finn.analysis.fpgadataflow.res_estimation import res_estimation
@@ -63,7 +64,7 @@ def _setfolding_point(graphs, target: int, board, budget: np.ndarray) -> dict:
     from finn.transformation.fpgadataflow.specialize_layers import SpecializeLayers
     from qonnx.transformation.general import GiveUniqueNodeNames
 
-    resources = np.zeros(4)
+    resources = Resources(0.0, 0.0, 0.0, 0.0)
     slowest = 0
     problems = []
     for graph in graphs:
@@ -73,16 +74,13 @@ def _setfolding_point(graphs, target: int, board, budget: np.ndarray) -> dict:
         folded = folded.transform(InsertDWC()).transform(GiveUniqueNodeNames())
         folded = folded.transform(SpecializeLayers(board.part)).transform(GiveUniqueNodeNames())
         res = folded.analysis(lambda m: res_estimation(m, board.part))
-        resources += [sum(r[k] for r in res.values()) for k in ("LUT", "BRAM_18K", "URAM", "DSP")]
+        resources += Resources.total(Resources.from_finn(r) for r in res.values())
         slowest = max(slowest, max(folded.analysis(exp_cycles_per_layer).values()))
     return {
         "target_cycles": target,
         "fps": board.clock_mhz * 1e6 / slowest,
-        "lut": float(resources[0]),
-        "bram18": float(resources[1]),
-        "uram": float(resources[2]),
-        "dsp": float(resources[3]),
-        "fits": bool(np.all(resources <= budget + 1e-9)),
+        **{key: float(value) for key, value in resources.as_dict().items()},
+        "fits": resources.fits(budget),
         "buildable": not problems,
         "why_not_buildable": problems[0] if problems else None,
     }

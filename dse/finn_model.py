@@ -20,10 +20,9 @@ from pathlib import Path
 import numpy as np
 
 from exitflow.core.design import BUFFER_STYLES
+from exitflow.core.resources import NAMES, Resources
 from exitflow.hls_templates.registry import register_finn_ops
 from exitflow.hw.folding import _pool_folds, _set_pool_fold, _window_attrs, _window_cycles, pool_units, window_fold
-
-RESOURCES = ("lut", "bram18", "uram", "dsp")
 
 # BUFFER_STYLES (exitflow.core.design): a search variable of every layer with a window generator in
 # front of it or a pooling unit after it (the layer's ``buffer_style``).
@@ -83,7 +82,7 @@ def _pool_unit(model, part: str, swg, pool, governor: int, ends: bool) -> PoolUn
     swg_inst, pool_inst = getCustomOp(swg), getCustomOp(pool)
     built = (swg_inst.get_nodeattr("SIMD"), pool_inst.get_nodeattr("PE"), swg_inst.get_nodeattr("ram_style"))
     folds = _pool_folds(pool_inst)
-    keys = (*RESOURCES, "cycles")
+    keys = (*NAMES, "cycles")
     nodes = {n.name: {k: np.zeros((len(BUFFER_STYLES), len(folds))) for k in keys} for n in (swg, pool)}
     in_width, out_width = [], []
     for s, style in enumerate(BUFFER_STYLES):
@@ -91,9 +90,9 @@ def _pool_unit(model, part: str, swg, pool, governor: int, ends: bool) -> PoolUn
         for f, d in enumerate(folds):
             _set_pool_fold(swg_inst, pool_inst, d)
             for node, inst in ((swg, swg_inst), (pool, pool_inst)):
-                r = inst.node_res_estimation(part)
-                for key, finn_key in zip(RESOURCES, ("LUT", "BRAM_18K", "URAM", "DSP"), strict=False):
-                    nodes[node.name][key][s, f] = float(r[finn_key])
+                r = Resources.from_finn(inst.node_res_estimation(part))
+                for key, value in r.as_dict().items():
+                    nodes[node.name][key][s, f] = float(value)
                 nodes[node.name]["cycles"][s, f] = float(inst.get_exp_cycles())
             if s == 0:
                 in_width.append(swg_inst.get_instream_width())
@@ -108,7 +107,7 @@ def _pool_unit(model, part: str, swg, pool, governor: int, ends: bool) -> PoolUn
         governor,
         ends,
         np.array(folds),
-        np.stack([a[k] + b[k] for k in RESOURCES], axis=-1),
+        np.stack([a[k] + b[k] for k in NAMES], axis=-1),
         np.maximum(a["cycles"][0], b["cycles"][0]),
         a["cycles"][0] + b["cycles"][0],
         np.array(in_width),
@@ -225,14 +224,7 @@ def inventory(model_path: str | Path, part: str, layer_names: list[str], name: s
     for node in model.graph.node:
         if node.op_type.startswith(("MVAU", "StreamingDataWidthConverter")) or node.name in tied:
             continue
-        r = res[node.name]
-        fixed[node.name] = {
-            "lut": r["LUT"],
-            "bram18": r["BRAM_18K"],
-            "uram": r["URAM"],
-            "dsp": r["DSP"],
-            "cycles": cycles[node.name],
-        }
+        fixed[node.name] = {**Resources.from_finn(res[node.name]).as_dict(), "cycles": cycles[node.name]}
     return Inventory(name, part, tuple(layers), fixed, tuple(edges), pools)
 
 

@@ -14,12 +14,35 @@ resource the budget lacks makes any use of it infinitely expensive); ties go to 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
+from exitflow.core.design import LayerFolding
+from exitflow.core.resources import COLUMN, NAMES
 from exitflow.hw.folding import divisors, folding_violation, pick_pool
 
-from .finn_model import BUFFER_STYLES, RESOURCES, WeightLayer, layer_costs, stream_widths
+from .finn_model import BUFFER_STYLES, WeightLayer, layer_costs, stream_widths
+
+
+class FoldingChoice(NamedTuple):
+    """One layer's folding as the search picks it (a row of its :class:`FoldingTable`); what a
+    design file holds is :meth:`layer_folding` of it."""
+
+    pe: int
+    simd: int
+    ram_style: str = "auto"  # weight memory (FINN's ram_style)
+    res_type: str = "lut"  # multipliers (FINN's resType)
+    buffer_style: str = BUFFER_STYLES[0]  # line buffers of its window generator and pooling units
+
+    def layer_folding(self) -> LayerFolding:
+        return LayerFolding(
+            pe=self.pe,
+            simd=self.simd,
+            ram_style=self.ram_style,
+            res_type=self.res_type,
+            buffer_style=self.buffer_style,
+        )
 
 
 def legal_foldings(layer: WeightLayer) -> tuple[np.ndarray, np.ndarray]:
@@ -104,7 +127,7 @@ class FoldingTable:
     layer: WeightLayer
     pe: np.ndarray
     simd: np.ndarray
-    resources: np.ndarray  # (foldings, 4): lut, bram18, uram, dsp (MVAU + window generator)
+    resources: np.ndarray  # (foldings, 4): core.resources.COLUMN order (MVAU + window generator)
     cycles: np.ndarray  # slowest of the MVAU and its window generator
     costs: np.ndarray  # (weightings, foldings)
     latency: np.ndarray  # their cycles added up
@@ -128,7 +151,7 @@ class FoldingTable:
             np.repeat(np.array([v[i] for v in variants], dtype=object), n) for i in range(3)
         )
         costs = layer_costs(layer, pe, simd, ram_style, res_type, buffer_style)
-        resources = sum(np.stack([c[r] for r in RESOURCES], axis=1) for c in costs.values())
+        resources = sum(np.stack([c[r] for r in NAMES], axis=1) for c in costs.values())
         per_node = np.stack([c["cycles"] for c in costs.values()])
         cycles, latency = per_node.max(axis=0), per_node.sum(axis=0)
         mvau = costs[layer.node]["cycles"]
@@ -141,7 +164,7 @@ class FoldingTable:
             folds.append(k)
         with np.errstate(divide="ignore", invalid="ignore"):
             share = np.where(resources > 0, resources / budget, 0.0)
-        weighted = np.array([(share * np.asarray(w)).sum(axis=1) for w in weightings]) + 1e-9 * resources[:, 0]
+        weighted = np.array([(share * np.asarray(w)).sum(axis=1) for w in weightings]) + 1e-9 * resources[:, COLUMN.lut]
         in_width, out_width = stream_widths(layer, pe, simd, mvau)
         return cls(
             layer,
@@ -161,7 +184,8 @@ class FoldingTable:
         )
 
     def index(self, pe: int, simd: int, ram_style: str, res_type: str, buffer_style: str = BUFFER_STYLES[0]) -> int:
-        """The folding (PE, SIMD, weight memory style, multiplier resource, line-buffer style)."""
+        """The folding (PE, SIMD, weight memory style, multiplier resource, line-buffer style),
+        as ``table.index(*choice)`` of a :class:`FoldingChoice`."""
         match = np.flatnonzero(
             (self.pe == pe)
             & (self.simd == simd)
@@ -177,6 +201,12 @@ class FoldingTable:
     def cost(self) -> np.ndarray:
         """The cost under the first weighting (every resource alike)."""
         return self.costs[0]
+
+    def choice(self, k: int) -> FoldingChoice:
+        """Folding ``k`` of the table."""
+        return FoldingChoice(
+            int(self.pe[k]), int(self.simd[k]), str(self.ram_style[k]), str(self.res_type[k]), str(self.buffer_style[k])
+        )
 
     def envelope(self, targets: np.ndarray, weightings: int | None = None) -> np.ndarray:
         """:meth:`cheapest` for the first ``weightings`` cost weightings (default: all) through

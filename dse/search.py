@@ -23,13 +23,14 @@ from pathlib import Path
 import numpy as np
 
 from exitflow.core.design import kept_exits
+from exitflow.core.resources import COLUMN, NAMES, Resources
 from exitflow.hls_templates.routing import gate_resources, merge_resources, record_fifo_resources
 from exitflow.hw.finn_flow import read_layers
 from exitflow.hw.folding import ID_BITS, record_fifo_for
 from exitflow.quant.policies import route, threshold_code
 
-from .finn_model import RESOURCES, dwc_luts, inventory
-from .folding import EXIT_WEIGHTINGS, FoldingTable
+from .finn_model import dwc_luts, inventory
+from .folding import EXIT_WEIGHTINGS, FoldingChoice, FoldingTable
 
 
 @dataclass(frozen=True, eq=False)
@@ -38,7 +39,7 @@ class GraphCost:
 
     name: str
     tables: tuple[FoldingTable, ...]
-    fixed: np.ndarray  # lut, bram18, uram, dsp of the nodes folding does not change
+    fixed: np.ndarray  # resources (core.resources.COLUMN order) of the nodes folding does not change
     fixed_cycles: float  # slowest of those nodes
     fixed_latency: float = 0.0  # their cycles added up
     edges: tuple = ()  # streams between units, where FINN puts width converters (finn_model.Inventory)
@@ -78,7 +79,7 @@ class GraphCost:
                 j = self._class(dst_kind, dst, dst_class, picks, folds)
                 lut = lut + table[i, j]
             resources = resources.copy()
-            resources[..., 0] += lut
+            resources[..., COLUMN.lut] += lut
         return resources, cycles, latency
 
     def pool_folds(self, picks: list[np.ndarray]) -> list[np.ndarray]:
@@ -128,7 +129,7 @@ class GraphCost:
 def graph_cost(folder: Path, part: str, budget: np.ndarray) -> GraphCost:
     layers = list(read_layers(folder / "layers.json", f"delete {folder.parent} and sweep again"))
     inv = inventory(folder / "model_hw.onnx", part, layers, folder.name)
-    fixed = np.array([sum(c[r] for c in inv.fixed.values()) for r in RESOURCES], dtype=float)
+    fixed = np.array([sum(c[r] for c in inv.fixed.values()) for r in NAMES], dtype=float)
     fixed_cycles = max([c["cycles"] for c in inv.fixed.values()], default=0.0)
     fixed_latency = float(sum(c["cycles"] for c in inv.fixed.values()))
     tables = tuple(
@@ -158,18 +159,19 @@ class Segment:
         if ending:
             unit = self.body.pools[ending[0]]
             table = self.body.tables[unit.governor]
-            k = int(self.body.pool_fold(ending[0], table.index(*folding[self.body.name][table.layer.layer])))
+            choice = FoldingChoice(*folding[self.body.name][table.layer.layer])
+            k = int(self.body.pool_fold(ending[0], table.index(*choice)))
             return self.folds * int(unit.fold[-1]) // int(unit.fold[k])
         if not self.last_pe or not self.body.tables:
             return self.folds
         layer = self.body.tables[-1].layer.layer
-        pe = folding[self.body.name][layer][0]
+        pe = FoldingChoice(*folding[self.body.name][layer]).pe
         return self.folds * self.last_pe // pe
 
     def gate(self, depth: int) -> np.ndarray:
         """LUT, BRAM18, URAM, DSP of a gate holding ``depth`` feature maps after this segment."""
         lut, bram = gate_resources(self.stream_bits, self.folds, depth)
-        return np.array([lut, bram, 0.0, 0.0])
+        return np.array(Resources(lut=lut, bram18=bram, uram=0.0, dsp=0.0))
 
 
 def routing_cost(segments: list[Segment], subset: tuple[int, ...], gate_depth: int) -> tuple[np.ndarray, np.ndarray]:
@@ -180,11 +182,16 @@ def routing_cost(segments: list[Segment], subset: tuple[int, ...], gate_depth: i
     kept = [*subset, len(segments) - 1]
     exit_bits = max(1, (len(kept) - 1).bit_length())
     record = ID_BITS + exit_bits + max(segments[k].record_bits for k in kept)
-    gates = np.array([segments[k].gate(gate_depth) for k in subset]).reshape(len(subset), 4)
+    gates = np.array([segments[k].gate(gate_depth) for k in subset]).reshape(len(subset), len(NAMES))
     word = 8 * (1 << (-(-record // 8) - 1).bit_length())  # the block design's record word (RecordFormat.word_bytes)
     lut, bram = record_fifo_resources(word, record_fifo_for(gate_depth if subset else 1))
     rest = np.array(
-        [2 * len(kept) * lut + (merge_resources(record, len(kept)) if subset else 0.0), 2 * len(kept) * bram, 0.0, 0.0]
+        Resources(
+            lut=2 * len(kept) * lut + (merge_resources(record, len(kept)) if subset else 0.0),
+            bram18=2 * len(kept) * bram,
+            uram=0.0,
+            dsp=0.0,
+        )
     )
     return gates, rest
 
@@ -196,12 +203,14 @@ class Candidate:
     target: float  # interval target, cycles per input sample
     fps: float
     accuracy: float  # validation split
-    resources: tuple[float, ...]  # lut, bram18, uram, dsp
+    resources: Resources
     reach: tuple[float, ...]
-    folding: dict = field(default_factory=dict, compare=False)  # layer -> (pe, simd), per stage/head
+    folding: dict = field(default_factory=dict, compare=False)  # layer -> FoldingChoice, per stage/head
     latency_us: tuple[float, ...] = ()  # to each kept exit
     stage_cycles: tuple[float, ...] = ()  # slowest unit of each stage (and its head), per sample
-    stage_resources: tuple[tuple[float, ...], ...] = ()  # lut, bram18, uram, dsp of each stage with its head
+    # of each stage with its head, in core.resources.COLUMN order: plain tuples, as the search
+    # makes them for every candidate (Resources(*r) reads one)
+    stage_resources: tuple[tuple[float, ...], ...] = ()
     mean_latency_us: float = 0.0  # over the samples' actual exits
     weighting: int = 0  # the cost weighting (dse.folding.WEIGHTINGS) that chose the folding
     head_cycles: tuple[float, ...] = ()  # slowest unit of each stage's head alone, per sample
@@ -254,9 +263,8 @@ def active_bound(
                 total += table.resources[idx]
             total += graph.fixed
         start = end + 1
-    over = np.flatnonzero(total > budget + 1e-9)
-    names = ("LUT", "BRAM18", "URAM", "DSP")
-    return f"resource budget ({', '.join(names[i] for i in over)})" if over.size else "the interval target grid"
+    over = Resources(*total.tolist()).over(budget)
+    return f"resource budget ({', '.join(over)})" if over else "the interval target grid"
 
 
 def undominated(accuracy: np.ndarray, reach: np.ndarray) -> np.ndarray:
@@ -280,21 +288,14 @@ def _subsets(n_early: int, max_exits: int):
 
 class LazyFolding(Mapping):
     """The folding of one candidate, built only when asked for (most candidates never are):
-    graph name -> {layer: (PE, SIMD, weight ram_style, multiplier resType, line-buffer style)}."""
+    graph name -> {layer: FoldingChoice (PE, SIMD, weight ram_style, multiplier resType, line-buffer style)}."""
 
     def __init__(self, picks: dict, row: int, column: tuple[int, int]):
         self._picks, self._row, self._column = picks, row, column
 
     def _build(self) -> dict:
         def pick(table, i):
-            k = i[(self._row, *self._column)]
-            return (
-                int(table.pe[k]),
-                int(table.simd[k]),
-                str(table.ram_style[k]),
-                str(table.res_type[k]),
-                str(table.buffer_style[k]),
-            )
+            return table.choice(i[(self._row, *self._column)])
 
         return {
             name: {table.layer.layer: pick(table, i) for table, i in zip(graph.tables, idx, strict=False)}
@@ -389,8 +390,8 @@ def _search(
         earlier: dict = {}  # gate depth -> what smaller headrooms gave (feasible, total, slowest)
         for headroom in tuple(headrooms) if subset else (1.0,):
             shape = (len(combos), n_w, n_t)
-            total = np.zeros((*shape, len(RESOURCES)))
-            per_stage = np.zeros((len(kept), *shape, len(RESOURCES)))
+            total = np.zeros((*shape, len(NAMES)))
+            per_stage = np.zeros((len(kept), *shape, len(NAMES)))
             interval = np.zeros(shape)
             slowest = np.zeros((len(kept), *shape))
             head_slowest = np.zeros((len(kept), *shape))
@@ -536,6 +537,7 @@ def _candidates(
         strict=False,
     )
     exits = tuple(subset)
+    vector = Resources._make  # looked up once: one call per candidate
     out = []
     for c, w, t, target, f, acc, res, r, lat, slow, stage_res, mean, head in rows:
         out.append(
@@ -545,7 +547,7 @@ def _candidates(
                 target=target,
                 fps=f,
                 accuracy=acc,
-                resources=tuple(res),
+                resources=vector(res),
                 reach=tuple(r),
                 folding=LazyFolding(picks, c, (w, t)),
                 latency_us=tuple(lat),
@@ -563,7 +565,8 @@ def _candidates(
 
 def objectives(c: Candidate) -> tuple[float, ...]:
     """What the front trades, all to be maximised: throughput, accuracy, -LUT, -BRAM18, -DSP."""
-    return (c.fps, c.accuracy, -c.resources[0], -c.resources[1], -c.resources[3])
+    lut, bram18, _, dsp = c.resources  # a Resources, or any (lut, bram18, uram, dsp)
+    return (c.fps, c.accuracy, -lut, -bram18, -dsp)
 
 
 def pareto(candidates: list[Candidate]) -> list[Candidate]:

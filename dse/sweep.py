@@ -23,9 +23,10 @@ import numpy as np
 import yaml
 
 from exitflow.core.catalogue import get_board
-from exitflow.core.design import OBJECTIVES, Design, ExitHead, LayerFolding, Stage, kept_exits, save_design
+from exitflow.core.design import OBJECTIVES, Design, ExitHead, Stage, kept_exits, save_design
 from exitflow.core.errors import ConfigError, ExitflowError
 from exitflow.core.files import atomic_write, user_path
+from exitflow.core.resources import LABELS, Resources
 from exitflow.core.schema import FrozenMap
 from exitflow.dse import finn_model
 from exitflow.hls_templates.registry import register_finn_ops
@@ -56,7 +57,7 @@ class SweepResult:
     fps_with_gates: float
     bound: str  # what keeps the chosen design from being faster
     sensitivity: dict  # fps when every p_k moves by -5 / +5 percentage points
-    budget: tuple  # lut, bram18, uram, dsp available to the design
+    budget: Resources  # available to the design
     finn_baseline: dict | None  # FINN's SetFolding without exits, judged by FINN's estimator
     front_bounds: list = field(default_factory=list)  # active bound of each front design
     candidates: list = field(default_factory=list, repr=False)  # every design that fits
@@ -149,13 +150,14 @@ def sweep(
         inventory_design.write_text(text)
         log("building every candidate stage and head once to take FINN's estimates")
         build(run_dir, inventory_design, log=lambda line: None, hw_dir=out / "inventory", vivado_project=None)
-    budget = np.array(board.available.as_tuple(), dtype=float)[[0, 2, 3, 4]] * util  # lut, bram18, uram, dsp
+    budget = Resources.of(board.available).scaled(util)
+    limits = np.array(budget)  # the budget as the vectorised search takes it
     segments = [
         Segment(
             model.exit_names[k],
             tuple(b),
-            graph_cost(out / "inventory" / f"seg{k}", board.part, budget),
-            graph_cost(out / "inventory" / f"head{k}", board.part, budget),
+            graph_cost(out / "inventory" / f"seg{k}", board.part, limits),
+            graph_cost(out / "inventory" / f"head{k}", board.part, limits),
             *_streams(out / "inventory", k),
         )
         for k, b in enumerate(blocks)
@@ -175,7 +177,7 @@ def sweep(
         prof["scales"],
         policy,
         list(MAX_PROB_THRESHOLDS),
-        budget,
+        limits,
         board.clock_mhz,
         max_exits=max_exits,
         stats=stats,
@@ -266,17 +268,17 @@ def sweep(
         # throughput with finite gates is at most its unbounded-gate throughput, so going down the
         # designs by the latter and stopping once it falls below the best simulated so far finds
         # the best design with finite gates exactly (branch and bound)
-        ranked = sorted(eligible, key=lambda c: (c.fps, c.accuracy, -c.resources[0]), reverse=True)
+        ranked = sorted(eligible, key=lambda c: (c.fps, c.accuracy, -c.resources.lut), reverse=True)
         chosen, best = ranked[0], -1.0
         for c in ranked:
             if c.fps < best:
                 break
             fps = gated_alike(c)
-            if (fps, c.accuracy, -c.resources[0]) > (best, chosen.accuracy, -chosen.resources[0]):
+            if (fps, c.accuracy, -c.resources.lut) > (best, chosen.accuracy, -chosen.resources.lut):
                 chosen, best = c, fps
     else:
         chosen = min(eligible, key=lambda c: (c.mean_latency_us, -c.fps, -c.accuracy))
-    best_no_exit = max(no_exit, key=lambda c: (c.fps, -c.resources[0]))
+    best_no_exit = max(no_exit, key=lambda c: (c.fps, -c.resources.lut))
     equal, equal_fps = _equal_throughput(eligible, best_no_exit.fps, gated_alike)
     # deeper gates where the budget has room and bursts of hard samples still stall a stage
     depth = chosen.gate_depth
@@ -291,7 +293,7 @@ def sweep(
             if gated(chosen, depth) >= chosen.fps * 0.999:
                 break
             gates, rest = outside(deeper)
-            if np.any(base + gates.sum(axis=0) + rest > budget + 1e-9):
+            if np.any(base + gates.sum(axis=0) + rest > limits + 1e-9):
                 break
             if gated(chosen, deeper) < gated(chosen, depth) * 1.005:
                 break  # deeper gates no longer pay
@@ -302,12 +304,12 @@ def sweep(
         extra, extra_rest = gates - searched[0], rest - searched[1]
         last = len(chosen.stage_resources) - 1
         stages = [
-            tuple(np.add(r, extra[s] if s < last else extra_rest).tolist())
+            Resources(*np.add(r, extra[s] if s < last else extra_rest).tolist())
             for s, r in enumerate(chosen.stage_resources)
         ]
         chosen = replace(
             chosen,
-            resources=tuple(np.add(chosen.resources, extra.sum(axis=0) + extra_rest).tolist()),
+            resources=Resources(*np.add(chosen.resources, extra.sum(axis=0) + extra_rest).tolist()),
             stage_resources=tuple(stages),
             gate_depth=depth,
         )
@@ -346,7 +348,7 @@ def sweep(
         gated_fps,
         active_bound(chosen, segments, budget, gate_depth=depth),
         drift,
-        tuple(budget.tolist()),
+        budget,
         finn_baseline,
         gate_depth=depth,
         equal_throughput=equal,
@@ -377,7 +379,8 @@ def _equal_throughput(eligible: list[Candidate], target_fps: float, gated_fps) -
     it, fewest LUTs first, each simulated with its gates (``gated_fps``) until one does (at most
     :data:`EQUAL_THROUGHPUT_RUNS` simulations)."""
     matching = sorted(
-        (c for c in eligible if c.exits and c.fps >= target_fps), key=lambda c: (c.resources[0], c.resources[1], -c.fps)
+        (c for c in eligible if c.exits and c.fps >= target_fps),
+        key=lambda c: (c.resources.lut, c.resources.bram18, -c.fps),
     )
     runs = 0
     for c in matching:
@@ -423,10 +426,7 @@ def _as_json(c: Candidate, names: list[str], clock_mhz: float) -> dict:
         "thresholds": list(c.thresholds),
         "fps": c.fps,
         "val_accuracy": c.accuracy,
-        "lut": c.resources[0],
-        "bram18": c.resources[1],
-        "uram": c.resources[2],
-        "dsp": c.resources[3],
+        **c.resources.as_dict(),
         "interval_cycles": c.target,
         "reach": list(c.reach),
         "gate_depth": c.gate_depth if c.exits else None,
@@ -443,7 +443,7 @@ def _write(out: Path, r: SweepResult, segments, model, backbone: str, board, bud
     report = {
         "board": board.name,
         "utilisation_cap": util,
-        "budget": dict(zip(("lut", "bram18", "uram", "dsp"), budget.tolist(), strict=False)),
+        "budget": budget.as_dict(),
         "chosen": {
             **_as_json(r.chosen, names, board.clock_mhz),
             "test_accuracy": r.test_accuracy,
@@ -451,9 +451,7 @@ def _write(out: Path, r: SweepResult, segments, model, backbone: str, board, bud
             "fps_with_gates_on_test_traffic": r.fps_with_gates_test,
             "gate_depth": r.gate_depth if r.chosen.exits else None,
             "gain_with_gates": r.gain_with_gates,
-            "stage_resources": [
-                dict(zip(("lut", "bram18", "uram", "dsp"), res, strict=False)) for res in r.chosen.stage_resources
-            ],
+            "stage_resources": [Resources(*res).as_dict() for res in r.chosen.stage_resources],
             "active_bound": r.bound,
             "fps_if_reach_minus_5pp": r.sensitivity["minus"],
             "fps_if_reach_plus_5pp": r.sensitivity["plus"],
@@ -464,7 +462,7 @@ def _write(out: Path, r: SweepResult, segments, model, backbone: str, board, bud
             {
                 **_as_json(r.equal_throughput, names, board.clock_mhz),
                 "fps_with_gates": r.equal_throughput_fps,
-                "lut_fraction": r.equal_throughput.resources[0] / r.no_exit.resources[0],
+                "lut_fraction": r.equal_throughput.resources.lut / r.no_exit.resources.lut,
             }
             if r.equal_throughput is not None
             else None
@@ -492,14 +490,10 @@ def _design(c: Candidate, segments, backbone: str, board, gate_depth: int = GATE
         folding = {}
         for seg in segments[start : end + 1]:
             folding.update(
-                {
-                    layer: LayerFolding(pe=pe, simd=simd, ram_style=style, res_type=mult, buffer_style=buffer)
-                    for layer, (pe, simd, style, mult, buffer) in c.folding.get(seg.body.name, {}).items()
-                }
+                {layer: choice.layer_folding() for layer, choice in c.folding.get(seg.body.name, {}).items()}
             )
         head_fold = {
-            layer: LayerFolding(pe=pe, simd=simd, ram_style=style, res_type=mult, buffer_style=buffer)
-            for layer, (pe, simd, style, mult, buffer) in c.folding.get(segments[end].head.name, {}).items()
+            layer: choice.layer_folding() for layer, choice in c.folding.get(segments[end].head.name, {}).items()
         }
         name = f"exit_{segments[end].exit}".replace(".", "_") if not last else "final"
         stages.append(
@@ -531,7 +525,7 @@ def _plots(out: Path, r: SweepResult, names: list[str]) -> None:
     sc = ax.scatter(
         [c.fps for c in front],
         [100 * c.accuracy for c in front],
-        c=[c.resources[0] for c in front],
+        c=[c.resources.lut for c in front],
         cmap="viridis",
         s=18,
         label="Pareto front (colour: LUT)",
@@ -565,7 +559,7 @@ def _plots(out: Path, r: SweepResult, names: list[str]) -> None:
             marker="^",
             color="magenta",
             s=60,
-            label=f"matches the no-exit throughput: {e.resources[0] / r.no_exit.resources[0]:.0%} of its LUTs",
+            label=f"matches the no-exit throughput: {e.resources.lut / r.no_exit.resources.lut:.0%} of its LUTs",
         )
     ax.set(xscale="log", xlabel="throughput (samples/s)", ylabel="validation accuracy (%)", title="Design space")
     ax.grid(alpha=0.3, which="both")
@@ -573,16 +567,16 @@ def _plots(out: Path, r: SweepResult, names: list[str]) -> None:
     atomic_write(out / "pareto.png", lambda p: fig.savefig(p, dpi=110, format="png"))
     plt.close(fig)
     fig, axes = plt.subplots(1, 3, figsize=(10, 3.6), constrained_layout=True)
-    stages = r.chosen.stage_resources
+    stages = [Resources(*res) for res in r.chosen.stage_resources]
     stage_names = [f"stage {k}" for k in range(len(stages))]
-    for ax, (label, i) in zip(axes, (("LUT", 0), ("BRAM18", 1), ("DSP", 3)), strict=False):
+    for ax, key in zip(axes, ("lut", "bram18", "dsp"), strict=False):
         bottom = 0.0
         for name, res in zip(stage_names, stages, strict=False):
-            ax.bar(["chosen"], [res[i]], bottom=bottom, label=name)
-            bottom += res[i]
-        ax.bar(["no exits"], [r.no_exit.resources[i]], color="grey", label="best without exits")
-        ax.axhline(r.budget[i], color="red", linestyle="--", label="budget")
-        ax.set_title(label)
+            ax.bar(["chosen"], [getattr(res, key)], bottom=bottom, label=name)
+            bottom += getattr(res, key)
+        ax.bar(["no exits"], [getattr(r.no_exit.resources, key)], color="grey", label="best without exits")
+        ax.axhline(getattr(r.budget, key), color="red", linestyle="--", label="budget")
+        ax.set_title(getattr(LABELS, key))
     axes[0].legend(fontsize=7)
     fig.suptitle("Resources per stage (with its head) against the board budget")
     atomic_write(out / "resources.png", lambda p: fig.savefig(p, dpi=110, format="png"))

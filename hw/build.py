@@ -25,6 +25,7 @@ from exitflow.core.catalogue import get_board
 from exitflow.core.design import Design, gate_depth_limit, kept_exits, load_design, memory_bits
 from exitflow.core.errors import ConfigError, check_interrupt
 from exitflow.core.files import atomic_write, user_path
+from exitflow.core.resources import Resources
 from exitflow.hls_templates.registry import register_finn_ops
 from exitflow.hw import finn_flow
 from exitflow.hw.folding import check_folding, stream_words
@@ -85,15 +86,15 @@ class GraphReport:
 def _summarise(name: str, kind: str, folder: Path) -> GraphReport:
     resources = json.loads((folder / "estimate_layer_resources.json").read_text())
     cycles = json.loads((folder / "estimate_layer_cycles.json").read_text())
-    total = lambda key: sum(r.get(key, 0) for r in resources.values())  # noqa: E731
+    total = Resources.total(Resources.from_finn(r) for r in resources.values())
     return GraphReport(
         name,
         kind,
-        total("LUT"),
-        total("FF"),
-        int(total("BRAM_18K")),
-        int(total("URAM")),
-        int(total("DSP")),
+        total.lut,
+        sum(r.get("FF", 0) for r in resources.values()),  # flip-flops: not in a resource vector
+        int(total.bram18),
+        int(total.uram),
+        int(total.dsp),
         int(max(cycles.values())),
         len(resources),
     )
