@@ -41,10 +41,6 @@ def match_design(design: Design, config, model, source: str) -> list[str]:
             f"{source}: model: the design is for {design.model!r}, the run folder holds a "
             f"{config.model.backbone!r} model"
         )
-    # torch (a Brevitas module class): hw.build stays light to import (cosim and the report use it)
-    from exitflow.quant.custom import CustomMultiExitNet
-
-    custom = isinstance(model, CustomMultiExitNet)
     ends = [stage.blocks[-1] for stage in design.stages]
     for k, (stage, end) in enumerate(zip(design.stages, ends, strict=False)):
         last = k == len(design.stages) - 1
@@ -58,12 +54,9 @@ def match_design(design: Design, config, model, source: str) -> list[str]:
                 f"{source}: stages[{k}].blocks: the model has no exit after {end!r}; "
                 f"candidate exits: {', '.join(model.exit_names[:-1])}"
             )
-    if not custom:
-        flat = [b for stage in design.stages for b in stage.blocks]
-        if flat != model.block_names:
-            raise ConfigError(
-                f"{source}: stages: the blocks {flat} must be the model's blocks in order: {model.block_names}"
-            )
+    mismatch = model.blocks_mismatch([list(stage.blocks) for stage in design.stages])
+    if mismatch:
+        raise ConfigError(f"{source}: stages: {mismatch}")
     names = [s.name for s in design.stages] + [h.name for h in design.heads]
     clash = sorted({n for n in names if names.count(n) > 1})
     if clash:
@@ -121,7 +114,7 @@ def build(
 
     config, model, data = ckpt.load_model(run_dir)
     exits = match_design(design, config, model, str(design_path))
-    chosen = [*exits, model.exit_names[-1]]
+    chosen = model.kept_exits(exits)
     stage_layers, head_layers = layer_table(model, chosen)
     for k, stage in enumerate(design.stages):
         check_folding(f"{design_path}: stages[{k}].folding", stage.folding, stage_layers[k], f"stage {stage.name!r}")
