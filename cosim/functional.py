@@ -71,7 +71,7 @@ class Built:
     design_path: Path
     design: object  # exitflow.core.design.Design
     config: object  # RunConfig
-    model: object  # MultiExitNet
+    model: object  # a quant.model.MultiExitModel
     exits: list[str]  # the model's exits the design keeps, the final one last
     graphs: list[tuple[Graph, Graph]]  # (stage k, head k)
     ctu: list[object]  # CTUParams of every head
@@ -138,7 +138,7 @@ def load_built(run_dir: str | Path, design_path: str | Path | None = None) -> Bu
 
     config, model, _ = ckpt.load_model(run_dir)
     early = match_design(design, config, model, str(design_path))
-    exits = [*early, model.exit_names[-1]]
+    exits = model.kept_exits(early)
     hw = run_dir / "hw"
     rebuild = f"build it with `exitflow build {run_dir} --design {design_path}`"
     if not is_finished(hw):
@@ -370,11 +370,10 @@ def _layer_outputs(built: Built, image: np.ndarray) -> dict[tuple[int, str, str]
     import torch
 
     # torch: the Brevitas model's layer outputs
-    from exitflow.quant.network import MultiExitNet
     from exitflow.quant.train import to_input
 
     model = built.model
-    if not isinstance(model, MultiExitNet):
+    if model.stages_cut_from_whole:  # its stages do not run on their own (no stage_modules)
         return {}
     hooks, found = [], {}
 

@@ -29,10 +29,8 @@ def finn_setfolding_baseline(
     meanwhile (SetFolding warns about every op it does not know) goes to ``run_dir/log/finn.log``."""
     from qonnx.core.modelwrapper import ModelWrapper
 
-    from exitflow.quant.custom import CustomMultiExitNet  # torch
-
     register_finn_ops()
-    blocks = [model.exit_names[-1]] if isinstance(model, CustomMultiExitNet) else list(model.block_names)
+    blocks = model.stage_blocks(model.kept_exits([]))[0]  # one stage: the whole network
     design = {
         "model": config.model.backbone,
         "board": board.name,

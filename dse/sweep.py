@@ -78,20 +78,10 @@ class SweepResult:
 
 def _segments_design(model, config, board_name: str) -> tuple[dict, list[list[str]]]:
     """The design keeping every candidate exit, and the blocks of each segment."""
-    # torch (a Brevitas module class): dse.sweep itself stays light to import
-    from exitflow.quant.custom import CustomMultiExitNet
-
     exits = model.exit_names
-    if isinstance(model, CustomMultiExitNet):
-        blocks = [[e] for e in exits]
-    else:
-        names, blocks, start = model.block_names, [], 0
-        for e in exits:
-            end = names.index(e) + 1
-            blocks.append(names[start:end])
-            start = end
+    blocks = model.stage_blocks(exits)
     stages = []
-    for k, (e, b) in enumerate(zip(exits, blocks, strict=False)):
+    for k, b in enumerate(blocks):
         last = k == len(exits) - 1
         stage = {"name": f"seg{k}", "blocks": b, "head": {"name": f"head{k}"}}
         if not last:

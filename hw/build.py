@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from exitflow.core.catalogue import get_board
-from exitflow.core.design import Design, gate_depth_limit, kept_exits, load_design, memory_bits
+from exitflow.core.design import Design, gate_depth_limit, load_design, memory_bits
 from exitflow.core.errors import ConfigError, check_interrupt
 from exitflow.core.files import atomic_write, user_path
 from exitflow.core.resources import Resources
@@ -40,10 +40,6 @@ def match_design(design: Design, config, model, source: str) -> list[str]:
             f"{source}: model: the design is for {design.model!r}, the run folder holds a "
             f"{config.model.backbone!r} model"
         )
-    # torch (a Brevitas module class): hw.build stays light to import (cosim and the report use it)
-    from exitflow.quant.custom import CustomMultiExitNet
-
-    custom = isinstance(model, CustomMultiExitNet)
     ends = [stage.blocks[-1] for stage in design.stages]
     for k, (stage, end) in enumerate(zip(design.stages, ends, strict=False)):
         last = k == len(design.stages) - 1
@@ -57,12 +53,9 @@ def match_design(design: Design, config, model, source: str) -> list[str]:
                 f"{source}: stages[{k}].blocks: the model has no exit after {end!r}; "
                 f"candidate exits: {', '.join(model.exit_names[:-1])}"
             )
-    if not custom:
-        flat = [b for stage in design.stages for b in stage.blocks]
-        if flat != model.block_names:
-            raise ConfigError(
-                f"{source}: stages: the blocks {flat} must be the model's blocks in order: {model.block_names}"
-            )
+    mismatch = model.blocks_mismatch([list(stage.blocks) for stage in design.stages])
+    if mismatch:
+        raise ConfigError(f"{source}: stages: {mismatch}")
     names = [s.name for s in design.stages] + [h.name for h in design.heads]
     clash = sorted({n for n in names if names.count(n) > 1})
     if clash:
@@ -120,7 +113,7 @@ def build(
 
     config, model, data = ckpt.load_model(run_dir)
     exits = match_design(design, config, model, str(design_path))
-    chosen = kept_exits(exits, model.exit_names[-1])
+    chosen = model.kept_exits(exits)
     stage_layers, head_layers = layer_table(model, chosen)
     for k, stage in enumerate(design.stages):
         check_folding(f"{design_path}: stages[{k}].folding", stage.folding, stage_layers[k], f"stage {stage.name!r}")

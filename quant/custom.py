@@ -20,6 +20,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from exitflow.core.design import kept_exits
 from exitflow.core.errors import ConfigError
 
 from .heads import build_head
@@ -179,6 +180,34 @@ class CustomMultiExitNet(nn.Module):
 
     def head(self, name: str) -> nn.Module:
         return self.heads[_key(name)]
+
+    # -- the MultiExitModel protocol (quant/model.py) ------------------------------------------
+
+    stages_cut_from_whole = True  # the backbone runs whole, read by hooks: one export, cut at the exits
+
+    def kept_exits(self, exits: list[str]) -> list[str]:
+        return kept_exits([e for e in self.exit_names[:-1] if e in exits], self.exit_names[-1])
+
+    def stage_blocks(self, kept: list[str]) -> list[list[str]]:
+        """A stage of the user's model is named by the exit it ends at (the classifier for the last)."""
+        return [[e] for e in kept]
+
+    def stage_layers(self, kept: list[str]) -> list[list[tuple[str, nn.Module]]]:
+        """The backbone's modules after exit k-1 up to (not including) exit k, by module name."""
+        order = [n for n, _ in self.backbone.named_modules() if n]
+        modules = dict(self.backbone.named_modules())
+        out, start = [], 0
+        for e in kept:
+            end = order.index(e)
+            out.append([(name, modules[name]) for name in order[start:end]])
+            start = end + 1
+        return out
+
+    def blocks_mismatch(self, stage_blocks: list[list[str]]) -> str | None:
+        return None  # a stage is cut at the exit it ends with; the names before it are not used
+
+    def exit_head(self, name: str) -> nn.Module:
+        return self.head(name)  # already starts with the exit's quantiser
 
     # -- training ------------------------------------------------------------------------------
 

@@ -27,7 +27,7 @@ from exitflow.core.errors import ConfigError
 from exitflow.core.files import user_path
 
 from . import checkpoint as ckpt
-from .custom import CustomMultiExitNet
+from .model import MultiExitModel
 from .network import MultiExitNet
 
 
@@ -79,7 +79,7 @@ def is_linear_graph(model) -> bool:
     return bool(data_nodes) and graph.output[0].name in live
 
 
-def export_stages(model, exits: list[str], out_dir: str | Path, example: torch.Tensor) -> dict:
+def export_stages(model: MultiExitModel, exits: list[str], out_dir: str | Path, example: torch.Tensor) -> dict:
     """Write stage and head QONNX files for ``exits`` into ``out_dir``; returns the manifest.
 
     ``model`` is a built-in :class:`MultiExitNet` (each stage exported from its own modules) or a
@@ -95,30 +95,29 @@ def export_stages(model, exits: list[str], out_dir: str | Path, example: torch.T
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     model.eval()
-    chosen = [e for e in model.exit_names if e in exits or e == model.exit_names[-1]]
+    chosen = model.kept_exits(exits)
     x = example[:1].float()
     with torch.no_grad():
         try:
-            if isinstance(model, CustomMultiExitNet):
-                features = _cut_custom(model, chosen, x, tmp)
-            else:
-                features = _builtin_stages(model, chosen, x, tmp)
+            cut = _cut_custom if model.stages_cut_from_whole else _builtin_stages
+            features = cut(model, chosen, x, tmp)
         except ConfigError:  # a layer exitflow cannot map: leave nothing half-written behind
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         manifest = {"exits": chosen, "stages": [], "heads": []}
         inputs = [x, *features[:-1]]
+        blocks, layers = model.stage_blocks(chosen), _stage_layers(model, chosen)
         for k, exit_name in enumerate(chosen):
-            head = model.head(exit_name) if isinstance(model, CustomMultiExitNet) else model.stage_modules(chosen)[k][1]
+            head = model.exit_head(exit_name)
             _export(head, features[k], tmp / f"head{k}.onnx")
             logits = head(features[k])
             manifest["stages"].append(
                 {
                     "file": f"stage{k}.onnx",
-                    "blocks": _blocks(model, chosen, k),
+                    "blocks": blocks[k],
                     "input_shape": list(inputs[k].shape[1:]),
                     "output_shape": list(features[k].shape[1:]),
-                    "layers": _stage_layers(model, chosen, k),
+                    "layers": layers[k],
                 }
             )
             manifest["heads"].append(
@@ -136,15 +135,6 @@ def export_stages(model, exits: list[str], out_dir: str | Path, example: torch.T
         shutil.rmtree(out_dir)
     tmp.replace(out_dir)
     return manifest
-
-
-def _blocks(model, chosen: list[str], k: int) -> list[str]:
-    """What stage k holds: block names (built-in) or the exits it runs between (custom)."""
-    if isinstance(model, CustomMultiExitNet):
-        return [chosen[k]]
-    names = model.block_names
-    start = 0 if k == 0 else names.index(chosen[k - 1]) + 1
-    return names[start : names.index(chosen[k]) + 1]
 
 
 def _weight_layer(name: str, module) -> dict | None:
@@ -166,37 +156,19 @@ def _weight_layer(name: str, module) -> dict | None:
     return {"name": name, "mw": module.in_features, "mh": module.out_features, "wbits": wbits}
 
 
-def _stage_layers(model, chosen: list[str], k: int) -> list[dict]:
-    """The weight layers of stage k, named as folding keys: block names (built-in) or module
+def _stage_layers(model: MultiExitModel, chosen: list[str]) -> list[list[dict]]:
+    """The weight layers of every stage, named as folding keys: block names (built-in) or module
     names (custom backbone)."""
-    layers = []
-    if isinstance(model, CustomMultiExitNet):
-        order = [n for n, _ in model.backbone.named_modules() if n]
-        modules = dict(model.backbone.named_modules())
-        start = 0 if k == 0 else order.index(chosen[k - 1]) + 1
-        end = order.index(model.classifier_name if chosen[k] == model.classifier_name else chosen[k])
-        for name in order[start:end]:
-            layer = _weight_layer(name, modules[name])
-            if layer:
-                layers.append(layer)
-        return layers
-    for block in _blocks(model, chosen, k):
-        for module in model.blocks[block].modules():
-            layer = _weight_layer(block, module)
-            if layer:
-                layers.append(layer)
-    return layers
+    return [
+        [layer for name, module in stage if (layer := _weight_layer(name, module))]
+        for stage in model.stage_layers(chosen)
+    ]
 
 
-def layer_table(model, chosen: list[str]) -> tuple[list[list[dict]], list[list[dict]]]:
+def layer_table(model: MultiExitModel, chosen: list[str]) -> tuple[list[list[dict]], list[list[dict]]]:
     """(weight layers of every stage, of every head) for the exits ``chosen`` (the final exit
     last), known before anything is exported: what folding is checked against."""
-    stages = [_stage_layers(model, chosen, k) for k in range(len(chosen))]
-    if isinstance(model, CustomMultiExitNet):
-        heads = [_head_layers(model.head(e)) for e in chosen]
-    else:
-        heads = [_head_layers(model.heads[e]) for e in chosen]
-    return stages, heads
+    return _stage_layers(model, chosen), [_head_layers(model.head(e)) for e in chosen]
 
 
 def _head_layers(head) -> list[dict]:

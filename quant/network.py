@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from exitflow.core.design import kept_exits
 from exitflow.core.errors import ConfigError
 
 from .custom import CustomMultiExitNet, load_factory
@@ -191,6 +192,38 @@ class MultiExitNet(nn.Module):
     def head(self, name: str) -> nn.Module:
         return self.heads[name]
 
+    # -- the MultiExitModel protocol (quant/model.py) ------------------------------------------
+
+    stages_cut_from_whole = False  # every stage is its own modules (stage_modules)
+
+    def kept_exits(self, exits: list[str]) -> list[str]:
+        return kept_exits([e for e in self.exit_names[:-1] if e in exits], self.exit_names[-1])
+
+    def stage_blocks(self, kept: list[str]) -> list[list[str]]:
+        """The blocks after exit k-1 up to exit k, for every kept exit k."""
+        out, start, names = [], 0, self.block_names
+        for e in kept:
+            end = names.index(e) + 1
+            out.append(names[start:end])
+            start = end
+        return out
+
+    def stage_layers(self, kept: list[str]) -> list[list[tuple[str, nn.Module]]]:
+        """Every module of a stage's blocks, named by its block (a block's folding key)."""
+        return [
+            [(block, module) for block in blocks for module in self.blocks[block].modules()]
+            for blocks in self.stage_blocks(kept)
+        ]
+
+    def blocks_mismatch(self, stage_blocks: list[list[str]]) -> str | None:
+        flat = [b for blocks in stage_blocks for b in blocks]
+        if flat != self.block_names:
+            return f"the blocks {flat} must be the model's blocks in order: {self.block_names}"
+        return None
+
+    def exit_head(self, name: str) -> nn.Sequential:
+        return nn.Sequential(self.boundary_quantiser(name), self.heads[name]).train(self.training)
+
     def frozen_prefixes(self) -> tuple[str, ...]:
         """State-dict prefixes of what exits-only training keeps fixed: the backbone, the final exit."""
         return ("input_quant.", "blocks.", f"heads.{self.exit_names[-1]}.")
@@ -206,18 +239,15 @@ class MultiExitNet(nn.Module):
         """(stage k, head k) for the chosen exits (the final exit is always added): stage k runs the
         blocks after exit k-1 up to exit k. Each starts by re-applying the quantiser of what it
         receives, which is idempotent on already-quantised values, so its graph has a quantised input."""
-        chosen = [e for e in self.exit_names if e in set(exits)] + [self.exit_names[-1]]
-        chosen = list(dict.fromkeys(chosen))
+        chosen = self.kept_exits(exits)
         for e in exits:
             if e not in self.heads:
                 raise ValueError(f"no exit head after block {e!r}; candidate exits: {', '.join(self.exit_names)}")
-        out, prev, names = [], None, self.block_names
-        for e in chosen:
-            start = 0 if prev is None else names.index(prev) + 1
-            blocks = [self.blocks[n] for n in names[start : names.index(e) + 1]]
+        out, prev = [], None
+        for e, names in zip(chosen, self.stage_blocks(chosen), strict=True):
+            blocks = [self.blocks[n] for n in names]
             stage = nn.Sequential(self.boundary_quantiser(prev), *blocks).train(self.training)
-            head = nn.Sequential(self.boundary_quantiser(e), self.heads[e]).train(self.training)
-            out.append((stage, head))
+            out.append((stage, self.exit_head(e)))
             prev = e
         return out
 
