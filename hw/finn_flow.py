@@ -33,7 +33,7 @@ import numpy as np
 from exitflow.core.design import LayerFolding
 from exitflow.core.errors import ConfigError, ExitflowError, check_interrupt
 from exitflow.hls_templates.registry import register_finn_ops
-from exitflow.hw.folding import _window_attrs, divisors, fold_pools, folding_violation, window_fold
+from exitflow.hw.folding import _window_attrs, divisors, folding_violation, pool_folding, scratch_op, window_fold
 
 HW_ATTRS = ["PE", "SIMD", "ram_style", "ram_style_thresholds", "mem_mode", "resType", "impl_style", "parallel_window"]
 WEIGHT_OPS = ("MVAU", "VVAU")
@@ -366,11 +366,14 @@ def default_folding(mw: int, channels: int | None = None):
     return LayerFolding(pe=1, simd=simd)
 
 
-def apply_folding(model, state: FlowState):
-    """PE/SIMD/ram_style per layer name onto the k-th MVAU; the sliding-window generator feeding
+def folding_config(model, state: FlowState) -> dict:
+    """The graph's folding as a FINN folding config, ``{node name: {attribute: value}, "Defaults": {}}``
+    with FINN's attribute names: every node's :data:`HW_ATTRS` as they are, over which PE/SIMD/
+    ram_style/resType per layer name go onto the k-th MVAU; the sliding-window generator feeding
     an MVAU gets the smallest SIMD that keeps up with it (or FINN's parallel-window mode); each
     pooling unit the narrowest fold that keeps up with the convolution it follows; the line
-    buffers of both generators in the layer's ``buffer_style``."""
+    buffers of both generators in the layer's ``buffer_style``. The graph is not changed."""
+    from finn.util.config import extract_model_config
     from qonnx.custom_op.registry import getCustomOp
 
     nodes = list(model.graph.node)
@@ -380,6 +383,7 @@ def apply_folding(model, state: FlowState):
             f"{state.where}: the graph has {len(weight_nodes)} weight layers but the model lists "
             f"{len(state.layers)} ({', '.join(state.layers)}); was the stage exported from this model?"
         )
+    config = extract_model_config(model, subgraph_hier=None, attr_names_to_extract=HW_ATTRS)
     buffers = {}
     for layer, node in zip(state.layers, weight_nodes, strict=False):
         state.layer_nodes[layer] = node.name
@@ -389,25 +393,38 @@ def apply_folding(model, state: FlowState):
         channels = getCustomOp(producer).get_nodeattr("IFMChannels") if window else None
         fold = state.folding.get(layer) or default_folding(inst.get_nodeattr("MW"), channels)
         buffers[node.name] = fold.buffer_style
-        inst.set_nodeattr("PE", fold.pe)
-        inst.set_nodeattr("SIMD", fold.simd)
+        attrs = {"PE": fold.pe, "SIMD": fold.simd}
         if "ram_style" in inst.get_nodeattr_types():
-            inst.set_nodeattr("ram_style", fold.ram_style)
+            attrs["ram_style"] = fold.ram_style
         if node.op_type.endswith("_hls") and "resType" in inst.get_nodeattr_types():
-            inst.set_nodeattr("resType", fold.res_type)  # an RTL MVAU always uses DSP slices
+            attrs["resType"] = fold.res_type  # an RTL MVAU always uses DSP slices
+        config.setdefault(node.name, {}).update(attrs)
         if window:
             # the generator's own SIMD: the smallest that keeps up with the MVAU, or FINN's
             # parallel-window mode (exitflow.hw.folding.window_fold); a width converter
             # joins the two (insert_width_converters)
-            swg = getCustomOp(producer)
-            simd, wide = window_fold(_window_attrs(swg), np.array([inst.get_exp_cycles()]))
-            swg.set_nodeattr("parallel_window", int(wide[0]))
-            swg.set_nodeattr("SIMD", int(simd[0]))
-            swg.set_nodeattr("ram_style", fold.buffer_style)
+            mvau_cycles = scratch_op(node, attrs).get_exp_cycles()
+            simd, wide = window_fold(_window_attrs(getCustomOp(producer)), np.array([mvau_cycles]))
+            config.setdefault(producer.name, {}).update(
+                parallel_window=int(wide[0]), SIMD=int(simd[0]), ram_style=fold.buffer_style
+            )
     # pooling units (window generator and Pool) take the narrowest fold that keeps up with the
     # convolution they follow (exitflow.hw.folding.pick_pool)
-    fold_pools(model, buffers)
-    return model
+    for name, attrs in pool_folding(model, config, buffers).items():
+        config.setdefault(name, {}).update(attrs)
+    return config
+
+
+def apply_folding(model, state: FlowState):
+    """The graph's :func:`folding_config` through FINN's ApplyConfig, the same dict written to
+    ``out/folding_config.json``: what is written is what was applied (FINN's own builder accepts
+    the file unchanged as ``folding_config_file``)."""
+    from finn.transformation.general import ApplyConfig
+
+    config = folding_config(model, state)
+    state.out.mkdir(parents=True, exist_ok=True)
+    (state.out / "folding_config.json").write_text(json.dumps(config, indent=2))
+    return model.transform(ApplyConfig(config))
 
 
 def minimize_bit_width(model, state: FlowState):
@@ -502,7 +519,6 @@ def run_flow(src: Path, out: Path, state: FlowState, log: Callable[[str], None] 
     """Run every step on the graph at ``src``; returns the final (specialised, folded) model.
 
     FINN's own chatter goes to ``out/finn.log``, not to the terminal."""
-    from finn.util.config import extract_model_config_to_json
     from qonnx.core.modelwrapper import ModelWrapper
 
     if not Path(src).is_file():
@@ -520,7 +536,6 @@ def run_flow(src: Path, out: Path, state: FlowState, log: Callable[[str], None] 
             if step is specialize_layers:
                 model.save(str(out / "model_specialized.onnx"))
     model.save(str(out / "model_hw.onnx"))
-    extract_model_config_to_json(model, out / "folding_config.json", HW_ATTRS)
     report = estimates(model, state.part)
     (out / "estimate_layer_resources.json").write_text(json.dumps(report["resources"], indent=1))
     (out / "estimate_layer_cycles.json").write_text(json.dumps(report["cycles"], indent=1))
