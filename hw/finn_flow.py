@@ -14,8 +14,10 @@ streamlining absorbs that scale. Between stages the hardware therefore streams i
 
 Folding is given per *layer name* (block names for stages, ``hidden``/``classifier`` for heads):
 the k-th weight layer of a graph is its k-th MVAU, so generated FINN node names never appear in
-a design. The applied folding is also written as a FINN folding-config JSON keyed by node names,
-which FINN's own builder accepts unchanged (``folding_config_file``).
+a design. The folding is one FINN folding config keyed by node names, applied with FINN's
+ApplyConfig and written out as ``folding_config.json``, which FINN's own builder accepts unchanged
+(``folding_config_file``). exitflow's own graph rewrites (:class:`IntegerizeInput`,
+:class:`RemoveIdentityThresholds`, :class:`AppendCTU`) are QONNX Transformations.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from qonnx.transformation.base import Transformation
 
 from exitflow.core.design import LayerFolding
 from exitflow.core.errors import ConfigError, ExitflowError, check_interrupt
@@ -120,46 +123,65 @@ def finn_settings(build_dir: Path):
         settings._SETTINGS = previous
 
 
-def integerize_input(model, state: FlowState):
+class IntegerizeInput(Transformation):
     """Make the graph's input the integer stream the hardware receives, times its scale.
 
     The first stage receives image pixels (``UINT8``; the model sees pixel/255, whatever it does
-    next, e.g. bnn_pynq's 2x-1). Every later stage and every head starts with the quantiser of
-    what it receives; its input becomes that quantiser's integers. FINN's streamlining then
-    absorbs the scale into the first thresholds."""
-    from onnx import helper
-    from qonnx.core.datatype import DataType
+    next, e.g. bnn_pynq's 2x-1): ``image_input``. Every later stage and every head starts with the
+    quantiser of what it receives; its input becomes that quantiser's integers. FINN's
+    streamlining then absorbs the scale into the first thresholds. The input's datatype name and
+    scale are kept as ``datatype`` and ``scale``; ``where`` names the graph in messages."""
+
+    def __init__(self, image_input: bool = False, where: str = "the graph") -> None:
+        super().__init__()
+        self.image_input, self.where = image_input, where
+        self.datatype, self.scale = "", 1.0
+
+    def apply(self, model):
+        from onnx import helper
+        from qonnx.core.datatype import DataType
+
+        graph_in = model.graph.input[0].name
+        first = model.find_consumer(graph_in)
+        if first is None:
+            raise UnsupportedLayerError(f"{self.where}: the graph input feeds no node")
+        if self.image_input:
+            dt, scale = DataType["UINT8"], np.float32(1.0 / 255.0)
+        else:
+            # a QuantReLU exports as Relu -> Quant; on its own non-negative output the Relu is the identity
+            quant = model.find_consumer(first.output[0]) if first.op_type == "Relu" else first
+            if quant is None or quant.op_type not in ("Quant", "BipolarQuant"):
+                raise UnsupportedLayerError(
+                    f"{self.where}: the graph must start with a quantiser; it starts with {first.op_type}"
+                )
+            scale = model.get_initializer(quant.input[1])
+            if scale is None or np.asarray(scale).size != 1:
+                raise UnsupportedLayerError(f"{self.where}: the input quantiser needs one per-tensor scale")
+            if quant.op_type == "BipolarQuant":
+                dt = DataType["BIPOLAR"]
+            else:
+                bits = int(model.get_initializer(quant.input[3]))
+                signed = next(a.i for a in quant.attribute if a.name == "signed")
+                dt = DataType[("INT" if signed else "UINT") + str(bits)]
+        scaled = graph_in + "_scaled"
+        model.set_initializer("exitflow_input_scale", np.asarray(scale, dtype=np.float32).reshape(()))
+        for consumer in model.find_consumers(graph_in):
+            consumer.input[list(consumer.input).index(graph_in)] = scaled
+        model.graph.node.insert(
+            0, helper.make_node("Mul", [graph_in, "exitflow_input_scale"], [scaled], name="InputScale")
+        )
+        model.set_tensor_datatype(graph_in, dt)
+        self.datatype, self.scale = dt.name, float(np.asarray(scale))
+        return model, False
+
+
+def integerize_input(model, state: FlowState):
+    """:class:`IntegerizeInput`; the input's datatype and scale go into ``state``."""
     from qonnx.transformation.infer_shapes import InferShapes
 
-    graph_in = model.graph.input[0].name
-    first = model.find_consumer(graph_in)
-    if first is None:
-        raise UnsupportedLayerError(f"{state.where}: the graph input feeds no node")
-    if state.image_input:
-        dt, scale = DataType["UINT8"], np.float32(1.0 / 255.0)
-    else:
-        # a QuantReLU exports as Relu -> Quant; on its own non-negative output the Relu is the identity
-        quant = model.find_consumer(first.output[0]) if first.op_type == "Relu" else first
-        if quant is None or quant.op_type not in ("Quant", "BipolarQuant"):
-            raise UnsupportedLayerError(
-                f"{state.where}: the graph must start with a quantiser; it starts with {first.op_type}"
-            )
-        scale = model.get_initializer(quant.input[1])
-        if scale is None or np.asarray(scale).size != 1:
-            raise UnsupportedLayerError(f"{state.where}: the input quantiser needs one per-tensor scale")
-        if quant.op_type == "BipolarQuant":
-            dt = DataType["BIPOLAR"]
-        else:
-            bits = int(model.get_initializer(quant.input[3]))
-            signed = next(a.i for a in quant.attribute if a.name == "signed")
-            dt = DataType[("INT" if signed else "UINT") + str(bits)]
-    scaled = graph_in + "_scaled"
-    model.set_initializer("exitflow_input_scale", np.asarray(scale, dtype=np.float32).reshape(()))
-    for consumer in model.find_consumers(graph_in):
-        consumer.input[list(consumer.input).index(graph_in)] = scaled
-    model.graph.node.insert(0, helper.make_node("Mul", [graph_in, "exitflow_input_scale"], [scaled], name="InputScale"))
-    model.set_tensor_datatype(graph_in, dt)
-    state.input_datatype, state.input_scale = dt.name, float(np.asarray(scale))
+    rewrite = IntegerizeInput(state.image_input, state.where)
+    model = model.transform(rewrite, cleanup=False)
+    state.input_datatype, state.input_scale = rewrite.datatype, rewrite.scale
     return model.transform(InferShapes())
 
 
@@ -253,34 +275,40 @@ def round_thresholds(model, state: FlowState):
     return model.transform(RoundAndClipThresholds())
 
 
-def remove_identity_thresholds(model, state: FlowState):
+class RemoveIdentityThresholds(Transformation):
     """The graph's leading quantiser, once its input is the integer stream, maps every integer
     to itself (thresholds min+1..max, offset min): it is removed instead of built."""
-    from qonnx.core.datatype import DataType
-    from qonnx.custom_op.registry import getCustomOp
 
-    for node in list(model.graph.node):
-        if node.op_type != "Thresholding":
-            continue
-        inst = getCustomOp(node)
-        dt_in, dt_out = inst.get_input_datatype(0), inst.get_output_datatype(0)
-        if dt_in != dt_out or dt_in == DataType["BIPOLAR"] or not dt_in.is_integer():
-            continue
-        thresholds = model.get_initializer(node.input[1])
-        steps = np.arange(dt_in.min() + 1, dt_in.max() + 1)
-        if thresholds is None or thresholds.shape[-1] != len(steps) or inst.get_nodeattr("ActVal") != dt_in.min():
-            continue
-        if not np.array_equal(thresholds, np.broadcast_to(steps, thresholds.shape)):
-            continue
-        producer, consumers = model.find_producer(node.input[0]), model.find_consumers(node.output[0]) or []
-        for consumer in consumers:
-            consumer.input[list(consumer.input).index(node.output[0])] = node.input[0]
-        if not consumers:  # the graph output itself
-            if producer is None:
+    def apply(self, model):
+        from qonnx.core.datatype import DataType
+        from qonnx.custom_op.registry import getCustomOp
+
+        for node in list(model.graph.node):
+            if node.op_type != "Thresholding":
                 continue
-            producer.output[list(producer.output).index(node.input[0])] = node.output[0]
-        model.graph.node.remove(node)
-    return model
+            inst = getCustomOp(node)
+            dt_in, dt_out = inst.get_input_datatype(0), inst.get_output_datatype(0)
+            if dt_in != dt_out or dt_in == DataType["BIPOLAR"] or not dt_in.is_integer():
+                continue
+            thresholds = model.get_initializer(node.input[1])
+            steps = np.arange(dt_in.min() + 1, dt_in.max() + 1)
+            if thresholds is None or thresholds.shape[-1] != len(steps) or inst.get_nodeattr("ActVal") != dt_in.min():
+                continue
+            if not np.array_equal(thresholds, np.broadcast_to(steps, thresholds.shape)):
+                continue
+            producer, consumers = model.find_producer(node.input[0]), model.find_consumers(node.output[0]) or []
+            for consumer in consumers:
+                consumer.input[list(consumer.input).index(node.output[0])] = node.input[0]
+            if not consumers:  # the graph output itself
+                if producer is None:
+                    continue
+                producer.output[list(producer.output).index(node.input[0])] = node.output[0]
+            model.graph.node.remove(node)
+        return model, False
+
+
+def remove_identity_thresholds(model, state: FlowState):
+    return model.transform(RemoveIdentityThresholds(), cleanup=False)
 
 
 def take_dataflow_partition(model, state: FlowState):
@@ -313,39 +341,53 @@ def take_dataflow_partition(model, state: FlowState):
     return ModelWrapper(getCustomOp(sdp).get_nodeattr("model"))
 
 
+class AppendCTU(Transformation):
+    """The confidence-threshold unit after a head's logits (the graph's output): integer logits
+    in, decision record (``ctu_record``) out. ``ctu``: policy, threshold (None: the final exit),
+    scale of the logits."""
+
+    def __init__(self, ctu: dict) -> None:
+        super().__init__()
+        self.ctu = ctu
+
+    def apply(self, model):
+        from onnx import TensorProto, helper
+
+        logits = model.graph.output[0]
+        shape = model.get_tensor_shape(logits.name)
+        record = helper.make_tensor_value_info("ctu_record", TensorProto.FLOAT, [*shape[:-1], 1])
+        node = helper.make_node(
+            "ConfidenceThreshold",
+            [logits.name],
+            [record.name],
+            domain="finn.custom_op.fpgadataflow",
+            backend="fpgadataflow",
+            Classes=int(shape[-1]),
+            PE=1,
+            Policy=self.ctu["policy"],
+            Scale=repr(float(self.ctu["scale"])),
+            Threshold=repr(float(self.ctu["threshold"] or 0.0)),
+            FinalExit=int(self.ctu["threshold"] is None),
+            inputDataType=model.get_tensor_datatype(logits.name).name,
+            numInputVectors=[int(v) for v in shape[:-1]],
+        )
+        model.graph.node.append(node)
+        model.graph.value_info.append(logits)
+        model.graph.output.remove(logits)
+        model.graph.output.append(record)
+        return model, False
+
+
 def append_ctu(model, state: FlowState):
-    """Heads end in the confidence-threshold unit: integer logits in, decision record out."""
+    """Heads end in the confidence-threshold unit (:class:`AppendCTU`)."""
     if state.ctu is None:
         return model
-    from onnx import TensorProto, helper
     from qonnx.transformation.general import GiveUniqueNodeNames
     from qonnx.transformation.infer_datatypes import InferDataTypes
     from qonnx.transformation.infer_shapes import InferShapes
 
     register_finn_ops()
-
-    logits = model.graph.output[0]
-    shape = model.get_tensor_shape(logits.name)
-    record = helper.make_tensor_value_info("ctu_record", TensorProto.FLOAT, [*shape[:-1], 1])
-    node = helper.make_node(
-        "ConfidenceThreshold",
-        [logits.name],
-        [record.name],
-        domain="finn.custom_op.fpgadataflow",
-        backend="fpgadataflow",
-        Classes=int(shape[-1]),
-        PE=1,
-        Policy=state.ctu["policy"],
-        Scale=repr(float(state.ctu["scale"])),
-        Threshold=repr(float(state.ctu["threshold"] or 0.0)),
-        FinalExit=int(state.ctu["threshold"] is None),
-        inputDataType=model.get_tensor_datatype(logits.name).name,
-        numInputVectors=[int(v) for v in shape[:-1]],
-    )
-    model.graph.node.append(node)
-    model.graph.value_info.append(logits)
-    model.graph.output.remove(logits)
-    model.graph.output.append(record)
+    model = model.transform(AppendCTU(state.ctu), cleanup=False)
     return model.transform(InferShapes()).transform(InferDataTypes()).transform(GiveUniqueNodeNames())
 
 
