@@ -14,8 +14,10 @@ streamlining absorbs that scale. Between stages the hardware therefore streams i
 
 Folding is given per *layer name* (block names for stages, ``hidden``/``classifier`` for heads):
 the k-th weight layer of a graph is its k-th MVAU, so generated FINN node names never appear in
-a design. The applied folding is also written as a FINN folding-config JSON keyed by node names,
-which FINN's own builder accepts unchanged (``folding_config_file``).
+a design. The folding is one FINN folding config keyed by node names, applied with FINN's
+ApplyConfig and written out as ``folding_config.json``, which FINN's own builder accepts unchanged
+(``folding_config_file``). exitflow's own graph rewrites (:class:`IntegerizeInput`,
+:class:`RemoveIdentityThresholds`, :class:`AppendCTU`) are QONNX Transformations.
 """
 
 from __future__ import annotations
@@ -29,11 +31,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from qonnx.transformation.base import Transformation
 
 from exitflow.core.design import LayerFolding
 from exitflow.core.errors import ConfigError, ExitflowError, check_interrupt
 from exitflow.hls_templates.registry import register_finn_ops
-from exitflow.hw.folding import _window_attrs, divisors, fold_pools, folding_violation, window_fold
+from exitflow.hw.folding import _window_attrs, divisors, folding_violation, pool_folding, scratch_op, window_fold
 
 HW_ATTRS = ["PE", "SIMD", "ram_style", "ram_style_thresholds", "mem_mode", "resType", "impl_style", "parallel_window"]
 WEIGHT_OPS = ("MVAU", "VVAU")
@@ -120,46 +123,65 @@ def finn_settings(build_dir: Path):
         settings._SETTINGS = previous
 
 
-def integerize_input(model, state: FlowState):
+class IntegerizeInput(Transformation):
     """Make the graph's input the integer stream the hardware receives, times its scale.
 
     The first stage receives image pixels (``UINT8``; the model sees pixel/255, whatever it does
-    next, e.g. bnn_pynq's 2x-1). Every later stage and every head starts with the quantiser of
-    what it receives; its input becomes that quantiser's integers. FINN's streamlining then
-    absorbs the scale into the first thresholds."""
-    from onnx import helper
-    from qonnx.core.datatype import DataType
+    next, e.g. bnn_pynq's 2x-1): ``image_input``. Every later stage and every head starts with the
+    quantiser of what it receives; its input becomes that quantiser's integers. FINN's
+    streamlining then absorbs the scale into the first thresholds. The input's datatype name and
+    scale are kept as ``datatype`` and ``scale``; ``where`` names the graph in messages."""
+
+    def __init__(self, image_input: bool = False, where: str = "the graph") -> None:
+        super().__init__()
+        self.image_input, self.where = image_input, where
+        self.datatype, self.scale = "", 1.0
+
+    def apply(self, model):
+        from onnx import helper
+        from qonnx.core.datatype import DataType
+
+        graph_in = model.graph.input[0].name
+        first = model.find_consumer(graph_in)
+        if first is None:
+            raise UnsupportedLayerError(f"{self.where}: the graph input feeds no node")
+        if self.image_input:
+            dt, scale = DataType["UINT8"], np.float32(1.0 / 255.0)
+        else:
+            # a QuantReLU exports as Relu -> Quant; on its own non-negative output the Relu is the identity
+            quant = model.find_consumer(first.output[0]) if first.op_type == "Relu" else first
+            if quant is None or quant.op_type not in ("Quant", "BipolarQuant"):
+                raise UnsupportedLayerError(
+                    f"{self.where}: the graph must start with a quantiser; it starts with {first.op_type}"
+                )
+            scale = model.get_initializer(quant.input[1])
+            if scale is None or np.asarray(scale).size != 1:
+                raise UnsupportedLayerError(f"{self.where}: the input quantiser needs one per-tensor scale")
+            if quant.op_type == "BipolarQuant":
+                dt = DataType["BIPOLAR"]
+            else:
+                bits = int(model.get_initializer(quant.input[3]))
+                signed = next(a.i for a in quant.attribute if a.name == "signed")
+                dt = DataType[("INT" if signed else "UINT") + str(bits)]
+        scaled = graph_in + "_scaled"
+        model.set_initializer("exitflow_input_scale", np.asarray(scale, dtype=np.float32).reshape(()))
+        for consumer in model.find_consumers(graph_in):
+            consumer.input[list(consumer.input).index(graph_in)] = scaled
+        model.graph.node.insert(
+            0, helper.make_node("Mul", [graph_in, "exitflow_input_scale"], [scaled], name="InputScale")
+        )
+        model.set_tensor_datatype(graph_in, dt)
+        self.datatype, self.scale = dt.name, float(np.asarray(scale))
+        return model, False
+
+
+def integerize_input(model, state: FlowState):
+    """:class:`IntegerizeInput`; the input's datatype and scale go into ``state``."""
     from qonnx.transformation.infer_shapes import InferShapes
 
-    graph_in = model.graph.input[0].name
-    first = model.find_consumer(graph_in)
-    if first is None:
-        raise UnsupportedLayerError(f"{state.where}: the graph input feeds no node")
-    if state.image_input:
-        dt, scale = DataType["UINT8"], np.float32(1.0 / 255.0)
-    else:
-        # a QuantReLU exports as Relu -> Quant; on its own non-negative output the Relu is the identity
-        quant = model.find_consumer(first.output[0]) if first.op_type == "Relu" else first
-        if quant is None or quant.op_type not in ("Quant", "BipolarQuant"):
-            raise UnsupportedLayerError(
-                f"{state.where}: the graph must start with a quantiser; it starts with {first.op_type}"
-            )
-        scale = model.get_initializer(quant.input[1])
-        if scale is None or np.asarray(scale).size != 1:
-            raise UnsupportedLayerError(f"{state.where}: the input quantiser needs one per-tensor scale")
-        if quant.op_type == "BipolarQuant":
-            dt = DataType["BIPOLAR"]
-        else:
-            bits = int(model.get_initializer(quant.input[3]))
-            signed = next(a.i for a in quant.attribute if a.name == "signed")
-            dt = DataType[("INT" if signed else "UINT") + str(bits)]
-    scaled = graph_in + "_scaled"
-    model.set_initializer("exitflow_input_scale", np.asarray(scale, dtype=np.float32).reshape(()))
-    for consumer in model.find_consumers(graph_in):
-        consumer.input[list(consumer.input).index(graph_in)] = scaled
-    model.graph.node.insert(0, helper.make_node("Mul", [graph_in, "exitflow_input_scale"], [scaled], name="InputScale"))
-    model.set_tensor_datatype(graph_in, dt)
-    state.input_datatype, state.input_scale = dt.name, float(np.asarray(scale))
+    rewrite = IntegerizeInput(state.image_input, state.where)
+    model = model.transform(rewrite, cleanup=False)
+    state.input_datatype, state.input_scale = rewrite.datatype, rewrite.scale
     return model.transform(InferShapes())
 
 
@@ -253,34 +275,40 @@ def round_thresholds(model, state: FlowState):
     return model.transform(RoundAndClipThresholds())
 
 
-def remove_identity_thresholds(model, state: FlowState):
+class RemoveIdentityThresholds(Transformation):
     """The graph's leading quantiser, once its input is the integer stream, maps every integer
     to itself (thresholds min+1..max, offset min): it is removed instead of built."""
-    from qonnx.core.datatype import DataType
-    from qonnx.custom_op.registry import getCustomOp
 
-    for node in list(model.graph.node):
-        if node.op_type != "Thresholding":
-            continue
-        inst = getCustomOp(node)
-        dt_in, dt_out = inst.get_input_datatype(0), inst.get_output_datatype(0)
-        if dt_in != dt_out or dt_in == DataType["BIPOLAR"] or not dt_in.is_integer():
-            continue
-        thresholds = model.get_initializer(node.input[1])
-        steps = np.arange(dt_in.min() + 1, dt_in.max() + 1)
-        if thresholds is None or thresholds.shape[-1] != len(steps) or inst.get_nodeattr("ActVal") != dt_in.min():
-            continue
-        if not np.array_equal(thresholds, np.broadcast_to(steps, thresholds.shape)):
-            continue
-        producer, consumers = model.find_producer(node.input[0]), model.find_consumers(node.output[0]) or []
-        for consumer in consumers:
-            consumer.input[list(consumer.input).index(node.output[0])] = node.input[0]
-        if not consumers:  # the graph output itself
-            if producer is None:
+    def apply(self, model):
+        from qonnx.core.datatype import DataType
+        from qonnx.custom_op.registry import getCustomOp
+
+        for node in list(model.graph.node):
+            if node.op_type != "Thresholding":
                 continue
-            producer.output[list(producer.output).index(node.input[0])] = node.output[0]
-        model.graph.node.remove(node)
-    return model
+            inst = getCustomOp(node)
+            dt_in, dt_out = inst.get_input_datatype(0), inst.get_output_datatype(0)
+            if dt_in != dt_out or dt_in == DataType["BIPOLAR"] or not dt_in.is_integer():
+                continue
+            thresholds = model.get_initializer(node.input[1])
+            steps = np.arange(dt_in.min() + 1, dt_in.max() + 1)
+            if thresholds is None or thresholds.shape[-1] != len(steps) or inst.get_nodeattr("ActVal") != dt_in.min():
+                continue
+            if not np.array_equal(thresholds, np.broadcast_to(steps, thresholds.shape)):
+                continue
+            producer, consumers = model.find_producer(node.input[0]), model.find_consumers(node.output[0]) or []
+            for consumer in consumers:
+                consumer.input[list(consumer.input).index(node.output[0])] = node.input[0]
+            if not consumers:  # the graph output itself
+                if producer is None:
+                    continue
+                producer.output[list(producer.output).index(node.input[0])] = node.output[0]
+            model.graph.node.remove(node)
+        return model, False
+
+
+def remove_identity_thresholds(model, state: FlowState):
+    return model.transform(RemoveIdentityThresholds(), cleanup=False)
 
 
 def take_dataflow_partition(model, state: FlowState):
@@ -313,39 +341,53 @@ def take_dataflow_partition(model, state: FlowState):
     return ModelWrapper(getCustomOp(sdp).get_nodeattr("model"))
 
 
+class AppendCTU(Transformation):
+    """The confidence-threshold unit after a head's logits (the graph's output): integer logits
+    in, decision record (``ctu_record``) out. ``ctu``: policy, threshold (None: the final exit),
+    scale of the logits."""
+
+    def __init__(self, ctu: dict) -> None:
+        super().__init__()
+        self.ctu = ctu
+
+    def apply(self, model):
+        from onnx import TensorProto, helper
+
+        logits = model.graph.output[0]
+        shape = model.get_tensor_shape(logits.name)
+        record = helper.make_tensor_value_info("ctu_record", TensorProto.FLOAT, [*shape[:-1], 1])
+        node = helper.make_node(
+            "ConfidenceThreshold",
+            [logits.name],
+            [record.name],
+            domain="finn.custom_op.fpgadataflow",
+            backend="fpgadataflow",
+            Classes=int(shape[-1]),
+            PE=1,
+            Policy=self.ctu["policy"],
+            Scale=repr(float(self.ctu["scale"])),
+            Threshold=repr(float(self.ctu["threshold"] or 0.0)),
+            FinalExit=int(self.ctu["threshold"] is None),
+            inputDataType=model.get_tensor_datatype(logits.name).name,
+            numInputVectors=[int(v) for v in shape[:-1]],
+        )
+        model.graph.node.append(node)
+        model.graph.value_info.append(logits)
+        model.graph.output.remove(logits)
+        model.graph.output.append(record)
+        return model, False
+
+
 def append_ctu(model, state: FlowState):
-    """Heads end in the confidence-threshold unit: integer logits in, decision record out."""
+    """Heads end in the confidence-threshold unit (:class:`AppendCTU`)."""
     if state.ctu is None:
         return model
-    from onnx import TensorProto, helper
     from qonnx.transformation.general import GiveUniqueNodeNames
     from qonnx.transformation.infer_datatypes import InferDataTypes
     from qonnx.transformation.infer_shapes import InferShapes
 
     register_finn_ops()
-
-    logits = model.graph.output[0]
-    shape = model.get_tensor_shape(logits.name)
-    record = helper.make_tensor_value_info("ctu_record", TensorProto.FLOAT, [*shape[:-1], 1])
-    node = helper.make_node(
-        "ConfidenceThreshold",
-        [logits.name],
-        [record.name],
-        domain="finn.custom_op.fpgadataflow",
-        backend="fpgadataflow",
-        Classes=int(shape[-1]),
-        PE=1,
-        Policy=state.ctu["policy"],
-        Scale=repr(float(state.ctu["scale"])),
-        Threshold=repr(float(state.ctu["threshold"] or 0.0)),
-        FinalExit=int(state.ctu["threshold"] is None),
-        inputDataType=model.get_tensor_datatype(logits.name).name,
-        numInputVectors=[int(v) for v in shape[:-1]],
-    )
-    model.graph.node.append(node)
-    model.graph.value_info.append(logits)
-    model.graph.output.remove(logits)
-    model.graph.output.append(record)
+    model = model.transform(AppendCTU(state.ctu), cleanup=False)
     return model.transform(InferShapes()).transform(InferDataTypes()).transform(GiveUniqueNodeNames())
 
 
@@ -366,11 +408,14 @@ def default_folding(mw: int, channels: int | None = None):
     return LayerFolding(pe=1, simd=simd)
 
 
-def apply_folding(model, state: FlowState):
-    """PE/SIMD/ram_style per layer name onto the k-th MVAU; the sliding-window generator feeding
+def folding_config(model, state: FlowState) -> dict:
+    """The graph's folding as a FINN folding config, ``{node name: {attribute: value}, "Defaults": {}}``
+    with FINN's attribute names: every node's :data:`HW_ATTRS` as they are, over which PE/SIMD/
+    ram_style/resType per layer name go onto the k-th MVAU; the sliding-window generator feeding
     an MVAU gets the smallest SIMD that keeps up with it (or FINN's parallel-window mode); each
     pooling unit the narrowest fold that keeps up with the convolution it follows; the line
-    buffers of both generators in the layer's ``buffer_style``."""
+    buffers of both generators in the layer's ``buffer_style``. The graph is not changed."""
+    from finn.util.config import extract_model_config
     from qonnx.custom_op.registry import getCustomOp
 
     nodes = list(model.graph.node)
@@ -380,6 +425,7 @@ def apply_folding(model, state: FlowState):
             f"{state.where}: the graph has {len(weight_nodes)} weight layers but the model lists "
             f"{len(state.layers)} ({', '.join(state.layers)}); was the stage exported from this model?"
         )
+    config = extract_model_config(model, subgraph_hier=None, attr_names_to_extract=HW_ATTRS)
     buffers = {}
     for layer, node in zip(state.layers, weight_nodes, strict=False):
         state.layer_nodes[layer] = node.name
@@ -389,25 +435,38 @@ def apply_folding(model, state: FlowState):
         channels = getCustomOp(producer).get_nodeattr("IFMChannels") if window else None
         fold = state.folding.get(layer) or default_folding(inst.get_nodeattr("MW"), channels)
         buffers[node.name] = fold.buffer_style
-        inst.set_nodeattr("PE", fold.pe)
-        inst.set_nodeattr("SIMD", fold.simd)
+        attrs = {"PE": fold.pe, "SIMD": fold.simd}
         if "ram_style" in inst.get_nodeattr_types():
-            inst.set_nodeattr("ram_style", fold.ram_style)
+            attrs["ram_style"] = fold.ram_style
         if node.op_type.endswith("_hls") and "resType" in inst.get_nodeattr_types():
-            inst.set_nodeattr("resType", fold.res_type)  # an RTL MVAU always uses DSP slices
+            attrs["resType"] = fold.res_type  # an RTL MVAU always uses DSP slices
+        config.setdefault(node.name, {}).update(attrs)
         if window:
             # the generator's own SIMD: the smallest that keeps up with the MVAU, or FINN's
             # parallel-window mode (exitflow.hw.folding.window_fold); a width converter
             # joins the two (insert_width_converters)
-            swg = getCustomOp(producer)
-            simd, wide = window_fold(_window_attrs(swg), np.array([inst.get_exp_cycles()]))
-            swg.set_nodeattr("parallel_window", int(wide[0]))
-            swg.set_nodeattr("SIMD", int(simd[0]))
-            swg.set_nodeattr("ram_style", fold.buffer_style)
+            mvau_cycles = scratch_op(node, attrs).get_exp_cycles()
+            simd, wide = window_fold(_window_attrs(getCustomOp(producer)), np.array([mvau_cycles]))
+            config.setdefault(producer.name, {}).update(
+                parallel_window=int(wide[0]), SIMD=int(simd[0]), ram_style=fold.buffer_style
+            )
     # pooling units (window generator and Pool) take the narrowest fold that keeps up with the
     # convolution they follow (exitflow.hw.folding.pick_pool)
-    fold_pools(model, buffers)
-    return model
+    for name, attrs in pool_folding(model, config, buffers).items():
+        config.setdefault(name, {}).update(attrs)
+    return config
+
+
+def apply_folding(model, state: FlowState):
+    """The graph's :func:`folding_config` through FINN's ApplyConfig, the same dict written to
+    ``out/folding_config.json``: what is written is what was applied (FINN's own builder accepts
+    the file unchanged as ``folding_config_file``)."""
+    from finn.transformation.general import ApplyConfig
+
+    config = folding_config(model, state)
+    state.out.mkdir(parents=True, exist_ok=True)
+    (state.out / "folding_config.json").write_text(json.dumps(config, indent=2))
+    return model.transform(ApplyConfig(config))
 
 
 def minimize_bit_width(model, state: FlowState):
@@ -502,7 +561,6 @@ def run_flow(src: Path, out: Path, state: FlowState, log: Callable[[str], None] 
     """Run every step on the graph at ``src``; returns the final (specialised, folded) model.
 
     FINN's own chatter goes to ``out/finn.log``, not to the terminal."""
-    from finn.util.config import extract_model_config_to_json
     from qonnx.core.modelwrapper import ModelWrapper
 
     if not Path(src).is_file():
@@ -520,7 +578,6 @@ def run_flow(src: Path, out: Path, state: FlowState, log: Callable[[str], None] 
             if step is specialize_layers:
                 model.save(str(out / "model_specialized.onnx"))
     model.save(str(out / "model_hw.onnx"))
-    extract_model_config_to_json(model, out / "folding_config.json", HW_ATTRS)
     report = estimates(model, state.part)
     (out / "estimate_layer_resources.json").write_text(json.dumps(report["resources"], indent=1))
     (out / "estimate_layer_cycles.json").write_text(json.dumps(report["cycles"], indent=1))

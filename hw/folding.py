@@ -108,26 +108,43 @@ def _set_pool_fold(swg_inst, pool_inst, d: int) -> None:
     pool_inst.set_nodeattr("PE", d)
 
 
-def fold_pools(model, buffer_styles: dict | None = None) -> None:
-    """Fold every pooling unit with a governing MVAU by :func:`pick_pool` (the build's step), its
-    window generator's line buffer in the governing layer's style (``buffer_styles``: MVAU node
-    name -> a :data:`BUFFER_STYLES` entry; default: as built)."""
+def scratch_op(node, attrs: dict | None = None):
+    """FINN's op for a copy of ``node`` with ``attrs`` set: what FINN would estimate for a fold,
+    asked without touching the graph (the graph gets its folding through ApplyConfig)."""
+    from onnx import NodeProto
     from qonnx.custom_op.registry import getCustomOp
 
+    copy = NodeProto()
+    copy.CopyFrom(node)
+    inst = getCustomOp(copy)
+    for name, value in (attrs or {}).items():
+        inst.set_nodeattr(name, value)
+    return inst
+
+
+def pool_folding(model, config: dict, buffer_styles: dict | None = None) -> dict:
+    """The folding of every pooling unit with a governing MVAU, by :func:`pick_pool` (the build's
+    step), as FINN folding-config entries {node name: {attribute: value}}: its window generator's
+    SIMD and the Pool's PE, the generator's line buffer in the governing layer's style
+    (``buffer_styles``: MVAU node name -> a :data:`BUFFER_STYLES` entry; default: as built).
+    ``config`` holds the folding of the MVAUs (node name -> attributes), whose cycles govern."""
+    out = {}
     for swg, pool, governor, _ in pool_units(model):
         if governor is None:
             continue
-        swg_inst, pool_inst = getCustomOp(swg), getCustomOp(pool)
+        entry = {}
         if buffer_styles and governor.name in buffer_styles:
-            swg_inst.set_nodeattr("ram_style", buffer_styles[governor.name])
-        folds = _pool_folds(pool_inst)
-        cycles = []
-        for d in folds:
-            _set_pool_fold(swg_inst, pool_inst, d)
-            cycles.append(max(swg_inst.get_exp_cycles(), pool_inst.get_exp_cycles()))
-        _set_pool_fold(
-            swg_inst, pool_inst, folds[int(pick_pool(np.array(cycles), getCustomOp(governor).get_exp_cycles()))]
-        )
+            entry["ram_style"] = buffer_styles[governor.name]
+        folds = _pool_folds(scratch_op(pool))
+        cycles = [
+            max(scratch_op(swg, {**entry, "SIMD": d}).get_exp_cycles(), scratch_op(pool, {"PE": d}).get_exp_cycles())
+            for d in folds
+        ]
+        limit = scratch_op(governor, config.get(governor.name)).get_exp_cycles()
+        d = folds[int(pick_pool(np.array(cycles), limit))]
+        out[swg.name] = {**entry, "SIMD": d}
+        out[pool.name] = {"PE": d}
+    return out
 
 
 def _window_attrs(inst) -> dict:

@@ -160,6 +160,52 @@ def test_integer_streams_between_stages(digits_run, tmp_path):
         assert params.logit_bits >= mvau.get_output_datatype().bitwidth()
 
 
+# attributes the steps after folding set: bit widths (minimize_bit_width, and the CTU's input type
+# the datatype inference takes from it) and code generation's paths and module names
+LATER_ATTRS = {
+    "weightDataType",
+    "accDataType",
+    "outputDataType",
+    "inputDataType",
+    "code_gen_dir_ipgen",
+    "ipgen_path",
+    "ip_path",
+    "ip_vlnv",
+    "gen_top_module",
+}
+
+
+@pytest.mark.slow
+def test_written_folding_config_is_what_was_applied(digits_run, tmp_path):
+    """folding_config.json, applied with FINN's ApplyConfig to each graph as it was before folding,
+    names every node (no warning about missing or unused entries) and gives exactly the node
+    attributes of the built graph; the built graph differs only by its width converters."""
+    from finn.transformation.general import ApplyConfig
+    from finn.util.config import extract_model_config
+
+    from exitflow.hw.finn_flow import HW_ATTRS, finn_chatter
+
+    design = _write(tmp_path, _design("lenet", LENET_SUBSETS[1]))
+    build(digits_run, design, log=lambda line: None)
+    folders = [digits_run / "hw" / n for s in LENET_SUBSETS[1] for n in (s[0], f"{s[0]}_exit")]
+    for folder in folders:
+        config = json.loads((folder / "folding_config.json").read_text())
+        before = ModelWrapper(str(folder / "model_specialized.onnx"))
+        assert config["Defaults"] == {} and set(config) - {"Defaults"} == {n.name for n in before.graph.node}
+        with finn_chatter(tmp_path / f"{folder.name}.log", "w"):
+            applied = before.transform(ApplyConfig(str(folder / "folding_config.json")))
+        assert "HW configuration" not in (tmp_path / f"{folder.name}.log").read_text()
+        assert extract_model_config(applied, None, HW_ATTRS) == config
+        built = {n.name: n for n in ModelWrapper(str(folder / "model_hw.onnx")).graph.node}
+        for node in applied.graph.node:
+            mine = {a.name: a for a in node.attribute if a.name not in LATER_ATTRS}
+            theirs = {a.name: a for a in built[node.name].attribute if a.name not in LATER_ATTRS}
+            assert mine == theirs, (folder.name, node.name)
+        extra = set(built) - {n.name for n in applied.graph.node}
+        assert all(built[n].op_type.startswith("StreamingDataWidthConverter") for n in extra)
+        assert "HW configuration" not in (folder / "finn.log").read_text()
+
+
 @pytest.fixture(scope="module")
 def cnv_run(tmp_path_factory):
     """A quarter-width cnv w2a2 (16..64 channels): the same FINN nodes and stage boundaries as the
