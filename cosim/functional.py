@@ -184,7 +184,8 @@ def load_built(run_dir: str | Path, design_path: str | Path | None = None) -> Bu
         params = getCustomOp(last).params()
         if (params.policy, params.threshold) != (stage.head.policy, stage.head.threshold):
             raise ConfigError(
-                f"{hw / stage.head.name}: built with policy {params.policy} at threshold {params.threshold}, the design "
+                f"{hw / stage.head.name}: built with policy {params.policy} at threshold {params.threshold}, "
+                f"the design "
                 f"says {stage.head.policy} at {stage.head.threshold}; the hardware is from another design: {rebuild}"
             )
         graphs.append(tuple(pair))

@@ -308,7 +308,7 @@ def _window(w: dict, simd: np.ndarray, wide: np.ndarray, style: np.ndarray | Non
     """ConvolutionInputGenerator_rtl, non-depthwise, default or parallel implementation, at the
     generator's own SIMD and parallel-window flag, its line buffer in ``style`` (FINN's
     ``ram_style`` per entry; default: as built)."""
-    (k_h, k_w), (h, wd), (oh, ow) = w["k"], w["ifm"], w["ofm"]
+    (k_h, k_w), (h, wd) = w["k"], w["ifm"]
     (s_h, s_w), (d_h, d_w) = w["stride"], w["dilation"]
     parallel = wide | (k_h * k_w == 1)
     cf = (w["ifm_ch"] // simd).astype(np.int64)

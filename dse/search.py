@@ -405,7 +405,7 @@ def _search(
                 sized = np.minimum(1.0, p * (headroom if s else 1.0))  # the fraction stage s is sized for
                 stage_targets = (targets[None, :] / sized[:, 0]).ravel()
 
-                def arrange(a):  # (W, combos * T, ...) -> (combos, W, T, ...)
+                def arrange(a, combos=combos, n_t=n_t):  # (W, combos * T, ...) -> (combos, W, T, ...)
                     return np.moveaxis(a.reshape(a.shape[0], len(combos), n_t, *a.shape[2:]), 0, 1)
 
                 for graph in [seg.body for seg in segments[start : end + 1]] + [segments[end].head]:

@@ -173,5 +173,8 @@ class ConfidenceThreshold_hls(ConfidenceThreshold, TemplateHLSBackend):
                 "CODE_BITS>(in0_V, out0_V, ROM, THRESHOLD, SAMPLES);"
             )
         else:
-            call = "exitflow::ctu_margin<CLASSES, PE, LOGIT_BITS, CLASS_BITS, CODE_BITS>(in0_V, out0_V, THRESHOLD, SAMPLES);"
+            call = (
+                "exitflow::ctu_margin<CLASSES, PE, LOGIT_BITS, CLASS_BITS, CODE_BITS>"
+                "(in0_V, out0_V, THRESHOLD, SAMPLES);"
+            )
         self.code_gen_dict["$DOCOMPUTE$"] = [call]

@@ -252,7 +252,8 @@ class ExitMerge_hls(ExitMerge, _RoutingHLS):
     def blackboxfunction(self):
         w = self._fmt().width
         self.code_gen_dict["$BLACKBOXFUNCTION$"] = [
-            f"void {self.onnx_node.name}(hls::stream<ap_uint<{w}>> in_V[{self.get_nodeattr('Exits')}], hls::stream<ap_uint<{w}>> &out_V)"
+            f"void {self.onnx_node.name}(hls::stream<ap_uint<{w}>> in_V[{self.get_nodeattr('Exits')}], "
+            f"hls::stream<ap_uint<{w}>> &out_V)"
         ]
 
     def docompute(self):

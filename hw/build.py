@@ -41,7 +41,7 @@ def match_design(design: Design, config, model, source: str) -> list[str]:
             f"{config.model.backbone!r} model"
         )
     ends = [stage.blocks[-1] for stage in design.stages]
-    for k, (stage, end) in enumerate(zip(design.stages, ends, strict=False)):
+    for k, end in enumerate(ends):
         last = k == len(design.stages) - 1
         if last and end != model.exit_names[-1]:
             raise ConfigError(
@@ -191,7 +191,7 @@ def _build_graphs(hw, design, design_path, board, model, data, exits, stage_laye
                 stage.name,
                 "stage",
                 manifest["stages"][k]["file"],
-                [l["name"] for l in stage_layers[k]],
+                [layer["name"] for layer in stage_layers[k]],
                 stage.folding,
                 None,
                 f"the stage of blocks {blocks}",
@@ -202,7 +202,7 @@ def _build_graphs(hw, design, design_path, board, model, data, exits, stage_laye
                 stage.head.name,
                 "head",
                 manifest["heads"][k]["file"],
-                [l["name"] for l in head_layers[k]],
+                [layer["name"] for layer in head_layers[k]],
                 stage.head.folding,
                 ctu,
                 f"the exit head after {stage.blocks[-1]}",
@@ -277,7 +277,8 @@ def _gate_checks(hw: Path, design: Design, board, design_path: Path, log) -> lis
             raise ConfigError(
                 f"{design_path}: stages[{k}].gate_depth: {stage.gate_depth:,} feature maps of {map_bits:,} bits after "
                 f"{stage.name!r} need {stage.gate_depth * map_bits:,} bits; {board.name} holds {memory_bits(board):,} "
-                f"in all (BRAM, URAM and LUT RAM), so at most {gate_depth_limit(board, map_bits):,} maps; the search uses 2 to 8"
+                f"in all (BRAM, URAM and LUT RAM), so at most {gate_depth_limit(board, map_bits):,} maps; "
+                "the search uses 2 to 8"
             )
         latency = sum(json.loads((hw / stage.head.name / "estimate_layer_cycles.json").read_text()).values())
         words = stage.gate_depth * folds
@@ -286,7 +287,8 @@ def _gate_checks(hw: Path, design: Design, board, design_path: Path, log) -> lis
         )
         if words < latency:
             log(
-                f"note: the gate after {stage.name} holds {words} words, less than {stage.head.name}'s decision latency "
+                f"note: the gate after {stage.name} holds {words} words, "
+                f"less than {stage.head.name}'s decision latency "
                 f"of about {int(latency)} cycles; the stage may stall while it decides (raise gate_depth)"
             )
     return checks

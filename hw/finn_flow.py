@@ -4,8 +4,8 @@ FINN's builder module cannot be imported without Vivado, so exitflow runs FINN's
 itself, in the order FINN's builder does, one function per step (each named by a verb):
 
   integerize_input -> qonnx_to_finn -> tidy_up -> streamline -> convert_to_hw -> round_thresholds
-  -> remove_identity_thresholds -> take_dataflow_partition -> append_ctu (heads) -> specialize_layers -> apply_folding -> minimize_bit_width
-  -> insert_width_converters -> (estimate reports) -> generate_code
+  -> remove_identity_thresholds -> take_dataflow_partition -> append_ctu (heads) -> specialize_layers
+  -> apply_folding -> minimize_bit_width -> insert_width_converters -> (estimate reports) -> generate_code
 
 ``integerize_input`` is exitflow's: every exported graph starts with the quantiser of what it
 receives, so its input is replaced by the integer stream itself (``UINT8`` pixels for the first
@@ -329,7 +329,8 @@ def take_dataflow_partition(model, state: FlowState):
     bad = [n for n in outside if n.op_type not in allowed]
     if bad:
         raise UnsupportedLayerError(
-            f"{state.where}: unsupported layer type {bad[0].op_type} (node {bad[0].name}): FINN cannot map it to hardware"
+            f"{state.where}: unsupported layer type {bad[0].op_type} (node {bad[0].name}): "
+            "FINN cannot map it to hardware"
         )
     from finn.transformation.fpgadataflow.create_dataflow_partition import CreateDataflowPartition
     from qonnx.core.modelwrapper import ModelWrapper

@@ -168,7 +168,7 @@ def _window_attrs(inst) -> dict:
 def _window_cycles(w: dict, simd: np.ndarray, parallel: np.ndarray) -> np.ndarray:
     """FINN's ``get_exp_cycles`` of the generator (default or parallel implementation)."""
     (k_h, k_w), (h, wd), (oh, ow) = w["k"], w["ifm"], w["ofm"]
-    (s_h, s_w), (d_h, d_w) = w["stride"], w["dilation"]
+    s_w, (d_h, d_w) = w["stride"][1], w["dilation"]
     cf = (w["ifm_ch"] // simd).astype(np.int64)
     buffer_min = ((k_h - 1) * d_h * wd + (k_w - 1) * d_w + 1) * cf
     default = buffer_min + oh * np.maximum(ow * k_w * k_h * cf, s_w * wd * cf)

@@ -70,12 +70,14 @@ class CustomMultiExitNet(nn.Module):
         cls = modules[classifier]
         if not isinstance(cls, QuantLinear) or cls.bias is not None:
             raise ConfigError(
-                f"model.classifier: {classifier!r} is a {type(cls).__name__}{' with bias' if getattr(cls, 'bias', None) is not None else ''}; "
+                f"model.classifier: {classifier!r} is a {type(cls).__name__}"
+                f"{' with bias' if getattr(cls, 'bias', None) is not None else ''}; "
                 "the final exit must be a QuantLinear without bias"
             )
         if cls.quant_weight().scale.numel() != 1:
             raise ConfigError(
-                f"model.classifier: {classifier!r} has per-channel weight scales; the final exit needs one per-tensor scale"
+                f"model.classifier: {classifier!r} has per-channel weight scales; "
+                "the final exit needs one per-tensor scale"
             )
         ordered_exits = sorted(dict.fromkeys(exits), key=order.index)
         if any(order.index(e) >= order.index(classifier) for e in ordered_exits):

@@ -88,7 +88,8 @@ def export_stages(model: MultiExitModel, exits: list[str], out_dir: str | Path, 
     unknown = [e for e in exits if e not in model.exit_names]
     if unknown:
         raise ConfigError(
-            f"exits: {unknown[0]!r} is not a candidate exit of this model; candidate exits: {', '.join(model.exit_names)}"
+            f"exits: {unknown[0]!r} is not a candidate exit of this model; "
+            f"candidate exits: {', '.join(model.exit_names)}"
         )
     out_dir = Path(out_dir)
     tmp = out_dir.with_name(f".{out_dir.name}.tmp")

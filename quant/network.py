@@ -305,7 +305,8 @@ def _build_custom(config, input_shape, num_classes):
             else f"a {type(backbone).__name__}"
         )
         raise ConfigError(
-            f"model.factory: {config.factory} returned {what}, not a torch module (nor a tuple whose first item is one); "
+            f"model.factory: {config.factory} returned {what}, not a torch module "
+            "(nor a tuple whose first item is one); "
             "wrap it in a function of your own that returns the nn.Module and name that function as model.factory"
         )
     try:

@@ -86,7 +86,8 @@ def _exit_weights(config: RunConfig, model: MultiExitNet) -> list[float]:
         return [1.0] * n
     if len(weights) != n:
         raise ConfigError(
-            f"train.exit_weights: {len(weights)} weights for {n} exits ({', '.join(model.exit_names)}); give one per exit"
+            f"train.exit_weights: {len(weights)} weights for {n} exits ({', '.join(model.exit_names)}); "
+            "give one per exit"
         )
     return list(weights)
 
@@ -104,8 +105,8 @@ def _loss(config: RunConfig, outputs: list, y: torch.Tensor, weights: list[float
     if mode == "exits_only":
         per_exit = per_exit[:-1]
         weights = weights[:-1]
-    total = sum(w * l for w, l in zip(weights, per_exit, strict=False))
-    return total, [float(l.detach()) for l in per_exit]
+    total = sum(w * loss for w, loss in zip(weights, per_exit, strict=False))
+    return total, [float(loss.detach()) for loss in per_exit]
 
 
 def _freeze_backbone(model: MultiExitNet) -> None:
