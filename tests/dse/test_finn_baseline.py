@@ -74,6 +74,20 @@ def test_a_point_is_judged_by_finns_estimator(hw):
     assert none["fits"] is False and none["lut"] == fast["lut"]
 
 
+class _TwoBlocks:
+    """The MultiExitModel members the baseline asks, for a model of blocks fc0, fc1 whose final
+    exit follows fc1: without early exits, one stage holds both blocks."""
+
+    exit_names = ["exit0", "fc1"]
+
+    def kept_exits(self, exits):
+        return [e for e in self.exit_names[:-1] if e in exits] + [self.exit_names[-1]]
+
+    def stage_blocks(self, kept):
+        assert kept == ["fc1"]
+        return [["fc0", "fc1"]]
+
+
 def test_the_baseline_is_the_fastest_point_within_the_budget(hw, tmp_path, monkeypatch):
     run_dir, out = tmp_path / "run", tmp_path / "dse"
     shutil.copytree(hw, out / "finn_baseline" / "hw")  # already built: build is not called again
@@ -83,7 +97,7 @@ def test_the_baseline_is_the_fastest_point_within_the_budget(hw, tmp_path, monke
 
     monkeypatch.setattr(finn_baseline, "build", no_build)
     monkeypatch.setattr(finn_baseline, "TARGETS", (32, 64, 100_000))
-    model = types.SimpleNamespace(block_names=["fc0", "fc1"], exit_names=["exit0", "fc1"])
+    model = _TwoBlocks()
     config = types.SimpleNamespace(model=types.SimpleNamespace(backbone="lenet"))
     roomy = np.array([1e9, 1e9, 1e9, 1e9])
     best, points = finn_setfolding_baseline(run_dir, model, config, BOARD, roomy, out)
