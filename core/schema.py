@@ -9,8 +9,13 @@ gets the same guarantees:
 * :func:`to_data` is the inverse of :func:`from_data`, so ``from_data(cls, to_data(x)) == x``.
 
 Supported field types: ``bool``, ``int``, ``float``, ``str``, unions of those, ``Literal[...]``,
-``X | None``,
-``tuple[X, ...]``, :class:`FrozenMap` ``[str, X]`` and nested dataclasses. Value checks live in
+``X | None``, ``tuple[X, ...]``, :class:`FrozenMap` ``[str, X]``, nested dataclasses, and named
+tuples of numbers (such as :class:`~exitflow.core.resources.Resources`, read from and written as a
+mapping of its field names). A dataclass field whose ``metadata`` holds ``omit_none=True`` is left
+out of :func:`to_data` while it is None (for files whose writers leave such a key out).
+
+YAML files are read by :func:`load_file`; the JSON files that pass between exitflow's steps by
+:func:`load_json_file` (:mod:`exitflow.core.artifacts`), with the same strict checks. Value checks live in
 each dataclass's ``__post_init__``, which raises :class:`FieldError` naming the field; the loader
 adds the path in front.
 """
@@ -18,6 +23,7 @@ adds the path in front.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import types
 import typing
@@ -106,6 +112,8 @@ class _Loader:
         args = typing.get_args(tp)
         if dataclasses.is_dataclass(tp):
             return self.load_dataclass(tp, data, path)
+        if _is_number_tuple(tp):
+            return self.load_number_tuple(tp, data, path)
         if origin in (Union, types.UnionType):
             non_none = [a for a in args if a is not type(None)]
             if data is None and len(non_none) < len(args):
@@ -186,6 +194,30 @@ class _Loader:
         except FieldError as err:
             self.fail(_join(path, err.field), err.message)
 
+    def load_number_tuple(self, cls: type, data: Any, path: str) -> Any:
+        fields = cls._fields
+        if not isinstance(data, dict):
+            self.fail(path, f"must be a mapping with keys {', '.join(fields)}; got {_describe(data)}")
+        unknown = [k for k in data if k not in fields]
+        if unknown:
+            self.fail(_join(path, str(unknown[0])), f"unknown key; allowed keys here: {', '.join(fields)}")
+        values = {}
+        for name in fields:
+            if name not in data:
+                if name not in cls._field_defaults:
+                    self.fail(_join(path, name), "missing required key")
+                continue
+            value = data[name]
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                self.fail(_join(path, name), f"must be a finite number; got {_describe(value)}")
+            values[name] = value  # kept as written: an integer count stays an integer
+        return cls(**values)
+
+
+def _is_number_tuple(tp: Any) -> bool:
+    """A :class:`typing.NamedTuple` class (its fields are read as numbers)."""
+    return isinstance(tp, type) and issubclass(tp, tuple) and hasattr(tp, "_fields")
+
 
 def from_data(cls: type[T], data: Any, source: str = "") -> T:
     """Build ``cls`` from plain YAML data, rejecting anything the schema does not allow.
@@ -198,7 +230,13 @@ def from_data(cls: type[T], data: Any, source: str = "") -> T:
 def to_data(obj: Any) -> Any:
     """The plain-data (YAML-ready) form of a schema object: the inverse of :func:`from_data`."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: to_data(getattr(obj, f.name)) for f in dataclasses.fields(obj) if f.init}
+        return {
+            f.name: to_data(getattr(obj, f.name))
+            for f in dataclasses.fields(obj)
+            if f.init and not (f.metadata.get("omit_none") and getattr(obj, f.name) is None)
+        }
+    if _is_number_tuple(type(obj)):
+        return {name: to_data(value) for name, value in zip(obj._fields, obj, strict=True)}
     if isinstance(obj, FrozenMap):
         return {k: to_data(v) for k, v in obj.items()}
     if isinstance(obj, tuple):
@@ -314,4 +352,36 @@ def dump_yaml(obj: Any) -> str:
 def write_file(obj: Any, path: str | Path) -> Path:
     """Write ``obj`` as YAML atomically: a crash never leaves a half-written file behind."""
     text = dump_yaml(obj)
+    return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+#: The largest JSON artifact exitflow reads (``pareto.json`` of a large search is a few MB).
+MAX_JSON_BYTES = 64 << 20
+
+
+def load_json_file(cls: type[T], path: str | Path, fix: str = "") -> T:
+    """Read a JSON file written by :func:`write_json_file` into ``cls`` with the same strict checks
+    as :func:`load_file`. Anything wrong (missing, unreadable, not JSON, a key or value the schema
+    does not allow) is one :class:`ConfigError` line naming the file and ending in ``; fix``."""
+    path = Path(path)
+    tail = f"; {fix}" if fix else ""
+    try:
+        with path.open("rb") as f:
+            raw = f.read(MAX_JSON_BYTES + 1)
+        if len(raw) > MAX_JSON_BYTES:
+            raise ConfigError(f"{path}: over the {MAX_JSON_BYTES:,}-byte limit for exitflow's JSON files{tail}")
+        data = json.loads(raw.decode("utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: missing{tail}") from None
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as err:
+        raise ConfigError(f"{path}: unreadable or not JSON ({type(err).__name__}){tail}") from None
+    try:
+        return from_data(cls, data, source=str(path))
+    except ConfigError as err:
+        raise ConfigError(f"{err}{tail}") from None
+
+
+def write_json_file(obj: Any, path: str | Path) -> Path:
+    """Write a schema object as indented JSON, atomically (:func:`load_json_file` reads it back)."""
+    text = json.dumps(to_data(obj), indent=1)
     return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
