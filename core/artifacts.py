@@ -312,7 +312,8 @@ class RunDir:
         train    model.pt  checkpoint.pt  config.yaml  train_log.json
         profile  profile.npz  profile.json  profile.png
         sweep    sweep/{pareto.json, pareto.png, resources.png, design.yaml, inventory/, finn_baseline/}
-        build    hw/{build.json, stages/, <graph>/, vivado/, deploy/}
+        export   stages/ (exitflow export)
+        build    hw/{build.json, stages/, <graph>/, vivado/, deploy/, driver.json}
         cosim    cosim/report.json
         report   report.html
         run      run.json (the step records of `exitflow run`), log/
@@ -396,6 +397,22 @@ class RunDir:
     @property
     def vivado(self) -> Path:
         return self.hw / "vivado"
+
+    @property
+    def deploy(self) -> Path:
+        """The bitfile and its ``.hwh`` (``hw/vivado/make_bitfile.sh`` writes them)."""
+        return self.hw / "deploy"
+
+    @property
+    def driver(self) -> Path:
+        """The record format the PYNQ driver reads (:mod:`exitflow.boards.driver`)."""
+        return self.hw / "driver.json"
+
+    # export
+    @property
+    def exported(self) -> Path:
+        """``exitflow export``'s stage and head files (the build exports its own into ``hw/stages``)."""
+        return self.root / "stages"
 
     # cosim, report, run
     @property

@@ -27,7 +27,7 @@ import json
 import math
 import types
 import typing
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Generic, Literal, TypeVar, Union
 
@@ -359,10 +359,15 @@ def write_file(obj: Any, path: str | Path) -> Path:
 MAX_JSON_BYTES = 64 << 20
 
 
-def load_json_file(cls: type[T], path: str | Path, fix: str = "") -> T:
+def load_json_file(
+    cls: type[T], path: str | Path, fix: str = "", check: Callable[[Any], str | None] | None = None
+) -> T:
     """Read a JSON file written by :func:`write_json_file` into ``cls`` with the same strict checks
     as :func:`load_file`. Anything wrong (missing, unreadable, not JSON, a key or value the schema
-    does not allow) is one :class:`ConfigError` line naming the file and ending in ``; fix``."""
+    does not allow) is one :class:`ConfigError` line naming the file and ending in ``; fix``.
+
+    ``check``, when given, sees the parsed JSON first and returns what is wrong with its overall
+    shape in the reader's own words (or None), for a friendlier line than the schema's."""
     path = Path(path)
     tail = f"; {fix}" if fix else ""
     try:
@@ -375,6 +380,9 @@ def load_json_file(cls: type[T], path: str | Path, fix: str = "") -> T:
         raise ConfigError(f"{path}: missing{tail}") from None
     except (OSError, UnicodeDecodeError, ValueError, RecursionError) as err:
         raise ConfigError(f"{path}: unreadable or not JSON ({type(err).__name__}){tail}") from None
+    problem = check(data) if check else None
+    if problem:
+        raise ConfigError(f"{path}: {problem}{tail}")
     try:
         return from_data(cls, data, source=str(path))
     except ConfigError as err:

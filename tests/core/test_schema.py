@@ -13,10 +13,12 @@ from exitflow.core.schema import (
     dump_yaml,
     from_data,
     load_file,
+    load_json_file,
     parse_yaml,
     read_yaml,
     to_data,
     write_file,
+    write_json_file,
 )
 
 
@@ -218,6 +220,26 @@ def test_load_file_names_the_file_in_every_error(tmp_path):
     listing.write_text("- 1\n- 2\n")
     with pytest.raises(ConfigError, match=rf"^{listing}: must be a mapping with keys model, stages; got \[1, 2\]$"):
         load_file(Doc, listing)
+
+
+def test_load_json_file_asks_the_readers_check_before_the_schema(tmp_path):
+    doc = from_data(Doc, _doc())
+    path = write_json_file(doc, tmp_path / "d.json")
+    seen = []
+
+    def check(data):
+        seen.append(data)
+        return None if isinstance(data, dict) and "model" in data else "expected a design, got something else"
+
+    assert load_json_file(Doc, path, "write it again", check=check) == doc
+    assert seen == [to_data(doc)]
+    path.write_text('{"stages": []}')
+    with pytest.raises(ConfigError) as err:
+        load_json_file(Doc, path, "write it again", check=check)
+    assert str(err.value) == f"{path}: expected a design, got something else; write it again"
+    with pytest.raises(ConfigError) as err:  # without the check, the schema's own words
+        load_json_file(Doc, path, "write it again")
+    assert str(err.value) == f"{path}: model: missing required key; write it again"
 
 
 def test_unsupported_field_types_are_a_programming_error():
