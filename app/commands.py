@@ -64,8 +64,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     exits = [e for e in (args.exits or "").split(",") if e]
     manifest = export_run(args.dir, exits)
-    files = ", ".join(f"{s['file']}+{h['file']}" for s, h in zip(manifest["stages"], manifest["heads"], strict=False))
-    print(f"exported exits {', '.join(manifest['exits'])} to {args.dir}/stages: {files}")
+    files = ", ".join(f"{s.file}+{h.file}" for s, h in zip(manifest.stages, manifest.heads, strict=True))
+    print(f"exported exits {', '.join(manifest.exits)} to {args.dir}/stages: {files}")
     return 0
 
 

@@ -168,7 +168,7 @@ def load_built(run_dir: str | Path, design_path: str | Path | None = None) -> Bu
             folder = hw / name
             graph = _load_graph(folder / "model_hw.onnx", rebuild)
             built_layers = read_layers(folder / "layers.json", rebuild)  # checked: one line if damaged
-            wanted = [layer["name"] for layer in layers]
+            wanted = [layer.name for layer in layers]
             if list(built_layers) != wanted:
                 raise ConfigError(
                     f"{folder}: built with the layers {list(built_layers)}, the design's {kind} {name!r} "

@@ -184,14 +184,14 @@ def _build_graphs(hw, design, design_path, board, model, data, exits, stage_laye
     clock_ns = 1000.0 / design.resolve_clock_mhz()
     jobs = []
     for k, stage in enumerate(design.stages):
-        ctu = {"policy": stage.head.policy, "threshold": stage.head.threshold, "scale": manifest["heads"][k]["scale"]}
+        ctu = {"policy": stage.head.policy, "threshold": stage.head.threshold, "scale": manifest.heads[k].scale}
         blocks = ", ".join(stage.blocks)
         jobs.append(
             (
                 stage.name,
                 "stage",
-                manifest["stages"][k]["file"],
-                [layer["name"] for layer in stage_layers[k]],
+                manifest.stages[k].file,
+                [layer.name for layer in stage_layers[k]],
                 stage.folding,
                 None,
                 f"the stage of blocks {blocks}",
@@ -201,8 +201,8 @@ def _build_graphs(hw, design, design_path, board, model, data, exits, stage_laye
             (
                 stage.head.name,
                 "head",
-                manifest["heads"][k]["file"],
-                [layer["name"] for layer in head_layers[k]],
+                manifest.heads[k].file,
+                [layer.name for layer in head_layers[k]],
                 stage.head.folding,
                 ctu,
                 f"the exit head after {stage.blocks[-1]}",

@@ -5,8 +5,11 @@ model them."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
+from exitflow.core.artifacts import WeightLayer
 from exitflow.core.errors import ConfigError
 
 ID_BITS = 16  # the sample id in every exit record (the block design and the search size records with it)
@@ -47,19 +50,17 @@ def folding_violation(
     return None
 
 
-def check_folding(where: str, folding, layers: list[dict], owner: str) -> None:
+def check_folding(where: str, folding, layers: Sequence[WeightLayer], owner: str) -> None:
     """FINN's folding rules (:func:`folding_violation`), checked before FINN runs; errors name the
     layer and the rule."""
-    by_name = {layer["name"]: layer for layer in layers}
+    by_name = {layer.name: layer for layer in layers}
     for name, fold in folding.items():
         if name not in by_name:
             raise ConfigError(
                 f"{where}.{name}: no weight layer {name!r} in {owner} (layers: {', '.join(by_name) or 'none'})"
             )
         layer = by_name[name]
-        problem = folding_violation(
-            name, fold.pe, fold.simd, layer["mw"], layer["mh"], layer.get("cin"), layer.get("wbits")
-        )
+        problem = folding_violation(name, fold.pe, fold.simd, layer.mw, layer.mh, layer.cin, layer.wbits)
         if problem:
             raise ConfigError(f"{where}.{name}{problem[0]}: {problem[1]}")
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import logging
 import shutil
 import tempfile
@@ -23,8 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from exitflow.core.artifacts import ExportManifest, HeadFile, RunDir, StageFile, WeightLayer
 from exitflow.core.errors import ConfigError
-from exitflow.core.files import user_path
 
 from . import checkpoint as ckpt
 from .model import MultiExitModel
@@ -79,7 +78,9 @@ def is_linear_graph(model) -> bool:
     return bool(data_nodes) and graph.output[0].name in live
 
 
-def export_stages(model: MultiExitModel, exits: list[str], out_dir: str | Path, example: torch.Tensor) -> dict:
+def export_stages(
+    model: MultiExitModel, exits: list[str], out_dir: str | Path, example: torch.Tensor
+) -> ExportManifest:
     """Write stage and head QONNX files for ``exits`` into ``out_dir``; returns the manifest.
 
     ``model`` is a built-in :class:`MultiExitNet` (each stage exported from its own modules) or a
@@ -105,40 +106,41 @@ def export_stages(model: MultiExitModel, exits: list[str], out_dir: str | Path, 
         except ConfigError:  # a layer exitflow cannot map: leave nothing half-written behind
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        manifest = {"exits": chosen, "stages": [], "heads": []}
+        stages, heads = [], []
         inputs = [x, *features[:-1]]
         blocks, layers = model.stage_blocks(chosen), _stage_layers(model, chosen)
         for k, exit_name in enumerate(chosen):
             head = model.exit_head(exit_name)
             _export(head, features[k], tmp / f"head{k}.onnx")
             logits = head(features[k])
-            manifest["stages"].append(
-                {
-                    "file": f"stage{k}.onnx",
-                    "blocks": blocks[k],
-                    "input_shape": list(inputs[k].shape[1:]),
-                    "output_shape": list(features[k].shape[1:]),
-                    "layers": layers[k],
-                }
+            stages.append(
+                StageFile(
+                    file=f"stage{k}.onnx",
+                    blocks=tuple(blocks[k]),
+                    input_shape=tuple(inputs[k].shape[1:]),
+                    output_shape=tuple(features[k].shape[1:]),
+                    layers=layers[k],
+                )
             )
-            manifest["heads"].append(
-                {
-                    "file": f"head{k}.onnx",
-                    "exit": exit_name,
-                    "scale": float(logits.scale),
-                    "logit_bits": int(logits.bit_width),
-                    "num_classes": int(logits.shape[1]),
-                    "layers": _head_layers(head),
-                }
+            heads.append(
+                HeadFile(
+                    file=f"head{k}.onnx",
+                    exit=exit_name,
+                    scale=float(logits.scale),
+                    logit_bits=int(logits.bit_width),
+                    num_classes=int(logits.shape[1]),
+                    layers=_head_layers(head),
+                )
             )
-    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    manifest = ExportManifest(exits=tuple(chosen), stages=tuple(stages), heads=tuple(heads))
+    manifest.write(tmp)
     if out_dir.exists():
         shutil.rmtree(out_dir)
     tmp.replace(out_dir)
     return manifest
 
 
-def _weight_layer(name: str, module) -> dict | None:
+def _weight_layer(name: str, module) -> WeightLayer | None:
     """FINN's matrix view of a weight layer: MW inputs (Cin*k*k for a conv) by MH outputs."""
     from brevitas.nn import QuantConv2d, QuantLinear
 
@@ -147,36 +149,34 @@ def _weight_layer(name: str, module) -> dict | None:
     wbits = int(module.quant_weight().bit_width)
     if isinstance(module, QuantConv2d):
         k = int(np.prod(module.kernel_size))
-        return {
-            "name": name,
-            "mw": module.in_channels * k,
-            "mh": module.out_channels,
-            "cin": module.in_channels,
-            "wbits": wbits,
-        }
-    return {"name": name, "mw": module.in_features, "mh": module.out_features, "wbits": wbits}
+        return WeightLayer(
+            name=name, mw=module.in_channels * k, mh=module.out_channels, cin=module.in_channels, wbits=wbits
+        )
+    return WeightLayer(name=name, mw=module.in_features, mh=module.out_features, wbits=wbits)
 
 
-def _stage_layers(model: MultiExitModel, chosen: list[str]) -> list[list[dict]]:
+def _stage_layers(model: MultiExitModel, chosen: list[str]) -> list[tuple[WeightLayer, ...]]:
     """The weight layers of every stage, named as folding keys: block names (built-in) or module
     names (custom backbone)."""
     return [
-        [layer for name, module in stage if (layer := _weight_layer(name, module))]
+        tuple(layer for name, module in stage if (layer := _weight_layer(name, module)))
         for stage in model.stage_layers(chosen)
     ]
 
 
-def layer_table(model: MultiExitModel, chosen: list[str]) -> tuple[list[list[dict]], list[list[dict]]]:
+def layer_table(
+    model: MultiExitModel, chosen: list[str]
+) -> tuple[list[tuple[WeightLayer, ...]], list[tuple[WeightLayer, ...]]]:
     """(weight layers of every stage, of every head) for the exits ``chosen`` (the final exit
     last), known before anything is exported: what folding is checked against."""
     return _stage_layers(model, chosen), [_head_layers(model.head(e)) for e in chosen]
 
 
-def _head_layers(head) -> list[dict]:
+def _head_layers(head) -> tuple[WeightLayer, ...]:
     """Weight layers of a head: ``hidden`` (if any) and ``classifier``."""
     found = [m for m in head.modules() if _weight_layer("", m)]
     names = ["hidden", "classifier"] if len(found) == 2 else ["classifier"]
-    return [_weight_layer(n, m) for n, m in zip(names, found, strict=False)]
+    return tuple(_weight_layer(n, m) for n, m in zip(names, found, strict=False))
 
 
 def _builtin_stages(model: MultiExitNet, chosen: list[str], x: torch.Tensor, folder: Path) -> list[torch.Tensor]:
@@ -311,12 +311,12 @@ def check_chain(raw, model) -> None:
             )
 
 
-def export_run(run_dir: str | Path, exits: list[str]) -> dict:
+def export_run(run_dir: str | Path, exits: list[str]) -> ExportManifest:
     """Export the trained run in ``run_dir`` to ``run_dir/stages``."""
-    run_dir = user_path(run_dir)
-    _, model, data = ckpt.load_model(run_dir)
+    run = RunDir(run_dir)
+    _, model, data = ckpt.load_model(run.root)
     example = torch.zeros((1, *data["input_shape"]))
-    return export_stages(model, exits, run_dir / "stages", example)
+    return export_stages(model, exits, run.exported, example)
 
 
 def run_stages(stage_dir: str | Path, x: np.ndarray) -> list[np.ndarray]:
@@ -326,10 +326,10 @@ def run_stages(stage_dir: str | Path, x: np.ndarray) -> list[np.ndarray]:
     from qonnx.core.onnx_exec import execute_onnx
 
     stage_dir = Path(stage_dir)
-    manifest = json.loads((stage_dir / "manifest.json").read_text())
+    manifest = ExportManifest.read(stage_dir)
     graphs = [
-        (ModelWrapper(str(stage_dir / s["file"])), ModelWrapper(str(stage_dir / h["file"])), h)
-        for s, h in zip(manifest["stages"], manifest["heads"], strict=False)
+        (ModelWrapper(str(stage_dir / s.file)), ModelWrapper(str(stage_dir / h.file)), h)
+        for s, h in zip(manifest.stages, manifest.heads, strict=True)
     ]
     logits = [[] for _ in graphs]
     for i in range(len(x)):
@@ -337,8 +337,8 @@ def run_stages(stage_dir: str | Path, x: np.ndarray) -> list[np.ndarray]:
         for k, (stage, head, meta) in enumerate(graphs):
             h = execute_onnx(stage, {stage.graph.input[0].name: h})[stage.graph.output[0].name]
             y = execute_onnx(head, {head.graph.input[0].name: h})[head.graph.output[0].name]
-            z = y / meta["scale"]
+            z = y / meta.scale
             if np.abs(z - np.round(z)).max() > 1e-2:
-                raise RuntimeError(f"{meta['file']}: output is not an integer multiple of the logit scale")
+                raise RuntimeError(f"{meta.file}: output is not an integer multiple of the logit scale")
             logits[k].append(np.round(z).astype(np.int64))
     return [np.concatenate(v) for v in logits]

@@ -11,6 +11,7 @@ import yaml
 from qonnx.core.modelwrapper import ModelWrapper
 from qonnx.custom_op.registry import getCustomOp
 
+from exitflow.core.artifacts import WeightLayer
 from exitflow.core.errors import ConfigError
 from exitflow.hw.build import build
 
@@ -309,7 +310,7 @@ def test_weight_stream_wider_than_ap_int_max(tmp_path):
         check_folding(
             "d.yaml: stages[0].folding",
             {"fc": LayerFolding(pe=64, simd=64)},
-            [{"name": "fc", "mw": 64, "mh": 64, "wbits": 4}],
+            [WeightLayer(name="fc", mw=64, mh=64, wbits=4)],
             "stage 's'",
         )
 
@@ -325,7 +326,7 @@ def test_simd_below_mw_over_1024(tmp_path):
         check_folding(
             "d.yaml: stages[0].folding",
             {"fc": LayerFolding(simd=1)},
-            [{"name": "fc", "mw": 2048, "mh": 10}],
+            [WeightLayer(name="fc", mw=2048, mh=10, wbits=1)],
             "stage 's'",
         )
 

@@ -7,7 +7,7 @@ import torch
 
 from exitflow.core.data import DataSpec, load_splits
 from exitflow.core.errors import ConfigError
-from exitflow.core.schema import FrozenMap, from_data
+from exitflow.core.schema import FrozenMap, from_data, to_data
 from exitflow.quant import checkpoint as ckpt
 from exitflow.quant.config import ModelConfig, RunConfig, TrainConfig
 from exitflow.quant.export import export_stages, run_stages
@@ -55,7 +55,7 @@ def test_chained_stages_reproduce_the_integer_logits(tmp_path, exits):
     x = to_input(test.x[:100])
     with torch.no_grad():
         expected = [o.int().numpy().astype(np.int64) for o in model(x)]
-    manifest = export_stages(model, exits, tmp_path / "stages", x[:1])
+    manifest = to_data(export_stages(model, exits, tmp_path / "stages", x[:1]))
     assert manifest["exits"] == [*exits, "linear_features.6"]
     for name, logits in zip(manifest["exits"], run_stages(tmp_path / "stages", x.numpy()), strict=False):
         assert np.array_equal(logits, expected[model.exit_names.index(name)]), name

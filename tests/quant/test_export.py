@@ -10,6 +10,7 @@ from qonnx.core.modelwrapper import ModelWrapper
 
 from exitflow.core.data import DataSpec, load_splits
 from exitflow.core.errors import ConfigError
+from exitflow.core.schema import to_data
 from exitflow.quant.config import ModelConfig
 from exitflow.quant.export import export_run, export_stages, is_linear_graph, run_stages
 from exitflow.quant.network import build_model
@@ -44,7 +45,7 @@ def test_chained_stages_reproduce_the_integer_logits(tmp_path, backbone, exits):
     randomise_batch_norm(model)
     model.eval()
     x = to_input(test.x[:SAMPLES])
-    manifest = export_stages(model, exits, tmp_path / "stages", x[:1])
+    manifest = to_data(export_stages(model, exits, tmp_path / "stages", x[:1]))
     kept = [e for e in model.exit_names if e in exits] + [model.exit_names[-1]]
     assert manifest["exits"] == kept
     for k in range(len(kept)):
@@ -62,7 +63,7 @@ def test_chained_stages_reproduce_the_integer_logits(tmp_path, backbone, exits):
 
 
 def test_export_run_writes_the_manifest(digits_run):
-    manifest = export_run(digits_run, ["conv1"])
+    manifest = to_data(export_run(digits_run, ["conv1"]))
     stages = digits_run / "stages"
     assert sorted(p.name for p in stages.iterdir()) == [
         "head0.onnx",

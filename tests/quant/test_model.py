@@ -35,8 +35,8 @@ def _describe(model: MultiExitModel, early: list[str]) -> dict:
     return {
         "kept": kept,
         "blocks": model.stage_blocks(kept),
-        "stage_layers": [[layer["name"] for layer in stage] for stage in stages],
-        "head_layers": [[layer["name"] for layer in head] for head in heads],
+        "stage_layers": [[layer.name for layer in stage] for stage in stages],
+        "head_layers": [[layer.name for layer in head] for head in heads],
         "mismatch": model.blocks_mismatch(model.stage_blocks(kept)),
         "cut": model.stages_cut_from_whole,
         "frozen": len(model.frozen_modules()) == len(model.frozen_prefixes()),

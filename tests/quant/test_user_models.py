@@ -232,7 +232,7 @@ def test_concatenation_in_the_backbones_forward(tmp_path, user_module):
 def test_a_chain_exports(tmp_path, user_module):
     name, _ = user_module
     model = build_model(custom(name, exits=("block0.act",)), (1, 8, 8), 10)
-    manifest = export_stages(model, ["block0.act"], tmp_path / "stages", torch.zeros(1, 1, 8, 8))
+    manifest = to_data(export_stages(model, ["block0.act"], tmp_path / "stages", torch.zeros(1, 1, 8, 8)))
     assert manifest["exits"] == ["block0.act", "fc"]
 
 
