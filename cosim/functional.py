@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from exitflow.core.artifacts import LayerMap
 from exitflow.core.data import ImageSet, load_splits
 from exitflow.core.design import load_design
 from exitflow.core.errors import ConfigError
@@ -167,7 +168,7 @@ def load_built(run_dir: str | Path, design_path: str | Path | None = None) -> Bu
         for kind, name, layers in (("stage", stage.name, stage_layers[k]), ("head", stage.head.name, head_layers[k])):
             folder = hw / name
             graph = _load_graph(folder / "model_hw.onnx", rebuild)
-            built_layers = read_layers(folder / "layers.json", rebuild)  # checked: one line if damaged
+            built_layers = read_layers(folder / LayerMap.FILE, rebuild)  # checked: one line if damaged
             wanted = [layer.name for layer in layers]
             if list(built_layers) != wanted:
                 raise ConfigError(

@@ -21,11 +21,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from exitflow.core.artifacts import LayerMap
 from exitflow.core.catalogue import get_board
 from exitflow.core.design import Design, gate_depth_limit, load_design, memory_bits
 from exitflow.core.errors import ConfigError, check_interrupt
 from exitflow.core.files import atomic_write, user_path
 from exitflow.core.resources import Resources
+from exitflow.core.schema import FrozenMap
 from exitflow.hls_templates.registry import register_finn_ops
 from exitflow.hw import finn_flow
 from exitflow.hw.folding import check_folding, stream_words
@@ -225,12 +227,9 @@ def _build_graphs(hw, design, design_path, board, model, data, exits, stage_laye
             where=where,
         )
         finn_flow.run_flow(hw / "stages" / file, out, state)
-        (out / "layers.json").write_text(
-            json.dumps(
-                {"layers": state.layer_nodes, "input_datatype": state.input_datatype, "input_scale": state.input_scale},
-                indent=1,
-            )
-        )
+        LayerMap(
+            layers=FrozenMap(state.layer_nodes), input_datatype=state.input_datatype, input_scale=state.input_scale
+        ).write(out)
         report = _summarise(name, kind, out)
         reports.append(report)
         log(

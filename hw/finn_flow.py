@@ -33,8 +33,10 @@ from pathlib import Path
 import numpy as np
 from qonnx.transformation.base import Transformation
 
+from exitflow.core.artifacts import LayerMap
 from exitflow.core.design import LayerFolding
-from exitflow.core.errors import ConfigError, ExitflowError, check_interrupt
+from exitflow.core.errors import ExitflowError, check_interrupt
+from exitflow.core.schema import load_json_file
 from exitflow.hls_templates.registry import register_finn_ops
 from exitflow.hw.folding import _window_attrs, divisors, folding_violation, pool_folding, scratch_op, window_fold
 
@@ -531,14 +533,15 @@ def estimates(model, part: str) -> dict:
 
 
 def read_layers(path: Path, rebuild: str) -> dict[str, str]:
-    """``hw/<graph>/layers.json``, checked: ``{"layers": {model layer: FINN node name}}`` as the
-    build writes it. Anything else is one :class:`ConfigError` line naming the file and ``rebuild``."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: missing; {rebuild}") from None
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as err:
-        raise ConfigError(f"{path}: unreadable or not JSON ({type(err).__name__}); {rebuild}") from None
+    """``hw/<graph>/layers.json`` (a :class:`~exitflow.core.artifacts.LayerMap`), checked: the
+    model's layer -> FINN node name, as the build writes it. Anything else is one
+    :class:`ConfigError` line naming the file and ending in ``rebuild``."""
+    return dict(load_json_file(LayerMap, path, rebuild, check=_layers_shape).layers)
+
+
+def _layers_shape(data) -> str | None:
+    """What is wrong with the shape of a parsed ``layers.json``, in the words of the file's
+    purpose (the schema checks the rest)."""
     layers = data.get("layers") if isinstance(data, dict) else None
     if not isinstance(layers, dict) or not all(
         isinstance(k, str) and isinstance(v, str) and v for k, v in layers.items()
@@ -552,10 +555,10 @@ def read_layers(path: Path, rebuild: str) -> dict[str, str]:
             got = f"'layers' of type {type(layers).__name__}" if "layers" in data else "no 'layers' key"
         else:
             got = f"a JSON {type(data).__name__}"
-        raise ConfigError(f'{path}: expected {{"layers": {{layer name: FINN node name}}}}, got {got}; {rebuild}')
+        return f'expected {{"layers": {{layer name: FINN node name}}}}, got {got}'
     if len(set(layers.values())) != len(layers):
-        raise ConfigError(f"{path}: two layers name the same FINN node; {rebuild}")
-    return layers
+        return "two layers name the same FINN node"
+    return None
 
 
 def run_flow(src: Path, out: Path, state: FlowState, log: Callable[[str], None] | None = None):
