@@ -19,6 +19,7 @@ import subprocess
 from pathlib import Path
 
 from exitflow.boards.driver import RecordFormat
+from exitflow.core.artifacts import BuildSummary, RunDir
 from exitflow.core.catalogue import get_board
 from exitflow.core.design import load_design
 from exitflow.core.errors import NotAvailableError
@@ -103,7 +104,7 @@ def _hls_tcl(name: str, part: str, clock_ns: float, include: Path) -> str:
     )
 
 
-def write_project(run_dir: str | Path, summary: dict | None = None) -> Path:
+def write_project(run_dir: str | Path, summary: BuildSummary | None = None) -> Path:
     """Exit IP sources, the block design script and driver.json, from the build's summary
     (``summary``, or DIR/hw/build.json when it is not given)."""
     from qonnx.core.modelwrapper import ModelWrapper
@@ -111,17 +112,18 @@ def write_project(run_dir: str | Path, summary: dict | None = None) -> Path:
 
     register_finn_ops()
 
-    hw = Path(run_dir) / "hw"
+    run = RunDir(run_dir)
+    hw = run.hw
     if summary is None:
-        summary = json.loads((hw / "build.json").read_text())
-    design = load_design(summary["design"])
+        summary = run.read_build()
+    design = load_design(summary.design)
     board = get_board(design.board)
-    clock_ns = 1000.0 / summary["clock_mhz"]
+    clock_ns = 1000.0 / summary.clock_mhz
     heads = [ModelWrapper(str(hw / s.head.name / "model_hw.onnx")) for s in design.stages]
     ctus = [getCustomOp(m.graph.node[-1]).params() for m in heads]
     exits = len(design.stages)
     fmt = RecordFormat(ID_BITS, max(1, (exits - 1).bit_length()), ctus[0].class_bits, tuple(c.code_bits for c in ctus))
-    out = hw / "vivado"
+    out = run.vivado
     out.mkdir(parents=True, exist_ok=True)
     common = {"id_bits": ID_BITS, "exit_bits": fmt.exit_bits, "rec_bits": fmt.record_bits}
     ips, stages = [], []
@@ -172,7 +174,7 @@ def write_project(run_dir: str | Path, summary: dict | None = None) -> Path:
         board=board,
         board_part=BOARD_PARTS.get(board.name, ""),
         vivado_version=VIVADO_VERSION,
-        clock_mhz=summary["clock_mhz"],
+        clock_mhz=summary.clock_mhz,
         ip_repos=repos,
         stages=stages,
         ids={"vlnv": "xilinx.com:hls:exitflow_ids:1.0"},
@@ -183,12 +185,12 @@ def write_project(run_dir: str | Path, summary: dict | None = None) -> Path:
     (out / "block_design.tcl").write_text(tcl)
     (out / "make_bitfile.sh").write_text("\n".join(script) + "\n")
     (out / "make_bitfile.sh").chmod(0o755)
-    (hw / "driver.json").write_text(
+    run.driver.write_text(
         json.dumps(
             {
                 "records": fmt.to_json(),
                 "exits": [s.head.name for s in design.stages],
-                "input_shape": summary.get("input_shape"),
+                "input_shape": list(summary.input_shape),
             },
             indent=1,
         )
@@ -207,28 +209,25 @@ def build_with_project(
 def build_bitfile(run_dir: str | Path, log=print) -> Path:
     """With Vivado and Vitis HLS: FINN IPs for every stage and head, the exit IPs, the bitfile."""
     missing = missing_tools()
-    hw = Path(run_dir) / "hw"
+    run = RunDir(run_dir)
     if missing:
         raise NotAvailableError(
             f"the bitfile needs {' and '.join(missing)}, not found on PATH; the generated project is in "
-            f"{hw / 'vivado'} (run make_bitfile.sh there after `exitflow build` on a machine with them)"
+            f"{run.vivado} (run make_bitfile.sh there after `exitflow build` on a machine with them)"
         )
     from finn.transformation.fpgadataflow.create_stitched_ip import CreateStitchedIP
     from finn.transformation.fpgadataflow.hlssynth_ip import HLSSynthIP
     from qonnx.core.modelwrapper import ModelWrapper
 
-    summary = json.loads((hw / "build.json").read_text())
-    for graph in summary["graphs"]:
-        folder = hw / graph["name"]
+    summary = run.read_build()
+    for graph in summary.graphs:
+        folder = run.hw / graph.name
         with finn_settings(folder / "ipgen"):
             model = ModelWrapper(str(folder / "model_hw.onnx")).transform(HLSSynthIP())
-            model = model.transform(
-                CreateStitchedIP(summary["part"], 1000.0 / summary["clock_mhz"], ip_name=graph["name"])
-            )
+            model = model.transform(CreateStitchedIP(summary.part, 1000.0 / summary.clock_mhz, ip_name=graph.name))
         shutil.copytree(
             model.get_metadata_prop("vivado_stitch_proj") + "/ip", folder / "stitched_ip", dirs_exist_ok=True
         )
-        log(f"IP for {graph['kind']} {graph['name']}: {folder / 'stitched_ip'}")
-    vivado = hw / "vivado"
-    subprocess.run(["bash", str(vivado / "make_bitfile.sh")], check=True, cwd=vivado)
-    return hw / "deploy" / "exitflow.bit"
+        log(f"IP for {graph.kind} {graph.name}: {folder / 'stitched_ip'}")
+    subprocess.run(["bash", str(run.vivado / "make_bitfile.sh")], check=True, cwd=run.vivado)
+    return run.deploy / "exitflow.bit"

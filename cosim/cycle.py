@@ -54,6 +54,7 @@ from pathlib import Path
 
 import numpy as np
 
+from exitflow.core.artifacts import BuildSummary, RunDir
 from exitflow.core.design import load_design
 from exitflow.core.errors import ConfigError
 from exitflow.core.files import user_path
@@ -357,20 +358,16 @@ def _graph_units(folder: Path, fix: str) -> tuple[list[Unit], object]:
 
 def load_pipeline(run_dir: str | Path, design_path: str | Path | None = None) -> tuple[Pipeline, list[str]]:
     """The pipeline of the design built in ``DIR/hw`` and its exit (head) names."""
-    run_dir = user_path(run_dir)
-    design_path = user_path(design_path) if design_path else run_dir / "sweep" / "design.yaml"
+    run = RunDir(run_dir)
+    design_path = user_path(design_path) if design_path else run.design
     if not design_path.is_file():
         raise ConfigError(f"{design_path}: design not found; pass --design FILE (a design YAML, see README)")
     design = load_design(design_path)
-    hw = run_dir / "hw"
-    fix = f"build it with `exitflow build {run_dir} --design {design_path}`"
-    try:
-        summary = json.loads((hw / "build.json").read_text())
-        clock_mhz = float(summary["clock_mhz"])
-    except OSError:
-        raise ConfigError(f"{hw / 'build.json'}: no built hardware; {fix}") from None
-    except (ValueError, KeyError, TypeError):
-        raise ConfigError(f"{hw / 'build.json'}: corrupt; {fix}") from None
+    hw = run.hw
+    fix = f"build it with `exitflow build {run.root} --design {design_path}`"
+    if not run.build_summary.is_file():
+        raise ConfigError(f"{run.build_summary}: no built hardware; {fix}")
+    clock_mhz = BuildSummary.read(hw, fix).clock_mhz  # checked: one line if damaged or foreign
     _import_finn_ops()
     stages = []
     for stage in design.stages:

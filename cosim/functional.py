@@ -15,7 +15,6 @@ sample and locates each mismatch (sample, stage or head, layer, first differing 
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -23,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from exitflow.core.artifacts import LayerMap
+from exitflow.core.artifacts import BuildSummary, LayerMap, RunDir
 from exitflow.core.data import ImageSet, load_splits
 from exitflow.core.design import load_design
 from exitflow.core.errors import ConfigError
@@ -126,8 +125,9 @@ def _apply_layout(nodes: list, parent, x: np.ndarray, where: str) -> np.ndarray:
 def load_built(run_dir: str | Path, design_path: str | Path | None = None) -> Built:
     """Check and load ``DIR``'s model, the design and ``DIR/hw``; every problem is one
     :class:`ConfigError` line naming the file and the fix."""
-    run_dir = user_path(run_dir)
-    design_path = user_path(design_path) if design_path else run_dir / "sweep" / "design.yaml"
+    run = RunDir(run_dir)
+    run_dir = run.root
+    design_path = user_path(design_path) if design_path else run.design
     if not design_path.is_file():
         raise ConfigError(f"{design_path}: design not found; pass --design FILE (a design YAML, see README)")
     design = load_design(design_path)
@@ -140,7 +140,7 @@ def load_built(run_dir: str | Path, design_path: str | Path | None = None) -> Bu
     config, model, _ = ckpt.load_model(run_dir)
     early = match_design(design, config, model, str(design_path))
     exits = model.kept_exits(early)
-    hw = run_dir / "hw"
+    hw = run.hw
     rebuild = f"build it with `exitflow build {run_dir} --design {design_path}`"
     if not is_finished(hw):
         if is_finished(backup_of(hw)):
@@ -149,12 +149,7 @@ def load_built(run_dir: str | Path, design_path: str | Path | None = None) -> Bu
                 f"`exitflow cosim {run_dir}` puts it back, or {rebuild}"
             )
         raise ConfigError(f"{hw}: no built hardware; {rebuild}")
-    try:
-        summary = json.loads((hw / "build.json").read_text())
-    except (OSError, ValueError) as err:
-        raise ConfigError(f"{hw / 'build.json'}: damaged ({type(err).__name__}); {rebuild}") from None
-    if not isinstance(summary, dict) or not isinstance(summary.get("graphs"), list):
-        raise ConfigError(f"{hw / 'build.json'}: not a build summary (no 'graphs' list); {rebuild}")
+    BuildSummary.read(hw, rebuild)  # checked: one line if damaged or foreign
     _import_finn_ops()
     stage_layers, head_layers = layer_table(model, exits)
     for k, stage in enumerate(design.stages):  # the design's folding must be one FINN could build
@@ -563,7 +558,7 @@ def predicted_fractions(built: Built) -> tuple[list[float] | None, str]:
     # torch at import (quant.profile): cosim refuses bad input before it
     from exitflow.quant.profile import load_profile
 
-    path = built.run_dir / "profile.npz"
+    path = RunDir(built.run_dir).profile
     if not path.is_file():
         return None, f"no {path} (run `exitflow profile {built.run_dir}` for the prediction)"
     npz = load_profile(built.run_dir)  # checked: one line for a damaged or foreign file

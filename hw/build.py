@@ -18,14 +18,13 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
-from exitflow.core.artifacts import LayerMap
+from exitflow.core.artifacts import BitfileStatus, BuildSummary, GateCheck, GraphReport, LayerMap, RunDir
 from exitflow.core.catalogue import get_board
 from exitflow.core.design import Design, gate_depth_limit, load_design, memory_bits
 from exitflow.core.errors import ConfigError, check_interrupt
-from exitflow.core.files import atomic_write, user_path
+from exitflow.core.files import user_path
 from exitflow.core.resources import Resources
 from exitflow.core.schema import FrozenMap
 from exitflow.hls_templates.registry import register_finn_ops
@@ -65,33 +64,20 @@ def match_design(design: Design, config, model, source: str) -> list[str]:
     return ends[:-1]
 
 
-@dataclass(frozen=True)
-class GraphReport:
-    name: str
-    kind: str  # "stage" or "head"
-    lut: float
-    ff: float
-    bram18: int
-    uram: int
-    dsp: int
-    interval_cycles: int  # slowest node
-    nodes: int
-
-
 def _summarise(name: str, kind: str, folder: Path) -> GraphReport:
     resources = json.loads((folder / "estimate_layer_resources.json").read_text())
     cycles = json.loads((folder / "estimate_layer_cycles.json").read_text())
     total = Resources.total(Resources.from_finn(r) for r in resources.values())
     return GraphReport(
-        name,
-        kind,
-        total.lut,
-        sum(r.get("FF", 0) for r in resources.values()),  # flip-flops: not in a resource vector
-        int(total.bram18),
-        int(total.uram),
-        int(total.dsp),
-        int(max(cycles.values())),
-        len(resources),
+        name=name,
+        kind=kind,
+        lut=total.lut,
+        ff=sum(r.get("FF", 0) for r in resources.values()),  # flip-flops: not in a resource vector
+        bram18=int(total.bram18),
+        uram=int(total.uram),
+        dsp=int(total.dsp),
+        interval_cycles=int(max(cycles.values())),
+        nodes=len(resources),
     )
 
 
@@ -100,11 +86,13 @@ def build(
     design_path: str | Path | None = None,
     log: Callable[[str], None] = print,
     hw_dir: str | Path | None = None,
-    vivado_project: Callable[[Path, dict], object] | None = None,
+    vivado_project: Callable[[Path, BuildSummary], object] | None = None,
 ) -> list[GraphReport]:
-    """Build the design into ``hw_dir`` (default ``DIR/hw``); see the module docstring."""
-    run_dir = user_path(run_dir)
-    design_path = user_path(design_path) if design_path else run_dir / "sweep" / "design.yaml"
+    """Build the design into ``hw_dir`` (default ``DIR/hw``); see the module docstring.
+    ``vivado_project(run folder, summary)`` runs before ``build.json`` commits the build."""
+    run = RunDir(run_dir)
+    run_dir = run.root
+    design_path = user_path(design_path) if design_path else run.design
     if not design_path.exists():
         raise ConfigError(f"{design_path}: design not found; pass --design FILE (a design YAML, see README)")
     design = load_design(design_path)
@@ -125,7 +113,7 @@ def build(
 
     # FINN records absolute paths of generated code, so the build happens in DIR/hw itself; an
     # earlier DIR/hw waits in DIR/.hw.previous and comes back if this build fails or is killed.
-    final = user_path(hw_dir) if hw_dir else run_dir / "hw"
+    final = user_path(hw_dir) if hw_dir else run.hw
     restore_build(final, log)
     previous = backup_of(final)
     if final.exists():
@@ -150,7 +138,7 @@ def backup_of(hw: Path) -> Path:
 
 def is_finished(hw: Path) -> bool:
     """A build is finished once its ``build.json`` is there: it is written last, atomically."""
-    return (hw / "build.json").is_file()
+    return (hw / BuildSummary.FILE).is_file()
 
 
 def restore_build(hw: Path, log: Callable[[str], None] = print) -> bool:
@@ -237,26 +225,24 @@ def _build_graphs(hw, design, design_path, board, model, data, exits, stage_laye
             f"LUT {report.lut:.0f}, BRAM18 {report.bram18}, DSP {report.dsp}"
         )
     gates = _gate_checks(hw, design, board, design_path, log)
-    summary = {
-        "design": str(Path(design_path).resolve()),
-        "board": board.name,
-        "part": board.part,
-        "gates": gates,
-        "clock_mhz": design.resolve_clock_mhz(),
-        "input_shape": list(data["input_shape"]),
-        "graphs": [r.__dict__ for r in reports],
-        "bitfile": bitfile_status(hw.parent, design_path),
-    }
+    summary = BuildSummary(
+        design=str(Path(design_path).resolve()),
+        board=board.name,
+        part=board.part,
+        gates=gates,
+        clock_mhz=design.resolve_clock_mhz(),
+        input_shape=tuple(data["input_shape"]),
+        graphs=tuple(reports),
+        bitfile=bitfile_status(hw.parent, design_path),
+    )
     if vivado_project:  # the board's step (exitflow.boards.vivado.write_project): before build.json commits the build
         vivado_project(hw.parent, summary)
     check_interrupt()  # a Ctrl-C that a library swallowed: the earlier build comes back, this one is not committed
-    atomic_write(
-        hw / "build.json", lambda tmp: tmp.write_text(json.dumps(summary, indent=1))
-    )  # last: the build is done
+    summary.write(hw)  # last, atomically: the build is done
     return reports
 
 
-def _gate_checks(hw: Path, design: Design, board, design_path: Path, log) -> list[dict]:
+def _gate_checks(hw: Path, design: Design, board, design_path: Path, log) -> tuple[GateCheck, ...]:
     """A gate must fit on the board: ``gate_depth`` feature maps of the stage's real size (its
     folded output words times the stream width) within the device's memory, or the design is
     refused. Its FIFO should also cover its head's decision latency (the sum of the head's node
@@ -282,7 +268,7 @@ def _gate_checks(hw: Path, design: Design, board, design_path: Path, log) -> lis
         latency = sum(json.loads((hw / stage.head.name / "estimate_layer_cycles.json").read_text()).values())
         words = stage.gate_depth * folds
         checks.append(
-            {"stage": stage.name, "fifo_words": words, "head_latency_cycles": int(latency), "covers": words >= latency}
+            GateCheck(stage=stage.name, fifo_words=words, head_latency_cycles=int(latency), covers=words >= latency)
         )
         if words < latency:
             log(
@@ -290,7 +276,7 @@ def _gate_checks(hw: Path, design: Design, board, design_path: Path, log) -> lis
                 f"less than {stage.head.name}'s decision latency "
                 f"of about {int(latency)} cycles; the stage may stall while it decides (raise gate_depth)"
             )
-    return checks
+    return tuple(checks)
 
 
 def missing_tools() -> list[str]:
@@ -300,11 +286,11 @@ def missing_tools() -> list[str]:
     return missing
 
 
-def bitfile_status(run_dir: Path, design_path: Path) -> dict:
+def bitfile_status(run_dir: Path, design_path: Path) -> BitfileStatus:
     """What the Vivado part of the build needs, and whether this machine has it."""
-    return {
-        "tools": f"Vivado and Vitis HLS {VIVADO_VERSION}",
-        "missing": missing_tools(),
-        "project": str(Path(run_dir) / "hw" / "vivado"),
-        "command": f"exitflow build {run_dir} --design {design_path}",
-    }
+    return BitfileStatus(
+        tools=f"Vivado and Vitis HLS {VIVADO_VERSION}",
+        missing=tuple(missing_tools()),
+        project=str(RunDir(run_dir).vivado),
+        command=f"exitflow build {run_dir} --design {design_path}",
+    )
