@@ -36,7 +36,17 @@ from exitflow.hw.folding import stream_words
 from exitflow.quant.policies import route, threshold_code
 
 from .finn_baseline import finn_setfolding_baseline
-from .search import Candidate, Segment, active_bound, graph_cost, pareto, routing_cost, search
+from .search import (
+    Candidate,
+    SearchSpace,
+    Segment,
+    ValidationProfile,
+    active_bound,
+    graph_cost,
+    pareto,
+    routing_cost,
+    search,
+)
 from .throughput import sensitivity, stage_level_fps
 
 MAX_PROB_THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98)
@@ -160,20 +170,21 @@ def sweep(
 
     started = time.perf_counter()
     stats: dict = {}
-    candidates = search(
-        segments,
-        codes,
-        correct,
-        prof["scales"],
+    space = SearchSpace(
         policy,
-        list(MAX_PROB_THRESHOLDS),
+        MAX_PROB_THRESHOLDS,
         limits,
         board.clock_mhz,
         max_exits=max_exits,
-        stats=stats,
         gate_depths=GATE_DEPTHS,
         headrooms=HEADROOMS,
+    )
+    candidates = search(
+        segments,
+        ValidationProfile(codes, correct, prof["scales"]),
+        space,
         progress=lambda items: tqdm(items, desc="sweep", unit="exit set", disable=not show, leave=False),
+        stats=stats,
     )
     search_seconds, designs = time.perf_counter() - started, stats["designs"]
     final_acc = float(correct[:, -1].mean())
