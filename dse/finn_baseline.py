@@ -84,6 +84,7 @@ def _set_fields(obj) -> Any:
 
 def _setfolding_point(graphs, target: int, board, budget: Resources) -> dict:
     """SetFolding of every graph at ``target`` cycles per frame, judged by FINN's estimator."""
+    # FINN and qonnx: heavy, loaded only when the baseline is judged
     from finn.analysis.fpgadataflow.exp_cycles_per_layer import exp_cycles_per_layer
     from finn.analysis.fpgadataflow.res_estimation import res_estimation
     from finn.transformation.fpgadataflow.insert_dwc import InsertDWC
@@ -116,6 +117,7 @@ def _setfolding_point(graphs, target: int, board, budget: Resources) -> dict:
 def _unbuildable(model) -> list[str]:
     """FINN's code-generation rules (:func:`exitflow.hw.folding.folding_violation`) that a folding
     SetFolding chose breaks: it does not check SIMD >= MW/1024, which FINN's HLS MVAU asserts."""
+    # qonnx: heavy, loaded only when the baseline is judged
     from qonnx.custom_op.registry import getCustomOp
 
     out = []
