@@ -57,20 +57,11 @@ def run() -> list[dict]:
                 "final_exit_test_accuracy": round(one.final_test_accuracy, 4),
                 "test_drop_pp_at_1pp": round(100 * (one.final_test_accuracy - one.test_accuracy), 2),
                 "test_drop_pp_at_0p5pp": round(100 * (half.final_test_accuracy - half.test_accuracy), 2),
-                "exits_1pp": _chosen_exit_names(model),
+                "exits_1pp": list(one.report.chosen.exits),  # by name, as pareto.json lists them
                 "train_s": round(train_s, 1) if train_s is not None else None,
             }
         )
     return rows
-
-
-def _chosen_exit_names(model: str) -> list[str]:
-    """The chosen design's exits by name, from the last sweep's ``pareto.json`` (the 1 pp one)."""
-    import json
-
-    from _dse_common import run_folder
-
-    return json.loads((Path(run_folder(model)) / "sweep" / "pareto.json").read_text())["chosen"]["exits"]
 
 
 def _no_exit_bound(result) -> str:

@@ -18,25 +18,25 @@ def run() -> dict:
     result, _ = swept("cnv", 1.0)
     ours = [c for c in result.candidates if c.exits == ()]
     not_worse = better = 0
-    points = [p for p in result.finn_points if p["fits"]]
+    points = [p for p in result.finn_points if p.fits]
 
     def matching(p):  # ours at least as fast with no more LUT, BRAM18 and DSP (SetFolding uses none)
         return [
             c
             for c in ours
-            if c.fps >= p["fps"]
-            and c.resources.lut <= p["lut"]
-            and c.resources.bram18 <= p["bram18"]
-            and c.resources.dsp <= p["dsp"]
+            if c.fps >= p.fps
+            and c.resources.lut <= p.lut
+            and c.resources.bram18 <= p.bram18
+            and c.resources.dsp <= p.dsp
         ]
 
     for p in points:
         match = matching(p)
         if match:
             not_worse += 1
-            if any(c.fps > p["fps"] or c.resources.lut < p["lut"] or c.resources.bram18 < p["bram18"] for c in match):
+            if any(c.fps > p.fps or c.resources.lut < p.lut or c.resources.bram18 < p.bram18 for c in match):
                 better += 1
-    buildable = [p for p in points if p["buildable"]]
+    buildable = [p for p in points if p.buildable]
     not_worse_buildable = sum(1 for p in buildable if matching(p))
     return {
         "model": "cnv",

@@ -8,12 +8,18 @@ each point says whether FINN could build it, and why not.)"""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import yaml
 
+from exitflow.core.artifacts import RunDir
+from exitflow.core.design import Design, ExitHead, Stage
+from exitflow.core.files import atomic_write
 from exitflow.core.resources import Resources
+from exitflow.core.schema import to_data
 from exitflow.hls_templates.registry import register_finn_ops
 from exitflow.hw.build import build
 from exitflow.hw.finn_flow import finn_chatter
@@ -26,24 +32,24 @@ def finn_setfolding_baseline(
     run_dir: Path, model, config, board, budget: Resources, out: Path
 ) -> tuple[dict | None, list[dict]]:
     """(the fastest SetFolding result within the budget, every SetFolding result). What FINN says
-    meanwhile (SetFolding warns about every op it does not know) goes to ``run_dir/log/finn.log``."""
+    meanwhile (SetFolding warns about every op it does not know) goes to ``run_dir/log/finn.log``.
+    The points are plain dicts (the keys of :class:`~exitflow.core.artifacts.SetFoldingPoint`,
+    which the sweep makes of them)."""
+    # qonnx: heavy, and needed only when the baseline is judged
     from qonnx.core.modelwrapper import ModelWrapper
 
     register_finn_ops()
     blocks = model.stage_blocks(model.kept_exits([]))[0]  # one stage: the whole network
-    design = {
-        "model": config.model.backbone,
-        "board": board.name,
-        "stages": [{"name": "whole", "blocks": blocks, "head": {"name": "classifier"}}],
-    }
+    whole = Stage(name="whole", blocks=tuple(blocks), head=ExitHead(name="classifier"))
+    design = Design(model=config.model.backbone, board=board.name, stages=(whole,))
     folder = out / "finn_baseline"
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "design.yaml").write_text(yaml.safe_dump(design, sort_keys=False))
-    if not (folder / "hw" / "build.json").exists():
-        build(run_dir, folder / "design.yaml", log=lambda line: None, hw_dir=folder / "hw", vivado_project=None)
-    graphs = [ModelWrapper(str(folder / "hw" / name / "model_specialized.onnx")) for name in ("whole", "classifier")]
+    atomic_write(folder / "design.yaml", lambda tmp: tmp.write_text(design_yaml(design)))
+    hw = folder / "hw"
+    if not (hw / "build.json").exists():
+        build(run_dir, folder / "design.yaml", log=lambda line: None, hw_dir=hw, vivado_project=None)
+    graphs = [ModelWrapper(str(hw / graph / "model_specialized.onnx")) for graph in (whole.name, whole.head.name)]
     best, points = None, []
-    with finn_chatter(run_dir / "log" / "finn.log") as log_file:  # SetFolding warns hundreds of times
+    with finn_chatter(RunDir(run_dir).log / "finn.log") as log_file:  # SetFolding warns hundreds of times
         log_file.write(f"== SetFolding baseline of {board.name}, targets {list(TARGETS)}\n")
         for target in TARGETS:
             point = _setfolding_point(graphs, target, board, budget)
@@ -53,8 +59,32 @@ def finn_setfolding_baseline(
     return best, points
 
 
+def design_yaml(design: Design) -> str:
+    """The YAML text of a design the sweep builds for itself (the inventory's, the baseline's):
+    only the fields it sets, the rest left at their defaults, in block style;
+    :func:`~exitflow.core.design.load_design` reads it back to the same design."""
+    return yaml.safe_dump(_set_fields(design), sort_keys=False)
+
+
+def _set_fields(obj) -> Any:
+    """:func:`~exitflow.core.schema.to_data` of a schema object less the dataclass fields left at
+    their defaults."""
+    if not dataclasses.is_dataclass(obj):
+        return [_set_fields(v) for v in obj] if isinstance(obj, tuple) else to_data(obj)
+    out = {}
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if f.default is not dataclasses.MISSING and value == f.default:
+            continue
+        if f.default_factory is not dataclasses.MISSING and value == f.default_factory():
+            continue
+        out[f.name] = _set_fields(value)
+    return out
+
+
 def _setfolding_point(graphs, target: int, board, budget: Resources) -> dict:
     """SetFolding of every graph at ``target`` cycles per frame, judged by FINN's estimator."""
+    # FINN and qonnx: heavy, loaded only when the baseline is judged
     from finn.analysis.fpgadataflow.exp_cycles_per_layer import exp_cycles_per_layer
     from finn.analysis.fpgadataflow.res_estimation import res_estimation
     from finn.transformation.fpgadataflow.insert_dwc import InsertDWC
@@ -87,6 +117,7 @@ def _setfolding_point(graphs, target: int, board, budget: Resources) -> dict:
 def _unbuildable(model) -> list[str]:
     """FINN's code-generation rules (:func:`exitflow.hw.folding.folding_violation`) that a folding
     SetFolding chose breaks: it does not check SIMD >= MW/1024, which FINN's HLS MVAU asserts."""
+    # qonnx: heavy, loaded only when the baseline is judged
     from qonnx.custom_op.registry import getCustomOp
 
     out = []

@@ -15,6 +15,7 @@ throughput; what fits the budget is a candidate design.
 
 from __future__ import annotations
 
+import gc
 import itertools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -312,16 +313,55 @@ class LazyFolding(Mapping):
         return len(self._picks)
 
 
-def search(*args, **kwargs) -> list[Candidate]:
+@dataclass(frozen=True, eq=False)
+class SearchSpace:
+    """What the search tries: the exit ``policy`` and its ``threshold_grid`` (every combination for
+    the kept early exits), subsets of up to ``max_exits`` early exits, the interval ``targets``
+    (cycles per input sample; None: :data:`TARGETS`, and :data:`FINE_TARGETS` for the designs
+    without early exits), ``exit_weightings`` cost weightings for designs with exits, gates of each
+    of ``gate_depths`` feature maps and stages sized with each of ``headrooms``; what fits
+    ``budget`` (LUT, BRAM18, URAM, DSP) at ``clock_mhz`` is a candidate."""
+
+    policy: str
+    threshold_grid: tuple[float, ...]
+    budget: np.ndarray
+    clock_mhz: float
+    max_exits: int = 3
+    targets: np.ndarray | None = None
+    exit_weightings: int = EXIT_WEIGHTINGS
+    gate_depths: tuple[int, ...] = (8,)
+    headrooms: tuple[float, ...] = (1.0,)
+
+    def __post_init__(self) -> None:
+        for name in ("threshold_grid", "gate_depths", "headrooms"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+
+
+@dataclass(frozen=True, eq=False)
+class ValidationProfile:
+    """The profile's validation split as the search reads it: each sample's confidence ``codes``
+    under the policy at each candidate exit (samples x exits), whether each exit is ``correct``
+    (samples x exits), and each exit's logit ``scales``."""
+
+    codes: np.ndarray
+    correct: np.ndarray
+    scales: np.ndarray
+
+
+def search(
+    segments: list[Segment],
+    profile: ValidationProfile,
+    space: SearchSpace,
+    progress=None,
+    stats: dict | None = None,
+) -> list[Candidate]:
     """:func:`_search` with Python's cyclic garbage collector paused: the search makes hundreds of
     thousands of small candidate objects, none of them in a reference cycle, and the collector
     re-scanning the growing heap took about as long as the search itself."""
-    import gc
-
     enabled = gc.isenabled()
     gc.disable()
     try:
-        return _search(*args, **kwargs)
+        return _search(segments, profile, space, progress, stats)
     finally:
         if enabled:
             gc.enable()
@@ -329,180 +369,235 @@ def search(*args, **kwargs) -> list[Candidate]:
 
 def _search(
     segments: list[Segment],
-    codes: np.ndarray,
-    correct: np.ndarray,
-    scales: np.ndarray,
-    policy: str,
-    threshold_grid: list[float],
-    budget: np.ndarray,
-    clock_mhz: float,
-    max_exits: int = 3,
-    targets: np.ndarray | None = None,
+    profile: ValidationProfile,
+    space: SearchSpace,
     progress=None,
     stats: dict | None = None,
-    exit_weightings: int = EXIT_WEIGHTINGS,
-    gate_depths: tuple[int, ...] = (8,),
-    headrooms: tuple[float, ...] = (1.0,),
 ) -> list[Candidate]:
-    """Every (exits, thresholds, interval, gate depth) that fits ``budget``; the caller keeps the
-    Pareto front. Resources include a gate of each of ``gate_depths`` feature maps after each
-    kept early exit (one candidate per depth), the merge of the exits' records and the record
-    FIFOs. The gate depth changes only what sits outside the FINN graphs, so the graphs are
-    evaluated once for all depths. Each of ``headrooms`` h sizes every stage after the first for
-    a fraction ``min(1, h * p_s)`` of the samples instead of ``p_s``: the same throughput with
-    unbounded gates, at more resources, but slack to drain bursts of hard samples that finite
-    gates cannot hold (h = 1: sized for the average, ATHEENA's rule).
+    """Every (exits, thresholds, interval, gate depth) that fits the budget; the caller keeps the
+    Pareto front. Resources include a gate of each of the space's gate depths after each kept
+    early exit (one candidate per depth), the merge of the exits' records and the record FIFOs.
+    The gate depth changes only what sits outside the FINN graphs, so the graphs are evaluated
+    once for all depths. Each headroom h sizes every stage after the first for a fraction
+    ``min(1, h * p_s)`` of the samples instead of ``p_s``: the same throughput with unbounded
+    gates, at more resources, but slack to drain bursts of hard samples that finite gates cannot
+    hold (h = 1: sized for the average, ATHEENA's rule).
 
     Per subset of exits, all threshold combinations, cost weightings and interval targets are
-    evaluated at once: each layer's envelopes are looked up for the whole (combinations x
-    targets) array."""
-    n = len(segments)
-    custom = targets is not None
-    grid = targets if custom else TARGETS
-    fine = targets if custom else FINE_TARGETS
-    out = []
+    evaluated at once (:func:`_subset_designs`): each layer's envelopes are looked up for the whole
+    (combinations x targets) array. ``stats`` receives the designs evaluated and the threshold
+    combinations skipped."""
+    grid = TARGETS if space.targets is None else space.targets
+    out: list[Candidate] = []
     evaluated = skipped = 0
-    subsets = list(_subsets(n - 1, max_exits))
-    tables = [t for seg in segments for g in (seg.body, seg.head) for t in g.tables]
-    all_w = len(tables[0].costs) if tables else 1
-    samples = np.arange(len(codes))
+    subsets = list(_subsets(len(segments) - 1, space.max_exits))
     for subset in progress(subsets) if progress else subsets:
-        kept = kept_exits(subset, n - 1)
-        combos = list(itertools.product(*([threshold_grid] * len(subset))))
-        taken = np.zeros((len(combos), len(codes)), dtype=np.int64)
-        if subset:
-            for c, thresholds in enumerate(combos):
-                constants = [
-                    threshold_code(policy, t, float(scales[k])) for t, k in zip(thresholds, subset, strict=False)
-                ]
-                taken[c] = route(policy, codes[:, kept], constants)
-        accuracy = correct[samples[None, :], np.asarray(kept)[taken]].mean(axis=1)
-        reach = np.stack([(taken >= s).mean(axis=1) for s in range(len(kept))], axis=1)  # (combos, stages)
-        useful = undominated(accuracy, reach)
-        skipped += len(combos) - int(useful.sum())
-        combos = [t for t, u in zip(combos, useful, strict=False) if u]
-        taken, accuracy, reach = taken[useful], accuracy[useful], reach[useful]
-        share = np.stack([(taken == s).mean(axis=1) for s in range(len(kept))], axis=1)
-        n_w = min(all_w, exit_weightings) if subset else all_w
-        targets = grid if subset else fine  # one design per target without exits: a fine grid is cheap
-        n_t = len(targets)
-        depths = tuple(gate_depths) if subset else tuple(gate_depths)[:1]  # no gates without exits
-        earlier: dict = {}  # gate depth -> what smaller headrooms gave (feasible, total, slowest)
-        for headroom in tuple(headrooms) if subset else (1.0,):
-            shape = (len(combos), n_w, n_t)
-            total = np.zeros((*shape, len(NAMES)))
-            per_stage = np.zeros((len(kept), *shape, len(NAMES)))
-            interval = np.zeros(shape)
-            slowest = np.zeros((len(kept), *shape))
-            head_slowest = np.zeros((len(kept), *shape))
-            to_exit = np.zeros((len(kept), *shape))
-            body = np.zeros(shape)
-            feasible = np.ones(shape, dtype=bool)
-            picks = {}
-            start = 0
-            for s, end in enumerate(kept):
-                p = np.maximum(reach[:, s], 1e-9)[:, None, None]
-                sized = np.minimum(1.0, p * (headroom if s else 1.0))  # the fraction stage s is sized for
-                stage_targets = (targets[None, :] / sized[:, 0]).ravel()
-
-                def arrange(a, combos=combos, n_t=n_t):  # (W, combos * T, ...) -> (combos, W, T, ...)
-                    return np.moveaxis(a.reshape(a.shape[0], len(combos), n_t, *a.shape[2:]), 0, 1)
-
-                for graph in [seg.body for seg in segments[start : end + 1]] + [segments[end].head]:
-                    res, cyc, lat, idx, ok = graph.at(stage_targets, n_w)
-                    if res.shape[0] != n_w:  # a graph without foldable layers: the same for every weighting
-                        res, cyc, lat, ok = (np.broadcast_to(a, (n_w, *a.shape[1:])) for a in (res, cyc, lat, ok))
-                    res, cyc, lat, ok = arrange(res), arrange(cyc), arrange(lat), arrange(ok)
-                    total += res
-                    per_stage[s] += res
-                    interval = np.maximum(interval, p * cyc)
-                    slowest[s] = np.maximum(slowest[s], cyc)
-                    feasible &= ok
-                    picks[graph.name] = (graph, [arrange(i) for i in idx])
-                    if graph is segments[end].head:
-                        to_exit[s] = body + lat
-                        head_slowest[s] = cyc
-                    else:
-                        body = body + lat
-                start = end + 1
-            evaluated += len(combos) * n_w * n_t * len(depths)
-            inside, inside_stage, graphs_ok = total, per_stage, feasible
-            for depth in depths:
-                gates, merge = routing_cost(segments, subset, depth)  # outside the FINN graphs
-                total = inside + merge + gates.sum(axis=0)
-                per_stage = inside_stage.copy()
-                per_stage[-1] += merge
-                for s in range(len(subset)):
-                    per_stage[s] += gates[s]
-                fits = graphs_ok & np.all(total <= budget + 1e-9, axis=-1)
-                new = fits.copy()
-                for was_fit, was_total, was_slowest in earlier.get(depth, []):
-                    # a larger headroom that changed no stage's speed only costs more: not listed
-                    new &= ~(was_fit & np.all(was_slowest == slowest, axis=0) & np.all(was_total <= total, axis=-1))
-                earlier.setdefault(depth, []).append((fits, total, slowest))
-                out.extend(
-                    _candidates(
-                        subset,
-                        combos,
-                        targets,
-                        fits,
-                        total,
-                        per_stage,
-                        interval,
-                        accuracy,
-                        reach,
-                        share,
-                        to_exit,
-                        slowest,
-                        head_slowest,
-                        picks,
-                        clock_mhz,
-                        depth,
-                        headroom,
-                        new,
-                    )
-                )
-                if not subset and not custom and fits.any():
-                    # the designs with exits also try the best no-exit design's interval exactly: the one
-                    # that matches its throughput is then on the grid, not up to a grid step faster
-                    grid = np.unique(np.r_[grid, interval[fits].min()])
+        found = _subset_designs(subset, segments, profile, space, grid)
+        out.extend(found.candidates)
+        evaluated += found.evaluated
+        skipped += found.skipped
+        if found.fastest is not None and space.targets is None:
+            # the designs with exits also try the best no-exit design's interval exactly: the one
+            # that matches its throughput is then on the grid, not up to a grid step faster
+            grid = np.unique(np.r_[grid, found.fastest])
     if stats is not None:
         stats["designs"] = evaluated  # (exits, thresholds, cost weighting, interval, gate depth) designs evaluated
         stats["skipped_threshold_combinations"] = skipped  # dominated ones (undominated)
     return out
 
 
-def _candidates(
-    subset,
-    combos,
-    targets,
-    feasible,
-    total,
-    per_stage,
-    interval,
-    accuracy,
-    reach,
-    share,
-    to_exit,
-    slowest,
-    head_slowest,
-    picks,
-    clock_mhz,
-    depth,
-    headroom=1.0,
-    listed=None,
-) -> list[Candidate]:
+@dataclass(frozen=True, eq=False)
+class _Routing:
+    """One exit subset's threshold combinations that no other beats (:func:`undominated`), and
+    what the validation samples do under each: accuracy, the fraction reaching each stage and the
+    fraction leaving at each exit (combinations x stages)."""
+
+    subset: tuple[int, ...]
+    kept: list[int]  # the kept exits, the final one included
+    combos: list[tuple[float, ...]]
+    accuracy: np.ndarray
+    reach: np.ndarray
+    share: np.ndarray
+    skipped: int  # combinations another beats
+
+
+@dataclass(frozen=True, eq=False)
+class _GraphArrays:
+    """The FINN graphs of one exit subset at one headroom, every layer at its cheapest folding,
+    over (combinations x weightings x targets): resources in total and per stage (with its head),
+    the interval, each stage's and head's slowest unit, the latency to each exit, whether every
+    layer could meet its target, and the folding picks (graph name -> (graph, index per layer))."""
+
+    targets: np.ndarray
+    total: np.ndarray
+    per_stage: np.ndarray
+    interval: np.ndarray
+    slowest: np.ndarray
+    head_slowest: np.ndarray
+    to_exit: np.ndarray
+    feasible: np.ndarray
+    picks: dict
+
+
+@dataclass(frozen=True, eq=False)
+class _Batch:
+    """The designs of one exit subset, headroom and gate depth: the graphs' arrays with the
+    routing outside them (gates, merge, record FIFOs) added to ``total`` and ``per_stage``; those
+    that fit the budget (``fits``) and, of them, those a smaller headroom does not already give
+    for less (``listed``)."""
+
+    routing: _Routing
+    graphs: _GraphArrays
+    depth: int
+    headroom: float
+    total: np.ndarray
+    per_stage: np.ndarray
+    fits: np.ndarray
+    listed: np.ndarray
+
+
+@dataclass(frozen=True, eq=False)
+class _SubsetDesigns:
+    candidates: list[Candidate]
+    evaluated: int  # designs evaluated
+    skipped: int  # threshold combinations skipped
+    fastest: float | None  # the no-exit subset only: its fastest interval that fits
+
+
+def _subset_designs(subset, segments, profile: ValidationProfile, space: SearchSpace, grid) -> _SubsetDesigns:
+    """The candidates of one subset of early exits, every headroom and gate depth, its interval
+    targets ``grid`` (a fine grid without early exits: one design per target is cheap)."""
+    routing = _route(subset, len(segments), profile, space)
+    if subset:
+        targets, headrooms, depths = grid, space.headrooms, space.gate_depths
+        n_w = min(_weightings(segments), space.exit_weightings)
+    else:  # no gates without exits
+        targets = FINE_TARGETS if space.targets is None else space.targets
+        headrooms, depths, n_w = (1.0,), space.gate_depths[:1], _weightings(segments)
+    out: list[Candidate] = []
+    evaluated, fastest = 0, None
+    earlier: dict = {}  # gate depth -> what smaller headrooms gave (feasible, total, slowest)
+    for headroom in headrooms:
+        graphs = _graph_arrays(segments, routing, targets, n_w, headroom)
+        evaluated += len(routing.combos) * n_w * len(targets) * len(depths)
+        for depth in depths:
+            batch = _with_routing(segments, routing, graphs, depth, headroom, space.budget, earlier)
+            out.extend(_candidates(batch, space.clock_mhz))
+            if not subset and batch.fits.any():
+                fastest = graphs.interval[batch.fits].min()
+    return _SubsetDesigns(out, evaluated, routing.skipped, fastest)
+
+
+def _weightings(segments) -> int:
+    """The cost weightings of the folding tables (1 when no graph has a foldable layer)."""
+    tables = [t for seg in segments for g in (seg.body, seg.head) for t in g.tables]
+    return len(tables[0].costs) if tables else 1
+
+
+def _route(subset, n: int, profile: ValidationProfile, space: SearchSpace) -> _Routing:
+    """Each threshold combination's exit per validation sample, hence accuracy, reach and share;
+    the combinations another beats are dropped."""
+    kept = kept_exits(subset, n - 1)
+    codes, correct, scales = profile.codes, profile.correct, profile.scales
+    combos = list(itertools.product(*([space.threshold_grid] * len(subset))))
+    taken = np.zeros((len(combos), len(codes)), dtype=np.int64)
+    if subset:
+        for c, thresholds in enumerate(combos):
+            constants = [
+                threshold_code(space.policy, t, float(scales[k])) for t, k in zip(thresholds, subset, strict=False)
+            ]
+            taken[c] = route(space.policy, codes[:, kept], constants)
+    samples = np.arange(len(codes))
+    accuracy = correct[samples[None, :], np.asarray(kept)[taken]].mean(axis=1)
+    reach = np.stack([(taken >= s).mean(axis=1) for s in range(len(kept))], axis=1)  # (combos, stages)
+    useful = undominated(accuracy, reach)
+    skipped = len(combos) - int(useful.sum())
+    combos = [t for t, u in zip(combos, useful, strict=False) if u]
+    taken, accuracy, reach = taken[useful], accuracy[useful], reach[useful]
+    share = np.stack([(taken == s).mean(axis=1) for s in range(len(kept))], axis=1)
+    return _Routing(tuple(subset), kept, combos, accuracy, reach, share, skipped)
+
+
+def _graph_arrays(segments, routing: _Routing, targets: np.ndarray, n_w: int, headroom: float) -> _GraphArrays:
+    """Every graph of every kept stage at its stage's target: stage s serves a fraction
+    ``min(1, headroom * p_s)`` of the samples (all of them for the first), so it must take a sample
+    in ``T / that`` cycles for the interval target T."""
+    combos, kept, reach = routing.combos, routing.kept, routing.reach
+    n_t = len(targets)
+    shape = (len(combos), n_w, n_t)
+    total = np.zeros((*shape, len(NAMES)))
+    per_stage = np.zeros((len(kept), *shape, len(NAMES)))
+    interval = np.zeros(shape)
+    slowest = np.zeros((len(kept), *shape))
+    head_slowest = np.zeros((len(kept), *shape))
+    to_exit = np.zeros((len(kept), *shape))
+    body = np.zeros(shape)
+    feasible = np.ones(shape, dtype=bool)
+    picks = {}
+    start = 0
+
+    def arrange(a):  # (W, combos * T, ...) -> (combos, W, T, ...)
+        return np.moveaxis(a.reshape(a.shape[0], len(combos), n_t, *a.shape[2:]), 0, 1)
+
+    for s, end in enumerate(kept):
+        p = np.maximum(reach[:, s], 1e-9)[:, None, None]
+        sized = np.minimum(1.0, p * (headroom if s else 1.0))  # the fraction stage s is sized for
+        stage_targets = (targets[None, :] / sized[:, 0]).ravel()
+        for graph in [seg.body for seg in segments[start : end + 1]] + [segments[end].head]:
+            res, cyc, lat, idx, ok = graph.at(stage_targets, n_w)
+            if res.shape[0] != n_w:  # a graph without foldable layers: the same for every weighting
+                res, cyc, lat, ok = (np.broadcast_to(a, (n_w, *a.shape[1:])) for a in (res, cyc, lat, ok))
+            res, cyc, lat, ok = arrange(res), arrange(cyc), arrange(lat), arrange(ok)
+            total += res
+            per_stage[s] += res
+            interval = np.maximum(interval, p * cyc)
+            slowest[s] = np.maximum(slowest[s], cyc)
+            feasible &= ok
+            picks[graph.name] = (graph, [arrange(i) for i in idx])
+            if graph is segments[end].head:
+                to_exit[s] = body + lat
+                head_slowest[s] = cyc
+            else:
+                body = body + lat
+        start = end + 1
+    return _GraphArrays(targets, total, per_stage, interval, slowest, head_slowest, to_exit, feasible, picks)
+
+
+def _with_routing(
+    segments, routing: _Routing, graphs: _GraphArrays, depth: int, headroom: float, budget: np.ndarray, earlier: dict
+) -> _Batch:
+    """The graphs' designs with gates of ``depth`` feature maps and the rest outside the FINN graphs
+    (:func:`routing_cost`) added; ``earlier`` (gate depth -> (fits, total, slowest) of the smaller
+    headrooms) gets this headroom's."""
+    gates, merge = routing_cost(segments, routing.subset, depth)  # outside the FINN graphs
+    total = graphs.total + merge + gates.sum(axis=0)
+    per_stage = graphs.per_stage.copy()
+    per_stage[-1] += merge
+    for s in range(len(routing.subset)):
+        per_stage[s] += gates[s]
+    fits = graphs.feasible & np.all(total <= budget + 1e-9, axis=-1)
+    listed = fits.copy()
+    for was_fit, was_total, was_slowest in earlier.get(depth, []):
+        # a larger headroom that changed no stage's speed only costs more: not listed
+        listed &= ~(was_fit & np.all(was_slowest == graphs.slowest, axis=0) & np.all(was_total <= total, axis=-1))
+    earlier.setdefault(depth, []).append((fits, total, graphs.slowest))
+    return _Batch(routing, graphs, depth, headroom, total, per_stage, fits, listed)
+
+
+def _candidates(batch: _Batch, clock_mhz: float) -> list[Candidate]:
     """The candidates of one exit subset, gate depth and headroom from the search's (combinations
-    x weightings x targets) arrays: those that fit (``feasible``; ``listed``: those of them worth
-    listing, default all), less those another weighting or the next faster target matches."""
+    x weightings x targets) arrays: those that fit (``batch.fits``) and are worth listing
+    (``batch.listed``), less those another weighting or the next faster target matches."""
+    routing, graphs = batch.routing, batch.graphs
+    feasible, total = batch.fits, batch.total
     n_w = feasible.shape[1]
-    latency_us = to_exit / clock_mhz  # (stages, combos, W, targets)
-    mean_latency = np.einsum("cs,scwt->cwt", share, latency_us)
-    fps = clock_mhz * 1e6 / interval
+    latency_us = graphs.to_exit / clock_mhz  # (stages, combos, W, targets)
+    mean_latency = np.einsum("cs,scwt->cwt", routing.share, latency_us)
+    fps = clock_mhz * 1e6 / graphs.interval
     # a design that the same exits, thresholds and weighting at the next faster target (or at
     # the same target under another weighting) match in throughput, resources and latency is
     # never worth listing: it is not on any front and never chosen
-    keep = feasible.copy() if listed is None else listed.copy()
+    keep = batch.listed.copy()
     keep[:, :, 1:] &= ~(
         feasible[:, :, :-1]
         & np.all(total[:, :, :-1] <= total[:, :, 1:], axis=-1)
@@ -524,19 +619,19 @@ def _candidates(
         cs.tolist(),
         ws.tolist(),
         ts.tolist(),
-        targets[ts].tolist(),
+        graphs.targets[ts].tolist(),
         fps[cs, ws, ts].tolist(),
-        accuracy[cs].tolist(),
+        routing.accuracy[cs].tolist(),
         total[cs, ws, ts].tolist(),
-        reach[cs].tolist(),
+        routing.reach[cs].tolist(),
         np.moveaxis(latency_us[:, cs, ws, ts], 0, 1).tolist(),
-        np.moveaxis(slowest[:, cs, ws, ts], 0, 1).tolist(),
-        np.moveaxis(per_stage[:, cs, ws, ts], 0, 1).tolist(),
+        np.moveaxis(graphs.slowest[:, cs, ws, ts], 0, 1).tolist(),
+        np.moveaxis(batch.per_stage[:, cs, ws, ts], 0, 1).tolist(),
         mean_latency[cs, ws, ts].tolist(),
-        np.moveaxis(head_slowest[:, cs, ws, ts], 0, 1).tolist(),
+        np.moveaxis(graphs.head_slowest[:, cs, ws, ts], 0, 1).tolist(),
         strict=False,
     )
-    exits = tuple(subset)
+    exits, combos, picks = routing.subset, routing.combos, graphs.picks
     vector = Resources._make  # looked up once: one call per candidate
     out = []
     for c, w, t, target, f, acc, res, r, lat, slow, stage_res, mean, head in rows:
@@ -556,8 +651,8 @@ def _candidates(
                 mean_latency_us=mean,
                 weighting=w,
                 head_cycles=tuple(head),
-                gate_depth=depth,
-                headroom=headroom,
+                gate_depth=batch.depth,
+                headroom=batch.headroom,
             )
         )
     return out

@@ -14,18 +14,29 @@
 
 from __future__ import annotations
 
-import json
+import hashlib
 import sys
+import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
-import yaml
+from tqdm import tqdm
 
+from exitflow.core.artifacts import (
+    BuildSummary,
+    ChosenDesign,
+    DesignPoint,
+    EqualThroughputDesign,
+    FrontDesign,
+    ParetoReport,
+    RunDir,
+    SetFoldingPoint,
+)
 from exitflow.core.catalogue import get_board
 from exitflow.core.design import OBJECTIVES, Design, ExitHead, Stage, kept_exits, save_design
 from exitflow.core.errors import ConfigError, ExitflowError
-from exitflow.core.files import atomic_write, user_path
+from exitflow.core.files import atomic_write
 from exitflow.core.resources import LABELS, Resources
 from exitflow.core.schema import FrozenMap
 from exitflow.dse import finn_model
@@ -35,8 +46,18 @@ from exitflow.hw.build import build
 from exitflow.hw.folding import stream_words
 from exitflow.quant.policies import route, threshold_code
 
-from .finn_baseline import finn_setfolding_baseline
-from .search import Candidate, Segment, active_bound, graph_cost, pareto, routing_cost, search
+from .finn_baseline import design_yaml, finn_setfolding_baseline
+from .search import (
+    Candidate,
+    SearchSpace,
+    Segment,
+    ValidationProfile,
+    active_bound,
+    graph_cost,
+    pareto,
+    routing_cost,
+    search,
+)
 from .throughput import sensitivity, stage_level_fps
 
 MAX_PROB_THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98)
@@ -44,6 +65,7 @@ GATE_DEPTH = 8  # feature maps each gate holds in the inventory build
 GATE_DEPTHS = (2, 4, 8)  # gate depths the search tries (deeper ones: only for the chosen design)
 HEADROOMS = (1.0, 1.25, 1.5)  # stages after the first sized for min(1, h * p_s) of the samples (dse.search)
 DEEPER_GATES = (4, 8, 16, 32, 64, 128)  # what the chosen design's gates may grow to while that pays
+INVENTORY_DESIGN = "inventory_design.yaml"  # in sweep/: the design the inventory was built from
 
 
 @dataclass(frozen=True)
@@ -58,10 +80,10 @@ class SweepResult:
     bound: str  # what keeps the chosen design from being faster
     sensitivity: dict  # fps when every p_k moves by -5 / +5 percentage points
     budget: Resources  # available to the design
-    finn_baseline: dict | None  # FINN's SetFolding without exits, judged by FINN's estimator
+    finn_baseline: SetFoldingPoint | None  # FINN's SetFolding without exits, judged by FINN's estimator
     front_bounds: list = field(default_factory=list)  # active bound of each front design
     candidates: list = field(default_factory=list, repr=False)  # every design that fits
-    finn_points: list = field(default_factory=list, repr=False)  # SetFolding at every target
+    finn_points: list[SetFoldingPoint] = field(default_factory=list, repr=False)  # SetFolding at every target
     search_stats: dict = field(default_factory=dict)  # seconds, designs evaluated
     gate_depth: int = GATE_DEPTH  # feature maps each gate of the chosen design holds
     # the cheapest design with exits (in LUTs) that reaches the no-exit design's throughput with
@@ -69,26 +91,12 @@ class SweepResult:
     equal_throughput: Candidate | None = None
     equal_throughput_fps: float | None = None
     fps_with_gates_test: float | None = None  # the chosen design with its gates on the test split's exit sequence
+    report: ParetoReport | None = field(default=None, repr=False)  # what the sweep wrote to pareto.json
 
     @property
     def gain_with_gates(self) -> float:
         """The chosen design's throughput with its finite gates over the best without exits."""
         return self.fps_with_gates / self.no_exit.fps
-
-
-def _segments_design(model, config, board_name: str) -> tuple[dict, list[list[str]]]:
-    """The design keeping every candidate exit, and the blocks of each segment."""
-    exits = model.exit_names
-    blocks = model.stage_blocks(exits)
-    stages = []
-    for k, b in enumerate(blocks):
-        last = k == len(exits) - 1
-        stage = {"name": f"seg{k}", "blocks": b, "head": {"name": f"head{k}"}}
-        if not last:
-            stage["gate_depth"] = GATE_DEPTH
-            stage["head"]["threshold"] = 0.9
-        stages.append(stage)
-    return {"model": config.model.backbone, "board": board_name, "stages": stages}, blocks
 
 
 def sweep(
@@ -103,81 +111,191 @@ def sweep(
     max_latency_us: float | None = None,
     log=print,
 ) -> SweepResult:
-    # torch: when the sweep runs, not when the command line loads dse.sweep
-    from exitflow.quant import checkpoint as ckpt
+    """Search the run for the best multi-exit design on the board and write ``sweep/`` (the steps
+    are the module's)."""
+    run = RunDir(run_dir)
+    _check_options(util, objective, max_exits)
+    board = get_board(board_name)
+    config, model, prof = _load_run(run)
+    budget = Resources.of(board.available).scaled(util)
+    limits = np.array(budget)  # the budget as the vectorised search takes it
+    segments = _inventory(run, model, config.model.backbone, board, limits, log)
+    show = sys.stderr.isatty()  # progress bars on a terminal only
+    candidates, stats = _search_designs(segments, prof, policy, board.clock_mhz, limits, max_exits, show)
+    floor = _accuracy_floor(prof["val_correct"], min_accuracy, max_drop_pp)
+    eligible, no_exit = _eligible(candidates, floor, max_latency_us, board.name, util)
+    gates = GateSimulator(prof, policy, segments, board.clock_mhz, show)
+    s = _select(eligible, no_exit, objective, segments, limits, gates)
+    front = pareto(candidates)
+    log("judging FINN's SetFolding on the network without exits")
+    finn_best, finn_points = finn_setfolding_baseline(run.root, model, config, board, budget, run.sweep)
+    result = SweepResult(
+        chosen=s.chosen,
+        no_exit=s.no_exit,
+        front=front,
+        gain=s.chosen.fps / s.no_exit.fps,
+        test_accuracy=s.test_accuracy,
+        final_test_accuracy=float(prof["test_correct"][:, -1].mean()),
+        fps_with_gates=s.fps_with_gates,
+        bound=active_bound(s.chosen, segments, budget, gate_depth=s.chosen.gate_depth),
+        sensitivity=sensitivity(np.array(s.chosen.reach), list(s.chosen.stage_cycles), board.clock_mhz),
+        budget=budget,
+        finn_baseline=SetFoldingPoint(**finn_best) if finn_best else None,
+        front_bounds=[active_bound(c, segments, budget) for c in front],
+        candidates=list(candidates),
+        finn_points=[SetFoldingPoint(**p) for p in finn_points],
+        search_stats={**stats, "selection_seconds": s.seconds, "simulations": s.simulations},
+        gate_depth=s.chosen.gate_depth,
+        equal_throughput=s.equal_throughput,
+        equal_throughput_fps=s.equal_throughput_fps,
+        fps_with_gates_test=s.fps_with_gates_test,
+    )
+    result = replace(result, report=_pareto_report(result, model.exit_names, board, util))
+    _write(run, result, segments, config.model.backbone, board)
+    return result
 
-    run_dir = user_path(run_dir)
+
+# ---------------------------------------------------------------------------- inventory
+
+
+def _check_options(util: float, objective: str, max_exits: int) -> None:
     if not 0.0 < util <= 1.0:
         raise ConfigError(f"--util: must be in (0, 1]; got {util}")
     if objective not in OBJECTIVES:
         raise ConfigError(f"--objective: must be {' or '.join(OBJECTIVES)}; got {objective!r}")
     if isinstance(max_exits, bool) or not isinstance(max_exits, int) or max_exits < 0:
         raise ConfigError(f"--max-exits: must be an integer >= 0 (early exits per design); got {max_exits!r}")
-    board = get_board(board_name)
-    config, model, _ = ckpt.load_model(run_dir)
-    # torch at import (quant.profile), as above
+
+
+def _load_run(run: RunDir):
+    """(run configuration, trained model, profile) of the run, the profile checked against the
+    model's exits."""
+    # torch: when the sweep runs, not when the command line loads dse.sweep (quant.profile too)
+    from exitflow.quant import checkpoint as ckpt
     from exitflow.quant.profile import load_profile
 
-    profile_path = run_dir / "profile.npz"
-    prof = load_profile(run_dir)  # checked: one line for a missing, damaged or foreign file
+    config, model, _ = ckpt.load_model(run.root)
+    prof = load_profile(run.root)  # checked: one line for a missing, damaged or foreign file
     if list(prof["exit_names"]) != list(model.exit_names):
         raise ConfigError(
-            f"{profile_path}: profiled exits {list(prof['exit_names'])} are not the model's "
-            f"{model.exit_names}; run `exitflow profile {run_dir}` again"
+            f"{run.profile}: profiled exits {list(prof['exit_names'])} are not the model's "
+            f"{model.exit_names}; run `exitflow profile {run.root}` again"
         )
-    out = run_dir / "sweep"
-    out.mkdir(parents=True, exist_ok=True)
-    design, blocks = _segments_design(model, config, board.name)
-    text = yaml.safe_dump(design, sort_keys=False) + f"# built by exitflow's FINN flow {_flow_digest()}\n"
-    inventory_design = out / "inventory_design.yaml"
+    return config, model, prof
+
+
+def _segments_design(model, backbone: str, board_name: str) -> Design:
+    """The design keeping every candidate exit, each segment its own stage ``seg<k>`` with head
+    ``head<k>``."""
+    exits = model.exit_names
+    stages = []
+    for k, blocks in enumerate(model.stage_blocks(exits)):
+        last = k == len(exits) - 1
+        head = ExitHead(name=f"head{k}", threshold=None if last else 0.9)
+        stages.append(Stage(name=f"seg{k}", blocks=tuple(blocks), head=head, gate_depth=None if last else GATE_DEPTH))
+    return Design(model=backbone, board=board_name, stages=tuple(stages))
+
+
+def _inventory(run: RunDir, model, backbone: str, board, limits: np.ndarray, log) -> list[Segment]:
+    """Build the design keeping every candidate exit into ``sweep/inventory`` (again only when its
+    design, exitflow's FINN flow or the model changed) and inventory its stages and heads."""
+    run.sweep.mkdir(parents=True, exist_ok=True)
+    design = _segments_design(model, backbone, board.name)
+    text = design_yaml(design) + f"# built by exitflow's FINN flow {_flow_digest()}\n"
+    path, built = run.sweep / INVENTORY_DESIGN, run.inventory / BuildSummary.FILE
     fresh = (
-        inventory_design.exists()
-        and inventory_design.read_text() == text
-        and (out / "inventory" / "build.json").exists()
-        and (out / "inventory" / "build.json").stat().st_mtime >= (run_dir / "model.pt").stat().st_mtime
+        path.exists()
+        and path.read_text() == text
+        and built.exists()
+        and built.stat().st_mtime >= run.model.stat().st_mtime
     )
     if not fresh:
-        inventory_design.write_text(text)
+        atomic_write(path, lambda tmp: tmp.write_text(text))
         log("building every candidate stage and head once to take FINN's estimates")
-        build(run_dir, inventory_design, log=lambda line: None, hw_dir=out / "inventory", vivado_project=None)
-    budget = Resources.of(board.available).scaled(util)
-    limits = np.array(budget)  # the budget as the vectorised search takes it
-    segments = [
+        build(run.root, path, log=lambda line: None, hw_dir=run.inventory, vivado_project=None)
+    return [
         Segment(
             model.exit_names[k],
-            tuple(b),
-            graph_cost(out / "inventory" / f"seg{k}", board.part, limits),
-            graph_cost(out / "inventory" / f"head{k}", board.part, limits),
-            *_streams(out / "inventory", k),
+            stage.blocks,
+            graph_cost(run.inventory / stage.name, board.part, limits),
+            graph_cost(run.inventory / stage.head.name, board.part, limits),
+            *_streams(run.inventory, k),
         )
-        for k, b in enumerate(blocks)
+        for k, stage in enumerate(design.stages)
     ]
-    codes, correct = prof[f"val_code_{policy}"], prof["val_correct"]
-    from tqdm import tqdm
 
-    show = sys.stderr.isatty()
-    import time
 
-    started = time.perf_counter()
-    stats: dict = {}
-    candidates = search(
-        segments,
-        codes,
-        correct,
-        prof["scales"],
+def _flow_digest() -> str:
+    """A digest of exitflow's FINN step list and the folding rules it applies from the model
+    (window and pooling folds): an inventory built by another flow is built again."""
+    return hashlib.sha256(b"".join(Path(m.__file__).read_bytes() for m in (finn_flow, finn_model))).hexdigest()[:16]
+
+
+def _streams(inventory: Path, k: int) -> tuple[int, int, int]:
+    """(output stream width, words per feature map) of segment k, its head's record width, and
+    the PE of its last unit when that is a weight layer (else 0)."""
+    # qonnx: heavy, and needed only once the inventory is built
+    from qonnx.core.modelwrapper import ModelWrapper
+    from qonnx.custom_op.registry import getCustomOp
+
+    register_finn_ops()
+
+    node = ModelWrapper(str(inventory / f"seg{k}" / "model_hw.onnx")).graph.node[-1]
+    last = getCustomOp(node)
+    ctu = getCustomOp(ModelWrapper(str(inventory / f"head{k}" / "model_hw.onnx")).graph.node[-1])
+    pe = last.get_nodeattr("PE") if node.op_type.startswith("MVAU") else 0
+    width, words = last.get_outstream_width(), stream_words(last)
+    if node.op_type.startswith("Pool"):  # its fold follows the design's folding: counted at its widest
+        scale = last.get_nodeattr("Channels") // last.get_nodeattr("PE")
+        width, words = width * scale, words // scale
+    return width, words, ctu.get_outstream_width(), pe
+
+
+# ---------------------------------------------------------------------------- search
+
+
+def _search_designs(segments, prof, policy: str, clock_mhz: float, limits: np.ndarray, max_exits: int, show: bool):
+    """(every design that fits ``limits``, the search's stats: seconds, designs evaluated, candidate
+    exits, threshold combinations skipped) on the validation split's profile."""
+    space = SearchSpace(
         policy,
-        list(MAX_PROB_THRESHOLDS),
+        MAX_PROB_THRESHOLDS,
         limits,
-        board.clock_mhz,
+        clock_mhz,
         max_exits=max_exits,
-        stats=stats,
         gate_depths=GATE_DEPTHS,
         headrooms=HEADROOMS,
-        progress=lambda items: tqdm(items, desc="sweep", unit="exit set", disable=not show, leave=False),
     )
-    search_seconds, designs = time.perf_counter() - started, stats["designs"]
-    final_acc = float(correct[:, -1].mean())
-    floor = min_accuracy if min_accuracy is not None else final_acc - (max_drop_pp or 0.0) / 100.0
+    profile = ValidationProfile(prof[f"val_code_{policy}"], prof["val_correct"], prof["scales"])
+    stats: dict = {}
+    started = time.perf_counter()
+    candidates = search(
+        segments,
+        profile,
+        space,
+        progress=lambda items: tqdm(items, desc="sweep", unit="exit set", disable=not show, leave=False),
+        stats=stats,
+    )
+    seconds = time.perf_counter() - started
+    return candidates, {
+        "search_seconds": seconds,
+        "designs": stats["designs"],
+        "candidate_exits": len(segments) - 1,
+        "skipped_threshold_combinations": stats["skipped_threshold_combinations"],
+    }
+
+
+def _accuracy_floor(val_correct: np.ndarray, min_accuracy: float | None, max_drop_pp: float | None) -> float:
+    """``min_accuracy``, else the final exit's validation accuracy less ``max_drop_pp`` points."""
+    if min_accuracy is not None:
+        return min_accuracy
+    return float(val_correct[:, -1].mean()) - (max_drop_pp or 0.0) / 100.0
+
+
+def _eligible(candidates: list[Candidate], floor: float, max_latency_us: float | None, board_name: str, util: float):
+    """(the candidates meeting the accuracy floor and the latency limit, those without early
+    exits); no design without exits, or none meeting the constraints, is one error naming the
+    closest."""
     eligible = [
         c
         for c in candidates
@@ -186,7 +304,7 @@ def sweep(
     no_exit = [c for c in candidates if c.exits == ()]
     if not no_exit:
         raise ExitflowError(
-            f"resource budget: no design without early exits fits {board.name} at {util:.0%} "
+            f"resource budget: no design without early exits fits {board_name} at {util:.0%} "
             "utilisation (raise --util or choose a larger board)"
         )
     if not eligible:
@@ -202,42 +320,115 @@ def sweep(
             f"latency limit {max_latency_us} us: no design meets it at the accuracy floor; the closest "
             f"has {closest.mean_latency_us:.1f} us mean latency at {closest.fps:,.0f} samples/s"
         )
+    return eligible, no_exit
 
-    def taken_on(c: Candidate, split: str) -> np.ndarray:
-        kept = kept_exits(c.exits, len(segments) - 1)
+
+# ---------------------------------------------------------------------------- selection with finite gates
+
+
+@dataclass(frozen=True)
+class _Selection:
+    """What the selection with finite gates found: the chosen design (its gates deepened), the best
+    design without exits, the cheapest with exits matching that one's throughput with its gates."""
+
+    chosen: Candidate
+    no_exit: Candidate
+    fps_with_gates: float  # the chosen design with its gates, on the validation traffic
+    fps_with_gates_test: float  # the same on the test split's traffic
+    test_accuracy: float
+    equal_throughput: Candidate | None
+    equal_throughput_fps: float | None
+    seconds: float
+    simulations: int
+
+
+def _select(
+    eligible: list[Candidate],
+    no_exit: list[Candidate],
+    objective: str,
+    segments: list[Segment],
+    limits: np.ndarray,
+    gates: GateSimulator,
+) -> _Selection:
+    """Choose the design for the objective with its finite gates, find the equal-throughput
+    design, deepen the chosen design's gates while that pays, and evaluate it on the test split."""
+    selecting = time.perf_counter()
+    chosen = _choose(eligible, objective, gates)
+    best_no_exit = max(no_exit, key=lambda c: (c.fps, -c.resources.lut))
+    equal, equal_fps = _equal_throughput(eligible, best_no_exit.fps, gates.gated_alike)
+    chosen, gated_fps = _deepen_gates(chosen, segments, limits, gates)
+    test_fps = gates.on_test_split(chosen)
+    seconds = time.perf_counter() - selecting
+    gates.close()
+    return _Selection(
+        chosen=chosen,
+        no_exit=best_no_exit,
+        fps_with_gates=gated_fps,
+        fps_with_gates_test=test_fps,
+        test_accuracy=gates.test_accuracy(chosen),
+        equal_throughput=equal,
+        equal_throughput_fps=equal_fps,
+        seconds=seconds,
+        simulations=gates.simulations,
+    )
+
+
+class GateSimulator:
+    """Throughput of designs with finite gates on a split's exit sequence from the profile
+    (:func:`~exitflow.dse.throughput.stage_level_fps`). On the validation split each design and
+    depth is simulated once (every candidate stays alive in the search's list, so its id is a
+    safe key), and designs alike in what the simulation sees share one run."""
+
+    def __init__(self, prof, policy: str, segments: list[Segment], clock_mhz: float, show: bool):
+        self.prof, self.policy, self.segments, self.clock_mhz = prof, policy, segments, clock_mhz
+        self._by_design: dict = {}  # (id of the candidate, gate depth) -> fps
+        self._alike: dict = {}  # what the simulation sees -> fps
+        self._bar = tqdm(desc="simulating gates", unit="design", disable=not show, leave=False)
+
+    @property
+    def simulations(self) -> int:
+        return len(self._by_design)
+
+    def close(self) -> None:
+        self._bar.close()
+
+    def kept(self, c: Candidate) -> list[int]:
+        return kept_exits(c.exits, len(self.segments) - 1)
+
+    def taken(self, c: Candidate, split: str) -> np.ndarray:
+        """Each sample's exit on ``split`` (an index into the design's kept exits)."""
         constants = [
-            threshold_code(policy, t, float(prof["scales"][k])) for t, k in zip(c.thresholds, c.exits, strict=False)
+            threshold_code(self.policy, t, float(self.prof["scales"][k]))
+            for t, k in zip(c.thresholds, c.exits, strict=False)
         ]
-        codes_ = prof[f"{split}_code_{policy}"][:, kept]
-        return route(policy, codes_, constants) if c.exits else np.zeros(len(codes_), dtype=np.int64)
+        codes = self.prof[f"{split}_code_{self.policy}"][:, self.kept(c)]
+        return route(self.policy, codes, constants) if c.exits else np.zeros(len(codes), dtype=np.int64)
 
-    simulated: dict = {}
+    def simulate(self, c: Candidate, split: str, depth: int) -> float:
+        """One simulation of ``c`` with gates of ``depth`` feature maps on ``split``'s exit
+        sequence, at most its throughput with unbounded gates."""
+        fps = stage_level_fps(
+            self.taken(c, split),
+            list(c.stage_cycles),
+            list(c.head_cycles),
+            [depth] * len(c.exits),
+            [self.segments[k].words(c.folding) for k in self.kept(c)],
+            self.clock_mhz,
+        )
+        return min(c.fps, fps)
 
-    def gated(c: Candidate, depth: int) -> float:
-        """Throughput with gates of ``depth`` feature maps on the validation exit sequence
-        (:func:`~exitflow.dse.throughput.stage_level_fps`), simulated once per design and depth
-        (every candidate stays alive in ``candidates``, so its id is a safe key)."""
+    def gated(self, c: Candidate, depth: int) -> float:
+        """Throughput with gates of ``depth`` feature maps on the validation exit sequence,
+        simulated once per design and depth."""
         if not c.exits:
             return c.fps
         key = (id(c), depth)
-        if key not in simulated:
-            kept = kept_exits(c.exits, len(segments) - 1)
-            fps = stage_level_fps(
-                taken_on(c, "val"),
-                list(c.stage_cycles),
-                list(c.head_cycles),
-                [depth] * len(c.exits),
-                [segments[k].words(c.folding) for k in kept],
-                board.clock_mhz,
-            )
-            simulated[key] = min(c.fps, fps)
-        return simulated[key]
+        if key not in self._by_design:
+            self._by_design[key] = self.simulate(c, "val", depth)
+        return self._by_design[key]
 
-    alike: dict = {}
-    runs = tqdm(desc="simulating gates", unit="design", disable=not show, leave=False)
-
-    def gated_alike(c: Candidate) -> float:
-        """:func:`gated` at the design's own gate depth; designs alike in what the simulation
+    def gated_alike(self, c: Candidate) -> float:
+        """:meth:`gated` at the design's own gate depth; designs alike in what the simulation
         sees (exits, thresholds, stage and head cycles, gate words and depth) share one run."""
         key = (
             c.exits,
@@ -245,119 +436,41 @@ def sweep(
             c.stage_cycles,
             c.head_cycles,
             c.gate_depth,
-            tuple(segments[k].words(c.folding) for k in kept_exits(c.exits, len(segments) - 1)),
+            tuple(self.segments[k].words(c.folding) for k in self.kept(c)),
         )
-        if key not in alike:
-            alike[key] = gated(c, c.gate_depth)
-            runs.update()
-        return alike[key]
+        if key not in self._alike:
+            self._alike[key] = self.gated(c, c.gate_depth)
+            self._bar.update()
+        return self._alike[key]
 
-    selecting = time.perf_counter()
-    if objective == "throughput":
-        # the finite gates (each candidate's own depth, in its budget) decide. A design's
-        # throughput with finite gates is at most its unbounded-gate throughput, so going down the
-        # designs by the latter and stopping once it falls below the best simulated so far finds
-        # the best design with finite gates exactly (branch and bound)
-        ranked = sorted(eligible, key=lambda c: (c.fps, c.accuracy, -c.resources.lut), reverse=True)
-        chosen, best = ranked[0], -1.0
-        for c in ranked:
-            if c.fps < best:
-                break
-            fps = gated_alike(c)
-            if (fps, c.accuracy, -c.resources.lut) > (best, chosen.accuracy, -chosen.resources.lut):
-                chosen, best = c, fps
-    else:
-        chosen = min(eligible, key=lambda c: (c.mean_latency_us, -c.fps, -c.accuracy))
-    best_no_exit = max(no_exit, key=lambda c: (c.fps, -c.resources.lut))
-    equal, equal_fps = _equal_throughput(eligible, best_no_exit.fps, gated_alike)
-    # deeper gates where the budget has room and bursts of hard samples still stall a stage
-    depth = chosen.gate_depth
-    if chosen.exits:
+    def on_test_split(self, c: Candidate) -> float:
+        """The same simulation on the test split's traffic, which the search never saw."""
+        return self.simulate(c, "test", c.gate_depth) if c.exits else c.fps
 
-        def outside(d):  # (gates x 4, the rest: merge and record FIFOs) at gate depth d
-            return routing_cost(segments, chosen.exits, d)
+    def test_accuracy(self, c: Candidate) -> float:
+        taken = self.taken(c, "test")
+        correct = self.prof["test_correct"]
+        return float(correct[np.arange(len(taken)), np.asarray(self.kept(c))[taken]].mean())
 
-        searched = outside(chosen.gate_depth)  # what the search budgeted
-        base = np.array(chosen.resources) - searched[0].sum(axis=0) - searched[1]
-        for deeper in (d for d in DEEPER_GATES if d > chosen.gate_depth):
-            if gated(chosen, depth) >= chosen.fps * 0.999:
-                break
-            gates, rest = outside(deeper)
-            if np.any(base + gates.sum(axis=0) + rest > limits + 1e-9):
-                break
-            if gated(chosen, deeper) < gated(chosen, depth) * 1.005:
-                break  # deeper gates no longer pay
-            depth = deeper
-    gated_fps = gated(chosen, depth)
-    if chosen.exits:  # the chosen gates (and record FIFOs) in place of those the search budgeted
-        gates, rest = outside(depth)
-        extra, extra_rest = gates - searched[0], rest - searched[1]
-        last = len(chosen.stage_resources) - 1
-        stages = [
-            Resources(*np.add(r, extra[s] if s < last else extra_rest).tolist())
-            for s, r in enumerate(chosen.stage_resources)
-        ]
-        chosen = replace(
-            chosen,
-            resources=Resources(*np.add(chosen.resources, extra.sum(axis=0) + extra_rest).tolist()),
-            stage_resources=tuple(stages),
-            gate_depth=depth,
-        )
-    kept = kept_exits(chosen.exits, len(segments) - 1)
-    stage_cycles = list(chosen.stage_cycles)
-    test_taken = taken_on(chosen, "test")
-    test_fps = chosen.fps
-    if chosen.exits:  # the same simulation on the test split's traffic, which the search never saw
-        test_fps = min(
-            chosen.fps,
-            stage_level_fps(
-                test_taken,
-                stage_cycles,
-                list(chosen.head_cycles),
-                [depth] * len(chosen.exits),
-                [segments[k].words(chosen.folding) for k in kept],
-                board.clock_mhz,
-            ),
-        )
-    selection_seconds = time.perf_counter() - selecting
-    runs.close()
-    test_correct = prof["test_correct"]
-    test_acc = float(test_correct[np.arange(len(test_taken)), np.asarray(kept)[test_taken]].mean())
-    front = pareto(candidates)
 
-    log("judging FINN's SetFolding on the network without exits")
-    finn_baseline, finn_points = finn_setfolding_baseline(run_dir, model, config, board, budget, out)
-    drift = sensitivity(np.array(chosen.reach), stage_cycles, board.clock_mhz)
-    result = SweepResult(
-        chosen,
-        best_no_exit,
-        front,
-        chosen.fps / best_no_exit.fps,
-        test_acc,
-        float(test_correct[:, -1].mean()),
-        gated_fps,
-        active_bound(chosen, segments, budget, gate_depth=depth),
-        drift,
-        budget,
-        finn_baseline,
-        gate_depth=depth,
-        equal_throughput=equal,
-        equal_throughput_fps=equal_fps,
-        fps_with_gates_test=test_fps,
-    )
-    result.front_bounds.extend(active_bound(c, segments, budget) for c in front)
-    result.candidates.extend(candidates)
-    result.finn_points.extend(finn_points)
-    result.search_stats.update(
-        search_seconds=search_seconds,
-        designs=designs,
-        candidate_exits=len(segments) - 1,
-        selection_seconds=selection_seconds,
-        simulations=len(simulated),
-        skipped_threshold_combinations=stats["skipped_threshold_combinations"],
-    )
-    _write(out, result, segments, model, config.model.backbone, board, budget, util)
-    return result
+def _choose(eligible: list[Candidate], objective: str, gates: GateSimulator) -> Candidate:
+    """The design for the objective: the fastest with its finite gates (throughput), or the
+    lowest mean latency."""
+    if objective != "throughput":
+        return min(eligible, key=lambda c: (c.mean_latency_us, -c.fps, -c.accuracy))
+    # the finite gates (each candidate's own depth, in its budget) decide. A design's
+    # throughput with finite gates is at most its unbounded-gate throughput, so going down the
+    # designs by the latter and stopping once it falls below the best simulated so far finds
+    # the best design with finite gates exactly (branch and bound)
+    ranked = sorted(eligible, key=lambda c: (c.fps, c.accuracy, -c.resources.lut), reverse=True)
+    chosen, best = ranked[0], -1.0
+    for c in ranked:
+        if c.fps < best:
+            break
+        fps = gates.gated_alike(c)
+        if (fps, c.accuracy, -c.resources.lut) > (best, chosen.accuracy, -chosen.resources.lut):
+            chosen, best = c, fps
+    return chosen
 
 
 EQUAL_THROUGHPUT_RUNS = 4000  # simulations the search for the equal-throughput design may take
@@ -383,92 +496,130 @@ def _equal_throughput(eligible: list[Candidate], target_fps: float, gated_fps) -
     return None, None
 
 
-def _flow_digest() -> str:
-    """A digest of exitflow's FINN step list and the folding rules it applies from the model
-    (window and pooling folds): an inventory built by another flow is built again."""
-    import hashlib
-
-    return hashlib.sha256(b"".join(Path(m.__file__).read_bytes() for m in (finn_flow, finn_model))).hexdigest()[:16]
+# ---------------------------------------------------------------------------- gate deepening
 
 
-def _streams(inventory: Path, k: int) -> tuple[int, int, int]:
-    """(output stream width, words per feature map) of segment k, its head's record width, and
-    the PE of its last unit when that is a weight layer (else 0)."""
-    from qonnx.core.modelwrapper import ModelWrapper
-    from qonnx.custom_op.registry import getCustomOp
-
-    register_finn_ops()
-
-    node = ModelWrapper(str(inventory / f"seg{k}" / "model_hw.onnx")).graph.node[-1]
-    last = getCustomOp(node)
-    ctu = getCustomOp(ModelWrapper(str(inventory / f"head{k}" / "model_hw.onnx")).graph.node[-1])
-    pe = last.get_nodeattr("PE") if node.op_type.startswith("MVAU") else 0
-    width, words = last.get_outstream_width(), stream_words(last)
-    if node.op_type.startswith("Pool"):  # its fold follows the design's folding: counted at its widest
-        scale = last.get_nodeattr("Channels") // last.get_nodeattr("PE")
-        width, words = width * scale, words // scale
-    return width, words, ctu.get_outstream_width(), pe
+def _deepen_gates(
+    chosen: Candidate, segments: list[Segment], limits: np.ndarray, gates: GateSimulator
+) -> tuple[Candidate, float]:
+    """(the chosen design with deeper gates where the budget has room and bursts of hard samples
+    still stall a stage, its cost counted again; its throughput with those gates)."""
+    if not chosen.exits:
+        return chosen, gates.gated(chosen, chosen.gate_depth)
+    depth = _paying_gate_depth(chosen, segments, limits, gates)
+    return _with_gate_depth(chosen, segments, depth), gates.gated(chosen, depth)
 
 
-def _as_json(c: Candidate, names: list[str], clock_mhz: float) -> dict:
-    return {
-        "exits": [names[k] for k in c.exits],
-        "thresholds": list(c.thresholds),
-        "fps": c.fps,
-        "val_accuracy": c.accuracy,
+def _paying_gate_depth(chosen: Candidate, segments: list[Segment], limits: np.ndarray, gates: GateSimulator) -> int:
+    """The deepest of :data:`DEEPER_GATES` each step to which fits the budget and still pays."""
+    searched = routing_cost(segments, chosen.exits, chosen.gate_depth)  # what the search budgeted
+    base = np.array(chosen.resources) - searched[0].sum(axis=0) - searched[1]
+    depth = chosen.gate_depth
+    for deeper in (d for d in DEEPER_GATES if d > chosen.gate_depth):
+        if gates.gated(chosen, depth) >= chosen.fps * 0.999:
+            break
+        deeper_gates, rest = routing_cost(segments, chosen.exits, deeper)  # (gates x 4, merge and record FIFOs)
+        if np.any(base + deeper_gates.sum(axis=0) + rest > limits + 1e-9):
+            break
+        if gates.gated(chosen, deeper) < gates.gated(chosen, depth) * 1.005:
+            break  # deeper gates no longer pay
+        depth = deeper
+    return depth
+
+
+def _with_gate_depth(chosen: Candidate, segments: list[Segment], depth: int) -> Candidate:
+    """``chosen`` with gates (and record FIFOs) of ``depth`` feature maps in place of those the
+    search budgeted, in its resources and its stages'."""
+    searched = routing_cost(segments, chosen.exits, chosen.gate_depth)
+    gates, rest = routing_cost(segments, chosen.exits, depth)
+    extra, extra_rest = gates - searched[0], rest - searched[1]
+    last = len(chosen.stage_resources) - 1
+    stages = [
+        Resources(*np.add(r, extra[s] if s < last else extra_rest).tolist())
+        for s, r in enumerate(chosen.stage_resources)
+    ]
+    return replace(
+        chosen,
+        resources=Resources(*np.add(chosen.resources, extra.sum(axis=0) + extra_rest).tolist()),
+        stage_resources=tuple(stages),
+        gate_depth=depth,
+    )
+
+
+# ---------------------------------------------------------------------------- writing
+
+
+def _point(cls, c: Candidate, names: list[str], clock_mhz: float, **extra):
+    """``c`` as ``pareto.json`` lists it (a :class:`DesignPoint` or a subclass, ``extra`` its own
+    fields or overriding the point's)."""
+    fields = dict(
+        exits=tuple(names[k] for k in c.exits),
+        thresholds=tuple(c.thresholds),
+        fps=c.fps,
+        val_accuracy=c.accuracy,
         **c.resources.as_dict(),
-        "interval_cycles": c.target,
-        "reach": list(c.reach),
-        "gate_depth": c.gate_depth if c.exits else None,
-        "headroom": c.headroom if c.exits else None,
-        "latency_cycles_to_exit": [round(t * clock_mhz) for t in c.latency_us],
-        "latency_us_to_exit": list(c.latency_us),
-        "mean_latency_cycles": c.mean_latency_us * clock_mhz,
-        "mean_latency_us": c.mean_latency_us,
-    }
+        interval_cycles=c.target,
+        reach=tuple(c.reach),
+        gate_depth=c.gate_depth if c.exits else None,
+        headroom=c.headroom if c.exits else None,
+        latency_cycles_to_exit=tuple(round(t * clock_mhz) for t in c.latency_us),
+        latency_us_to_exit=tuple(c.latency_us),
+        mean_latency_cycles=c.mean_latency_us * clock_mhz,
+        mean_latency_us=c.mean_latency_us,
+    )
+    return cls(**{**fields, **extra})
 
 
-def _write(out: Path, r: SweepResult, segments, model, backbone: str, board, budget, util) -> None:
-    names = model.exit_names
-    report = {
-        "board": board.name,
-        "utilisation_cap": util,
-        "budget": budget.as_dict(),
-        "chosen": {
-            **_as_json(r.chosen, names, board.clock_mhz),
-            "test_accuracy": r.test_accuracy,
-            "fps_with_gates": r.fps_with_gates,
-            "fps_with_gates_on_test_traffic": r.fps_with_gates_test,
-            "gate_depth": r.gate_depth if r.chosen.exits else None,
-            "gain_with_gates": r.gain_with_gates,
-            "stage_resources": [Resources(*res).as_dict() for res in r.chosen.stage_resources],
-            "active_bound": r.bound,
-            "fps_if_reach_minus_5pp": r.sensitivity["minus"],
-            "fps_if_reach_plus_5pp": r.sensitivity["plus"],
-        },
-        "no_exit_baseline": _as_json(r.no_exit, names, board.clock_mhz),
-        # the cheapest design with exits (LUTs) matching the no-exit throughput with its finite gates
-        "equal_throughput": (
-            {
-                **_as_json(r.equal_throughput, names, board.clock_mhz),
-                "fps_with_gates": r.equal_throughput_fps,
-                "lut_fraction": r.equal_throughput.resources.lut / r.no_exit.resources.lut,
-            }
-            if r.equal_throughput is not None
-            else None
+def _pareto_report(r: SweepResult, names: list[str], board, util: float) -> ParetoReport:
+    clock = board.clock_mhz
+    chosen = _point(
+        ChosenDesign,
+        r.chosen,
+        names,
+        clock,
+        gate_depth=r.gate_depth if r.chosen.exits else None,
+        test_accuracy=r.test_accuracy,
+        fps_with_gates=r.fps_with_gates,
+        fps_with_gates_on_test_traffic=r.fps_with_gates_test,
+        gain_with_gates=r.gain_with_gates,
+        stage_resources=tuple(Resources(*res) for res in r.chosen.stage_resources),
+        active_bound=r.bound,
+        fps_if_reach_minus_5pp=r.sensitivity["minus"],
+        fps_if_reach_plus_5pp=r.sensitivity["plus"],
+    )
+    # the cheapest design with exits (LUTs) matching the no-exit throughput with its finite gates
+    equal = None
+    if r.equal_throughput is not None:
+        equal = _point(
+            EqualThroughputDesign,
+            r.equal_throughput,
+            names,
+            clock,
+            fps_with_gates=r.equal_throughput_fps,
+            lut_fraction=r.equal_throughput.resources.lut / r.no_exit.resources.lut,
+        )
+    return ParetoReport(
+        board=board.name,
+        utilisation_cap=util,
+        budget=r.budget,
+        chosen=chosen,
+        no_exit_baseline=_point(DesignPoint, r.no_exit, names, clock),
+        equal_throughput=equal,
+        gain_vs_no_exit=r.gain,
+        final_exit_test_accuracy=r.final_test_accuracy,
+        finn_setfolding_baseline=r.finn_baseline,
+        gain_vs_finn_setfolding=(r.chosen.fps / r.finn_baseline.fps) if r.finn_baseline is not None else None,
+        front=tuple(
+            _point(FrontDesign, c, names, clock, active_bound=b) for c, b in zip(r.front, r.front_bounds, strict=False)
         ),
-        "gain_vs_no_exit": r.gain,
-        "final_exit_test_accuracy": r.final_test_accuracy,
-        "finn_setfolding_baseline": r.finn_baseline,
-        "gain_vs_finn_setfolding": (r.chosen.fps / r.finn_baseline["fps"]) if r.finn_baseline else None,
-        "front": [
-            {**_as_json(c, names, board.clock_mhz), "active_bound": b}
-            for c, b in zip(r.front, r.front_bounds, strict=False)
-        ],
-    }
-    atomic_write(out / "pareto.json", lambda p: p.write_text(json.dumps(report, indent=1)))
-    save_design(_design(r.chosen, segments, backbone, board, r.gate_depth), out / "design.yaml")
-    _plots(out, r, names)
+    )
+
+
+def _write(run: RunDir, r: SweepResult, segments, backbone: str, board) -> None:
+    """``pareto.json`` (``r.report``), the chosen ``design.yaml`` and the plots."""
+    r.report.write(run.sweep)
+    save_design(_design(r.chosen, segments, backbone, board, r.gate_depth), run.design)
+    _plots(run.sweep, r)
 
 
 def _design(c: Candidate, segments, backbone: str, board, gate_depth: int = GATE_DEPTH):
@@ -504,12 +655,20 @@ def _design(c: Candidate, segments, backbone: str, board, gate_depth: int = GATE
     return Design(model=backbone, board=board.name, clock_mhz=board.clock_mhz, stages=tuple(stages))
 
 
-def _plots(out: Path, r: SweepResult, names: list[str]) -> None:
+def _plots(out: Path, r: SweepResult) -> None:
+    """``pareto.png`` (the front against the baselines and the chosen design) and ``resources.png``
+    (the chosen design's stages against the budget)."""
+    # matplotlib: heavy, and needed only for the plots
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    _front_plot(plt, out, r)
+    _resources_plot(plt, out, r)
+
+
+def _front_plot(plt, out: Path, r: SweepResult) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.5), constrained_layout=True)
     front = sorted(r.front, key=lambda c: c.fps)
     sc = ax.scatter(
@@ -524,9 +683,9 @@ def _plots(out: Path, r: SweepResult, names: list[str]) -> None:
     ax.scatter(
         [r.no_exit.fps], [100 * r.no_exit.accuracy], marker="s", color="red", s=60, label="best without early exits"
     )
-    if r.finn_baseline:
+    if r.finn_baseline is not None:
         ax.scatter(
-            [r.finn_baseline["fps"]],
+            [r.finn_baseline.fps],
             [100 * r.no_exit.accuracy],
             marker="D",
             color="orange",
@@ -556,6 +715,9 @@ def _plots(out: Path, r: SweepResult, names: list[str]) -> None:
     ax.legend(fontsize=8, loc="lower left")
     atomic_write(out / "pareto.png", lambda p: fig.savefig(p, dpi=110, format="png"))
     plt.close(fig)
+
+
+def _resources_plot(plt, out: Path, r: SweepResult) -> None:
     fig, axes = plt.subplots(1, 3, figsize=(10, 3.6), constrained_layout=True)
     stages = [Resources(*res) for res in r.chosen.stage_resources]
     stage_names = [f"stage {k}" for k in range(len(stages))]

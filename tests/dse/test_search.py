@@ -5,7 +5,7 @@ import pytest
 
 from exitflow.dse.finn_model import WeightLayer
 from exitflow.dse.folding import FoldingTable
-from exitflow.dse.search import Candidate, GraphCost, Segment, pareto, search
+from exitflow.dse.search import Candidate, GraphCost, SearchSpace, Segment, ValidationProfile, pareto, search
 
 BUDGET = np.array([20000, 100, 0, 50], dtype=float)
 
@@ -63,7 +63,11 @@ def problem(budget=BUDGET):
 
 def test_no_exit_and_early_exit_candidates():
     segments, codes, correct, scales = problem()
-    found = search(segments, codes, correct, scales, "max_prob", [0.5, 0.9], BUDGET, clock_mhz=100.0)
+    found = search(
+        segments,
+        ValidationProfile(codes, correct, scales),
+        SearchSpace("max_prob", [0.5, 0.9], BUDGET, clock_mhz=100.0),
+    )
     no_exit = [c for c in found if c.exits == ()]
     early = [c for c in found if c.exits == (0,)]
     assert no_exit and early
@@ -77,7 +81,11 @@ def test_no_exit_and_early_exit_candidates():
     # they eat the gain)
     for lut_cap in (5000, 8000, 12000):
         budget = BUDGET * [lut_cap / BUDGET[0], 1, 1, 1]
-        capped = search(problem(budget)[0], codes, correct, scales, "max_prob", [0.5, 0.9], budget, clock_mhz=100.0)
+        capped = search(
+            problem(budget)[0],
+            ValidationProfile(codes, correct, scales),
+            SearchSpace("max_prob", [0.5, 0.9], budget, clock_mhz=100.0),
+        )
         assert all(c.resources[0] <= lut_cap for c in capped)
         best_no_exit = max(c.fps for c in capped if c.exits == ())
         best_early = max(c.fps for c in capped if c.exits == (0,))
@@ -86,7 +94,7 @@ def test_no_exit_and_early_exit_candidates():
 
 def test_latency_to_each_exit():
     segments, codes, correct, scales = problem()
-    found = search(segments, codes, correct, scales, "max_prob", [0.9], BUDGET, 100.0)
+    found = search(segments, ValidationProfile(codes, correct, scales), SearchSpace("max_prob", [0.9], BUDGET, 100.0))
     c = next(c for c in found if c.exits == (0,))
     assert len(c.latency_us) == 2 and 0 < c.latency_us[0] < c.latency_us[1]  # the early exit answers sooner
     share0 = 1 - c.reach[1]
@@ -95,7 +103,7 @@ def test_latency_to_each_exit():
 
 def test_reach_matches_the_routing():
     segments, codes, correct, scales = problem()
-    found = search(segments, codes, correct, scales, "max_prob", [0.5], BUDGET, 100.0)
+    found = search(segments, ValidationProfile(codes, correct, scales), SearchSpace("max_prob", [0.5], BUDGET, 100.0))
     c = next(c for c in found if c.exits == (0,))
     expected = (codes[:, 0] > np.floor(1024 / 0.5)).mean()  # samples whose code is above the constant go on
     assert c.reach[1] == expected
@@ -163,7 +171,12 @@ def test_beaten_threshold_combinations_are_not_searched():
     correct[::2, 1] = correct[::2, 0]  # the final exit right no more often than the early one on half of the samples
     correct[1::2, 1] = True
     stats = {}
-    found = search(segments, codes, correct, scales, "max_prob", [0.5, 0.6, 0.7, 0.8, 0.9], BUDGET, 100.0, stats=stats)
+    found = search(
+        segments,
+        ValidationProfile(codes, correct, scales),
+        SearchSpace("max_prob", [0.5, 0.6, 0.7, 0.8, 0.9], BUDGET, 100.0),
+        stats=stats,
+    )
     searched = {c.thresholds for c in found if c.exits}
     assert stats["skipped_threshold_combinations"] > 0
     assert len(searched) == 5 - stats["skipped_threshold_combinations"]
@@ -186,7 +199,9 @@ def test_gate_depths_change_only_the_routing_cost():
     segments, codes, correct, scales = problem()
     segments = [Segment(s.exit, s.blocks, s.body, s.head, stream_bits=8, folds=100, record_bits=14) for s in segments]
     found = search(
-        segments, codes, correct, scales, "max_prob", [0.9], BUDGET * [1, 10, 1, 1], 100.0, gate_depths=(2, 16)
+        segments,
+        ValidationProfile(codes, correct, scales),
+        SearchSpace("max_prob", [0.9], BUDGET * [1, 10, 1, 1], 100.0, gate_depths=(2, 16)),
     )
     early = {}
     for c in (c for c in found if c.exits):
@@ -207,7 +222,11 @@ def test_gate_depths_change_only_the_routing_cost():
 
 def test_headroom_sizes_later_stages_for_more_samples_at_the_same_throughput():
     segments, codes, correct, scales = problem()
-    found = search(segments, codes, correct, scales, "max_prob", [0.5], BUDGET, 100.0, headrooms=(1.0, 2.0))
+    found = search(
+        segments,
+        ValidationProfile(codes, correct, scales),
+        SearchSpace("max_prob", [0.5], BUDGET, 100.0, headrooms=(1.0, 2.0)),
+    )
     by = {}
     for c in (c for c in found if c.exits):
         by.setdefault(c.headroom, {})[(c.target, c.weighting)] = c
