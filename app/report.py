@@ -8,6 +8,11 @@ missing (or unreadable) is listed under "What was not run" with the command that
 
 :func:`collect` fills :class:`ReportData` one section of the page at a time, each ``_collect_*``
 function reading its own files through :class:`~exitflow.core.artifacts.RunDir`.
+``sweep/pareto.json`` and ``hw/build.json`` are read through their dataclasses
+(:class:`~exitflow.core.artifacts.ParetoReport`, :class:`~exitflow.core.artifacts.BuildSummary`)
+with the strict schema loader: a file it refuses is listed among the problems and its section
+left out. ``run.json``, ``profile.json`` and ``cosim/report.json`` are read as plain JSON,
+tolerating missing keys.
 """
 
 from __future__ import annotations
@@ -17,18 +22,22 @@ import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TypeVar
 
-from exitflow.core.artifacts import RunDir
+from exitflow.core.artifacts import BuildSummary, DesignPoint, ParetoReport, RunDir
 from exitflow.core.catalogue import DEFAULT_BOARD
 from exitflow.core.design import load_design
 from exitflow.core.errors import ConfigError
 from exitflow.core.files import atomic_write
-from exitflow.core.resources import NAMES
+from exitflow.core.resources import NAMES, Resources
+from exitflow.core.schema import from_data
 from exitflow.core.templates import template_env
 from exitflow.hw.build import backup_of, is_finished
 
 TEMPLATE = Path(__file__).parent / "templates" / "report.html.j2"
 REPORT_FILE = "report.html"
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -106,6 +115,19 @@ def _read_json(path: Path, problems: list[str]) -> dict | None:
     return data
 
 
+def _read_artifact(cls: type[T], path: Path, problems: list[str]) -> T | None:
+    """``path`` read through its dataclass ``cls`` with the strict schema loader; None when it is
+    missing, or (listed in ``problems``) when it is unreadable or holds what the schema refuses."""
+    data = _read_json(path, problems)
+    if data is None:
+        return None
+    try:
+        return from_data(cls, data, source=path.name)
+    except ConfigError as err:
+        problems.append(f"{err}; the part it holds is left out")
+        return None
+
+
 def _figure(path: Path, title: str, caption: str, run: RunDir) -> Figure | None:
     try:
         raw = path.read_bytes()
@@ -131,10 +153,9 @@ def _n(value, digits: int = 0) -> str:
 SHOWN = tuple(name for name in NAMES if name != "uram")
 
 
-def _resources(record: dict) -> tuple[str, ...]:
-    """LUT, BRAM18 and DSP of a record of pareto.json or build.json (keys as
-    :meth:`~exitflow.core.resources.Resources.as_dict` writes them), "-" where one is missing."""
-    return tuple(_n(record.get(name)) for name in SHOWN)
+def _resources(resources: Resources) -> tuple[str, ...]:
+    """LUT, BRAM18 and DSP of a design, a graph or a budget, formatted for a table."""
+    return tuple(_n(getattr(resources, name)) for name in SHOWN)
 
 
 def _pct(value, digits: int = 2) -> str:
@@ -151,8 +172,8 @@ def collect(run_dir: str | Path) -> ReportData:
         raise ConfigError(f"{run}: no such run folder; run `exitflow run --out {run}` first")
     r = ReportData(run_dir=str(run.root.resolve()), generated=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"))
     record = _read_json(run.run_record, r.problems) or {}
-    pareto = _read_json(run.pareto, r.problems)  # the sweep's section, and the board
-    board = record.get("board") or (pareto or {}).get("board") or DEFAULT_BOARD
+    pareto = _read_artifact(ParetoReport, run.pareto, r.problems)  # the sweep's section, and the board
+    board = record.get("board") or (pareto.board if pareto is not None else None) or DEFAULT_BOARD
     _collect_settings(run, record, board, r)
     _collect_figures(run, r)
     _collect_profile(run, r)
@@ -224,86 +245,75 @@ def _collect_profile(run: RunDir, r: ReportData) -> None:
         r.not_run.append(NotRun("exit-rate plot", "no profile.png", f"exitflow profile {run}"))
 
 
-def _collect_sweep(run: RunDir, pareto: dict | None, board: str, r: ReportData) -> None:
+def _collect_sweep(run: RunDir, pareto: ParetoReport | None, board: str, r: ReportData) -> None:
     """The key numbers, the chosen design against both baselines and its stages' resources."""
-    if not pareto:
+    if pareto is None:
         r.not_run.append(NotRun("design search", "no sweep/pareto.json", f"exitflow sweep {run} --board {board}"))
         return
-    chosen, no_exit = pareto.get("chosen", {}), pareto.get("no_exit_baseline", {})
-    finn = pareto.get("finn_setfolding_baseline")
+    chosen, no_exit, finn = pareto.chosen, pareto.no_exit_baseline, pareto.finn_setfolding_baseline
     r.headline = (
-        Row("chosen design", (f"exits {', '.join(chosen.get('exits', [])) or 'none'}",)),
-        Row("throughput (dse model)", (f"{_n(chosen.get('fps'))} samples/s",)),
-        Row("gain over the best design without exits", (f"{_n(pareto.get('gain_vs_no_exit'), 2)}x",)),
+        Row("chosen design", (f"exits {', '.join(chosen.exits) or 'none'}",)),
+        Row("throughput (dse model)", (f"{_n(chosen.fps)} samples/s",)),
+        Row("gain over the best design without exits", (f"{_n(pareto.gain_vs_no_exit, 2)}x",)),
         Row(
             "test accuracy",
-            (f"{_pct(chosen.get('test_accuracy'))} (final exit alone {_pct(pareto.get('final_exit_test_accuracy'))})",),
+            (f"{_pct(chosen.test_accuracy)} (final exit alone {_pct(pareto.final_exit_test_accuracy)})",),
         ),
-        Row("what keeps it from being faster", (str(chosen.get("active_bound", "-")),)),
+        Row("what keeps it from being faster", (chosen.active_bound,)),
     )
     rows = [
         Row("chosen (early exits)", _compare_cells(chosen)),
         Row("best without early exits", _compare_cells(no_exit)),
     ]
-    if finn:  # same model, so the no-exit design's accuracy
+    if finn is not None:  # same model, so the no-exit design's accuracy
         rows.append(
             Row(
                 "FINN SetFolding, no exits",
-                (_n(finn.get("fps")), _pct(no_exit.get("val_accuracy")), *_resources(finn), "-"),
+                (_n(finn.fps), _pct(no_exit.val_accuracy), *_resources(finn.resources), "-"),
             )
         )
     r.compare = tuple(rows)
     r.stage_resources = (
-        *(Row(f"stage {k}", _resources(s)) for k, s in enumerate(chosen.get("stage_resources", []))),
-        Row("budget", _resources(pareto.get("budget", {}))),
+        *(Row(f"stage {k}", _resources(s)) for k, s in enumerate(chosen.stage_resources)),
+        Row("budget", _resources(pareto.budget)),
     )
 
 
-def _compare_cells(point: dict) -> tuple[str, ...]:
+def _compare_cells(point: DesignPoint) -> tuple[str, ...]:
     """Throughput, validation accuracy, resources and mean latency of a design of the search."""
-    return (
-        _n(point.get("fps")),
-        _pct(point.get("val_accuracy")),
-        *_resources(point),
-        _n(point.get("mean_latency_us"), 1),
-    )
+    return (_n(point.fps), _pct(point.val_accuracy), *_resources(point.resources), _n(point.mean_latency_us, 1))
 
 
-def _read_build(run: RunDir, problems: list[str]) -> dict | None:
+def _read_build(run: RunDir, problems: list[str]) -> BuildSummary | None:
     """``hw/build.json``, or, while ``hw/`` holds an interrupted build, the last finished build's
     from its backup (saying so in ``problems``)."""
-    build = _read_json(run.build_summary, problems)
+    build = _read_artifact(BuildSummary, run.build_summary, problems)
     backup = backup_of(run.hw)
     if build is None and is_finished(backup):
         problems.append(
             f"hw/ holds an interrupted build; the build shown is the last finished one, which waits in "
             f"{backup} (`exitflow cosim {run}` or `exitflow build {run}` puts it back)"
         )
-        build = _read_json(backup / "build.json", problems)
+        build = _read_artifact(BuildSummary, backup / BuildSummary.FILE, problems)
     return build
 
 
 def _collect_build(run: RunDir, r: ReportData) -> None:
     """The built graphs, and what the bitfile and the board still need."""
     build = _read_build(run, r.problems)
-    if not build:
+    if build is None:
         r.not_run.append(NotRun("hardware build", "no hw/build.json", f"exitflow build {run}"))
         return
-    r.graphs = tuple(
-        Row(g.get("name", "?"), (g.get("kind", "?"), *_resources(g), _n(g.get("interval_cycles"))))
-        for g in build.get("graphs", [])
-    )
+    r.graphs = tuple(Row(g.name, (g.kind, *_resources(g.resources), _n(g.interval_cycles))) for g in build.graphs)
     if (run.hw / "deploy" / "exitflow.bit").is_file():
         return
-    bitfile = build.get("bitfile", {})
-    missing = bitfile.get("missing") or []
-    why = f"needs {' and '.join(missing)}, not on this machine" if missing else "not built yet"
+    bitfile = build.bitfile
+    why = f"needs {' and '.join(bitfile.missing)}, not on this machine" if bitfile.missing else "not built yet"
     r.not_run.append(
         NotRun(
             "bitfile (Vivado synthesis, place and route)",
             why,
-            f"{bitfile.get('command', f'exitflow build {run}')}   "
-            f"# on a machine with {bitfile.get('tools', 'Vivado and Vitis HLS')}",
+            f"{bitfile.command}   # on a machine with {bitfile.tools}",
         )
     )
     r.not_run.append(
