@@ -106,7 +106,7 @@ def _read_json(path: Path, problems: list[str]) -> dict | None:
         return None
     try:
         data = json.loads(path.read_text())
-    except (OSError, ValueError, UnicodeDecodeError) as err:
+    except (OSError, ValueError, UnicodeDecodeError, RecursionError) as err:
         problems.append(f"{path.name}: unreadable ({type(err).__name__}); the part it holds is left out")
         return None
     if not isinstance(data, dict):
