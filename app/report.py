@@ -5,6 +5,14 @@ Everything comes from the files in the folder (``run.json``, ``config.yaml``, ``
 as base64 ``data:`` URIs, so the file has no external reference and reads offline. A part that is
 missing (or unreadable) is listed under "What was not run" with the command that would make it;
 ``exitflow report DIR`` never fails on a partial folder.
+
+:func:`collect` fills :class:`ReportData` one section of the page at a time, each ``_collect_*``
+function reading its own files through :class:`~exitflow.core.artifacts.RunDir`.
+``sweep/pareto.json`` and ``hw/build.json`` are read through their dataclasses
+(:class:`~exitflow.core.artifacts.ParetoReport`, :class:`~exitflow.core.artifacts.BuildSummary`)
+with the strict schema loader: a file it refuses is listed among the problems and its section
+left out. ``run.json``, ``profile.json`` and ``cosim/report.json`` are read as plain JSON,
+tolerating missing keys.
 """
 
 from __future__ import annotations
@@ -14,17 +22,22 @@ import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TypeVar
 
+from exitflow.core.artifacts import BuildSummary, DesignPoint, ParetoReport, RunDir
 from exitflow.core.catalogue import DEFAULT_BOARD
 from exitflow.core.design import load_design
 from exitflow.core.errors import ConfigError
-from exitflow.core.files import atomic_write, user_path
-from exitflow.core.resources import NAMES
+from exitflow.core.files import atomic_write
+from exitflow.core.resources import NAMES, Resources
+from exitflow.core.schema import from_data
 from exitflow.core.templates import template_env
 from exitflow.hw.build import backup_of, is_finished
 
 TEMPLATE = Path(__file__).parent / "templates" / "report.html.j2"
 REPORT_FILE = "report.html"
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -83,12 +96,17 @@ class ReportData:
     problems: list[str] = field(default_factory=list)  # files that exist but could not be read
 
 
+# ---------------------------------------------------------------------------- reading the files
+
+
 def _read_json(path: Path, problems: list[str]) -> dict | None:
+    """A JSON object from ``path``; None when it is missing, or (listed in ``problems``) when it
+    cannot be read or holds something else than an object."""
     if not path.is_file():
         return None
     try:
         data = json.loads(path.read_text())
-    except (OSError, ValueError, UnicodeDecodeError) as err:
+    except (OSError, ValueError, UnicodeDecodeError, RecursionError) as err:
         problems.append(f"{path.name}: unreadable ({type(err).__name__}); the part it holds is left out")
         return None
     if not isinstance(data, dict):
@@ -97,7 +115,20 @@ def _read_json(path: Path, problems: list[str]) -> dict | None:
     return data
 
 
-def _figure(path: Path, title: str, caption: str, run_dir: Path) -> Figure | None:
+def _read_artifact(cls: type[T], path: Path, problems: list[str]) -> T | None:
+    """``path`` read through its dataclass ``cls`` with the strict schema loader; None when it is
+    missing, or (listed in ``problems``) when it is unreadable or holds what the schema refuses."""
+    data = _read_json(path, problems)
+    if data is None:
+        return None
+    try:
+        return from_data(cls, data, source=path.name)
+    except ConfigError as err:
+        problems.append(f"{err}; the part it holds is left out")
+        return None
+
+
+def _figure(path: Path, title: str, caption: str, run: RunDir) -> Figure | None:
     try:
         raw = path.read_bytes()
     except OSError:
@@ -105,8 +136,11 @@ def _figure(path: Path, title: str, caption: str, run_dir: Path) -> Figure | Non
     if not raw.startswith(b"\x89PNG\r\n\x1a\n"):
         return None
     return Figure(
-        title, caption, str(path.relative_to(run_dir)), "data:image/png;base64," + base64.b64encode(raw).decode()
+        title, caption, str(path.relative_to(run.root)), "data:image/png;base64," + base64.b64encode(raw).decode()
     )
+
+
+# ---------------------------------------------------------------------------- formatting
 
 
 def _n(value, digits: int = 0) -> str:
@@ -119,256 +153,245 @@ def _n(value, digits: int = 0) -> str:
 SHOWN = tuple(name for name in NAMES if name != "uram")
 
 
-def _resources(record: dict) -> tuple[str, ...]:
-    """LUT, BRAM18 and DSP of a record of pareto.json or build.json (keys as
-    :meth:`~exitflow.core.resources.Resources.as_dict` writes them), "-" where one is missing."""
-    return tuple(_n(record.get(name)) for name in SHOWN)
+def _resources(resources: Resources) -> tuple[str, ...]:
+    """LUT, BRAM18 and DSP of a design, a graph or a budget, formatted for a table."""
+    return tuple(_n(getattr(resources, name)) for name in SHOWN)
 
 
 def _pct(value, digits: int = 2) -> str:
     return "-" if value is None else f"{100 * value:.{digits}f} %"
 
 
+# ---------------------------------------------------------------------------- the report, section by section
+
+
 def collect(run_dir: str | Path) -> ReportData:
     """What the report shows, read from ``run_dir``."""
-    run_dir = user_path(run_dir)
-    if not run_dir.is_dir():
-        raise ConfigError(f"{run_dir}: no such run folder; run `exitflow run --out {run_dir}` first")
-    r = ReportData(run_dir=str(run_dir.resolve()), generated=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"))
-    problems = r.problems
-    run = _read_json(run_dir / "run.json", problems) or {}
-    pareto = _read_json(run_dir / "sweep" / "pareto.json", problems)
-    profile = _read_json(run_dir / "profile.json", problems)
-    build = _read_json(run_dir / "hw" / "build.json", problems)
-    backup = backup_of(run_dir / "hw")
-    if build is None and is_finished(backup):
-        problems.append(
-            f"hw/ holds an interrupted build; the build shown is the last finished one, which waits in "
-            f"{backup} (`exitflow cosim {run_dir}` or `exitflow build {run_dir}` puts it back)"
-        )
-        build = _read_json(backup / "build.json", problems)
-    cosim = _read_json(run_dir / "cosim" / "report.json", problems)
-    board = run.get("board") or (pareto or {}).get("board") or DEFAULT_BOARD
-    d = str(run_dir)
+    run = RunDir(run_dir)
+    if not run.root.is_dir():
+        raise ConfigError(f"{run}: no such run folder; run `exitflow run --out {run}` first")
+    r = ReportData(run_dir=str(run.root.resolve()), generated=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"))
+    record = _read_json(run.run_record, r.problems) or {}
+    pareto = _read_artifact(ParetoReport, run.pareto, r.problems)  # the sweep's section, and the board
+    board = record.get("board") or (pareto.board if pareto is not None else None) or DEFAULT_BOARD
+    _collect_settings(run, record, board, r)
+    _collect_figures(run, r)
+    _collect_profile(run, r)
+    _collect_sweep(run, pareto, board, r)
+    _collect_build(run, r)
+    _collect_cosim(run, r)
+    _collect_design(run, r)  # its problems follow those of the JSON files
+    _collect_training(run, r)
+    return r
 
-    # -- settings and steps
+
+def _collect_settings(run: RunDir, record: dict, board: str, r: ReportData) -> None:
+    """The run folder, the board and the configuration, and the steps ``run.json`` records."""
     settings = [Row("run folder", (r.run_dir,)), Row("board", (board,))]
-    config_text = run.get("config")
-    if config_text is None and (run_dir / "config.yaml").is_file():
-        config_text = (run_dir / "config.yaml").read_text()
+    config_text = record.get("config")
+    if config_text is None and run.config.is_file():
+        config_text = run.config.read_text()
     if config_text:
         settings.append(Row("config", (config_text.strip(),)))
     r.settings = tuple(settings)
-    steps = run.get("steps") if isinstance(run.get("steps"), dict) else {}
+    steps = record.get("steps") if isinstance(record.get("steps"), dict) else {}
     r.steps = tuple(
         Row(name, (_n(rec.get("seconds"), 1), str(rec.get("summary", "")), str(rec.get("finished", ""))))
         for name, rec in steps.items()
         if isinstance(rec, dict)
     )
 
-    # -- figures
+
+def _collect_figures(run: RunDir, r: ReportData) -> None:
+    """The plots of the profile and the sweep, those that are there and are PNG files."""
     for key, path, title, caption in (
         (
             "pareto",
-            run_dir / "sweep" / "pareto.png",
+            run.sweep / "pareto.png",
             "Pareto front",
             "Throughput against validation accuracy of the designs on the front (colour: LUT), the chosen design, "
             "the best design without early exits and FINN's SetFolding without exits, under the same budget.",
         ),
         (
             "profile",
-            run_dir / "profile.png",
+            run.profile_plot,
             "Exit rate and accuracy against the threshold",
             "Per exit, on the test split: the share of samples that would leave at a max_prob threshold, and the "
             "accuracy of those that do.",
         ),
         (
             "resources",
-            run_dir / "sweep" / "resources.png",
+            run.sweep / "resources.png",
             "Resources per stage against the board budget",
             "LUT, BRAM18 and DSP of each stage of the chosen design (with its head) and of the best design "
             "without exits; the dashed line is the budget after the PYNQ shell and the utilisation cap.",
         ),
     ):
-        fig = _figure(path, title, caption, run_dir)
+        fig = _figure(path, title, caption, run)
         if fig is not None:
             r.figures[key] = fig
 
-    # -- profile
+
+def _collect_profile(run: RunDir, r: ReportData) -> None:
+    """Each exit's test accuracy from ``profile.json`` (after :func:`_collect_figures`: a missing
+    plot of a profiled run is listed as not run)."""
+    profile = _read_json(run.profile_summary, r.problems)
     if profile:
         test = profile.get("splits", {}).get("test", {})
         r.exit_accuracy = tuple(Row(name, (_pct(acc),)) for name, acc in test.get("accuracy", {}).items())
     else:
-        r.not_run.append(NotRun("profile", "no profile.json", f"exitflow profile {d}"))
+        r.not_run.append(NotRun("profile", "no profile.json", f"exitflow profile {run}"))
     if "profile" not in r.figures and profile:
-        r.not_run.append(NotRun("exit-rate plot", "no profile.png", f"exitflow profile {d}"))
+        r.not_run.append(NotRun("exit-rate plot", "no profile.png", f"exitflow profile {run}"))
 
-    # -- sweep
-    if pareto:
-        chosen, no_exit = pareto.get("chosen", {}), pareto.get("no_exit_baseline", {})
-        finn = pareto.get("finn_setfolding_baseline")
-        budget = pareto.get("budget", {})
-        r.headline = (
-            Row("chosen design", (f"exits {', '.join(chosen.get('exits', [])) or 'none'}",)),
-            Row("throughput (dse model)", (f"{_n(chosen.get('fps'))} samples/s",)),
-            Row("gain over the best design without exits", (f"{_n(pareto.get('gain_vs_no_exit'), 2)}x",)),
+
+def _collect_sweep(run: RunDir, pareto: ParetoReport | None, board: str, r: ReportData) -> None:
+    """The key numbers, the chosen design against both baselines and its stages' resources."""
+    if pareto is None:
+        r.not_run.append(NotRun("design search", "no sweep/pareto.json", f"exitflow sweep {run} --board {board}"))
+        return
+    chosen, no_exit, finn = pareto.chosen, pareto.no_exit_baseline, pareto.finn_setfolding_baseline
+    r.headline = (
+        Row("chosen design", (f"exits {', '.join(chosen.exits) or 'none'}",)),
+        Row("throughput (dse model)", (f"{_n(chosen.fps)} samples/s",)),
+        Row("gain over the best design without exits", (f"{_n(pareto.gain_vs_no_exit, 2)}x",)),
+        Row(
+            "test accuracy",
+            (f"{_pct(chosen.test_accuracy)} (final exit alone {_pct(pareto.final_exit_test_accuracy)})",),
+        ),
+        Row("what keeps it from being faster", (chosen.active_bound,)),
+    )
+    rows = [
+        Row("chosen (early exits)", _compare_cells(chosen)),
+        Row("best without early exits", _compare_cells(no_exit)),
+    ]
+    if finn is not None:  # same model, so the no-exit design's accuracy
+        rows.append(
             Row(
-                "test accuracy",
-                (
-                    f"{_pct(chosen.get('test_accuracy'))} (final exit alone "
-                    f"{_pct(pareto.get('final_exit_test_accuracy'))})",
-                ),
-            ),
-            Row("what keeps it from being faster", (str(chosen.get("active_bound", "-")),)),
+                "FINN SetFolding, no exits",
+                (_n(finn.fps), _pct(no_exit.val_accuracy), *_resources(finn.resources), "-"),
+            )
         )
-        rows = [
+    r.compare = tuple(rows)
+    r.stage_resources = (
+        *(Row(f"stage {k}", _resources(s)) for k, s in enumerate(chosen.stage_resources)),
+        Row("budget", _resources(pareto.budget)),
+    )
+
+
+def _compare_cells(point: DesignPoint) -> tuple[str, ...]:
+    """Throughput, validation accuracy, resources and mean latency of a design of the search."""
+    return (_n(point.fps), _pct(point.val_accuracy), *_resources(point.resources), _n(point.mean_latency_us, 1))
+
+
+def _read_build(run: RunDir, problems: list[str]) -> BuildSummary | None:
+    """``hw/build.json``, or, while ``hw/`` holds an interrupted build, the last finished build's
+    from its backup (saying so in ``problems``)."""
+    build = _read_artifact(BuildSummary, run.build_summary, problems)
+    backup = backup_of(run.hw)
+    if build is None and is_finished(backup):
+        problems.append(
+            f"hw/ holds an interrupted build; the build shown is the last finished one, which waits in "
+            f"{backup} (`exitflow cosim {run}` or `exitflow build {run}` puts it back)"
+        )
+        build = _read_artifact(BuildSummary, backup / BuildSummary.FILE, problems)
+    return build
+
+
+def _collect_build(run: RunDir, r: ReportData) -> None:
+    """The built graphs, and what the bitfile and the board still need."""
+    build = _read_build(run, r.problems)
+    if build is None:
+        r.not_run.append(NotRun("hardware build", "no hw/build.json", f"exitflow build {run}"))
+        return
+    r.graphs = tuple(Row(g.name, (g.kind, *_resources(g.resources), _n(g.interval_cycles))) for g in build.graphs)
+    if (run.hw / "deploy" / "exitflow.bit").is_file():
+        return
+    bitfile = build.bitfile
+    why = f"needs {' and '.join(bitfile.missing)}, not on this machine" if bitfile.missing else "not built yet"
+    r.not_run.append(
+        NotRun(
+            "bitfile (Vivado synthesis, place and route)",
+            why,
+            f"{bitfile.command}   # on a machine with {bitfile.tools}",
+        )
+    )
+    r.not_run.append(
+        NotRun(
+            "run on a PYNQ board",
+            "no bitfile",
+            "copy hw/deploy/ and hw/driver.json to the board, then "
+            "ExitflowAccelerator('exitflow.bit', 'driver.json').run(images)",
+        )
+    )
+
+
+def _collect_cosim(run: RunDir, r: ReportData) -> None:
+    """The verdict of ``cosim/report.json``, its engines and exit fractions, and its cycle section."""
+    cosim = _read_json(run.cosim_report, r.problems)
+    if not cosim:
+        r.not_run.append(NotRun("cosimulation", "no cosim/report.json", f"exitflow cosim {run} --cycle"))
+        return
+    engines = cosim.get("engines", {})
+    verdict = "bit-exact" if cosim.get("bit_exact") else f"{cosim.get('mismatch_count')} samples differ"
+    r.cosim = (
+        Row("verdict", (verdict,)),
+        Row("test samples", (_n(cosim.get("samples")),)),
+        *(
             Row(
-                "chosen (early exits)",
+                f"engine {name}",
                 (
-                    _n(chosen.get("fps")),
-                    _pct(chosen.get("val_accuracy")),
-                    *_resources(chosen),
-                    _n(chosen.get("mean_latency_us"), 1),
-                ),
-            ),
-            Row(
-                "best without early exits",
-                (
-                    _n(no_exit.get("fps")),
-                    _pct(no_exit.get("val_accuracy")),
-                    *_resources(no_exit),
-                    _n(no_exit.get("mean_latency_us"), 1),
-                ),
-            ),
-        ]
-        if finn:
-            rows.append(
-                Row(
-                    "FINN SetFolding, no exits",
-                    (
-                        _n(finn.get("fps")),
-                        _pct(no_exit.get("val_accuracy")),
-                        *_resources(finn),
-                        "-",
-                    ),
-                )
-            )
-        r.compare = tuple(rows)
-        stage_rows = [Row(f"stage {k}", _resources(s)) for k, s in enumerate(chosen.get("stage_resources", []))]
-        stage_rows.append(Row("budget", _resources(budget)))
-        r.stage_resources = tuple(stage_rows)
-    else:
-        r.not_run.append(NotRun("design search", "no sweep/pareto.json", f"exitflow sweep {d} --board {board}"))
-    _collect_design(run_dir, r)
-
-    # -- build
-    if build:
-        r.graphs = tuple(
-            Row(
-                g.get("name", "?"),
-                (
-                    g.get("kind", "?"),
-                    *_resources(g),
-                    _n(g.get("interval_cycles")),
+                    f"{_n(e.get('samples'))} samples, {_n(e.get('images_per_s'))} images/s, "
+                    f"{_n(e.get('matches_model'))} equal to the model",
                 ),
             )
-            for g in build.get("graphs", [])
+            for name, e in engines.items()
+        ),
+    )
+    fractions = cosim.get("exit_fractions", {})
+    r.fractions = tuple(
+        Row(label, tuple(_pct(v, 1) for v in values))
+        for label, values in (
+            ("measured (hardware)", fractions.get("measured")),
+            ("model", fractions.get("model")),
+            ("predicted by the search", fractions.get("predicted")),
         )
-        bitfile = build.get("bitfile", {})
-        if not (run_dir / "hw" / "deploy" / "exitflow.bit").is_file():
-            missing = bitfile.get("missing") or []
-            why = f"needs {' and '.join(missing)}, not on this machine" if missing else "not built yet"
-            r.not_run.append(
-                NotRun(
-                    "bitfile (Vivado synthesis, place and route)",
-                    why,
-                    f"{bitfile.get('command', f'exitflow build {d}')}   "
-                    f"# on a machine with {bitfile.get('tools', 'Vivado and Vitis HLS')}",
-                )
-            )
-            r.not_run.append(
-                NotRun(
-                    "run on a PYNQ board",
-                    "no bitfile",
-                    "copy hw/deploy/ and hw/driver.json to the board, then "
-                    "ExitflowAccelerator('exitflow.bit', 'driver.json').run(images)",
-                )
-            )
-    else:
-        r.not_run.append(NotRun("hardware build", "no hw/build.json", f"exitflow build {d}"))
-
-    # -- cosim
-    if cosim:
-        engines = cosim.get("engines", {})
-        verdict = "bit-exact" if cosim.get("bit_exact") else f"{cosim.get('mismatch_count')} samples differ"
-        r.cosim = (
-            Row("verdict", (verdict,)),
-            Row("test samples", (_n(cosim.get("samples")),)),
-            *(
-                Row(
-                    f"engine {name}",
-                    (
-                        f"{_n(e.get('samples'))} samples, {_n(e.get('images_per_s'))} images/s, "
-                        f"{_n(e.get('matches_model'))} equal to the model",
-                    ),
-                )
-                for name, e in engines.items()
+        if values
+    ) + (Row("exits", tuple(cosim.get("exits", []))),)
+    cycle = cosim.get("cycle")
+    if not cycle:
+        r.not_run.append(
+            NotRun("cycle-level simulation", "cosim/report.json has no cycle section", f"exitflow cosim {run} --cycle")
+        )
+        return
+    r.cycle = (
+        Row("simulated throughput", (f"{_n(cycle.get('simulated_fps'), 1)} samples/s",)),
+        Row("predicted by the dse model", (f"{_n(cycle.get('predicted_fps'), 1)} samples/s",)),
+        Row("simulated / predicted", (_n(cycle.get("ratio"), 3),)),
+        Row("cycles per sample", (_n(cycle.get("cycles_per_sample"), 1),)),
+    )
+    r.latency = tuple(
+        Row(
+            str(lat.get("name")),
+            (
+                _n(lat.get("samples")),
+                _n(lat.get("mean_us"), 2),
+                _n(lat.get("p99_us"), 2),
+                _n(lat.get("unloaded_us"), 2),
             ),
         )
-        fractions = cosim.get("exit_fractions", {})
-        exits = cosim.get("exits", [])
-        r.fractions = tuple(
-            Row(label, tuple(_pct(v, 1) for v in values))
-            for label, values in (
-                ("measured (hardware)", fractions.get("measured")),
-                ("model", fractions.get("model")),
-                ("predicted by the search", fractions.get("predicted")),
-            )
-            if values
-        ) + (Row("exits", tuple(exits)),)
-        cycle = cosim.get("cycle")
-        if cycle:
-            r.cycle = (
-                Row("simulated throughput", (f"{_n(cycle.get('simulated_fps'), 1)} samples/s",)),
-                Row("predicted by the dse model", (f"{_n(cycle.get('predicted_fps'), 1)} samples/s",)),
-                Row("simulated / predicted", (_n(cycle.get("ratio"), 3),)),
-                Row("cycles per sample", (_n(cycle.get("cycles_per_sample"), 1),)),
-            )
-            r.latency = tuple(
-                Row(
-                    str(lat.get("name")),
-                    (
-                        _n(lat.get("samples")),
-                        _n(lat.get("mean_us"), 2),
-                        _n(lat.get("p99_us"), 2),
-                        _n(lat.get("unloaded_us"), 2),
-                    ),
-                )
-                for lat in cycle.get("latency", [])
-            )
-        else:
-            r.not_run.append(
-                NotRun(
-                    "cycle-level simulation", "cosim/report.json has no cycle section", f"exitflow cosim {d} --cycle"
-                )
-            )
-    else:
-        r.not_run.append(NotRun("cosimulation", "no cosim/report.json", f"exitflow cosim {d} --cycle"))
-    if not (run_dir / "model.pt").is_file():
-        r.not_run.insert(
-            0, NotRun("training", "no model.pt", f"exitflow run --out {d}   # or: exitflow train CONFIG --out {d}")
-        )
-    return r
+        for lat in cycle.get("latency", [])
+    )
 
 
-def _collect_design(run_dir: Path, r: ReportData) -> None:
-    path = run_dir / "sweep" / "design.yaml"
-    if not path.is_file():
-        if (run_dir / "sweep" / "pareto.json").is_file():
+def _collect_design(run: RunDir, r: ReportData) -> None:
+    """The chosen design's stages and folding, from ``sweep/design.yaml``."""
+    if not run.design.is_file():
+        if run.pareto.is_file():
             r.problems.append("sweep/design.yaml: missing; the chosen design's folding is left out")
         return
     try:
-        design = load_design(path)
+        design = load_design(run.design)
     except ConfigError as err:
         r.problems.append(f"sweep/design.yaml: {err}")
         return
@@ -394,6 +417,14 @@ def _collect_design(run_dir: Path, r: ReportData) -> None:
     )
 
 
+def _collect_training(run: RunDir, r: ReportData) -> None:
+    """Training comes first among what was not run."""
+    if not run.model.is_file():
+        r.not_run.insert(
+            0, NotRun("training", "no model.pt", f"exitflow run --out {run}   # or: exitflow train CONFIG --out {run}")
+        )
+
+
 def render(data: ReportData) -> str:
     env = template_env(TEMPLATE.parent, autoescape=True, keep_trailing_newline=False)
     return env.get_template(TEMPLATE.name).render(r=data)
@@ -403,7 +434,7 @@ def write_report(run_dir: str | Path) -> Path:
     """Write ``run_dir/report.html`` (atomically) from what ``run_dir`` holds; returns its path."""
     data = collect(run_dir)
     html = render(data)
-    return atomic_write(user_path(run_dir) / REPORT_FILE, lambda tmp: tmp.write_text(html, encoding="utf-8"))
+    return atomic_write(RunDir(run_dir).report, lambda tmp: tmp.write_text(html, encoding="utf-8"))
 
 
 __all__ = ["REPORT_FILE", "TEMPLATE", "NotRun", "ReportData", "collect", "render", "write_report"]
