@@ -51,6 +51,7 @@ from tqdm import tqdm
 from exitflow.app.report import TEMPLATE
 from exitflow.app.steps import build, cosim, profile, report, sweep, train
 from exitflow.core import __version__
+from exitflow.core.artifacts import RunDir
 from exitflow.core.catalogue import DEFAULT_BOARD, get_board
 from exitflow.core.design import OBJECTIVES, Objective
 from exitflow.core.errors import ConfigError, MismatchError
@@ -59,7 +60,6 @@ from exitflow.core.schema import dump_yaml, load_file
 from exitflow.quant.config import RunConfig
 
 STEP_NAMES = ("train", "profile", "sweep", "build", "cosim", "report")
-RUN_FILE = "run.json"
 Status = Literal["done", "skipped"]
 
 
@@ -102,13 +102,15 @@ class _Context:
     force: bool = False
 
     @property
-    def design(self) -> Path:
-        return self.out / "sweep" / "design.yaml"
+    def folder(self) -> RunDir:
+        """DIR's paths (``out`` is absolute already, so both name the same files)."""
+        return RunDir(self.out)
 
 
 @dataclass(frozen=True)
 class _Step:
     name: str
+    # Names relative to DIR, as they enter the key in run.json: a moved run folder keeps its keys.
     inputs: tuple[str, ...]  # files in DIR whose contents enter the key
     outputs: tuple[str, ...]  # files in DIR that must exist for the step to count as done
     work: Callable[[_Context], str]  # does the step, returns its one-line summary
@@ -140,11 +142,11 @@ def _sweep(ctx: _Context) -> str:
 
 
 def _build(ctx: _Context) -> str:
-    return build(ctx.out, ctx.design, log=_quiet).summary
+    return build(ctx.out, ctx.folder.design, log=_quiet).summary
 
 
 def _cosim(ctx: _Context) -> str:
-    return cosim(ctx.out, ctx.design, cycle=True).summary  # a mismatch: raised after the report
+    return cosim(ctx.out, ctx.folder.design, cycle=True).summary  # a mismatch: raised after the report
 
 
 def _report(ctx: _Context) -> str:
@@ -209,7 +211,7 @@ def read_records(out: Path, strict: bool = False) -> dict:
     """The step records of ``out/run.json`` ({} when there is none). An unreadable file is {}
     too, unless ``strict``: then it is one ConfigError line, since redoing every step would
     overwrite what the user may have edited since (``sweep/design.yaml``)."""
-    path = Path(out) / RUN_FILE
+    path = RunDir(out).run_record
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:
@@ -239,7 +241,7 @@ def _write_records(ctx: _Context, records: dict) -> None:
         "config": ctx.config_text,
         "steps": records,
     }
-    atomic_write(ctx.out / RUN_FILE, lambda tmp: tmp.write_text(json.dumps(data, indent=1)))
+    atomic_write(ctx.folder.run_record, lambda tmp: tmp.write_text(json.dumps(data, indent=1)))
 
 
 def _resolved(config, settings: RunSettings) -> str:
@@ -354,7 +356,7 @@ def _run(
     if result.bit_exact is False:
         raise MismatchError(
             f"the cosimulation found samples on which the hardware differs from the model; "
-            f"see {out / 'cosim' / 'report.json'} and {out / 'report.html'}"
+            f"see {RunDir(out).cosim_report} and {RunDir(out).report}"
         )
     return result
 
@@ -362,8 +364,8 @@ def _run(
 def _check_folder(ctx: _Context) -> None:
     """A run folder of another config is replaced only when `exitflow run` made it (it has
     run.json); one made by `exitflow train` is refused, as `exitflow train` refuses it."""
-    existing = ctx.out / "config.yaml"
-    if existing.is_file() and not (ctx.out / RUN_FILE).exists() and existing.read_text() != dump_yaml(ctx.config):
+    existing = ctx.folder.config
+    if existing.is_file() and not ctx.folder.run_record.exists() and existing.read_text() != dump_yaml(ctx.config):
         raise ConfigError(
             f"{ctx.out} already holds a run with a different config ({existing}); choose another "
             "--out folder (nothing was overwritten)"
@@ -373,7 +375,7 @@ def _check_folder(ctx: _Context) -> None:
 def cosim_verdict(out: Path) -> bool | None:
     """True/False from ``out/cosim/report.json``, None when there is none."""
     try:
-        return bool(json.loads((Path(out) / "cosim" / "report.json").read_text())["bit_exact"])
+        return bool(json.loads(RunDir(out).cosim_report.read_text())["bit_exact"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
