@@ -1,6 +1,7 @@
 """The main job end to end: ``exitflow run [CONFIG] --out DIR``.
 
-Six steps, in order, each one of exitflow's own commands on the same run folder:
+Six steps, in order, each one of exitflow's own commands on the same run folder (the function of
+:mod:`exitflow.app.steps` that the command calls, its progress lines silenced):
 
 ========  ===========================================  =======================================
 step      reads (besides the resolved config)          writes
@@ -33,12 +34,10 @@ only once it is complete. A folder that ``exitflow train`` made for another conf
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import json
 import logging
-import shutil
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -49,20 +48,18 @@ from typing import Literal
 
 from tqdm import tqdm
 
-from exitflow.app.report import TEMPLATE, write_report
-from exitflow.boards.vivado import build_bitfile, build_with_project, missing_tools
+from exitflow.app.report import TEMPLATE
+from exitflow.app.steps import build, cosim, profile, report, sweep, train
 from exitflow.core import __version__
+from exitflow.core.artifacts import RunDir
 from exitflow.core.catalogue import DEFAULT_BOARD, get_board
 from exitflow.core.design import OBJECTIVES, Objective
 from exitflow.core.errors import ConfigError, MismatchError
 from exitflow.core.files import atomic_write, check_out_folder, run_folder_lock, user_path
 from exitflow.core.schema import dump_yaml, load_file
-from exitflow.cosim import cosimulate
-from exitflow.dse.sweep import sweep
 from exitflow.quant.config import RunConfig
 
 STEP_NAMES = ("train", "profile", "sweep", "build", "cosim", "report")
-RUN_FILE = "run.json"
 Status = Literal["done", "skipped"]
 
 
@@ -105,138 +102,68 @@ class _Context:
     force: bool = False
 
     @property
-    def design(self) -> Path:
-        return self.out / "sweep" / "design.yaml"
+    def folder(self) -> RunDir:
+        """DIR's paths (``out`` is absolute already, so both name the same files)."""
+        return RunDir(self.out)
 
 
 @dataclass(frozen=True)
 class _Step:
     name: str
+    # Names relative to DIR, as they enter the key in run.json: a moved run folder keeps its keys.
     inputs: tuple[str, ...]  # files in DIR whose contents enter the key
     outputs: tuple[str, ...]  # files in DIR that must exist for the step to count as done
     work: Callable[[_Context], str]  # does the step, returns its one-line summary
 
 
 # ------------------------------------------------------------------------- the steps
+# Each calls the step of its command (exitflow.app.steps) on DIR with the library's progress lines
+# silenced: `exitflow run` shows the step's one-line summary instead.
 
 
-def _step_train(ctx: _Context) -> str:
-    import torch
-
-    # torch: only when the train step runs (a finished step is skipped without it)
-    from exitflow.quant.train import train
-
-    torch.set_num_threads(max(1, ctx.settings.threads))
-    existing = ctx.out / "config.yaml"
-    earlier = existing.exists() and existing.read_text() != dump_yaml(ctx.config)
-    if earlier or (ctx.force and (ctx.out / "model.pt").exists()):
-        # DIR holds the run of an earlier config (or --force retrains): train beside it, in a staging
-        # folder that an interrupted run resumes from, and replace the earlier model only once this one is done.
-        staging = ctx.out / ".run" / "train"
-        staged = staging / "config.yaml"
-        if staged.exists() and staged.read_text() != dump_yaml(ctx.config):
-            shutil.rmtree(staging)  # an unfinished training of yet another config
-        result = train(ctx.config, staging, log=lambda line: None)
-        (ctx.out / "checkpoint.pt").unlink(missing_ok=True)  # the earlier config's unfinished epochs
-        for name in ("model.pt", "train_log.json", "config.yaml"):  # config.yaml last: it says whose model.pt it is
-            atomic_write(ctx.out / name, lambda tmp, source=staging / name: shutil.copyfile(source, tmp))
-        shutil.rmtree(staging)
-        with contextlib.suppress(OSError):
-            staging.parent.rmdir()
-    else:
-        result = train(ctx.config, ctx.out, log=lambda line: None)
-    accuracy = ", ".join(f"{k} {100 * v:.2f}%" for k, v in result.val_accuracy.items())
-    epochs = ctx.config.train.epochs
-    return f"{epochs} epochs ({result.epochs_run} run now); validation accuracy per exit: {accuracy}"
+def _quiet(line: str) -> None:
+    pass
 
 
-def _step_profile(ctx: _Context) -> str:
-    # torch: only when the profile step runs
-    from exitflow.quant.profile import profile
-
-    summary = profile(ctx.out)
-    test = summary["splits"]["test"]
-    accuracy = ", ".join(f"{k} {100 * v:.2f}%" for k, v in test["accuracy"].items())
-    return f"{test['samples']} test samples; accuracy per exit: {accuracy}"
+def _train(ctx: _Context) -> str:
+    done = train(ctx.config, ctx.out, ctx.settings.threads, replace=True, force=ctx.force, log=_quiet)
+    return done.summary
 
 
-def _step_sweep(ctx: _Context) -> str:
-    r = sweep(
-        ctx.out,
-        ctx.settings.board,
-        objective=ctx.settings.objective,
-        max_drop_pp=ctx.settings.max_drop_pp,
-        log=lambda line: None,
-    )
-    c = r.chosen
-    exits = json.loads((ctx.out / "sweep" / "pareto.json").read_text())["chosen"]["exits"]  # names, not indices
-    return (
-        f"chosen exits {', '.join(exits) or 'none'} at thresholds {list(c.thresholds)}: {c.fps:,.0f} samples/s "
-        f"({r.gain:.2f}x the best design without early exits), LUT {c.resources.lut:,.0f}, "
-        f"test accuracy {100 * r.test_accuracy:.2f}%; {len(r.front)} designs on the front"
-    )
+def _profile(ctx: _Context) -> str:
+    return profile(ctx.out).summary
 
 
-def _step_build(ctx: _Context) -> str:
-    reports = build_with_project(ctx.out, ctx.design, log=lambda line: None)
-    text = f"{len(reports)} graphs through FINN code generation, the Vivado project in hw/vivado"
-    missing = missing_tools()
-    if missing:
-        return f"{text}; bitfile not run (needs {' and '.join(missing)})"
-    return f"{text}; bitfile {build_bitfile(ctx.out, log=lambda line: None)}"
+def _sweep(ctx: _Context) -> str:
+    settings = ctx.settings
+    return sweep(
+        ctx.out, settings.board, objective=settings.objective, max_drop_pp=settings.max_drop_pp, log=_quiet
+    ).summary
 
 
-def _step_cosim(ctx: _Context) -> str:
-    bar = _inner_bar("cosim", "sample")
-    try:
-        report = cosimulate(ctx.out, ctx.design, progress=bar.update)
-    finally:
-        bar.close()
-    data = report.to_data()
-    text = (
-        f"{'bit-exact' if report.bit_exact else f'{report.mismatch_count} MISMATCHES'} on {report.samples} test samples"
-    )
-    try:  # deferred on purpose: an exitflow without the cycle simulation still cosimulates, and says so
-        from exitflow.cosim.cycle import MIN_SAMPLES
-        from exitflow.dse.throughput import simulate_design
-    except ImportError:
-        data["cycle"] = None
-        text += "; cycle simulation not run (not in this exitflow)"
-    else:
-        taken = report.engines[0].results.exit
-        repeats = max(3, -(-MIN_SAMPLES // len(taken)))
-        bar = _inner_bar("cycle simulation", "sample", total=repeats * len(taken))
-        try:
-            cycle = simulate_design(ctx.out, ctx.design, taken, progress=bar.update)
-        finally:
-            bar.close()
-        data["cycle"] = cycle.to_data()
-        text += (
-            f"; cycle simulation {cycle.simulated_fps:,.0f} samples/s against {cycle.predicted_fps:,.0f} "
-            f"predicted (ratio {cycle.ratio:.3f})"
-        )
-    atomic_write(ctx.out / "cosim" / "report.json", lambda tmp: tmp.write_text(json.dumps(data, indent=1)))
-    return text
+def _build(ctx: _Context) -> str:
+    return build(ctx.out, ctx.folder.design, log=_quiet).summary
 
 
-def _step_report(ctx: _Context) -> str:
-    path = write_report(ctx.out)
-    return f"{path} ({path.stat().st_size / 1e6:.1f} MB, self-contained)"
+def _cosim(ctx: _Context) -> str:
+    return cosim(ctx.out, ctx.folder.design, cycle=True).summary  # a mismatch: raised after the report
+
+
+def _report(ctx: _Context) -> str:
+    return report(ctx.out).summary
 
 
 STEPS: tuple[_Step, ...] = (
-    _Step("train", (), ("model.pt", "config.yaml"), _step_train),
-    _Step("profile", ("model.pt",), ("profile.npz", "profile.json", "profile.png"), _step_profile),
+    _Step("train", (), ("model.pt", "config.yaml"), _train),
+    _Step("profile", ("model.pt",), ("profile.npz", "profile.json", "profile.png"), _profile),
     _Step(
         "sweep",
         ("model.pt", "profile.npz"),
         ("sweep/pareto.json", "sweep/pareto.png", "sweep/resources.png", "sweep/design.yaml"),
-        _step_sweep,
+        _sweep,
     ),
-    _Step("build", ("model.pt", "sweep/design.yaml"), ("hw/build.json",), _step_build),
-    _Step(
-        "cosim", ("model.pt", "profile.npz", "sweep/design.yaml", "hw/build.json"), ("cosim/report.json",), _step_cosim
-    ),
+    _Step("build", ("model.pt", "sweep/design.yaml"), ("hw/build.json",), _build),
+    _Step("cosim", ("model.pt", "profile.npz", "sweep/design.yaml", "hw/build.json"), ("cosim/report.json",), _cosim),
     _Step(
         "report",
         (
@@ -250,7 +177,7 @@ STEPS: tuple[_Step, ...] = (
             "cosim/report.json",
         ),
         ("report.html",),
-        _step_report,
+        _report,
     ),
 )
 assert tuple(s.name for s in STEPS) == STEP_NAMES
@@ -284,7 +211,7 @@ def read_records(out: Path, strict: bool = False) -> dict:
     """The step records of ``out/run.json`` ({} when there is none). An unreadable file is {}
     too, unless ``strict``: then it is one ConfigError line, since redoing every step would
     overwrite what the user may have edited since (``sweep/design.yaml``)."""
-    path = Path(out) / RUN_FILE
+    path = RunDir(out).run_record
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:
@@ -314,7 +241,7 @@ def _write_records(ctx: _Context, records: dict) -> None:
         "config": ctx.config_text,
         "steps": records,
     }
-    atomic_write(ctx.out / RUN_FILE, lambda tmp: tmp.write_text(json.dumps(data, indent=1)))
+    atomic_write(ctx.folder.run_record, lambda tmp: tmp.write_text(json.dumps(data, indent=1)))
 
 
 def _resolved(config, settings: RunSettings) -> str:
@@ -329,10 +256,6 @@ def _resolved(config, settings: RunSettings) -> str:
 
 def _show() -> bool:
     return sys.stderr.isatty()
-
-
-def _inner_bar(desc: str, unit: str, total: int | None = None):
-    return tqdm(desc=desc, unit=unit, total=total, disable=not _show(), leave=False)
 
 
 def load_config(path: str | Path | None):
@@ -433,7 +356,7 @@ def _run(
     if result.bit_exact is False:
         raise MismatchError(
             f"the cosimulation found samples on which the hardware differs from the model; "
-            f"see {out / 'cosim' / 'report.json'} and {out / 'report.html'}"
+            f"see {RunDir(out).cosim_report} and {RunDir(out).report}"
         )
     return result
 
@@ -441,8 +364,8 @@ def _run(
 def _check_folder(ctx: _Context) -> None:
     """A run folder of another config is replaced only when `exitflow run` made it (it has
     run.json); one made by `exitflow train` is refused, as `exitflow train` refuses it."""
-    existing = ctx.out / "config.yaml"
-    if existing.is_file() and not (ctx.out / RUN_FILE).exists() and existing.read_text() != dump_yaml(ctx.config):
+    existing = ctx.folder.config
+    if existing.is_file() and not ctx.folder.run_record.exists() and existing.read_text() != dump_yaml(ctx.config):
         raise ConfigError(
             f"{ctx.out} already holds a run with a different config ({existing}); choose another "
             "--out folder (nothing was overwritten)"
@@ -452,7 +375,7 @@ def _check_folder(ctx: _Context) -> None:
 def cosim_verdict(out: Path) -> bool | None:
     """True/False from ``out/cosim/report.json``, None when there is none."""
     try:
-        return bool(json.loads((Path(out) / "cosim" / "report.json").read_text())["bit_exact"])
+        return bool(json.loads(RunDir(out).cosim_report.read_text())["bit_exact"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
