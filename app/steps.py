@@ -155,7 +155,7 @@ def sweep(folder: str | Path, board: str, *, log: Say = print, say: Say = _silen
     (objective, accuracy floor, limits), its defaults where left out."""
     r = search.sweep(folder, board, log=log, **options)
     c = r.chosen
-    names = ", ".join(RunDir(folder).read_pareto().chosen.exits) or "none"  # names, not indices
+    names = ", ".join(r.report.chosen.exits) or "none"  # names, as pareto.json has them, not indices
     tell = _Lines(say)
     tell(
         f"chosen: exits {names} at thresholds {list(c.thresholds)}: "
