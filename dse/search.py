@@ -588,31 +588,11 @@ def _candidates(batch: _Batch, clock_mhz: float) -> list[Candidate]:
     """The candidates of one exit subset, gate depth and headroom from the search's (combinations
     x weightings x targets) arrays: those that fit (``batch.fits``) and are worth listing
     (``batch.listed``), less those another weighting or the next faster target matches."""
-    routing, graphs = batch.routing, batch.graphs
-    feasible, total = batch.fits, batch.total
-    n_w = feasible.shape[1]
+    routing, graphs, total = batch.routing, batch.graphs, batch.total
     latency_us = graphs.to_exit / clock_mhz  # (stages, combos, W, targets)
     mean_latency = np.einsum("cs,scwt->cwt", routing.share, latency_us)
     fps = clock_mhz * 1e6 / graphs.interval
-    # a design that the same exits, thresholds and weighting at the next faster target (or at
-    # the same target under another weighting) match in throughput, resources and latency is
-    # never worth listing: it is not on any front and never chosen
-    keep = batch.listed.copy()
-    keep[:, :, 1:] &= ~(
-        feasible[:, :, :-1]
-        & np.all(total[:, :, :-1] <= total[:, :, 1:], axis=-1)
-        & (fps[:, :, :-1] >= fps[:, :, 1:])
-        & (mean_latency[:, :, :-1] <= mean_latency[:, :, 1:])
-    )
-    for w in range(1, n_w):
-        for v in range(w):
-            same = (
-                feasible[:, v]
-                & np.all(total[:, v] <= total[:, w], axis=-1)
-                & (fps[:, v] >= fps[:, w])
-                & (mean_latency[:, v] <= mean_latency[:, w])
-            )
-            keep[:, w] &= ~same
+    keep = _worth_listing(batch, fps, mean_latency)
     # gather the kept designs' numbers at once, then make the candidates from lists
     cs, ws, ts = np.nonzero(keep)
     rows = zip(
@@ -656,6 +636,31 @@ def _candidates(batch: _Batch, clock_mhz: float) -> list[Candidate]:
             )
         )
     return out
+
+
+def _worth_listing(batch: _Batch, fps: np.ndarray, mean_latency: np.ndarray) -> np.ndarray:
+    """Which of the batch's listed designs (combinations x weightings x targets) to make candidates
+    of: a design that the same exits, thresholds and weighting at the next faster target (or at the
+    same target under another weighting) match in throughput, resources and latency is never worth
+    listing: it is not on any front and never chosen."""
+    feasible, total = batch.fits, batch.total
+    keep = batch.listed.copy()
+    keep[:, :, 1:] &= ~(
+        feasible[:, :, :-1]
+        & np.all(total[:, :, :-1] <= total[:, :, 1:], axis=-1)
+        & (fps[:, :, :-1] >= fps[:, :, 1:])
+        & (mean_latency[:, :, :-1] <= mean_latency[:, :, 1:])
+    )
+    for w in range(1, feasible.shape[1]):
+        for v in range(w):
+            same = (
+                feasible[:, v]
+                & np.all(total[:, v] <= total[:, w], axis=-1)
+                & (fps[:, v] >= fps[:, w])
+                & (mean_latency[:, v] <= mean_latency[:, w])
+            )
+            keep[:, w] &= ~same
+    return keep
 
 
 def objectives(c: Candidate) -> tuple[float, ...]:
