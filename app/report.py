@@ -18,7 +18,6 @@ tolerating missing keys.
 from __future__ import annotations
 
 import base64
-import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,7 +29,7 @@ from exitflow.core.design import load_design
 from exitflow.core.errors import ConfigError
 from exitflow.core.files import atomic_write
 from exitflow.core.resources import NAMES, Resources
-from exitflow.core.schema import from_data
+from exitflow.core.schema import load_json_file, read_json
 from exitflow.core.templates import template_env
 from exitflow.hw.build import backup_of, is_finished
 
@@ -99,18 +98,22 @@ class ReportData:
 # ---------------------------------------------------------------------------- reading the files
 
 
+#: How the report ends the line of a file it cannot use.
+_LEFT_OUT = "the part it holds is left out"
+
+
 def _read_json(path: Path, problems: list[str]) -> dict | None:
     """A JSON object from ``path``; None when it is missing, or (listed in ``problems``) when it
     cannot be read or holds something else than an object."""
     if not path.is_file():
         return None
     try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError, UnicodeDecodeError, RecursionError) as err:
-        problems.append(f"{path.name}: unreadable ({type(err).__name__}); the part it holds is left out")
+        data = read_json(path, _LEFT_OUT, name=path.name)
+    except ConfigError as err:
+        problems.append(str(err))
         return None
     if not isinstance(data, dict):
-        problems.append(f"{path.name}: not a JSON object; the part it holds is left out")
+        problems.append(f"{path.name}: not a JSON object; {_LEFT_OUT}")
         return None
     return data
 
@@ -118,13 +121,12 @@ def _read_json(path: Path, problems: list[str]) -> dict | None:
 def _read_artifact(cls: type[T], path: Path, problems: list[str]) -> T | None:
     """``path`` read through its dataclass ``cls`` with the strict schema loader; None when it is
     missing, or (listed in ``problems``) when it is unreadable or holds what the schema refuses."""
-    data = _read_json(path, problems)
-    if data is None:
+    if not path.is_file():
         return None
     try:
-        return from_data(cls, data, source=path.name)
+        return load_json_file(cls, path, _LEFT_OUT, name=path.name)
     except ConfigError as err:
-        problems.append(f"{err}; the part it holds is left out")
+        problems.append(str(err))
         return None
 
 

@@ -28,7 +28,9 @@ from exitflow.core.errors import ExitflowError, MismatchError
 from exitflow.core.files import atomic_write
 from exitflow.core.schema import dump_yaml
 from exitflow.cosim import cosimulate
+from exitflow.cosim.cycle import MIN_SAMPLES
 from exitflow.dse import sweep as search  # its sweep() is looked up when the step runs, not bound at import
+from exitflow.dse.throughput import simulate_design
 
 Say = Callable[[str], None]
 
@@ -236,27 +238,19 @@ def cosim(
     text = f"{verdict} on {report.samples} test samples"
     cycle_line = None
     if cycle:
-        try:  # deferred on purpose: an exitflow without the cycle simulation still cosimulates, and says so
-            from exitflow.cosim.cycle import MIN_SAMPLES
-            from exitflow.dse.throughput import simulate_design
-        except ImportError:
-            data["cycle"] = None
-            cycle_line = "cycle simulation not run (not in this exitflow)"
-            text += f"; {cycle_line}"
-        else:
-            taken = report.engines[0].results.exit
-            repeats = max(3, -(-MIN_SAMPLES // len(taken)))
-            bar = _bar("cycle simulation", total=repeats * len(taken))
-            try:
-                simulated = simulate_design(folder, design, taken, progress=bar.update)
-            finally:
-                bar.close()
-            data["cycle"] = simulated.to_data()
-            cycle_line = simulated.summary()
-            text += (
-                f"; cycle simulation {simulated.simulated_fps:,.0f} samples/s against "
-                f"{simulated.predicted_fps:,.0f} predicted (ratio {simulated.ratio:.3f})"
-            )
+        taken = report.engines[0].results.exit
+        repeats = max(3, -(-MIN_SAMPLES // len(taken)))
+        bar = _bar("cycle simulation", total=repeats * len(taken))
+        try:
+            simulated = simulate_design(folder, design, taken, progress=bar.update)
+        finally:
+            bar.close()
+        data["cycle"] = simulated.to_data()
+        cycle_line = simulated.summary()
+        text += (
+            f"; cycle simulation {simulated.simulated_fps:,.0f} samples/s against "
+            f"{simulated.predicted_fps:,.0f} predicted (ratio {simulated.ratio:.3f})"
+        )
     atomic_write(RunDir(folder).cosim_report, lambda tmp: tmp.write_text(json.dumps(data, indent=1)))
     shown = f"{folder}/cosim/report.json"
     tell = _Lines(say)

@@ -344,9 +344,29 @@ def load_file(cls: type[T], path: str | Path) -> T:
     return from_data(cls, data, source=str(path))
 
 
-def dump_yaml(obj: Any) -> str:
-    """YAML text for a schema object, keys in declaration order."""
+def dump_yaml(obj: Any, set_only: bool = False) -> str:
+    """YAML text for a schema object, keys in declaration order.
+
+    ``set_only``: only the fields set away from their defaults, in block style (the designs the
+    sweep writes for itself); :func:`load_file` reads either form back to the same object."""
+    if set_only:
+        return yaml.safe_dump(_set_fields(obj), sort_keys=False)
     return yaml.safe_dump(to_data(obj), sort_keys=False, default_flow_style=None, allow_unicode=True)
+
+
+def _set_fields(obj: Any) -> Any:
+    """:func:`to_data` of a schema object less the dataclass fields left at their defaults."""
+    if not dataclasses.is_dataclass(obj):
+        return [_set_fields(v) for v in obj] if isinstance(obj, tuple) else to_data(obj)
+    out = {}
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if f.default is not dataclasses.MISSING and value == f.default:
+            continue
+        if f.default_factory is not dataclasses.MISSING and value == f.default_factory():
+            continue
+        out[f.name] = _set_fields(value)
+    return out
 
 
 def write_file(obj: Any, path: str | Path) -> Path:
@@ -359,32 +379,47 @@ def write_file(obj: Any, path: str | Path) -> Path:
 MAX_JSON_BYTES = 64 << 20
 
 
-def load_json_file(
-    cls: type[T], path: str | Path, fix: str = "", check: Callable[[Any], str | None] | None = None
-) -> T:
-    """Read a JSON file written by :func:`write_json_file` into ``cls`` with the same strict checks
-    as :func:`load_file`. Anything wrong (missing, unreadable, not JSON, a key or value the schema
-    does not allow) is one :class:`ConfigError` line naming the file and ending in ``; fix``.
-
-    ``check``, when given, sees the parsed JSON first and returns what is wrong with its overall
-    shape in the reader's own words (or None), for a friendlier line than the schema's."""
+def read_json(path: str | Path, fix: str = "", name: str | None = None) -> Any:
+    """The parsed JSON of ``path``. Anything wrong (missing, over :data:`MAX_JSON_BYTES`,
+    unreadable, not JSON) is one :class:`ConfigError` line starting with ``name`` (default: the
+    path) and ending in ``; fix``."""
     path = Path(path)
+    name = str(path) if name is None else name
     tail = f"; {fix}" if fix else ""
     try:
         with path.open("rb") as f:
             raw = f.read(MAX_JSON_BYTES + 1)
         if len(raw) > MAX_JSON_BYTES:
-            raise ConfigError(f"{path}: over the {MAX_JSON_BYTES:,}-byte limit for exitflow's JSON files{tail}")
-        data = json.loads(raw.decode("utf-8"))
+            raise ConfigError(f"{name}: over the {MAX_JSON_BYTES:,}-byte limit for exitflow's JSON files{tail}")
+        return json.loads(raw.decode("utf-8"))
     except FileNotFoundError:
-        raise ConfigError(f"{path}: missing{tail}") from None
+        raise ConfigError(f"{name}: missing{tail}") from None
     except (OSError, UnicodeDecodeError, ValueError, RecursionError) as err:
-        raise ConfigError(f"{path}: unreadable or not JSON ({type(err).__name__}){tail}") from None
+        raise ConfigError(f"{name}: unreadable or not JSON ({type(err).__name__}){tail}") from None
+
+
+def load_json_file(
+    cls: type[T],
+    path: str | Path,
+    fix: str = "",
+    check: Callable[[Any], str | None] | None = None,
+    name: str | None = None,
+) -> T:
+    """Read a JSON file written by :func:`write_json_file` into ``cls`` with the same strict checks
+    as :func:`load_file`. Anything wrong (missing, unreadable, not JSON, a key or value the schema
+    does not allow) is one :class:`ConfigError` line naming the file (as ``name``, default the
+    path) and ending in ``; fix``.
+
+    ``check``, when given, sees the parsed JSON first and returns what is wrong with its overall
+    shape in the reader's own words (or None), for a friendlier line than the schema's."""
+    name = str(path) if name is None else name
+    tail = f"; {fix}" if fix else ""
+    data = read_json(path, fix, name)
     problem = check(data) if check else None
     if problem:
-        raise ConfigError(f"{path}: {problem}{tail}")
+        raise ConfigError(f"{name}: {problem}{tail}")
     try:
-        return from_data(cls, data, source=str(path))
+        return from_data(cls, data, source=name)
     except ConfigError as err:
         raise ConfigError(f"{err}{tail}") from None
 

@@ -8,18 +8,15 @@ each point says whether FINN could build it, and why not.)"""
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-import yaml
 
 from exitflow.core.artifacts import RunDir
 from exitflow.core.design import Design, ExitHead, Stage
 from exitflow.core.files import atomic_write
 from exitflow.core.resources import Resources
-from exitflow.core.schema import to_data
+from exitflow.core.schema import dump_yaml
 from exitflow.hls_templates.registry import register_finn_ops
 from exitflow.hw.build import build
 from exitflow.hw.finn_flow import finn_chatter
@@ -43,7 +40,7 @@ def finn_setfolding_baseline(
     whole = Stage(name="whole", blocks=tuple(blocks), head=ExitHead(name="classifier"))
     design = Design(model=config.model.backbone, board=board.name, stages=(whole,))
     folder = out / "finn_baseline"
-    atomic_write(folder / "design.yaml", lambda tmp: tmp.write_text(design_yaml(design)))
+    atomic_write(folder / "design.yaml", lambda tmp: tmp.write_text(dump_yaml(design, set_only=True)))
     hw = folder / "hw"
     if not (hw / "build.json").exists():
         build(run_dir, folder / "design.yaml", log=lambda line: None, hw_dir=hw, vivado_project=None)
@@ -57,29 +54,6 @@ def finn_setfolding_baseline(
             if point["fits"] and (best is None or point["fps"] > best["fps"]):
                 best = point
     return best, points
-
-
-def design_yaml(design: Design) -> str:
-    """The YAML text of a design the sweep builds for itself (the inventory's, the baseline's):
-    only the fields it sets, the rest left at their defaults, in block style;
-    :func:`~exitflow.core.design.load_design` reads it back to the same design."""
-    return yaml.safe_dump(_set_fields(design), sort_keys=False)
-
-
-def _set_fields(obj) -> Any:
-    """:func:`~exitflow.core.schema.to_data` of a schema object less the dataclass fields left at
-    their defaults."""
-    if not dataclasses.is_dataclass(obj):
-        return [_set_fields(v) for v in obj] if isinstance(obj, tuple) else to_data(obj)
-    out = {}
-    for f in dataclasses.fields(obj):
-        value = getattr(obj, f.name)
-        if f.default is not dataclasses.MISSING and value == f.default:
-            continue
-        if f.default_factory is not dataclasses.MISSING and value == f.default_factory():
-            continue
-        out[f.name] = _set_fields(value)
-    return out
 
 
 def _setfolding_point(graphs, target: int, board, budget: Resources) -> dict:

@@ -38,7 +38,7 @@ from exitflow.core.design import OBJECTIVES, Design, ExitHead, Stage, kept_exits
 from exitflow.core.errors import ConfigError, ExitflowError
 from exitflow.core.files import atomic_write
 from exitflow.core.resources import LABELS, Resources
-from exitflow.core.schema import FrozenMap
+from exitflow.core.schema import FrozenMap, dump_yaml
 from exitflow.dse import finn_model
 from exitflow.hls_templates.registry import register_finn_ops
 from exitflow.hw import finn_flow
@@ -46,7 +46,7 @@ from exitflow.hw.build import build
 from exitflow.hw.folding import stream_words
 from exitflow.quant.policies import route, threshold_code
 
-from .finn_baseline import design_yaml, finn_setfolding_baseline
+from .finn_baseline import finn_setfolding_baseline
 from .search import (
     Candidate,
     SearchSpace,
@@ -201,7 +201,7 @@ def _inventory(run: RunDir, model, backbone: str, board, limits: np.ndarray, log
     design, exitflow's FINN flow or the model changed) and inventory its stages and heads."""
     run.sweep.mkdir(parents=True, exist_ok=True)
     design = _segments_design(model, backbone, board.name)
-    text = design_yaml(design) + f"# built by exitflow's FINN flow {_flow_digest()}\n"
+    text = dump_yaml(design, set_only=True) + f"# built by exitflow's FINN flow {_flow_digest()}\n"
     path, built = run.sweep / INVENTORY_DESIGN, run.inventory / BuildSummary.FILE
     fresh = (
         path.exists()

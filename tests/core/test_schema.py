@@ -15,6 +15,7 @@ from exitflow.core.schema import (
     load_file,
     load_json_file,
     parse_yaml,
+    read_json,
     read_yaml,
     to_data,
     write_file,
@@ -241,6 +242,31 @@ def test_load_json_file_asks_the_readers_check_before_the_schema(tmp_path):
         load_json_file(Doc, path, "write it again")
     assert str(err.value) == f"{path}: model: missing required key; write it again"
 
+
+
+def test_json_readers_name_the_file_as_the_caller_asks_and_refuse_what_is_not_json(tmp_path):
+    path = tmp_path / "d.json"
+    with pytest.raises(ConfigError) as err:
+        read_json(path, "run the sweep", name="pareto.json")
+    assert str(err.value) == "pareto.json: missing; run the sweep"
+    path.write_bytes(b'{"model": "lenet", ')  # truncated
+    with pytest.raises(ConfigError) as err:
+        read_json(path, "run the sweep", name="pareto.json")
+    assert str(err.value) == "pareto.json: unreadable or not JSON (JSONDecodeError); run the sweep"
+    path.write_text('{"stages": []}')
+    with pytest.raises(ConfigError) as err:
+        load_json_file(Doc, path, "write it again", name="d.json")
+    assert str(err.value) == "d.json: model: missing required key; write it again"
+
+
+def test_dump_yaml_set_only_writes_the_fields_away_from_their_defaults_and_reads_back(tmp_path):
+    doc = from_data(Doc, _doc())
+    text = dump_yaml(doc, set_only=True)
+    assert "max_prob" not in text and "null" not in text  # e0's policy, e1's threshold: defaults
+    path = tmp_path / "d.yaml"
+    path.write_text(text)
+    assert load_file(Doc, path) == doc
+    assert "max_prob" in dump_yaml(doc) and "null" in dump_yaml(doc)
 
 def test_unsupported_field_types_are_a_programming_error():
     @dataclasses.dataclass(frozen=True)
