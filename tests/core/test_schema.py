@@ -243,7 +243,6 @@ def test_load_json_file_asks_the_readers_check_before_the_schema(tmp_path):
     assert str(err.value) == f"{path}: model: missing required key; write it again"
 
 
-
 def test_json_readers_name_the_file_as_the_caller_asks_and_refuse_what_is_not_json(tmp_path):
     path = tmp_path / "d.json"
     with pytest.raises(ConfigError) as err:
@@ -267,6 +266,7 @@ def test_dump_yaml_set_only_writes_the_fields_away_from_their_defaults_and_reads
     path.write_text(text)
     assert load_file(Doc, path) == doc
     assert "max_prob" in dump_yaml(doc) and "null" in dump_yaml(doc)
+
 
 def test_unsupported_field_types_are_a_programming_error():
     @dataclasses.dataclass(frozen=True)
