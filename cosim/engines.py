@@ -110,12 +110,16 @@ Kernel = Callable[[np.ndarray], np.ndarray]
 class Step:
     name: str  # FINN node name
     op: str  # generic op type
-    kernel: Kernel
-    input_shape: tuple[int, ...]  # of one sample, as the node takes it (FINN reshapes its input too)
+    kernel: Callable  # one array per data input -> one array, or a tuple for several outputs
+    inputs: tuple[str, ...]  # data-input tensor names (initializers are the kernel's own)
+    outputs: tuple[str, ...]
+    input_shapes: tuple[tuple[int, ...], ...]  # of one sample per input, as the node takes it
 
 
 class VectorisedEngine:
-    """exitflow's batch execution of a HW graph with numpy integer kernels."""
+    """exitflow's batch execution of a HW graph with numpy integer kernels. The graph may fork
+    and join (a residual block's DuplicateStreams and ElementwiseAdd): nodes run in the graph's
+    topological order, each tensor kept until its last consumer has run."""
 
     name = "vectorised"
 
@@ -123,16 +127,18 @@ class VectorisedEngine:
         _import_finn_ops()
         from qonnx.custom_op.registry import getCustomOp
 
-        nodes = list(model.graph.node)
         self.input_name = model.graph.input[0].name
+        self.output_name = model.graph.output[0].name
         self.input_shape = tuple(model.get_tensor_shape(self.input_name))
-        self.output_shape = tuple(model.get_tensor_shape(model.graph.output[0].name))
+        self.output_shape = tuple(model.get_tensor_shape(self.output_name))
         self.input_dtype = int_dtype(model.get_tensor_datatype(self.input_name))
         self.steps: list[Step] = []
-        previous = self.input_name
-        for node in nodes:
-            if list(node.input[:1]) != [previous]:
-                raise UnsupportedNodeError(f"{node.name}: the vectorised engine runs linear graphs only")
+        known = {self.input_name}
+        for node in model.graph.node:
+            inputs = tuple(i for i in node.input if model.get_initializer(i) is None)
+            missing = [i for i in inputs if i not in known]
+            if missing:
+                raise UnsupportedNodeError(f"{node.name}: its input {missing[0]} is not computed before it")
             op = generic_op(node.op_type)
             builder = KERNELS.get(op)
             if builder is None:
@@ -141,17 +147,35 @@ class VectorisedEngine:
                     "run the FINN reference instead (--engine finn)"
                 )
             inst = getCustomOp(node)
-            self.steps.append(Step(node.name, op, builder(inst, model), tuple(inst.get_normal_input_shape())[1:]))
-            previous = node.output[0]
+            shapes = tuple(tuple(inst.get_normal_input_shape(k))[1:] for k in range(len(inputs)))
+            self.steps.append(Step(node.name, op, builder(inst, model), inputs, tuple(node.output), shapes))
+            known.update(node.output)
+        if self.output_name not in known:
+            raise UnsupportedNodeError(f"the graph output {self.output_name} is computed by no node")
+        last_use: dict[str, int] = {}
+        for k, step in enumerate(self.steps):
+            for name in step.inputs:
+                last_use[name] = k
+        # tensors no later step reads, after each step: freed to keep the memory at the widest cut
+        self._free = [
+            [n for n in step.inputs if last_use[n] == k and n != self.output_name] for k, step in enumerate(self.steps)
+        ]
 
     def run(self, x: np.ndarray, keep: bool = False) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        h = np.asarray(x).astype(self.input_dtype, copy=False).reshape((len(x), *self.input_shape[1:]))
+        n = len(x)
+        values = {self.input_name: np.asarray(x).astype(self.input_dtype, copy=False)}
         kept = {}
-        for step in self.steps:
-            h = step.kernel(h.reshape(len(h), *step.input_shape))
+        for step, free in zip(self.steps, self._free, strict=True):
+            args = [values[t].reshape(n, *shape) for t, shape in zip(step.inputs, step.input_shapes, strict=True)]
+            out = step.kernel(*args)
+            outs = out if isinstance(out, tuple) else (out,)
+            values.update(zip(step.outputs, outs, strict=True))
             if keep:
-                kept[step.name] = h.copy()  # kernels may reuse their buffers
-        return h.reshape((len(x), *self.output_shape[1:])).astype(np.int64, copy=False), kept
+                kept[step.name] = outs[0].copy()  # kernels may reuse their buffers
+            for name in free:
+                del values[name]
+        out = values[self.output_name]
+        return out.reshape((n, *self.output_shape[1:])).astype(np.int64, copy=False), kept
 
 
 # ---- kernels: one builder per generic op, from the node's attributes and initializers
@@ -310,6 +334,58 @@ def _mvau(inst, model) -> Kernel:
     return lambda x: threshold(matmul(x))
 
 
+def _vvau(inst, model) -> Kernel:
+    """FINN's VectorVectorActivation (a depthwise convolution): every channel's k*k window, from
+    the depthwise window generator in kernel-major order, times that channel's own k*k weights,
+    then the channel's thresholds. Exact in int64."""
+    from qonnx.core.datatype import DataType
+
+    node = inst.onnx_node
+    kh, kw = inst.get_nodeattr("Kernel")
+    channels = inst.get_nodeattr("Channels")
+    weights = np.asarray(model.get_initializer(node.input[1]))
+    if not np.array_equal(weights, np.rint(weights)):
+        raise UnsupportedNodeError(f"{node.name}: non-integer weights")
+    w = np.rint(weights).astype(np.int64).reshape(channels, kh * kw).T  # (k*k, C)
+
+    def depthwise(x: np.ndarray) -> np.ndarray:
+        windows = x.reshape(*x.shape[:-1], kh * kw, channels).astype(np.int64, copy=False)
+        return np.einsum("...kc,kc->...c", windows, w)
+
+    if inst.get_nodeattr("noActivation"):
+        return depthwise
+    odt = inst.get_output_datatype()
+    threshold = _thresholds(
+        model.get_initializer(node.input[2]), inst.get_nodeattr("ActVal"), odt == DataType["BIPOLAR"], int_dtype(odt)
+    )
+    return lambda x: threshold(depthwise(x))
+
+
+def _elementwise_add(inst, model) -> Kernel:
+    """FINN's ElementwiseAdd of two streams (a residual add), or of a stream and a constant."""
+    node = inst.onnx_node
+    odt = int_dtype(inst.get_output_datatype())
+    constant = [model.get_initializer(i) for i in node.input if model.get_initializer(i) is not None]
+    if constant:
+        c = np.asarray(constant[0])
+        if not np.array_equal(c, np.rint(c)):
+            raise UnsupportedNodeError(f"{node.name}: adds a non-integer constant")
+        c = np.rint(c).astype(np.int64)
+        return lambda a: (a.astype(np.int64) + c).astype(odt, copy=False)
+    return lambda a, b: (a.astype(np.int64) + b.astype(np.int64)).astype(odt, copy=False)
+
+
+def _duplicate_streams(inst, model) -> Kernel:
+    copies = len(inst.onnx_node.output)
+    return lambda h: (h,) * copies  # no kernel writes into its input
+
+
+def _global_acc_pool(inst, model) -> Kernel:
+    """FINN's GlobalAccPool: the sum over the image of every channel (the 1/N stays in software)."""
+    odt = int_dtype(inst.get_output_datatype())
+    return lambda h: h.sum(axis=tuple(range(1, h.ndim - 1)), dtype=np.int64).astype(odt, copy=False)
+
+
 def _thresholding(inst, model) -> Kernel:
     from qonnx.core.datatype import DataType
 
@@ -395,6 +471,10 @@ KERNELS: dict[str, Callable[..., Kernel]] = {
     "Pool": _pool,
     "StreamingMaxPool": _streaming_maxpool,
     "FMPadding": _fm_padding,
+    "VVAU": _vvau,
+    "ElementwiseAdd": _elementwise_add,
+    "DuplicateStreams": _duplicate_streams,
+    "GlobalAccPool": _global_acc_pool,
     "LabelSelect": _label_select,
     "ConfidenceThreshold": _confidence_threshold,
     **{op: _pass_through for op in PASS_THROUGH},

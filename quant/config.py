@@ -20,7 +20,7 @@ from exitflow.core.schema import FieldError, FrozenMap
 
 from .presets import PRESETS, SUPPORTED_BITS, Bits
 
-Backbone = Literal["lenet", "cnv", "custom"]
+Backbone = Literal["lenet", "cnv", "resnet8", "mobilenet", "custom"]
 Scalar = bool | int | float | str
 Preset = Literal["w1a1", "w2a2", "w4a4", "w8a8"]
 TrainMode = Literal["end_to_end", "exits_only", "distill"]
@@ -68,7 +68,7 @@ class ModelConfig:
     preset: Preset = "w4a4"
     block_bits: FrozenMap[str, BitsOverride] = field(default_factory=FrozenMap)
     exits: tuple[str, ...] | None = None  # candidate exits (block names); None: after every block
-    width: float = 1.0  # channel multiplier (cnv)
+    width: float = 1.0  # channel multiplier of cnv, resnet8, mobilenet (1.0: the built-in model)
     head: HeadConfig = field(default_factory=HeadConfig)
     factory: str | None = None  # custom: "package.module:callable" building the backbone
     factory_args: FrozenMap[str, Scalar] = field(default_factory=FrozenMap)

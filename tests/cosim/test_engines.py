@@ -118,7 +118,7 @@ def test_first_difference_finds_the_first_node_and_element(head):
     assert first_difference(kept, shaped, order) == Difference(order[0], (), -1, -1)
 
 
-def test_a_node_without_a_kernel_or_a_branching_graph_is_refused(head):
+def test_a_node_without_a_kernel_or_an_input_computed_after_it_is_refused(head):
     unknown = copy.deepcopy(head)
     unknown.graph.node[1].op_type = "LabelSelectX_hls"
     name = unknown.graph.node[1].name
@@ -129,12 +129,13 @@ def test_a_node_without_a_kernel_or_a_branching_graph_is_refused(head):
         "run the FINN reference instead (--engine finn)"
     )
     assert isinstance(err.value, ExitflowError)
-    branching = copy.deepcopy(head)
-    branching.graph.node[2].input[0] = branching.graph.input[0].name
+    unsorted = copy.deepcopy(head)
+    later = unsorted.graph.node[2].output[0]
+    unsorted.graph.node[1].input[0] = later
     with pytest.raises(
-        UnsupportedNodeError, match=rf"^{branching.graph.node[2].name}: the vectorised engine runs linear graphs only$"
+        UnsupportedNodeError, match=rf"^{unsorted.graph.node[1].name}: its input {later} is not computed before it$"
     ):
-        VectorisedEngine(branching)
+        VectorisedEngine(unsorted)
 
 
 def test_generic_op_and_int_dtype():

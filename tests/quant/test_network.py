@@ -16,6 +16,8 @@ from exitflow.quant.network import build_model
         ("lenet", (1, 28, 28), ["conv0", "conv1", "fc0", "fc1"]),
         ("lenet", (1, 8, 8), ["conv0", "conv1", "fc0", "fc1"]),
         ("cnv", (3, 32, 32), ["conv0", "conv1", "conv2", "conv3", "conv4", "conv5", "fc0", "fc1"]),
+        ("resnet8", (3, 32, 32), ["stem", "stack1", "stack2", "stack3"]),
+        ("mobilenet", (3, 32, 32), ["stem", "sep1", "sep2", "sep3", "sep4", "sep5", "sep6"]),
     ],
 )
 def test_every_exit_gives_integer_logits_with_one_scale(backbone, shape, blocks):
@@ -90,6 +92,21 @@ def test_w1a1_is_binary():
             "cnv takes 3x32x32 images but the data is 1x28x28; set data.shape: [3, 32, 32]",
         ),
         ({}, (1, 4, 4), "a 3x3 kernel does not fit"),
+        (
+            {"backbone": "resnet8"},
+            (1, 28, 28),
+            "resnet8 takes 3-channel images of 8x8 or more but the data is 1x28x28; set data.shape: [3, 32, 32]",
+        ),
+        (
+            {"backbone": "mobilenet", "preset": "w1a1"},
+            (3, 32, 32),
+            "mobilenet has residual or depthwise blocks, which need activations of 2 bits or more; choose w2a2",
+        ),
+        (
+            {"backbone": "resnet8", "block_bits": {"stack2": {"act": 1}}},
+            (3, 32, 32),
+            "need activations of 2 bits or more",
+        ),
     ],
 )
 def test_model_that_does_not_fit(data, shape, message):
@@ -106,7 +123,7 @@ def test_model_that_does_not_fit(data, shape, message):
             {"block_bits": {"conv0": {"weight": 16}}},
             "block_bits.conv0.weight: unsupported bit width 16; supported: 1, 2",
         ),
-        ({"backbone": "resnet"}, "backbone: must be one of 'lenet', 'cnv'"),
+        ({"backbone": "resnet"}, "backbone: must be one of 'lenet', 'cnv', 'resnet8', 'mobilenet', 'custom'"),
         ({"exits": ["conv0", "conv0"]}, "exits: names a block twice"),
         ({"head": {"pool_to": 0}}, "head.pool_to: must be >= 1"),
     ],
@@ -130,3 +147,48 @@ def test_stage_modules_cover_the_backbone_once():
             assert np.array_equal(head(h).int().numpy(), full[k].int().numpy())
     with pytest.raises(ValueError, match="no exit head after block 'conv9'"):
         model.stage_modules(["conv9"])
+
+
+def test_resnet8_is_mlperf_tinys_topology_with_one_quantiser_per_add():
+    from brevitas.nn import QuantConv2d
+
+    model = build_model(ModelConfig(backbone="resnet8"), (3, 32, 32), 10)
+    convs = [(n, m) for n, m in model.blocks.named_modules() if isinstance(m, QuantConv2d)]
+    assert [(n, m.in_channels, m.out_channels, m.kernel_size[0], m.stride[0]) for n, m in convs] == [
+        ("stem.conv", 3, 16, 3, 1),
+        ("stack1.conv1", 16, 16, 3, 1),
+        ("stack1.conv2", 16, 16, 3, 1),
+        ("stack2.conv1", 16, 32, 3, 2),
+        ("stack2.conv2", 32, 32, 3, 1),
+        ("stack2.proj", 16, 32, 1, 2),
+        ("stack3.conv1", 32, 64, 3, 2),
+        ("stack3.conv2", 64, 64, 3, 1),
+        ("stack3.proj", 32, 64, 1, 2),
+    ]
+    assert model.shapes == {"stem": (16, 32, 32), "stack1": (16, 32, 32), "stack2": (32, 16, 16), "stack3": (64, 8, 8)}
+    final = model.heads["stack3"]
+    assert [type(m).__name__ for m in final] == ["AdaptiveAvgPool2d", "Flatten", "QuantLinear"]
+    # the add's two inputs carry one scale: the shared quantiser's
+    block = model.blocks["stack2"].eval()
+    seen = []
+    block.add_quant.register_forward_hook(lambda m, i, o: seen.append(float(o.scale)))
+    with torch.no_grad():
+        block(model.blocks["stem"](model.input_quant(torch.rand(2, 3, 32, 32))))
+    assert len(seen) == 2 and seen[0] == seen[1]
+
+
+def test_mobilenet_blocks_are_depthwise_then_pointwise():
+    from brevitas.nn import QuantConv2d
+
+    model = build_model(ModelConfig(backbone="mobilenet", width=0.5), (3, 32, 32), 10)
+    sep2 = [(n, m) for n, m in model.blocks["sep2"].named_modules() if isinstance(m, QuantConv2d)]
+    assert [(n, m.groups, m.in_channels, m.out_channels, m.stride[0]) for n, m in sep2] == [
+        ("dw", 8, 8, 8, 2),
+        ("pw", 1, 8, 16, 1),
+    ]
+    assert model.shapes["sep6"] == (64, 4, 4)
+    names = [[n for n, m in stage if isinstance(m, QuantConv2d)] for stage in model.stage_layers(["sep1", "sep6"])]
+    assert names == [
+        ["stem", "sep1.dw", "sep1.pw"],
+        ["sep2.dw", "sep2.pw", "sep3.dw", "sep3.pw", "sep4.dw", "sep4.pw", "sep5.dw", "sep5.pw", "sep6.dw", "sep6.pw"],
+    ]
