@@ -35,6 +35,11 @@ def _is_quantiser(module: nn.Module) -> bool:
     return isinstance(module, (QuantIdentity, QuantReLU, QuantHardTanh))
 
 
+def _plain(x) -> torch.Tensor:
+    """The float values of a tensor or a Brevitas QuantTensor."""
+    return x.value if hasattr(x, "value") else x
+
+
 def _key(name: str) -> str:
     return name.replace(".", "__")
 
@@ -111,7 +116,30 @@ class CustomMultiExitNet(nn.Module):
             act_quant=modules[self._quantiser_of[CLASSIFIER_INPUT]].act_quant, return_quant_tensor=True
         )
         self.heads[_key(classifier)] = nn.Sequential(final_requant, cls)
+        self._check_classifier_input(input_shape)
         self.train(was_training)
+
+    def _check_classifier_input(self, input_shape) -> None:
+        """The final head re-applies the last quantiser before the classifier to what the
+        classifier reads; that must change nothing (else the head computes something else than
+        the user's model): e.g. an average pool between them leaves values off the quantiser's grid."""
+        was_training = self.backbone.training
+        self.backbone.eval()
+        requant = self.heads[_key(self.classifier_name)][0].eval()
+        try:
+            with torch.no_grad():
+                read = self._run(torch.rand(2, *input_shape, generator=torch.Generator().manual_seed(0)))
+                value = _plain(read[CLASSIFIER_INPUT])
+                again = _plain(requant(value))
+        finally:
+            self.backbone.train(was_training)
+        if not torch.equal(value, again):
+            quantiser = self._quantiser_of[CLASSIFIER_INPUT]
+            raise ConfigError(
+                f"model.classifier: {self.classifier_name!r} does not read the output of an activation quantiser "
+                f"(something between {quantiser!r} and it, e.g. an average pool, changes the values); "
+                f"put a QuantIdentity right before {self.classifier_name!r}"
+            )
 
     # -- structure ---------------------------------------------------------------------------
 

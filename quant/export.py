@@ -26,6 +26,7 @@ from exitflow.core.artifacts import ExportManifest, HeadFile, RunDir, StageFile,
 from exitflow.core.errors import ConfigError
 
 from . import checkpoint as ckpt
+from .custom import _is_quantiser
 from .model import MultiExitModel
 from .network import MultiExitNet
 
@@ -213,7 +214,7 @@ def _cut_custom(model, chosen: list[str], x: torch.Tensor, folder: Path) -> list
     from qonnx.util.cleanup import cleanup_model
 
     taps = _Taps(model, chosen)
-    _export(taps, x, folder / "whole.onnx", dynamo=False, check=lambda raw: check_chain(raw, model))
+    _export(taps, x, folder / "whole.onnx", dynamo=False, check=lambda raw: check_graph(raw, model, chosen[:-1]))
     whole = onnx.load(str(folder / "whole.onnx"))
     (folder / "whole.onnx").unlink()
     outputs = [o.name for o in whole.graph.output]
@@ -275,7 +276,8 @@ _JOINS = {"Add": "Add", "Sum": "Add", "Sub": "Sub", "Mul": "Mul", "Concat": "Con
 
 def _user_module(node_name: str, modules: dict) -> str | None:
     """The user's module an exported node comes from: its name scope (``/backbone/block1/Add``)
-    read back as the deepest module name of the user's backbone it names."""
+    read back as the deepest module name of the user's backbone it names (a Brevitas layer, not
+    its quantisers' inner parts)."""
     parts = node_name.strip("/").split("/")[:-1]
     if parts[:1] == ["backbone"]:
         parts = parts[1:]
@@ -285,29 +287,109 @@ def _user_module(node_name: str, modules: dict) -> str | None:
         for candidate in (part, ".".join(path)):
             if candidate in modules:
                 found = candidate
+        if found is not None and type(modules[found]).__module__.startswith("brevitas."):
+            break  # a Brevitas layer: what lies inside it is Brevitas', not the user's
     return found
 
 
-def check_chain(raw, model) -> None:
-    """The exported custom backbone is one chain of layers (what exitflow maps to hardware),
-    else one ConfigError line naming the user's module where it branches: a skip connection
-    (two branches joined by an Add) or a concatenation."""
+def _quantiser_of(node_name: str, modules: dict) -> str | None:
+    """The user's activation quantiser an exported Quant node belongs to (the outermost
+    QuantIdentity, QuantReLU or QuantHardTanh on its name scope), or None."""
+    parts = node_name.strip("/").split("/")[:-1]
+    if parts[:1] == ["backbone"]:
+        parts = parts[1:]
+    for i in range(1, len(parts) + 1):
+        name = ".".join(parts[:i])
+        if name in modules and _is_quantiser(modules[name]):
+            return name
+    return None
+
+
+def _add_problem(node, producer: dict, init: dict, modules: dict) -> str | None:
+    """What keeps FINN from mapping this Add of two branches: its inputs must both come from one
+    shared activation quantiser (FINN then moves the common scale past the add)."""
+    from onnx import numpy_helper
+
+    sources = [producer.get(i) for i in node.input]
+    names = []
+    for src in sources:
+        if src is None or src.op_type != "Quant":
+            where = _user_module(src.name, modules) if src is not None else None
+            names.append(f"{where or 'an unquantised tensor'} (not quantised)")
+        else:
+            names.append(_quantiser_of(src.name, modules) or "a quantiser")
+    scales = [
+        numpy_helper.to_array(init[s.input[1]])
+        if s is not None and s.op_type == "Quant" and s.input[1] in init
+        else None
+        for s in sources
+    ]
+    quantised = all(s is not None and s.op_type == "Quant" for s in sources)
+    same_module = quantised and names[0] == names[1] and names[0] != "a quantiser"
+    same_scale = quantised and scales[0] is not None and scales[1] is not None and np.array_equal(scales[0], scales[1])
+    if same_module or (same_scale and "a quantiser" in names):
+        return None
+    return f"its inputs come from {names[0]} and {names[1]}"
+
+
+def _cut_problem(graph, data_nodes: list, tensor: str) -> str | None:
+    """A branch crossing the cut at ``tensor`` (an exit): a node after the cut reading a tensor
+    computed before it other than ``tensor`` itself. Returns the reading node's name, or None."""
+    producer = {o: n for n in data_nodes for o in n.output}
+    before, todo = set(), [tensor]
+    while todo:
+        node = producer.get(todo.pop())
+        if node is not None and node.name not in before:
+            before.add(node.name)
+            todo.extend(node.input)
+    made_before = {o for n in data_nodes if n.name in before for o in n.output} - {tensor}
+    for node in data_nodes:
+        if node.name not in before and set(node.input) & made_before:
+            return node.name
+    return None
+
+
+def check_graph(raw, model, exits: list[str]) -> None:
+    """The exported custom backbone is what exitflow maps to hardware: a chain of layers, with
+    residual adds whose two inputs share one quantiser, cut at the exits where no branch crosses.
+    Anything else is one ConfigError line naming the user's module."""
     modules = {n: m for n, m in model.backbone.named_modules() if n}
     graph = raw.graph
+    init = {i.name: i for i in graph.initializer}
     live = {graph.input[0].name}
+    data_nodes = []
     for node in graph.node:  # ONNX nodes are topologically sorted
         data_in = [i for i in node.input if i in live]
         if not data_in or node.op_type in ("Shape", "Size"):  # a shape is not data (x.view(x.shape[0], -1))
             continue
         live.update(node.output)
-        if len(data_in) > 1:
-            where = _user_module(node.name, modules)
-            owner = f"{type(modules[where]).__name__}.forward" if where else f"{type(model.backbone).__name__}.forward"
-            op = _JOINS.get(node.op_type, node.op_type)
-            kind = "skip connection" if op in ("Add", "Sub") else "join"
+        data_nodes.append(node)
+    producer = {o: n for n in data_nodes for o in n.output}
+    for node in data_nodes:
+        if len([i for i in node.input if i in live]) < 2:
+            continue
+        where = _user_module(node.name, modules)
+        owner = f"{type(modules[where]).__name__}.forward" if where else f"{type(model.backbone).__name__}.forward"
+        op = _JOINS.get(node.op_type, node.op_type)
+        if op != "Add" or len(node.input) != 2:
             raise ConfigError(
-                f"{where or 'the backbone'}: the {kind} ({op} of two branches) is not supported: exitflow maps only a "
-                f"backbone that is one chain of layers to hardware; remove the branch from {owner}"
+                f"{where or 'the backbone'}: the join ({op} of two branches) is not supported: exitflow maps chains of "
+                f"layers and residual adds to hardware; remove the branch from {owner}"
+            )
+        problem = _add_problem(node, producer, init, modules)
+        if problem:
+            raise ConfigError(
+                f"{where or 'the backbone'}: the skip connection (Add of two branches) needs one shared quantiser on "
+                f"both inputs, as FINN's residual blocks do, but {problem}; in {owner} apply one QuantIdentity "
+                "(the same module) to both branches before the add"
+            )
+    for name, out in zip(exits, (o.name for o in graph.output), strict=False):
+        reader = _cut_problem(graph, data_nodes, out)
+        if reader is not None:
+            inside = _user_module(reader, modules) or "a later layer"
+            raise ConfigError(
+                f"model.exits: the exit after {name!r} cuts through a branch ({inside} reads a tensor from before it); "
+                "put exits where the whole feature map passes, e.g. after a residual block's output quantiser"
             )
 
 

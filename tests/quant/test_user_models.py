@@ -208,16 +208,144 @@ def test_factory_returning_something_else(user_module, factory, what):
 # ---------------------------------------------------------------------------- 3. layers exitflow cannot map
 
 
-def test_skip_connection_is_named_by_the_users_block(tmp_path, user_module):
+def test_a_skip_add_without_a_shared_quantiser_is_named_by_the_users_block(tmp_path, user_module):
     name, _ = user_module
     model = build_model(custom(name, exits=("block0.act",), skip=True), (1, 8, 8), 10)
     with pytest.raises(ConfigError) as err:
         export_stages(model, ["block0.act"], tmp_path / "stages", torch.zeros(1, 1, 8, 8))
     message = str(err.value)
-    assert message.startswith("block1: the skip connection (Add of two branches) is not supported")
-    assert "remove the branch from Block.forward" in message and "\n" not in message
-    assert "seg" not in message and "Transpose" not in message
+    assert message.startswith("block1: the skip connection (Add of two branches) needs one shared quantiser")
+    assert "its inputs come from block1.bn (not quantised) and block0.act" in message
+    assert "in Block.forward apply one QuantIdentity (the same module) to both branches" in message
+    assert "\n" not in message and "seg" not in message and "Transpose" not in message
     assert not (tmp_path / "stages").exists() and not (tmp_path / ".stages.tmp").exists()
+
+
+# A user's own residual network: Brevitas's default quantisers, its own module names, the add's
+# two inputs quantised by one shared QuantIdentity (or, with shared=False, by two).
+RESIDUAL_MODEL = """
+import torch
+from torch import nn
+from brevitas.nn import QuantConv2d, QuantIdentity, QuantLinear, QuantReLU
+
+
+class Block(nn.Module):
+    def __init__(self, cin, cout, stride, shared=True):
+        super().__init__()
+        self.conv_a = QuantConv2d(cin, cout, 3, stride=stride, padding=1, bias=False, weight_bit_width=4)
+        self.bn_a = nn.BatchNorm2d(cout)
+        self.relu_a = QuantReLU(bit_width=4)
+        self.conv_b = QuantConv2d(cout, cout, 3, padding=1, bias=False, weight_bit_width=4)
+        self.bn_b = nn.BatchNorm2d(cout)
+        self.down = None
+        if stride != 1 or cin != cout:
+            self.down = nn.Sequential(
+                QuantConv2d(cin, cout, 1, stride=stride, bias=False, weight_bit_width=4), nn.BatchNorm2d(cout)
+            )
+        self.res_quant = QuantIdentity(bit_width=5, return_quant_tensor=True)
+        self.skip_quant = self.res_quant if shared else QuantIdentity(bit_width=5, return_quant_tensor=True)
+        self.relu_out = QuantReLU(bit_width=4, return_quant_tensor=True)
+
+    def forward(self, x):
+        y = self.res_quant(self.bn_b(self.conv_b(self.relu_a(self.bn_a(self.conv_a(x))))))
+        s = self.skip_quant(x if self.down is None else self.down(x))
+        return self.relu_out(y + s)
+
+
+class TinyResNet(nn.Module):
+    def __init__(self, shared=True, requant=True):
+        super().__init__()
+        self.inp = QuantIdentity(bit_width=8, return_quant_tensor=True)
+        self.stem = nn.Sequential(
+            QuantConv2d(1, 8, 3, padding=1, bias=False, weight_bit_width=4),
+            nn.BatchNorm2d(8),
+            QuantReLU(bit_width=4, return_quant_tensor=True),
+        )
+        self.layer1 = Block(8, 8, 1, shared)
+        self.layer2 = Block(8, 16, 2, shared)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.pool_quant = QuantIdentity(bit_width=8, return_quant_tensor=True) if requant else None
+        self.fc = QuantLinear(16, 10, bias=False, weight_bit_width=4)
+
+    def forward(self, x):
+        x = torch.flatten(self.pool(self.layer2(self.layer1(self.stem(self.inp(x))))), 1)
+        return self.fc(x if self.pool_quant is None else self.pool_quant(x))
+
+
+def tiny_resnet(shared: bool = True, requant: bool = True):
+    return TinyResNet(shared, requant)
+"""
+
+
+@pytest.fixture
+def residual_module(tmp_path, monkeypatch):
+    name = f"myres_{uuid.uuid4().hex[:8]}"
+    folder = tmp_path / "src"
+    folder.mkdir(exist_ok=True)
+    (folder / f"{name}.py").write_text(RESIDUAL_MODEL)
+    monkeypatch.syspath_prepend(str(folder))
+    yield name
+    sys.modules.pop(name, None)
+
+
+def _residual(name: str, exits: tuple[str, ...], shared: bool = True, requant: bool = True) -> ModelConfig:
+    return ModelConfig(
+        backbone="custom",
+        factory=f"{name}:tiny_resnet",
+        factory_args=FrozenMap({"shared": shared, "requant": requant}),
+        exits=exits,
+        classifier="fc",
+    )
+
+
+def test_a_users_residual_network_exports_stage_by_stage_bit_exactly(tmp_path, residual_module):
+    from exitflow.quant.export import run_stages
+
+    from .conftest import randomise_batch_norm
+
+    torch.manual_seed(0)
+    model = build_model(_residual(residual_module, ("stem.2", "layer1.relu_out")), (1, 8, 8), 10)
+    randomise_batch_norm(model)
+    model.eval()
+    x = torch.rand(20, 1, 8, 8)
+    manifest = export_stages(model, ["stem.2", "layer1.relu_out"], tmp_path / "stages", x[:1])
+    assert manifest.exits == ("stem.2", "layer1.relu_out", "fc")
+    with torch.no_grad():
+        expected = [o.int().numpy() for o in model(x)]
+    produced = run_stages(tmp_path / "stages", x.numpy())
+    for exit_name, want, got in zip(manifest.exits, expected, produced, strict=True):
+        assert np.array_equal(want, got), f"exit {exit_name}: exported stages differ from Brevitas"
+    assert len(np.unique(produced[-1])) > 10
+
+
+def test_a_residual_add_with_two_quantisers_names_them(tmp_path, residual_module):
+    model = build_model(_residual(residual_module, ("layer1.relu_out",), shared=False), (1, 8, 8), 10)
+    with pytest.raises(ConfigError) as err:
+        export_stages(model, ["layer1.relu_out"], tmp_path / "stages", torch.zeros(1, 1, 8, 8))
+    assert str(err.value) == (
+        "layer1: the skip connection (Add of two branches) needs one shared quantiser on both inputs, as FINN's "
+        "residual blocks do, but its inputs come from layer1.res_quant and layer1.skip_quant; in Block.forward "
+        "apply one QuantIdentity (the same module) to both branches before the add"
+    )
+
+
+def test_a_classifier_reading_an_average_pool_directly_is_refused(residual_module):
+    with pytest.raises(ConfigError) as err:
+        build_model(_residual(residual_module, ("layer1.relu_out",), requant=False), (1, 8, 8), 10)
+    assert str(err.value) == (
+        "model.classifier: 'fc' does not read the output of an activation quantiser (something between "
+        "'layer2.relu_out' and it, e.g. an average pool, changes the values); put a QuantIdentity right before 'fc'"
+    )
+
+
+def test_an_exit_inside_a_residual_block_is_refused(tmp_path, residual_module):
+    model = build_model(_residual(residual_module, ("layer1.relu_a",)), (1, 8, 8), 10)
+    with pytest.raises(ConfigError) as err:
+        export_stages(model, ["layer1.relu_a"], tmp_path / "stages", torch.zeros(1, 1, 8, 8))
+    assert str(err.value) == (
+        "model.exits: the exit after 'layer1.relu_a' cuts through a branch (layer1.res_quant reads a tensor from "
+        "before it); put exits where the whole feature map passes, e.g. after a residual block's output quantiser"
+    )
 
 
 def test_concatenation_in_the_backbones_forward(tmp_path, user_module):
