@@ -36,8 +36,10 @@ from exitflow.core.schema import FieldError, FrozenMap, load_json_file, write_js
 @dataclass(frozen=True, kw_only=True)
 class WeightLayer:
     """FINN's matrix view of one weight layer: ``mw`` inputs (Cin*k*k for a convolution) by ``mh``
-    outputs, ``wbits``-bit weights; ``cin`` (input channels) for a convolution only. ``name`` is
-    the folding key: a block name (built-in backbone), a module name (custom backbone), or
+    outputs, ``wbits``-bit weights; ``cin`` (input channels) for a convolution only. A depthwise
+    convolution (FINN's VVAU) has ``depthwise`` set, ``mw`` = k*k (each channel's window) and
+    ``mh`` = the channels. ``name`` is the folding key: a block name (built-in backbone; with
+    ``.module`` where a block has several layers), a module name (custom backbone), or
     ``hidden``/``classifier`` in a head."""
 
     name: str
@@ -45,6 +47,13 @@ class WeightLayer:
     mh: int
     cin: int | None = field(default=None, metadata={"omit_none": True})
     wbits: int
+    depthwise: bool | None = field(default=None, metadata={"omit_none": True})
+
+    @property
+    def signature(self) -> tuple[str, int, int]:
+        """(kind, inputs per output, outputs): how the build finds the layer's node in FINN's
+        graph (:func:`exitflow.hw.finn_flow.layer_signature`)."""
+        return ("depthwise" if self.depthwise else "matrix", self.mw, self.mh)
 
     def __post_init__(self) -> None:
         for key in ("mw", "mh", "wbits"):

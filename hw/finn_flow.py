@@ -60,6 +60,7 @@ class FlowState:
     out: Path
     layer_nodes: dict[str, str] = field(default_factory=dict)  # layer name -> FINN node name
     image_input: bool = False  # the first stage: its input is UINT8 pixels
+    signatures: dict[str, tuple] = field(default_factory=dict)  # layer name -> layer_signature of it
     ctu: dict | None = None  # heads: policy, threshold (None: final exit), scale of the logits
     input_datatype: str = ""
     input_scale: float = 1.0
@@ -207,22 +208,32 @@ def tidy_up(model, state: FlowState):
         GiveReadableTensorNames(),
         InferDataTypes(),
         RemoveStaticGraphInputs(),
+        ReduceMeanToGlobalAveragePool(),
+        InferShapes(),
+        InferDataTypes(),
     ):
         model = model.transform(t)
     return model
 
 
 def streamline(model, state: FlowState):
-    """FINN's step_streamline, verbatim in order."""
+    """FINN's step_streamline, plus the moves through forks and joins of residual blocks."""
     import finn.transformation.streamline.absorb as absorb
+    import finn.transformation.streamline.reorder as reorder
     from finn.transformation.streamline import Streamline
     from finn.transformation.streamline.reorder import MakeMaxPoolNHWC
     from qonnx.transformation.bipolar_to_xnor import ConvertBipolarMatMulToXnorPopcount
+    from qonnx.transformation.composed import ComposedTransformation
     from qonnx.transformation.general import RemoveUnusedTensors
     from qonnx.transformation.infer_data_layouts import InferDataLayouts
     from qonnx.transformation.lower_convs_to_matmul import LowerConvsToMatMul
 
     model = model.transform(absorb.AbsorbScalarBiasIntoMultiThreshold()).transform(Streamline())
+    if any(_is_join(model, n) for n in model.graph.node):
+        # residual blocks: scales past the forks into both branches, equal scales past the joins
+        for t in (reorder.MoveLinearPastFork(), reorder.MoveMulPastJoinAdd(), reorder.MoveLinearPastEltwiseAdd()):
+            model = model.transform(t)
+        model = model.transform(Streamline())
     if model.get_nodes_by_op_type("Conv"):
         for t in (
             LowerConvsToMatMul(),
@@ -232,22 +243,52 @@ def streamline(model, state: FlowState):
             absorb.AbsorbConsecutiveTransposes(),
         ):
             model = model.transform(t)
+        if any(_is_join(model, n) for n in model.graph.node):
+            # residual blocks: channels-last everywhere, by pushing the layout transposes
+            # through the forks, the thresholds and the joins until they cancel
+            model = model.transform(ChannelsLastInput())
+            model = model.transform(
+                ComposedTransformation(
+                    [
+                        absorb.AbsorbTransposeIntoMultiThreshold(),
+                        reorder.MoveTransposePastFork(),
+                        reorder.MoveTransposePastJoinAdd(),
+                        absorb.AbsorbConsecutiveTransposes(),
+                        MergeDuplicateNodes(),
+                    ]
+                )
+            )
     model = model.transform(ConvertBipolarMatMulToXnorPopcount()).transform(Streamline())
+    if model.get_nodes_by_op_type("GlobalAveragePool"):
+        # GlobalAccPool (the sum) and a Mul by 1/N, which streamlining moves past the classifier
+        from finn.transformation.fpgadataflow.convert_to_hw.global_acc_pool import InferGlobalAccPoolLayer
+
+        model = model.transform(InferDataLayouts()).transform(InferGlobalAccPoolLayer()).transform(Streamline())
     return model.transform(InferDataLayouts()).transform(RemoveUnusedTensors())
 
 
 def convert_to_hw(model, state: FlowState):
-    """The HW-layer inferences FINN's step_convert_to_hw applies that exitflow's graphs need."""
+    """The HW-layer inferences of FINN's step_convert_to_hw that exitflow's graphs need, in its
+    order: weight layers (MVAU, then VVAU for depthwise convolutions), thresholds, pooling,
+    sliding windows (with FMPadding), the residual add (ElementwiseAdd, joins only: the output
+    scale stays in software) and, last, a DuplicateStreams for every fork."""
     import finn.transformation.streamline.absorb as absorb
     from finn.transformation.fpgadataflow.convert_to_hw.binary_matrix_vector_activation import (
         InferBinaryMatrixVectorActivation,
     )
     from finn.transformation.fpgadataflow.convert_to_hw.conv_inp_gen import InferConvInpGen
+    from finn.transformation.fpgadataflow.convert_to_hw.duplicate_streams import InferDuplicateStreamsLayer
+    from finn.transformation.fpgadataflow.convert_to_hw.elementwise_binary_operation import (
+        InferElementwiseBinaryOperation,
+    )
     from finn.transformation.fpgadataflow.convert_to_hw.pool import InferPool
     from finn.transformation.fpgadataflow.convert_to_hw.quantized_matrix_vector_activation import (
         InferQuantizedMatrixVectorActivation,
     )
     from finn.transformation.fpgadataflow.convert_to_hw.thresholding import InferThresholdingLayer
+    from finn.transformation.fpgadataflow.convert_to_hw.vector_vector_activation import (
+        InferVectorVectorActivation,
+    )
     from finn.transformation.move_reshape import RemoveCNVtoFCFlatten
     from qonnx.transformation.general import GiveUniqueNodeNames
     from qonnx.transformation.infer_data_layouts import InferDataLayouts
@@ -257,10 +298,13 @@ def convert_to_hw(model, state: FlowState):
     for t in (
         InferBinaryMatrixVectorActivation(),
         InferQuantizedMatrixVectorActivation(),
+        InferVectorVectorActivation(),
         InferThresholdingLayer(),
         InferPool(),
         InferConvInpGen(),
         RemoveCNVtoFCFlatten(),
+        InferElementwiseBinaryOperation(_is_join),
+        InferDuplicateStreamsLayer(),
         absorb.AbsorbConsecutiveTransposes(),
         GiveUniqueNodeNames(),
         InferDataLayouts(),
@@ -271,10 +315,30 @@ def convert_to_hw(model, state: FlowState):
     return model
 
 
-def round_thresholds(model, state: FlowState):
-    from finn.transformation.streamline.round_thresholds import RoundAndClipThresholds
+def _is_join(model, node) -> bool:
+    """An Add of two streams (a residual join), not of a constant."""
+    return node.op_type == "Add" and all(model.get_initializer(i) is None for i in node.input)
 
-    return model.transform(RoundAndClipThresholds())
+
+def round_thresholds(model, state: FlowState):
+    """As FINN's step_minimize_bit_width_initial: HW inference leaves INT32 as a placeholder on
+    an ElementwiseAdd's output; MinimizeAccumulatorWidth tightens it (INT5+INT5 -> INT6) and the
+    thresholds after the add are rounded and clipped again to that range. (Rounding first: FINN's
+    MinimizeWeightBitWidth/Thresholding assert non-negative thresholds on unsigned inputs.)"""
+    from finn.transformation.fpgadataflow.minimize_accumulator_width import MinimizeAccumulatorWidth
+    from finn.transformation.streamline.round_thresholds import RoundAndClipThresholds
+    from qonnx.transformation.infer_datatypes import InferDataTypes
+
+    for t in (
+        RoundAndClipThresholds(),
+        InferDataTypes(),
+        MinimizeAccumulatorWidth(),
+        InferDataTypes(),
+        RoundAndClipThresholds(),
+        InferDataTypes(),
+    ):
+        model = model.transform(t)
+    return model
 
 
 class RemoveIdentityThresholds(Transformation):
@@ -430,13 +494,17 @@ def folding_config(model, state: FlowState) -> dict:
         )
     config = extract_model_config(model, subgraph_hier=None, attr_names_to_extract=HW_ATTRS)
     buffers = {}
-    for layer, node in zip(state.layers, weight_nodes, strict=False):
+    for layer, node in zip(state.layers, _layer_nodes(model, state, weight_nodes), strict=True):
         state.layer_nodes[layer] = node.name
         inst = getCustomOp(node)
         producer = model.find_producer(node.input[0])
         window = producer is not None and producer.op_type.startswith("ConvolutionInputGenerator")
-        channels = getCustomOp(producer).get_nodeattr("IFMChannels") if window else None
-        fold = state.folding.get(layer) or default_folding(inst.get_nodeattr("MW"), channels)
+        depthwise = node.op_type.startswith("VVAU")
+        if depthwise:  # PE over the channels, SIMD over the k x k window
+            fold = state.folding.get(layer) or LayerFolding(pe=1, simd=1)
+        else:
+            channels = getCustomOp(producer).get_nodeattr("IFMChannels") if window else None
+            fold = state.folding.get(layer) or default_folding(inst.get_nodeattr("MW"), channels)
         buffers[node.name] = fold.buffer_style
         attrs = {"PE": fold.pe, "SIMD": fold.simd}
         if "ram_style" in inst.get_nodeattr_types():
@@ -444,7 +512,14 @@ def folding_config(model, state: FlowState) -> dict:
         if node.op_type.endswith("_hls") and "resType" in inst.get_nodeattr_types():
             attrs["resType"] = fold.res_type  # an RTL MVAU always uses DSP slices
         config.setdefault(node.name, {}).update(attrs)
-        if window:
+        if window and depthwise:
+            # FINN's rule (SetFolding): the depthwise generator's SIMD is the VVAU's PE, and a
+            # VVAU SIMD above 1 needs the RTL generator's parallel-window mode
+            entry = {"SIMD": fold.pe, "ram_style": fold.buffer_style}
+            if producer.op_type.endswith("_rtl"):
+                entry["parallel_window"] = int(fold.simd > 1)
+            config.setdefault(producer.name, {}).update(entry)
+        elif window:
             # the generator's own SIMD: the smallest that keeps up with the MVAU, or FINN's
             # parallel-window mode (exitflow.hw.folding.window_fold); a width converter
             # joins the two (insert_width_converters)
@@ -475,9 +550,20 @@ def apply_folding(model, state: FlowState):
 def minimize_bit_width(model, state: FlowState):
     from finn.transformation.fpgadataflow.minimize_accumulator_width import MinimizeAccumulatorWidth
     from finn.transformation.fpgadataflow.minimize_weight_bit_width import MinimizeWeightBitWidth
+    from finn.transformation.streamline.round_thresholds import RoundAndClipThresholds
     from qonnx.transformation.infer_datatypes import InferDataTypes
 
-    return model.transform(MinimizeWeightBitWidth()).transform(MinimizeAccumulatorWidth()).transform(InferDataTypes())
+    for t in (
+        MinimizeWeightBitWidth(),
+        MinimizeAccumulatorWidth(),
+        InferDataTypes(),
+        RoundAndClipThresholds(),  # FINN's step_minimize_bit_width: thresholds follow the new widths
+        InferDataTypes(),
+        MinimizeWeightBitWidth(),
+        InferDataTypes(),
+    ):
+        model = model.transform(t)
+    return model
 
 
 def insert_width_converters(model, state: FlowState):
@@ -501,24 +587,6 @@ def generate_code(model, state: FlowState):
 
     with finn_settings(state.out / "codegen"):
         return model.transform(PrepareIP(state.part, state.clock_ns))
-
-
-STEPS: list[Callable] = [
-    integerize_input,
-    qonnx_to_finn,
-    tidy_up,
-    streamline,
-    convert_to_hw,
-    round_thresholds,
-    remove_identity_thresholds,
-    take_dataflow_partition,
-    append_ctu,
-    specialize_layers,
-    apply_folding,
-    minimize_bit_width,
-    insert_width_converters,
-    generate_code,
-]
 
 
 def estimates(model, part: str) -> dict:
@@ -586,3 +654,224 @@ def run_flow(src: Path, out: Path, state: FlowState, log: Callable[[str], None] 
     (out / "estimate_layer_resources.json").write_text(json.dumps(report["resources"], indent=1))
     (out / "estimate_layer_cycles.json").write_text(json.dumps(report["cycles"], indent=1))
     return model
+
+
+class MergeDuplicateNodes(Transformation):
+    """Nodes that compute the same thing (same op type, inputs and attributes; no initializer
+    changes that) become one: e.g. the two Transposes that lowering puts on both branches of
+    a fork (a residual block's stage input), which would otherwise feed the dataflow partition
+    twice."""
+
+    def apply(self, model):
+        seen = {}
+        for node in list(model.graph.node):
+            key = (
+                node.op_type,
+                node.domain,
+                tuple(node.input),
+                tuple(sorted(a.SerializeToString() for a in node.attribute)),
+            )
+            if len(node.output) != 1 or key not in seen:
+                seen.setdefault(key, node)
+                continue
+            keep = seen[key]
+            for consumer in model.find_consumers(node.output[0]) or []:
+                for i, name in enumerate(consumer.input):
+                    if name == node.output[0]:
+                        consumer.input[i] = keep.output[0]
+            if node.output[0] in [o.name for o in model.graph.output]:
+                continue
+            model.graph.node.remove(node)
+            return model, True
+        return model, False
+
+
+class ChannelsLastInput(Transformation):
+    """A 4D (NCHW) graph input gets the identity pair Transpose(0,2,3,1) -> Transpose(0,3,1,2):
+    the second one then moves down through the leading quantiser and the fork behind it (into
+    both branches of a residual block), where it cancels or sinks into thresholds; the first one
+    stays in software in front of the dataflow partition."""
+
+    def apply(self, model):
+        from onnx import helper
+        from qonnx.core.data_layout import NCHW, NHWC
+
+        name = model.graph.input[0].name
+        shape = model.get_tensor_shape(name)
+        if shape is None or len(shape) != 4:
+            return model, False
+        nhwc, back = model.make_new_valueinfo_name(), model.make_new_valueinfo_name()
+        for consumer in model.find_consumers(name):
+            consumer.input[list(consumer.input).index(name)] = back
+        model.graph.node.insert(0, helper.make_node("Transpose", [nhwc], [back], perm=[0, 3, 1, 2]))
+        model.graph.node.insert(0, helper.make_node("Transpose", [name], [nhwc], perm=[0, 2, 3, 1]))
+        n, c, h, w = shape
+        model.set_tensor_shape(nhwc, [n, h, w, c])
+        model.set_tensor_shape(back, shape)
+        model.set_tensor_layout(nhwc, NHWC)
+        model.set_tensor_layout(back, NCHW)
+        model.set_tensor_datatype(nhwc, model.get_tensor_datatype(name))
+        model.set_tensor_datatype(back, model.get_tensor_datatype(name))
+        return model, False
+
+
+class ReduceMeanToGlobalAveragePool(Transformation):
+    """torch's exporter writes AdaptiveAvgPool2d(1) as a ReduceMean over H and W; FINN maps
+    only GlobalAveragePool to hardware (GlobalAccPool). keepdims=0 adds a Flatten."""
+
+    def apply(self, model):
+        from onnx import helper
+        from qonnx.util.basic import get_by_name
+
+        for node in model.graph.node:
+            if node.op_type != "ReduceMean":
+                continue
+            shape = model.get_tensor_shape(node.input[0])
+            axes = model.get_initializer(node.input[1]) if len(node.input) > 1 else None
+            if axes is None and get_by_name(node.attribute, "axes") is not None:
+                axes = get_by_name(node.attribute, "axes").ints
+            keep = get_by_name(node.attribute, "keepdims")
+            keepdims = 1 if keep is None else keep.i
+            if shape is None or len(shape) != 4 or axes is None:
+                continue
+            if sorted(int(a) % 4 for a in np.atleast_1d(axes)) != [2, 3]:
+                continue
+            i = list(model.graph.node).index(node)
+            out = node.output[0]
+            pooled = out if keepdims else model.make_new_valueinfo_name()
+            new = [helper.make_node("GlobalAveragePool", [node.input[0]], [pooled], name=node.name)]
+            if not keepdims:
+                new.append(helper.make_node("Flatten", [pooled], [out], axis=1))
+            model.graph.node.remove(node)
+            for k, n in enumerate(new):
+                model.graph.node.insert(i + k, n)
+            return model, True
+        return model, False
+
+
+def skip_inputs(model) -> list[tuple[object, int]]:
+    """(ElementwiseAdd node, index of its skip input) for every residual join: the input whose
+    path back to the fork (DuplicateStreams) passes fewer weight layers."""
+
+    def weight_layers_to_fork(tensor):
+        count, node = 0, model.find_producer(tensor)
+        while node is not None and not node.op_type.startswith("DuplicateStreams"):
+            count += node.op_type.startswith(WEIGHT_OPS)
+            node = model.find_producer(node.input[0])
+        return count
+
+    joins = [n for n in model.graph.node if n.op_type.startswith("ElementwiseAdd")]
+    return [(n, int(np.argmin([weight_layers_to_fork(t) for t in n.input[:2]]))) for n in joins]
+
+
+def skip_window_words(model, add_node, skip: int) -> int:
+    """A FIFO depth for the skip branch of ``add_node``: the words the main branch holds before
+    its first output, i.e. the line buffers of its window generators (FINN's
+    get_exp_cycles-style buffer (k_h-1)*W + k_w pixels, times the channel fold), counted in the
+    skip stream's words. A first-order estimate, not FINN's RTL-simulated sizing."""
+    from qonnx.custom_op.registry import getCustomOp
+
+    main = add_node.input[1 - skip]
+    words, node = 0, model.find_producer(main)
+    while node is not None and not node.op_type.startswith("DuplicateStreams"):
+        if node.op_type.startswith("ConvolutionInputGenerator"):
+            inst = getCustomOp(node)
+            (kh, kw), (_, w) = inst.get_nodeattr("ConvKernelDim"), inst.get_nodeattr("IFMDim")
+            stride = inst.get_nodeattr("Stride")[0]
+            # pixels buffered before the first window, in the skip stream's pixels
+            words += ((kh - 1) * w + kw) // (stride * stride)
+        node = model.find_producer(node.input[0])
+    skip_inst = getCustomOp(add_node)
+    fold = int(np.prod(skip_inst.get_folded_input_shape(ind=skip)[1:-1]))  # words per sample
+    pixels = int(np.prod(skip_inst.get_normal_input_shape(ind=skip)[1:-1]))
+    return max(2, int(np.ceil(words * fold / max(pixels, 1))) + 2)
+
+
+class SetSkipFIFODepths(Transformation):
+    """Set the ``inFIFODepths`` entry of the skip input of every residual join; FINN's
+    InsertFIFO then builds a StreamingFIFO of that depth there. ``depth``: a number, or None
+    for :func:`skip_window_words`."""
+
+    def __init__(self, depth: int | None = None) -> None:
+        super().__init__()
+        self.depth = depth
+
+    def apply(self, model):
+        from qonnx.custom_op.registry import getCustomOp
+
+        for node, skip in skip_inputs(model):
+            inst = getCustomOp(node)
+            depths = list(inst.get_nodeattr("inFIFODepths"))
+            depths += [depths[-1]] * (len(node.input) - len(depths))
+            depths[skip] = self.depth or skip_window_words(model, node, skip)
+            inst.set_nodeattr("inFIFODepths", depths)
+        return model, False
+
+
+def insert_skip_fifos(model, state: FlowState, depth: int | None = None):
+    """A StreamingFIFO on the skip branch of every residual join (FINN's InsertFIFO; nowhere
+    else: create_shallow_fifos=False), then specialised (StreamingFIFO_rtl)."""
+    from finn.transformation.fpgadataflow.insert_fifo import InsertFIFO
+    from finn.transformation.fpgadataflow.specialize_layers import SpecializeLayers
+    from qonnx.transformation.general import GiveUniqueNodeNames
+    from qonnx.transformation.infer_datatypes import InferDataTypes
+    from qonnx.transformation.infer_shapes import InferShapes
+
+    if not model.get_nodes_by_op_type("ElementwiseAdd_hls") and not model.get_nodes_by_op_type("ElementwiseAdd"):
+        return model
+    model = model.transform(SetSkipFIFODepths(depth)).transform(InsertFIFO(create_shallow_fifos=False))
+    model = model.transform(GiveUniqueNodeNames()).transform(SpecializeLayers(state.part))
+    return model.transform(GiveUniqueNodeNames()).transform(InferShapes()).transform(InferDataTypes())
+
+
+STEPS: list[Callable] = [
+    integerize_input,
+    qonnx_to_finn,
+    tidy_up,
+    streamline,
+    convert_to_hw,
+    round_thresholds,
+    remove_identity_thresholds,
+    take_dataflow_partition,
+    append_ctu,
+    specialize_layers,
+    apply_folding,
+    minimize_bit_width,
+    insert_width_converters,
+    insert_skip_fifos,
+    generate_code,
+]
+
+
+def layer_signature(node) -> tuple:
+    """What identifies a weight node's layer by shape: (kind, inputs per output, outputs) - an
+    MVAU's (MW, MH), a VVAU's (k*k, channels) - as :meth:`WeightLayer.signature` gives it from
+    the model."""
+    from qonnx.custom_op.registry import getCustomOp
+
+    inst = getCustomOp(node)
+    if node.op_type.startswith("VVAU"):
+        kh, kw = inst.get_nodeattr("Kernel")
+        return ("depthwise", kh * kw, inst.get_nodeattr("Channels"))
+    return ("matrix", inst.get_nodeattr("MW"), inst.get_nodeattr("MH"))
+
+
+def _layer_nodes(model, state: FlowState, weight_nodes: list) -> list:
+    """The weight node of every layer in ``state.layers``: the first unclaimed node of the same
+    :func:`layer_signature`, in graph order. FINN's graph may hold a residual block's layers in
+    another order than the model (its 1x1 projection first); layers of one shape keep their order."""
+    if not state.signatures:
+        return weight_nodes
+    free = list(weight_nodes)
+    out = []
+    for layer in state.layers:
+        want = state.signatures.get(layer)
+        found = next((n for n in free if layer_signature(n) == want), None)
+        if found is None:
+            raise ExitflowError(
+                f"{state.where}: no weight layer of FINN's graph has the shape of {layer} {want}; "
+                "was the stage exported from this model?"
+            )
+        free.remove(found)
+        out.append(found)
+    return out

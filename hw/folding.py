@@ -20,13 +20,34 @@ def divisors(n: int) -> list[int]:
 
 
 def folding_violation(
-    name: str, pe: int, simd: int, mw: int, mh: int, cin: int | None = None, wbits: int | None = None
+    name: str,
+    pe: int,
+    simd: int,
+    mw: int,
+    mh: int,
+    cin: int | None = None,
+    wbits: int | None = None,
+    depthwise: bool = False,
 ) -> tuple[str, str] | None:
     """The first of FINN's folding rules (PE, SIMD) breaks for a layer of MW inputs and MH
     outputs, as (key suffix, message), or None when FINN can build it. The one definition of the
     rules: `exitflow build` reports them, the design search enumerates what passes them. (A
     convolution's window generator takes its own SIMD, a divisor of ``cin``, with a width
-    converter to the MVAU, so ``cin`` adds no rule.)"""
+    converter to the MVAU, so ``cin`` adds no rule.) A depthwise layer (VVAU; ``mw`` = k*k, ``mh``
+    = channels) folds its channels by PE and its window by SIMD: 1, or the whole k*k window,
+    which FINN's depthwise window generator then delivers in its parallel-window mode."""
+    if depthwise:
+        if mh % pe:
+            return ".pe", (
+                f"{pe} does not divide the {mh} channels of {name} (FINN's VVAU needs Channels % PE == 0); "
+                f"legal PE: {', '.join(map(str, divisors(mh)))}"
+            )
+        if simd not in (1, mw):
+            return ".simd", (
+                f"{simd} is neither 1 nor the {mw} weights of {name}'s window (a depthwise layer takes its window "
+                f"one weight or all {mw} per cycle); legal SIMD: 1, {mw}"
+            )
+        return None
     if mh % pe:
         return ".pe", (
             f"{pe} does not divide the {mh} outputs of {name} (FINN needs MH % PE == 0); "
@@ -60,7 +81,9 @@ def check_folding(where: str, folding, layers: Sequence[WeightLayer], owner: str
                 f"{where}.{name}: no weight layer {name!r} in {owner} (layers: {', '.join(by_name) or 'none'})"
             )
         layer = by_name[name]
-        problem = folding_violation(name, fold.pe, fold.simd, layer.mw, layer.mh, layer.cin, layer.wbits)
+        problem = folding_violation(
+            name, fold.pe, fold.simd, layer.mw, layer.mh, layer.cin, layer.wbits, bool(layer.depthwise)
+        )
         if problem:
             raise ConfigError(f"{where}.{name}{problem[0]}: {problem[1]}")
 

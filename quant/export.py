@@ -150,6 +150,15 @@ def _weight_layer(name: str, module) -> WeightLayer | None:
     wbits = int(module.quant_weight().bit_width)
     if isinstance(module, QuantConv2d):
         k = int(np.prod(module.kernel_size))
+        if module.groups > 1:
+            if module.groups != module.in_channels or module.out_channels != module.in_channels:
+                raise ConfigError(
+                    f"{name}: a grouped convolution ({module.groups} groups of {module.in_channels} channels) "
+                    "is not supported: FINN maps dense and depthwise ones (groups = in_channels = out_channels)"
+                )
+            return WeightLayer(
+                name=name, mw=k, mh=module.out_channels, cin=module.in_channels, wbits=wbits, depthwise=True
+            )
         return WeightLayer(
             name=name, mw=module.in_channels * k, mh=module.out_channels, cin=module.in_channels, wbits=wbits
         )
