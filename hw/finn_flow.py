@@ -38,10 +38,18 @@ from exitflow.core.design import LayerFolding
 from exitflow.core.errors import ExitflowError, check_interrupt
 from exitflow.core.schema import load_json_file
 from exitflow.hls_templates.registry import register_finn_ops
-from exitflow.hw.folding import _window_attrs, divisors, folding_violation, pool_folding, scratch_op, window_fold
+from exitflow.hw.folding import (
+    WEIGHT_OPS,
+    _window_attrs,
+    divisors,
+    folding_violation,
+    pool_folding,
+    scratch_op,
+    stream_folding,
+    window_fold,
+)
 
 HW_ATTRS = ["PE", "SIMD", "ram_style", "ram_style_thresholds", "mem_mode", "resType", "impl_style", "parallel_window"]
-WEIGHT_OPS = ("MVAU", "VVAU")
 
 
 class UnsupportedLayerError(ExitflowError):
@@ -531,6 +539,10 @@ def folding_config(model, state: FlowState) -> dict:
     # pooling units (window generator and Pool) take the narrowest fold that keeps up with the
     # convolution they follow (exitflow.hw.folding.pick_pool)
     for name, attrs in pool_folding(model, config, buffers).items():
+        config.setdefault(name, {}).update(attrs)
+    # the fork, add, threshold, pooling and padding units of residual and depthwise stages keep
+    # up with the weight layer next to them (exitflow.hw.folding.stream_folding)
+    for name, attrs in stream_folding(model, config).items():
         config.setdefault(name, {}).update(attrs)
     return config
 

@@ -171,6 +171,68 @@ def pool_folding(model, config: dict, buffer_styles: dict | None = None) -> dict
     return out
 
 
+#: Stream units whose fold follows a weight layer, and the attribute that folds them: the fork
+#: and the add of a residual block, a threshold unit of its own (a skip branch's quantiser, the
+#: activation after an add), global accumulation pooling and the padding before a window generator.
+STREAM_UNITS = {
+    "DuplicateStreams": "PE",
+    "ElementwiseAdd": "PE",
+    "Thresholding": "PE",
+    "GlobalAccPool": "PE",
+    "FMPadding": "SIMD",
+}
+WEIGHT_OPS = ("MVAU", "VVAU")
+
+
+def _generic(op_type: str) -> str:
+    return op_type.rsplit("_", 1)[0] if op_type.endswith(("_hls", "_rtl")) else op_type
+
+
+def _nearest_weight_node(model, node):
+    """The weight layer (MVAU, VVAU) a stream unit keeps up with: the nearest upstream along each
+    node's first input, or, for a unit before any (at the graph's input), the nearest downstream
+    along each node's first consumer; None when neither path meets one."""
+    found = model.find_producer(node.input[0])
+    while found is not None and not found.op_type.startswith(WEIGHT_OPS):
+        found = model.find_producer(found.input[0])
+    if found is None:
+        found = model.find_consumer(node.output[0])
+        while found is not None and not found.op_type.startswith(WEIGHT_OPS):
+            found = model.find_consumer(found.output[0])
+    return found
+
+
+def stream_units(model) -> list[tuple]:
+    """(node, folding attribute, governing weight node) for every :data:`STREAM_UNITS` node; the
+    governor as :func:`_nearest_weight_node` finds it (None: the unit keeps its built fold)."""
+    return [
+        (node, STREAM_UNITS[_generic(node.op_type)], _nearest_weight_node(model, node))
+        for node in model.graph.node
+        if _generic(node.op_type) in STREAM_UNITS
+    ]
+
+
+def stream_folds(inst) -> list[int]:
+    """The folds of a stream unit: the divisors of its channels (the last axis of its stream)."""
+    channels = int(inst.get_normal_output_shape()[-1])
+    return divisors(channels)
+
+
+def stream_folding(model, config: dict) -> dict:
+    """The fold of every stream unit with a governing weight layer, by :func:`pick_pool` (the
+    narrowest that keeps up with the governor at its folding in ``config``), as FINN folding-config
+    entries. One definition: the build applies it, the search models it (``exitflow.dse.finn_model``)."""
+    out = {}
+    for node, attr, governor in stream_units(model):
+        if governor is None:
+            continue
+        folds = stream_folds(scratch_op(node))
+        cycles = [scratch_op(node, {attr: d}).get_exp_cycles() for d in folds]
+        limit = scratch_op(governor, config.get(governor.name)).get_exp_cycles()
+        out[node.name] = {attr: folds[int(pick_pool(np.array(cycles), limit))]}
+    return out
+
+
 def _window_attrs(inst) -> dict:
     if inst.get_nodeattr("depthwise"):
         raise NotImplementedError(f"{inst.onnx_node.name}: depthwise window generators are not modelled")
