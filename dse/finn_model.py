@@ -14,6 +14,7 @@ use; for every other node, FINN's own numbers. :func:`layer_costs` then evaluate
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,7 +23,24 @@ import numpy as np
 from exitflow.core.design import BUFFER_STYLES
 from exitflow.core.resources import NAMES, Resources
 from exitflow.hls_templates.registry import register_finn_ops
-from exitflow.hw.folding import _pool_folds, _set_pool_fold, _window_attrs, _window_cycles, pool_units, window_fold
+from exitflow.hw.folding import (
+    WEIGHT_OPS,
+    _pool_folds,
+    _set_pool_fold,
+    _window_attrs,
+    _window_cycles,
+    divisors,
+    folding_violation,
+    pool_units,
+    scratch_op,
+    stream_folds,
+    stream_units,
+    window_fold,
+)
+
+#: Nodes that only pass a stream on: an edge between units looks through them (the skip FIFO's
+#: own cost is FINN's estimate at its built depth, a fixed node).
+PASSING = ("StreamingDataWidthConverter", "StreamingFIFO")
 
 # BUFFER_STYLES (exitflow.core.design): a search variable of every layer with a window generator in
 # front of it or a pooling unit after it (the layer's ``buffer_style``).
@@ -51,18 +69,28 @@ class WeightLayer:
     th: int
     dsp_block: str
     window: dict | None = None  # the feeding ConvolutionInputGenerator_rtl's attributes
+    # a depthwise layer (VVAU; mw = k*k, mh = channels): FINN's own estimates of it and its
+    # depthwise window generator per (PE, SIMD, ram_style, resType, line-buffer style), as
+    # {option: {node: {lut, bram18, uram, dsp, cycles}}}, and the generator's node and input bits
+    depthwise: bool = False
+    table: dict | None = None
+    window_node: str | None = None
+    in_bits: int = 0
 
 
 @dataclass(frozen=True, eq=False)
 class PoolUnit:
-    """A pooling window generator and the Pool node it feeds (FINN's ``InferPool``), folded
-    together: the generator's SIMD equals the Pool's PE, as FINN's SetFolding sets them. Per
+    """Nodes whose fold follows a weight layer (the governor), with FINN's own estimates per
     candidate fold (ascending divisors of the channels) and line-buffer style
-    (:data:`BUFFER_STYLES`, the governing layer's ``buffer_style``), FINN's own estimates of both
-    nodes. Cycles and stream widths do not depend on the style."""
+    (:data:`BUFFER_STYLES`, the governing layer's ``buffer_style``). Either a pooling window
+    generator and the Pool node it feeds (FINN's ``InferPool``), folded together (the generator's
+    SIMD equals the Pool's PE, as FINN's SetFolding sets them), or one stream unit
+    (:data:`~exitflow.hw.folding.STREAM_UNITS`: a fork, an add, a threshold unit, global
+    pooling, padding; ``window`` and ``pool`` name the same node). Cycles and stream widths do
+    not depend on the style."""
 
-    window: str  # the depthwise ConvolutionInputGenerator's node name
-    pool: str  # the Pool node's name
+    window: str  # the unit's first node (a pooling unit's depthwise ConvolutionInputGenerator)
+    pool: str  # its last node (the Pool)
     governor: int  # the weight layer whose cycles set the fold (index into Inventory.layers)
     ends: bool  # the pool's stream leaves the graph
     fold: np.ndarray  # SIMD = PE of each option
@@ -116,6 +144,79 @@ def _pool_unit(model, part: str, swg, pool, governor: int, ends: bool) -> PoolUn
     )
 
 
+def _stream_unit(part: str, node, attr: str, governor: int, ends: bool) -> PoolUnit:
+    """FINN's estimates of one stream unit (:func:`~exitflow.hw.folding.stream_units`) at every
+    fold; the same for every line-buffer style (it has none)."""
+    folds = stream_folds(scratch_op(node))
+    keys = (*NAMES, "cycles")
+    values = {k: np.zeros(len(folds)) for k in keys}
+    in_width, out_width = [], []
+    for f, d in enumerate(folds):
+        inst = scratch_op(node, {attr: d})
+        for key, value in Resources.from_finn(inst.node_res_estimation(part)).as_dict().items():
+            values[key][f] = float(value)
+        values["cycles"][f] = float(inst.get_exp_cycles())
+        in_width.append(inst.get_instream_width())
+        out_width.append(inst.get_outstream_width())
+    per_style = {k: np.broadcast_to(v, (len(BUFFER_STYLES), len(folds))).copy() for k, v in values.items()}
+    return PoolUnit(
+        node.name,
+        node.name,
+        governor,
+        ends,
+        np.array(folds),
+        np.stack([per_style[k] for k in NAMES], axis=-1),
+        values["cycles"],
+        values["cycles"],
+        np.array(in_width),
+        np.array(out_width),
+        {node.name: per_style},
+    )
+
+
+def _depthwise_table(model, part: str, node, window) -> dict:
+    """FINN's estimates of a VVAU and its depthwise window generator at every legal folding
+    (:func:`~exitflow.hw.folding.folding_violation`), weight memory, multiplier and line-buffer
+    style; the generator takes SIMD = the VVAU's PE and FINN's parallel-window mode for a
+    whole-window SIMD, as the build sets it (:func:`exitflow.hw.finn_flow.folding_config`)."""
+    inst = scratch_op(node)
+    kh, kw = inst.get_nodeattr("Kernel")
+    channels = inst.get_nodeattr("Channels")
+    types = inst.get_nodeattr_types()
+    rams = (inst.get_nodeattr("ram_style"),) if "ram_style" in types else ("",)
+    mults = ("lut", "dsp") if node.op_type.endswith("_hls") and "resType" in types else ("",)
+    styles = BUFFER_STYLES if window is not None else BUFFER_STYLES[:1]
+    table = {}
+    for pe in divisors(channels):
+        for simd in divisors(kh * kw):
+            if folding_violation("", pe, simd, kh * kw, channels, depthwise=True) is not None:
+                continue
+            for ram in rams:
+                for mult in mults:
+                    for style in styles:
+                        attrs = {"PE": pe, "SIMD": simd}
+                        attrs.update({"ram_style": ram} if ram else {})
+                        attrs.update({"resType": mult} if mult else {})
+                        vvau = scratch_op(node, attrs)
+                        costs = {node.name: _estimate(vvau, part)}
+                        if window is not None:
+                            wattrs = {"SIMD": pe, "ram_style": style}
+                            if window.op_type.endswith("_rtl"):
+                                wattrs["parallel_window"] = int(simd > 1)
+                            costs[window.name] = _estimate(scratch_op(window, wattrs), part)
+                        table[pe, simd, ram or "auto", mult or "lut", style] = costs
+    return table
+
+
+def _estimate(inst, part: str) -> dict:
+    return {
+        **{k: float(v) for k, v in Resources.from_finn(inst.node_res_estimation(part)).as_dict().items()},
+        "cycles": float(inst.get_exp_cycles()),
+        "in_width": float(inst.get_instream_width()),
+        "out_width": float(inst.get_outstream_width()),
+    }
+
+
 @dataclass(frozen=True)
 class Inventory:
     name: str
@@ -129,8 +230,10 @@ class Inventory:
     pools: tuple[PoolUnit, ...] = ()  # pooling units whose fold follows a weight layer
 
 
-def inventory(model_path: str | Path, part: str, layer_names: list[str], name: str = "") -> Inventory:
-    """What the search needs of one built graph (see the module docstring)."""
+def inventory(model_path: str | Path, part: str, layers: Mapping[str, str] | list[str], name: str = "") -> Inventory:
+    """What the search needs of one built graph (see the module docstring). ``layers``: the
+    build's map of layer name -> weight node (``layers.json``), or the layer names in the order of
+    the graph's weight nodes."""
     from finn.analysis.fpgadataflow.exp_cycles_per_layer import exp_cycles_per_layer
     from finn.analysis.fpgadataflow.res_estimation import res_estimation
     from finn.util.basic import get_dsp_block
@@ -142,90 +245,127 @@ def inventory(model_path: str | Path, part: str, layer_names: list[str], name: s
     model = ModelWrapper(str(model_path))
     res = model.analysis(lambda m: res_estimation(m, part))
     cycles = model.analysis(exp_cycles_per_layer)
-    mvaus = [n for n in model.graph.node if n.op_type.startswith("MVAU")]
-    if len(mvaus) != len(layer_names):
-        raise ValueError(f"{model_path}: {len(mvaus)} MVAUs for layers {layer_names}")
+    weights = [n for n in model.graph.node if n.op_type.startswith(WEIGHT_OPS)]
+    if isinstance(layers, Mapping):
+        by_name = {n.name: n for n in weights}
+        if sorted(layers.values()) != sorted(by_name):
+            raise ValueError(f"{model_path}: weight nodes {sorted(by_name)} for layers {dict(layers)}")
+        layer_nodes = [(layer, by_name[node]) for layer, node in layers.items()]
+    else:
+        if len(weights) != len(layers):
+            raise ValueError(f"{model_path}: {len(weights)} weight nodes for layers {layers}")
+        layer_nodes = list(zip(layers, weights, strict=True))
 
-    def producer_of(node):  # the unit feeding ``node``, past FINN's width converters
-        producer = model.find_producer(node.input[0])
-        while producer is not None and producer.op_type.startswith("StreamingDataWidthConverter"):
+    def producer_of(tensor):  # the unit feeding ``tensor``, past FINN's width converters and FIFOs
+        producer = model.find_producer(tensor)
+        while producer is not None and producer.op_type.startswith(PASSING):
             producer = model.find_producer(producer.input[0])
         return producer
 
-    layers, tied = [], set()
-    for layer, node in zip(layer_names, mvaus, strict=False):
+    out_layers, tied = [], set()
+    for layer, node in layer_nodes:
         inst = getCustomOp(node)
         idt = inst.get_input_datatype(0)
-        producer = producer_of(node)
+        producer = producer_of(node.input[0])
         window = None
-        if producer is not None and producer.op_type.startswith("ConvolutionInputGenerator"):
-            window = _window_attrs(getCustomOp(producer))
+        feeds = producer is not None and producer.op_type.startswith("ConvolutionInputGenerator")
+        if feeds:
             tied.add(producer.name)
-        layers.append(
+        types = inst.get_nodeattr_types()
+        common = dict(
+            layer=layer,
+            node=node.name,
+            impl="rtl" if node.op_type.endswith("_rtl") else "hls",
+            wbits=inst.get_input_datatype(1).bitwidth(),
+            abits=idt.bitwidth(),
+            signed_input=bool(idt.signed()),
+            acc_bits=inst.get_accumulator_datatype().bitwidth(),
+            out_bits=inst.get_output_datatype().bitwidth(),
+            no_activation=bool(inst.get_nodeattr("noActivation")),
+            mem_mode=inst.get_nodeattr("mem_mode") if "mem_mode" in types else "",
+            ram_style=inst.get_nodeattr("ram_style") if "ram_style" in types else "auto",
+            ram_style_thresholds=inst.get_nodeattr("ram_style_thresholds") if "ram_style_thresholds" in types else "",
+            res_type=inst.get_nodeattr("resType") if "resType" in types else "lut",
+            th=inst.get_nodeattr("TH") if "TH" in types else 1,
+            dsp_block=get_dsp_block(part),
+        )
+        if node.op_type.startswith("VVAU"):
+            kh, kw = inst.get_nodeattr("Kernel")
+            dim_h, dim_w = inst.get_nodeattr("Dim")
+            out_layers.append(
+                WeightLayer(
+                    **common,
+                    mw=kh * kw,
+                    mh=inst.get_nodeattr("Channels"),
+                    vectors=dim_h * dim_w,
+                    depthwise=True,
+                    table=_depthwise_table(model, part, node, producer if feeds else None),
+                    window_node=producer.name if feeds else None,
+                    in_bits=getCustomOp(producer).get_input_datatype().bitwidth() if feeds else idt.bitwidth(),
+                )
+            )
+            continue
+        if feeds:
+            window = _window_attrs(getCustomOp(producer))
+        out_layers.append(
             WeightLayer(
-                layer=layer,
-                node=node.name,
-                impl="rtl" if node.op_type.endswith("_rtl") else "hls",
+                **common,
                 mw=inst.get_nodeattr("MW"),
                 mh=inst.get_nodeattr("MH"),
-                wbits=inst.get_input_datatype(1).bitwidth(),
-                abits=idt.bitwidth(),
-                signed_input=bool(idt.signed()),
-                acc_bits=inst.get_accumulator_datatype().bitwidth(),
-                out_bits=inst.get_output_datatype().bitwidth(),
-                no_activation=bool(inst.get_nodeattr("noActivation")),
-                mem_mode=inst.get_nodeattr("mem_mode"),
-                ram_style=inst.get_nodeattr("ram_style"),
-                ram_style_thresholds=inst.get_nodeattr("ram_style_thresholds")
-                if "ram_style_thresholds" in inst.get_nodeattr_types()
-                else "",
-                res_type=inst.get_nodeattr("resType") if "resType" in inst.get_nodeattr_types() else "",
                 vectors=int(np.prod(inst.get_nodeattr("numInputVectors"))),
-                th=inst.get_nodeattr("TH") if "TH" in inst.get_nodeattr_types() else 1,
-                dsp_block=get_dsp_block(part),
                 window=window,
             )
         )
-    # pooling units whose fold follows a weight layer (pick_pool)
-    index = {node.name: k for k, node in enumerate(mvaus)}
+    # units whose fold follows a weight layer: pooling units (pick_pool) and stream units
+    index = {node.name: k for k, (_, node) in enumerate(layer_nodes)}
     pools = tuple(
         _pool_unit(model, part, swg, pool, index[governor.name], ends)
         for swg, pool, governor, ends in pool_units(model)
         if governor is not None
+    ) + tuple(
+        _stream_unit(part, node, attr, index[governor.name], model.find_consumer(node.output[0]) is None)
+        for node, attr, governor in stream_units(model)
+        if governor is not None
     )
-    pool_in = {u.window: k for k, u in enumerate(pools)}
-    pool_out = {u.pool: k for k, u in enumerate(pools)}
-    tied |= set(pool_in) | set(pool_out)
+    unit_in = {u.window: k for k, u in enumerate(pools)}
+    unit_out = {u.pool: k for k, u in enumerate(pools)}
+    tied |= set(unit_in) | set(unit_out)
     # streams between units: where a converter sits (or would sit at another folding)
-    window_of = {L.window["node"]: k for k, L in enumerate(layers) if L.window}
+    window_of = {L.window["node"]: k for k, L in enumerate(out_layers) if L.window}
+    window_of.update({L.window_node: k for k, L in enumerate(out_layers) if L.window_node})
     edges = []
     for node in model.graph.node:
-        if node.op_type.startswith("StreamingDataWidthConverter"):
+        if node.op_type.startswith(PASSING):
             continue
-        producer = producer_of(node)
-        if producer is None or (node.name in index and producer.name in window_of) or node.name in pool_out:
-            continue  # graph input, or a generator and the MVAU or Pool it feeds (they share a fold)
-        if producer.name in index:
-            src = ("layer", index[producer.name])
-        elif producer.name in pool_out:
-            src = ("pool", pool_out[producer.name])
-        else:
-            src = ("fixed", getCustomOp(producer).get_outstream_width())
-        if node.name in index:
-            dst = ("layer", index[node.name])
-        elif node.name in window_of:
-            dst = ("layer", window_of[node.name])
-        elif node.name in pool_in:
-            dst = ("pool", pool_in[node.name])
-        else:
-            dst = ("fixed", getCustomOp(node).get_instream_width())
-        edges.append((*src, *dst))
+        for tensor in node.input:
+            producer = producer_of(tensor)
+            if producer is None:
+                continue  # the graph input, or an initializer
+            if node.name in index and producer.name in window_of:
+                continue  # a generator and the weight layer it feeds share a fold
+            if node.name in unit_out and producer.name in unit_in and node.name != producer.name:
+                continue  # a pooling unit's generator and its Pool share a fold
+            if producer.name in index:
+                src = ("layer", index[producer.name])
+            elif producer.name in unit_out:
+                src = ("pool", unit_out[producer.name])
+            else:
+                src = ("fixed", getCustomOp(producer).get_outstream_width())
+            if node.name in index:
+                dst = ("layer", index[node.name])
+            elif node.name in window_of:
+                dst = ("layer", window_of[node.name])
+            elif node.name in unit_in:
+                dst = ("pool", unit_in[node.name])
+            else:
+                dst = ("fixed", getCustomOp(node).get_instream_width())
+            edges.append((*src, *dst))
     fixed = {}
     for node in model.graph.node:
-        if node.op_type.startswith(("MVAU", "StreamingDataWidthConverter")) or node.name in tied:
+        if node.op_type.startswith((*WEIGHT_OPS, "StreamingDataWidthConverter")) or node.name in tied:
             continue
         fixed[node.name] = {**Resources.from_finn(res[node.name]).as_dict(), "cycles": cycles[node.name]}
-    return Inventory(name, part, tuple(layers), fixed, tuple(edges), pools)
+    return Inventory(name, part, tuple(out_layers), fixed, tuple(edges), pools)
 
 
 # ------------------------------------------------------------------------------ formulas
@@ -363,6 +503,8 @@ def layer_costs(
         np.full(pe.shape, layer.ram_style, dtype=object) if ram_style is None else np.asarray(ram_style, dtype=object)
     )
     mults = np.full(pe.shape, layer.res_type, dtype=object) if res_type is None else np.asarray(res_type, dtype=object)
+    if layer.depthwise:
+        return _depthwise_costs(layer, pe, simd, styles, mults, buffer_style)
     mvau = _mvau(layer, pe, simd, styles, mults)
     out = {layer.node: mvau}
     if layer.window is not None:
@@ -376,11 +518,36 @@ def layer_costs(
     return out
 
 
+def _depthwise_costs(layer: WeightLayer, pe, simd, ram_style, res_type, buffer_style) -> dict:
+    """:func:`layer_costs` of a depthwise layer: FINN's own estimates, looked up in its table."""
+    style = (
+        np.full(pe.shape, BUFFER_STYLES[0], dtype=object)
+        if buffer_style is None
+        else np.asarray(buffer_style, dtype=object)
+    )
+    if layer.window_node is None:
+        style = np.full(pe.shape, BUFFER_STYLES[0], dtype=object)
+    keys = (*NAMES, "cycles")
+    nodes = [layer.node] + ([layer.window_node] if layer.window_node else [])
+    out = {n: {k: np.zeros(pe.shape) for k in keys} for n in nodes}
+    for i in np.ndindex(pe.shape):
+        option = (int(pe[i]), int(simd[i]), str(ram_style[i]), str(res_type[i]), str(style[i]))
+        entry = layer.table.get(option)
+        if entry is None:
+            raise KeyError(f"{layer.layer}: no depthwise folding {option}")
+        for n in nodes:
+            for k in keys:
+                out[n][k][i] = entry[n][k]
+    return out
+
+
 def stream_widths(layer: WeightLayer, pe, simd, mvau_cycles) -> tuple[np.ndarray, np.ndarray]:
     """(input stream width, output stream width) of the layer (with its window generator), given
     the MVAU's cycles (from :func:`layer_costs`) that set the generator's SIMD."""
     pe, simd = np.asarray(pe, dtype=np.int64), np.asarray(simd, dtype=np.int64)
     out = pe * layer.out_bits
+    if layer.depthwise:  # the depthwise generator takes SIMD = PE input values per cycle
+        return pe * layer.in_bits, out
     if layer.window is None:
         return simd * layer.abits, out
     return window_fold(layer.window, mvau_cycles)[0] * layer.window["in_bits"], out

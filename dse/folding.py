@@ -52,7 +52,7 @@ def legal_foldings(layer: WeightLayer) -> tuple[np.ndarray, np.ndarray]:
         (p, s)
         for p in divisors(layer.mh)
         for s in divisors(layer.mw)
-        if folding_violation(layer.layer, p, s, layer.mw, layer.mh, channels, layer.wbits) is None
+        if folding_violation(layer.layer, p, s, layer.mw, layer.mh, channels, layer.wbits, layer.depthwise) is None
     ]
     pe, simd = zip(*pairs, strict=False)
     return np.array(pe), np.array(simd)
@@ -62,6 +62,8 @@ def mult_styles(layer: WeightLayer) -> tuple[str, ...]:
     """What the search may build a layer's multipliers of: LUT fabric or DSP slices (FINN's
     ``resType``) for an HLS MVAU; an RTL MVAU always uses DSP slices (the build leaves its
     resType alone)."""
+    if layer.depthwise:
+        return tuple(sorted({option[3] for option in layer.table}))
     if layer.impl == "hls":
         return ("lut", "dsp")
     return ("dsp",)
@@ -72,6 +74,8 @@ def weight_styles(layer: WeightLayer) -> tuple[str, ...]:
     (``distributed``) for an HLS MVAU streaming its weights from an internal memory. Other
     layers keep the style they were built with (FINN's estimate of an RTL MVAU counts no LUTs for
     any style, so offering LUTRAM there would only exploit the estimator)."""
+    if layer.depthwise:
+        return tuple(sorted({option[2] for option in layer.table}))
     if layer.impl == "hls" and layer.mem_mode == "internal_decoupled":
         return ("auto", "distributed")
     return (layer.ram_style,)
@@ -81,7 +85,7 @@ def buffer_styles(layer: WeightLayer, pools: tuple = ()) -> tuple[str, ...]:
     """Where the search may keep the line buffers of the layer's window generator and of the
     pooling units whose fold follows the layer (``pools``): LUTRAM or block RAM
     (:data:`~exitflow.dse.finn_model.BUFFER_STYLES`); a layer with neither keeps FINN's default."""
-    if layer.window is not None or pools:
+    if layer.window is not None or layer.window_node is not None or pools:
         return BUFFER_STYLES
     return BUFFER_STYLES[:1]
 

@@ -128,7 +128,7 @@ class GraphCost:
 
 
 def graph_cost(folder: Path, part: str, budget: np.ndarray) -> GraphCost:
-    layers = list(read_layers(folder / "layers.json", f"delete {folder.parent} and sweep again"))
+    layers = read_layers(folder / "layers.json", f"delete {folder.parent} and sweep again")
     inv = inventory(folder / "model_hw.onnx", part, layers, folder.name)
     fixed = np.array([sum(c[r] for c in inv.fixed.values()) for r in NAMES], dtype=float)
     fixed_cycles = max([c["cycles"] for c in inv.fixed.values()], default=0.0)

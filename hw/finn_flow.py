@@ -831,8 +831,16 @@ def insert_skip_fifos(model, state: FlowState, depth: int | None = None):
 
     if not model.get_nodes_by_op_type("ElementwiseAdd_hls") and not model.get_nodes_by_op_type("ElementwiseAdd"):
         return model
+    from qonnx.custom_op.registry import getCustomOp
+
     model = model.transform(SetSkipFIFODepths(depth)).transform(InsertFIFO(create_shallow_fifos=False))
     model = model.transform(GiveUniqueNodeNames()).transform(SpecializeLayers(state.part))
+    if state.part.startswith("xc7"):  # Zynq-7000 has no UltraRAM: FINN's "auto" ladder would ask for it
+        for node in model.graph.node:
+            if node.op_type.startswith("StreamingFIFO"):
+                fifo = getCustomOp(node)
+                if fifo.resolve_ram_style() == "ultra":
+                    fifo.set_nodeattr("ram_style", "block")
     return model.transform(GiveUniqueNodeNames()).transform(InferShapes()).transform(InferDataTypes())
 
 

@@ -189,17 +189,24 @@ def _generic(op_type: str) -> str:
 
 
 def _nearest_weight_node(model, node):
-    """The weight layer (MVAU, VVAU) a stream unit keeps up with: the nearest upstream along each
-    node's first input, or, for a unit before any (at the graph's input), the nearest downstream
-    along each node's first consumer; None when neither path meets one."""
-    found = model.find_producer(node.input[0])
-    while found is not None and not found.op_type.startswith(WEIGHT_OPS):
-        found = model.find_producer(found.input[0])
-    if found is None:
-        found = model.find_consumer(node.output[0])
-        while found is not None and not found.op_type.startswith(WEIGHT_OPS):
-            found = model.find_consumer(found.output[0])
-    return found
+    """The weight layer (MVAU, VVAU) a stream unit keeps up with: the nearest one in the graph,
+    counting hops along streams in either direction (upstream first at equal distance); None
+    when the graph has none."""
+    seen, frontier = {node.name}, [node]
+    while frontier:
+        step = []
+        for current in frontier:
+            neighbours = [model.find_producer(t) for t in current.input]
+            neighbours += [c for t in current.output for c in model.find_consumers(t) or []]
+            for n in neighbours:
+                if n is None or n.name in seen:
+                    continue
+                if n.op_type.startswith(WEIGHT_OPS):
+                    return n
+                seen.add(n.name)
+                step.append(n)
+        frontier = step
+    return None
 
 
 def stream_units(model) -> list[tuple]:

@@ -1,5 +1,6 @@
-"""Built designs for the cosimulation tests: the shared digits lenet and a small cnv, each with
-two designs (other exits, other policies, thresholds that send samples to every exit)."""
+"""Built designs for the cosimulation tests: the shared digits lenet, a small cnv, resnet8 and
+mobilenet, each with two designs (other exits, other policies, thresholds that send samples to
+every exit)."""
 
 import shutil
 
@@ -9,10 +10,14 @@ import yaml
 
 LENET_BLOCKS = ["conv0", "conv1", "fc0", "fc1"]
 CNV_BLOCKS = ["conv0", "conv1", "conv2", "conv3", "conv4", "conv5", "fc0", "fc1"]
+RESNET8_BLOCKS = ["stem", "stack1", "stack2", "stack3"]
+MOBILENET_BLOCKS = ["stem", "sep1", "sep2", "sep3", "sep4", "sep5", "sep6"]
 # (early exits, policy): thresholds are set from the model's own confidence on the test split
 DESIGNS = {
     "lenet": {"conv0-max_prob": (["conv0"], "max_prob"), "conv1+fc0-margin": (["conv1", "fc0"], "margin")},
     "cnv": {"conv1-max_prob": (["conv1"], "max_prob"), "conv0+conv5-margin": (["conv0", "conv5"], "margin")},
+    "resnet8": {"stack1-max_prob": (["stack1"], "max_prob"), "stem+stack2-margin": (["stem", "stack2"], "margin")},
+    "mobilenet": {"sep1-max_prob": (["sep1"], "max_prob"), "stem+sep4-margin": (["stem", "sep4"], "margin")},
 }
 
 
@@ -59,20 +64,18 @@ def built_run(source, folder, data):
     return folder, path
 
 
-@pytest.fixture(scope="session")
-def cnv_trained(tmp_path_factory):
-    """A quarter-width cnv w2a2 trained for one epoch on 240 random images: fast to train and to
+def _tiny_trained(folder, backbone: str, preset: str, width: float):
+    """``backbone`` trained for one epoch on 240 random 3x32x32 images: fast to train and to
     build, and its exits still disagree with each other."""
     from exitflow.core.data import DataSpec
     from exitflow.quant.config import ModelConfig, RunConfig, TrainConfig
     from exitflow.quant.train import train
 
-    folder = tmp_path_factory.mktemp("cosim_cnv")
     rng = np.random.default_rng(0)
     np.savez(folder / "tiny.npz", x=rng.integers(0, 256, (240, 3, 32, 32), dtype=np.uint8), y=np.arange(240) % 10)
     config = RunConfig(
         data=DataSpec(name="npz", path=str(folder / "tiny.npz")),
-        model=ModelConfig(backbone="cnv", preset="w2a2", width=0.25),
+        model=ModelConfig(backbone=backbone, preset=preset, width=width),
         train=TrainConfig(epochs=1, batch_size=32),
     )
     train(config, folder / "run", log=lambda line: None)
@@ -80,10 +83,33 @@ def cnv_trained(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def cosim_designs(digits_run, cnv_trained, tmp_path_factory):
+def cnv_trained(tmp_path_factory):
+    """A quarter-width cnv w2a2."""
+    return _tiny_trained(tmp_path_factory.mktemp("cosim_cnv"), "cnv", "w2a2", 0.25)
+
+
+@pytest.fixture(scope="session")
+def resnet8_trained(tmp_path_factory):
+    """A half-width resnet8 w4a4 (residual blocks: forks, adds, 1x1 projections)."""
+    return _tiny_trained(tmp_path_factory.mktemp("cosim_resnet8"), "resnet8", "w4a4", 0.5)
+
+
+@pytest.fixture(scope="session")
+def mobilenet_trained(tmp_path_factory):
+    """A half-width mobilenet w4a4 (depthwise-separable blocks, strided and padded)."""
+    return _tiny_trained(tmp_path_factory.mktemp("cosim_mobilenet"), "mobilenet", "w4a4", 0.5)
+
+
+@pytest.fixture(scope="session")
+def cosim_designs(digits_run, cnv_trained, resnet8_trained, mobilenet_trained, tmp_path_factory):
     """{(model, design id): (run folder, design path)}, built once per session."""
     root = tmp_path_factory.mktemp("cosim_designs")
-    sources = {"lenet": (digits_run, LENET_BLOCKS), "cnv": (cnv_trained, CNV_BLOCKS)}
+    sources = {
+        "lenet": (digits_run, LENET_BLOCKS),
+        "cnv": (cnv_trained, CNV_BLOCKS),
+        "resnet8": (resnet8_trained, RESNET8_BLOCKS),
+        "mobilenet": (mobilenet_trained, MOBILENET_BLOCKS),
+    }
     built = {}
     for model_name, designs in DESIGNS.items():
         source, blocks = sources[model_name]

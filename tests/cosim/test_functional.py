@@ -1,6 +1,6 @@
 """The functional cosimulation: FINN's execution and exitflow's vectorised engine agree bit for
-bit with each other and with the Brevitas model + the policy function, for lenet and cnv and two
-designs each; a corrupted weight is found and located."""
+bit with each other and with the Brevitas model + the policy function, for lenet, cnv, resnet8 and
+mobilenet and two designs each; a corrupted weight is found and located."""
 
 import shutil
 
@@ -39,9 +39,13 @@ def test_engines_agree_with_each_other_and_the_model(cosim_designs, model_name, 
 
 
 @pytest.mark.slow
-def test_every_intermediate_tensor_agrees(cosim_designs):
-    """Layer by layer, on random integer input of each graph's datatype."""
-    run, path = cosim_designs["cnv", "conv0+conv5-margin"]
+@pytest.mark.parametrize(
+    "case", [("cnv", "conv0+conv5-margin"), ("resnet8", "stem+stack2-margin"), ("mobilenet", "stem+sep4-margin")]
+)
+def test_every_intermediate_tensor_agrees(cosim_designs, case):
+    """Layer by layer, on random integer input of each graph's datatype (forks and adds, depthwise
+    units and global pooling included)."""
+    run, path = cosim_designs[case]
     built = load_built(run, path)
     rng = np.random.default_rng(3)
     for pair in built.graphs:
