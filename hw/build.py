@@ -176,6 +176,13 @@ def _build_graphs(hw, design, design_path, board, model, data, exits, stage_laye
     for k, stage in enumerate(design.stages):
         ctu = {"policy": stage.head.policy, "threshold": stage.head.threshold, "scale": manifest.heads[k].scale}
         blocks = ", ".join(stage.blocks)
+        where = f"the stage of blocks {blocks}"
+        if model.stages_cut_from_whole:  # a user's model: a stage is named by the module it ends at
+            where = (
+                f"the stage ending at the classifier {stage.blocks[-1]!r}"
+                if k == len(design.stages) - 1
+                else f"the stage ending at {stage.blocks[-1]!r}"
+            )
         jobs.append(
             (
                 stage.name,
@@ -184,7 +191,7 @@ def _build_graphs(hw, design, design_path, board, model, data, exits, stage_laye
                 stage_layers[k],
                 stage.folding,
                 None,
-                f"the stage of blocks {blocks}",
+                where,
             )
         )
         jobs.append(

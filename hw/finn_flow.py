@@ -272,7 +272,41 @@ def streamline(model, state: FlowState):
         from finn.transformation.fpgadataflow.convert_to_hw.global_acc_pool import InferGlobalAccPoolLayer
 
         model = model.transform(InferDataLayouts()).transform(InferGlobalAccPoolLayer()).transform(Streamline())
+        # a quantiser right after the pool (a user's QuantIdentity before the classifier): its
+        # thresholds go before the flatten, and the layout transpose past them into software
+        model = model.transform(MoveFlattenPastMultiThreshold())
+        for t in (absorb.AbsorbTransposeIntoMultiThreshold(), absorb.AbsorbConsecutiveTransposes()):
+            model = model.transform(t)
     return model.transform(InferDataLayouts()).transform(RemoveUnusedTensors())
+
+
+class MoveFlattenPastMultiThreshold(Transformation):
+    """Flatten -> MultiThreshold on a feature map of 1 x 1 pixels (after global pooling) becomes
+    MultiThreshold -> Flatten: per-channel thresholds on (N, C, 1, 1) give what they give on
+    (N, C). The flatten then sits where FINN can leave it in software."""
+
+    def apply(self, model):
+        for node in model.graph.node:
+            if node.op_type != "Flatten":
+                continue
+            shape = model.get_tensor_shape(node.input[0])
+            consumer = model.find_consumer(node.output[0])
+            if shape is None or len(shape) != 4 or shape[2:] != [1, 1] or consumer is None:
+                continue
+            if consumer.op_type != "MultiThreshold" or len(model.find_consumers(node.output[0])) != 1:
+                continue
+            flat_in, mt_out = node.input[0], consumer.output[0]
+            spatial = model.make_new_valueinfo_name()
+            consumer.input[0] = flat_in
+            consumer.output[0] = spatial
+            node.input[0], node.output[0] = spatial, mt_out
+            model.set_tensor_shape(spatial, shape)
+            model.set_tensor_datatype(spatial, model.get_tensor_datatype(mt_out))
+            nodes = list(model.graph.node)
+            model.graph.node.remove(node)
+            model.graph.node.insert(nodes.index(consumer), node)  # after the thresholds (one earlier now)
+            return model, True
+        return model, False
 
 
 def convert_to_hw(model, state: FlowState):

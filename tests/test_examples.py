@@ -16,17 +16,33 @@ from exitflow.core.schema import load_file
 from exitflow.quant.config import RunConfig
 from exitflow.quant.network import build_model
 
-EXAMPLES = sorted((Path(__file__).resolve().parents[1] / "examples").glob("*.yaml"))
+FOLDER = Path(__file__).resolve().parents[1] / "examples"
+EXAMPLES = sorted(FOLDER.glob("*.yaml"))
 NAMES = [p.stem for p in EXAMPLES]
 
 
+@pytest.fixture(autouse=True)
+def _examples_importable(monkeypatch):
+    """The custom-model examples name a factory in the examples folder (PYTHONPATH=examples)."""
+    monkeypatch.syspath_prepend(str(FOLDER))
+
+
 def test_the_issue_examples_are_there():
-    """mnist5k + lenet, digits + lenet, CIFAR-10 + cnv from a user path, bnn_pynq's CNV with exits."""
+    """mnist5k + lenet, digits + lenet, CIFAR-10 + cnv from a user path, bnn_pynq's CNV with exits,
+    resnet8, mobilenet and a user's own residual network."""
     configs = {p.stem: load_file(RunConfig, p) for p in EXAMPLES}
     kinds = {(c.data.name, c.model.backbone) for c in configs.values()}
-    assert {("mnist5k", "lenet"), ("digits", "lenet"), ("cifar10_binary", "cnv"), ("mnist5k", "custom")} <= kinds
+    assert {
+        ("mnist5k", "lenet"),
+        ("digits", "lenet"),
+        ("cifar10_binary", "cnv"),
+        ("mnist5k", "custom"),
+        ("mnist5k", "resnet8"),
+        ("mnist5k", "mobilenet"),
+    } <= kinds
     custom = [c for c in configs.values() if c.model.backbone == "custom"]
     assert any(c.model.factory.startswith("brevitas_examples.bnn_pynq.") for c in custom)
+    assert any(c.model.factory == "my_resnet:my_resnet" for c in custom)
     cifar = [c for c in configs.values() if c.data.name.startswith("cifar10")]
     assert all(c.data.path for c in cifar)
 

@@ -3,6 +3,8 @@ mobilenet, each with two designs (other exits, other policies, thresholds that s
 every exit)."""
 
 import shutil
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,12 +14,18 @@ LENET_BLOCKS = ["conv0", "conv1", "fc0", "fc1"]
 CNV_BLOCKS = ["conv0", "conv1", "conv2", "conv3", "conv4", "conv5", "fc0", "fc1"]
 RESNET8_BLOCKS = ["stem", "stack1", "stack2", "stack3"]
 MOBILENET_BLOCKS = ["stem", "sep1", "sep2", "sep3", "sep4", "sep5", "sep6"]
+# a user's residual network (examples/my_resnet.py): its stages are named by the module they end at
+CUSTOM_BLOCKS = ["stem.2", "layer1.relu_out", "layer2.relu_out", "fc"]
 # (early exits, policy): thresholds are set from the model's own confidence on the test split
 DESIGNS = {
     "lenet": {"conv0-max_prob": (["conv0"], "max_prob"), "conv1+fc0-margin": (["conv1", "fc0"], "margin")},
     "cnv": {"conv1-max_prob": (["conv1"], "max_prob"), "conv0+conv5-margin": (["conv0", "conv5"], "margin")},
     "resnet8": {"stack1-max_prob": (["stack1"], "max_prob"), "stem+stack2-margin": (["stem", "stack2"], "margin")},
     "mobilenet": {"sep1-max_prob": (["sep1"], "max_prob"), "stem+sep4-margin": (["stem", "sep4"], "margin")},
+    "custom": {
+        "layer1-max_prob": (["layer1.relu_out"], "max_prob"),
+        "stem+layer2-margin": (["stem.2", "layer2.relu_out"], "margin"),
+    },
 }
 
 
@@ -64,9 +72,9 @@ def built_run(source, folder, data):
     return folder, path
 
 
-def _tiny_trained(folder, backbone: str, preset: str, width: float):
-    """``backbone`` trained for one epoch on 240 random 3x32x32 images: fast to train and to
-    build, and its exits still disagree with each other."""
+def _tiny_trained(folder, backbone: str, preset: str, width: float, model=None):
+    """``backbone`` (or the ``model`` config) trained for one epoch on 240 random 3x32x32 images:
+    fast to train and to build, and its exits still disagree with each other."""
     from exitflow.core.data import DataSpec
     from exitflow.quant.config import ModelConfig, RunConfig, TrainConfig
     from exitflow.quant.train import train
@@ -75,7 +83,7 @@ def _tiny_trained(folder, backbone: str, preset: str, width: float):
     np.savez(folder / "tiny.npz", x=rng.integers(0, 256, (240, 3, 32, 32), dtype=np.uint8), y=np.arange(240) % 10)
     config = RunConfig(
         data=DataSpec(name="npz", path=str(folder / "tiny.npz")),
-        model=ModelConfig(backbone=backbone, preset=preset, width=width),
+        model=model or ModelConfig(backbone=backbone, preset=preset, width=width),
         train=TrainConfig(epochs=1, batch_size=32),
     )
     train(config, folder / "run", log=lambda line: None)
@@ -100,8 +108,29 @@ def mobilenet_trained(tmp_path_factory):
     return _tiny_trained(tmp_path_factory.mktemp("cosim_mobilenet"), "mobilenet", "w4a4", 0.5)
 
 
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
 @pytest.fixture(scope="session")
-def cosim_designs(digits_run, cnv_trained, resnet8_trained, mobilenet_trained, tmp_path_factory):
+def custom_trained(tmp_path_factory):
+    """A user's own residual network (examples/my_resnet.py, importable as a user makes it: its
+    folder on the import path), exits named by its modules."""
+    from exitflow.core.schema import FrozenMap
+    from exitflow.quant.config import ModelConfig
+
+    sys.path.insert(0, str(EXAMPLES))
+    model = ModelConfig(
+        backbone="custom",
+        factory="my_resnet:my_resnet",
+        factory_args=FrozenMap({"width": 8}),
+        exits=tuple(CUSTOM_BLOCKS[:-1]),
+        classifier="fc",
+    )
+    return _tiny_trained(tmp_path_factory.mktemp("cosim_custom"), "custom", "w4a4", 1.0, model)
+
+
+@pytest.fixture(scope="session")
+def cosim_designs(digits_run, cnv_trained, resnet8_trained, mobilenet_trained, custom_trained, tmp_path_factory):
     """{(model, design id): (run folder, design path)}, built once per session."""
     root = tmp_path_factory.mktemp("cosim_designs")
     sources = {
@@ -109,6 +138,7 @@ def cosim_designs(digits_run, cnv_trained, resnet8_trained, mobilenet_trained, t
         "cnv": (cnv_trained, CNV_BLOCKS),
         "resnet8": (resnet8_trained, RESNET8_BLOCKS),
         "mobilenet": (mobilenet_trained, MOBILENET_BLOCKS),
+        "custom": (custom_trained, CUSTOM_BLOCKS),
     }
     built = {}
     for model_name, designs in DESIGNS.items():

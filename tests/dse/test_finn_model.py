@@ -1,5 +1,7 @@
 """exitflow's vectorised model gives exactly FINN's estimates (LUT, BRAM18, URAM, DSP, cycles)
-on random legal foldings of lenet and cnv stages and heads."""
+on random legal foldings of lenet, cnv, resnet8 and mobilenet stages and heads: MVAUs and window
+generators by exitflow's formulas, VVAUs from FINN's own tabulated numbers, pooling and stream
+units (forks, adds, thresholds, global pooling, padding) at the fold the build gives them."""
 
 import json
 
@@ -19,6 +21,9 @@ def _legal(layer, rng):
     def divisors(n):
         return [d for d in range(1, n + 1) if n % d == 0]
 
+    if layer.depthwise:  # channels by PE, the k x k window one weight or all at once
+        pairs = [(p, s) for p in divisors(layer.mh) for s in (1, layer.mw)]
+        return pairs[rng.integers(len(pairs))]
     simds = [s for s in divisors(layer.mw) if s * 1024 >= layer.mw]
     pairs = [(p, s) for p in divisors(layer.mh) for s in simds if p * s * layer.wbits <= 8191]
     return pairs[rng.integers(len(pairs))]
@@ -26,26 +31,35 @@ def _legal(layer, rng):
 
 def _finn_numbers(folder, part, layers, folding, tmp):
     """FINN's estimates after exitflow's own folding steps (apply_folding, minimize_bit_width,
-    insert_width_converters) on the graph as it was before folding."""
+    insert_width_converters) on the graph as it was before folding. ``layers``: the build's map of
+    layer name -> weight node (a residual block's projection comes first in FINN's graph)."""
     from finn.analysis.fpgadataflow.exp_cycles_per_layer import exp_cycles_per_layer
     from finn.analysis.fpgadataflow.res_estimation import res_estimation
     from qonnx.core.modelwrapper import ModelWrapper
 
     from exitflow.core.design import LayerFolding
-    from exitflow.hw.finn_flow import FlowState, apply_folding, insert_width_converters, minimize_bit_width
+    from exitflow.hw.finn_flow import (
+        FlowState,
+        apply_folding,
+        insert_width_converters,
+        layer_signature,
+        minimize_bit_width,
+    )
 
+    model = ModelWrapper(str(folder / "model_specialized.onnx"))
+    nodes = {n.name: n for n in model.graph.node}
     state = FlowState(
         name=folder.name,
         part=part,
         clock_ns=10.0,
-        layers=layers,
+        layers=list(layers),
+        signatures={layer: layer_signature(nodes[node]) for layer, node in layers.items()},
         out=tmp,
         folding={
             layer: LayerFolding(pe=pe, simd=simd, ram_style=style, res_type=mult, buffer_style=buffer)
             for layer, (pe, simd, style, mult, buffer) in zip(layers, folding, strict=False)
         },
     )
-    model = ModelWrapper(str(folder / "model_specialized.onnx"))
     for step in (apply_folding, minimize_bit_width, insert_width_converters):
         model = step(model, state)
     res = model.analysis(lambda m: res_estimation(m, part))
@@ -74,10 +88,10 @@ def _check(run, tmp_path, model_name, stages, seed):
     rng = np.random.default_rng(seed)
     summary = json.loads((run / "hw" / "build.json").read_text())
     budget = np.array([53200, 280, 0, 220], dtype=float)
-    compared = parallel = lutram = converters = narrowed = dsp = block_buffers = 0
+    compared = parallel = lutram = converters = narrowed = dsp = block_buffers = depthwise = 0
     for graph in summary["graphs"]:
         folder = run / "hw" / graph["name"]
-        layers = list(json.loads((folder / "layers.json").read_text())["layers"])
+        layers = json.loads((folder / "layers.json").read_text())["layers"]
         inv = inventory(folder / "model_hw.onnx", summary["part"], layers, graph["name"])
         cost = graph_cost(folder, summary["part"], budget)
         for _ in range(SAMPLES_PER_GRAPH):
@@ -92,8 +106,12 @@ def _check(run, tmp_path, model_name, stages, seed):
             ]
             model, finn = _finn_numbers(folder, summary["part"], layers, folding, tmp_path / "flow")
             dwcs = [n.name for n in model.graph.node if n.op_type.startswith("StreamingDataWidthConverter")]
-            for node, fixed in inv.fixed.items():  # units folding does not change
-                assert finn[node] == pytest.approx(fixed, abs=0), node
+            # units folding does not change; a skip FIFO is counted at its built depth (the graph
+            # here is before insert_skip_fifos)
+            skip_fifos = {n: c for n, c in inv.fixed.items() if n.startswith("StreamingFIFO")}
+            for node, fixed in inv.fixed.items():
+                if node not in skip_fifos:
+                    assert finn[node] == pytest.approx(fixed, abs=0), node
             ours_dwc = 0.0
             for k, layer in enumerate(inv.layers):
                 pe, simd, style, mult, buffer = folding[k]
@@ -111,9 +129,11 @@ def _check(run, tmp_path, model_name, stages, seed):
                         continue
                     for key in ("lut", "bram18", "uram", "dsp", "cycles"):
                         assert costs[key][0] == finn[node][key], (graph["name"], node, key, folding[k])
-                if layer.window:
-                    swg = getCustomOp(next(n for n in model.graph.node if n.name == layer.window["node"]))
+                if layer.window or layer.window_node:
+                    name = layer.window["node"] if layer.window else layer.window_node
+                    swg = getCustomOp(next(n for n in model.graph.node if n.name == name))
                     parallel += swg.get_nodeattr("parallel_window")
+                depthwise += bool(layer.depthwise)
             # the graph as a whole, width converters between layers included, through the search's
             # own GraphCost: every resource and the interval exactly as FINN estimates them
             picks = [np.array([[t.index(*f)]]) for t, f in zip(cost.tables, folding, strict=False)]
@@ -126,7 +146,10 @@ def _check(run, tmp_path, model_name, stages, seed):
                         assert costs[key][style, k[0, 0]] == finn[node][key], (graph["name"], node, key, folding)
                 narrowed += int(unit.fold[k[0, 0]] < unit.fold[-1])
             resources, cycles, _ = cost.combine(picks, (1, 1))
-            totals = [sum(v[key] for v in finn.values()) for key in ("lut", "bram18", "uram", "dsp")]
+            totals = [
+                sum(v[key] for v in finn.values()) + sum(f[key] for f in skip_fifos.values())
+                for key in ("lut", "bram18", "uram", "dsp")
+            ]
             assert resources[0, 0].tolist() == totals, (graph["name"], folding)
             assert cycles[0, 0] == max(v["cycles"] for v in finn.values())
             assert sum(finn[d]["lut"] for d in dwcs) >= ours_dwc
@@ -140,17 +163,16 @@ def _check(run, tmp_path, model_name, stages, seed):
     assert dsp > 0, "no folding multiplied in DSP slices"
     assert block_buffers > 0, "no folding kept line buffers in block RAM"
     assert converters > 0, "no folding needed a width converter"
-    return compared, narrowed
+    return compared, narrowed, depthwise
 
 
 @pytest.mark.slow
 def test_lenet_stages_and_heads(digits_run, tmp_path):
-    n, _ = _check(digits_run, tmp_path, "lenet", [["conv0"], ["conv1", "fc0"], ["fc1"]], seed=0)
+    n, _, _ = _check(digits_run, tmp_path, "lenet", [["conv0"], ["conv1", "fc0"], ["fc1"]], seed=0)
     assert n == 6 * SAMPLES_PER_GRAPH
 
 
-@pytest.mark.slow
-def test_cnv_stages_and_heads(tmp_path):
+def _tiny_run(tmp_path, backbone: str, preset: str, width: float = 1.0):
     from exitflow.core.data import DataSpec
     from exitflow.quant.config import ModelConfig, RunConfig, TrainConfig
     from exitflow.quant.train import train
@@ -159,11 +181,37 @@ def test_cnv_stages_and_heads(tmp_path):
     np.savez(tmp_path / "tiny.npz", x=rng.integers(0, 256, (64, 3, 32, 32), dtype=np.uint8), y=np.arange(64) % 10)
     config = RunConfig(
         data=DataSpec(name="npz", path=str(tmp_path / "tiny.npz")),
-        model=ModelConfig(backbone="cnv", preset="w2a2"),
+        model=ModelConfig(backbone=backbone, preset=preset, width=width),
         train=TrainConfig(epochs=1, batch_size=32),
     )
     train(config, tmp_path / "run", log=lambda line: None)
+    return tmp_path / "run"
+
+
+@pytest.mark.slow
+def test_cnv_stages_and_heads(tmp_path):
+    _tiny_run(tmp_path, "cnv", "w2a2")
     blocks = ["conv0", "conv1", "conv2", "conv3", "conv4", "conv5", "fc0", "fc1"]
-    n, narrowed = _check(tmp_path / "run", tmp_path, "cnv", [blocks[:2], blocks[2:6], blocks[6:]], seed=1)
+    n, narrowed, _ = _check(tmp_path / "run", tmp_path, "cnv", [blocks[:2], blocks[2:6], blocks[6:]], seed=1)
     assert n == 6 * SAMPLES_PER_GRAPH  # with lenet's: 204 random foldings compared with FINN
     assert narrowed > 0, "no folding let a pooling unit take a narrower fold"
+
+
+@pytest.mark.slow
+def test_resnet8_stages_and_heads(tmp_path):
+    """Forks, adds, standalone thresholds, 1x1 projections (first in FINN's graph), padding and
+    global accumulation pooling in the final head."""
+    run = _tiny_run(tmp_path, "resnet8", "w4a4", width=0.5)
+    n, narrowed, _ = _check(run, tmp_path, "resnet8", [["stem", "stack1"], ["stack2"], ["stack3"]], seed=2)
+    assert n == 6 * SAMPLES_PER_GRAPH
+    assert narrowed > 0, "no folding let a stream unit take a narrower fold"
+
+
+@pytest.mark.slow
+def test_mobilenet_stages_and_heads(tmp_path):
+    """VVAUs with their depthwise window generators (parallel-window mode for a whole-window SIMD)."""
+    run = _tiny_run(tmp_path, "mobilenet", "w4a4", width=0.5)
+    stages = [["stem", "sep1"], ["sep2", "sep3"], ["sep4", "sep5", "sep6"]]
+    n, _, depthwise = _check(run, tmp_path, "mobilenet", stages, seed=3)
+    assert n == 6 * SAMPLES_PER_GRAPH  # with resnet8's: 204 random foldings compared with FINN
+    assert depthwise >= 3 * SAMPLES_PER_GRAPH
