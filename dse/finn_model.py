@@ -343,7 +343,7 @@ def inventory(model_path: str | Path, part: str, layers: Mapping[str, str] | lis
                 continue  # the graph input, or an initializer
             if node.name in index and producer.name in window_of:
                 continue  # a generator and the weight layer it feeds share a fold
-            if node.name in unit_out and producer.name in unit_in and node.name != producer.name:
+            if node.name != producer.name and unit_out.get(node.name, -1) == unit_in.get(producer.name, -2):
                 continue  # a pooling unit's generator and its Pool share a fold
             if producer.name in index:
                 src = ("layer", index[producer.name])

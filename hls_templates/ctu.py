@@ -27,6 +27,9 @@ class CTUParams:
     threshold: float | None  # the design's float threshold; None: the final exit, always taken
     pe: int = 1
     frac_bits: int = policies.DEFAULT_FRAC_BITS
+    # the logit width profiling used (the model's), which bounds the ROM; FINN may build the
+    # logit stream narrower (``logit_bits``), which holds the same values
+    rom_bits: int | None = None
 
     def __post_init__(self) -> None:
         if self.policy not in policies.POLICIES:
@@ -52,11 +55,16 @@ class CTUParams:
     def rom(self) -> np.ndarray:
         if self.policy != "max_prob":
             return np.zeros(0, dtype=np.int64)
-        return policies.exp_rom(self.scale, self.frac_bits, self.logit_bits)
+        return policies.exp_rom(self.scale, self.frac_bits, self.policy_bits)
+
+    @property
+    def policy_bits(self) -> int:
+        """The logit width the policy function is evaluated with: the model's (profiling's)."""
+        return max(self.rom_bits or 0, self.logit_bits)
 
     @property
     def rom_shift(self) -> int:
-        return policies.rom_shift(self.scale, self.frac_bits, self.logit_bits) if self.policy == "max_prob" else 0
+        return policies.rom_shift(self.scale, self.frac_bits, self.policy_bits) if self.policy == "max_prob" else 0
 
     @property
     def threshold_constant(self) -> int:
@@ -78,7 +86,7 @@ class CTUParams:
     def decide(self, logits: np.ndarray) -> policies.Decision:
         """The Python model of the unit: the policy function itself."""
         return policies.decide(
-            self.policy, logits, self.scale, self.logit_bits, self.threshold_constant, self.frac_bits
+            self.policy, logits, self.scale, self.policy_bits, self.threshold_constant, self.frac_bits
         )
 
     # -- cost ------------------------------------------------------------------------------

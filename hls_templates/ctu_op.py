@@ -37,6 +37,9 @@ class ConfidenceThreshold(HWCustomOp):
             "Threshold": ("s", False, "0.0"),
             "FinalExit": ("i", False, 0),  # 1: every sample exits here
             "FracBits": ("i", False, 10),
+            # the logit width profiling used (the model's): the ROM is built for it, whatever
+            # width FINN narrows the logit stream to (0: the stream's)
+            "ProfileLogitBits": ("i", False, 0),
             "inputDataType": ("s", True, ""),
             "numInputVectors": ("ints", False, [1]),
         }
@@ -53,6 +56,7 @@ class ConfidenceThreshold(HWCustomOp):
             threshold=None if self.get_nodeattr("FinalExit") else float(self.get_nodeattr("Threshold")),
             pe=self.get_nodeattr("PE"),
             frac_bits=self.get_nodeattr("FracBits"),
+            rom_bits=self.get_nodeattr("ProfileLogitBits") or None,
         )
 
     # -- shapes and streams -------------------------------------------------------------------

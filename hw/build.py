@@ -174,7 +174,12 @@ def _build_graphs(hw, design, design_path, board, model, data, exits, stage_laye
     clock_ns = 1000.0 / design.resolve_clock_mhz()
     jobs = []
     for k, stage in enumerate(design.stages):
-        ctu = {"policy": stage.head.policy, "threshold": stage.head.threshold, "scale": manifest.heads[k].scale}
+        ctu = {
+            "policy": stage.head.policy,
+            "threshold": stage.head.threshold,
+            "scale": manifest.heads[k].scale,
+            "logit_bits": manifest.heads[k].logit_bits,
+        }
         blocks = ", ".join(stage.blocks)
         where = f"the stage of blocks {blocks}"
         if model.stages_cut_from_whole:  # a user's model: a stage is named by the module it ends at
@@ -228,9 +233,14 @@ def _build_graphs(hw, design, design_path, board, model, data, exits, stage_laye
         ).write(out)
         report = _summarise(name, kind, out)
         reports.append(report)
+        fifos = (
+            f"; skip FIFOs sized by simulation to {', '.join(map(str, state.skip_fifos.values()))} words"
+            if state.skip_fifos
+            else ""
+        )
         log(
             f"{kind} {name}: {report.nodes} HW nodes, interval {report.interval_cycles} cycles, "
-            f"LUT {report.lut:.0f}, BRAM18 {report.bram18}, DSP {report.dsp}"
+            f"LUT {report.lut:.0f}, BRAM18 {report.bram18}, DSP {report.dsp}{fifos}"
         )
     gates = _gate_checks(hw, design, board, design_path, log)
     summary = BuildSummary(

@@ -48,6 +48,7 @@ from exitflow.hw.folding import (
     stream_folding,
     window_fold,
 )
+from exitflow.hw.streams import size_skip_fifos
 
 HW_ATTRS = ["PE", "SIMD", "ram_style", "ram_style_thresholds", "mem_mode", "resType", "impl_style", "parallel_window"]
 
@@ -69,6 +70,7 @@ class FlowState:
     layer_nodes: dict[str, str] = field(default_factory=dict)  # layer name -> FINN node name
     image_input: bool = False  # the first stage: its input is UINT8 pixels
     signatures: dict[str, tuple] = field(default_factory=dict)  # layer name -> layer_signature of it
+    skip_fifos: dict[str, int] = field(default_factory=dict)  # StreamingFIFO node -> depth in words, as sized
     ctu: dict | None = None  # heads: policy, threshold (None: final exit), scale of the logits
     input_datatype: str = ""
     input_scale: float = 1.0
@@ -477,6 +479,7 @@ class AppendCTU(Transformation):
             Scale=repr(float(self.ctu["scale"])),
             Threshold=repr(float(self.ctu["threshold"] or 0.0)),
             FinalExit=int(self.ctu["threshold"] is None),
+            ProfileLogitBits=int(self.ctu.get("logit_bits") or 0),
             inputDataType=model.get_tensor_datatype(logits.name).name,
             numInputVectors=[int(v) for v in shape[:-1]],
         )
@@ -869,6 +872,11 @@ def insert_skip_fifos(model, state: FlowState, depth: int | None = None):
 
     model = model.transform(SetSkipFIFODepths(depth)).transform(InsertFIFO(create_shallow_fifos=False))
     model = model.transform(GiveUniqueNodeNames()).transform(SpecializeLayers(state.part))
+    if depth is None:  # each skip FIFO as deep as the stage needs to keep its interval (hw.streams)
+        for name, words in size_skip_fifos(model).items():
+            node = next(n for n in model.graph.node if n.name == name)
+            getCustomOp(node).set_nodeattr("depth", max(2, int(words)))
+            state.skip_fifos[name] = max(2, int(words))
     if state.part.startswith("xc7"):  # Zynq-7000 has no UltraRAM: FINN's "auto" ladder would ask for it
         for node in model.graph.node:
             if node.op_type.startswith("StreamingFIFO"):
