@@ -279,6 +279,21 @@ def _quantiser_node(producer: dict, tensor: str, exit_name: str = ""):
     return node
 
 
+#: The exported operations on a user's backbone's data path that exitflow's FINN steps map (or
+#: fold away: batch norm into thresholds, scalar affine ops into the next layer, layout ops).
+MAPPED_OPS = frozenset(
+    {
+        "Conv", "MatMul", "Gemm", "BatchNormalization", "Relu", "Quant", "BipolarQuant", "MaxPool",
+        "GlobalAveragePool", "ReduceMean", "Flatten", "Reshape", "Transpose", "Identity", "Squeeze",
+        "Unsqueeze", "Add", "Sub", "Mul", "Div", "Concat", "Sum", "Gather", "Cast",
+    }
+)  # fmt: skip
+#: The same in the user's words, for messages.
+MAPPED_LAYERS = (
+    "quantised convolutions (dense and depthwise) and linear layers, batch norm, ReLU and activation quantisers, "
+    "max pooling, global average pooling, flatten, scalar scaling and residual adds"
+)
+
 # What the exporter calls the operations that join two branches, in the user's words.
 _JOINS = {"Add": "Add", "Sum": "Add", "Sub": "Sub", "Mul": "Mul", "Concat": "Concat", "Div": "Div"}
 
@@ -375,6 +390,13 @@ def check_graph(raw, model, exits: list[str]) -> None:
         data_nodes.append(node)
     producer = {o: n for n in data_nodes for o in n.output}
     for node in data_nodes:
+        if node.op_type not in MAPPED_OPS:
+            where = _user_module(node.name, modules)
+            what = f" ({type(modules[where]).__name__})" if where else ""
+            raise ConfigError(
+                f"{where or 'the backbone'}: layer type {node.op_type}{what} cannot be mapped to hardware; exitflow "
+                f"maps {MAPPED_LAYERS}"
+            )
         if len([i for i in node.input if i in live]) < 2:
             continue
         where = _user_module(node.name, modules)

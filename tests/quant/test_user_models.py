@@ -329,6 +329,51 @@ def test_a_residual_add_with_two_quantisers_names_them(tmp_path, residual_module
     )
 
 
+UNMAPPED_MODEL = """
+from torch import nn
+from brevitas.nn import QuantConv2d, QuantIdentity, QuantLinear, QuantReLU
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.inp = QuantIdentity(bit_width=8)
+        self.conv = QuantConv2d(1, 8, 3, bias=False, weight_bit_width=4)
+        self.act = QuantReLU(bit_width=4)
+        self.gate = nn.Sigmoid()
+        self.conv2 = QuantConv2d(8, 8, 3, bias=False, weight_bit_width=4)
+        self.act2 = QuantReLU(bit_width=4)
+        self.flat = nn.Flatten()
+        self.fc = QuantLinear(8 * 4 * 4, 10, bias=False, weight_bit_width=4)
+
+    def forward(self, x):
+        x = self.act(self.conv(self.inp(x)))
+        x = self.act2(self.conv2(x * self.gate(x)))
+        return self.fc(self.flat(x))
+
+
+def make():
+    return Net()
+"""
+
+
+def test_a_layer_exitflow_cannot_map_is_named_with_what_is_supported(tmp_path, monkeypatch):
+    name = f"unmapped_{uuid.uuid4().hex[:8]}"
+    (tmp_path / f"{name}.py").write_text(UNMAPPED_MODEL)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    config = ModelConfig(backbone="custom", factory=f"{name}:make", exits=("act",), classifier="fc")
+    model = build_model(config, (1, 8, 8), 10)
+    with pytest.raises(ConfigError) as err:
+        export_stages(model, ["act"], tmp_path / "stages", torch.zeros(1, 1, 8, 8))
+    sys.modules.pop(name, None)
+    assert str(err.value) == (
+        "gate: layer type Sigmoid (Sigmoid) cannot be mapped to hardware; exitflow maps quantised convolutions "
+        "(dense and depthwise) and linear layers, batch norm, ReLU and activation quantisers, max pooling, global "
+        "average pooling, flatten, scalar scaling and residual adds"
+    )
+    assert not (tmp_path / "stages").exists()
+
+
 def test_a_classifier_reading_an_average_pool_directly_is_refused(residual_module):
     with pytest.raises(ConfigError) as err:
         build_model(_residual(residual_module, ("layer1.relu_out",), requant=False), (1, 8, 8), 10)
