@@ -27,12 +27,32 @@ MODELS = {
     "lenet": dict(
         backbone="lenet", preset="w4a4", exits=None, shape=None, data="mnist5k", val_fraction=0.15, epochs=30
     ),
+    # MLPerf Tiny's ResNet-8 and a MobileNet-v1-style network at w4a4 (benchmark `families`)
+    "resnet8": dict(
+        backbone="resnet8",
+        preset="w4a4",
+        exits=("stem", "stack1", "stack2"),
+        shape=(3, 32, 32),
+        data="mnist5k padded to 3x32x32 (no CIFAR-10 here), 30 % validation split",
+        val_fraction=0.3,
+        epochs=15,
+    ),
+    "mobilenet": dict(
+        backbone="mobilenet",
+        preset="w4a4",
+        exits=("stem", "sep1", "sep2", "sep3", "sep4", "sep5"),
+        shape=(3, 32, 32),
+        data="mnist5k padded to 3x32x32 (no CIFAR-10 here), 30 % validation split",
+        val_fraction=0.3,
+        epochs=15,
+    ),
 }
 
 
 def swept(model: str, drop_pp: float):
     """(SweepResult, train seconds) for ``model`` on Pynq-Z2 with an accuracy floor of
-    ``drop_pp`` below the final exit. EXITFLOW_DSE_EPOCHS overrides the cnv epochs (default 15);
+    ``drop_pp`` below the final exit. EXITFLOW_DSE_EPOCHS overrides the epochs of every model but
+    lenet (default 15);
     EXITFLOW_DSE_RUNS names a folder where the trained runs are kept and reused (default: a
     temporary folder, removed at exit)."""
     key = (model, drop_pp)
@@ -50,7 +70,7 @@ def swept(model: str, drop_pp: float):
     spec = MODELS[model]
     run = _CACHE.get(("run", model))
     if run is None:
-        epochs = int(os.environ.get("EXITFLOW_DSE_EPOCHS", spec["epochs"])) if model == "cnv" else spec["epochs"]
+        epochs = int(os.environ.get("EXITFLOW_DSE_EPOCHS", spec["epochs"])) if model != "lenet" else spec["epochs"]
         keep = os.environ.get("EXITFLOW_DSE_RUNS")  # a folder to keep trained runs in, reused next time
         if keep:
             folder = os.path.join(keep, f"{model}-{epochs}ep-val{spec['val_fraction']}")
