@@ -98,6 +98,29 @@ def swept(model: str, drop_pp: float):
     return _CACHE[key]
 
 
+RUN_FILES = ("model.pt", "config.yaml", "profile.npz", "profile.json", "train_log.json")
+
+
+def private_sweep(model: str, drop_pp: float, root):
+    """(a private copy of ``model``'s trained run in ``root/model``, swept there at ``drop_pp``;
+    the SweepResult; the sweep's seconds). The shared run folder's sweep/design.yaml is rewritten
+    by every sweep of it, so a design to build gets a folder of its own."""
+    from pathlib import Path
+
+    from exitflow.dse.sweep import sweep
+
+    swept(model, drop_pp)  # trains and profiles once per process
+    source = Path(run_folder(model))
+    run = Path(root) / model
+    run.mkdir(parents=True)
+    for name in RUN_FILES:
+        if (source / name).is_file():
+            shutil.copy(source / name, run / name)
+    start = time.perf_counter()
+    result = sweep(run, "Pynq-Z2", max_drop_pp=drop_pp, log=lambda line: None)
+    return run, result, time.perf_counter() - start
+
+
 def run_folder(model: str) -> str:
     """The trained, profiled and swept run folder of ``model`` (after :func:`swept`)."""
     return _CACHE[("run", model)][0]

@@ -24,26 +24,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _dse_common import _CACHE, swept  # noqa: E402
+from _dse_common import private_sweep  # noqa: E402
 
 DROP_PP = 1.0
-RUN_FILES = ("model.pt", "config.yaml", "profile.npz", "profile.json", "train_log.json")
-
-
-def _design_for(model: str, root: Path) -> Path:
-    """A private copy of the trained run, swept again there (the shared run folder's
-    sweep/design.yaml is rewritten by every sweep of it), so that it can be built."""
-    from exitflow.dse.sweep import sweep
-
-    swept(model, DROP_PP)  # trains and profiles once per process
-    source = Path(_CACHE[("run", model)][0])
-    run = root / model
-    run.mkdir(parents=True)
-    for name in RUN_FILES:
-        if (source / name).is_file():
-            shutil.copy(source / name, run / name)
-    sweep(run, "Pynq-Z2", max_drop_pp=DROP_PP, log=lambda line: None)
-    return run
 
 
 def run() -> list[dict]:
@@ -56,7 +39,7 @@ def run() -> list[dict]:
     atexit.register(shutil.rmtree, root, ignore_errors=True)
     rows = []
     for model in ("lenet", "cnv"):
-        run_dir = _design_for(model, root)
+        run_dir, _, _ = private_sweep(model, DROP_PP, root)
         design = run_dir / "sweep" / "design.yaml"
         build(run_dir, design, log=lambda line: None, vivado_project=None)
         taken = cosimulate(run_dir, design, engine="vectorised").engines[0].results.exit

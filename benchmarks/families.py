@@ -25,15 +25,13 @@ import resource
 import shutil
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _dse_common import _CACHE, MODELS, swept  # noqa: E402
+from _dse_common import MODELS, private_sweep, swept  # noqa: E402
 
 DROP_PP = 1.0
 BACKBONES = tuple(os.environ.get("EXITFLOW_FAMILIES", "lenet,cnv,resnet8,mobilenet").split(","))
-RUN_FILES = ("model.pt", "config.yaml", "profile.npz", "profile.json", "train_log.json")
 
 
 def macs_per_block(model) -> dict[str, int]:
@@ -68,7 +66,6 @@ def macs_per_block(model) -> dict[str, int]:
 
 def run() -> list[dict]:
     from exitflow.cosim import cosimulate
-    from exitflow.dse.sweep import sweep
     from exitflow.dse.throughput import simulate_design
     from exitflow.hw.build import build
     from exitflow.quant import checkpoint as ckpt
@@ -77,16 +74,8 @@ def run() -> list[dict]:
     atexit.register(shutil.rmtree, root, ignore_errors=True)
     rows = []
     for backbone in BACKBONES:
-        result, train_s = swept(backbone, DROP_PP)  # trains and profiles once per process
-        source = Path(_CACHE[("run", backbone)][0])
-        run = root / backbone
-        run.mkdir(parents=True)
-        for name in RUN_FILES:
-            if (source / name).is_file():
-                shutil.copy(source / name, run / name)
-        start = time.perf_counter()
-        result = sweep(run, "Pynq-Z2", max_drop_pp=DROP_PP, log=lambda line: None)
-        sweep_s = time.perf_counter() - start
+        _, train_s = swept(backbone, DROP_PP)  # trains and profiles once per process
+        run, result, sweep_s = private_sweep(backbone, DROP_PP, root)
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         design = run / "sweep" / "design.yaml"
         build(run, design, log=lambda line: None, vivado_project=None)

@@ -28,6 +28,7 @@ import numpy as np
 
 from exitflow.core.errors import ExitflowError
 from exitflow.hls_templates.registry import register_finn_ops
+from exitflow.hw.folding import generic_op
 
 #: node types (generic names, without the _hls/_rtl suffix) that only move data
 PASS_THROUGH = ("StreamingDataWidthConverter", "StreamingFIFO", "StreamingDataflowPartition")
@@ -35,14 +36,6 @@ PASS_THROUGH = ("StreamingDataWidthConverter", "StreamingFIFO", "StreamingDatafl
 
 class UnsupportedNodeError(ExitflowError):
     """A HW node the vectorised engine has no kernel for."""
-
-
-def generic_op(op_type: str) -> str:
-    """``MVAU_hls`` -> ``MVAU``: the layer a specialised node implements."""
-    for suffix in ("_hls", "_rtl"):
-        if op_type.endswith(suffix):
-            return op_type[: -len(suffix)]
-    return op_type
 
 
 def _import_finn_ops() -> None:

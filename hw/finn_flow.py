@@ -813,37 +813,14 @@ def skip_inputs(model) -> list[tuple[object, int]]:
     return [(n, int(np.argmin([weight_layers_to_fork(t) for t in n.input[:2]]))) for n in joins]
 
 
-def skip_window_words(model, add_node, skip: int) -> int:
-    """A FIFO depth for the skip branch of ``add_node``: the words the main branch holds before
-    its first output, i.e. the line buffers of its window generators (FINN's
-    get_exp_cycles-style buffer (k_h-1)*W + k_w pixels, times the channel fold), counted in the
-    skip stream's words. A first-order estimate, not FINN's RTL-simulated sizing."""
-    from qonnx.custom_op.registry import getCustomOp
-
-    main = add_node.input[1 - skip]
-    words, node = 0, model.find_producer(main)
-    while node is not None and not node.op_type.startswith("DuplicateStreams"):
-        if node.op_type.startswith("ConvolutionInputGenerator"):
-            inst = getCustomOp(node)
-            (kh, kw), (_, w) = inst.get_nodeattr("ConvKernelDim"), inst.get_nodeattr("IFMDim")
-            stride = inst.get_nodeattr("Stride")[0]
-            # pixels buffered before the first window, in the skip stream's pixels
-            words += ((kh - 1) * w + kw) // (stride * stride)
-        node = model.find_producer(node.input[0])
-    skip_inst = getCustomOp(add_node)
-    fold = int(np.prod(skip_inst.get_folded_input_shape(ind=skip)[1:-1]))  # words per sample
-    pixels = int(np.prod(skip_inst.get_normal_input_shape(ind=skip)[1:-1]))
-    return max(2, int(np.ceil(words * fold / max(pixels, 1))) + 2)
-
-
 class SetSkipFIFODepths(Transformation):
-    """Set the ``inFIFODepths`` entry of the skip input of every residual join; FINN's
-    InsertFIFO then builds a StreamingFIFO of that depth there. ``depth``: a number, or None
-    for :func:`skip_window_words`."""
+    """Set the ``inFIFODepths`` entry of the skip input of every residual join (``depths``: add
+    node -> depth in words; others get 3, the shallowest FIFO FINN's InsertFIFO builds, until
+    :func:`insert_skip_fifos` has sized them)."""
 
-    def __init__(self, depth: int | None = None) -> None:
+    def __init__(self, depths: dict[str, int] | None = None) -> None:
         super().__init__()
-        self.depth = depth
+        self.depths = depths or {}
 
     def apply(self, model):
         from qonnx.custom_op.registry import getCustomOp
@@ -852,31 +829,34 @@ class SetSkipFIFODepths(Transformation):
             inst = getCustomOp(node)
             depths = list(inst.get_nodeattr("inFIFODepths"))
             depths += [depths[-1]] * (len(node.input) - len(depths))
-            depths[skip] = self.depth or skip_window_words(model, node, skip)
+            depths[skip] = self.depths.get(node.name, 3)
             inst.set_nodeattr("inFIFODepths", depths)
         return model, False
 
 
-def insert_skip_fifos(model, state: FlowState, depth: int | None = None):
+def insert_skip_fifos(model, state: FlowState):
     """A StreamingFIFO on the skip branch of every residual join (FINN's InsertFIFO; nowhere
-    else: create_shallow_fifos=False), then specialised (StreamingFIFO_rtl)."""
+    else: create_shallow_fifos=False), specialised (StreamingFIFO_rtl), each as deep as the stage
+    needs to keep its interval (:func:`exitflow.hw.streams.size_skip_fifos`): the depth goes into
+    the FIFO and into the join's ``inFIFODepths``."""
     from finn.transformation.fpgadataflow.insert_fifo import InsertFIFO
     from finn.transformation.fpgadataflow.specialize_layers import SpecializeLayers
+    from qonnx.custom_op.registry import getCustomOp
     from qonnx.transformation.general import GiveUniqueNodeNames
     from qonnx.transformation.infer_datatypes import InferDataTypes
     from qonnx.transformation.infer_shapes import InferShapes
 
-    if not model.get_nodes_by_op_type("ElementwiseAdd_hls") and not model.get_nodes_by_op_type("ElementwiseAdd"):
+    if not skip_inputs(model):
         return model
-    from qonnx.custom_op.registry import getCustomOp
-
-    model = model.transform(SetSkipFIFODepths(depth)).transform(InsertFIFO(create_shallow_fifos=False))
+    model = model.transform(SetSkipFIFODepths()).transform(InsertFIFO(create_shallow_fifos=False))
     model = model.transform(GiveUniqueNodeNames()).transform(SpecializeLayers(state.part))
-    if depth is None:  # each skip FIFO as deep as the stage needs to keep its interval (hw.streams)
-        for name, words in size_skip_fifos(model).items():
-            node = next(n for n in model.graph.node if n.name == name)
-            getCustomOp(node).set_nodeattr("depth", max(2, int(words)))
-            state.skip_fifos[name] = max(2, int(words))
+    joins = {}
+    for name, words in size_skip_fifos(model).items():
+        node = next(n for n in model.graph.node if n.name == name)
+        depth = state.skip_fifos[name] = max(2, int(words))
+        getCustomOp(node).set_nodeattr("depth", depth)
+        joins[model.find_consumer(node.output[0]).name] = depth
+    model = model.transform(SetSkipFIFODepths(joins))
     if state.part.startswith("xc7"):  # Zynq-7000 has no UltraRAM: FINN's "auto" ladder would ask for it
         for node in model.graph.node:
             if node.op_type.startswith("StreamingFIFO"):

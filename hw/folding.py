@@ -184,8 +184,12 @@ STREAM_UNITS = {
 WEIGHT_OPS = ("MVAU", "VVAU")
 
 
-def _generic(op_type: str) -> str:
-    return op_type.rsplit("_", 1)[0] if op_type.endswith(("_hls", "_rtl")) else op_type
+def generic_op(op_type: str) -> str:
+    """``MVAU_hls`` -> ``MVAU``: the layer a specialised FINN node implements."""
+    for suffix in ("_hls", "_rtl"):
+        if op_type.endswith(suffix):
+            return op_type[: -len(suffix)]
+    return op_type
 
 
 def _nearest_weight_node(model, node):
@@ -213,9 +217,9 @@ def stream_units(model) -> list[tuple]:
     """(node, folding attribute, governing weight node) for every :data:`STREAM_UNITS` node; the
     governor as :func:`_nearest_weight_node` finds it (None: the unit keeps its built fold)."""
     return [
-        (node, STREAM_UNITS[_generic(node.op_type)], _nearest_weight_node(model, node))
+        (node, STREAM_UNITS[generic_op(node.op_type)], _nearest_weight_node(model, node))
         for node in model.graph.node
-        if _generic(node.op_type) in STREAM_UNITS
+        if generic_op(node.op_type) in STREAM_UNITS
     ]
 
 

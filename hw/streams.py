@@ -40,6 +40,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from exitflow.hw.folding import generic_op
+
 #: Pixels a plain stream between two nodes holds (FINN's HLS streams of depth 2, about a pixel
 #: of words each side of a handshake).
 LINK_PIXELS = 1
@@ -66,10 +68,6 @@ class _Node:
     holding: bool = False  # a pixel in service or finished, not yet handed on
     done_at: float = 0.0  # when the pixel in service is finished
     read: list[int] = field(default_factory=list)  # input pixels read, per input
-
-
-def _generic(op_type: str) -> str:
-    return op_type.rsplit("_", 1)[0] if op_type.endswith(("_hls", "_rtl")) else op_type
 
 
 def _pixels(shape) -> int:
@@ -108,11 +106,11 @@ def _graph(model, fifo_pixels: dict[str, int]):
 
     fifo_source = {}  # FIFO output tensor -> (FIFO input tensor, FIFO name)
     for node in model.graph.node:
-        if _generic(node.op_type) == "StreamingFIFO":
+        if generic_op(node.op_type) == "StreamingFIFO":
             fifo_source[node.output[0]] = (node.input[0], node.name)
     producer_of, nodes, fifo_on = {}, {}, {}
     for node in model.graph.node:
-        op = _generic(node.op_type)
+        op = generic_op(node.op_type)
         if op == "StreamingFIFO":
             continue
         inst = getCustomOp(node)
@@ -165,7 +163,7 @@ class StreamRun:
 def simulate(model, fifo_pixels: dict[str, int] | None = None, frames: int = FRAMES) -> StreamRun:
     """Run ``frames`` frames through the graph (see the module docstring); ``fifo_pixels``: the
     depth of each StreamingFIFO in pixels (default: unbounded)."""
-    fifos = [n.name for n in model.graph.node if _generic(n.op_type) == "StreamingFIFO"]
+    fifos = [n.name for n in model.graph.node if generic_op(n.op_type) == "StreamingFIFO"]
     depths = {f: 1 << 40 for f in fifos} | dict(fifo_pixels or {})
     nodes, last, fifo_on = _graph(model, depths)
     total = {name: n.out_pixels * frames for name, n in nodes.items()}
@@ -257,7 +255,7 @@ def size_skip_fifos(model, frames: int = FRAMES) -> dict[str, int]:
     """The smallest depth (in words) of every StreamingFIFO at which the graph keeps the interval
     it has with unbounded FIFOs, each FIFO sized in turn with the others unbounded and then all
     checked together: the sized graph runs every frame through (else :class:`Deadlock`)."""
-    fifos = [n.name for n in model.graph.node if _generic(n.op_type) == "StreamingFIFO"]
+    fifos = [n.name for n in model.graph.node if generic_op(n.op_type) == "StreamingFIFO"]
     if not fifos:
         return {}
     free = simulate(model, None, frames)

@@ -83,6 +83,33 @@ def _isolated_user_config(tmp_path_factory, monkeypatch):
 
 
 @pytest.fixture(scope="session")
+def tiny_trainer():
+    """``train(folder, backbone, preset, width=1.0, images=64, model=None) -> run folder``: a
+    backbone (or the ``model`` config) trained for one epoch on ``images`` random 3x32x32 images
+    written to ``folder/tiny.npz``: fast to train and build, and its exits still disagree."""
+
+    def train_tiny(folder, backbone: str, preset: str, width: float = 1.0, images: int = 64, model=None):
+        import numpy as np
+
+        from exitflow.core.data import DataSpec
+        from exitflow.quant.config import ModelConfig, RunConfig, TrainConfig
+        from exitflow.quant.train import train
+
+        rng = np.random.default_rng(0)
+        x = rng.integers(0, 256, (images, 3, 32, 32), dtype=np.uint8)
+        np.savez(folder / "tiny.npz", x=x, y=np.arange(images) % 10)
+        config = RunConfig(
+            data=DataSpec(name="npz", path=str(folder / "tiny.npz")),
+            model=model or ModelConfig(backbone=backbone, preset=preset, width=width),
+            train=TrainConfig(epochs=1, batch_size=32),
+        )
+        train(config, folder / "run", log=lambda line: None)
+        return folder / "run"
+
+    return train_tiny
+
+
+@pytest.fixture(scope="session")
 def digits_run(tmp_path_factory):
     """A lenet trained for 6 epochs on digits: small, fast, shared by the quant and build tests."""
     from exitflow.core.data import DataSpec

@@ -72,47 +72,29 @@ def built_run(source, folder, data):
     return folder, path
 
 
-def _tiny_trained(folder, backbone: str, preset: str, width: float, model=None):
-    """``backbone`` (or the ``model`` config) trained for one epoch on 240 random 3x32x32 images:
-    fast to train and to build, and its exits still disagree with each other."""
-    from exitflow.core.data import DataSpec
-    from exitflow.quant.config import ModelConfig, RunConfig, TrainConfig
-    from exitflow.quant.train import train
-
-    rng = np.random.default_rng(0)
-    np.savez(folder / "tiny.npz", x=rng.integers(0, 256, (240, 3, 32, 32), dtype=np.uint8), y=np.arange(240) % 10)
-    config = RunConfig(
-        data=DataSpec(name="npz", path=str(folder / "tiny.npz")),
-        model=model or ModelConfig(backbone=backbone, preset=preset, width=width),
-        train=TrainConfig(epochs=1, batch_size=32),
-    )
-    train(config, folder / "run", log=lambda line: None)
-    return folder / "run"
+@pytest.fixture(scope="session")
+def cnv_trained(tmp_path_factory, tiny_trainer):
+    """A quarter-width cnv w2a2, on 240 images."""
+    return tiny_trainer(tmp_path_factory.mktemp("cosim_cnv"), "cnv", "w2a2", 0.25, images=240)
 
 
 @pytest.fixture(scope="session")
-def cnv_trained(tmp_path_factory):
-    """A quarter-width cnv w2a2."""
-    return _tiny_trained(tmp_path_factory.mktemp("cosim_cnv"), "cnv", "w2a2", 0.25)
-
-
-@pytest.fixture(scope="session")
-def resnet8_trained(tmp_path_factory):
+def resnet8_trained(tmp_path_factory, tiny_trainer):
     """A half-width resnet8 w4a4 (residual blocks: forks, adds, 1x1 projections)."""
-    return _tiny_trained(tmp_path_factory.mktemp("cosim_resnet8"), "resnet8", "w4a4", 0.5)
+    return tiny_trainer(tmp_path_factory.mktemp("cosim_resnet8"), "resnet8", "w4a4", 0.5, images=240)
 
 
 @pytest.fixture(scope="session")
-def mobilenet_trained(tmp_path_factory):
+def mobilenet_trained(tmp_path_factory, tiny_trainer):
     """A half-width mobilenet w4a4 (depthwise-separable blocks, strided and padded)."""
-    return _tiny_trained(tmp_path_factory.mktemp("cosim_mobilenet"), "mobilenet", "w4a4", 0.5)
+    return tiny_trainer(tmp_path_factory.mktemp("cosim_mobilenet"), "mobilenet", "w4a4", 0.5, images=240)
 
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
 @pytest.fixture(scope="session")
-def custom_trained(tmp_path_factory):
+def custom_trained(tmp_path_factory, tiny_trainer):
     """A user's own residual network (examples/my_resnet.py, importable as a user makes it: its
     folder on the import path), exits named by its modules."""
     from exitflow.core.schema import FrozenMap
@@ -126,7 +108,7 @@ def custom_trained(tmp_path_factory):
         exits=tuple(CUSTOM_BLOCKS[:-1]),
         classifier="fc",
     )
-    return _tiny_trained(tmp_path_factory.mktemp("cosim_custom"), "custom", "w4a4", 1.0, model)
+    return tiny_trainer(tmp_path_factory.mktemp("cosim_custom"), "custom", "w4a4", images=240, model=model)
 
 
 @pytest.fixture(scope="session")

@@ -172,25 +172,9 @@ def test_lenet_stages_and_heads(digits_run, tmp_path):
     assert n == 6 * SAMPLES_PER_GRAPH
 
 
-def _tiny_run(tmp_path, backbone: str, preset: str, width: float = 1.0):
-    from exitflow.core.data import DataSpec
-    from exitflow.quant.config import ModelConfig, RunConfig, TrainConfig
-    from exitflow.quant.train import train
-
-    rng = np.random.default_rng(0)
-    np.savez(tmp_path / "tiny.npz", x=rng.integers(0, 256, (64, 3, 32, 32), dtype=np.uint8), y=np.arange(64) % 10)
-    config = RunConfig(
-        data=DataSpec(name="npz", path=str(tmp_path / "tiny.npz")),
-        model=ModelConfig(backbone=backbone, preset=preset, width=width),
-        train=TrainConfig(epochs=1, batch_size=32),
-    )
-    train(config, tmp_path / "run", log=lambda line: None)
-    return tmp_path / "run"
-
-
 @pytest.mark.slow
-def test_cnv_stages_and_heads(tmp_path):
-    _tiny_run(tmp_path, "cnv", "w2a2")
+def test_cnv_stages_and_heads(tmp_path, tiny_trainer):
+    tiny_trainer(tmp_path, "cnv", "w2a2")
     blocks = ["conv0", "conv1", "conv2", "conv3", "conv4", "conv5", "fc0", "fc1"]
     n, narrowed, _ = _check(tmp_path / "run", tmp_path, "cnv", [blocks[:2], blocks[2:6], blocks[6:]], seed=1)
     assert n == 6 * SAMPLES_PER_GRAPH  # with lenet's: 204 random foldings compared with FINN
@@ -198,19 +182,19 @@ def test_cnv_stages_and_heads(tmp_path):
 
 
 @pytest.mark.slow
-def test_resnet8_stages_and_heads(tmp_path):
+def test_resnet8_stages_and_heads(tmp_path, tiny_trainer):
     """Forks, adds, standalone thresholds, 1x1 projections (first in FINN's graph), padding and
     global accumulation pooling in the final head."""
-    run = _tiny_run(tmp_path, "resnet8", "w4a4", width=0.5)
+    run = tiny_trainer(tmp_path, "resnet8", "w4a4", width=0.5)
     n, narrowed, _ = _check(run, tmp_path, "resnet8", [["stem", "stack1"], ["stack2"], ["stack3"]], seed=2)
     assert n == 6 * SAMPLES_PER_GRAPH
     assert narrowed > 0, "no folding let a stream unit take a narrower fold"
 
 
 @pytest.mark.slow
-def test_mobilenet_stages_and_heads(tmp_path):
+def test_mobilenet_stages_and_heads(tmp_path, tiny_trainer):
     """VVAUs with their depthwise window generators (parallel-window mode for a whole-window SIMD)."""
-    run = _tiny_run(tmp_path, "mobilenet", "w4a4", width=0.5)
+    run = tiny_trainer(tmp_path, "mobilenet", "w4a4", width=0.5)
     stages = [["stem", "sep1"], ["sep2", "sep3"], ["sep4", "sep5", "sep6"]]
     n, _, depthwise = _check(run, tmp_path, "mobilenet", stages, seed=3)
     assert n == 6 * SAMPLES_PER_GRAPH  # with resnet8's: 204 random foldings compared with FINN

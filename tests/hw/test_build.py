@@ -208,23 +208,10 @@ def test_written_folding_config_is_what_was_applied(digits_run, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def cnv_run(tmp_path_factory):
+def cnv_run(tmp_path_factory, tiny_trainer):
     """A quarter-width cnv w2a2 (16..64 channels): the same FINN nodes and stage boundaries as the
     full width, built in a fraction of the time (dse/test_finn_model builds the full width)."""
-    from exitflow.core.data import DataSpec
-    from exitflow.quant.config import ModelConfig, RunConfig, TrainConfig
-    from exitflow.quant.train import train
-
-    folder = tmp_path_factory.mktemp("cnv")
-    rng = np.random.default_rng(0)
-    np.savez(folder / "tiny.npz", x=rng.integers(0, 256, (64, 3, 32, 32), dtype=np.uint8), y=np.arange(64) % 10)
-    config = RunConfig(
-        data=DataSpec(name="npz", path=str(folder / "tiny.npz")),
-        model=ModelConfig(backbone="cnv", preset="w2a2", width=0.25),
-        train=TrainConfig(epochs=1, batch_size=32),
-    )
-    train(config, folder / "run", log=lambda line: None)
-    return folder / "run"
+    return tiny_trainer(tmp_path_factory.mktemp("cnv"), "cnv", "w2a2", 0.25)
 
 
 CNV_BLOCKS = ["conv0", "conv1", "conv2", "conv3", "conv4", "conv5", "fc0", "fc1"]

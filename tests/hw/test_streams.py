@@ -5,7 +5,6 @@ StreamingFIFO nodes."""
 
 import json
 
-import numpy as np
 import pytest
 import yaml
 from qonnx.core.modelwrapper import ModelWrapper
@@ -15,23 +14,13 @@ from exitflow.hw import streams
 
 
 @pytest.fixture(scope="module")
-def residual_stage(tmp_path_factory):
+def residual_stage(tmp_path_factory, tiny_trainer):
     """A built half-width resnet8 (one epoch on random images): stage s0 holds stem and stack1
     (identity skip), s1 stack2 (strided, 1x1 projection on the skip)."""
-    from exitflow.core.data import DataSpec
     from exitflow.hw.build import build
-    from exitflow.quant.config import ModelConfig, RunConfig, TrainConfig
-    from exitflow.quant.train import train
 
     folder = tmp_path_factory.mktemp("streams")
-    rng = np.random.default_rng(0)
-    np.savez(folder / "tiny.npz", x=rng.integers(0, 256, (64, 3, 32, 32), dtype=np.uint8), y=np.arange(64) % 10)
-    config = RunConfig(
-        data=DataSpec(name="npz", path=str(folder / "tiny.npz")),
-        model=ModelConfig(backbone="resnet8", preset="w4a4", width=0.5),
-        train=TrainConfig(epochs=1, batch_size=32),
-    )
-    train(config, folder / "run", log=lambda line: None)
+    run = tiny_trainer(folder, "resnet8", "w4a4", width=0.5)
     design = {
         "model": "resnet8",
         "board": "Pynq-Z2",
@@ -49,8 +38,8 @@ def residual_stage(tmp_path_factory):
     path = folder / "design.yaml"
     path.write_text(yaml.safe_dump(design, sort_keys=False))
     lines = []
-    build(folder / "run", path, log=lines.append, vivado_project=False)
-    return folder / "run" / "hw", lines
+    build(run, path, log=lines.append, vivado_project=False)
+    return run / "hw", lines
 
 
 def _fifos(model):
