@@ -24,7 +24,7 @@ from tqdm import tqdm
 from exitflow.app.report import write_report
 from exitflow.boards.vivado import build_bitfile, build_with_project, missing_tools
 from exitflow.core.artifacts import RunDir
-from exitflow.core.errors import ExitflowError, MismatchError
+from exitflow.core.errors import ExitflowError, MismatchError, check_interrupt
 from exitflow.core.files import atomic_write
 from exitflow.core.schema import dump_yaml
 from exitflow.cosim import cosimulate
@@ -67,8 +67,17 @@ def _accuracy(values: dict[str, float]) -> str:
     return ", ".join(f"{k} {100 * v:.2f}%" for k, v in values.items())
 
 
+class _Bar(tqdm):
+    """A progress bar whose every update is also a point where Ctrl-C stops the work, even when
+    a library swallowed the KeyboardInterrupt (torch's import does, at some instants)."""
+
+    def update(self, n=1):
+        check_interrupt()
+        return super().update(n)
+
+
 def _bar(desc: str, total: int | None = None):
-    return tqdm(desc=desc, unit="sample", total=total, disable=not sys.stderr.isatty(), leave=False)
+    return _Bar(desc=desc, unit="sample", total=total, disable=not sys.stderr.isatty(), leave=False)
 
 
 # ---------------------------------------------------------------------------- train

@@ -7,19 +7,23 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from exitflow.core.errors import ConfigError, RunFolderBusy
+from exitflow.core.errors import ConfigError, RunFolderBusy, check_interrupt
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], object]) -> Path:
     """Call ``write`` on a temporary path beside ``path``, then rename it into place.
 
     The temporary name keeps the suffix (``.a.npz`` -> ``.tmp.a.npz``) so writers that add or
-    check a suffix, such as ``numpy.savez``, write exactly that file."""
+    check a suffix, such as ``numpy.savez``, write exactly that file.
+
+    After Ctrl-C nothing is renamed into place, even when some library swallowed the
+    KeyboardInterrupt and the work went on: the file stays as it was."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".tmp.{path.name}")
     try:
         write(tmp)
+        check_interrupt()
         tmp.replace(path)
     except BaseException:  # Ctrl-C or a failed write: no half-written file left beside the real one
         with contextlib.suppress(OSError):

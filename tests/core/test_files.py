@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from exitflow.core.errors import ConfigError, RunFolderBusy
-from exitflow.core.files import LOCK_FILE, check_out_folder, run_folder_lock, user_path
+from exitflow.core.errors import INTERRUPTED, ConfigError, RunFolderBusy
+from exitflow.core.files import LOCK_FILE, atomic_write, check_out_folder, run_folder_lock, user_path
 from exitflow.hw.build import backup_of, is_finished, restore_build
 
 
@@ -18,6 +18,23 @@ def test_user_path_is_absolute_from_the_current_folder(tmp_path, monkeypatch):
     assert user_path("runs/x") == tmp_path / "runs" / "x"
     assert user_path("~/y") == Path.home() / "y"
     assert user_path("a/../b") == tmp_path / "b"
+
+
+def test_atomic_write_renames_nothing_after_ctrl_c(tmp_path):
+    """A library that swallowed the KeyboardInterrupt lets the work go on; the result written
+    afterwards must not replace what the user had (CI caught `exitflow cosim` doing that)."""
+    path = tmp_path / "report.json"
+    path.write_text("before")
+    INTERRUPTED.set()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            atomic_write(path, lambda tmp: tmp.write_text("after"))
+    finally:
+        INTERRUPTED.clear()
+    assert path.read_text() == "before"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.json"]
+    atomic_write(path, lambda tmp: tmp.write_text("after"))
+    assert path.read_text() == "after"
 
 
 def test_lock_is_reentrant_in_one_process(tmp_path):
