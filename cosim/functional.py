@@ -367,6 +367,7 @@ def _layer_outputs(built: Built, image: np.ndarray) -> dict[tuple[int, str, str]
     import torch
 
     # torch: the Brevitas model's layer outputs
+    from exitflow.quant.profile import reference_model
     from exitflow.quant.train import to_input
 
     model = built.model
@@ -392,8 +393,8 @@ def _layer_outputs(built: Built, image: np.ndarray) -> dict[tuple[int, str, str]
             hooks.append(head.hidden_act.register_forward_hook(grab((k, "head", "hidden"))))
         hooks.append(head.classifier.register_forward_hook(grab((k, "head", "classifier"))))
     try:
-        with torch.no_grad():
-            x = to_input(image[None])
+        with torch.no_grad(), reference_model(model):  # what profiling and the cosimulation compare with
+            x = to_input(image[None], torch.float64)
             for stage, head in stages:
                 x = stage(x)
                 head(x)

@@ -50,9 +50,9 @@ class TrainResult:
     seconds: float
 
 
-def to_input(x: np.ndarray) -> torch.Tensor:
+def to_input(x: np.ndarray, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """uint8 images -> the float tensor the model takes (pixel / 255)."""
-    return torch.from_numpy(np.ascontiguousarray(x)).float().div_(255.0)
+    return torch.from_numpy(np.ascontiguousarray(x)).to(dtype).div_(255.0)
 
 
 def _shift(x: torch.Tensor, rng: np.random.Generator, max_shift: int = 2) -> torch.Tensor:

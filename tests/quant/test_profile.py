@@ -67,3 +67,32 @@ def test_profile_of_a_missing_run(tmp_path):
 
     with pytest.raises(CheckpointError, match="model.pt: checkpoint not found"):
         profile(tmp_path)
+
+
+def test_reference_logits_do_not_depend_on_the_batch(tiny_trainer, tmp_path):
+    """In float32 a Brevitas ResNet-8's integer outputs change with the batch size (the
+    convolution library sums in another order; 4 of 750 mnist5k samples at one epoch): profiling
+    and the cosimulation use the float64 reference, the same in every batch, and keep the float32
+    model's scales (the export's, which the hardware's ROM is built from)."""
+    import torch
+
+    from exitflow.core.data import ImageSet
+    from exitflow.quant import checkpoint as ckpt
+    from exitflow.quant.profile import run_exits
+    from exitflow.quant.train import to_input
+
+    run = tiny_trainer(tmp_path, "resnet8", "w4a4")
+    _, model, _ = ckpt.load_model(run)
+    x = np.random.default_rng(1).integers(0, 256, (120, 3, 32, 32), dtype=np.uint8)
+    data = ImageSet("random", x, np.zeros(len(x), dtype=np.int64), 10)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    whole, scales, bits = run_exits(model, data, batch_size=len(x))
+    after = model.state_dict()  # back in float32, bit for bit
+    assert all(v.dtype == after[k].dtype and torch.equal(v, after[k]) for k, v in before.items())
+    single, scales1, bits1 = run_exits(model, data, batch_size=1)
+    assert np.array_equal(whole.logits, single.logits)
+    assert np.array_equal(scales, scales1) and np.array_equal(bits, bits1)
+    with torch.no_grad():
+        outs = model.eval()(to_input(x[:1]))
+    assert scales.tolist() == [float(o.scale) for o in outs]
+    assert whole.logits.dtype == np.int64 and np.abs(whole.logits).max() > 0
