@@ -83,10 +83,11 @@ def swept(model: str, drop_pp: float):
             train=TrainConfig(epochs=epochs),
         )
         train_s = None  # trained in an earlier run (EXITFLOW_DSE_RUNS)
-        if not os.path.exists(os.path.join(folder, "profile.npz")):
+        if not os.path.exists(os.path.join(folder, "model.pt")):
             start = time.perf_counter()
             train(config, folder, log=lambda line: None)
             train_s = time.perf_counter() - start
+        if not os.path.exists(os.path.join(folder, "profile.npz")):  # kept runs are profiled again when it is removed
             profile(folder, plot=False)
         run = _CACHE[("run", model)] = (folder, train_s)
     folder, train_s = run

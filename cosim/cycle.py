@@ -58,6 +58,7 @@ from exitflow.core.artifacts import BuildSummary, RunDir
 from exitflow.core.design import load_design
 from exitflow.core.errors import ConfigError
 from exitflow.core.files import user_path
+from exitflow.hw import streams
 from exitflow.hw.folding import record_fifo_depth, stream_words
 
 from .engines import _import_finn_ops
@@ -70,10 +71,17 @@ PROGRESS_EVERY = 1_000
 
 @dataclass(frozen=True)
 class Unit:
-    """One FINN node: ``cycles`` per sample, its interval and its latency."""
+    """One FINN node: ``cycles`` per sample, its interval and its latency in the simulation;
+    ``estimate``: FINN's estimate of them, what the dse model predicts with (default: ``cycles``).
+    They differ where the graph's streams stall the node (:func:`_graph_units`)."""
 
     name: str
     cycles: int
+    estimate: int | None = None
+
+    @property
+    def predicted(self) -> int:
+        return self.cycles if self.estimate is None else self.estimate
 
 
 @dataclass(frozen=True)
@@ -88,7 +96,13 @@ class Stage:
 
     @property
     def slowest(self) -> int:
-        """The slowest unit of the stage and its head: the dse model's cycles per sample."""
+        """The slowest unit of the stage and its head by FINN's estimate: the dse model's cycles
+        per sample."""
+        return max(u.predicted for u in (*self.units, *self.head))
+
+    @property
+    def simulated_slowest(self) -> int:
+        """The same with the units' simulated cycles (the streams' stalls included)."""
         return max(u.cycles for u in (*self.units, *self.head))
 
 
@@ -285,6 +299,9 @@ class CycleReport:
     latency: list[ExitLatency]
     seconds: float  # wall time of the simulation
     trace: Trace | None = field(default=None, repr=False)
+    # per stage, its slowest unit as simulated: FINN's estimate, or the interval the graph's
+    # streams allow where that is longer (forks, adds, FIFOs; ``_graph_units``)
+    simulated_stage_cycles: list[int] = field(default_factory=list)
 
     @property
     def ratio(self) -> float:
@@ -299,6 +316,7 @@ class CycleReport:
             "clock_mhz": self.clock_mhz,
             "cycles_per_sample": round(self.cycles_per_sample, 3),
             "stage_cycles": self.stage_cycles,
+            "simulated_stage_cycles": self.simulated_stage_cycles,
             "predicted_intervals": [round(v, 3) for v in self.predicted_intervals],
             "reach": [round(p, 6) for p in self.reach],
             "sequence_samples": self.sequence,
@@ -326,7 +344,14 @@ def unloaded_latency(pipeline: Pipeline, exit_index: int) -> int:
 
 
 def _graph_units(folder: Path, fix: str) -> tuple[list[Unit], object]:
-    """The units of one built graph, in node order, and its last node (a qonnx custom op)."""
+    """The units of one built graph, in node order, and its last node (a qonnx custom op).
+
+    Each unit takes FINN's cycle estimate of its node, except that the graph's slowest node
+    takes the interval the graph's streams allow (:func:`exitflow.hw.streams.simulate`: pixel
+    by pixel, with its forks, adds and StreamingFIFOs at their built depths and every other
+    stream holding a pixel) when that is longer: a residual block's branches, a window generator
+    waiting for rows, a producer blocked by a full stream stall it. The dse model keeps FINN's
+    estimate (``Unit.estimate``), so the simulated-to-predicted ratio shows what the streams cost."""
     from qonnx.core.modelwrapper import ModelWrapper
     from qonnx.custom_op.registry import getCustomOp
 
@@ -352,8 +377,19 @@ def _graph_units(folder: Path, fix: str) -> tuple[list[Unit], object]:
         units.append(Unit(node.name, int(math.ceil(value))))
     if not units:
         raise ConfigError(f"{onnx_path}: a graph without nodes; {fix}")
-    busy = [u for u in units if u.cycles > 0]  # 0-cycle nodes (width converters) are wires here
-    return busy or units[:1], getCustomOp(model.graph.node[-1])
+    busy = [u for u in units if u.cycles > 0] or units[:1]  # 0-cycle nodes (width converters) are wires here
+    streamed = streams.simulate(model, streams.built_fifo_pixels(model))
+    if streamed.deadlock:
+        raise ConfigError(
+            f"{onnx_path}: the graph's streams deadlock (after {streamed.frames_done} frames) at their built "
+            f"FIFO depths; {fix}"
+        )
+    slowest = max(range(len(busy)), key=lambda i: busy[i].cycles)
+    interval = int(math.ceil(streamed.interval - 1e-6))
+    if interval > busy[slowest].cycles:
+        unit = busy[slowest]
+        busy[slowest] = Unit(unit.name, interval, unit.cycles)
+    return busy, getCustomOp(model.graph.node[-1])
 
 
 def load_pipeline(run_dir: str | Path, design_path: str | Path | None = None) -> tuple[Pipeline, list[str]]:

@@ -62,6 +62,20 @@ class FinnEngine:
             if node.domain.startswith("finn.custom_op.fpgadataflow"):
                 node.domain = "finn.custom_op.fpgadataflow"
                 node.op_type = generic_op(node.op_type)
+        # StreamingFIFOs pass their input on in FINN's execution; taken out, as FINN's VVAU reads
+        # its input in the window generator's order only when its producer is the generator
+        # itself (a FIFO between them made it compute garbage). Their outputs are kept all the same.
+        self.passed = {}  # FIFO node -> the tensor it passes on
+        outputs = {t.name for t in generic.graph.output}
+        for node in [n for n in generic.graph.node if n.op_type == "StreamingFIFO"]:
+            if node.output[0] in outputs:
+                continue
+            for consumer in generic.find_consumers(node.output[0]):
+                for k, tensor in enumerate(consumer.input):
+                    if tensor == node.output[0]:
+                        consumer.input[k] = node.input[0]
+            self.passed[node.name] = node.input[0]
+            generic.graph.node.remove(node)
         self.model = generic
         self.input_name = generic.graph.input[0].name
         self.output_name = generic.graph.output[0].name
@@ -79,6 +93,8 @@ class FinnEngine:
             if keep:
                 for node in self.model.graph.node:
                     kept.setdefault(node.name, []).append(_as_int(context[node.output[0]]))
+                for fifo, tensor in self.passed.items():
+                    kept.setdefault(fifo, []).append(_as_int(context[tensor]))
         out = np.concatenate(outputs) if outputs else np.zeros((0,), dtype=np.int64)
         return out, {k: np.concatenate(v) for k, v in kept.items()}
 

@@ -235,6 +235,7 @@ def simulate(
         predicted_fps=estimate.fps,
         predicted_fps_unbounded=estimate.fps_unbounded,
         stage_cycles=[s.slowest for s in pipeline.stages],
+        simulated_stage_cycles=[s.simulated_slowest for s in pipeline.stages],
         predicted_intervals=list(estimate.intervals),
         reach=list(estimate.reach),
         latency=per_exit,

@@ -238,6 +238,8 @@ def _build_graphs(hw, design, design_path, board, model, data, exits, stage_laye
             if state.skip_fifos
             else ""
         )
+        if state.link_fifos:
+            fifos += f"; {state.link_fifos} stream FIFOs of {state.link_pixels} pixels, so the graph keeps its interval"
         log(
             f"{kind} {name}: {report.nodes} HW nodes, interval {report.interval_cycles} cycles, "
             f"LUT {report.lut:.0f}, BRAM18 {report.bram18}, DSP {report.dsp}{fifos}"

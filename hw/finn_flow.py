@@ -23,6 +23,7 @@ ApplyConfig and written out as ``folding_config.json``, which FINN's own builder
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import logging
 import warnings
@@ -48,7 +49,15 @@ from exitflow.hw.folding import (
     stream_folding,
     window_fold,
 )
-from exitflow.hw.streams import size_skip_fifos
+from exitflow.hw.streams import (
+    LINK_PIXELS,
+    TOLERANCE,
+    Deadlock,
+    built_fifo_pixels,
+    simulate,
+    size_fifos,
+    words_per_pixel,
+)
 
 HW_ATTRS = ["PE", "SIMD", "ram_style", "ram_style_thresholds", "mem_mode", "resType", "impl_style", "parallel_window"]
 
@@ -70,7 +79,9 @@ class FlowState:
     layer_nodes: dict[str, str] = field(default_factory=dict)  # layer name -> FINN node name
     image_input: bool = False  # the first stage: its input is UINT8 pixels
     signatures: dict[str, tuple] = field(default_factory=dict)  # layer name -> layer_signature of it
-    skip_fifos: dict[str, int] = field(default_factory=dict)  # StreamingFIFO node -> depth in words, as sized
+    skip_fifos: dict[str, int] = field(default_factory=dict)  # residual join -> its skip FIFO's depth in words
+    link_pixels: int = LINK_PIXELS  # what every plain stream holds, as sized
+    link_fifos: int = 0  # StreamingFIFOs added on plain streams
     ctu: dict | None = None  # heads: policy, threshold (None: final exit), scale of the logits
     input_datatype: str = ""
     input_scale: float = 1.0
@@ -815,8 +826,8 @@ def skip_inputs(model) -> list[tuple[object, int]]:
 
 class SetSkipFIFODepths(Transformation):
     """Set the ``inFIFODepths`` entry of the skip input of every residual join (``depths``: add
-    node -> depth in words; others get 3, the shallowest FIFO FINN's InsertFIFO builds, until
-    :func:`insert_skip_fifos` has sized them)."""
+    node -> depth in words; others get 3, the shallowest FIFO FINN's InsertFIFO builds, a
+    placeholder until :func:`insert_fifos` has sized them)."""
 
     def __init__(self, depths: dict[str, int] | None = None) -> None:
         super().__init__()
@@ -834,11 +845,43 @@ class SetSkipFIFODepths(Transformation):
         return model, False
 
 
-def insert_skip_fifos(model, state: FlowState):
-    """A StreamingFIFO on the skip branch of every residual join (FINN's InsertFIFO; nowhere
-    else: create_shallow_fifos=False), specialised (StreamingFIFO_rtl), each as deep as the stage
-    needs to keep its interval (:func:`exitflow.hw.streams.size_skip_fifos`): the depth goes into
-    the FIFO and into the join's ``inFIFODepths``."""
+class SetLinkFIFODepths(Transformation):
+    """Give every plain stream between two nodes (not a residual join's skip input) a FIFO of
+    ``pixels`` pixels in words of that stream, in the consumer's ``inFIFODepths``; FINN's
+    InsertFIFO then builds those deeper than 2 words."""
+
+    def __init__(self, pixels: int) -> None:
+        super().__init__()
+        self.pixels = pixels
+
+    def apply(self, model):
+        from qonnx.custom_op.registry import getCustomOp
+
+        skips = {(node.name, k) for node, k in skip_inputs(model)}
+        for node in model.graph.node:
+            inst = getCustomOp(node)
+            depths = list(inst.get_nodeattr("inFIFODepths"))
+            depths += [depths[-1]] * (len(node.input) - len(depths))
+            for k, tensor in enumerate(node.input):
+                producer = model.find_producer(tensor)
+                if producer is None or model.get_initializer(tensor) is not None or (node.name, k) in skips:
+                    continue
+                folded = getCustomOp(producer).get_folded_output_shape()
+                words = int(folded[-2]) if len(folded) > 2 else 1
+                depths[k] = max(depths[k], self.pixels * words)
+            inst.set_nodeattr("inFIFODepths", depths)
+        return model, False
+
+
+def insert_fifos(model, state: FlowState):
+    """StreamingFIFOs sized by exitflow's stream simulation (:func:`exitflow.hw.streams.size_fifos`),
+    as FINN's FIFO sizing would by RTL simulation: on the skip branch of every residual join one
+    as deep as the stage needs to keep its interval (FINN issue 1094: too shallow, a residual
+    network hangs), and, where FINN's 2-word streams stall the graph (a window generator waiting
+    for rows, a strided layer's bursts), one on every plain stream. Sized on a copy with
+    placeholder skip FIFOs, then built in one pass of FINN's InsertFIFO (nowhere else:
+    create_shallow_fifos=False), specialised (StreamingFIFO_rtl), and simulated as built: it must
+    keep the sized interval."""
     from finn.transformation.fpgadataflow.insert_fifo import InsertFIFO
     from finn.transformation.fpgadataflow.specialize_layers import SpecializeLayers
     from qonnx.custom_op.registry import getCustomOp
@@ -846,23 +889,39 @@ def insert_skip_fifos(model, state: FlowState):
     from qonnx.transformation.infer_datatypes import InferDataTypes
     from qonnx.transformation.infer_shapes import InferShapes
 
-    if not skip_inputs(model):
-        return model
-    model = model.transform(SetSkipFIFODepths()).transform(InsertFIFO(create_shallow_fifos=False))
-    model = model.transform(GiveUniqueNodeNames()).transform(SpecializeLayers(state.part))
+    def with_fifos(graph, transform):
+        graph = graph.transform(transform).transform(InsertFIFO(create_shallow_fifos=False))
+        return graph.transform(GiveUniqueNodeNames()).transform(SpecializeLayers(state.part))
+
+    placeholders = with_fifos(copy.deepcopy(model), SetSkipFIFODepths()) if skip_inputs(model) else model
+    sizing = size_fifos(placeholders)
+    extra = sizing.link_pixels - LINK_PIXELS  # a stream holds a pixel, its FIFO the rest
     joins = {}
-    for name, words in size_skip_fifos(model).items():
-        node = next(n for n in model.graph.node if n.name == name)
-        depth = state.skip_fifos[name] = max(2, int(words))
-        getCustomOp(node).set_nodeattr("depth", depth)
-        joins[model.find_consumer(node.output[0]).name] = depth
-    model = model.transform(SetSkipFIFODepths(joins))
-    if state.part.startswith("xc7"):  # Zynq-7000 has no UltraRAM: FINN's "auto" ladder would ask for it
-        for node in model.graph.node:
-            if node.op_type.startswith("StreamingFIFO"):
-                fifo = getCustomOp(node)
-                if fifo.resolve_ram_style() == "ultra":
-                    fifo.set_nodeattr("ram_style", "block")
+    for fifo, pixels in sizing.skip_pixels.items():
+        node = next(n for n in placeholders.graph.node if n.name == fifo)
+        joins[placeholders.find_consumer(node.output[0]).name] = max(
+            2, (pixels + extra) * words_per_pixel(placeholders, fifo)
+        )
+    state.skip_fifos, state.link_pixels = joins, sizing.link_pixels
+    if not joins and not extra:
+        return model
+    model = model.transform(SetSkipFIFODepths(joins)).transform(SetLinkFIFODepths(extra))
+    model = with_fifos(model, GiveUniqueNodeNames())
+    fifos = [n for n in model.graph.node if n.op_type.startswith("StreamingFIFO")]
+    state.link_fifos = len(fifos) - len(joins)
+    on_skip = {join.input[k]: join.name for join, k in skip_inputs(model)}
+    for node in fifos:
+        fifo = getCustomOp(node)
+        if node.output[0] in on_skip:  # InsertFIFO takes the larger of both ends' depths: the sized one
+            fifo.set_nodeattr("depth", joins[on_skip[node.output[0]]])
+        if state.part.startswith("xc7") and fifo.resolve_ram_style() == "ultra":
+            fifo.set_nodeattr("ram_style", "block")  # Zynq-7000 has no UltraRAM: FINN's "auto" ladder asks for it
+    built = simulate(model, built_fifo_pixels(model))
+    if built.deadlock or built.interval > sizing.interval * (1 + TOLERANCE):
+        raise Deadlock(
+            f"{state.where}: the FIFOs as built give an interval of {built.interval:.0f} cycles against "
+            f"{sizing.interval:.0f} sized"
+        )
     return model.transform(GiveUniqueNodeNames()).transform(InferShapes()).transform(InferDataTypes())
 
 
@@ -880,7 +939,7 @@ STEPS: list[Callable] = [
     apply_folding,
     minimize_bit_width,
     insert_width_converters,
-    insert_skip_fifos,
+    insert_fifos,
     generate_code,
 ]
 

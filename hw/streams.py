@@ -45,6 +45,12 @@ from exitflow.hw.folding import generic_op
 #: Pixels a plain stream between two nodes holds (FINN's HLS streams of depth 2, about a pixel
 #: of words each side of a handshake).
 LINK_PIXELS = 1
+#: Depths (pixels) tried for every plain stream of a graph whose 1-pixel streams stall it
+LINK_STEPS = (1, 2, 4, 8, 16, 32)
+#: A graph's streams are deep enough when its interval is within this share of the interval it
+#: has with unbounded streams
+TOLERANCE = 0.02
+UNBOUNDED = 1 << 40
 #: Frames simulated back to back; the interval is measured between the outputs of the last ones.
 FRAMES = 4
 
@@ -99,7 +105,7 @@ def _needs(inst, op: str, in_pixels: list[int], out_pixels: int) -> list[np.ndar
     return [np.minimum(n, np.ceil((p + 1) * n / out_pixels).astype(np.int64)) for n in in_pixels]
 
 
-def _graph(model, fifo_pixels: dict[str, int]):
+def _graph(model, fifo_pixels: dict[str, int], link_pixels: int = LINK_PIXELS):
     """The graph's nodes as simulation nodes (a StreamingFIFO becomes the capacity of the stream
     it sits on), the last node, and which stream each FIFO sits on."""
     from qonnx.custom_op.registry import getCustomOp
@@ -123,7 +129,7 @@ def _graph(model, fifo_pixels: dict[str, int]):
                 depth += fifo_pixels[fifo]
                 fifo_on[node.name, k] = fifo
             sources.append(tensor)
-            capacity.append(LINK_PIXELS + depth)
+            capacity.append(link_pixels + depth)
         in_pixels = [_pixels(model.get_tensor_shape(t)) for t in data_in]
         out_pixels = _pixels(model.get_tensor_shape(node.output[0]))
         nodes[node.name] = _Node(
@@ -160,12 +166,15 @@ class StreamRun:
     peak_pixels: dict[str, int]  # per StreamingFIFO: the most pixels its stream held
 
 
-def simulate(model, fifo_pixels: dict[str, int] | None = None, frames: int = FRAMES) -> StreamRun:
+def simulate(
+    model, fifo_pixels: dict[str, int] | None = None, frames: int = FRAMES, link_pixels: int = LINK_PIXELS
+) -> StreamRun:
     """Run ``frames`` frames through the graph (see the module docstring); ``fifo_pixels``: the
-    depth of each StreamingFIFO in pixels (default: unbounded)."""
+    depth of each StreamingFIFO in pixels (default: unbounded); ``link_pixels``: what every
+    stream holds besides a FIFO on it."""
     fifos = [n.name for n in model.graph.node if generic_op(n.op_type) == "StreamingFIFO"]
-    depths = {f: 1 << 40 for f in fifos} | dict(fifo_pixels or {})
-    nodes, last, fifo_on = _graph(model, depths)
+    depths = dict.fromkeys(fifos, UNBOUNDED) | dict(fifo_pixels or {})
+    nodes, last, fifo_on = _graph(model, depths, link_pixels)
     total = {name: n.out_pixels * frames for name, n in nodes.items()}
     handed = {(c, k): 0 for n in nodes.values() for c, k in n.consumers}
     peak = dict.fromkeys(fifos, 0)
@@ -251,32 +260,60 @@ def words_per_pixel(model, fifo_name: str) -> int:
     return int(folded[-2]) if len(folded) > 2 else 1
 
 
-def size_skip_fifos(model, frames: int = FRAMES) -> dict[str, int]:
-    """The smallest depth (in words) of every StreamingFIFO at which the graph keeps the interval
-    it has with unbounded FIFOs, each FIFO sized in turn with the others unbounded and then all
-    checked together: the sized graph runs every frame through (else :class:`Deadlock`)."""
-    fifos = [n.name for n in model.graph.node if generic_op(n.op_type) == "StreamingFIFO"]
-    if not fifos:
-        return {}
-    free = simulate(model, None, frames)
+def built_fifo_pixels(model) -> dict[str, int]:
+    """The depth in pixels of every StreamingFIFO of a built graph (its ``depth`` attribute in
+    words over the words per pixel of its stream)."""
+    from qonnx.custom_op.registry import getCustomOp
+
+    return {
+        n.name: int(getCustomOp(n).get_nodeattr("depth")) // words_per_pixel(model, n.name)
+        for n in model.graph.node
+        if generic_op(n.op_type) == "StreamingFIFO"
+    }
+
+
+@dataclass(frozen=True)
+class Sizing:
+    """What :func:`size_fifos` chose for one graph."""
+
+    link_pixels: int  # what every plain stream must hold (1: FINN's default streams do)
+    skip_pixels: dict[str, int]  # per skip StreamingFIFO: its depth in pixels besides that
+    unbounded_interval: float  # the graph's interval with unbounded streams and FIFOs
+    interval: float  # its interval as sized
+
+
+def size_fifos(model, frames: int = FRAMES) -> Sizing:
+    """Streams deep enough for the graph to keep (within :data:`TOLERANCE`) the interval it has
+    with unbounded streams, as FINN's FIFO sizing does by RTL simulation: the smallest depth of
+    :data:`LINK_STEPS` for every plain stream (a window generator waiting for rows, a strided
+    layer's bursts stall 1-pixel streams), then the smallest depth of every skip StreamingFIFO
+    (the graph's FIFOs, placeholders) at which the graph keeps that interval, each sized in turn
+    with the others unbounded and then all checked together: the sized graph runs every frame
+    through (else :class:`Deadlock`)."""
+    free = simulate(model, None, frames, UNBOUNDED)
     if free.deadlock:
-        raise Deadlock(f"the graph stops after {free.frames_done} of {frames} frames even with unbounded FIFOs")
-    target = free.interval * (1 + 1e-9)
+        raise Deadlock(f"the graph stops after {free.frames_done} of {frames} frames even with unbounded streams")
+    for links in LINK_STEPS:
+        run = simulate(model, None, frames, links)
+        if not run.deadlock and run.interval <= free.interval * (1 + TOLERANCE):
+            break
+    target = run.interval * (1 + 1e-9)
+    fifos = [n.name for n in model.graph.node if generic_op(n.op_type) == "StreamingFIFO"]
     sized = {}
     for fifo in fifos:
-        lo, hi = 0, max(1, free.peak_pixels[fifo])  # hi: never blocks, so the schedule is unchanged
+        lo, hi = 0, max(1, run.peak_pixels[fifo])  # hi: never blocks, so the schedule is unchanged
         while lo < hi:
             mid = (lo + hi) // 2
-            run = simulate(model, {fifo: mid}, frames)
-            if not run.deadlock and run.interval <= target:
+            trial = simulate(model, {fifo: mid}, frames, links)
+            if not trial.deadlock and trial.interval <= target:
                 hi = mid
             else:
                 lo = mid + 1
         sized[fifo] = hi
-    together = simulate(model, sized, frames)
+    together = simulate(model, sized, frames, links)
     if together.deadlock or together.interval > target:
         raise Deadlock(
             f"the skip FIFOs sized one by one ({sized} pixels) stall the graph together "
-            f"(interval {together.interval:.0f} against {free.interval:.0f} cycles)"
+            f"(interval {together.interval:.0f} against {run.interval:.0f} cycles)"
         )
-    return {f: sized[f] * words_per_pixel(model, f) for f in fifos}
+    return Sizing(links, sized, free.interval, together.interval)

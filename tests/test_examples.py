@@ -29,7 +29,7 @@ def _examples_importable(monkeypatch):
 
 def test_the_issue_examples_are_there():
     """mnist5k + lenet, digits + lenet, CIFAR-10 + cnv from a user path, bnn_pynq's CNV with exits,
-    resnet8, mobilenet and a user's own residual network."""
+    resnet8, mobilenet and a user's own residual and depthwise-separable networks."""
     configs = {p.stem: load_file(RunConfig, p) for p in EXAMPLES}
     kinds = {(c.data.name, c.model.backbone) for c in configs.values()}
     assert {
@@ -43,6 +43,7 @@ def test_the_issue_examples_are_there():
     custom = [c for c in configs.values() if c.model.backbone == "custom"]
     assert any(c.model.factory.startswith("brevitas_examples.bnn_pynq.") for c in custom)
     assert any(c.model.factory == "my_resnet:my_resnet" for c in custom)
+    assert any(c.model.factory == "my_mobilenet:my_mobilenet" for c in custom)
     cifar = [c for c in configs.values() if c.data.name.startswith("cifar10")]
     assert all(c.data.path for c in cifar)
 

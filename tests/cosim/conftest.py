@@ -16,6 +16,8 @@ RESNET8_BLOCKS = ["stem", "stack1", "stack2", "stack3"]
 MOBILENET_BLOCKS = ["stem", "sep1", "sep2", "sep3", "sep4", "sep5", "sep6"]
 # a user's residual network (examples/my_resnet.py): its stages are named by the module they end at
 CUSTOM_BLOCKS = ["stem.2", "layer1.relu_out", "layer2.relu_out", "fc"]
+# a user's depthwise-separable network (examples/my_mobilenet.py)
+CUSTOM_DW_BLOCKS = ["stem.2", "block1.pw_act", "block2.pw_act", "fc"]
 # (early exits, policy): thresholds are set from the model's own confidence on the test split
 DESIGNS = {
     "lenet": {"conv0-max_prob": (["conv0"], "max_prob"), "conv1+fc0-margin": (["conv1", "fc0"], "margin")},
@@ -26,6 +28,7 @@ DESIGNS = {
         "layer1-max_prob": (["layer1.relu_out"], "max_prob"),
         "stem+layer2-margin": (["stem.2", "layer2.relu_out"], "margin"),
     },
+    "custom_dw": {"block1-max_prob": (["block1.pw_act"], "max_prob")},
 }
 
 
@@ -112,7 +115,27 @@ def custom_trained(tmp_path_factory, tiny_trainer):
 
 
 @pytest.fixture(scope="session")
-def cosim_designs(digits_run, cnv_trained, resnet8_trained, mobilenet_trained, custom_trained, tmp_path_factory):
+def custom_dw_trained(tmp_path_factory, tiny_trainer):
+    """A user's own depthwise-separable network (examples/my_mobilenet.py), exits named by its
+    modules."""
+    from exitflow.core.schema import FrozenMap
+    from exitflow.quant.config import ModelConfig
+
+    sys.path.insert(0, str(EXAMPLES))
+    model = ModelConfig(
+        backbone="custom",
+        factory="my_mobilenet:my_mobilenet",
+        factory_args=FrozenMap({"width": 8}),
+        exits=tuple(CUSTOM_DW_BLOCKS[:-1]),
+        classifier="fc",
+    )
+    return tiny_trainer(tmp_path_factory.mktemp("cosim_custom_dw"), "custom", "w4a4", images=240, model=model)
+
+
+@pytest.fixture(scope="session")
+def cosim_designs(
+    digits_run, cnv_trained, resnet8_trained, mobilenet_trained, custom_trained, custom_dw_trained, tmp_path_factory
+):
     """{(model, design id): (run folder, design path)}, built once per session."""
     root = tmp_path_factory.mktemp("cosim_designs")
     sources = {
@@ -121,12 +144,13 @@ def cosim_designs(digits_run, cnv_trained, resnet8_trained, mobilenet_trained, c
         "resnet8": (resnet8_trained, RESNET8_BLOCKS),
         "mobilenet": (mobilenet_trained, MOBILENET_BLOCKS),
         "custom": (custom_trained, CUSTOM_BLOCKS),
+        "custom_dw": (custom_dw_trained, CUSTOM_DW_BLOCKS),
     }
     built = {}
     for model_name, designs in DESIGNS.items():
         source, blocks = sources[model_name]
         for key, (exits, policy) in designs.items():
-            data = design_data(source, model_name, blocks, exits, policy)
+            data = design_data(source, model_name.split("_")[0], blocks, exits, policy)  # custom_dw: custom
             built[model_name, key] = built_run(source, root / f"{model_name}-{key}", data)
     return built
 
