@@ -38,8 +38,8 @@ from exitflow.hw.folding import (
     window_fold,
 )
 
-#: Nodes that only pass a stream on: an edge between units looks through them (the skip FIFO's
-#: own cost is FINN's estimate at its built depth, a fixed node).
+#: Nodes that only pass a stream on: an edge between units looks through them (a FIFO's own
+#: cost is FINN's estimate at its built depth, a fixed node).
 PASSING = ("StreamingDataWidthConverter", "StreamingFIFO")
 
 # BUFFER_STYLES (exitflow.core.design): a search variable of every layer with a window generator in

@@ -106,8 +106,8 @@ def _check(run, tmp_path, model_name, stages, seed):
             ]
             model, finn = _finn_numbers(folder, summary["part"], layers, folding, tmp_path / "flow")
             dwcs = [n.name for n in model.graph.node if n.op_type.startswith("StreamingDataWidthConverter")]
-            # units folding does not change; a skip FIFO is counted at its built depth (the graph
-            # here is before insert_skip_fifos)
+            # units folding does not change; a FIFO (skip branch or plain stream) is counted at its
+            # built depth (the graph here is before insert_fifos)
             skip_fifos = {n: c for n, c in inv.fixed.items() if n.startswith("StreamingFIFO")}
             for node, fixed in inv.fixed.items():
                 if node not in skip_fifos:
