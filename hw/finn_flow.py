@@ -824,6 +824,13 @@ def skip_inputs(model) -> list[tuple[object, int]]:
     return [(n, int(np.argmin([weight_layers_to_fork(t) for t in n.input[:2]]))) for n in joins]
 
 
+def _in_fifo_depths(inst, node) -> list[int]:
+    """A node's ``inFIFODepths``, one entry per input (FINN reads a shorter list's last entry
+    for the inputs after it)."""
+    depths = list(inst.get_nodeattr("inFIFODepths"))
+    return depths + [depths[-1]] * (len(node.input) - len(depths))
+
+
 class SetSkipFIFODepths(Transformation):
     """Set the ``inFIFODepths`` entry of the skip input of every residual join (``depths``: add
     node -> depth in words; others get 3, the shallowest FIFO FINN's InsertFIFO builds, a
@@ -838,8 +845,7 @@ class SetSkipFIFODepths(Transformation):
 
         for node, skip in skip_inputs(model):
             inst = getCustomOp(node)
-            depths = list(inst.get_nodeattr("inFIFODepths"))
-            depths += [depths[-1]] * (len(node.input) - len(depths))
+            depths = _in_fifo_depths(inst, node)
             depths[skip] = self.depths.get(node.name, 3)
             inst.set_nodeattr("inFIFODepths", depths)
         return model, False
@@ -860,15 +866,12 @@ class SetLinkFIFODepths(Transformation):
         skips = {(node.name, k) for node, k in skip_inputs(model)}
         for node in model.graph.node:
             inst = getCustomOp(node)
-            depths = list(inst.get_nodeattr("inFIFODepths"))
-            depths += [depths[-1]] * (len(node.input) - len(depths))
+            depths = _in_fifo_depths(inst, node)
             for k, tensor in enumerate(node.input):
                 producer = model.find_producer(tensor)
                 if producer is None or model.get_initializer(tensor) is not None or (node.name, k) in skips:
                     continue
-                folded = getCustomOp(producer).get_folded_output_shape()
-                words = int(folded[-2]) if len(folded) > 2 else 1
-                depths[k] = max(depths[k], self.pixels * words)
+                depths[k] = max(depths[k], self.pixels * words_per_pixel(model, producer.name))
             inst.set_nodeattr("inFIFODepths", depths)
         return model, False
 

@@ -252,11 +252,12 @@ def simulate(
     return StreamRun(interval, False, done, peak)
 
 
-def words_per_pixel(model, fifo_name: str) -> int:
-    """Stream words one pixel of a StreamingFIFO's stream takes (its channels over its fold)."""
+def words_per_pixel(model, node_name: str) -> int:
+    """Stream words one pixel of a node's output stream takes (its channels over its fold): a
+    StreamingFIFO's, or the stream a FIFO would sit on after any other node."""
     from qonnx.custom_op.registry import getCustomOp
 
-    node = next(n for n in model.graph.node if n.name == fifo_name)
+    node = next(n for n in model.graph.node if n.name == node_name)
     folded = getCustomOp(node).get_folded_output_shape()
     return int(folded[-2]) if len(folded) > 2 else 1
 

@@ -96,40 +96,33 @@ def mobilenet_trained(tmp_path_factory, tiny_trainer):
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
-@pytest.fixture(scope="session")
-def custom_trained(tmp_path_factory, tiny_trainer):
-    """A user's own residual network (examples/my_resnet.py, importable as a user makes it: its
-    folder on the import path), exits named by its modules."""
+def _user_model(tmp_path_factory, tiny_trainer, folder: str, factory: str, blocks: list[str]):
+    """A user's own network from examples/ (importable as a user makes it: its folder on the
+    import path) at width 8, exits named by its modules, trained by ``tiny_trainer``."""
     from exitflow.core.schema import FrozenMap
     from exitflow.quant.config import ModelConfig
 
     sys.path.insert(0, str(EXAMPLES))
     model = ModelConfig(
         backbone="custom",
-        factory="my_resnet:my_resnet",
+        factory=factory,
         factory_args=FrozenMap({"width": 8}),
-        exits=tuple(CUSTOM_BLOCKS[:-1]),
-        classifier="fc",
+        exits=tuple(blocks[:-1]),
+        classifier=blocks[-1],
     )
-    return tiny_trainer(tmp_path_factory.mktemp("cosim_custom"), "custom", "w4a4", images=240, model=model)
+    return tiny_trainer(tmp_path_factory.mktemp(folder), "custom", "w4a4", images=240, model=model)
+
+
+@pytest.fixture(scope="session")
+def custom_trained(tmp_path_factory, tiny_trainer):
+    """A user's own residual network (examples/my_resnet.py)."""
+    return _user_model(tmp_path_factory, tiny_trainer, "cosim_custom", "my_resnet:my_resnet", CUSTOM_BLOCKS)
 
 
 @pytest.fixture(scope="session")
 def custom_dw_trained(tmp_path_factory, tiny_trainer):
-    """A user's own depthwise-separable network (examples/my_mobilenet.py), exits named by its
-    modules."""
-    from exitflow.core.schema import FrozenMap
-    from exitflow.quant.config import ModelConfig
-
-    sys.path.insert(0, str(EXAMPLES))
-    model = ModelConfig(
-        backbone="custom",
-        factory="my_mobilenet:my_mobilenet",
-        factory_args=FrozenMap({"width": 8}),
-        exits=tuple(CUSTOM_DW_BLOCKS[:-1]),
-        classifier="fc",
-    )
-    return tiny_trainer(tmp_path_factory.mktemp("cosim_custom_dw"), "custom", "w4a4", images=240, model=model)
+    """A user's own depthwise-separable network (examples/my_mobilenet.py)."""
+    return _user_model(tmp_path_factory, tiny_trainer, "cosim_custom_dw", "my_mobilenet:my_mobilenet", CUSTOM_DW_BLOCKS)
 
 
 @pytest.fixture(scope="session")
