@@ -209,11 +209,43 @@ def integerize_input(model, state: FlowState):
     return model.transform(InferShapes())
 
 
+class InitializersToFloat(Transformation):
+    """Every floating-point initializer in ``dtype`` (float32 or float64)."""
+
+    def __init__(self, dtype):
+        super().__init__()
+        self.dtype = np.dtype(dtype)
+
+    def apply(self, model):
+        for init in model.graph.initializer:
+            value = model.get_initializer(init.name)
+            if value.dtype.kind == "f" and value.dtype != self.dtype:
+                model.set_initializer(init.name, value.astype(self.dtype))
+        return model, False
+
+
+@contextlib.contextmanager
+def _thresholds_in_float64():
+    """FINN's Quant-to-MultiThreshold handlers compute thresholds in float64 and store them in
+    float32 (their module's ``np_default_dtype``); kept in float64 here, so that the scales
+    streamlining divides them by cannot move a threshold across an integer (a ResNet-8's
+    accumulator of 113 met a float32 threshold of 113.00001, rounded up to 114)."""
+    import finn.transformation.qonnx.qonnx_activation_handlers as handlers
+
+    saved = handlers.np_default_dtype
+    handlers.np_default_dtype = np.float64
+    try:
+        yield
+    finally:
+        handlers.np_default_dtype = saved
+
+
 def qonnx_to_finn(model, state: FlowState):
     from finn.transformation.qonnx.convert_qonnx_to_finn import ConvertQONNXtoFINN
     from qonnx.util.cleanup import cleanup_model
 
-    return cleanup_model(model).transform(ConvertQONNXtoFINN())
+    with _thresholds_in_float64():
+        return cleanup_model(model).transform(ConvertQONNXtoFINN())
 
 
 def tidy_up(model, state: FlowState):
@@ -249,6 +281,7 @@ def streamline(model, state: FlowState):
     from qonnx.transformation.infer_data_layouts import InferDataLayouts
     from qonnx.transformation.lower_convs_to_matmul import LowerConvsToMatMul
 
+    model = model.transform(InitializersToFloat(np.float64))
     model = model.transform(absorb.AbsorbScalarBiasIntoMultiThreshold()).transform(Streamline())
     if any(_is_join(model, n) for n in model.graph.node):
         # residual blocks: scales past the forks into both branches, equal scales past the joins
@@ -290,6 +323,8 @@ def streamline(model, state: FlowState):
         model = model.transform(MoveFlattenPastMultiThreshold())
         for t in (absorb.AbsorbTransposeIntoMultiThreshold(), absorb.AbsorbConsecutiveTransposes()):
             model = model.transform(t)
+    # thresholds on integers are whole numbers by now (RoundAndClipThresholds): float32 holds them
+    model = model.transform(InitializersToFloat(np.float32))
     return model.transform(InferDataLayouts()).transform(RemoveUnusedTensors())
 
 
@@ -689,8 +724,9 @@ def _layers_shape(data) -> str | None:
     return None
 
 
-def run_flow(src: Path, out: Path, state: FlowState, log: Callable[[str], None] | None = None):
+def run_flow(src: Path, out: Path, state: FlowState, log: Callable[[str], None] | None = None, codegen: bool = True):
     """Run every step on the graph at ``src``; returns the final (specialised, folded) model.
+    ``codegen=False`` leaves out the last step, code generation (what estimates need is there).
 
     FINN's own chatter goes to ``out/finn.log``, not to the terminal."""
     from qonnx.core.modelwrapper import ModelWrapper
@@ -703,7 +739,7 @@ def run_flow(src: Path, out: Path, state: FlowState, log: Callable[[str], None] 
     except Exception as err:  # onnx raises DecodeError and others for a damaged file
         raise ExitflowError(f"{src}: corrupt QONNX file ({type(err).__name__}); export the stages again") from None
     with finn_chatter(out / "finn.log", "w") as finn_log, finn_settings(out / "tmp"):
-        for step in STEPS:
+        for step in STEPS if codegen else [s for s in STEPS if s is not generate_code]:
             check_interrupt()  # a Ctrl-C that FINN swallowed stops the build here
             finn_log.write(f"== {step.__name__}\n")
             model = step(model, state)

@@ -118,6 +118,51 @@ def test_a_graph_with_no_hw_layer_is_refused(tmp_path):
     assert finn_flow.append_ctu(model, _state(tmp_path)) is model  # not a head: unchanged
 
 
+@pytest.mark.parametrize(
+    "scale,quant_scale",
+    # found by search: float32 division puts one threshold of each on the wrong side of an integer
+    [(0.006134501192718744, 0.8588302135467529), (0.023013731464743614, 0.5983570218086243)],
+)
+def test_streamlined_thresholds_equal_the_quantiser_on_every_integer(tmp_path, scale, quant_scale):
+    """INT8 integers times a scale into a 4-bit quantiser: after exitflow's streamlining, the
+    MultiThreshold on the integers gives the quantiser's level (float64) for every input, where
+    thresholds kept in float32 would move one across an integer."""
+    from onnx import TensorProto, helper
+    from qonnx.core.datatype import DataType
+    from qonnx.core.onnx_exec import execute_onnx
+    from qonnx.util.basic import qonnx_make_model
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 256])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 256])
+    nodes = [
+        helper.make_node("Mul", ["x", "s"], ["xs"]),
+        helper.make_node(
+            "Quant",
+            ["xs", "q", "z", "b"],
+            ["y"],
+            domain="qonnx.custom_op.general",
+            narrow=0,
+            signed=1,
+            rounding_mode="ROUND",
+        ),
+    ]
+    inits = {"s": scale, "q": quant_scale, "z": 0.0, "b": 4.0}
+    graph = helper.make_graph(
+        nodes, "g", [x], [y], [helper.make_tensor(k, TensorProto.FLOAT, [], [v]) for k, v in inits.items()]
+    )
+    model = ModelWrapper(qonnx_make_model(graph))
+    model.set_tensor_datatype("x", DataType["INT8"])
+    state = _state(tmp_path)
+    for step in (finn_flow.qonnx_to_finn, finn_flow.tidy_up, finn_flow.streamline):
+        model = step(model, state)
+    assert [n.op_type for n in model.graph.node][0] == "MultiThreshold"  # the scale absorbed
+    ints = np.arange(-128, 128, dtype=np.float32)[None]
+    out = execute_onnx(model, {model.graph.input[0].name: ints})[model.graph.output[0].name]
+    levels = np.round(out / np.float32(quant_scale))
+    expected = np.clip(np.round(ints.astype(np.float64) * scale / quant_scale), -8, 7)
+    assert np.array_equal(levels, expected)
+
+
 def test_a_pending_interrupt_stops_the_flow(graphs, tmp_path):
     folder, _ = graphs
     INTERRUPTED.set()
