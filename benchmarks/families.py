@@ -106,6 +106,11 @@ def run() -> list[dict]:
                     else None
                 ),
                 "active_bound": result.bound,
+                "fifo_lut": (
+                    round(sum(f.lut for f in result.report.chosen.stage_fifos))
+                    if result.report.chosen.stage_fifos is not None
+                    else None
+                ),
                 "sweep_s": round(sweep_s, 1),
                 "peak_mb_after_sweep": round(peak_mb),
                 "cosim": "bit-exact" if report.bit_exact else f"{report.mismatch_count} mismatches",

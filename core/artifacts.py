@@ -249,6 +249,8 @@ class ChosenDesign(DesignPoint):
     active_bound: str  # what keeps it from being faster
     fps_if_reach_minus_5pp: float
     fps_if_reach_plus_5pp: float
+    # the StreamingFIFOs of each stage with its head as the build sizes them (in stage_resources)
+    stage_fifos: tuple[Resources, ...] | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -217,6 +217,9 @@ class Candidate:
     head_cycles: tuple[float, ...] = ()  # slowest unit of each stage's head alone, per sample
     gate_depth: int = 8  # feature maps each gate holds (its cost is in ``resources``)
     headroom: float = 1.0  # stages after the first are sized for min(1, headroom * p_s) of the samples
+    # StreamingFIFOs of each stage with its head as the build sizes them (dse.fifo_pricing), in
+    # ``resources``; None: as the inventory built them
+    fifos: tuple[tuple[float, ...], ...] | None = None
 
 
 TARGETS = np.unique(np.round(np.geomspace(16, 4e6, 120)))

@@ -5,7 +5,8 @@
 2. Search exits, thresholds and interval targets (:mod:`exitflow.dse.search`) under the board's
    resources after the shell, times the utilisation cap, on the validation split's profile.
 3. Keep the Pareto front, pick the design for the objective under the accuracy floor, check its
-   gates against bursts of hard samples (:mod:`exitflow.dse.throughput`), report the test split.
+   gates against bursts of hard samples (:mod:`exitflow.dse.throughput`), count the FIFOs of the
+   designs it reports as the build sizes them (:mod:`exitflow.dse.fifo_pricing`), report the test split.
    Baselines, same budget: (a) the best design without early exits (from the same search);
    (b) FINN's SetFolding without exits, judged by FINN's estimator (:mod:`exitflow.dse.finn_baseline`).
 4. Write ``DIR/sweep/pareto.json``, ``pareto.png``, ``resources.png`` and ``design.yaml``
@@ -46,6 +47,7 @@ from exitflow.hw.build import build
 from exitflow.hw.folding import stream_words
 from exitflow.quant.policies import route, threshold_code
 
+from .fifo_pricing import FifoPricer
 from .finn_baseline import finn_setfolding_baseline
 from .search import (
     Candidate,
@@ -125,7 +127,9 @@ def sweep(
     floor = _accuracy_floor(prof["val_correct"], min_accuracy, max_drop_pp)
     eligible, no_exit = _eligible(candidates, floor, max_latency_us, board.name, util)
     gates = GateSimulator(prof, policy, segments, board.clock_mhz, show)
-    s = _select(eligible, no_exit, objective, segments, limits, gates)
+    pricer = FifoPricer(run, segments, lambda c: _design(c, segments, config.model.backbone, board, c.gate_depth))
+    log("sizing the FIFOs of the designs to report (exitflow's FINN steps, no code generation)")
+    s = _select(eligible, no_exit, objective, segments, limits, gates, pricer, log)
     front = pareto(candidates)
     log("judging FINN's SetFolding on the network without exits")
     finn_best, finn_points = finn_setfolding_baseline(run.root, model, config, board, budget, run.sweep)
@@ -144,7 +148,13 @@ def sweep(
         front_bounds=[active_bound(c, segments, budget) for c in front],
         candidates=list(candidates),
         finn_points=[SetFoldingPoint(**p) for p in finn_points],
-        search_stats={**stats, "selection_seconds": s.seconds, "simulations": s.simulations},
+        search_stats={
+            **stats,
+            "selection_seconds": s.seconds,
+            "simulations": s.simulations,
+            "fifo_builds": pricer.builds,
+            "fifo_seconds": round(pricer.seconds, 1),
+        },
         gate_depth=s.chosen.gate_depth,
         equal_throughput=s.equal_throughput,
         equal_throughput_fps=s.equal_throughput_fps,
@@ -212,7 +222,7 @@ def _inventory(run: RunDir, model, backbone: str, board, limits: np.ndarray, log
     if not fresh:
         atomic_write(path, lambda tmp: tmp.write_text(text))
         log("building every candidate stage and head once to take FINN's estimates")
-        build(run.root, path, log=lambda line: None, hw_dir=run.inventory, vivado_project=None)
+        build(run.root, path, log=lambda line: None, hw_dir=run.inventory, vivado_project=None, codegen=False)
     return [
         Segment(
             model.exit_names[k],
@@ -349,13 +359,24 @@ def _select(
     segments: list[Segment],
     limits: np.ndarray,
     gates: GateSimulator,
+    pricer: FifoPricer,
+    log,
 ) -> _Selection:
     """Choose the design for the objective with its finite gates, find the equal-throughput
-    design, deepen the chosen design's gates while that pays, and evaluate it on the test split."""
+    design, each with its FIFOs sized as the build sizes them (:mod:`exitflow.dse.fifo_pricing`),
+    deepen the chosen design's gates while that pays, and evaluate it on the test split."""
     selecting = time.perf_counter()
-    chosen = _choose(eligible, objective, gates)
-    best_no_exit = max(no_exit, key=lambda c: (c.fps, -c.resources.lut))
+    chosen = pricer.fitting(lambda pool: _choose(pool, objective, gates), eligible, limits, "chosen design", log)
+    best_no_exit = pricer.fitting(
+        lambda pool: max(pool, key=lambda c: (c.fps, -c.resources.lut)),
+        no_exit,
+        limits,
+        "best design without exits",
+        log,
+    )
     equal, equal_fps = _equal_throughput(eligible, best_no_exit.fps, gates.gated_alike)
+    if equal is not None:
+        equal = pricer.price(equal)
     chosen, gated_fps = _deepen_gates(chosen, segments, limits, gates)
     test_fps = gates.on_test_split(chosen)
     seconds = time.perf_counter() - selecting
@@ -586,6 +607,7 @@ def _pareto_report(r: SweepResult, names: list[str], board, util: float) -> Pare
         active_bound=r.bound,
         fps_if_reach_minus_5pp=r.sensitivity["minus"],
         fps_if_reach_plus_5pp=r.sensitivity["plus"],
+        stage_fifos=tuple(Resources(*f) for f in r.chosen.fifos) if r.chosen.fifos is not None else None,
     )
     # the cheapest design with exits (LUTs) matching the no-exit throughput with its finite gates
     equal = None

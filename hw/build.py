@@ -87,9 +87,11 @@ def build(
     log: Callable[[str], None] = print,
     hw_dir: str | Path | None = None,
     vivado_project: Callable[[Path, BuildSummary], object] | None = None,
+    codegen: bool = True,
 ) -> list[GraphReport]:
     """Build the design into ``hw_dir`` (default ``DIR/hw``); see the module docstring.
-    ``vivado_project(run folder, summary)`` runs before ``build.json`` commits the build."""
+    ``vivado_project(run folder, summary)`` runs before ``build.json`` commits the build;
+    ``codegen=False`` builds the graphs without their HLS/RTL code (for their estimates)."""
     run = RunDir(run_dir)
     run_dir = run.root
     design_path = user_path(design_path) if design_path else run.design
@@ -120,7 +122,18 @@ def build(
         final.rename(previous)
     try:
         reports = _build_graphs(
-            final, design, design_path, board, model, data, exits, stage_layers, head_layers, log, vivado_project
+            final,
+            design,
+            design_path,
+            board,
+            model,
+            data,
+            exits,
+            stage_layers,
+            head_layers,
+            log,
+            vivado_project,
+            codegen,
         )
     except BaseException:
         shutil.rmtree(final, ignore_errors=True)
@@ -161,7 +174,9 @@ def restore_build(hw: Path, log: Callable[[str], None] = print) -> bool:
     return True
 
 
-def _build_graphs(hw, design, design_path, board, model, data, exits, stage_layers, head_layers, log, vivado_project):
+def _build_graphs(
+    hw, design, design_path, board, model, data, exits, stage_layers, head_layers, log, vivado_project, codegen
+):
     import sys
 
     import torch
@@ -227,7 +242,7 @@ def _build_graphs(hw, design, design_path, board, model, data, exits, stage_laye
             ctu=ctu,
             where=where,
         )
-        finn_flow.run_flow(hw / "stages" / file, out, state)
+        finn_flow.run_flow(hw / "stages" / file, out, state, codegen=codegen)
         LayerMap(
             layers=FrozenMap(state.layer_nodes), input_datatype=state.input_datatype, input_scale=state.input_scale
         ).write(out)

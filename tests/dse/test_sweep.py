@@ -6,6 +6,7 @@ import subprocess
 import pytest
 
 from exitflow.core.design import load_design
+from exitflow.dse.fifo_pricing import fifo_resources
 
 
 @pytest.fixture(scope="module")
@@ -80,6 +81,10 @@ def test_chosen_design_builds(swept, exitflow_cmd):
     assert out.returncode == 0, out.stderr
     built = json.loads((run / "hw" / "build.json").read_text())
     assert [g["name"] for g in built["graphs"] if g["kind"] == "stage"] == [s.name for s in design.stages]
+    # the FIFOs the sweep counted for the chosen design are those the build sized
+    reported = json.loads((run / "sweep" / "pareto.json").read_text())["chosen"]["stage_fifos"]
+    sized = [fifo_resources(run / "hw" / s.name) + fifo_resources(run / "hw" / s.head.name) for s in design.stages]
+    assert [list(f.values()) for f in reported] == [f.tolist() for f in sized]
 
 
 def test_sweep_needs_a_profile(tmp_path, digits_run, exitflow_cmd):
