@@ -39,7 +39,7 @@ _REQUIRED_RESOURCES = ("lut", "ff", "bram18", "dsp")
 
 
 @dataclass(frozen=True)
-class Resources:
+class DeviceResources:
     """An amount of FPGA fabric. BRAM is counted in 18 Kb halves, as FINN counts it."""
 
     lut: int = 0
@@ -53,8 +53,8 @@ class Resources:
             if getattr(self, name) < 0:
                 raise FieldError(name, f"must be >= 0; got {getattr(self, name)}")
 
-    def __add__(self, other: Resources) -> Resources:
-        return Resources(*(a + b for a, b in zip(self.as_tuple(), other.as_tuple(), strict=False)))
+    def __add__(self, other: DeviceResources) -> DeviceResources:
+        return DeviceResources(*(a + b for a, b in zip(self.as_tuple(), other.as_tuple(), strict=False)))
 
     def as_tuple(self) -> tuple[int, int, int, int, int]:
         return (self.lut, self.ff, self.bram18, self.uram, self.dsp)
@@ -68,8 +68,8 @@ class Board:
     part: str  # Vivado part name
     finn_board: str  # the board name FINN uses (key of finn.util.basic.pynq_part_map)
     clock_mhz: float  # default fabric clock
-    resources: Resources  # device totals (datasheet)
-    shell: Resources  # estimate of the PYNQ shell: PS interconnect, DMA, reset
+    resources: DeviceResources  # device totals (datasheet)
+    shell: DeviceResources  # estimate of the PYNQ shell: PS interconnect, DMA, reset
     description: str = ""
 
     def __post_init__(self) -> None:
@@ -104,9 +104,9 @@ class Board:
         return "zynq" if self.part.startswith("xc7z") else "zynq_us+"
 
     @property
-    def available(self) -> Resources:
+    def available(self) -> DeviceResources:
         """What is left for exitflow's accelerator once the shell is placed."""
-        return Resources(*(t - s for t, s in zip(self.resources.as_tuple(), self.shell.as_tuple(), strict=False)))
+        return DeviceResources(*(t - s for t, s in zip(self.resources.as_tuple(), self.shell.as_tuple(), strict=False)))
 
 
 def user_board_dirs() -> list[Path]:

@@ -7,7 +7,7 @@ place, :meth:`Resources.from_finn`. Arrays holding many vectors (the search's ``
 arrays) keep the last axis in the order of :data:`COLUMN`, and index it by name through it:
 ``total[..., COLUMN.lut]``.
 
-Not :class:`exitflow.core.catalogue.Resources`, a board's device totals (with flip-flops), which
+Not :class:`exitflow.core.catalogue.DeviceResources`, a board's device totals (with flip-flops), which
 :meth:`Resources.of` reads the four counted ones from.
 """
 
@@ -38,7 +38,7 @@ class Resources(NamedTuple):
     @classmethod
     def of(cls, amount: Any) -> Resources:
         """The LUT, BRAM18, URAM and DSP attributes of ``amount`` (such as a board's
-        :class:`~exitflow.core.catalogue.Resources`, whose flip-flops are not counted here)."""
+        :class:`~exitflow.core.catalogue.DeviceResources`, whose flip-flops are not counted here)."""
         return cls(*(getattr(amount, name) for name in cls._fields))
 
     @classmethod

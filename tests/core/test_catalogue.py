@@ -4,7 +4,7 @@ import subprocess
 
 import pytest
 
-from exitflow.core.catalogue import Board, Resources, get_board, load_board_file, load_catalogue
+from exitflow.core.catalogue import Board, DeviceResources, get_board, load_board_file, load_catalogue
 from exitflow.core.errors import BoardError
 
 EXPECTED_PARTS = {
@@ -120,7 +120,7 @@ shell: {lut: 4000, ff: 5000, bram18: 4}
 def test_user_adds_a_board_by_dropping_a_file(user_boards, exitflow_cmd):
     (user_boards / "MyBoard.yaml").write_text(GOOD)
     board = get_board("myboard")
-    assert board.resources == Resources(lut=17600, ff=35200, bram18=120, uram=0, dsp=80)
+    assert board.resources == DeviceResources(lut=17600, ff=35200, bram18=120, uram=0, dsp=80)
     assert board.shell.uram == 0
     out = subprocess.run([*exitflow_cmd, "boards"], capture_output=True, text=True, env=_env(user_boards))
     assert out.returncode == 0
