@@ -82,6 +82,28 @@ def _isolated_user_config(tmp_path_factory, monkeypatch):
         monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path_factory.mktemp("xdg")))
 
 
+def tiny_mlp(folder: Path, bare: bool = False):
+    """A tiny Brevitas net exported to ``folder/g.onnx`` (seed 0): int4 input -> 8x16 -> relu4 ->
+    16x4; ``bare``: also the same without its input quantiser, ``folder/bare.onnx`` (it starts
+    with a Gemm). Returns the net."""
+    import torch
+    from brevitas.nn import QuantIdentity, QuantLinear, QuantReLU
+
+    from exitflow.quant.export import _export
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        QuantIdentity(bit_width=4, return_quant_tensor=True),
+        QuantLinear(8, 16, bias=False, weight_bit_width=4),
+        QuantReLU(bit_width=4, return_quant_tensor=True),
+        QuantLinear(16, 4, bias=False, weight_bit_width=4),
+    ).eval()
+    _export(net, torch.rand(1, 8), folder / "g.onnx")
+    if bare:
+        _export(torch.nn.Sequential(*list(net)[1:]).eval(), torch.rand(1, 8), folder / "bare.onnx")
+    return net
+
+
 @pytest.fixture(scope="session")
 def tiny_trainer():
     """``train(folder, backbone, preset, width=1.0, images=64, model=None) -> run folder``: a

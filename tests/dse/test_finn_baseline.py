@@ -15,6 +15,8 @@ from exitflow.core.catalogue import get_board
 from exitflow.dse import finn_baseline
 from exitflow.dse.finn_baseline import TARGETS, _setfolding_point, _unbuildable, finn_setfolding_baseline
 
+from ..conftest import tiny_mlp
+
 BOARD = get_board("Pynq-Z2")
 
 
@@ -22,21 +24,10 @@ BOARD = get_board("Pynq-Z2")
 def hw(tmp_path_factory):
     """The hw/ folder of a built single-stage design of a tiny two-layer net: the stage graph
     ``whole`` and its final head ``classifier`` (with its CTU), as the build leaves them."""
-    import torch
-    from brevitas.nn import QuantIdentity, QuantLinear, QuantReLU
-
     from exitflow.hw.finn_flow import FlowState, run_flow
-    from exitflow.quant.export import _export
 
     folder = tmp_path_factory.mktemp("baseline")
-    torch.manual_seed(0)
-    net = torch.nn.Sequential(
-        QuantIdentity(bit_width=4, return_quant_tensor=True),
-        QuantLinear(8, 16, bias=False, weight_bit_width=4),
-        QuantReLU(bit_width=4, return_quant_tensor=True),
-        QuantLinear(16, 4, bias=False, weight_bit_width=4),
-    ).eval()
-    _export(net, torch.rand(1, 8), folder / "g.onnx")
+    tiny_mlp(folder)
     for name, ctu in (("whole", None), ("classifier", {"policy": "max_prob", "threshold": None, "scale": 0.1})):
         state = FlowState(
             name=name, part=BOARD.part, clock_ns=10.0, layers=["a", "b"], folding={}, out=folder / "hw" / name, ctu=ctu

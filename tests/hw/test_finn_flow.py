@@ -15,6 +15,8 @@ from exitflow.core.errors import INTERRUPTED, ConfigError, ExitflowError
 from exitflow.hw import finn_flow
 from exitflow.hw.finn_flow import FlowState, UnsupportedLayerError, default_folding, read_layers, run_flow
 
+from ..conftest import tiny_mlp
+
 PART = "xc7z020clg400-1"
 
 
@@ -28,21 +30,8 @@ def _state(out, **kw):
 def graphs(tmp_path_factory):
     """Two exported graphs: int4 input -> 8x16 -> relu4 -> 16x4, and the same without its
     input quantiser (so it starts with a Gemm)."""
-    import torch
-    from brevitas.nn import QuantIdentity, QuantLinear, QuantReLU
-
-    from exitflow.quant.export import _export
-
     folder = tmp_path_factory.mktemp("finn_flow")
-    torch.manual_seed(0)
-    net = torch.nn.Sequential(
-        QuantIdentity(bit_width=4, return_quant_tensor=True),
-        QuantLinear(8, 16, bias=False, weight_bit_width=4),
-        QuantReLU(bit_width=4, return_quant_tensor=True),
-        QuantLinear(16, 4, bias=False, weight_bit_width=4),
-    ).eval()
-    _export(net, torch.rand(1, 8), folder / "g.onnx")
-    _export(torch.nn.Sequential(*list(net)[1:]).eval(), torch.rand(1, 8), folder / "bare.onnx")
+    net = tiny_mlp(folder, bare=True)
     return folder, net
 
 
