@@ -460,11 +460,11 @@ def test_failure_inside_finn_puts_earlier_outputs_back(digits_run, tmp_path, mon
     before = sorted(str(p.relative_to(digits_run)) for p in (digits_run / "hw").rglob("*"))
     real, calls = finn_flow.run_flow, []
 
-    def fail_on_second(src, out, state, log=None):
+    def fail_on_second(src, out, state, log=None, codegen=True):
         calls.append(state.name)
         if len(calls) == 2:
             raise ExitflowError("simulated FINN failure")
-        return real(src, out, state)
+        return real(src, out, state, codegen=codegen)
 
     monkeypatch.setattr(finn_flow, "run_flow", fail_on_second)
     with pytest.raises(ExitflowError, match="simulated FINN failure"):
