@@ -44,9 +44,11 @@ from exitflow.core.schema import FieldError, FrozenMap, from_data, load_file, to
 
 #: Exit policies, each one integer function in :mod:`exitflow.quant.policies`.
 #: ``max_prob``: max-softmax confidence >= threshold (0 < t <= 1);
-#: ``margin``: top-1 minus top-2 logit, in real units, >= threshold (t >= 0).
-Policy = Literal["max_prob", "margin"]
-POLICIES: tuple[str, ...] = ("max_prob", "margin")
+#: ``margin``: top-1 minus top-2 logit, in real units, >= threshold (t >= 0);
+#: ``agreement``: max_prob's test (0 < t <= 1) and the same class as the previous kept exit (at
+#: the first kept exit, max_prob's test alone).
+Policy = Literal["max_prob", "margin", "agreement"]
+POLICIES: tuple[str, ...] = ("max_prob", "margin", "agreement")
 
 #: What the design search (``exitflow sweep``, ``exitflow run``) optimises under the accuracy floor.
 Objective = Literal["throughput", "latency"]
@@ -116,8 +118,8 @@ class ExitHead:
         t = self.threshold
         if t is None:
             return
-        if self.policy == "max_prob" and not 0.0 < t <= 1.0:
-            raise FieldError("threshold", f"for policy max_prob must be in (0, 1]; got {t}")
+        if self.policy in ("max_prob", "agreement") and not 0.0 < t <= 1.0:
+            raise FieldError("threshold", f"for policy {self.policy} must be in (0, 1]; got {t}")
         if self.policy == "margin" and t < 0.0:
             raise FieldError("threshold", f"for policy margin must be >= 0 (a logit difference); got {t}")
 

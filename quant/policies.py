@@ -13,10 +13,20 @@ per-tensor scale ``s`` (real logit = ``s * z``).
 ``margin``
     top-1 minus top-2 logit >= t  <=>  ``z_top1 - z_top2 >= ceil(t / s)``. The code is the
     integer margin (larger = more confident).
+``agreement`` (patience)
+    max_prob's code, threshold (in (0, 1]) and constant, and one more condition: a sample exits
+    at a kept early exit k when its code passes k's constant (``S <= floor(2**frac_bits / t)``)
+    *and* its class at k equals its class at the previous *kept* exit of the design's cascade
+    (whatever that exit's policy; not the previous candidate exit of the model). At the first
+    kept exit there is no previous class: the decision is max_prob's alone. The hardware carries
+    the class of a sample that goes on from its gate to the next CTU; :func:`route` takes the
+    classes of the kept exits (``classes``), :func:`decide` the previous class of each sample
+    (``previous_class``). :func:`exits` is the threshold test only.
 
-The class is the first index of the largest logit (hardware scans with a strict ``>``). No
-divider, no floating point, no DSP in the decision: the only float operations are in building
-the ROM and the threshold constant, which happen once, offline.
+The class is the first index of the largest logit (hardware scans with a strict ``>``), so two
+exits agree on a tied sample only when both give it the same lowest tied index. No divider, no
+floating point, no DSP in the decision: the only float operations are in building the ROM and
+the threshold constant, which happen once, offline.
 """
 
 from __future__ import annotations
@@ -67,15 +77,33 @@ def exp_rom(scale: float, frac_bits: int = DEFAULT_FRAC_BITS, logit_bits: int = 
     return rom[: nonzero[-1] + 1] if nonzero.size else rom[:1]
 
 
+#: The policies that use another policy's confidence code and threshold constant
+#: (profiling stores each code once; ``profile.npz`` has no ``code_agreement``).
+SAME_CODE: dict[str, str] = {"agreement": "max_prob"}
+
+
+def code_policy(policy: Policy) -> str:
+    """The policy whose confidence code, code width and threshold constant ``policy`` uses:
+    ``max_prob`` for ``agreement``, the policy itself otherwise."""
+    _check_policy(policy)
+    return SAME_CODE.get(policy, policy)
+
+
+def _check_policy(policy: str) -> None:
+    if policy not in POLICIES:
+        raise ValueError(f"unknown exit policy {policy!r}; known: {', '.join(POLICIES)}")
+
+
 def threshold_code(policy: Policy, threshold: float, scale: float, frac_bits: int = DEFAULT_FRAC_BITS) -> int:
     """The integer constant the hardware compares with, for a float threshold.
 
     Computed in exact rational arithmetic from the float values, so it is the same on every
-    machine. A ``max_prob`` constant at or above ``num_classes << frac_bits`` means "always exit".
+    machine. A ``max_prob`` (``agreement``) constant at or above ``num_classes << frac_bits``
+    means "always exit" (for agreement: whenever the class agrees).
     """
-    if policy == "max_prob":
+    if policy in ("max_prob", "agreement"):
         if not 0.0 < threshold <= 1.0:
-            raise ValueError(f"max_prob threshold must be in (0, 1]; got {threshold}")
+            raise ValueError(f"{policy} threshold must be in (0, 1]; got {threshold}")
         return math.floor(Fraction(1 << frac_bits) / Fraction(threshold))  # exact, no float rounding
     if policy == "margin":
         if not threshold >= 0.0:
@@ -86,7 +114,7 @@ def threshold_code(policy: Policy, threshold: float, scale: float, frac_bits: in
 
 def code_bits(policy: Policy, num_classes: int, logit_bits: int, frac_bits: int = DEFAULT_FRAC_BITS) -> int:
     """Width of the unsigned confidence code."""
-    if policy == "max_prob":
+    if code_policy(policy) == "max_prob":
         return (num_classes << frac_bits).bit_length()
     return logit_bits + 1  # z_top1 - z_top2 of two signed logit_bits values
 
@@ -120,7 +148,7 @@ def confidence_code(
     z = _check_logits(logits, logit_bits)
     cls = np.argmax(z, axis=-1)  # first maximum, as the hardware's strict '>' scan
     top = np.max(z, axis=-1, keepdims=True)
-    if policy == "max_prob":
+    if policy in ("max_prob", "agreement"):  # agreement: max_prob's code
         rom = exp_rom(scale, frac_bits, logit_bits)
         padded = np.append(rom, 0)
         d = np.minimum((top - z) >> rom_shift(scale, frac_bits, logit_bits), len(rom))
@@ -132,8 +160,9 @@ def confidence_code(
 
 
 def exits(policy: Policy, code: np.ndarray, threshold_constant: int) -> np.ndarray:
-    """The comparison the CTU makes between a confidence code and the threshold constant."""
-    if policy == "max_prob":
+    """The comparison the CTU makes between a confidence code and the threshold constant (for
+    ``agreement``, its threshold test alone: :func:`decide` and :func:`route` add the class test)."""
+    if code_policy(policy) == "max_prob":
         return np.asarray(code) <= threshold_constant
     return np.asarray(code) >= threshold_constant
 
@@ -145,28 +174,74 @@ def decide(
     logit_bits: int,
     threshold_constant: int,
     frac_bits: int = DEFAULT_FRAC_BITS,
+    previous_class: np.ndarray | int | None = None,
 ) -> Decision:
-    """The CTU: integer logits -> (exit flag, class, confidence code), exactly as in hardware."""
+    """The CTU: integer logits -> (exit flag, class, confidence code), exactly as in hardware.
+
+    ``previous_class``: for ``agreement`` at a kept exit after the first, each sample's class at
+    the previous kept exit (one per sample, or one for all); the sample exits only when its class
+    here is the same. ``None``: the first kept exit (max_prob's rule alone). Other policies take
+    no previous class."""
     cls, code = confidence_code(policy, logits, scale, logit_bits, frac_bits)
-    return Decision(exit=exits(policy, code, threshold_constant), cls=cls.astype(np.int64), code=code.astype(np.int64))
+    leave = exits(policy, code, threshold_constant)
+    if previous_class is not None:
+        if policy != "agreement":
+            raise ValueError(f"previous_class is read by the agreement policy only; got policy {policy!r}")
+        previous = _check_classes(previous_class, "previous_class")
+        try:
+            previous = np.broadcast_to(previous, cls.shape)
+        except ValueError:
+            raise ValueError(
+                f"previous_class of shape {previous.shape} does not give one class per sample of {cls.shape}"
+            ) from None
+        leave = leave & (cls == previous)
+    return Decision(exit=leave, cls=cls.astype(np.int64), code=code.astype(np.int64))
 
 
-def route(policy: Policy | Sequence[Policy], codes: np.ndarray, constants: np.ndarray | list[int]) -> np.ndarray:
+def _check_classes(classes, name: str) -> np.ndarray:
+    c = np.asarray(classes)
+    if c.dtype.kind not in "iu":
+        raise TypeError(f"{name} must hold integer class indices; got dtype {c.dtype}")
+    return c
+
+
+def route(
+    policy: Policy | Sequence[Policy],
+    codes: np.ndarray,
+    constants: np.ndarray | list[int],
+    classes: np.ndarray | None = None,
+) -> np.ndarray:
     """The exit every sample takes in a cascade: the first early exit whose CTU says exit, else
-    the final one. ``codes`` is ``(samples, exits)``; ``constants`` has one threshold constant
-    per early exit (``exits - 1``); ``policy`` is one policy for every early exit or one per early
-    exit. Returns exit indices ``0 .. exits-1``."""
+    the final one. ``codes`` is ``(samples, exits)``, one column per kept exit in cascade order;
+    ``constants`` has one threshold constant per early exit (``exits - 1``); ``policy`` is one
+    policy for every early exit or one per early exit. ``classes`` (``(samples, exits)``, the
+    class of each column of ``codes``) is required once an early exit uses ``agreement``: such an
+    exit after the first takes a sample only if its class there equals its class in the column
+    before. Vectorised over samples. Returns exit indices ``0 .. exits-1``."""
     codes = np.asarray(codes)
     constants = np.asarray(constants, dtype=np.int64)
     if codes.ndim != 2 or constants.shape != (codes.shape[1] - 1,):
         raise ValueError(f"codes {codes.shape} need one constant per early exit; got {constants.shape}")
     if isinstance(policy, str):
+        early = [policy] * len(constants)
         leave = exits(policy, codes[:, :-1], constants[None, :])
     else:
-        if len(policy) != len(constants):
-            raise ValueError(f"{len(constants)} early exits need one policy each; got {len(policy)}")
+        early = list(policy)
+        if len(early) != len(constants):
+            raise ValueError(f"{len(constants)} early exits need one policy each; got {len(early)}")
         leave = np.empty((len(codes), len(constants)), dtype=bool)
-        for j, p in enumerate(policy):
+        for j, p in enumerate(early):
             leave[:, j] = exits(p, codes[:, j], constants[j])
+    if classes is not None:
+        classes = _check_classes(classes, "classes")
+        if classes.shape != codes.shape:
+            raise ValueError(f"classes {classes.shape} need one class per code {codes.shape}")
+    if "agreement" in early:
+        if classes is None:
+            raise ValueError(
+                "the agreement policy needs each kept exit's class: pass classes (samples x exits, like codes)"
+            )
+        later = np.flatnonzero([p == "agreement" for p in early][1:]) + 1  # the first exit has no previous one
+        leave[:, later] &= classes[:, later] == classes[:, later - 1]
     leave = np.concatenate([leave, np.ones((len(codes), 1), dtype=bool)], axis=1)
     return np.argmax(leave, axis=1)

@@ -2,8 +2,12 @@
 
 ``profile(DIR)`` runs the quantised model on the validation and test splits and writes
 
-* ``DIR/profile.npz``: per split, per sample and exit: integer logits, prediction, correct or
-  not, and the confidence code of each policy; per exit: scale and logit bit width;
+* ``DIR/profile.npz``: per split, per sample and exit: integer logits, prediction (the class),
+  correct or not, and the confidence code of each policy; per exit: scale and logit bit width.
+  A policy that uses another's code (``agreement`` uses ``max_prob``'s,
+  :data:`~exitflow.quant.policies.SAME_CODE`) is not stored twice: :func:`load_profile` gives
+  ``{split}_code_agreement`` as the ``max_prob`` array, and the class its agreement test
+  compares is ``{split}_pred``;
 * ``DIR/profile.json``: per split and exit, on a threshold grid: exit rate and the accuracy of
   the samples that exit there; and for the whole cascade with that threshold at every exit: the
   fraction leaving at each exit, the share leaving early, and the cumulative accuracy;
@@ -30,10 +34,13 @@ from exitflow.core.files import atomic_write, user_path
 
 from . import checkpoint as ckpt
 from .network import MultiExitNet
-from .policies import DEFAULT_FRAC_BITS, POLICIES, confidence_code, exits, route, threshold_code
+from .policies import DEFAULT_FRAC_BITS, POLICIES, SAME_CODE, code_policy, confidence_code, exits, route, threshold_code
 from .train import to_input
 
 #: max_prob thresholds of the grid (confidence), margin thresholds are in logit units
+#: The policies whose confidence codes profile.npz holds (the others share one of them)
+STORED_CODES: tuple[str, ...] = tuple(p for p in POLICIES if p not in SAME_CODE)
+
 MAX_PROB_GRID = tuple(np.round(np.concatenate([np.arange(0.30, 0.899, 0.05), np.arange(0.90, 1.0, 0.005)]), 4).tolist())
 
 
@@ -44,7 +51,7 @@ class SplitProfile:
     logits: np.ndarray  # (samples, exits, classes) int64
     labels: np.ndarray  # (samples,)
     pred: np.ndarray  # (samples, exits)
-    codes: dict[str, np.ndarray]  # policy -> (samples, exits) int64
+    codes: dict[str, np.ndarray]  # policy -> (samples, exits) int64, every policy (shared codes are one array)
 
     @property
     def correct(self) -> np.ndarray:
@@ -89,9 +96,11 @@ def run_exits(model: MultiExitNet, data: ImageSet, frac_bits: int = DEFAULT_FRAC
                 raise RuntimeError("exit bit widths changed between batches; the model is not in eval mode")
     z = np.concatenate(logits)
     codes = {}
-    for policy in POLICIES:
+    for policy in STORED_CODES:
         per_exit = [confidence_code(policy, z[:, k], scales[k], bits[k], frac_bits) for k in range(z.shape[1])]
         codes[policy] = np.stack([c for _, c in per_exit], axis=1)
+    for policy in POLICIES:
+        codes.setdefault(policy, codes[code_policy(policy)])
     pred = np.argmax(z, axis=2)
     return SplitProfile(z, data.y.astype(np.int64), pred, codes), np.array(scales), np.array(bits)
 
@@ -149,7 +158,7 @@ def profile(run_dir: str | Path, frac_bits: int = DEFAULT_FRAC_BITS, plot: bool 
                 f"{split_name}_labels": prof.labels,
                 f"{split_name}_pred": prof.pred,
                 f"{split_name}_correct": prof.correct,
-                **{f"{split_name}_code_{p}": c for p, c in prof.codes.items()},
+                **{f"{split_name}_code_{p}": prof.codes[p] for p in STORED_CODES},
             }
         )
         summary["splits"][split_name] = {
@@ -172,7 +181,9 @@ def profile(run_dir: str | Path, frac_bits: int = DEFAULT_FRAC_BITS, plot: bool 
 def load_profile(run_dir: str | Path) -> dict[str, np.ndarray]:
     """DIR/profile.npz, checked: every array :func:`profile` writes, of the shapes it writes. A
     missing, empty, truncated or foreign file is one :class:`ConfigError` line naming the file and
-    the fix (``exitflow profile DIR``); the sweep and the cosimulation read it only through here."""
+    the fix (``exitflow profile DIR``); the sweep and the cosimulation read it only through here.
+    Every policy has its ``{split}_code_{policy}``: one that shares another's code
+    (``agreement``) is that array."""
     run_dir = Path(run_dir)
     path = run_dir / "profile.npz"
     again = f"run `exitflow profile {run_dir}` again"
@@ -181,7 +192,7 @@ def load_profile(run_dir: str | Path) -> dict[str, np.ndarray]:
     if path.stat().st_size == 0:
         raise ConfigError(f"{path}: empty file; {again}")
     splits = ("val", "test")
-    per_split = ("logits", "labels", "pred", "correct", *(f"code_{p}" for p in POLICIES))
+    per_split = ("logits", "labels", "pred", "correct", *(f"code_{p}" for p in STORED_CODES))
     wanted = ["exit_names", "frac_bits", "scales", "logit_bits", *(f"{s}_{k}" for s in splits for k in per_split)]
     try:
         with np.load(path, allow_pickle=False) as npz:
@@ -220,12 +231,14 @@ def load_profile(run_dir: str | Path) -> dict[str, np.ndarray]:
         logits = arrays[f"{split}_logits"]
         if logits.ndim != 3 or logits.shape[:2] != (n, n_exits) or logits.dtype.kind not in "iu":
             raise bad(f"{split}_logits", f"integers of shape ({n}, {n_exits}, classes)")
-        for key in ("pred", "correct", *(f"code_{p}" for p in POLICIES)):
+        for key in ("pred", "correct", *(f"code_{p}" for p in STORED_CODES)):
             array = arrays[f"{split}_{key}"]
             if array.shape != (n, n_exits) or array.dtype.kind not in ("b" if key == "correct" else "iu"):
                 raise bad(
                     f"{split}_{key}", f"{'booleans' if key == 'correct' else 'integers'} of shape ({n}, {n_exits})"
                 )
+        for policy, same in SAME_CODE.items():
+            arrays[f"{split}_code_{policy}"] = arrays[f"{split}_code_{same}"]
     return arrays
 
 

@@ -28,6 +28,7 @@ folding_maps = st.dictionaries(layer_names, foldings, max_size=4).map(FrozenMap)
 thresholds = {
     "max_prob": st.floats(0.0, 1.0, exclude_min=True),
     "margin": st.floats(0.0, 1e6),
+    "agreement": st.floats(0.0, 1.0, exclude_min=True),
 }
 
 
@@ -51,7 +52,7 @@ def designs(draw):
     stages = []
     for k in range(n):
         last = k == n - 1
-        policy = draw(st.sampled_from(["max_prob", "margin"]))
+        policy = draw(st.sampled_from(["max_prob", "margin", "agreement"]))
         head = ExitHead(
             name=head_names[k],
             policy=policy,
@@ -164,7 +165,7 @@ BAD = [
     (
         ("stages", 0, "head", "policy"),
         "softmax",
-        "stages[0].head.policy: must be one of 'max_prob', 'margin'; got 'softmax'",
+        "stages[0].head.policy: must be one of 'max_prob', 'margin', 'agreement'; got 'softmax'",
     ),
     (
         ("stages", 0, "head", "threshold"),
@@ -240,6 +241,16 @@ def test_margin_thresholds():
     data["stages"][0]["head"].update(policy="margin", threshold=-1)
     with pytest.raises(ConfigError, match="for policy margin must be >= 0"):
         design_from_data(data)
+
+
+def test_agreement_thresholds_are_max_prob_thresholds():
+    data = _data()
+    data["stages"][0]["head"].update(policy="agreement", threshold=0.75)
+    assert design_from_data(data).stages[0].head.policy == "agreement"
+    for bad in (0.0, 1.5, -0.2):
+        data["stages"][0]["head"].update(policy="agreement", threshold=bad)
+        with pytest.raises(ConfigError, match=r"for policy agreement must be in \(0, 1\]"):
+            design_from_data(data)
 
 
 def test_loader_never_executes_anything(tmp_path):

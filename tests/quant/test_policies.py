@@ -8,7 +8,17 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from exitflow.quant.policies import code_bits, confidence_code, decide, exits, exp_rom, rom_shift, threshold_code
+from exitflow.quant.policies import (
+    code_bits,
+    code_policy,
+    confidence_code,
+    decide,
+    exits,
+    exp_rom,
+    rom_shift,
+    route,
+    threshold_code,
+)
 
 BITS = [2, 3, 4, 6, 8, 12, 16, 20, 24, 32]
 
@@ -165,3 +175,198 @@ def test_coarse_rom_for_tiny_scales():
     grid = ((z.max(axis=1, keepdims=True) - z) >> shift) << shift
     coarse = np.exp(-scale * grid.astype(np.float64)) * (1 << frac)
     assert np.all(np.abs(code - coarse.sum(axis=1)) <= 0.5 * 10 + 1e-6)
+
+
+# ---- agreement (patience): max_prob's test and the previous kept exit's class
+
+
+def reference_route(policies, codes, constants, classes):
+    """The cascade one sample at a time, written out plainly: the first early exit whose test
+    passes takes the sample; an agreement exit after the first also needs the class of the exit
+    before it."""
+    taken = []
+    for i in range(len(codes)):
+        chosen = len(constants)
+        for j, p in enumerate(policies):
+            if p == "margin":
+                passes = codes[i][j] >= constants[j]
+            else:
+                passes = codes[i][j] <= constants[j]
+            if p == "agreement" and j > 0 and classes[i][j] != classes[i][j - 1]:
+                passes = False
+            if passes:
+                chosen = j
+                break
+        taken.append(chosen)
+    return np.array(taken)
+
+
+def test_agreement_uses_the_max_prob_code_width_and_constant():
+    z = np.random.default_rng(0).integers(-128, 128, (50, 10))
+    for scale in (0.05, 0.7):
+        cls_a, code_a = confidence_code("agreement", z, scale, 8)
+        cls_m, code_m = confidence_code("max_prob", z, scale, 8)
+        assert np.array_equal(cls_a, cls_m) and np.array_equal(code_a, code_m)
+    for t in (0.3, 0.9, 1.0):
+        assert threshold_code("agreement", t, 0.05) == threshold_code("max_prob", t, 0.05)
+    assert code_bits("agreement", 10, 8) == code_bits("max_prob", 10, 8) == (10 << 10).bit_length()
+    assert code_policy("agreement") == "max_prob" and code_policy("margin") == "margin"
+    for bad in (0.0, 1.5):
+        with pytest.raises(ValueError, match=r"agreement threshold must be in \(0, 1\]"):
+            threshold_code("agreement", bad, 0.05)
+    assert exits("agreement", np.array([1024, 1025]), 1024).tolist() == [True, False]  # the threshold test alone
+    with pytest.raises(ValueError, match="unknown exit policy 'patience'"):
+        exits("patience", np.array([1]), 1)
+
+
+def test_agreement_at_the_first_kept_exit_is_max_prob():
+    rng = np.random.default_rng(1)
+    codes = rng.integers(1024, 4096, (400, 3))
+    classes = rng.integers(0, 10, (400, 3))
+    constants = [2000, 2500]
+    for first in ("agreement", ["agreement", "max_prob"]):
+        taken = route(first, codes, constants, classes)
+        assert np.array_equal(taken == 0, codes[:, 0] <= 2000)  # whatever the classes
+    # a single early exit: agreement is max_prob, whatever the classes say
+    shuffled = rng.permutation(classes[:, :2])
+    assert np.array_equal(route("agreement", codes[:, :2], [2000], shuffled), route("max_prob", codes[:, :2], [2000]))
+    z = rng.integers(-50, 50, (300, 10))
+    a, m = decide("agreement", z, 0.1, 8, 1500), decide("max_prob", z, 0.1, 8, 1500)
+    assert np.array_equal(a.exit, m.exit) and np.array_equal(a.code, m.code) and 0 < a.exit.sum() < 300
+
+
+def test_agreement_needs_the_same_class_and_the_threshold():
+    codes = np.array([[9999, 1100, 0]] * 4)
+    classes = np.array([[3, 3, 0], [3, 4, 0], [3, 3, 0], [3, 4, 0]])
+    constants = np.array([[1024, 1200], [1024, 1200], [1024, 1000], [1024, 1000]])
+    # rows: same class and passing; other class; same class, failing; both wrong
+    got = [int(route("agreement", codes[i : i + 1], constants[i], classes[i : i + 1])[0]) for i in range(4)]
+    assert got == [1, 2, 2, 2]
+
+
+def test_agreement_on_tied_logits_compares_the_first_maximum():
+    """The class is the first index of the largest logit: two exits with the same tied top
+    logits agree; a tie in another order does not, though both exits hold the same maximum."""
+    scale, bits = 0.5, 8
+    before = np.array([[6, 6, 1, 0], [6, 6, 1, 0], [1, 6, 6, 0], [0, 0, 0, 0]])
+    here = np.array([[6, 6, 0, 1], [1, 6, 6, 0], [6, 6, 1, 0], [0, 0, 0, 0]])
+    prev, _ = confidence_code("max_prob", before, scale, bits)
+    assert prev.tolist() == [0, 0, 1, 0]
+    always = threshold_code("agreement", 0.01, scale)  # every code passes: only the classes decide
+    d = decide("agreement", here, scale, bits, always, previous_class=prev)
+    assert d.cls.tolist() == [0, 1, 0, 0]
+    assert d.exit.tolist() == [True, False, False, True]
+    codes = np.stack([confidence_code("max_prob", z, scale, bits)[1] for z in (before, here, here)], axis=1)
+    classes = np.stack([confidence_code("max_prob", z, scale, bits)[0] for z in (before, here, here)], axis=1)
+    never = 0  # no max_prob code is 0: the first exit takes nothing
+    assert route(["max_prob", "agreement"], codes, [never, always], classes).tolist() == [1, 2, 2, 1]
+
+
+@pytest.mark.parametrize("classes", [2, 3, 10, 100])
+def test_agreement_for_every_class(classes):
+    """For every class c: a sample whose class is c exits when the previous class is c too, and
+    stays for every other previous class."""
+    scale, bits = 0.25, 8
+    z = np.full((classes, classes), -40, dtype=np.int64)
+    z[np.arange(classes), np.arange(classes)] = 60  # sample c: class c, very confident
+    constant = threshold_code("agreement", 0.9, scale)
+    same = decide("agreement", z, scale, bits, constant, previous_class=np.arange(classes))
+    assert same.cls.tolist() == list(range(classes)) and same.exit.all()
+    for shift in range(1, min(classes, 5)):
+        other = decide("agreement", z, scale, bits, constant, previous_class=(np.arange(classes) + shift) % classes)
+        assert not other.exit.any()
+    # one previous class for all: only its own sample exits
+    for c in range(classes):
+        assert np.flatnonzero(decide("agreement", z, scale, bits, constant, previous_class=c).exit).tolist() == [c]
+
+
+def test_mixed_policies_pass_on_the_previous_kept_exits_class():
+    """An agreement exit compares with the kept exit just before it, whatever that one's policy."""
+    codes = np.array([[5000, 3, 1100, 0]])  # max_prob fails, margin fails (3 < 4), agreement passes its threshold
+    mixed = ["max_prob", "margin", "agreement"]
+    constants = [1024, 4, 1200]
+    assert route(mixed, codes, constants, np.array([[7, 2, 2, 0]])).tolist() == [2]  # agrees with the margin exit
+    assert route(mixed, codes, constants, np.array([[2, 7, 2, 0]])).tolist() == [3]  # agrees only two exits back
+    passing_margin = np.array([[5000, 9, 1100, 0]])
+    assert route(mixed, passing_margin, constants, np.array([[2, 7, 2, 0]])).tolist() == [1]
+    # agreement before a max_prob exit: the max_prob exit ignores classes
+    assert route(
+        ["agreement", "agreement", "max_prob"], codes, [1024, 1024, 1200], np.array([[1, 2, 3, 0]])
+    ).tolist() == [2]
+
+
+def test_route_checks_the_classes():
+    codes = np.zeros((5, 3), dtype=np.int64)
+    for policy in ("agreement", ["max_prob", "agreement"], ["agreement", "margin"]):
+        with pytest.raises(ValueError, match="agreement policy needs each kept exit's class: pass classes"):
+            route(policy, codes, [1, 1])
+    with pytest.raises(ValueError, match=r"classes \(5, 2\) need one class per code \(5, 3\)"):
+        route("agreement", codes, [1, 1], np.zeros((5, 2), dtype=np.int64))
+    with pytest.raises(TypeError, match="classes must hold integer class indices"):
+        route("agreement", codes, [1, 1], np.zeros((5, 3)))
+    # the other policies need no classes, as before
+    assert route("max_prob", codes, [1, 1]).tolist() == [0] * 5
+    assert route(["margin", "max_prob"], codes, [1, 1]).tolist() == [1] * 5
+
+
+def test_decide_checks_the_previous_class():
+    z = np.zeros((4, 10), dtype=np.int64)
+    with pytest.raises(ValueError, match="previous_class is read by the agreement policy only; got policy 'max_prob'"):
+        decide("max_prob", z, 0.1, 8, 2000, previous_class=np.zeros(4, dtype=np.int64))
+    with pytest.raises(ValueError, match=r"previous_class of shape \(3,\) does not give one class per sample"):
+        decide("agreement", z, 0.1, 8, 20000, previous_class=np.zeros(3, dtype=np.int64))
+    with pytest.raises(TypeError, match="previous_class must hold integer class indices"):
+        decide("agreement", z, 0.1, 8, 20000, previous_class=np.zeros(4))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_route_equals_a_per_sample_loop(seed):
+    """Random cascades of 2..6 kept exits, random policies per early exit, codes and classes
+    drawn so that thresholds and classes both split the samples."""
+    rng = np.random.default_rng(seed)
+    n, e = 3000, int(rng.integers(2, 7))
+    codes = rng.integers(0, 40, (n, e))
+    classes = rng.integers(0, int(rng.integers(2, 5)), (n, e))
+    early = [str(p) for p in rng.choice(["max_prob", "margin", "agreement"], e - 1)]
+    early[-1] = "agreement"  # at least one
+    constants = rng.integers(5, 35, e - 1)
+    got = route(early, codes, constants, classes)
+    assert np.array_equal(got, reference_route(early, codes, constants, classes))
+    assert len(np.unique(got)) > 1
+    one = route("agreement", codes, constants, classes)
+    assert np.array_equal(one, reference_route(["agreement"] * (e - 1), codes, constants, classes))
+    for p in ("max_prob", "margin"):  # unchanged without agreement, with or without classes
+        assert np.array_equal(route(p, codes, constants), reference_route([p] * (e - 1), codes, constants, classes))
+        assert np.array_equal(route(p, codes, constants, classes), route(p, codes, constants))
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_route_equals_the_ctu_decisions_sample_by_sample(seed):
+    """From integer logits: route over the kept exits' codes and classes is what a chain of CTUs
+    decides, one sample at a time, each agreement CTU given the class of the exit before."""
+    rng = np.random.default_rng(100 + seed)
+    e, classes, bits, n = 4, int(rng.integers(2, 12)), 8, 300
+    scales = rng.uniform(0.05, 0.5, e)
+    z = rng.integers(-12, 13, (n, e, classes))  # close logits: ties and disagreements
+    early = ["agreement", "margin", "agreement"]
+    thresholds = [0.5, 1.0, 0.4]
+    constants = [threshold_code(p, t, scales[k]) for k, (p, t) in enumerate(zip(early, thresholds, strict=True))]
+    cls = np.stack(
+        [confidence_code(early[k] if k < e - 1 else "max_prob", z[:, k], scales[k], bits)[0] for k in range(e)], 1
+    )
+    code = np.stack(
+        [confidence_code(early[k] if k < e - 1 else "max_prob", z[:, k], scales[k], bits)[1] for k in range(e)], 1
+    )
+    taken = route(early, code, constants, cls)
+    for i in range(n):
+        want, previous = e - 1, None
+        for k, p in enumerate(early):
+            d = decide(
+                p, z[i : i + 1, k], scales[k], bits, constants[k], previous_class=previous if p == "agreement" else None
+            )
+            if d.exit[0]:
+                want = k
+                break
+            previous = d.cls
+        assert taken[i] == want, i
+    assert len(set(taken.tolist())) >= 3

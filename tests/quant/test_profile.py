@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from exitflow.quant.policies import confidence_code, exits, route, threshold_code
-from exitflow.quant.profile import MAX_PROB_GRID, profile
+from exitflow.quant.policies import confidence_code, decide, exits, route, threshold_code
+from exitflow.quant.profile import MAX_PROB_GRID, load_profile, profile
 
 
 @pytest.fixture(scope="module")
@@ -42,6 +42,48 @@ def test_codes_are_the_policy_function_of_the_logits(profiled):
             assert np.array_equal(code, arrays[f"test_code_{policy}"][:, k])
     assert np.array_equal(arrays["test_pred"], arrays["test_logits"].argmax(axis=2))
     assert np.array_equal(arrays["test_correct"], arrays["test_pred"] == arrays["test_labels"][:, None])
+
+
+def test_agreement_reads_the_max_prob_code_and_the_predictions(profiled):
+    """profile.npz stores max_prob's code once; load_profile gives every policy its code, so the
+    search and the cosimulation read ``{split}_code_agreement``, and the classes its test
+    compares are ``{split}_pred``."""
+    run, _, arrays = profiled
+    assert "test_code_agreement" not in arrays.files  # not stored twice
+    loaded = load_profile(run)
+    for split in ("val", "test"):
+        code = loaded[f"{split}_code_agreement"]
+        assert np.array_equal(code, arrays[f"{split}_code_max_prob"])
+        for k in range(4):
+            cls, own = confidence_code(
+                "agreement",
+                arrays[f"{split}_logits"][:, k],
+                float(arrays["scales"][k]),
+                int(arrays["logit_bits"][k]),
+                int(arrays["frac_bits"]),
+            )
+            assert np.array_equal(own, code[:, k]) and np.array_equal(cls, loaded[f"{split}_pred"][:, k])
+    # a cascade of every exit with agreement, from the profile alone, against the CTU one sample at a time
+    scales, logits = arrays["scales"], arrays["test_logits"]
+    constants = [threshold_code("agreement", 0.8, float(s)) for s in scales[:-1]]
+    taken = route("agreement", loaded["test_code_agreement"], constants, loaded["test_pred"])
+    for i in range(len(taken)):
+        want, previous = 3, None
+        for k in range(3):
+            d = decide(
+                "agreement",
+                logits[i : i + 1, k],
+                float(scales[k]),
+                int(arrays["logit_bits"][k]),
+                constants[k],
+                previous_class=previous,
+            )
+            if d.exit[0]:
+                want = k
+                break
+            previous = d.cls
+        assert taken[i] == want
+    assert len(set(taken.tolist())) >= 2
 
 
 def test_threshold_table_matches_a_direct_computation(profiled):
