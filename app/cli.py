@@ -177,6 +177,13 @@ def _add_arguments(name: str, p: argparse.ArgumentParser) -> None:
             help="accuracy floor as percentage points below the final exit (default 1.0)",
         )
         p.add_argument(
+            "--confidence",
+            type=number(float, high=1.0, above=0.0, what="a probability in (0, 1], e.g. 0.9"),
+            default=0.9,
+            help="probability with which the chosen design keeps the accuracy floor on new data "
+            "(default 0.9; 1 meets it on the validation split only, a point estimate)",
+        )
+        p.add_argument(
             "--max-latency-us",
             type=number(float, above=0.0, what="a positive number of microseconds"),
             help="latency limit in microseconds",
@@ -233,6 +240,13 @@ def _add_arguments(name: str, p: argparse.ArgumentParser) -> None:
         p.add_argument("--out", required=True, help="run folder (a re-run continues it: unchanged steps are skipped)")
         p.add_argument(
             "--board", default=DEFAULT_BOARD, help=f"board name (see `exitflow boards`; default {DEFAULT_BOARD})"
+        )
+        p.add_argument(
+            "--confidence",
+            type=number(float, high=1.0, above=0.0, what="a probability in (0, 1], e.g. 0.9"),
+            default=0.9,
+            help="probability with which the chosen design keeps the 1 pp accuracy floor on new data "
+            "(default 0.9; 1: a point estimate on the validation split)",
         )
         p.add_argument("--force", action="store_true", help="redo every step")
         p.epilog = (

@@ -50,6 +50,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         objective=args.objective,
         min_accuracy=args.min_accuracy,
         max_drop_pp=args.max_drop_pp,
+        confidence=args.confidence,
         util=args.util,
         max_latency_us=args.max_latency_us,
         max_exits=args.max_exits,
@@ -81,7 +82,9 @@ def cmd_cosim(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    result = run(load_config(args.config), args.out, RunSettings(board=args.board), force=args.force)
+    result = run(
+        load_config(args.config), args.out, RunSettings(board=args.board, confidence=args.confidence), force=args.force
+    )
     done = [s.name for s in result.steps if s.status == "done"]
     print(
         f"done in {result.seconds:.0f} s ({', '.join(done) or 'every step unchanged, nothing'} run now); "

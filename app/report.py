@@ -261,6 +261,7 @@ def _collect_sweep(run: RunDir, pareto: ParetoReport | None, board: str, r: Repo
             "test accuracy",
             (f"{_pct(chosen.test_accuracy)} (final exit alone {_pct(pareto.final_exit_test_accuracy)})",),
         ),
+        Row("accuracy floor", (_floor_text(pareto),)),
         Row("what keeps it from being faster", (chosen.active_bound,)),
     )
     rows = [
@@ -279,6 +280,19 @@ def _collect_sweep(run: RunDir, pareto: ParetoReport | None, board: str, r: Repo
         *(Row(f"stage {k}", _resources(s)) for k, s in enumerate(chosen.stage_resources)),
         Row("budget", _resources(pareto.budget)),
     )
+
+
+def _floor_text(pareto: ParetoReport) -> str:
+    """How the chosen design keeps the accuracy floor (certified, or met on validation), with its
+    drops on both splits."""
+    chosen, cert = pareto.chosen, pareto.certificate
+    if chosen.val_drop_pp is None:  # a pareto.json from before the certificate
+        return "met on the validation split"
+    drops = f"drop {chosen.val_drop_pp:.2f} pp on validation, {chosen.test_drop_pp:.2f} pp on test"
+    if cert is None:
+        return f"met on the validation split (a point estimate); {drops}"
+    how = "no early exits, no test needed" if not chosen.exits else f"p = {chosen.p_value:.3f}"
+    return f"{cert.floor}, certified at confidence {cert.confidence:g} ({how}); {drops}"
 
 
 def _compare_cells(point: DesignPoint) -> tuple[str, ...]:

@@ -71,6 +71,7 @@ class RunSettings:
     objective: Objective = "throughput"
     max_drop_pp: float = 1.0  # accuracy floor of the design search, pp below the final exit
     threads: int = 2  # torch CPU threads
+    confidence: float = 0.9  # with which the chosen design keeps the floor (dse.risk; 1: point estimate)
 
 
 @dataclass(frozen=True)
@@ -137,7 +138,12 @@ def _profile(ctx: _Context) -> str:
 def _sweep(ctx: _Context) -> str:
     settings = ctx.settings
     return sweep(
-        ctx.out, settings.board, objective=settings.objective, max_drop_pp=settings.max_drop_pp, log=_quiet
+        ctx.out,
+        settings.board,
+        objective=settings.objective,
+        max_drop_pp=settings.max_drop_pp,
+        confidence=settings.confidence,
+        log=_quiet,
     ).summary
 
 
@@ -238,6 +244,7 @@ def _write_records(ctx: _Context, records: dict) -> None:
         "board": ctx.settings.board,
         "objective": ctx.settings.objective,
         "max_drop_pp": ctx.settings.max_drop_pp,
+        "confidence": ctx.settings.confidence,
         "config": ctx.config_text,
         "steps": records,
     }
@@ -247,7 +254,7 @@ def _write_records(ctx: _Context, records: dict) -> None:
 def _resolved(config, settings: RunSettings) -> str:
     return (
         dump_yaml(config) + f"# run\nboard: {settings.board}\nobjective: {settings.objective}\n"
-        f"max_drop_pp: {settings.max_drop_pp}\n"
+        f"max_drop_pp: {settings.max_drop_pp}\nconfidence: {settings.confidence}\n"
     )
 
 
@@ -296,7 +303,11 @@ def run(
     if settings.threads < 1:
         raise ConfigError(f"--threads: must be >= 1; got {settings.threads}")
     board = get_board(settings.board)  # a typo fails now, not after training
-    settings = RunSettings(board.name, settings.objective, settings.max_drop_pp, settings.threads)
+    if not 0.0 < settings.confidence <= 1.0:
+        raise ConfigError(
+            f"--confidence: must be in (0, 1] (e.g. 0.9; 1 keeps the point estimate); got {settings.confidence}"
+        )
+    settings = dataclasses.replace(settings, board=board.name)
     out = user_path(out)
     check_out_folder(out)
     with run_folder_lock(out, "exitflow run"):

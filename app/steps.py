@@ -189,6 +189,7 @@ def sweep(folder: str | Path, board: str, *, log: Say = print, say: Say = _silen
             f"matching the no-exit throughput with its gates takes {e.resources.lut:,.0f} LUTs "
             f"({e.resources.lut / r.no_exit.resources.lut:.1%} of the no-exit design's)"
         )
+    tell(_floor_line(r))
     tell(f"what keeps it from being faster: {r.bound}")
     tell(
         f"wrote {folder}/sweep: pareto.json, pareto.png, resources.png, design.yaml "
@@ -199,6 +200,26 @@ def sweep(folder: str | Path, board: str, *, log: Say = print, say: Say = _silen
         f"({r.gain:.2f}x the best design without early exits), LUT {c.resources.lut:,.0f}, "
         f"test accuracy {100 * r.test_accuracy:.2f}%; {len(r.front)} designs on the front"
     )
+
+
+def _floor_line(r) -> str:
+    """How the chosen design keeps the accuracy floor: certified (with its p-value and how many
+    threshold configurations were), or met on the validation split."""
+    chosen, cert = r.report.chosen, r.report.certificate
+    drops = f"validation drop {chosen.val_drop_pp:.2f} pp, test drop {chosen.test_drop_pp:.2f} pp"
+    if cert is None:
+        return f"accuracy floor met on the validation split (a point estimate, --confidence 1): {drops}"
+    how = "needs no test without early exits" if not chosen.exits else f"certified, p = {chosen.p_value:.3f}"
+    line = (
+        f"accuracy floor ({cert.floor}) at confidence {cert.confidence:g}: the chosen design {how} ({drops}); "
+        f"{cert.certified} of {cert.configurations} threshold configurations certified, {cert.tested} tested"
+    )
+    if cert.certified == 0:
+        line += (
+            f" (none with early exits: {cert.testing_samples} validation samples tested them; more validation "
+            "samples, a lower --confidence or a larger --max-drop-pp admit more)"
+        )
+    return line
 
 
 # ---------------------------------------------------------------------------- build

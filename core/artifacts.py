@@ -231,6 +231,13 @@ class DesignPoint:
     latency_us_to_exit: tuple[float, ...]
     mean_latency_cycles: float
     mean_latency_us: float
+    # the accuracy floor (dse.risk): drops in percentage points below the final exit on each
+    # split, the p-value of the fixed-sequence test (None: not tested) and what the design is
+    # certified to keep (None: not certified, or no certificate asked for: --confidence 1)
+    val_drop_pp: float | None = None
+    test_drop_pp: float | None = None
+    p_value: float | None = None
+    certified_at: str | None = None
 
     @property
     def resources(self) -> Resources:
@@ -287,6 +294,21 @@ class SetFoldingPoint:
 
 
 @dataclass(frozen=True, kw_only=True)
+class CertificateSummary:
+    """How the accuracy floor was certified (:mod:`exitflow.dse.risk`): with probability at least
+    ``confidence`` over the draw of the validation data, every certified design keeps ``floor``."""
+
+    confidence: float
+    floor: str  # e.g. "drop <= 1 pp below the final exit"
+    method: str
+    ordering_samples: int  # validation samples that ordered the hypotheses
+    testing_samples: int  # validation samples that tested them
+    tested: int  # threshold configurations tested, in order, until the first not rejected
+    certified: int  # threshold configurations certified
+    configurations: int  # threshold configurations with at least one design that fits
+
+
+@dataclass(frozen=True, kw_only=True)
 class ParetoReport:
     """``sweep/pareto.json``: the chosen design, the baselines under the same budget, and the front."""
 
@@ -303,6 +325,7 @@ class ParetoReport:
     finn_setfolding_baseline: SetFoldingPoint | None
     gain_vs_finn_setfolding: float | None
     front: tuple[FrontDesign, ...]
+    certificate: CertificateSummary | None = None  # None: the floor was a point estimate (--confidence 1)
 
     @classmethod
     def read(cls, sweep: str | Path, fix: str) -> ParetoReport:

@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from exitflow.core.artifacts import (
     BuildSummary,
+    CertificateSummary,
     ChosenDesign,
     DesignPoint,
     EqualThroughputDesign,
@@ -47,10 +48,12 @@ from exitflow.hw.build import build
 from exitflow.hw.folding import stream_words
 from exitflow.quant.policies import route, threshold_code
 
+from . import risk
 from .fifo_pricing import FifoPricer
 from .finn_baseline import finn_setfolding_baseline
 from .search import (
     Candidate,
+    GraphCost,
     SearchSpace,
     Segment,
     ValidationProfile,
@@ -94,6 +97,7 @@ class SweepResult:
     equal_throughput_fps: float | None = None
     fps_with_gates_test: float | None = None  # the chosen design with its gates on the test split's exit sequence
     report: ParetoReport | None = field(default=None, repr=False)  # what the sweep wrote to pareto.json
+    floor: AccuracyFloor | None = field(default=None, repr=False)  # which designs keep the accuracy floor
 
     @property
     def gain_with_gates(self) -> float:
@@ -111,12 +115,15 @@ def sweep(
     policy: str = "max_prob",
     max_exits: int = 3,
     max_latency_us: float | None = None,
+    confidence: float = risk.DEFAULT_CONFIDENCE,
     log=print,
 ) -> SweepResult:
     """Search the run for the best multi-exit design on the board and write ``sweep/`` (the steps
-    are the module's)."""
+    are the module's). With ``confidence`` below 1, the chosen design keeps the accuracy floor
+    with that probability over the draw of the validation data (:mod:`exitflow.dse.risk`); at 1,
+    the floor is met on the validation split (a point estimate)."""
     run = RunDir(run_dir)
-    _check_options(util, objective, max_exits)
+    _check_options(util, objective, max_exits, confidence)
     board = get_board(board_name)
     config, model, prof = _load_run(run)
     budget = Resources.of(board.available).scaled(util)
@@ -124,7 +131,7 @@ def sweep(
     segments = _inventory(run, model, config.model.backbone, board, limits, log)
     show = sys.stderr.isatty()  # progress bars on a terminal only
     candidates, stats = _search_designs(segments, prof, policy, board.clock_mhz, limits, max_exits, show)
-    floor = _accuracy_floor(prof["val_correct"], min_accuracy, max_drop_pp)
+    floor = AccuracyFloor.of(candidates, segments, prof, policy, min_accuracy, max_drop_pp, confidence, log)
     eligible, no_exit = _eligible(candidates, floor, max_latency_us, board.name, util)
     gates = GateSimulator(prof, policy, segments, board.clock_mhz, show)
     pricer = FifoPricer(run, segments, lambda c: _design(c, segments, config.model.backbone, board, c.gate_depth))
@@ -159,6 +166,7 @@ def sweep(
         equal_throughput=s.equal_throughput,
         equal_throughput_fps=s.equal_throughput_fps,
         fps_with_gates_test=s.fps_with_gates_test,
+        floor=floor,
     )
     result = replace(result, report=_pareto_report(result, model.exit_names, board, util))
     _write(run, result, segments, config.model.backbone, board)
@@ -168,7 +176,9 @@ def sweep(
 # ---------------------------------------------------------------------------- inventory
 
 
-def _check_options(util: float, objective: str, max_exits: int) -> None:
+def _check_options(util: float, objective: str, max_exits: int, confidence: float) -> None:
+    if not 0.0 < confidence <= 1.0:
+        raise ConfigError(f"--confidence: must be in (0, 1] (e.g. 0.9; 1 keeps the point estimate); got {confidence}")
     if not 0.0 < util <= 1.0:
         raise ConfigError(f"--util: must be in (0, 1]; got {util}")
     if objective not in OBJECTIVES:
@@ -302,14 +312,166 @@ def _accuracy_floor(val_correct: np.ndarray, min_accuracy: float | None, max_dro
     return float(val_correct[:, -1].mean()) - (max_drop_pp or 0.0) / 100.0
 
 
-def _eligible(candidates: list[Candidate], floor: float, max_latency_us: float | None, board_name: str, util: float):
-    """(the candidates meeting the accuracy floor and the latency limit, those without early
+def _work(graph: GraphCost) -> float:
+    """Bit operations of one graph per sample: each weight layer's multiply-accumulates (its
+    cycles at PE = SIMD = 1) times its weight and activation bits. Labels play no part: the
+    certificate orders its hypotheses by this."""
+    return float(sum(t.cycles.max() * t.layer.wbits * t.layer.abits for t in graph.tables))
+
+
+def _taken(prof, policy: str, exits: tuple[int, ...], thresholds: tuple[float, ...], split: str, n: int) -> np.ndarray:
+    """Each sample's exit on ``split`` (an index into the kept exits) for a threshold
+    configuration of ``n`` segments."""
+    kept = kept_exits(exits, n - 1)
+    codes = prof[f"{split}_code_{policy}"][:, kept]
+    if not exits:
+        return np.zeros(len(codes), dtype=np.int64)
+    constants = [threshold_code(policy, t, float(prof["scales"][k])) for t, k in zip(thresholds, exits, strict=True)]
+    return route(policy, codes, constants)
+
+
+@dataclass(frozen=True)
+class Outcomes:
+    """What each threshold configuration does to each sample of one split (configurations x
+    samples): whether its exit is right, whether its exit names another class than the final
+    exit, and the bit operations the sample runs through (:func:`_work`)."""
+
+    correct: np.ndarray
+    disagree: np.ndarray
+    work: np.ndarray
+
+
+def outcomes(keys: list, segments: list[Segment], prof, policy: str, split: str) -> Outcomes:
+    """:class:`Outcomes` of the configurations ``keys`` ((exits, thresholds)) on ``split``."""
+    n = len(segments)
+    body = np.cumsum([_work(seg.body) for seg in segments])
+    heads = [_work(seg.head) for seg in segments]
+    correct_at, pred_at = prof[f"{split}_correct"], prof[f"{split}_pred"]
+    samples = np.arange(len(correct_at))
+    correct = np.zeros((len(keys), len(samples)), dtype=bool)
+    disagree = np.zeros_like(correct)
+    work = np.zeros((len(keys), len(samples)), dtype=np.float32)
+    for i, (exits, thresholds) in enumerate(keys):
+        kept = np.asarray(kept_exits(exits, n - 1))
+        taken = kept[_taken(prof, policy, exits, thresholds, split, n)]  # candidate exit of each sample
+        correct[i] = correct_at[samples, taken]
+        disagree[i] = pred_at[samples, taken] != pred_at[:, -1]
+        per_exit = body[kept] + np.cumsum([heads[k] for k in kept])  # work of a sample leaving at each kept exit
+        work[i] = per_exit[np.searchsorted(kept, taken)]
+    return Outcomes(correct, disagree, work)
+
+
+@dataclass(frozen=True, eq=False)
+class AccuracyFloor:
+    """Which threshold configurations (exits kept, a threshold per exit) keep the accuracy floor:
+    with ``certificate`` (confidence below 1), those :func:`exitflow.dse.risk.certify` certifies;
+    without, those meeting it on the validation split. Also each configuration's drop on the
+    validation and test splits, for the report."""
+
+    keys: list  # (exits, thresholds) of every configuration with a design that fits
+    val_drop: np.ndarray  # below the final exit, a fraction, per configuration
+    test_drop: np.ndarray
+    admitted: np.ndarray  # bool per configuration
+    certificate: risk.Certificate | None
+    text: str  # the floor in words
+
+    @classmethod
+    def of(cls, candidates, segments, prof, policy, min_accuracy, max_drop_pp, confidence, log) -> AccuracyFloor:
+        keys = sorted({(c.exits, c.thresholds) for c in candidates})
+        val = outcomes(keys, segments, prof, policy, "val")
+        test = outcomes(keys, segments, prof, policy, "test")
+        val_final, test_final = prof["val_correct"][:, -1], prof["test_correct"][:, -1]
+        val_drop = val_final.mean() - val.correct.mean(axis=1)
+        test_drop = test_final.mean() - test.correct.mean(axis=1)
+        if min_accuracy is not None:
+            floor, text = risk.Floor(max_drop=None, min_accuracy=min_accuracy), f"accuracy >= {min_accuracy:g}"
+        else:
+            drop = max_drop_pp or 0.0
+            floor, text = risk.Floor(max_drop=drop / 100.0), f"drop <= {drop:g} pp below the final exit"
+        if confidence >= 1.0:  # the point estimate: the floor met on the validation split
+            least = _accuracy_floor(prof["val_correct"], min_accuracy, max_drop_pp)
+            return cls(keys, val_drop, test_drop, val.correct.mean(axis=1) >= least - 1e-12, None, text)
+        # without early exits, the drop is 0 by definition: only an absolute floor needs a test
+        untested = [i for i, k in enumerate(keys) if not k[0]] if floor.max_drop is not None else []
+        certificate = risk.certify(
+            val.correct, val_final, val.work, floor, confidence, exclude=untested, disagree=val.disagree
+        )
+        admitted = np.zeros(len(keys), dtype=bool)
+        admitted[list(certificate.certified) + untested] = True
+        found = cls(keys, val_drop, test_drop, admitted, certificate, text)
+        log(found.summary())
+        return found
+
+    def index(self, c: Candidate) -> int:
+        return self._positions[(c.exits, c.thresholds)]
+
+    @property
+    def _positions(self) -> dict:
+        cached = self.__dict__.get("_by_key")
+        if cached is None:
+            cached = {k: i for i, k in enumerate(self.keys)}
+            object.__setattr__(self, "_by_key", cached)
+        return cached
+
+    def admits(self, c: Candidate) -> bool:
+        return bool(self.admitted[self.index(c)])
+
+    def summary(self) -> str:
+        """One line: how many configurations are certified, and where the test stopped."""
+        cert = self.certificate
+        early = sum(1 for i in cert.certified if self.keys[i][0])
+        line = (
+            f"accuracy floor ({self.text}) certified at confidence {cert.confidence:g} for "
+            f"{len(cert.certified)} of {len(self.keys)} threshold configurations ({early} with early exits; "
+            f"{cert.ordering_samples} validation samples ordered them, {cert.testing_samples} tested them)"
+        )
+        stopped = [i for i in cert.tested if i not in cert.certified]
+        if stopped:
+            i = stopped[0]
+            line += (
+                f"; the test stopped at a design with validation drop {100 * self.val_drop[i]:.2f} pp "
+                f"(p = {cert.p_values[i]:.3f})"
+            )
+        return line
+
+    def fields(self, c: Candidate) -> dict:
+        """What pareto.json lists about ``c``'s accuracy floor (DesignPoint's fields)."""
+        i = self.index(c)
+        cert = self.certificate
+        certified = None
+        if cert is not None and self.admitted[i]:
+            certified = f"{self.text}, confidence {cert.confidence:g}"
+        return dict(
+            val_drop_pp=100 * float(self.val_drop[i]),
+            test_drop_pp=100 * float(self.test_drop[i]),
+            p_value=None if cert is None or i not in cert.p_values else float(cert.p_values[i]),
+            certified_at=certified,
+        )
+
+    def report(self) -> CertificateSummary | None:
+        cert = self.certificate
+        if cert is None:
+            return None
+        return CertificateSummary(
+            confidence=cert.confidence,
+            floor=self.text,
+            method=risk.METHOD,
+            ordering_samples=cert.ordering_samples,
+            testing_samples=cert.testing_samples,
+            tested=len(cert.tested),
+            certified=len(cert.certified),
+            configurations=len(self.keys),
+        )
+
+
+def _eligible(
+    candidates: list[Candidate], floor: AccuracyFloor, max_latency_us: float | None, board_name: str, util: float
+):
+    """(the candidates keeping the accuracy floor and the latency limit, those without early
     exits); no design without exits, or none meeting the constraints, is one error naming the
     closest."""
     eligible = [
-        c
-        for c in candidates
-        if c.accuracy >= floor - 1e-12 and (max_latency_us is None or c.mean_latency_us <= max_latency_us)
+        c for c in candidates if floor.admits(c) and (max_latency_us is None or c.mean_latency_us <= max_latency_us)
     ]
     no_exit = [c for c in candidates if c.exits == ()]
     if not no_exit:
@@ -318,12 +480,17 @@ def _eligible(candidates: list[Candidate], floor: float, max_latency_us: float |
             "utilisation (raise --util or choose a larger board)"
         )
     if not eligible:
-        by_accuracy = [c for c in candidates if c.accuracy >= floor - 1e-12]
+        by_accuracy = [c for c in candidates if floor.admits(c)]
         if not by_accuracy:
             closest = max(candidates, key=lambda c: (c.accuracy, c.fps))
+            how = (
+                "reaches it"
+                if floor.certificate is None
+                else f"is certified at confidence {floor.certificate.confidence:g}"
+            )
             raise ExitflowError(
-                f"accuracy floor {floor:.4f}: no design reaches it; the closest reaches "
-                f"{closest.accuracy:.4f} at {closest.fps:,.0f} samples/s (exits {list(closest.exits)})"
+                f"accuracy floor ({floor.text}): no design {how}; the closest reaches "
+                f"{closest.accuracy:.4f} on validation at {closest.fps:,.0f} samples/s (exits {list(closest.exits)})"
             )
         closest = min(by_accuracy, key=lambda c: c.mean_latency_us)
         raise ExitflowError(
@@ -418,12 +585,7 @@ class GateSimulator:
 
     def taken(self, c: Candidate, split: str) -> np.ndarray:
         """Each sample's exit on ``split`` (an index into the design's kept exits)."""
-        constants = [
-            threshold_code(self.policy, t, float(self.prof["scales"][k]))
-            for t, k in zip(c.thresholds, c.exits, strict=False)
-        ]
-        codes = self.prof[f"{split}_code_{self.policy}"][:, self.kept(c)]
-        return route(self.policy, codes, constants) if c.exits else np.zeros(len(codes), dtype=np.int64)
+        return _taken(self.prof, self.policy, c.exits, c.thresholds, split, len(self.segments))
 
     def simulate(self, c: Candidate, split: str, depth: int) -> float:
         """One simulation of ``c`` with gates of ``depth`` feature maps on ``split``'s exit
@@ -570,10 +732,11 @@ def _with_gate_depth(chosen: Candidate, segments: list[Segment], depth: int) -> 
 # ---------------------------------------------------------------------------- writing
 
 
-def _point(cls, c: Candidate, names: list[str], clock_mhz: float, **extra):
+def _point(cls, c: Candidate, names: list[str], clock_mhz: float, floor: AccuracyFloor | None = None, **extra):
     """``c`` as ``pareto.json`` lists it (a :class:`DesignPoint` or a subclass, ``extra`` its own
-    fields or overriding the point's)."""
+    fields or overriding the point's; ``floor`` adds its drops and certificate)."""
     fields = dict(
+        **(floor.fields(c) if floor is not None else {}),
         exits=tuple(names[k] for k in c.exits),
         thresholds=tuple(c.thresholds),
         fps=c.fps,
@@ -598,6 +761,7 @@ def _pareto_report(r: SweepResult, names: list[str], board, util: float) -> Pare
         r.chosen,
         names,
         clock,
+        r.floor,
         gate_depth=r.gate_depth if r.chosen.exits else None,
         test_accuracy=r.test_accuracy,
         fps_with_gates=r.fps_with_gates,
@@ -617,6 +781,7 @@ def _pareto_report(r: SweepResult, names: list[str], board, util: float) -> Pare
             r.equal_throughput,
             names,
             clock,
+            r.floor,
             fps_with_gates=r.equal_throughput_fps,
             lut_fraction=r.equal_throughput.resources.lut / r.no_exit.resources.lut,
         )
@@ -625,14 +790,16 @@ def _pareto_report(r: SweepResult, names: list[str], board, util: float) -> Pare
         utilisation_cap=util,
         budget=r.budget,
         chosen=chosen,
-        no_exit_baseline=_point(DesignPoint, r.no_exit, names, clock),
+        no_exit_baseline=_point(DesignPoint, r.no_exit, names, clock, r.floor),
         equal_throughput=equal,
         gain_vs_no_exit=r.gain,
         final_exit_test_accuracy=r.final_test_accuracy,
         finn_setfolding_baseline=r.finn_baseline,
         gain_vs_finn_setfolding=(r.chosen.fps / r.finn_baseline.fps) if r.finn_baseline is not None else None,
+        certificate=r.floor.report() if r.floor is not None else None,
         front=tuple(
-            _point(FrontDesign, c, names, clock, active_bound=b) for c, b in zip(r.front, r.front_bounds, strict=False)
+            _point(FrontDesign, c, names, clock, r.floor, active_bound=b)
+            for c, b in zip(r.front, r.front_bounds, strict=False)
         ),
     )
 

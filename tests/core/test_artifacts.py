@@ -374,7 +374,7 @@ def test_a_pareto_json_that_is_not_one_is_one_line(tmp_path):
     assert message.endswith(
         "unknown key; allowed keys here: board, utilisation_cap, budget, chosen, "
         "no_exit_baseline, equal_throughput, gain_vs_no_exit, final_exit_test_accuracy, "
-        "finn_setfolding_baseline, gain_vs_finn_setfolding, front; sweep again"
+        "finn_setfolding_baseline, gain_vs_finn_setfolding, front, certificate; sweep again"
     )
 
 

@@ -3,6 +3,7 @@
 import json
 import subprocess
 
+import numpy as np
 import pytest
 
 from exitflow.core.design import load_design
@@ -14,8 +15,12 @@ def swept(digits_run, exitflow_cmd):
     from exitflow.quant.profile import profile
 
     profile(digits_run, plot=False)
+    # the point estimate (--confidence 1): 270 validation samples cannot certify early exits at
+    # 1 pp (test_default_sweep_certifies_the_floor), and these tests need a design with exits
     out = subprocess.run(
-        [*exitflow_cmd, "sweep", str(digits_run), "--board", "Pynq-Z2"], capture_output=True, text=True
+        [*exitflow_cmd, "sweep", str(digits_run), "--board", "Pynq-Z2", "--confidence", "1"],
+        capture_output=True,
+        text=True,
     )
     assert out.returncode == 0, out.stderr
     SWEEP_STDERR.append(out.stderr)
@@ -36,6 +41,12 @@ def test_sweep_writes_its_outputs(swept):
     chosen = report["chosen"]
     assert chosen["lut"] <= budget["lut"] and chosen["bram18"] <= budget["bram18"] and chosen["dsp"] <= budget["dsp"]
     assert chosen["val_accuracy"] >= report["no_exit_baseline"]["val_accuracy"] - 0.01 - 1e-9  # 1 pp floor
+    # a point estimate: no certificate, the drops on both splits
+    assert report["certificate"] is None and chosen["certified_at"] is None and chosen["p_value"] is None
+    final_val = report["no_exit_baseline"]["val_accuracy"]
+    assert chosen["val_drop_pp"] == pytest.approx(100 * (final_val - chosen["val_accuracy"]))
+    assert chosen["test_drop_pp"] == pytest.approx(100 * (report["final_exit_test_accuracy"] - chosen["test_accuracy"]))
+    assert "accuracy floor met on the validation split (a point estimate, --confidence 1)" in stdout
     assert chosen["fps"] >= report["no_exit_baseline"]["fps"]  # the no-exit design is a candidate too
     assert report["gain_vs_no_exit"] == pytest.approx(chosen["fps"] / report["no_exit_baseline"]["fps"])
     assert len(report["front"]) >= 1
@@ -87,6 +98,38 @@ def test_chosen_design_builds(swept, exitflow_cmd):
     assert [list(f.values()) for f in reported] == [f.tolist() for f in sized]
 
 
+@pytest.mark.slow
+def test_default_sweep_certifies_the_floor(swept, exitflow_cmd, tmp_path):
+    """At the default confidence 0.9, every design says how it keeps the floor; on 216 testing
+    samples even a design without a single loss cannot be certified at 1 pp (p > 0.1), so the
+    chosen design has no early exits and the sweep says why."""
+    import shutil
+
+    run = tmp_path / "run with spaces"
+    shutil.copytree(swept[0], run, ignore=shutil.ignore_patterns("hw", "stages"))
+    out = subprocess.run([*exitflow_cmd, "sweep", str(run), "--board", "Pynq-Z2"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    report = json.loads((run / "sweep" / "pareto.json").read_text())
+    cert, chosen = report["certificate"], report["chosen"]
+    assert cert["confidence"] == 0.9 and cert["floor"] == "drop <= 1 pp below the final exit"
+    val = len(np.load(run / "profile.npz")["val_labels"])
+    assert cert["ordering_samples"] + cert["testing_samples"] == val and cert["testing_samples"] > 0.7 * val
+    assert 1 <= cert["tested"] <= cert["configurations"]
+    assert cert["certified"] == cert["tested"] - 1  # the sequence stopped at its first failure
+    if cert["certified"] == 0:
+        assert chosen["exits"] == [] and chosen["p_value"] is None
+        assert "none with early exits: 216 validation samples tested them" in out.stdout
+    # without early exits the drop is 0 by definition: certified without a test
+    assert chosen["certified_at"] == "drop <= 1 pp below the final exit, confidence 0.9" or chosen["exits"]
+    designs = [*report["front"], report["no_exit_baseline"], chosen]
+    for d in designs:
+        if d["exits"] and d["certified_at"] is not None:
+            assert d["p_value"] <= 0.1
+        if d["p_value"] is not None and d["p_value"] > 0.1:
+            assert d["certified_at"] is None
+    assert "accuracy floor (drop <= 1 pp below the final exit) at confidence 0.9: the chosen design" in out.stdout
+
+
 def test_sweep_needs_a_profile(tmp_path, digits_run, exitflow_cmd):
     import shutil
 
@@ -111,7 +154,21 @@ def test_constraints_no_design_meets_name_the_closest(swept, exitflow_cmd):
         text=True,
     )
     assert out.returncode == 2 and out.stderr.count("\n") == 1
-    assert "accuracy floor 1.0000: no design reaches it; the closest reaches" in out.stderr
+    assert "accuracy floor (accuracy >= 1): no design is certified at confidence 0.9; the closest" in out.stderr
+    point = subprocess.run(
+        [*exitflow_cmd, "sweep", str(run), "--board", "Pynq-Z2", "--min-accuracy", "1.0", "--confidence", "1"],
+        capture_output=True,
+        text=True,
+    )
+    assert point.returncode == 2 and "accuracy floor (accuracy >= 1): no design reaches it" in point.stderr
+    for bad in ("0", "1.5", "nan"):
+        out = subprocess.run(
+            [*exitflow_cmd, "sweep", str(run), "--board", "Pynq-Z2", "--confidence", bad],
+            capture_output=True,
+            text=True,
+        )
+        assert out.returncode == 2 and out.stderr.count("\n") == 1
+        assert "--confidence: must be a probability in (0, 1]" in out.stderr
     out = subprocess.run(
         [*exitflow_cmd, "sweep", str(run), "--board", "Pynq-Z2", "--max-latency-us", "0.001"],
         capture_output=True,
