@@ -49,13 +49,13 @@ MODELS = {
 }
 
 
-def swept(model: str, drop_pp: float):
-    """(SweepResult, train seconds) for ``model`` on Pynq-Z2 with an accuracy floor of
-    ``drop_pp`` below the final exit. EXITFLOW_DSE_EPOCHS overrides the epochs of every model but
-    lenet (default 15);
+def swept(model: str, drop_pp: float, seed: int = 0):
+    """(SweepResult, train seconds) for ``model`` trained with ``seed`` on Pynq-Z2 with an
+    accuracy floor of ``drop_pp`` below the final exit (certified at the sweep's default
+    confidence). EXITFLOW_DSE_EPOCHS overrides the epochs of every model but lenet (default 15);
     EXITFLOW_DSE_RUNS names a folder where the trained runs are kept and reused (default: a
     temporary folder, removed at exit)."""
-    key = (model, drop_pp)
+    key = (model, drop_pp, seed)
     if key in _CACHE:
         return _CACHE[key]
     import torch
@@ -68,19 +68,19 @@ def swept(model: str, drop_pp: float):
 
     torch.set_num_threads(2)
     spec = MODELS[model]
-    run = _CACHE.get(("run", model))
+    run = _CACHE.get(("run", model, seed))
     if run is None:
         epochs = int(os.environ.get("EXITFLOW_DSE_EPOCHS", spec["epochs"])) if model != "lenet" else spec["epochs"]
         keep = os.environ.get("EXITFLOW_DSE_RUNS")  # a folder to keep trained runs in, reused next time
         if keep:
-            folder = os.path.join(keep, f"{model}-{epochs}ep-val{spec['val_fraction']}")
+            folder = os.path.join(keep, _run_name(model, epochs, seed))
         else:
             folder = tempfile.mkdtemp(prefix=f"exitflow_bench_{model}_")
             atexit.register(shutil.rmtree, folder, ignore_errors=True)
         config = RunConfig(
             data=DataSpec(name="mnist5k", shape=spec["shape"], val_fraction=spec["val_fraction"]),
             model=ModelConfig(backbone=spec["backbone"], preset=spec["preset"], exits=spec["exits"]),
-            train=TrainConfig(epochs=epochs),
+            train=TrainConfig(epochs=epochs, seed=seed, **spec.get("train", {})),
         )
         train_s = None  # trained in an earlier run (EXITFLOW_DSE_RUNS)
         if not os.path.exists(os.path.join(folder, "model.pt")):
@@ -89,7 +89,7 @@ def swept(model: str, drop_pp: float):
             train_s = time.perf_counter() - start
         if not os.path.exists(os.path.join(folder, "profile.npz")):  # kept runs are profiled again when it is removed
             profile(folder, plot=False)
-        run = _CACHE[("run", model)] = (folder, train_s)
+        run = _CACHE[("run", model, seed)] = (folder, train_s)
     folder, train_s = run
     import gc
 
@@ -122,9 +122,20 @@ def private_sweep(model: str, drop_pp: float, root):
     return run, result, time.perf_counter() - start
 
 
-def run_folder(model: str) -> str:
+def _run_name(model: str, epochs: int, seed: int) -> str:
+    """The kept run's folder name: what it was trained with (a recipe other than end-to-end
+    training and a seed other than 0 are in the name, so a kept run is never reused for another)."""
+    spec = MODELS[model]
+    name = f"{model}-{epochs}ep-val{spec['val_fraction']}"
+    recipe = spec.get("train", {})
+    if recipe:
+        name += "-" + "-".join(f"{k}{v}" for k, v in sorted(recipe.items()))
+    return name + (f"-seed{seed}" if seed else "")
+
+
+def run_folder(model: str, seed: int = 0) -> str:
     """The trained, profiled and swept run folder of ``model`` (after :func:`swept`)."""
-    return _CACHE[("run", model)][0]
+    return _CACHE[("run", model, seed)][0]
 
 
 def lut_fraction_at_equal_throughput(result, floor: float) -> float | None:
