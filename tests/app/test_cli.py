@@ -217,6 +217,13 @@ def _one_line_usage_error(out, prog):
             "argument --util: must be a number in (0, 1]",
         ),
         (
+            ["sweep", "d", "--board", "Pynq-Z2", "--confidence", "0"],
+            "exitflow sweep",
+            "argument --confidence: must be a probability in (0, 1], e.g. 0.9; got 0",
+        ),
+        (["sweep", "d", "--board", "Pynq-Z2", "--confidence", "1.01"], "exitflow sweep", "got 1.01"),
+        (["run", "--out", "o", "--confidence", "nan"], "exitflow run", "argument --confidence: must be a probability"),
+        (
             ["train", "c.yaml", "--out", "o", "--threads", "0"],
             "exitflow train",
             "argument --threads: must be an integer >= 1; got 0",

@@ -249,3 +249,14 @@ def test_a_cosim_mismatch_still_ends_with_the_report_then_exit_4(run_copy, finis
         run(load_config(finished_run.config_path), run_copy, log=lambda line: None, steps=_recording(calls))
     assert err.value.exit_code == 4
     assert calls == ["report"]  # the report (its input changed) was redone before the error
+
+
+def test_a_confidence_outside_zero_one_is_refused_before_anything_starts(tmp_path):
+    """The library's settings are checked as the command line checks them."""
+    from exitflow.app.run import RunSettings, load_config, run
+    from exitflow.core.errors import ConfigError
+
+    for bad in (0.0, 1.5, -0.2):
+        with pytest.raises(ConfigError, match=r"--confidence: must be in \(0, 1\]"):
+            run(load_config(None), tmp_path / "out", RunSettings(confidence=bad))
+    assert not (tmp_path / "out").exists()
