@@ -2,7 +2,9 @@
 
 :class:`CTUParams` derives everything the hardware needs (ROM, threshold constant, widths) from
 the exit head's integer logits format and the design's policy and threshold, with the same
-functions profiling and the design search use (:mod:`exitflow.quant.policies`).
+functions profiling and the design search use (:mod:`exitflow.quant.policies`). An ``agreement``
+unit after the design's first kept exit reads each sample's class at the previous kept exit
+(``class_input``); at the first kept exit (and the final one) it is max_prob's unit.
 """
 
 from __future__ import annotations
@@ -30,10 +32,17 @@ class CTUParams:
     # the logit width profiling used (the model's), which bounds the ROM; FINN may build the
     # logit stream narrower (``logit_bits``), which holds the same values
     rom_bits: int | None = None
+    # agreement after the first kept exit: a second input stream carries each sample's class at
+    # the previous kept exit; the sample exits only if its class here is the same
+    class_input: bool = False
 
     def __post_init__(self) -> None:
         if self.policy not in policies.POLICIES:
             raise ValueError(f"unknown exit policy {self.policy!r}; known: {', '.join(policies.POLICIES)}")
+        if self.class_input and self.policy != "agreement":
+            raise ValueError(f"only an agreement unit reads the previous exit's class; got policy {self.policy}")
+        if self.class_input and self.threshold is None:
+            raise ValueError("the final exit takes every sample: it reads no previous class")
         if self.classes < 2 or self.classes % self.pe:
             raise ValueError(f"PE {self.pe} must divide the {self.classes} classes")
         if not 2 <= self.logit_bits <= 32:
@@ -51,9 +60,14 @@ class CTUParams:
     def record_bits(self) -> int:
         return ctu_record_bits(self.code_bits, self.class_bits)
 
+    @property
+    def max_prob_code(self) -> bool:
+        """Whether the unit computes max_prob's code (max_prob and agreement): the ROM pass."""
+        return policies.code_policy(self.policy) == "max_prob"
+
     @cached_property
     def rom(self) -> np.ndarray:
-        if self.policy != "max_prob":
+        if not self.max_prob_code:
             return np.zeros(0, dtype=np.int64)
         return policies.exp_rom(self.scale, self.frac_bits, self.policy_bits)
 
@@ -64,14 +78,14 @@ class CTUParams:
 
     @property
     def rom_shift(self) -> int:
-        return policies.rom_shift(self.scale, self.frac_bits, self.policy_bits) if self.policy == "max_prob" else 0
+        return policies.rom_shift(self.scale, self.frac_bits, self.policy_bits) if self.max_prob_code else 0
 
     @property
     def threshold_constant(self) -> int:
         """The policy's constant, clamped to the code width (the decision is unchanged: every
         code fits in ``code_bits``)."""
         if self.threshold is None:  # the final exit: every code passes
-            return (1 << self.code_bits) - 1 if self.policy == "max_prob" else 0
+            return (1 << self.code_bits) - 1 if self.max_prob_code else 0
         constant = policies.threshold_code(self.policy, self.threshold, self.scale, self.frac_bits)
         return max(0, min(constant, (1 << self.code_bits) - 1))
 
@@ -83,10 +97,24 @@ class CTUParams:
         flag, cls, code = unpack_ctu(np.asarray(records, dtype=np.int64), self.code_bits, self.class_bits)
         return policies.Decision(exit=flag == 1, cls=cls, code=code)
 
-    def decide(self, logits: np.ndarray) -> policies.Decision:
-        """The Python model of the unit: the policy function itself."""
+    def decide(self, logits: np.ndarray, previous_class: np.ndarray | None = None) -> policies.Decision:
+        """The Python model of the unit: the policy function itself. ``previous_class`` (one per
+        sample) is what a unit with ``class_input`` reads on its second stream, and only such a
+        unit takes it."""
+        if self.class_input != (previous_class is not None):
+            raise ValueError(
+                "this unit reads the previous exit's class: pass previous_class"
+                if self.class_input
+                else "this unit has no class input (only agreement after the first kept exit has one)"
+            )
         return policies.decide(
-            self.policy, logits, self.scale, self.policy_bits, self.threshold_constant, self.frac_bits
+            self.policy,
+            logits,
+            self.scale,
+            self.policy_bits,
+            self.threshold_constant,
+            self.frac_bits,
+            previous_class=previous_class,
         )
 
     # -- cost ------------------------------------------------------------------------------
@@ -94,12 +122,15 @@ class CTUParams:
     #   comparator / subtractor / adder of w bits: w LUTs (one LUT6 + carry per bit);
     #   2:1 mux of w bits: w LUTs; ROM of D words of b bits in LUTs: b * ceil(D / 64) LUTs;
     #   logit buffer (max_prob only) of CLASSES words: LUTRAM, logit_bits * ceil(CLASSES / 64) * 2;
-    #   control (sample and class counters, FSM, stream handshakes): 40 LUT, 30 FF.
+    #   control (sample and class counters, FSM, stream handshakes): 40 LUT, 30 FF;
+    #   agreement with a class input: max_prob's unit, plus a class_bits equality comparator
+    #   (class_bits LUTs), the AND into the exit flag and the class stream's handshake (2 LUTs),
+    #   the class input register (class_bits FF) and its valid bit (1 FF).
 
     def cycles_per_sample(self) -> int:
         """Initiation interval per sample: margin reads CLASSES/PE words in one pass; max_prob's
         ROM pass adds one class per cycle and overlaps the next sample's read pass, so CLASSES."""
-        return self.classes // self.pe if self.policy == "margin" else self.classes
+        return self.classes // self.pe if self.policy == "margin" else self.classes  # agreement: max_prob
 
     def lut(self) -> int:
         b, pe = self.logit_bits, self.pe
@@ -116,13 +147,16 @@ class CTUParams:
         clip = b  # d < ROM_DEPTH
         accumulate = self.code_bits
         compare = self.code_bits
-        return argmax + buffer + diff + clip + rom + accumulate + compare + control
+        agree = self.class_bits + 2 if self.class_input else 0  # class comparator, AND, handshake
+        return argmax + buffer + diff + clip + rom + accumulate + compare + control + agree
 
     def ff(self) -> int:
         b = self.logit_bits
         regs = 2 * b + self.class_bits + self.code_bits + self.record_bits  # top1/top2 or max/diff, class, sum, record
-        if self.policy == "max_prob":
+        if self.max_prob_code:
             regs += (self.frac_bits + 1) + b  # ROM output and difference pipeline registers
+        if self.class_input:
+            regs += self.class_bits + 1  # the previous class and its valid bit
         return regs + 30
 
     def bram18(self) -> int:
@@ -132,11 +166,14 @@ class CTUParams:
         return 0  # no multiplier: a ROM lookup and adders only
 
 
-def csim(params: CTUParams, logits: np.ndarray, workdir) -> policies.Decision:
+def csim(params: CTUParams, logits: np.ndarray, workdir, previous_class: np.ndarray | None = None) -> policies.Decision:
     """Run the HLS template ``exitflow_ctu.hpp`` for ``params`` under g++ on ``logits``
-    (samples x classes) and return its decisions."""
+    (samples x classes; for a unit with a class input, ``previous_class``: one per sample, on its
+    class stream) and return its decisions."""
     from pathlib import Path
 
+    if params.class_input != (previous_class is not None):
+        raise ValueError("previous_class is for a unit with a class input, and such a unit needs it")
     source = render(
         "csim_ctu.cpp.j2",
         policy=params.policy,
@@ -149,10 +186,16 @@ def csim(params: CTUParams, logits: np.ndarray, workdir) -> policies.Decision:
         rom=[int(v) for v in params.rom],
         rom_shift=params.rom_shift,
         threshold=params.threshold_constant,
+        class_input=params.class_input,
     )
     binary = compile_cpp(source, Path(workdir), name=f"ctu_{params.policy}")
     z = np.asarray(logits, dtype=np.int64)
     text = f"{len(z)}\n" + "\n".join(" ".join(map(str, row)) for row in z) + "\n"
+    if params.class_input:
+        previous = np.asarray(previous_class, dtype=np.int64).reshape(-1)
+        if len(previous) != len(z) or previous.min(initial=0) < 0 or previous.max(initial=0) >= 1 << params.class_bits:
+            raise ValueError(f"previous_class needs one class of {params.class_bits} bits per sample")
+        text += " ".join(map(str, previous)) + "\n"
     rows = np.array([line.split() for line in run(binary, text).splitlines()], dtype=object).reshape(-1, 3)
     return policies.Decision(
         exit=rows[:, 0].astype(int).astype(bool),

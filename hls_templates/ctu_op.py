@@ -2,9 +2,12 @@
 (``ConfidenceThreshold_hls``), registered in FINN's own op domains, so FINN's passes
 (SpecializeLayers, PrepareIP, estimate analyses, partitioning) treat it like one of theirs.
 
-Input: integer logits (``numInputVectors`` x ``Classes``, ``PE`` per stream word). Output: one
-record per sample (exit flag, class, confidence code), held in an int64 tensor so that wide
-records stay exact. ``execute_node`` is :meth:`CTUParams.decide`, the policy function itself.
+Input: integer logits (``numInputVectors`` x ``Classes``, ``PE`` per stream word); an
+``agreement`` unit after the design's first kept exit (``ClassInput`` = 1) has a second input,
+each sample's class at the previous kept exit (``numInputVectors`` x 1, one word per sample, the
+stream the gate before its stage sends). Output: one record per sample (exit flag, class,
+confidence code), held in an int64 tensor so that wide records stay exact. ``execute_node`` is
+:meth:`CTUParams.decide`, the policy function itself.
 """
 
 from __future__ import annotations
@@ -37,6 +40,9 @@ class ConfidenceThreshold(HWCustomOp):
             "Threshold": ("s", False, "0.0"),
             "FinalExit": ("i", False, 0),  # 1: every sample exits here
             "FracBits": ("i", False, 10),
+            # 1: agreement after the first kept exit, with a second input (the previous kept
+            # exit's class per sample); 0: one input (agreement at the first kept exit is max_prob)
+            "ClassInput": ("i", False, 0, {0, 1}),
             # the logit width profiling used (the model's): the ROM is built for it, whatever
             # width FINN narrows the logit stream to (0: the stream's)
             "ProfileLogitBits": ("i", False, 0),
@@ -57,6 +63,7 @@ class ConfidenceThreshold(HWCustomOp):
             pe=self.get_nodeattr("PE"),
             frac_bits=self.get_nodeattr("FracBits"),
             rom_bits=self.get_nodeattr("ProfileLogitBits") or None,
+            class_input=bool(self.get_nodeattr("ClassInput")),
         )
 
     # -- shapes and streams -------------------------------------------------------------------
@@ -64,9 +71,13 @@ class ConfidenceThreshold(HWCustomOp):
         return list(self.get_nodeattr("numInputVectors"))
 
     def get_normal_input_shape(self, ind=0):
+        if ind == 1:  # the previous class: one per sample
+            return tuple(self._vecs() + [1])
         return tuple(self._vecs() + [self.get_nodeattr("Classes")])
 
     def get_folded_input_shape(self, ind=0):
+        if ind == 1:
+            return tuple(self._vecs() + [1, 1])
         pe = self.get_nodeattr("PE")
         return tuple(self._vecs() + [self.get_nodeattr("Classes") // pe, pe])
 
@@ -77,12 +88,16 @@ class ConfidenceThreshold(HWCustomOp):
         return tuple(self._vecs() + [1, 1])
 
     def get_input_datatype(self, ind=0):
+        if ind == 1:
+            return DataType[f"UINT{self.params().class_bits}"]
         return DataType[self.get_nodeattr("inputDataType")]
 
     def get_output_datatype(self, ind=0):
         return DataType[f"UINT{self.params().record_bits}"]
 
     def get_instream_width(self, ind=0):
+        if ind == 1:
+            return self.params().class_bits
         return self.get_nodeattr("PE") * self.get_input_datatype().bitwidth()
 
     def get_outstream_width(self, ind=0):
@@ -97,19 +112,28 @@ class ConfidenceThreshold(HWCustomOp):
             raise ValueError(f"{self.onnx_node.name}: the CTU needs integer logits; got {dt.name}")
         # the unit compares signed logits: an unsigned input gets one more bit
         self.set_nodeattr("inputDataType", dt.name if dt.signed() else f"INT{dt.bitwidth() + 1}")
+        if self.get_nodeattr("ClassInput"):
+            model.set_tensor_datatype(self.onnx_node.input[1], self.get_input_datatype(1))
         model.set_tensor_datatype(self.onnx_node.output[0], self.get_output_datatype())
 
     def make_shape_compatible_op(self, model):
         return super().make_const_shape_op(self.get_normal_output_shape())
 
     def verify_node(self):
-        return [] if self.get_nodeattr("Classes") % self.get_nodeattr("PE") == 0 else ["PE must divide Classes"]
+        problems = [] if self.get_nodeattr("Classes") % self.get_nodeattr("PE") == 0 else ["PE must divide Classes"]
+        inputs = 1 + self.get_nodeattr("ClassInput")
+        if len(self.onnx_node.input) != inputs:
+            problems.append(f"ClassInput {self.get_nodeattr('ClassInput')} needs {inputs} inputs")
+        return problems
 
     def execute_node(self, context, graph):
         logits = np.asarray(context[self.onnx_node.input[0]])
         flat = np.rint(logits).astype(np.int64).reshape(-1, self.get_nodeattr("Classes"))
         params = self.params()
-        records = params.pack(params.decide(flat))
+        previous = None
+        if params.class_input:
+            previous = np.rint(np.asarray(context[self.onnx_node.input[1]])).astype(np.int64).reshape(-1)
+        records = params.pack(params.decide(flat, previous))
         context[self.onnx_node.output[0]] = records.reshape(self.get_normal_output_shape())
 
     # -- cost -----------------------------------------------------------------------------------
@@ -151,7 +175,7 @@ class ConfidenceThreshold_hls(ConfidenceThreshold, TemplateHLSBackend):
             f"constexpr unsigned SAMPLES = {int(np.prod(self._vecs()))};",
             f'static const ap_uint<CODE_BITS> THRESHOLD = ap_uint<CODE_BITS>("{p.threshold_constant}", 10);',
         ]
-        if p.policy == "max_prob":
+        if p.max_prob_code:
             lines += [
                 f"constexpr unsigned FRAC_BITS = {p.frac_bits}, ROM_DEPTH = {len(p.rom)}, ROM_SHIFT = {p.rom_shift};",
                 "static const ap_uint<FRAC_BITS + 1> ROM[ROM_DEPTH] = {" + ", ".join(str(int(v)) for v in p.rom) + "};",
@@ -160,18 +184,28 @@ class ConfidenceThreshold_hls(ConfidenceThreshold, TemplateHLSBackend):
 
     def blackboxfunction(self):
         p = self.params()
+        previous = f"hls::stream<ap_uint<{p.class_bits}>> &in1_V, " if p.class_input else ""
         self.code_gen_dict["$BLACKBOXFUNCTION$"] = [
             f"void {self.onnx_node.name}(hls::stream<ap_uint<{self.get_instream_width()}>> &in0_V, "
-            f"hls::stream<ap_uint<{p.record_bits}>> &out0_V)"
+            f"{previous}hls::stream<ap_uint<{p.record_bits}>> &out0_V)"
         ]
 
     def pragmas(self):
         super().pragmas()
-        if self.params().policy == "max_prob":
+        p = self.params()
+        if p.class_input:
+            self.code_gen_dict["$PRAGMAS$"].insert(1, "#pragma HLS INTERFACE axis port=in1_V")
+        if p.max_prob_code:
             self.code_gen_dict["$PRAGMAS$"].append("#pragma HLS BIND_STORAGE variable=ROM type=rom_1p impl=lutram")
 
     def docompute(self):
-        if self.params().policy == "max_prob":
+        p = self.params()
+        if p.class_input:  # agreement after the first kept exit
+            call = (
+                "exitflow::ctu_agreement<CLASSES, PE, LOGIT_BITS, FRAC_BITS, ROM_DEPTH, ROM_SHIFT, CLASS_BITS, "
+                "CODE_BITS>(in0_V, in1_V, out0_V, ROM, THRESHOLD, SAMPLES);"
+            )
+        elif p.max_prob_code:  # max_prob, and agreement at the first kept exit
             call = (
                 "exitflow::ctu_max_prob<CLASSES, PE, LOGIT_BITS, FRAC_BITS, ROM_DEPTH, ROM_SHIFT, CLASS_BITS, "
                 "CODE_BITS>(in0_V, out0_V, ROM, THRESHOLD, SAMPLES);"

@@ -4,6 +4,10 @@
 //   max_prob: code = sum_j ROM[(z_max - z_j) >> ROM_SHIFT] (ROM[i] = round(exp(-s*(i << ROM_SHIFT))
 //             * 2^FRAC_BITS), 0 beyond ROM_DEPTH); exit when code <= THRESHOLD.
 //   margin:   code = z_top1 - z_top2; exit when code >= THRESHOLD.
+//   agreement: max_prob's code, and exit when code <= THRESHOLD and the class equals the class
+//             the sample had at the previous kept exit (one word per sample on a second input
+//             stream, sent by the gate before this stage). At the first kept exit there is no
+//             previous class: that unit is ctu_max_prob.
 // The class is the first index of the largest logit (strict '>' scan). No divider, no float,
 // no multiplier. Record, LSB first: code [CODE_BITS], class [CLASS_BITS], exit [1].
 #ifndef EXITFLOW_CTU_HPP
@@ -24,42 +28,72 @@ ap_uint<1 + CLASS_BITS + CODE_BITS> ctu_record(bool leave, unsigned cls, ap_uint
     return r;
 }
 
-// max_prob: pass 1 reads the logits (PE per cycle) and finds the maximum, pass 2 adds the ROM
-// terms (one class per cycle). Under DATAFLOW across samples, one sample every CLASSES cycles.
+// max_prob's code of one sample: pass 1 reads the logits (PE per cycle) and finds the maximum,
+// pass 2 adds the ROM terms (one class per cycle).
+template <unsigned CLASSES, unsigned PE, unsigned LOGIT_BITS, unsigned FRAC_BITS, unsigned ROM_DEPTH,
+          unsigned ROM_SHIFT, unsigned CODE_BITS>
+void max_prob_code(hls::stream<ap_uint<PE * LOGIT_BITS>> &in, const ap_uint<FRAC_BITS + 1> rom[ROM_DEPTH],
+                   unsigned &cls, ap_uint<CODE_BITS> &code) {
+#pragma HLS INLINE
+    static_assert(CLASSES % PE == 0, "PE must divide CLASSES");
+    ap_int<LOGIT_BITS> z[CLASSES];
+    ap_int<LOGIT_BITS> top = 0;
+    cls = 0;
+read_logits:
+    for (unsigned f = 0; f < CLASSES / PE; f++) {
+#pragma HLS PIPELINE II = 1
+        const ap_uint<PE * LOGIT_BITS> word = in.read();
+        for (unsigned p = 0; p < PE; p++) {
+#pragma HLS UNROLL
+            const unsigned j = f * PE + p;
+            const ap_int<LOGIT_BITS> v = word((p + 1) * LOGIT_BITS - 1, p * LOGIT_BITS);
+            z[j] = v;
+            if (j == 0 || v > top) {
+                top = v;
+                cls = j;
+            }
+        }
+    }
+    code = 0;
+add_rom_terms:
+    for (unsigned j = 0; j < CLASSES; j++) {
+#pragma HLS PIPELINE II = 1
+        const ap_uint<LOGIT_BITS> d = ap_uint<LOGIT_BITS>(ap_int<LOGIT_BITS + 1>(top) - ap_int<LOGIT_BITS + 1>(z[j])) >> ROM_SHIFT;
+        code += (d < ROM_DEPTH) ? ap_uint<FRAC_BITS + 1>(rom[d]) : ap_uint<FRAC_BITS + 1>(0);
+    }
+}
+
+// max_prob (and agreement at the first kept exit). Under DATAFLOW across samples, one sample
+// every CLASSES cycles.
 template <unsigned CLASSES, unsigned PE, unsigned LOGIT_BITS, unsigned FRAC_BITS, unsigned ROM_DEPTH,
           unsigned ROM_SHIFT, unsigned CLASS_BITS, unsigned CODE_BITS>
 void ctu_max_prob(hls::stream<ap_uint<PE * LOGIT_BITS>> &in,
                   hls::stream<ap_uint<1 + CLASS_BITS + CODE_BITS>> &out,
                   const ap_uint<FRAC_BITS + 1> rom[ROM_DEPTH], const ap_uint<CODE_BITS> threshold,
                   const unsigned samples) {
-    static_assert(CLASSES % PE == 0, "PE must divide CLASSES");
     for (unsigned s = 0; s < samples; s++) {
-        ap_int<LOGIT_BITS> z[CLASSES];
-        ap_int<LOGIT_BITS> top = 0;
-        unsigned cls = 0;
-    read_logits:
-        for (unsigned f = 0; f < CLASSES / PE; f++) {
-#pragma HLS PIPELINE II = 1
-            const ap_uint<PE * LOGIT_BITS> word = in.read();
-            for (unsigned p = 0; p < PE; p++) {
-#pragma HLS UNROLL
-                const unsigned j = f * PE + p;
-                const ap_int<LOGIT_BITS> v = word((p + 1) * LOGIT_BITS - 1, p * LOGIT_BITS);
-                z[j] = v;
-                if (j == 0 || v > top) {
-                    top = v;
-                    cls = j;
-                }
-            }
-        }
-        ap_uint<CODE_BITS> code = 0;
-    add_rom_terms:
-        for (unsigned j = 0; j < CLASSES; j++) {
-#pragma HLS PIPELINE II = 1
-            const ap_uint<LOGIT_BITS> d = ap_uint<LOGIT_BITS>(ap_int<LOGIT_BITS + 1>(top) - ap_int<LOGIT_BITS + 1>(z[j])) >> ROM_SHIFT;
-            code += (d < ROM_DEPTH) ? ap_uint<FRAC_BITS + 1>(rom[d]) : ap_uint<FRAC_BITS + 1>(0);
-        }
+        unsigned cls;
+        ap_uint<CODE_BITS> code;
+        max_prob_code<CLASSES, PE, LOGIT_BITS, FRAC_BITS, ROM_DEPTH, ROM_SHIFT, CODE_BITS>(in, rom, cls, code);
         out.write(ctu_record<CLASS_BITS, CODE_BITS>(code <= threshold, cls, code));
+    }
+}
+
+// agreement after the first kept exit: max_prob's code and test, and the class the sample had at
+// the previous kept exit (`previous`, one word per sample, read once its logits are in) must be
+// this exit's class. One sample every CLASSES cycles, as max_prob.
+template <unsigned CLASSES, unsigned PE, unsigned LOGIT_BITS, unsigned FRAC_BITS, unsigned ROM_DEPTH,
+          unsigned ROM_SHIFT, unsigned CLASS_BITS, unsigned CODE_BITS>
+void ctu_agreement(hls::stream<ap_uint<PE * LOGIT_BITS>> &in, hls::stream<ap_uint<CLASS_BITS>> &previous,
+                   hls::stream<ap_uint<1 + CLASS_BITS + CODE_BITS>> &out,
+                   const ap_uint<FRAC_BITS + 1> rom[ROM_DEPTH], const ap_uint<CODE_BITS> threshold,
+                   const unsigned samples) {
+    for (unsigned s = 0; s < samples; s++) {
+        unsigned cls;
+        ap_uint<CODE_BITS> code;
+        max_prob_code<CLASSES, PE, LOGIT_BITS, FRAC_BITS, ROM_DEPTH, ROM_SHIFT, CODE_BITS>(in, rom, cls, code);
+        const ap_uint<CLASS_BITS> before = previous.read();
+        out.write(ctu_record<CLASS_BITS, CODE_BITS>(code <= threshold && before == ap_uint<CLASS_BITS>(cls), cls, code));
     }
 }
 

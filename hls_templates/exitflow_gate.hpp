@@ -5,6 +5,10 @@
 //        (record, exit index, id) towards the merge; a sample that goes on is forwarded with its
 //        id to the next stage. The feature-map FIFO in front of the gate (depth chosen by the
 //        design) lets the stage run ahead while the head decides.
+// gate_class: the gate before a head whose CTU uses agreement: as gate, and every sample that
+//        goes on also sends its class (bits CLASS_LSB .. CLASS_LSB + CLASS_BITS - 1 of its CTU
+//        record) on cls_out, in the order the samples go on. The stage and head between are
+//        in-order streams, so the k-th class the next CTU reads is its k-th sample's.
 // tag:   the final exit: every record leaves, tagged.
 // merge: collects tagged records from EXITS streams, round robin, without blocking on an empty
 //        one; records of one exit keep their order, across exits they may interleave (the
@@ -48,6 +52,33 @@ void gate(hls::stream<ap_uint<FM_BITS>> &fm_in, hls::stream<ap_uint<ID_BITS>> &i
             exit_out.write(tagged<ID_BITS, EXIT_BITS, REC_BITS>(id, exit_index, rec));
         else
             id_out.write(id);
+    }
+}
+
+template <unsigned FOLDS, unsigned FM_BITS, unsigned ID_BITS, unsigned EXIT_BITS, unsigned REC_BITS,
+          unsigned EXIT_FLAG_BIT, unsigned CLASS_BITS, unsigned CLASS_LSB>
+void gate_class(hls::stream<ap_uint<FM_BITS>> &fm_in, hls::stream<ap_uint<ID_BITS>> &id_in,
+                hls::stream<ap_uint<REC_BITS>> &rec_in, hls::stream<ap_uint<FM_BITS>> &fm_out,
+                hls::stream<ap_uint<ID_BITS>> &id_out, hls::stream<ap_uint<CLASS_BITS>> &cls_out,
+                hls::stream<ap_uint<ID_BITS + EXIT_BITS + REC_BITS>> &exit_out, const unsigned exit_index,
+                const unsigned samples) {
+    static_assert(CLASS_LSB + CLASS_BITS <= EXIT_FLAG_BIT, "the class lies below the exit flag");
+    for (unsigned s = 0; s < samples; s++) {
+        const ap_uint<ID_BITS> id = id_in.read();
+        const ap_uint<REC_BITS> rec = rec_in.read();
+        const bool leave = rec[EXIT_FLAG_BIT];
+    pass_or_drop:
+        for (unsigned f = 0; f < FOLDS; f++) {
+#pragma HLS PIPELINE II = 1
+            const ap_uint<FM_BITS> word = fm_in.read();
+            if (!leave) fm_out.write(word);
+        }
+        if (leave) {
+            exit_out.write(tagged<ID_BITS, EXIT_BITS, REC_BITS>(id, exit_index, rec));
+        } else {
+            id_out.write(id);
+            cls_out.write(rec(CLASS_LSB + CLASS_BITS - 1, CLASS_LSB));
+        }
     }
 }
 

@@ -54,7 +54,9 @@ class _Routing(HWCustomOp):
 class ExitGate(_Routing):
     """Inputs: feature maps (Samples x Elements, PE elements per stream word), ids (Samples x 1),
     CTU records (Samples x 1). Outputs: feature maps and ids going on, tagged records leaving
-    (masked rows where the hardware stream carries nothing)."""
+    (masked rows where the hardware stream carries nothing); before an agreement head
+    (``ClassBits`` > 0) a fourth, the class of every sample going on (the record's bits
+    ``ClassLsb`` .. ``ClassLsb + ClassBits - 1``) for the next CTU."""
 
     def get_nodeattr_types(self):
         attrs = {
@@ -67,6 +69,8 @@ class ExitGate(_Routing):
             "RecordBits": ("i", True, 0),
             "Depth": ("i", False, 1),  # feature maps the FIFO in front of the gate holds
             "fmDataType": ("s", True, ""),
+            "ClassBits": ("i", False, 0),  # > 0: send the classes of the samples going on
+            "ClassLsb": ("i", False, 0),  # where the class lies in the record (its code width)
         }
         attrs.update(super().get_nodeattr_types())
         return attrs
@@ -98,6 +102,8 @@ class ExitGate(_Routing):
     def get_output_datatype(self, ind=0):
         if ind == 2:
             return DataType[f"UINT{self._fmt().width}"]
+        if ind == 3:
+            return DataType[f"UINT{self.get_nodeattr('ClassBits')}"]
         return self.get_input_datatype(ind)
 
     def get_instream_width(self, ind=0):
@@ -106,7 +112,17 @@ class ExitGate(_Routing):
         return self.get_input_datatype(ind).bitwidth()
 
     def get_outstream_width(self, ind=0):
+        if ind == 3:
+            return self.get_nodeattr("ClassBits")
         return self.get_instream_width(ind) if ind < 2 else self._fmt().width
+
+    def verify_node(self):
+        bits, lsb = self.get_nodeattr("ClassBits"), self.get_nodeattr("ClassLsb")
+        outputs = 3 + (bits > 0)
+        problems = [] if len(self.onnx_node.output) == outputs else [f"ClassBits {bits} needs {outputs} outputs"]
+        if bits and lsb + bits >= self.get_nodeattr("RecordBits"):
+            problems.append("the class field must lie below the record's exit flag")
+        return problems
 
     def execute_node(self, context, graph):
         node = self.onnx_node
@@ -119,13 +135,21 @@ class ExitGate(_Routing):
         context[node.output[1]] = np.where(leave, MASKED, ids).reshape(-1, 1)
         tagged = np.array([int(t) for t in fmt.tag(ids, self.get_nodeattr("ExitIndex"), records)], dtype=np.int64)
         context[node.output[2]] = np.where(leave, tagged, MASKED).reshape(-1, 1)
+        class_bits = self.get_nodeattr("ClassBits")
+        if class_bits:
+            cls = (records >> self.get_nodeattr("ClassLsb")) & ((1 << class_bits) - 1)
+            context[node.output[3]] = np.where(leave, MASKED, cls).reshape(-1, 1)
 
     def get_exp_cycles(self):
         return self._samples() * max(1, self.folds())
 
     def lut_estimation(self, fpgapart=None):
         return gate_resources(
-            self.get_instream_width(0), self.folds(), self.get_nodeattr("Depth"), self.get_nodeattr("IdBits")
+            self.get_instream_width(0),
+            self.folds(),
+            self.get_nodeattr("Depth"),
+            self.get_nodeattr("IdBits"),
+            self.get_nodeattr("ClassBits"),
         )[0]
 
     def bram_estimation(self, fpgapart=None):
@@ -214,26 +238,35 @@ class ExitGate_hls(ExitGate, _RoutingHLS):
         ExitGate.execute_node(self, context, graph)
 
     def _ports(self):
-        return ["fm_in", "id_in", "rec_in", "fm_out", "id_out", "exit_out"]
+        ports = ["fm_in", "id_in", "rec_in", "fm_out", "id_out", "exit_out"]
+        return ports + ["cls_out"] if self.get_nodeattr("ClassBits") else ports
 
     def blackboxfunction(self):
-        fm, idw, rec, tag = (
+        fm, idw, rec, tag, cls = (
             self.get_instream_width(0),
             self.get_nodeattr("IdBits"),
             self.get_nodeattr("RecordBits"),
             self._fmt().width,
+            self.get_nodeattr("ClassBits"),
         )
+        classes = f", hls::stream<ap_uint<{cls}>> &cls_out" if cls else ""
         self.code_gen_dict["$BLACKBOXFUNCTION$"] = [
             f"void {self.onnx_node.name}(hls::stream<ap_uint<{fm}>> &fm_in, hls::stream<ap_uint<{idw}>> &id_in, "
             f"hls::stream<ap_uint<{rec}>> &rec_in, hls::stream<ap_uint<{fm}>> &fm_out, "
-            f"hls::stream<ap_uint<{idw}>> &id_out, hls::stream<ap_uint<{tag}>> &exit_out)"
+            f"hls::stream<ap_uint<{idw}>> &id_out, hls::stream<ap_uint<{tag}>> &exit_out{classes})"
         ]
 
     def docompute(self):
-        self.code_gen_dict["$DOCOMPUTE$"] = [
-            f"exitflow::gate<{self.folds()}, {self.get_instream_width(0)}, ID_BITS, EXIT_BITS, REC_BITS, REC_BITS - 1>"
-            f"(fm_in, id_in, rec_in, fm_out, id_out, exit_out, {self.get_nodeattr('ExitIndex')}, SAMPLES);"
-        ]
+        head = f"{self.folds()}, {self.get_instream_width(0)}, ID_BITS, EXIT_BITS, REC_BITS, REC_BITS - 1"
+        exit_index = self.get_nodeattr("ExitIndex")
+        if self.get_nodeattr("ClassBits"):  # before an agreement head: the classes go on too
+            call = (
+                f"exitflow::gate_class<{head}, {self.get_nodeattr('ClassBits')}, {self.get_nodeattr('ClassLsb')}>"
+                f"(fm_in, id_in, rec_in, fm_out, id_out, cls_out, exit_out, {exit_index}, SAMPLES);"
+            )
+        else:
+            call = f"exitflow::gate<{head}>(fm_in, id_in, rec_in, fm_out, id_out, exit_out, {exit_index}, SAMPLES);"
+        self.code_gen_dict["$DOCOMPUTE$"] = [call]
 
 
 @register_hls
