@@ -177,6 +177,12 @@ def _add_arguments(name: str, p: argparse.ArgumentParser) -> None:
             help="accuracy floor as percentage points below the final exit (default 1.0)",
         )
         p.add_argument(
+            "--policies",
+            default="max_prob",
+            help="exit policies the search tries, comma-separated: max_prob, agreement, margin (each design "
+            "takes one for its early exits; default max_prob)",
+        )
+        p.add_argument(
             "--confidence",
             type=number(float, high=1.0, above=0.0, what="a probability in (0, 1], e.g. 0.9"),
             default=0.9,

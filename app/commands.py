@@ -51,6 +51,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         min_accuracy=args.min_accuracy,
         max_drop_pp=args.max_drop_pp,
         confidence=args.confidence,
+        policy=tuple(p.strip() for p in args.policies.split(",") if p.strip()),
         util=args.util,
         max_latency_us=args.max_latency_us,
         max_exits=args.max_exits,

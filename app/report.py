@@ -254,7 +254,10 @@ def _collect_sweep(run: RunDir, pareto: ParetoReport | None, board: str, r: Repo
         return
     chosen, no_exit, finn = pareto.chosen, pareto.no_exit_baseline, pareto.finn_setfolding_baseline
     r.headline = (
-        Row("chosen design", (f"exits {', '.join(chosen.exits) or 'none'}",)),
+        Row(
+            "chosen design",
+            (f"exits {', '.join(chosen.exits) or 'none'}" + (f" ({chosen.policy})" if chosen.policy else ""),),
+        ),
         Row("throughput (dse model)", (f"{_n(chosen.fps)} samples/s",)),
         Row("gain over the best design without exits", (f"{_n(pareto.gain_vs_no_exit, 2)}x",)),
         Row(

@@ -167,6 +167,8 @@ def sweep(folder: str | Path, board: str, *, log: Say = print, say: Say = _silen
     r = search.sweep(folder, board, log=log, **options)
     c = r.chosen
     names = ", ".join(r.report.chosen.exits) or "none"  # names, as pareto.json has them, not indices
+    if c.exits:
+        names += f" ({c.policy})"
     tell = _Lines(say)
     tell(
         f"chosen: exits {names} at thresholds {list(c.thresholds)}: "

@@ -40,7 +40,7 @@ def evaluate(model: str, splits: int = SPLITS) -> dict:
     from exitflow.core.catalogue import get_board
     from exitflow.core.resources import Resources
     from exitflow.dse import risk
-    from exitflow.dse.sweep import _inventory, _load_run, outcomes
+    from exitflow.dse.sweep import _inventory, _key, _load_run, outcomes
 
     result, _ = swept(model, 1.0)
     run = RunDir(run_folder(model))
@@ -50,12 +50,12 @@ def evaluate(model: str, splits: int = SPLITS) -> dict:
     segments = _inventory(run, net, config.model.backbone, board, limits, log=lambda line: None)
     fastest: dict = {}
     for c in result.candidates:
-        key = (c.exits, c.thresholds)
+        key = _key(c)
         fastest[key] = max(fastest.get(key, 0.0), c.fps)
     keys = sorted(fastest)
     fps = np.array([fastest[k] for k in keys])
-    no_exit = [i for i, k in enumerate(keys) if not k[0]]
-    val, test = (outcomes(keys, segments, prof, "max_prob", split) for split in ("val", "test"))
+    no_exit = [i for i, k in enumerate(keys) if not k[1]]
+    val, test = (outcomes(keys, segments, prof, split) for split in ("val", "test"))
     correct = np.concatenate([val.correct, test.correct], axis=1)
     disagree = np.concatenate([val.disagree, test.disagree], axis=1)
     work = np.concatenate([val.work, test.work], axis=1)
@@ -76,7 +76,7 @@ def evaluate(model: str, splits: int = SPLITS) -> dict:
         for how, pool in admitted.items():
             i = pool[np.argmax(fps[pool])]
             test_drop = final[t].mean() - correct[i, t].mean()
-            picked[how].append((fps[i] / fps[no_exit].max(), test_drop, len(keys[i][0])))
+            picked[how].append((fps[i] / fps[no_exit].max(), test_drop, len(keys[i][1])))
     row = {"model": model, "board": "Pynq-Z2", "data": MODELS[model]["data"], "splits": splits}
     row.update(
         {

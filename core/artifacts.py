@@ -236,6 +236,7 @@ class DesignPoint:
     # certified to keep (None: not certified, or no certificate asked for: --confidence 1)
     val_drop_pp: float | None = None
     test_drop_pp: float | None = None
+    policy: str | None = None  # the exit policy of its early exits (None: no early exits)
     p_value: float | None = None
     certified_at: str | None = None
 

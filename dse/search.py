@@ -220,6 +220,7 @@ class Candidate:
     # StreamingFIFOs of each stage with its head as the build sizes them (dse.fifo_pricing), in
     # ``resources``; None: as the inventory built them
     fifos: tuple[tuple[float, ...], ...] | None = None
+    policy: str = "max_prob"  # the exit policy of every early exit (quant.policies)
 
 
 TARGETS = np.unique(np.round(np.geomspace(16, 4e6, 120)))
@@ -318,14 +319,15 @@ class LazyFolding(Mapping):
 
 @dataclass(frozen=True, eq=False)
 class SearchSpace:
-    """What the search tries: the exit ``policy`` and its ``threshold_grid`` (every combination for
-    the kept early exits), subsets of up to ``max_exits`` early exits, the interval ``targets``
-    (cycles per input sample; None: :data:`TARGETS`, and :data:`FINE_TARGETS` for the designs
-    without early exits), ``exit_weightings`` cost weightings for designs with exits, gates of each
-    of ``gate_depths`` feature maps and stages sized with each of ``headrooms``; what fits
-    ``budget`` (LUT, BRAM18, URAM, DSP) at ``clock_mhz`` is a candidate."""
+    """What the search tries: the exit ``policy`` (one, or several: each design takes one for all
+    its early exits) and its ``threshold_grid`` (every combination for the kept early exits),
+    subsets of up to ``max_exits`` early exits, the interval ``targets`` (cycles per input sample;
+    None: :data:`TARGETS`, and :data:`FINE_TARGETS` for the designs without early exits),
+    ``exit_weightings`` cost weightings for designs with exits, gates of each of ``gate_depths``
+    feature maps and stages sized with each of ``headrooms``; what fits ``budget`` (LUT, BRAM18,
+    URAM, DSP) at ``clock_mhz`` is a candidate."""
 
-    policy: str
+    policy: str | tuple[str, ...]
     threshold_grid: tuple[float, ...]
     budget: np.ndarray
     clock_mhz: float
@@ -339,16 +341,35 @@ class SearchSpace:
         for name in ("threshold_grid", "gate_depths", "headrooms"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
 
+    @property
+    def policies(self) -> tuple[str, ...]:
+        return (self.policy,) if isinstance(self.policy, str) else tuple(self.policy)
+
+    def subsets(self, n_early: int, policy: str) -> list[tuple[int, ...]]:
+        """The exit subsets searched under ``policy``. The designs without early exits are
+        searched once, under the first policy; ``agreement`` with fewer than two early exits
+        decides as ``max_prob`` does (its first kept exit has no class to agree with), so beside
+        ``max_prob`` it searches only subsets of two or more."""
+        first = policy == self.policies[0]
+        least = 2 if policy == "agreement" and "max_prob" in self.policies else (0 if first else 1)
+        return [s for s in _subsets(n_early, self.max_exits) if len(s) >= least]
+
 
 @dataclass(frozen=True, eq=False)
 class ValidationProfile:
     """The profile's validation split as the search reads it: each sample's confidence ``codes``
-    under the policy at each candidate exit (samples x exits), whether each exit is ``correct``
-    (samples x exits), and each exit's logit ``scales``."""
+    at each candidate exit (samples x exits; a mapping policy -> codes when the search tries
+    several policies), whether each exit is ``correct`` (samples x exits), each exit's logit
+    ``scales``, and each sample's class at each exit (``classes``, which the ``agreement``
+    policy needs)."""
 
-    codes: np.ndarray
+    codes: np.ndarray | Mapping
     correct: np.ndarray
     scales: np.ndarray
+    classes: np.ndarray | None = None
+
+    def codes_for(self, policy: str) -> np.ndarray:
+        return self.codes[policy] if isinstance(self.codes, Mapping) else self.codes
 
 
 def search(
@@ -393,9 +414,9 @@ def _search(
     grid = TARGETS if space.targets is None else space.targets
     out: list[Candidate] = []
     evaluated = skipped = 0
-    subsets = list(_subsets(len(segments) - 1, space.max_exits))
-    for subset in progress(subsets) if progress else subsets:
-        found = _subset_designs(subset, segments, profile, space, grid)
+    work = [(policy, subset) for policy in space.policies for subset in space.subsets(len(segments) - 1, policy)]
+    for policy, subset in progress(work) if progress else work:
+        found = _subset_designs(subset, segments, profile, space, grid, policy)
         out.extend(found.candidates)
         evaluated += found.evaluated
         skipped += found.skipped
@@ -418,6 +439,7 @@ class _Routing:
     subset: tuple[int, ...]
     kept: list[int]  # the kept exits, the final one included
     combos: list[tuple[float, ...]]
+    policy: str
     accuracy: np.ndarray
     reach: np.ndarray
     share: np.ndarray
@@ -467,10 +489,13 @@ class _SubsetDesigns:
     fastest: float | None  # the no-exit subset only: its fastest interval that fits
 
 
-def _subset_designs(subset, segments, profile: ValidationProfile, space: SearchSpace, grid) -> _SubsetDesigns:
-    """The candidates of one subset of early exits, every headroom and gate depth, its interval
-    targets ``grid`` (a fine grid without early exits: one design per target is cheap)."""
-    routing = _route(subset, len(segments), profile, space)
+def _subset_designs(
+    subset, segments, profile: ValidationProfile, space: SearchSpace, grid, policy: str
+) -> _SubsetDesigns:
+    """The candidates of one subset of early exits under ``policy``, every headroom and gate
+    depth, its interval targets ``grid`` (a fine grid without early exits: one design per target
+    is cheap)."""
+    routing = _route(subset, len(segments), profile, space, policy)
     if subset:
         targets, headrooms, depths = grid, space.headrooms, space.gate_depths
         n_w = min(_weightings(segments), space.exit_weightings)
@@ -497,19 +522,18 @@ def _weightings(segments) -> int:
     return len(tables[0].costs) if tables else 1
 
 
-def _route(subset, n: int, profile: ValidationProfile, space: SearchSpace) -> _Routing:
-    """Each threshold combination's exit per validation sample, hence accuracy, reach and share;
-    the combinations another beats are dropped."""
+def _route(subset, n: int, profile: ValidationProfile, space: SearchSpace, policy: str) -> _Routing:
+    """Each threshold combination's exit per validation sample under ``policy``, hence accuracy,
+    reach and share; the combinations another beats are dropped."""
     kept = kept_exits(subset, n - 1)
-    codes, correct, scales = profile.codes, profile.correct, profile.scales
+    codes, correct, scales = profile.codes_for(policy), profile.correct, profile.scales
+    classes = profile.classes[:, kept] if profile.classes is not None else None
     combos = list(itertools.product(*([space.threshold_grid] * len(subset))))
     taken = np.zeros((len(combos), len(codes)), dtype=np.int64)
     if subset:
         for c, thresholds in enumerate(combos):
-            constants = [
-                threshold_code(space.policy, t, float(scales[k])) for t, k in zip(thresholds, subset, strict=False)
-            ]
-            taken[c] = route(space.policy, codes[:, kept], constants)
+            constants = [threshold_code(policy, t, float(scales[k])) for t, k in zip(thresholds, subset, strict=False)]
+            taken[c] = route(policy, codes[:, kept], constants, classes)
     samples = np.arange(len(codes))
     accuracy = correct[samples[None, :], np.asarray(kept)[taken]].mean(axis=1)
     reach = np.stack([(taken >= s).mean(axis=1) for s in range(len(kept))], axis=1)  # (combos, stages)
@@ -518,7 +542,16 @@ def _route(subset, n: int, profile: ValidationProfile, space: SearchSpace) -> _R
     combos = [t for t, u in zip(combos, useful, strict=False) if u]
     taken, accuracy, reach = taken[useful], accuracy[useful], reach[useful]
     share = np.stack([(taken == s).mean(axis=1) for s in range(len(kept))], axis=1)
-    return _Routing(tuple(subset), kept, combos, accuracy, reach, share, skipped)
+    return _Routing(
+        subset=tuple(subset),
+        kept=kept,
+        combos=combos,
+        policy=policy,
+        accuracy=accuracy,
+        reach=reach,
+        share=share,
+        skipped=skipped,
+    )
 
 
 def _graph_arrays(segments, routing: _Routing, targets: np.ndarray, n_w: int, headroom: float) -> _GraphArrays:
@@ -636,6 +669,7 @@ def _candidates(batch: _Batch, clock_mhz: float) -> list[Candidate]:
                 head_cycles=tuple(head),
                 gate_depth=batch.depth,
                 headroom=batch.headroom,
+                policy=routing.policy,
             )
         )
     return out

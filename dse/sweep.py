@@ -36,7 +36,7 @@ from exitflow.core.artifacts import (
     SetFoldingPoint,
 )
 from exitflow.core.catalogue import get_board
-from exitflow.core.design import OBJECTIVES, Design, ExitHead, Stage, kept_exits, save_design
+from exitflow.core.design import OBJECTIVES, POLICIES, Design, ExitHead, Stage, kept_exits, save_design
 from exitflow.core.errors import ConfigError, ExitflowError
 from exitflow.core.files import atomic_write
 from exitflow.core.resources import LABELS, Resources
@@ -112,7 +112,7 @@ def sweep(
     min_accuracy: float | None = None,
     max_drop_pp: float | None = 1.0,
     util: float = 0.85,
-    policy: str = "max_prob",
+    policy: str | tuple[str, ...] = "max_prob",
     max_exits: int = 3,
     max_latency_us: float | None = None,
     confidence: float = risk.DEFAULT_CONFIDENCE,
@@ -123,17 +123,17 @@ def sweep(
     with that probability over the draw of the validation data (:mod:`exitflow.dse.risk`); at 1,
     the floor is met on the validation split (a point estimate)."""
     run = RunDir(run_dir)
-    _check_options(util, objective, max_exits, confidence)
+    policies = _check_options(util, objective, max_exits, confidence, policy)
     board = get_board(board_name)
     config, model, prof = _load_run(run)
     budget = Resources.of(board.available).scaled(util)
     limits = np.array(budget)  # the budget as the vectorised search takes it
     segments = _inventory(run, model, config.model.backbone, board, limits, log)
     show = sys.stderr.isatty()  # progress bars on a terminal only
-    candidates, stats = _search_designs(segments, prof, policy, board.clock_mhz, limits, max_exits, show)
-    floor = AccuracyFloor.of(candidates, segments, prof, policy, min_accuracy, max_drop_pp, confidence, log)
+    candidates, stats = _search_designs(segments, prof, policies, board.clock_mhz, limits, max_exits, show)
+    floor = AccuracyFloor.of(candidates, segments, prof, min_accuracy, max_drop_pp, confidence, log)
     eligible, no_exit = _eligible(candidates, floor, max_latency_us, board.name, util)
-    gates = GateSimulator(prof, policy, segments, board.clock_mhz, show)
+    gates = GateSimulator(prof, segments, board.clock_mhz, show)
     pricer = FifoPricer(run, segments, lambda c: _design(c, segments, config.model.backbone, board, c.gate_depth))
     log("sizing the FIFOs of the designs to report (exitflow's FINN steps, no code generation)")
     s = _select(eligible, no_exit, objective, segments, limits, gates, pricer, log)
@@ -176,7 +176,15 @@ def sweep(
 # ---------------------------------------------------------------------------- inventory
 
 
-def _check_options(util: float, objective: str, max_exits: int, confidence: float) -> None:
+def _check_options(util: float, objective: str, max_exits: int, confidence: float, policy) -> tuple[str, ...]:
+    """The options checked (one line each for a bad one); returns the exit policies to search."""
+    policies = (policy,) if isinstance(policy, str) else tuple(policy)
+    unknown = [p for p in policies if p not in POLICIES]
+    if unknown or not policies or len(set(policies)) != len(policies):
+        raise ConfigError(
+            f"--policies: must be distinct exit policies from {', '.join(POLICIES)}; "
+            f"got {', '.join(policies) or 'none'}"
+        )
     if not 0.0 < confidence <= 1.0:
         raise ConfigError(f"--confidence: must be in (0, 1] (e.g. 0.9; 1 keeps the point estimate); got {confidence}")
     if not 0.0 < util <= 1.0:
@@ -185,6 +193,7 @@ def _check_options(util: float, objective: str, max_exits: int, confidence: floa
         raise ConfigError(f"--objective: must be {' or '.join(OBJECTIVES)}; got {objective!r}")
     if isinstance(max_exits, bool) or not isinstance(max_exits, int) or max_exits < 0:
         raise ConfigError(f"--max-exits: must be an integer >= 0 (early exits per design); got {max_exits!r}")
+    return policies
 
 
 def _load_run(run: RunDir):
@@ -274,11 +283,11 @@ def _streams(inventory: Path, k: int) -> tuple[int, int, int]:
 # ---------------------------------------------------------------------------- search
 
 
-def _search_designs(segments, prof, policy: str, clock_mhz: float, limits: np.ndarray, max_exits: int, show: bool):
+def _search_designs(segments, prof, policies, clock_mhz: float, limits: np.ndarray, max_exits: int, show: bool):
     """(every design that fits ``limits``, the search's stats: seconds, designs evaluated, candidate
     exits, threshold combinations skipped) on the validation split's profile."""
     space = SearchSpace(
-        policy,
+        tuple(policies),
         MAX_PROB_THRESHOLDS,
         limits,
         clock_mhz,
@@ -286,7 +295,9 @@ def _search_designs(segments, prof, policy: str, clock_mhz: float, limits: np.nd
         gate_depths=GATE_DEPTHS,
         headrooms=HEADROOMS,
     )
-    profile = ValidationProfile(prof[f"val_code_{policy}"], prof["val_correct"], prof["scales"])
+    profile = ValidationProfile(
+        {p: prof[f"val_code_{p}"] for p in policies}, prof["val_correct"], prof["scales"], prof["val_pred"]
+    )
     stats: dict = {}
     started = time.perf_counter()
     candidates = search(
@@ -321,13 +332,18 @@ def _work(graph: GraphCost) -> float:
 
 def _taken(prof, policy: str, exits: tuple[int, ...], thresholds: tuple[float, ...], split: str, n: int) -> np.ndarray:
     """Each sample's exit on ``split`` (an index into the kept exits) for a threshold
-    configuration of ``n`` segments."""
+    configuration of ``n`` segments under ``policy``."""
+    if not exits:
+        return np.zeros(len(prof[f"{split}_correct"]), dtype=np.int64)
     kept = kept_exits(exits, n - 1)
     codes = prof[f"{split}_code_{policy}"][:, kept]
-    if not exits:
-        return np.zeros(len(codes), dtype=np.int64)
     constants = [threshold_code(policy, t, float(prof["scales"][k])) for t, k in zip(thresholds, exits, strict=True)]
-    return route(policy, codes, constants)
+    return route(policy, codes, constants, prof[f"{split}_pred"][:, kept])
+
+
+def _key(c: Candidate) -> tuple:
+    """A candidate's threshold configuration: what decides each sample's exit."""
+    return (c.policy if c.exits else "", c.exits, c.thresholds)
 
 
 @dataclass(frozen=True)
@@ -341,8 +357,8 @@ class Outcomes:
     work: np.ndarray
 
 
-def outcomes(keys: list, segments: list[Segment], prof, policy: str, split: str) -> Outcomes:
-    """:class:`Outcomes` of the configurations ``keys`` ((exits, thresholds)) on ``split``."""
+def outcomes(keys: list, segments: list[Segment], prof, split: str) -> Outcomes:
+    """:class:`Outcomes` of the configurations ``keys`` ((policy, exits, thresholds)) on ``split``."""
     n = len(segments)
     body = np.cumsum([_work(seg.body) for seg in segments])
     heads = [_work(seg.head) for seg in segments]
@@ -351,7 +367,7 @@ def outcomes(keys: list, segments: list[Segment], prof, policy: str, split: str)
     correct = np.zeros((len(keys), len(samples)), dtype=bool)
     disagree = np.zeros_like(correct)
     work = np.zeros((len(keys), len(samples)), dtype=np.float32)
-    for i, (exits, thresholds) in enumerate(keys):
+    for i, (policy, exits, thresholds) in enumerate(keys):
         kept = np.asarray(kept_exits(exits, n - 1))
         taken = kept[_taken(prof, policy, exits, thresholds, split, n)]  # candidate exit of each sample
         correct[i] = correct_at[samples, taken]
@@ -368,7 +384,7 @@ class AccuracyFloor:
     without, those meeting it on the validation split. Also each configuration's drop on the
     validation and test splits, for the report."""
 
-    keys: list  # (exits, thresholds) of every configuration with a design that fits
+    keys: list  # (policy, exits, thresholds) of every configuration with a design that fits
     val_drop: np.ndarray  # below the final exit, a fraction, per configuration
     test_drop: np.ndarray
     admitted: np.ndarray  # bool per configuration
@@ -376,10 +392,10 @@ class AccuracyFloor:
     text: str  # the floor in words
 
     @classmethod
-    def of(cls, candidates, segments, prof, policy, min_accuracy, max_drop_pp, confidence, log) -> AccuracyFloor:
-        keys = sorted({(c.exits, c.thresholds) for c in candidates})
-        val = outcomes(keys, segments, prof, policy, "val")
-        test = outcomes(keys, segments, prof, policy, "test")
+    def of(cls, candidates, segments, prof, min_accuracy, max_drop_pp, confidence, log) -> AccuracyFloor:
+        keys = sorted({_key(c) for c in candidates})
+        val = outcomes(keys, segments, prof, "val")
+        test = outcomes(keys, segments, prof, "test")
         val_final, test_final = prof["val_correct"][:, -1], prof["test_correct"][:, -1]
         val_drop = val_final.mean() - val.correct.mean(axis=1)
         test_drop = test_final.mean() - test.correct.mean(axis=1)
@@ -392,7 +408,7 @@ class AccuracyFloor:
             least = _accuracy_floor(prof["val_correct"], min_accuracy, max_drop_pp)
             return cls(keys, val_drop, test_drop, val.correct.mean(axis=1) >= least - 1e-12, None, text)
         # without early exits, the drop is 0 by definition: only an absolute floor needs a test
-        untested = [i for i, k in enumerate(keys) if not k[0]] if floor.max_drop is not None else []
+        untested = [i for i, k in enumerate(keys) if not k[1]] if floor.max_drop is not None else []
         certificate = risk.certify(
             val.correct, val_final, val.work, floor, confidence, exclude=untested, disagree=val.disagree
         )
@@ -403,7 +419,7 @@ class AccuracyFloor:
         return found
 
     def index(self, c: Candidate) -> int:
-        return self._positions[(c.exits, c.thresholds)]
+        return self._positions[_key(c)]
 
     @property
     def _positions(self) -> dict:
@@ -419,7 +435,7 @@ class AccuracyFloor:
     def summary(self) -> str:
         """One line: how many configurations are certified, and where the test stopped."""
         cert = self.certificate
-        early = sum(1 for i in cert.certified if self.keys[i][0])
+        early = sum(1 for i in cert.certified if self.keys[i][1])
         line = (
             f"accuracy floor ({self.text}) certified at confidence {cert.confidence:g} for "
             f"{len(cert.certified)} of {len(self.keys)} threshold configurations ({early} with early exits; "
@@ -567,8 +583,8 @@ class GateSimulator:
     depth is simulated once (every candidate stays alive in the search's list, so its id is a
     safe key), and designs alike in what the simulation sees share one run."""
 
-    def __init__(self, prof, policy: str, segments: list[Segment], clock_mhz: float, show: bool):
-        self.prof, self.policy, self.segments, self.clock_mhz = prof, policy, segments, clock_mhz
+    def __init__(self, prof, segments: list[Segment], clock_mhz: float, show: bool):
+        self.prof, self.segments, self.clock_mhz = prof, segments, clock_mhz
         self._by_design: dict = {}  # (id of the candidate, gate depth) -> fps
         self._alike: dict = {}  # what the simulation sees -> fps
         self._bar = tqdm(desc="simulating gates", unit="design", disable=not show, leave=False)
@@ -585,7 +601,7 @@ class GateSimulator:
 
     def taken(self, c: Candidate, split: str) -> np.ndarray:
         """Each sample's exit on ``split`` (an index into the design's kept exits)."""
-        return _taken(self.prof, self.policy, c.exits, c.thresholds, split, len(self.segments))
+        return _taken(self.prof, c.policy, c.exits, c.thresholds, split, len(self.segments))
 
     def simulate(self, c: Candidate, split: str, depth: int) -> float:
         """One simulation of ``c`` with gates of ``depth`` feature maps on ``split``'s exit
@@ -614,8 +630,7 @@ class GateSimulator:
         """:meth:`gated` at the design's own gate depth; designs alike in what the simulation
         sees (exits, thresholds, stage and head cycles, gate words and depth) share one run."""
         key = (
-            c.exits,
-            c.thresholds,
+            _key(c),
             c.stage_cycles,
             c.head_cycles,
             c.gate_depth,
@@ -737,6 +752,7 @@ def _point(cls, c: Candidate, names: list[str], clock_mhz: float, floor: Accurac
     fields or overriding the point's; ``floor`` adds its drops and certificate)."""
     fields = dict(
         **(floor.fields(c) if floor is not None else {}),
+        policy=c.policy if c.exits else None,
         exits=tuple(names[k] for k in c.exits),
         thresholds=tuple(c.thresholds),
         fps=c.fps,
@@ -834,7 +850,7 @@ def _design(c: Candidate, segments, backbone: str, board, gate_depth: int = GATE
                 gate_depth=None if last else gate_depth,
                 head=ExitHead(
                     name=name,
-                    policy="max_prob",
+                    policy=c.policy,
                     threshold=None if last else c.thresholds[s],
                     folding=FrozenMap(head_fold),
                 ),

@@ -286,3 +286,37 @@ def test_the_sweeps_inventory_reads_layers_json_checked(tmp_path):
         ConfigError, match=r"seg0/layers.json: expected .*got a JSON list; delete .*inventory and sweep again"
     ):
         graph_cost(folder, "xc7z020clg400-1", np.ones(4))
+
+
+def test_several_policies_each_design_takes_one():
+    """Beside max_prob, agreement is searched only with two or more early exits (with one it
+    decides as max_prob does); the designs without exits come once; each candidate's accuracy
+    and reach are the routing of its own policy, classes included."""
+    from exitflow.quant.policies import route, threshold_code
+
+    segments, codes, correct, scales = problem()
+    third = Segment("e2", ("b2",), graph("s2", [layer("b2", 64, 32)]), graph("h2", [layer("h2c", 64, 10)]))
+    segments = [segments[0], third, segments[1]]
+    rng = np.random.default_rng(1)
+    n = len(codes)
+    codes = np.stack([codes[:, 0], rng.integers(1024, 4096, n), codes[:, 1]], axis=1)
+    correct = np.stack([correct[:, 0], rng.random(n) < 0.93, correct[:, 1]], axis=1)
+    classes = rng.integers(0, 3, (n, 3))
+    scales = np.array([0.1, 0.1, 0.1])
+    profile = ValidationProfile({"max_prob": codes, "agreement": codes}, correct, scales, classes)
+    found = search(segments, profile, SearchSpace(("max_prob", "agreement"), [0.5, 0.9], BUDGET, 100.0))
+    agreement = [c for c in found if c.policy == "agreement"]
+    assert agreement and all(len(c.exits) >= 2 for c in agreement)
+    assert sum(1 for c in found if not c.exits and c.policy == "agreement") == 0
+    assert {c.exits for c in found if c.policy == "max_prob"} >= {(), (0,), (1,), (0, 1)}
+    for c in agreement[:50]:
+        constants = [threshold_code("agreement", t, 0.1) for t in c.thresholds]
+        taken = route("agreement", codes, constants, classes)
+        assert c.accuracy == correct[np.arange(n), taken].mean()
+        assert c.reach[1] == (taken >= 1).mean()
+    # agreement leaves fewer samples at the second exit than max_prob at the same thresholds
+    same = [(a, m) for a in agreement for m in found if m.policy == "max_prob" and m.exits == a.exits]
+    a, m = next((a, m) for a, m in same if a.thresholds == m.thresholds)
+    assert a.reach[2] >= m.reach[2]
+    alone = search(segments, profile, SearchSpace("agreement", [0.5, 0.9], BUDGET, 100.0))
+    assert {c.exits for c in alone} >= {(), (0,), (1,), (0, 1)}  # alone, every subset
