@@ -3,10 +3,12 @@
 ``write_project(run_dir)`` (always, after ``exitflow build``) writes ``DIR/hw/vivado/``:
 HLS tops and Vitis HLS scripts for the id source, gates, tag and merge, the block design script
 (``block_design.tcl``: PS, DMA, stages, broadcasters, gate FIFOs sized by the design, heads,
-gates, merge) and ``driver.json`` for the PYNQ driver. ``build_bitfile(run_dir)`` needs Vivado
-and Vitis HLS on PATH: it synthesises FINN's IPs for every stage and head (HLSSynthIP,
-CreateStitchedIP), the exit IPs, then runs the block design to a bitfile and ``.hwh`` in
-``DIR/hw/deploy/``. Without the tools it raises one clear error naming them.
+gates, merge; for an agreement head after the first kept exit, the class stream from the gate
+before its stage, through a record FIFO, into the head's second input) and ``driver.json`` for
+the PYNQ driver (which needs nothing more for agreement: its records are max_prob's).
+``build_bitfile(run_dir)`` needs Vivado and Vitis HLS on PATH: it synthesises FINN's IPs for
+every stage and head (HLSSynthIP, CreateStitchedIP), the exit IPs, then runs the block design to
+a bitfile and ``.hwh`` in ``DIR/hw/deploy/``. Without the tools it raises one clear error naming them.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from pathlib import Path
 from exitflow.boards.driver import RecordFormat
 from exitflow.core.artifacts import BuildSummary, RunDir
 from exitflow.core.catalogue import get_board
-from exitflow.core.design import load_design
+from exitflow.core.design import load_design, reads_previous_class
 from exitflow.core.errors import NotAvailableError
 from exitflow.core.templates import template_env
 from exitflow.hls_templates import TEMPLATE_DIR
@@ -134,7 +136,10 @@ def write_project(run_dir: str | Path, summary: BuildSummary | None = None) -> P
         fm_bits = out_node.get_outstream_width()
         folds = stream_words(out_node)
         if not last:
-            ips.append(("gate", f"{stage.name}_gate_ip", {"fm_bits": fm_bits, "folds": folds, "exit_index": k}))
+            gate = {"fm_bits": fm_bits, "folds": folds, "exit_index": k, "class_bits": 0, "class_lsb": 0}
+            if reads_previous_class(design, k + 1):  # the next head's CTU compares with this head's class
+                gate.update(class_bits=ctus[k].class_bits, class_lsb=ctus[k].code_bits)
+            ips.append(("gate", f"{stage.name}_gate_ip", gate))
         else:
             ips.append(("tag", f"{stage.name}_tag_ip", {"exit_index": k}))
         stages.append(
@@ -150,6 +155,8 @@ def write_project(run_dir: str | Path, summary: BuildSummary | None = None) -> P
                 "fifo_depth": 1 << max(4, ((stage.gate_depth or 1) * folds - 1).bit_length()),
                 "fifo_words": (stage.gate_depth or 0) * folds,
                 "record_fifo_depth": record_fifo_depth(design),
+                # agreement after the first kept exit: the classes the gate before this stage sends
+                "class_source": f"{design.stages[k - 1].name}_gate/cls_out" if reads_previous_class(design, k) else "",
             }
         )
     ips += [("ids", "exitflow_ids", {}), ("merge", "exitflow_merge", {"exits": exits})]

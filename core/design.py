@@ -243,6 +243,14 @@ def kept_exits(early: Iterable[T], final: T) -> list[T]:
     return [*early, final]
 
 
+def reads_previous_class(design: Design, k: int) -> bool:
+    """Whether the CTU of stage ``k``'s head reads each sample's class at the previous kept exit:
+    an ``agreement`` head after the first kept exit and before the final one. The gate after
+    stage ``k - 1`` then sends the class of every sample it passes on. At the first kept exit
+    agreement is max_prob's test alone; the final exit takes every sample."""
+    return design.stages[k].head.policy == "agreement" and 0 < k < len(design.stages) - 1
+
+
 def gate_depth_limit(board, map_bits: int = 1) -> int:
     """The most feature maps of ``map_bits`` bits a gate can hold on ``board``, with all of its
     memory (:func:`memory_bits`) and nothing else on the device: past it, a design cannot fit.
@@ -305,6 +313,7 @@ __all__ = [
     "gate_depth_limit",
     "memory_bits",
     "load_design",
+    "reads_previous_class",
     "save_design",
     "to_data",
 ]

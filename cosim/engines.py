@@ -15,7 +15,9 @@
   otherwise.
 
 Both take and return channels-last integer arrays with a leading batch axis, and can return every
-intermediate tensor by node name, for layer-by-layer comparison (:func:`first_difference`).
+intermediate tensor by node name, for layer-by-layer comparison (:func:`first_difference`). A
+graph with more than one input (a head whose agreement CTU reads the previous kept exit's class)
+takes the others by name (``extra``).
 """
 
 from __future__ import annotations
@@ -80,15 +82,22 @@ class FinnEngine:
         self.input_name = generic.graph.input[0].name
         self.output_name = generic.graph.output[0].name
         self.input_shape = tuple(generic.get_tensor_shape(self.input_name))
+        self.extra_shapes = {t.name: tuple(generic.get_tensor_shape(t.name)) for t in generic.graph.input[1:]}
 
-    def run(self, x: np.ndarray, keep: bool = False) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        """(output, intermediates by tensor name when ``keep``) for a batch ``x`` (int)."""
+    def run(
+        self, x: np.ndarray, keep: bool = False, extra: dict[str, np.ndarray] | None = None
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """(output, intermediates by tensor name when ``keep``) for a batch ``x`` (int); ``extra``:
+        the batch of every further graph input, by name."""
         from finn.core.onnx_exec import execute_onnx
 
+        extra = _check_extra(self.extra_shapes, extra, len(x))
         outputs, kept = [], {}
         for i in range(len(x)):
-            sample = np.asarray(x[i : i + 1], dtype=np.float32).reshape(self.input_shape)
-            context = execute_onnx(self.model, {self.input_name: sample}, return_full_exec_context=keep)
+            feed = {self.input_name: np.asarray(x[i : i + 1], dtype=np.float32).reshape(self.input_shape)}
+            for name, shape in self.extra_shapes.items():
+                feed[name] = np.asarray(extra[name][i : i + 1], dtype=np.float32).reshape(shape)
+            context = execute_onnx(self.model, feed, return_full_exec_context=keep)
             outputs.append(_as_int(context[self.output_name]))
             if keep:
                 for node in self.model.graph.node:
@@ -97,6 +106,17 @@ class FinnEngine:
                     kept.setdefault(fifo, []).append(_as_int(context[tensor]))
         out = np.concatenate(outputs) if outputs else np.zeros((0,), dtype=np.int64)
         return out, {k: np.concatenate(v) for k, v in kept.items()}
+
+
+def _check_extra(shapes: dict[str, tuple], extra: dict[str, np.ndarray] | None, n: int) -> dict[str, np.ndarray]:
+    """``extra`` holds a batch of ``n`` for every further graph input (``shapes``), and nothing else."""
+    extra = dict(extra or {})
+    if set(extra) != set(shapes):
+        raise ValueError(f"the graph's further inputs are {sorted(shapes) or 'none'}; got values for {sorted(extra)}")
+    for name, value in extra.items():
+        if len(value) != n:
+            raise ValueError(f"{name}: {len(value)} values for a batch of {n}")
+    return extra
 
 
 def _as_int(value: np.ndarray) -> np.ndarray:
@@ -141,8 +161,10 @@ class VectorisedEngine:
         self.input_shape = tuple(model.get_tensor_shape(self.input_name))
         self.output_shape = tuple(model.get_tensor_shape(self.output_name))
         self.input_dtype = int_dtype(model.get_tensor_datatype(self.input_name))
+        self.extra_shapes = {t.name: tuple(model.get_tensor_shape(t.name)) for t in model.graph.input[1:]}
+        self.extra_dtypes = {t.name: int_dtype(model.get_tensor_datatype(t.name)) for t in model.graph.input[1:]}
         self.steps: list[Step] = []
-        known = {self.input_name}
+        known = {self.input_name, *self.extra_shapes}
         for node in model.graph.node:
             inputs = tuple(i for i in node.input if model.get_initializer(i) is None)
             missing = [i for i in inputs if i not in known]
@@ -170,9 +192,13 @@ class VectorisedEngine:
             [n for n in step.inputs if last_use[n] == k and n != self.output_name] for k, step in enumerate(self.steps)
         ]
 
-    def run(self, x: np.ndarray, keep: bool = False) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    def run(
+        self, x: np.ndarray, keep: bool = False, extra: dict[str, np.ndarray] | None = None
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         n = len(x)
         values = {self.input_name: np.asarray(x).astype(self.input_dtype, copy=False)}
+        for name, value in _check_extra(self.extra_shapes, extra, n).items():
+            values[name] = np.asarray(value).astype(self.extra_dtypes[name], copy=False)
         kept = {}
         for step, free in zip(self.steps, self._free, strict=True):
             args = [values[t].reshape(n, *shape) for t, shape in zip(step.inputs, step.input_shapes, strict=True)]
@@ -462,9 +488,10 @@ def _confidence_threshold(inst, model) -> Kernel:
     params = inst.params()
     classes = params.classes
 
-    def ctu(h: np.ndarray) -> np.ndarray:
+    def ctu(h: np.ndarray, previous: np.ndarray | None = None) -> np.ndarray:
         flat = h.reshape(-1, classes)
-        return params.pack(params.decide(flat)).reshape(*h.shape[:-1], 1)
+        before = None if previous is None else previous.reshape(-1).astype(np.int64)
+        return params.pack(params.decide(flat, before)).reshape(*h.shape[:-1], 1)
 
     return ctu
 

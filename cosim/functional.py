@@ -5,7 +5,9 @@
 then executes samples the way the hardware does: stage k's HW graph on the integer stream, head
 k's HW graph (ending in the confidence-threshold unit) on the stage's output, and the routing:
 a sample whose CTU says "exit" leaves with (exit index, class, confidence code), the others go on
-through the gate to stage k+1; the final head takes every remaining sample.
+through the gate to stage k+1, with their class when head k+1 uses ``agreement`` (its CTU reads
+the class each sample had at head k, as the gate sends it in hardware); the final head takes
+every remaining sample.
 
 :func:`expected_results` computes the same three numbers from the Brevitas model and the policy
 function (:mod:`exitflow.quant.policies`), exactly as profiling and the design search do, and
@@ -24,7 +26,7 @@ import numpy as np
 
 from exitflow.core.artifacts import BuildSummary, LayerMap, RunDir
 from exitflow.core.data import ImageSet, load_splits
-from exitflow.core.design import load_design
+from exitflow.core.design import load_design, reads_previous_class
 from exitflow.core.errors import ConfigError
 from exitflow.core.files import user_path
 from exitflow.hw.build import backup_of, is_finished, match_design
@@ -76,6 +78,15 @@ class Built:
     graphs: list[tuple[Graph, Graph]]  # (stage k, head k)
     ctu: list[object]  # CTUParams of every head
     input_order: Callable[[np.ndarray], np.ndarray]  # NCHW uint8 images -> stage 0's HW input
+    # per head: the graph input of its CTU's previous-class stream (agreement after the first
+    # kept exit), None where the CTU has none
+    class_inputs: list[str | None] = field(default_factory=list)
+
+    def head_inputs(self, k: int, previous: np.ndarray | None) -> dict[str, np.ndarray]:
+        """The further inputs of head ``k``'s graph for a batch whose classes at head ``k - 1``
+        are ``previous``: none, or that class per sample on its class input."""
+        name = self.class_inputs[k] if self.class_inputs else None
+        return {} if name is None else {name: np.asarray(previous).reshape(-1, 1)}
 
     @property
     def names(self) -> list[str]:
@@ -157,7 +168,7 @@ def load_built(run_dir: str | Path, design_path: str | Path | None = None) -> Bu
         check_folding(
             f"{design_path}: stages[{k}].head.folding", stage.head.folding, head_layers[k], f"head {stage.head.name!r}"
         )
-    graphs, ctu = [], []
+    graphs, ctu, class_inputs = [], [], []
     for k, stage in enumerate(design.stages):
         pair = []
         for kind, name, layers in (("stage", stage.name, stage_layers[k]), ("head", stage.head.name, head_layers[k])):
@@ -184,8 +195,16 @@ def load_built(run_dir: str | Path, design_path: str | Path | None = None) -> Bu
                 f"the design "
                 f"says {stage.head.policy} at {stage.head.threshold}; the hardware is from another design: {rebuild}"
             )
+        wanted = reads_previous_class(design, k)
+        if params.class_input != wanted or len(head_graph.graph.input) != 1 + wanted:
+            raise ConfigError(
+                f"{hw / stage.head.name}: its CTU was built {'with' if params.class_input else 'without'} the previous "
+                f"exit's class as an input, which the design's {stage.head.policy} head at kept exit {k} "
+                f"{'needs' if wanted else 'does not take'}; the hardware is from another design: {rebuild}"
+            )
         graphs.append(tuple(pair))
         ctu.append(params)
+        class_inputs.append(head_graph.graph.input[1].name if wanted else None)
     _check_streams(hw, graphs)
     parent = _load_graph(hw / design.stages[0].name / "parent.onnx", rebuild)
     before = _software_nodes(parent, before=True)
@@ -195,7 +214,7 @@ def load_built(run_dir: str | Path, design_path: str | Path | None = None) -> Bu
     def input_order(x: np.ndarray) -> np.ndarray:
         return _apply_layout(before, parent, x, str(hw / design.stages[0].name)).reshape(len(x), *shape[1:])
 
-    return Built(run_dir, design_path, design, config, model, exits, graphs, ctu, input_order)
+    return Built(run_dir, design_path, design, config, model, exits, graphs, ctu, input_order, class_inputs)
 
 
 def _check_streams(hw: Path, graphs: list[tuple[Graph, Graph]]) -> None:
@@ -259,15 +278,16 @@ def run_design(
     for start in range(0, n, chunk):
         index = np.arange(start, min(start + chunk, n))
         h = built.input_order(images[index])
+        previous = None  # the class at the previous kept exit of each sample still going
         for k, ((stage, head), params) in enumerate(zip(built.graphs, built.ctu, strict=False)):
             h, _ = stage.engine(engine).run(h)
-            records, _ = head.engine(engine).run(h)
+            records, _ = head.engine(engine).run(h, extra=built.head_inputs(k, previous))
             decision = params.unpack(records.reshape(-1))
             leave = decision.exit if k < len(built.graphs) - 1 else np.ones(len(index), dtype=bool)
             out.exit[index[leave]] = k
             out.cls[index[leave]] = decision.cls[leave]
             out.code[index[leave]] = decision.code[leave]
-            index, h = index[~leave], h[~leave]
+            index, h, previous = index[~leave], h[~leave], decision.cls[~leave]
             if not len(index):
                 break
         if progress:
@@ -289,7 +309,8 @@ def model_logits(built: Built, images: np.ndarray) -> tuple[np.ndarray, np.ndarr
 
 def expected_results(built: Built, logits: np.ndarray, scales: np.ndarray, bits: np.ndarray) -> Results:
     """The Brevitas model + the policy function: per sample the first exit whose policy says
-    exit (the final one otherwise), with that exit's class and confidence code."""
+    exit (the final one otherwise; an agreement exit compares with the class at the kept exit
+    before it), with that exit's class and confidence code."""
     n = len(logits)
     out = Results.empty(n)
     heads = [stage.head for stage in built.design.stages]
@@ -298,7 +319,7 @@ def expected_results(built: Built, logits: np.ndarray, scales: np.ndarray, bits:
         cls[:, k], code[:, k] = policies.confidence_code(head.policy, logits[:, k], float(scales[k]), int(bits[k]))
     early = heads[:-1]
     constants = [policies.threshold_code(h.policy, h.threshold, scales[k]) for k, h in enumerate(early)]
-    out.exit[:] = policies.route([h.policy for h in early], code, constants)
+    out.exit[:] = policies.route([h.policy for h in early], code, constants, cls)
     rows = np.arange(n)
     out.cls[:], out.code[:] = cls[rows, out.exit], code[rows, out.exit]
     return out
@@ -354,10 +375,11 @@ def _trace(built: Built, image: np.ndarray, engine: str, upto: int) -> dict[str,
     """Every intermediate tensor of one sample through stages and heads 0..upto, per graph."""
     h = built.input_order(image[None])
     tensors = {}
-    for stage, head in built.graphs[: upto + 1]:
+    previous = None
+    for k, ((stage, head), params) in enumerate(zip(built.graphs[: upto + 1], built.ctu, strict=False)):
         h_next, tensors[stage.name] = stage.engine(engine).run(h, keep=True)
-        _, tensors[head.name] = head.engine(engine).run(h_next, keep=True)
-        h = h_next
+        records, tensors[head.name] = head.engine(engine).run(h_next, keep=True, extra=built.head_inputs(k, previous))
+        h, previous = h_next, params.unpack(records.reshape(-1)).cls
     return tensors
 
 
@@ -565,7 +587,7 @@ def predicted_fractions(built: Built) -> tuple[list[float] | None, str]:
     npz = load_profile(built.run_dir)  # checked: one line for a damaged or foreign file
     names = [str(n) for n in npz["exit_names"]]
     scales = npz["scales"]
-    codes = {p: npz[f"test_code_{p}"] for p in policies.POLICIES}
+    codes = {p: npz[f"test_code_{p}"] for p in policies.POLICIES}  # agreement's: max_prob's array
     if names != list(built.model.exit_names):
         raise ConfigError(
             f"{path}: profiled exits {names} are not the model's {list(built.model.exit_names)}; "
@@ -581,7 +603,9 @@ def predicted_fractions(built: Built) -> tuple[list[float] | None, str]:
     constants = [
         policies.threshold_code(h.policy, h.threshold, float(scales[j])) for h, j in zip(early, columns, strict=True)
     ]
-    taken = policies.route([h.policy for h in early], exit_codes, constants)
+    # the class of each kept exit (the final one's, like its code, is never read)
+    classes = npz["test_pred"][:, [*columns, names.index(built.exits[-1])]]
+    taken = policies.route([h.policy for h in early], exit_codes, constants, classes)
     return _fractions(taken, len(built.exits)), f"{path} (test split, {n} samples)"
 
 

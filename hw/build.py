@@ -22,7 +22,7 @@ from pathlib import Path
 
 from exitflow.core.artifacts import BitfileStatus, BuildSummary, GateCheck, GraphReport, LayerMap, RunDir
 from exitflow.core.catalogue import get_board
-from exitflow.core.design import Design, gate_depth_limit, load_design, memory_bits
+from exitflow.core.design import Design, gate_depth_limit, load_design, memory_bits, reads_previous_class
 from exitflow.core.errors import ConfigError, check_interrupt
 from exitflow.core.files import user_path
 from exitflow.core.resources import Resources
@@ -194,6 +194,7 @@ def _build_graphs(
             "threshold": stage.head.threshold,
             "scale": manifest.heads[k].scale,
             "logit_bits": manifest.heads[k].logit_bits,
+            "class_input": reads_previous_class(design, k),
         }
         blocks = ", ".join(stage.blocks)
         where = f"the stage of blocks {blocks}"

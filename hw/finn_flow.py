@@ -82,7 +82,7 @@ class FlowState:
     skip_fifos: dict[str, int] = field(default_factory=dict)  # residual join -> its skip FIFO's depth in words
     link_pixels: int = LINK_PIXELS  # what every plain stream holds, as sized
     link_fifos: int = 0  # StreamingFIFOs added on plain streams
-    ctu: dict | None = None  # heads: policy, threshold (None: final exit), scale of the logits
+    ctu: dict | None = None  # heads: policy, threshold (None: final exit), scale of the logits, class_input
     input_datatype: str = ""
     input_scale: float = 1.0
     where: str = ""  # the graph in the user's words, for messages (e.g. "the stage of blocks conv0, conv1")
@@ -498,10 +498,17 @@ def take_dataflow_partition(model, state: FlowState):
     return ModelWrapper(getCustomOp(sdp).get_nodeattr("model"))
 
 
+#: The head graph's second input when its CTU reads the previous kept exit's class (agreement
+#: after the first kept exit): one class per sample, from the gate before the stage; the
+#: stitched head IP's ``s_axis_1``.
+CLASS_INPUT = "previous_class"
+
+
 class AppendCTU(Transformation):
     """The confidence-threshold unit after a head's logits (the graph's output): integer logits
     in, decision record (``ctu_record``) out. ``ctu``: policy, threshold (None: the final exit),
-    scale of the logits."""
+    scale of the logits, and ``class_input`` (agreement after the first kept exit): the unit then
+    reads each sample's previous class from a second graph input, :data:`CLASS_INPUT`."""
 
     def __init__(self, ctu: dict) -> None:
         super().__init__()
@@ -513,9 +520,15 @@ class AppendCTU(Transformation):
         logits = model.graph.output[0]
         shape = model.get_tensor_shape(logits.name)
         record = helper.make_tensor_value_info("ctu_record", TensorProto.FLOAT, [*shape[:-1], 1])
+        inputs, extra = [logits.name], {}
+        if self.ctu.get("class_input"):
+            model.graph.input.append(helper.make_tensor_value_info(CLASS_INPUT, TensorProto.FLOAT, [*shape[:-1], 1]))
+            inputs.append(CLASS_INPUT)
+            # one FIFO depth per input: FINN's InsertFIFO reads the entry of the graph input it looks at
+            extra = {"ClassInput": 1, "inFIFODepths": [2, 2]}
         node = helper.make_node(
             "ConfidenceThreshold",
-            [logits.name],
+            inputs,
             [record.name],
             domain="finn.custom_op.fpgadataflow",
             backend="fpgadataflow",
@@ -528,6 +541,7 @@ class AppendCTU(Transformation):
             ProfileLogitBits=int(self.ctu.get("logit_bits") or 0),
             inputDataType=model.get_tensor_datatype(logits.name).name,
             numInputVectors=[int(v) for v in shape[:-1]],
+            **extra,
         )
         model.graph.node.append(node)
         model.graph.value_info.append(logits)

@@ -1,5 +1,6 @@
 """The Vivado project exitflow writes for a design, and the bitfile path (marked `vivado`)."""
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -128,6 +129,83 @@ def test_bitfile_for_every_board(digits_run, tmp_path, board):
     build(run, path, log=lambda line: None)
     bit = build_bitfile(run)
     assert bit.exists() and bit.with_suffix(".hwh").exists()
+
+
+# ---------------------------------------------------------------------------- agreement
+
+AGREEMENT = {
+    "model": "lenet",
+    "board": "Pynq-Z2",
+    "stages": [
+        {"name": "early", "blocks": ["conv0"], "gate_depth": 4, "head": {"name": "exit0", "threshold": 0.9}},
+        {
+            "name": "middle",
+            "blocks": ["conv1", "fc0"],
+            "gate_depth": 2,
+            "head": {"name": "exit1", "policy": "agreement", "threshold": 0.8},
+        },
+        {"name": "last", "blocks": ["fc1"], "head": {"name": "final", "policy": "agreement"}},
+    ],
+}
+
+
+@pytest.fixture(scope="module")
+def agreement_built(digits_run, tmp_path_factory):
+    """The digits lenet with an agreement head after the first kept exit (and the final head
+    named agreement too, which reads nothing: every sample leaves there), in a run of its own."""
+    run = tmp_path_factory.mktemp("agreement") / "run"
+    run.mkdir()
+    for name in ("model.pt", "config.yaml"):
+        shutil.copy(digits_run / name, run / name)
+    path = run / "design.yaml"
+    path.write_text(yaml.safe_dump(AGREEMENT, sort_keys=False))
+    build(run, path, log=lambda line: None)
+    return run / "hw"
+
+
+def test_the_class_stream_of_an_agreement_head_is_wired(agreement_built, tmp_path):
+    """The gate before the agreement head sends its head's classes (cls_out) through a FIFO into
+    the agreement head's second input (s_axis_1, its CTU's class stream); nothing else has one."""
+    import re
+
+    from qonnx.core.modelwrapper import ModelWrapper
+    from qonnx.custom_op.registry import getCustomOp
+
+    vivado = agreement_built / "vivado"
+    tcl = (vivado / "block_design.tcl").read_text()
+    assert "connect_bd_intf_net [get_bd_intf_pins early_gate/cls_out] [get_bd_intf_pins exit1_cls/S_AXIS]" in tcl
+    assert "connect_bd_intf_net [get_bd_intf_pins exit1_cls/M_AXIS] [get_bd_intf_pins exit1/s_axis_1]" in tcl
+    assert tcl.count("s_axis_1") == 1 and tcl.count("cls_out") == 1
+    depths = {cell: int(d) for d, cell in re.findall(r"CONFIG\.FIFO_DEPTH \{(\d+)\}\] \[get_bd_cells (\w+)\]", tcl)}
+    assert [c for c in depths if c.endswith("_cls")] == ["exit1_cls"] and depths["exit1_cls"] == depths[
+        "exit1_rec"
+    ] == 16
+    # the class FIFO comes after the gate it reads from, in the order Vivado creates cells
+    assert tcl.index("create_bd_cell -type ip -vlnv xilinx.com:hls:early_gate_ip:1.0 early_gate") < tcl.index(
+        "exit1_cls/S_AXIS"
+    )
+    out = _tclsh(_VIVADO_STUBS + tcl)  # the script runs through (Vivado's commands stubbed)
+    assert "repo" in out
+    heads = [ModelWrapper(str(agreement_built / h / "model_hw.onnx")) for h in ("exit0", "exit1", "final")]
+    ctus = [getCustomOp(m.graph.node[-1]) for m in heads]
+    assert [c.get_nodeattr("ClassInput") for c in ctus] == [0, 1, 0]
+    assert [len(m.graph.input) for m in heads] == [1, 2, 1]
+    assert heads[1].graph.input[1].name == heads[1].graph.node[-1].input[1] == "previous_class"
+    exit0 = ctus[0].params()
+    gate = (vivado / "early_gate_ip.cpp").read_text()
+    assert "exitflow::gate_class<" in gate
+    assert f", {exit0.class_bits}, {exit0.code_bits}>(fm_in, id_in, rec_in, fm_out, id_out, cls_out, exit_out" in gate
+    assert f"hls::stream<ap_uint<{exit0.class_bits}>> &cls_out" in gate
+    assert "gate_class" not in (vivado / "middle_gate_ip.cpp").read_text()  # the final head reads no class
+    source = gate + "\nint main() { return 0; }\n"
+    assert compile_cpp(source, tmp_path, name="early_gate_ip").exists()
+    # the agreement CTU's HLS top reads the class stream; its estimate has the comparator
+    top = Path(ctus[1].get_nodeattr("code_gen_dir_ipgen")) / f"top_{heads[1].graph.node[-1].name}.cpp"
+    assert "exitflow::ctu_agreement<" in top.read_text() and "in1_V" in top.read_text()
+    estimate = json.loads((agreement_built / "exit1" / "estimate_layer_resources.json").read_text())
+    assert estimate[heads[1].graph.node[-1].name]["LUT"] == ctus[1].params().lut()
+    without = dataclasses.replace(ctus[1].params(), class_input=False)
+    assert ctus[1].params().lut() == without.lut() + exit0.class_bits + 2
 
 
 # ---------------------------------------------------------------------------- Tcl quoting

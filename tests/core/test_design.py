@@ -8,7 +8,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from exitflow.core.catalogue import load_catalogue
-from exitflow.core.design import Design, ExitHead, LayerFolding, Stage, design_from_data, load_design, save_design
+from exitflow.core.design import (
+    Design,
+    ExitHead,
+    LayerFolding,
+    Stage,
+    design_from_data,
+    load_design,
+    reads_previous_class,
+    save_design,
+)
 from exitflow.core.errors import ConfigError
 from exitflow.core.schema import FrozenMap, dump_yaml, to_data
 
@@ -251,6 +260,22 @@ def test_agreement_thresholds_are_max_prob_thresholds():
         data["stages"][0]["head"].update(policy="agreement", threshold=bad)
         with pytest.raises(ConfigError, match=r"for policy agreement must be in \(0, 1\]"):
             design_from_data(data)
+
+
+def test_which_heads_read_the_previous_class():
+    """Only an agreement head after the first kept exit and before the final one reads a class:
+    the first has no previous exit, the final one takes every sample."""
+    data = _data()
+    first = dict(data["stages"][0], name="first", blocks=["conv0"])
+    first["head"] = dict(first["head"], name="h0", policy="agreement", threshold=0.9)
+    second = dict(first, name="second", blocks=["conv1"], head=dict(first["head"], name="h1"))
+    third = dict(
+        first, name="third", blocks=["fc0"], head=dict(first["head"], name="h2", policy="margin", threshold=1.0)
+    )
+    fourth = dict(first, name="fourth", blocks=["fc1"], head=dict(first["head"], name="h3"))
+    last = {"name": "last", "blocks": ["fc2"], "head": {"name": "final", "policy": "agreement"}}
+    design = design_from_data({**data, "stages": [first, second, third, fourth, last]})
+    assert [reads_previous_class(design, k) for k in range(5)] == [False, True, False, True, False]
 
 
 def test_loader_never_executes_anything(tmp_path):

@@ -43,7 +43,7 @@ def median_threshold(run, exit_name, policy):
     prof, scales, _ = run_exits(model, load_splits(config.data).test)
     k = model.exit_names.index(exit_name)
     code = float(np.median(prof.codes[policy][:, k]))
-    if policy == "max_prob":
+    if policy in ("max_prob", "agreement"):  # agreement: max_prob's code
         return round(min(1.0, 1024.0 / max(code, 1024.0)), 4)
     return round(code * float(scales[k]), 6)
 
@@ -151,3 +151,14 @@ def cosim_designs(
 @pytest.fixture(scope="session")
 def lenet_built(cosim_designs):
     return cosim_designs["lenet", "conv0-max_prob"]
+
+
+@pytest.fixture(scope="session")
+def lenet_agreement_built(digits_run, tmp_path_factory):
+    """The digits lenet with exits after conv0 (max_prob) and conv1 (agreement: its CTU reads
+    each sample's class at conv0's exit), both at the median confidence, built."""
+    root = tmp_path_factory.mktemp("cosim_agreement")
+    data = design_data(digits_run, "lenet", LENET_BLOCKS, ["conv0", "conv1"], "max_prob")
+    head = data["stages"][1]["head"]
+    head.update(policy="agreement", threshold=median_threshold(digits_run, "conv1", "agreement"))
+    return built_run(digits_run, root / "lenet-agreement", data)

@@ -27,6 +27,18 @@ from exitflow.cosim.engines import (
 @pytest.fixture(scope="module")
 def head(tmp_path_factory):
     """int4 2x8x8 -> conv3x3 (4 ch, PE 2 SIMD 2) -> relu4 -> maxpool 2 -> linear 36x5 -> CTU."""
+    return _built_head(tmp_path_factory.mktemp("engines"), {"policy": "margin", "threshold": 2.0, "scale": 0.05})
+
+
+@pytest.fixture(scope="module")
+def agreement_head(tmp_path_factory):
+    """The same head ending in an agreement CTU that reads each sample's previous class from
+    the graph's second input, built through every FINN step (code generation included)."""
+    ctu = {"policy": "agreement", "threshold": 0.3, "scale": 0.05, "class_input": True}
+    return _built_head(tmp_path_factory.mktemp("engines_agreement"), ctu)
+
+
+def _built_head(folder, ctu):
     import torch
     from brevitas.nn import QuantConv2d, QuantIdentity, QuantLinear, QuantReLU
 
@@ -34,7 +46,6 @@ def head(tmp_path_factory):
     from exitflow.hw.finn_flow import FlowState, run_flow
     from exitflow.quant.export import _export
 
-    folder = tmp_path_factory.mktemp("engines")
     torch.manual_seed(0)
     net = torch.nn.Sequential(
         QuantIdentity(bit_width=4, return_quant_tensor=True),
@@ -52,7 +63,7 @@ def head(tmp_path_factory):
         layers=["conv", "fc"],
         folding={"conv": LayerFolding(pe=2, simd=2)},
         out=folder / "hw",
-        ctu={"policy": "margin", "threshold": 2.0, "scale": 0.05},
+        ctu=ctu,
     )
     return run_flow(folder / "g.onnx", folder / "hw", state)
 
@@ -85,6 +96,42 @@ def test_vectorised_engine_equals_finn_node_by_node(head):
     # the logits before the CTU are not all alike: the comparison means something
     mvau = [n.name for n in head.graph.node if generic_op(n.op_type) == "MVAU"][-1]
     assert len(np.unique(kept_ours[mvau])) > 5
+
+
+def test_engines_feed_the_class_input_of_an_agreement_head(agreement_head):
+    """A head whose CTU reads the previous class takes it as its second graph input: both engines
+    agree node by node and with the policy function, and the class decides the exit."""
+    from qonnx.custom_op.registry import getCustomOp
+
+    ctu = agreement_head.graph.node[-1]
+    assert [t.name for t in agreement_head.graph.input][1] == ctu.input[1] == "previous_class"
+    params = getCustomOp(ctu).params()
+    assert params.class_input and params.policy == "agreement"
+    finn, ours = FinnEngine(agreement_head), VectorisedEngine(agreement_head)
+    x = _input(ours, 24, seed=3)
+    _, before = ours.run(x, keep=True, extra={"previous_class": np.zeros((24, 1), dtype=np.int64)})
+    logits = before[agreement_head.find_producer(ctu.input[0]).name].reshape(24, -1)
+    own = np.argmax(logits, axis=1)
+    for previous in (own, (own + 1) % params.classes):
+        extra = {"previous_class": previous.reshape(-1, 1)}
+        expected, kept_finn = finn.run(x, keep=True, extra=extra)
+        got, kept_ours = ours.run(x, keep=True, extra=extra)
+        assert np.array_equal(expected, got)
+        order = [n.name for n in agreement_head.graph.node]
+        assert first_difference(kept_finn, kept_ours, order) is None
+        assert np.array_equal(got.reshape(-1), params.pack(params.decide(logits, previous)))
+    agreeing = params.unpack(ours.run(x, extra={"previous_class": own.reshape(-1, 1)})[0].reshape(-1))
+    other = params.unpack(ours.run(x, extra={"previous_class": ((own + 1) % 5).reshape(-1, 1)})[0].reshape(-1))
+    assert agreeing.exit.any() and not other.exit.any()
+    with pytest.raises(ValueError, match=r"further inputs are \['previous_class'\]; got values for \[\]"):
+        ours.run(x)
+    with pytest.raises(ValueError, match="previous_class: 3 values for a batch of 24"):
+        finn.run(x, extra={"previous_class": np.zeros((3, 1))})
+
+
+def test_a_single_input_graph_takes_no_further_inputs(head):
+    with pytest.raises(ValueError, match=r"further inputs are none; got values for \['previous_class'\]"):
+        VectorisedEngine(head).run(_input(VectorisedEngine(head), 2), extra={"previous_class": np.zeros((2, 1))})
 
 
 def test_run_without_keep_returns_no_intermediates_and_a_batch_of_any_size(head):

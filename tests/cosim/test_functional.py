@@ -150,3 +150,83 @@ def test_design(cosim_bit_exact):
 """)
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
     result.assert_outcomes(passed=1)
+
+
+@pytest.mark.slow
+def test_an_agreement_head_cosimulates_bit_exactly(lenet_agreement_built):
+    """A design whose second kept head uses agreement: its CTU reads, for every sample that
+    reaches it, the class the sample had at the first kept exit. Both engines agree with the
+    Brevitas model + the policy function on every test sample, and the class test matters: some
+    samples pass the second exit's threshold yet go on because the two exits disagree."""
+    from exitflow.cosim.functional import expected_results, model_logits
+    from exitflow.quant import policies
+
+    run, path = lenet_agreement_built
+    built = load_built(run, path)
+    assert [p.class_input for p in built.ctu] == [False, True, False]
+    assert built.class_inputs[1] == "previous_class" and built.class_inputs[0] is None
+    head = built.graphs[1][1].model
+    assert [t.name for t in head.graph.input][1] == "previous_class"
+    assert head.graph.node[-1].input[1] == "previous_class"  # straight into the CTU
+    report = cosimulate(run, path, engine="both", reference_samples=12)
+    vectorised, finn = report.engines
+    assert report.mismatch_count == 0, [m.describe() for m in report.mismatches]
+    assert vectorised.matches_model == vectorised.samples == report.samples > 0
+    assert finn.matches_model == finn.samples == 12
+    assert report.measured_fractions == report.model_fractions
+    assert report.predicted_fractions == pytest.approx(report.measured_fractions)
+    assert len(set(vectorised.results.exit.tolist())) == 3
+    # the agreement test decides for some samples: the same thresholds with max_prob at the second
+    # exit send them elsewhere
+    from exitflow.core.data import load_splits
+
+    images = load_splits(built.config.data).test.x
+    logits, scales, bits = model_logits(built, images)
+    cls = np.stack(
+        [policies.confidence_code("max_prob", logits[:, k], float(scales[k]), int(bits[k]))[0] for k in range(3)], 1
+    )
+    code = np.stack(
+        [policies.confidence_code("max_prob", logits[:, k], float(scales[k]), int(bits[k]))[1] for k in range(3)], 1
+    )
+    early = built.design.stages[:-1]
+    constants = [
+        policies.threshold_code(s.head.policy, s.head.threshold, float(scales[k])) for k, s in enumerate(early)
+    ]
+    reached = code[:, 0] > constants[0]
+    disagree = reached & (code[:, 1] <= constants[1]) & (cls[:, 1] != cls[:, 0])
+    assert disagree.any()
+    assert (vectorised.results.exit[disagree] == 2).all()
+    agree = reached & (code[:, 1] <= constants[1]) & (cls[:, 1] == cls[:, 0])
+    assert agree.any() and (vectorised.results.exit[agree] == 1).all()
+    expected = expected_results(built, logits, scales, bits)
+    assert np.array_equal(expected.exit, vectorised.results.exit)
+    assert np.array_equal(expected.cls, vectorised.results.cls) and np.array_equal(
+        expected.code, vectorised.results.code
+    )
+
+
+def test_a_head_built_without_its_class_input_is_refused(lenet_agreement_built, tmp_path):
+    """Hardware whose agreement CTU does not read the previous class (hand-edited here) is not the
+    design's: one line naming the head and the rebuild."""
+    from onnx import helper
+
+    from exitflow.core.errors import ConfigError
+
+    run, path = lenet_agreement_built
+    copy = tmp_path / "copy"
+    shutil.copytree(run, copy)
+    graph = copy / "hw" / "exit1" / "model_hw.onnx"
+    model = ModelWrapper(str(graph))
+    ctu = model.graph.node[-1]
+    attribute = next(a for a in ctu.attribute if a.name == "ClassInput")
+    ctu.attribute.remove(attribute)
+    ctu.attribute.append(helper.make_attribute("ClassInput", 0))
+    model.save(str(graph))
+    with pytest.raises(ConfigError) as err:
+        load_built(copy, path)
+    text = str(err.value)
+    assert "\n" not in text and str(copy / "hw" / "exit1") in text
+    assert (
+        "built without the previous exit's class as an input, which the design's agreement head at kept exit 1 needs"
+        in text
+    )
