@@ -136,7 +136,9 @@ def write_project(run_dir: str | Path, summary: BuildSummary | None = None) -> P
         fm_bits = out_node.get_outstream_width()
         folds = stream_words(out_node)
         if not last:
-            gate = {"fm_bits": fm_bits, "folds": folds, "exit_index": k, "class_bits": 0, "class_lsb": 0}
+            # its head's record, zero-extended to the widest: the exit flag is that record's top bit
+            flag = ctus[k].record_bits - 1
+            gate = {"fm_bits": fm_bits, "folds": folds, "exit_index": k, "exit_flag_bit": flag, "class_bits": 0}
             if reads_previous_class(design, k + 1):  # the next head's CTU compares with this head's class
                 gate.update(class_bits=ctus[k].class_bits, class_lsb=ctus[k].code_bits)
             ips.append(("gate", f"{stage.name}_gate_ip", gate))

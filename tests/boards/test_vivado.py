@@ -94,6 +94,61 @@ def test_exit_ip_sources_compile(built, tmp_path, ip):
     assert compile_cpp(source, tmp_path, name=ip).exists()
 
 
+GATE_DRIVER = r"""
+#include <cstdio>
+int main() {
+    unsigned long long id, rec;
+    while (std::scanf("%llu %llu", &id, &rec) == 2) {
+        hls::stream<ap_uint<FM_BITS>> fm_in, fm_out;
+        hls::stream<ap_uint<ID_BITS>> id_in, id_out;
+        hls::stream<ap_uint<REC_BITS>> rec_in;
+        hls::stream<ap_uint<TAGGED>> exit_out;
+        for (unsigned f = 0; f < FOLDS; f++) fm_in.write(f);
+        id_in.write(id);
+        rec_in.write(rec);
+        NAME(fm_in, id_in, rec_in, fm_out, id_out, exit_out);
+        unsigned words = 0, ids = 0, exits = 0;
+        while (!fm_out.empty()) { fm_out.read(); words++; }
+        while (!id_out.empty()) { id_out.read(); ids++; }
+        while (!exit_out.empty()) { exit_out.read(); exits++; }
+        std::printf("%u %u %u\n", words, ids, exits);
+    }
+    return 0;
+}
+"""
+
+
+def test_each_gate_reads_its_own_heads_exit_flag(built, tmp_path):
+    """The records of this design's heads differ in width (max_prob's code against margin's);
+    each gate gets its own head's record zero-extended to the widest, so its exit flag is that
+    head's top bit. The generated gate IPs, compiled and run: a record with the flag set leaves,
+    one without goes on with its feature map."""
+    import re
+
+    from qonnx.core.modelwrapper import ModelWrapper
+    from qonnx.custom_op.registry import getCustomOp
+
+    from exitflow.hls_templates.csim import run
+    from exitflow.hls_templates.records import pack_ctu
+
+    fmt = RecordFormat.load(built / "driver.json")
+    assert fmt.code_bits[0] != fmt.code_bits[1]  # what this test is about: records of two widths
+    flags = {}
+    for stage, head in (("early", "exit0"), ("middle", "exit1")):
+        ctu = getCustomOp(ModelWrapper(str(built / head / "model_hw.onnx")).graph.node[-1]).params()
+        source = (built / "vivado" / f"{stage}_gate_ip.cpp").read_text()
+        folds, fm_bits, flag_bit = re.search(
+            r"exitflow::gate<(\d+), (\d+), ID_BITS, EXIT_BITS, REC_BITS, ([^>]+)>", source
+        ).groups()
+        driver = GATE_DRIVER.replace("NAME", f"{stage}_gate_ip").replace("FM_BITS", fm_bits)
+        binary = compile_cpp(source + driver.replace("FOLDS", folds), tmp_path, name=f"{stage}_gate")
+        records = [pack_ctu(5, 3, flag, ctu.code_bits, ctu.class_bits) for flag in (1, 0, 1, 0)]
+        out = run(binary, "".join(f"{7 + i} {r}\n" for i, r in enumerate(records))).split("\n")[:-1]
+        assert out == ["0 0 1", f"{folds} 1 0", "0 0 1", f"{folds} 1 0"], (stage, out)
+        flags[stage] = (flag_bit, str(ctu.record_bits - 1))
+    assert all(got == want for got, want in flags.values()), flags
+
+
 def test_driver_json(built):
     fmt = RecordFormat.load(built / "driver.json")
     assert fmt.exit_bits == 2 and len(fmt.code_bits) == 3
