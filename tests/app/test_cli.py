@@ -222,6 +222,12 @@ def _one_line_usage_error(out, prog):
             "argument --confidence: must be a probability in (0, 1], e.g. 0.9; got 0",
         ),
         (["sweep", "d", "--board", "Pynq-Z2", "--confidence", "1.01"], "exitflow sweep", "got 1.01"),
+        (
+            ["sweep", "d", "--board", "Pynq-Z2", "--policies", "max_prob,foo"],
+            "exitflow sweep",
+            "--policies: must be distinct exit policies from max_prob, margin, agreement; got max_prob, foo",
+        ),
+        (["sweep", "d", "--board", "Pynq-Z2", "--policies", "max_prob,max_prob"], "exitflow sweep", "--policies"),
         (["run", "--out", "o", "--confidence", "nan"], "exitflow run", "argument --confidence: must be a probability"),
         (
             ["train", "c.yaml", "--out", "o", "--threads", "0"],
