@@ -145,6 +145,15 @@ def _add_arguments(name: str, p: argparse.ArgumentParser) -> None:
         parse.__name__ = what  # argparse names the type in its own messages
         return parse
 
+    def confidence(floor: str) -> None:
+        p.add_argument(
+            "--confidence",
+            type=number(float, high=1.0, above=0.0, what="a probability in (0, 1], e.g. 0.9"),
+            default=0.9,
+            help=f"probability with which the chosen design keeps the {floor} on new data "
+            "(default 0.9; 1: a point estimate on the validation split)",
+        )
+
     if name == "train":
         p.add_argument("config", help="run config (YAML): data, model and train sections")
         p.add_argument("--out", required=True, help="run folder to write model.pt, config.yaml, train_log.json")
@@ -182,13 +191,7 @@ def _add_arguments(name: str, p: argparse.ArgumentParser) -> None:
             help="exit policies the search tries, comma-separated: max_prob, agreement, margin (each design "
             "takes one for its early exits; default max_prob)",
         )
-        p.add_argument(
-            "--confidence",
-            type=number(float, high=1.0, above=0.0, what="a probability in (0, 1], e.g. 0.9"),
-            default=0.9,
-            help="probability with which the chosen design keeps the accuracy floor on new data "
-            "(default 0.9; 1 meets it on the validation split only, a point estimate)",
-        )
+        confidence("accuracy floor")
         p.add_argument(
             "--max-latency-us",
             type=number(float, above=0.0, what="a positive number of microseconds"),
@@ -247,13 +250,7 @@ def _add_arguments(name: str, p: argparse.ArgumentParser) -> None:
         p.add_argument(
             "--board", default=DEFAULT_BOARD, help=f"board name (see `exitflow boards`; default {DEFAULT_BOARD})"
         )
-        p.add_argument(
-            "--confidence",
-            type=number(float, high=1.0, above=0.0, what="a probability in (0, 1], e.g. 0.9"),
-            default=0.9,
-            help="probability with which the chosen design keeps the 1 pp accuracy floor on new data "
-            "(default 0.9; 1: a point estimate on the validation split)",
-        )
+        confidence("1 pp accuracy floor")
         p.add_argument("--force", action="store_true", help="redo every step")
         p.epilog = (
             "Steps: train, profile, sweep, build, cosim, report; each is recorded in DIR/run.json with a hash "

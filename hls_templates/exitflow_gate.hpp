@@ -32,6 +32,19 @@ ap_uint<ID_BITS + EXIT_BITS + REC_BITS> tagged(ap_uint<ID_BITS> id, unsigned exi
     return t;
 }
 
+// One feature map of FOLDS words: forwarded for a sample that goes on, read and dropped for one
+// that leaves (shared by gate and gate_class).
+template <unsigned FOLDS, unsigned FM_BITS>
+void pass_or_drop(hls::stream<ap_uint<FM_BITS>> &fm_in, hls::stream<ap_uint<FM_BITS>> &fm_out, const bool leave) {
+#pragma HLS INLINE
+words:
+    for (unsigned f = 0; f < FOLDS; f++) {
+#pragma HLS PIPELINE II = 1
+        const ap_uint<FM_BITS> word = fm_in.read();
+        if (!leave) fm_out.write(word);
+    }
+}
+
 template <unsigned FOLDS, unsigned FM_BITS, unsigned ID_BITS, unsigned EXIT_BITS, unsigned REC_BITS,
           unsigned EXIT_FLAG_BIT>
 void gate(hls::stream<ap_uint<FM_BITS>> &fm_in, hls::stream<ap_uint<ID_BITS>> &id_in,
@@ -42,12 +55,7 @@ void gate(hls::stream<ap_uint<FM_BITS>> &fm_in, hls::stream<ap_uint<ID_BITS>> &i
         const ap_uint<ID_BITS> id = id_in.read();
         const ap_uint<REC_BITS> rec = rec_in.read();
         const bool leave = rec[EXIT_FLAG_BIT];
-    pass_or_drop:
-        for (unsigned f = 0; f < FOLDS; f++) {
-#pragma HLS PIPELINE II = 1
-            const ap_uint<FM_BITS> word = fm_in.read();
-            if (!leave) fm_out.write(word);
-        }
+        pass_or_drop<FOLDS, FM_BITS>(fm_in, fm_out, leave);
         if (leave)
             exit_out.write(tagged<ID_BITS, EXIT_BITS, REC_BITS>(id, exit_index, rec));
         else
@@ -67,12 +75,7 @@ void gate_class(hls::stream<ap_uint<FM_BITS>> &fm_in, hls::stream<ap_uint<ID_BIT
         const ap_uint<ID_BITS> id = id_in.read();
         const ap_uint<REC_BITS> rec = rec_in.read();
         const bool leave = rec[EXIT_FLAG_BIT];
-    pass_or_drop:
-        for (unsigned f = 0; f < FOLDS; f++) {
-#pragma HLS PIPELINE II = 1
-            const ap_uint<FM_BITS> word = fm_in.read();
-            if (!leave) fm_out.write(word);
-        }
+        pass_or_drop<FOLDS, FM_BITS>(fm_in, fm_out, leave);
         if (leave) {
             exit_out.write(tagged<ID_BITS, EXIT_BITS, REC_BITS>(id, exit_index, rec));
         } else {
