@@ -31,7 +31,7 @@ DROP_PP = 1.0
 
 def run() -> list[dict]:
     from exitflow.cosim import cosimulate
-    from exitflow.cosim.cycle import load_pipeline
+    from exitflow.cosim.built import load_pipeline
     from exitflow.dse.throughput import simulate, stage_level_fps
     from exitflow.hw.build import build
 

@@ -40,15 +40,14 @@ from typing import Literal, TypeVar
 
 from exitflow.core.catalogue import get_board
 from exitflow.core.errors import BoardError, ConfigError
+from exitflow.core.policy import POLICIES, Policy
 from exitflow.core.schema import FieldError, FrozenMap, from_data, load_file, to_data, write_file
 
-#: Exit policies, each one integer function in :mod:`exitflow.quant.policies`.
+#: Exit policies (:mod:`exitflow.core.policy`), each one integer function in :mod:`exitflow.quant.policies`.
 #: ``max_prob``: max-softmax confidence >= threshold (0 < t <= 1);
 #: ``margin``: top-1 minus top-2 logit, in real units, >= threshold (t >= 0);
 #: ``agreement``: max_prob's test (0 < t <= 1) and the same class as the previous kept exit (at
 #: the first kept exit, max_prob's test alone).
-Policy = Literal["max_prob", "margin", "agreement"]
-POLICIES: tuple[str, ...] = ("max_prob", "margin", "agreement")
 
 #: What the design search (``exitflow sweep``, ``exitflow run``) optimises under the accuracy floor.
 Objective = Literal["throughput", "latency"]

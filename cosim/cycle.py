@@ -38,6 +38,8 @@ run ahead of a slower stage for the whole run. Latency runs from the cycle a sam
 0 to the cycle its record leaves the merge, under that full load; ``unloaded_cycles`` is the same
 for one sample alone.
 
+This module needs numpy alone (the PYNQ driver runs it on the board to predict the throughput
+of new thresholds); the pipeline of a built design comes from :mod:`exitflow.cosim.built`.
 :func:`exitflow.dse.throughput.simulate` runs this simulator and sets beside it the dse model's
 throughput (:func:`exitflow.dse.throughput.predict`) for the same units and exit sequence, with
 each stage's cycles the slowest node of the stage and its head.
@@ -45,23 +47,15 @@ each stage's cycles the slowest node of the stage and its head.
 
 from __future__ import annotations
 
-import json
 import math
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
-from exitflow.core.artifacts import BuildSummary, RunDir
-from exitflow.core.design import load_design
 from exitflow.core.errors import ConfigError
-from exitflow.core.files import user_path
-from exitflow.hw import streams
-from exitflow.hw.folding import record_fifo_depth, stream_words
-
-from .engines import _import_finn_ops
 
 RECORD_FIFO = 2  # records a bare CTU -> gate or exit -> merge stream holds (a stream register); a
 # built design has record FIFOs as deep as its deepest gate (exitflow.hw.folding.record_fifo_depth)
@@ -73,7 +67,7 @@ PROGRESS_EVERY = 1_000
 class Unit:
     """One FINN node: ``cycles`` per sample, its interval and its latency in the simulation;
     ``estimate``: FINN's estimate of them, what the dse model predicts with (default: ``cycles``).
-    They differ where the graph's streams stall the node (:func:`_graph_units`)."""
+    They differ where the graph's streams stall the node (:func:`exitflow.cosim.built._graph_units`)."""
 
     name: str
     cycles: int
@@ -249,6 +243,42 @@ def run(pipeline: Pipeline, taken: Sequence[int] | np.ndarray, progress: Callabl
     return Trace(accept, done, taken)
 
 
+@dataclass(frozen=True)
+class SteadyState:
+    """Throughput of an exit sequence repeated until it is in steady state (module docstring)."""
+
+    trace: Trace
+    sequence: int  # samples in the exit sequence
+    repeats: int
+    window: tuple[int, int]  # simulated samples [first, last) the throughput is measured over
+    cycles_per_sample: float
+    fps: float
+    seconds: float  # wall time
+
+
+def steady_state(
+    pipeline: Pipeline,
+    taken: Sequence[int] | np.ndarray,
+    min_samples: int = MIN_SAMPLES,
+    progress: Callable[[int], None] | None = None,
+) -> SteadyState:
+    """Run ``taken`` repeated to at least ``min_samples`` samples and 3 repetitions; samples per
+    second over the repetitions between the first and the last."""
+    pipeline.check()
+    taken = _check_taken(taken, len(pipeline.stages))
+    n = len(taken)
+    repeats = max(3, math.ceil(min_samples / n))
+    start = time.perf_counter()
+    trace = run(pipeline, np.tile(taken, repeats), progress)
+    seconds = time.perf_counter() - start
+    first, end = n, (repeats - 1) * n
+    # all samples of repetitions 0..r have left by finished[r]
+    finished = np.maximum.accumulate(trace.done)[n - 1 :: n]
+    cycles_per_sample = float(finished[repeats - 2] - finished[0]) / (end - first)
+    fps = pipeline.clock_mhz * 1e6 / cycles_per_sample if cycles_per_sample > 0 else math.inf
+    return SteadyState(trace, n, repeats, (first, end), cycles_per_sample, fps, seconds)
+
+
 # ------------------------------------------------------------------------------ the figures
 
 
@@ -300,7 +330,7 @@ class CycleReport:
     seconds: float  # wall time of the simulation
     trace: Trace | None = field(default=None, repr=False)
     # per stage, its slowest unit as simulated: FINN's estimate, or the interval the graph's
-    # streams allow where that is longer (forks, adds, FIFOs; ``_graph_units``)
+    # streams allow where that is longer (forks, adds, FIFOs; ``exitflow.cosim.built._graph_units``)
     simulated_stage_cycles: list[int] = field(default_factory=list)
 
     @property
@@ -338,78 +368,3 @@ def unloaded_latency(pipeline: Pipeline, exit_index: int) -> int:
     """Cycles from stage 0 to the merge's output for one sample alone that takes ``exit_index``."""
     trace = run(pipeline, [exit_index])
     return int(trace.done[0] - trace.accept[0])
-
-
-# ------------------------------------------------------------------------------ a built design
-
-
-def _graph_units(folder: Path, fix: str) -> tuple[list[Unit], object]:
-    """The units of one built graph, in node order, and its last node (a qonnx custom op).
-
-    Each unit takes FINN's cycle estimate of its node, except that the graph's slowest node
-    takes the interval the graph's streams allow (:func:`exitflow.hw.streams.simulate`: pixel
-    by pixel, with its forks, adds and StreamingFIFOs at their built depths and every other
-    stream holding a pixel) when that is longer: a residual block's branches, a window generator
-    waiting for rows, a producer blocked by a full stream stall it. The dse model keeps FINN's
-    estimate (``Unit.estimate``), so the simulated-to-predicted ratio shows what the streams cost."""
-    from qonnx.core.modelwrapper import ModelWrapper
-    from qonnx.custom_op.registry import getCustomOp
-
-    onnx_path, cycles_path = folder / "model_hw.onnx", folder / "estimate_layer_cycles.json"
-    for path in (onnx_path, cycles_path):
-        if not path.is_file():
-            raise ConfigError(f"{path}: missing; {fix}")
-    try:
-        estimates = json.loads(cycles_path.read_text())
-        if not isinstance(estimates, dict):
-            raise ValueError
-    except ValueError:
-        raise ConfigError(f"{cycles_path}: corrupt (not a JSON object of node cycles); {fix}") from None
-    try:
-        model = ModelWrapper(str(onnx_path))
-    except Exception as err:  # onnx raises DecodeError and others for a damaged file
-        raise ConfigError(f"{onnx_path}: corrupt ONNX file ({type(err).__name__}); {fix}") from None
-    units = []
-    for node in model.graph.node:
-        value = estimates.get(node.name)
-        if not isinstance(value, (int, float)) or value < 0:
-            raise ConfigError(f"{cycles_path}: no cycle estimate for node {node.name}; {fix}")
-        units.append(Unit(node.name, int(math.ceil(value))))
-    if not units:
-        raise ConfigError(f"{onnx_path}: a graph without nodes; {fix}")
-    busy = [u for u in units if u.cycles > 0] or units[:1]  # 0-cycle nodes (width converters) are wires here
-    streamed = streams.simulate(model, streams.built_fifo_pixels(model))
-    if streamed.deadlock:
-        raise ConfigError(
-            f"{onnx_path}: the graph's streams deadlock (after {streamed.frames_done} frames) at their built "
-            f"FIFO depths; {fix}"
-        )
-    slowest = max(range(len(busy)), key=lambda i: busy[i].cycles)
-    interval = int(math.ceil(streamed.interval - 1e-6))
-    if interval > busy[slowest].cycles:
-        unit = busy[slowest]
-        busy[slowest] = Unit(unit.name, interval, unit.cycles)
-    return busy, getCustomOp(model.graph.node[-1])
-
-
-def load_pipeline(run_dir: str | Path, design_path: str | Path | None = None) -> tuple[Pipeline, list[str]]:
-    """The pipeline of the design built in ``DIR/hw`` and its exit (head) names."""
-    run = RunDir(run_dir)
-    design_path = user_path(design_path) if design_path else run.design
-    if not design_path.is_file():
-        raise ConfigError(f"{design_path}: design not found; pass --design FILE (a design YAML, see README)")
-    design = load_design(design_path)
-    hw = run.hw
-    fix = f"build it with `exitflow build {run.root} --design {design_path}`"
-    if not run.build_summary.is_file():
-        raise ConfigError(f"{run.build_summary}: no built hardware; {fix}")
-    clock_mhz = BuildSummary.read(hw, fix).clock_mhz  # checked: one line if damaged or foreign
-    _import_finn_ops()
-    stages = []
-    for stage in design.stages:
-        units, last = _graph_units(hw / stage.name, fix)
-        head, _ = _graph_units(hw / stage.head.name, fix)
-        words = stream_words(last)
-        stages.append(Stage(stage.name, tuple(units), tuple(head), stage.gate_depth, max(1, words)))
-
-    return Pipeline(tuple(stages), clock_mhz, record_fifo_depth(design)), [s.head.name for s in design.stages]

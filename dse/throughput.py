@@ -17,8 +17,6 @@ them. A stage whose slowest unit (its own nodes and its head's) needs ``T_k`` cy
 
 from __future__ import annotations
 
-import math
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from exitflow.core.errors import ConfigError
+from exitflow.cosim.built import load_pipeline
 from exitflow.cosim.cycle import (
     MIN_SAMPLES,
     CycleReport,
@@ -34,8 +33,7 @@ from exitflow.cosim.cycle import (
     Stage,
     Unit,
     _check_taken,
-    load_pipeline,
-    run,
+    steady_state,
     unloaded_latency,
 )
 from exitflow.hw.folding import record_fifo_for
@@ -187,23 +185,13 @@ def simulate(
     """Run ``taken`` (repeated to at least ``min_samples`` samples and 3 repetitions) through the
     pipeline; throughput over the repetitions between the first and the last, latency per exit
     over the same samples, and the dse model's prediction for the same sequence."""
-    pipeline.check()
     exits = len(pipeline.stages)
     taken = _check_taken(taken, exits)
     names = list(names) if names is not None else [s.name for s in pipeline.stages]
     if len(names) != exits:
         raise ConfigError(f"exit names: {len(names)} names for {exits} exits")
-    n = len(taken)
-    repeats = max(3, math.ceil(min_samples / n))
-    start = time.perf_counter()
-    trace = run(pipeline, np.tile(taken, repeats), progress)
-    seconds = time.perf_counter() - start
-    first, end = n, (repeats - 1) * n
-    # all samples of repetitions 0..r have left by finished[r]
-    finished = np.maximum.accumulate(trace.done)[n - 1 :: n]
-    cycles_per_sample = float(finished[repeats - 2] - finished[0]) / (end - first)
-    clock = pipeline.clock_mhz * 1e6
-    simulated = clock / cycles_per_sample if cycles_per_sample > 0 else math.inf
+    steady = steady_state(pipeline, taken, min_samples, progress)
+    trace, (first, end) = steady.trace, steady.window
     estimate = predict(pipeline, taken)
     window = slice(first, end)
     latencies = (trace.done - trace.accept)[window]
@@ -227,11 +215,11 @@ def simulate(
         )
     return CycleReport(
         clock_mhz=pipeline.clock_mhz,
-        sequence=n,
-        repeats=repeats,
-        window=(first, end),
-        cycles_per_sample=cycles_per_sample,
-        simulated_fps=simulated,
+        sequence=steady.sequence,
+        repeats=steady.repeats,
+        window=steady.window,
+        cycles_per_sample=steady.cycles_per_sample,
+        simulated_fps=steady.fps,
         predicted_fps=estimate.fps,
         predicted_fps_unbounded=estimate.fps_unbounded,
         stage_cycles=[s.slowest for s in pipeline.stages],
@@ -239,7 +227,7 @@ def simulate(
         predicted_intervals=list(estimate.intervals),
         reach=list(estimate.reach),
         latency=per_exit,
-        seconds=seconds,
+        seconds=steady.seconds,
         trace=trace if keep_trace else None,
     )
 

@@ -38,7 +38,7 @@ from fractions import Fraction
 
 import numpy as np
 
-from exitflow.core.design import POLICIES, Policy  # the one definition; re-exported here
+from exitflow.core.policy import POLICIES, Policy  # the one definition; re-exported here
 
 DEFAULT_FRAC_BITS = 10
 

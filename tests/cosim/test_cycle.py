@@ -152,7 +152,7 @@ def test_lenet_design_matches_the_dse_model(lenet_built):
     """The digits lenet design (two exits, gate of 2 feature maps), fed with the exit sequence of
     the functional cosimulation: simulated throughput within 5 % of the dse model's."""
     from exitflow.cosim import cosimulate
-    from exitflow.cosim.cycle import load_pipeline
+    from exitflow.cosim.built import load_pipeline
     from exitflow.dse.throughput import simulate_design
 
     run_dir, design = lenet_built
