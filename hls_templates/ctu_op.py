@@ -7,7 +7,12 @@ Input: integer logits (``numInputVectors`` x ``Classes``, ``PE`` per stream word
 each sample's class at the previous kept exit (``numInputVectors`` x 1, one word per sample, the
 stream the gate before its stage sends). Output: one record per sample (exit flag, class,
 confidence code), held in an int64 tensor so that wide records stay exact. ``execute_node`` is
-:meth:`CTUParams.decide`, the policy function itself.
+:meth:`CTUParams.decide`, the policy function itself, with the design's threshold.
+
+An early exit's HLS top function has a scalar ``threshold`` (``ap_uint<CODE_BITS + 1>``) on an
+AXI-lite port (``s_axi_control``, offset 0x20; the stitched IP's ``s_axi_control_0``): with its
+top bit (override) set, the unit compares with its low CODE_BITS bits, else with the design's
+constant. The final exit's has no such port.
 """
 
 from __future__ import annotations
@@ -175,6 +180,10 @@ class ConfidenceThreshold_hls(ConfidenceThreshold, TemplateHLSBackend):
             f"constexpr unsigned SAMPLES = {int(np.prod(self._vecs()))};",
             f'static const ap_uint<CODE_BITS> THRESHOLD = ap_uint<CODE_BITS>("{p.threshold_constant}", 10);',
         ]
+        if p.has_threshold_register and var != "ipgen":
+            # cppsim's main() has no AXI-lite source for the top's `threshold` argument: the
+            # register after reset, i.e. the design's constant
+            lines.append("static const ap_uint<CODE_BITS + 1> threshold = 0;")
         if p.max_prob_code:
             lines += [
                 f"constexpr unsigned FRAC_BITS = {p.frac_bits}, ROM_DEPTH = {len(p.rom)}, ROM_SHIFT = {p.rom_shift};",
@@ -185,9 +194,10 @@ class ConfidenceThreshold_hls(ConfidenceThreshold, TemplateHLSBackend):
     def blackboxfunction(self):
         p = self.params()
         previous = f"hls::stream<ap_uint<{p.class_bits}>> &in1_V, " if p.class_input else ""
+        register = ", ap_uint<CODE_BITS + 1> threshold" if p.has_threshold_register else ""
         self.code_gen_dict["$BLACKBOXFUNCTION$"] = [
             f"void {self.onnx_node.name}(hls::stream<ap_uint<{self.get_instream_width()}>> &in0_V, "
-            f"{previous}hls::stream<ap_uint<{p.record_bits}>> &out0_V)"
+            f"{previous}hls::stream<ap_uint<{p.record_bits}>> &out0_V{register})"
         ]
 
     def pragmas(self):
@@ -195,24 +205,37 @@ class ConfidenceThreshold_hls(ConfidenceThreshold, TemplateHLSBackend):
         p = self.params()
         if p.class_input:
             self.code_gen_dict["$PRAGMAS$"].insert(1, "#pragma HLS INTERFACE axis port=in1_V")
+        if p.has_threshold_register:
+            # the explicit offset keeps the address independent of the control words a Vitis
+            # version reserves; ap_ctrl_none stays (FINN's checksum_hls.py does the same)
+            self.code_gen_dict["$PRAGMAS$"].append(
+                "#pragma HLS INTERFACE s_axilite port=threshold bundle=control offset=0x20"
+            )
         if p.max_prob_code:
             self.code_gen_dict["$PRAGMAS$"].append("#pragma HLS BIND_STORAGE variable=ROM type=rom_1p impl=lutram")
 
+    def get_verilog_top_module_intf_names(self):
+        intf_names = super().get_verilog_top_module_intf_names()
+        intf_names["axilite"] = ["s_axi_control"] if self.params().has_threshold_register else []
+        return intf_names
+
     def docompute(self):
         p = self.params()
+        # the early exit's AXI-lite register; the final exit has none: 0, the design's constant
+        reg = "threshold" if p.has_threshold_register else "ap_uint<CODE_BITS + 1>(0)"
         if p.class_input:  # agreement after the first kept exit
             call = (
                 "exitflow::ctu_agreement<CLASSES, PE, LOGIT_BITS, FRAC_BITS, ROM_DEPTH, ROM_SHIFT, CLASS_BITS, "
-                "CODE_BITS>(in0_V, in1_V, out0_V, ROM, THRESHOLD, SAMPLES);"
+                f"CODE_BITS>(in0_V, in1_V, out0_V, ROM, THRESHOLD, {reg}, SAMPLES);"
             )
         elif p.max_prob_code:  # max_prob, and agreement at the first kept exit
             call = (
                 "exitflow::ctu_max_prob<CLASSES, PE, LOGIT_BITS, FRAC_BITS, ROM_DEPTH, ROM_SHIFT, CLASS_BITS, "
-                "CODE_BITS>(in0_V, out0_V, ROM, THRESHOLD, SAMPLES);"
+                f"CODE_BITS>(in0_V, out0_V, ROM, THRESHOLD, {reg}, SAMPLES);"
             )
         else:
             call = (
                 "exitflow::ctu_margin<CLASSES, PE, LOGIT_BITS, CLASS_BITS, CODE_BITS>"
-                "(in0_V, out0_V, THRESHOLD, SAMPLES);"
+                f"(in0_V, out0_V, THRESHOLD, {reg}, SAMPLES);"
             )
         self.code_gen_dict["$DOCOMPUTE$"] = [call]

@@ -10,6 +10,12 @@
 //             previous class: that unit is ctu_max_prob.
 // The class is the first index of the largest logit (strict '>' scan). No divider, no float,
 // no multiplier. Record, LSB first: code [CODE_BITS], class [CLASS_BITS], exit [1].
+//
+// Run-time threshold: every unit takes the design's constant (THRESHOLD, compiled in) and a
+// register word of CODE_BITS + 1 bits (an early exit's AXI-lite `threshold`; the final exit has
+// none and passes 0). Bit CODE_BITS is the override bit: the unit compares with
+// reg[CODE_BITS] ? reg(CODE_BITS - 1, 0) : THRESHOLD, so register 0 (after reset) is the
+// design's behaviour. The register is read once per sample, when that sample's processing starts.
 #ifndef EXITFLOW_CTU_HPP
 #define EXITFLOW_CTU_HPP
 
@@ -26,6 +32,14 @@ ap_uint<1 + CLASS_BITS + CODE_BITS> ctu_record(bool leave, unsigned cls, ap_uint
     r(CODE_BITS + CLASS_BITS - 1, CODE_BITS) = cls;
     r[CODE_BITS + CLASS_BITS] = leave;
     return r;
+}
+
+// The threshold a unit compares with: the register's code when its override bit (bit CODE_BITS)
+// is set, else the design's constant.
+template <unsigned CODE_BITS>
+ap_uint<CODE_BITS> threshold_in_use(const ap_uint<CODE_BITS + 1> reg, const ap_uint<CODE_BITS> design) {
+#pragma HLS INLINE
+    return reg[CODE_BITS] ? ap_uint<CODE_BITS>(reg(CODE_BITS - 1, 0)) : design;
 }
 
 // max_prob's code of one sample: pass 1 reads the logits (PE per cycle) and finds the maximum,
@@ -69,9 +83,10 @@ template <unsigned CLASSES, unsigned PE, unsigned LOGIT_BITS, unsigned FRAC_BITS
           unsigned ROM_SHIFT, unsigned CLASS_BITS, unsigned CODE_BITS>
 void ctu_max_prob(hls::stream<ap_uint<PE * LOGIT_BITS>> &in,
                   hls::stream<ap_uint<1 + CLASS_BITS + CODE_BITS>> &out,
-                  const ap_uint<FRAC_BITS + 1> rom[ROM_DEPTH], const ap_uint<CODE_BITS> threshold,
-                  const unsigned samples) {
+                  const ap_uint<FRAC_BITS + 1> rom[ROM_DEPTH], const ap_uint<CODE_BITS> design,
+                  const ap_uint<CODE_BITS + 1> reg, const unsigned samples) {
     for (unsigned s = 0; s < samples; s++) {
+        const ap_uint<CODE_BITS> threshold = threshold_in_use<CODE_BITS>(reg, design);
         unsigned cls;
         ap_uint<CODE_BITS> code;
         max_prob_code<CLASSES, PE, LOGIT_BITS, FRAC_BITS, ROM_DEPTH, ROM_SHIFT, CODE_BITS>(in, rom, cls, code);
@@ -86,9 +101,10 @@ template <unsigned CLASSES, unsigned PE, unsigned LOGIT_BITS, unsigned FRAC_BITS
           unsigned ROM_SHIFT, unsigned CLASS_BITS, unsigned CODE_BITS>
 void ctu_agreement(hls::stream<ap_uint<PE * LOGIT_BITS>> &in, hls::stream<ap_uint<CLASS_BITS>> &previous,
                    hls::stream<ap_uint<1 + CLASS_BITS + CODE_BITS>> &out,
-                   const ap_uint<FRAC_BITS + 1> rom[ROM_DEPTH], const ap_uint<CODE_BITS> threshold,
-                   const unsigned samples) {
+                   const ap_uint<FRAC_BITS + 1> rom[ROM_DEPTH], const ap_uint<CODE_BITS> design,
+                   const ap_uint<CODE_BITS + 1> reg, const unsigned samples) {
     for (unsigned s = 0; s < samples; s++) {
+        const ap_uint<CODE_BITS> threshold = threshold_in_use<CODE_BITS>(reg, design);
         unsigned cls;
         ap_uint<CODE_BITS> code;
         max_prob_code<CLASSES, PE, LOGIT_BITS, FRAC_BITS, ROM_DEPTH, ROM_SHIFT, CODE_BITS>(in, rom, cls, code);
@@ -101,9 +117,10 @@ void ctu_agreement(hls::stream<ap_uint<PE * LOGIT_BITS>> &in, hls::stream<ap_uin
 template <unsigned CLASSES, unsigned PE, unsigned LOGIT_BITS, unsigned CLASS_BITS, unsigned CODE_BITS>
 void ctu_margin(hls::stream<ap_uint<PE * LOGIT_BITS>> &in,
                 hls::stream<ap_uint<1 + CLASS_BITS + CODE_BITS>> &out,
-                const ap_uint<CODE_BITS> threshold, const unsigned samples) {
+                const ap_uint<CODE_BITS> design, const ap_uint<CODE_BITS + 1> reg, const unsigned samples) {
     static_assert(CLASSES % PE == 0, "PE must divide CLASSES");
     for (unsigned s = 0; s < samples; s++) {
+        const ap_uint<CODE_BITS> threshold = threshold_in_use<CODE_BITS>(reg, design);
         ap_int<LOGIT_BITS> top1 = 0, top2 = 0;
         unsigned cls = 0;
     read_logits:

@@ -6,11 +6,17 @@
 
 CTU record:     ``code [code_bits] | class [class_bits] | exit flag [1]``
 tagged record:  ``id [id_bits] | exit index [exit_bits] | CTU record``
+threshold register (an early exit's CTU, AXI-lite ``threshold`` at offset 0x20):
+                ``code [code_bits] | override [1]``; the unit compares with the code when the
+                override bit is set, else with the design's constant (register 0 after reset)
 
-Every function works on Python ints and on numpy integer or object arrays alike.
+Every record function works on Python ints and on numpy integer or object arrays alike. This
+module is numpy/stdlib only: the PYNQ driver imports it on the board.
 """
 
 from __future__ import annotations
+
+import operator
 
 
 def mask(bits: int) -> int:
@@ -45,3 +51,45 @@ def pack_tag(ids, exit_index, records, id_bits: int, exit_bits: int):
 def unpack_tag(tagged, id_bits: int, exit_bits: int) -> tuple:
     """(sample ids, exit indices, CTU records) of tagged records."""
     return tagged & mask(id_bits), (tagged >> id_bits) & mask(exit_bits), tagged >> (id_bits + exit_bits)
+
+
+# -- the CTU's run-time threshold register ----------------------------------------------------
+
+THRESHOLD_REGISTER_OFFSET = 0x20  # the AXI-lite offset of an early exit CTU's `threshold` word(s)
+
+
+def threshold_register_bits(code_bits: int) -> int:
+    """Width of a CTU's threshold register: the code and the override bit on top."""
+    return code_bits + 1
+
+
+def threshold_register_value(code: int | None, code_bits: int) -> int:
+    """The register value that makes the unit compare with the constant ``code`` (override bit
+    set), or, for ``None``, with the design's constant (0)."""
+    if code is None:
+        return 0
+    try:
+        code = operator.index(code)  # Python and numpy integers, not floats
+    except TypeError:
+        raise ValueError(f"threshold code must be an integer or None; got {code!r}") from None
+    if not 0 <= code < 1 << code_bits:
+        raise ValueError(f"threshold code {code} does not fit the CTU's {code_bits}-bit code (0..{mask(code_bits)})")
+    return (1 << code_bits) | code
+
+
+def threshold_register_words(code: int | None, code_bits: int) -> list[int]:
+    """The 32-bit AXI-lite words to write at ``THRESHOLD_REGISTER_OFFSET``, +4, ... (low word
+    first, as Vitis HLS splits a scalar wider than 32 bits) so the unit uses ``code`` as its
+    threshold constant (``0 <= code < 2**code_bits``), or, for ``None``, the design's value
+    again (all words 0). ``ceil((code_bits + 1) / 32)`` words."""
+    value = threshold_register_value(code, code_bits)
+    words = -(-threshold_register_bits(code_bits) // 32)
+    return [(value >> (32 * i)) & 0xFFFFFFFF for i in range(words)]
+
+
+def threshold_in_use(register, design: int, code_bits: int):
+    """The constant a CTU compares with given its register word(s) value ``register`` (Python
+    int or numpy integer array): the register's code if its override bit is set, else ``design``.
+    The same as ``exitflow::threshold_in_use`` in exitflow_ctu.hpp."""
+    override = (register >> code_bits) & 1
+    return override * (register & mask(code_bits)) + (1 - override) * design

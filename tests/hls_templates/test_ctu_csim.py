@@ -161,3 +161,25 @@ def test_cost_of_the_agreement_unit():
     assert later.dsp() == later.bram18() == 0 and later.cycles_per_sample() == base.cycles_per_sample()
     assert later.code_bits == base.code_bits and np.array_equal(later.rom, base.rom)
     assert later.threshold_constant == base.threshold_constant
+
+
+def test_cost_of_the_threshold_register():
+    """An early exit's unit is the final exit's datapath plus the threshold register and its
+    AXI-lite adapter, counted on their own (register_lut / register_ff); the final exit has none."""
+    for policy, bits in (("max_prob", 8), ("margin", 8), ("margin", 32), ("agreement", 8)):
+        early = CTUParams(policy=policy, classes=10, logit_bits=bits, scale=0.05, threshold=0.9)
+        final = CTUParams(policy=policy, classes=10, logit_bits=bits, scale=0.05, threshold=None)
+        assert early.lut() - final.lut() == early.register_lut() > 0
+        assert early.ff() - final.ff() == early.register_ff() > 0
+        assert final.register_lut() == final.register_ff() == 0
+        r = early.register_bits
+        assert r == early.code_bits + 1
+        # at least the select mux and one read-data LUT per bit; at least the data register and
+        # the read data; the adapter's fixed part is a few dozen at most
+        assert early.code_bits + min(32, r) < early.register_lut() <= early.code_bits + min(32, r) + 30
+        assert r + min(32, r) < early.register_ff() <= r + min(32, r) + 20
+    later = CTUParams(policy="agreement", classes=10, logit_bits=8, scale=0.05, threshold=0.9, class_input=True)
+    assert (
+        later.register_lut()
+        == CTUParams(policy="max_prob", classes=10, logit_bits=8, scale=0.05, threshold=0.9).register_lut()
+    )
