@@ -39,6 +39,7 @@ COMMANDS: list[tuple[str, str, str | None]] = [
     ("sweep", "search exits, thresholds and folding under a board budget", None),
     ("build", "generate FINN hardware for every stage and exit unit of a design", None),
     ("cosim", "bit-accurate cosimulation of a built design against the quantised model", None),
+    ("predict", "exit fractions, accuracy and throughput of a built design at other thresholds", None),
     ("report", "rebuild the HTML report of a run folder", None),
     ("run", "the whole flow: train, profile, sweep, build, cosim, report", None),
 ]
@@ -241,6 +242,21 @@ def _add_arguments(name: str, p: argparse.ArgumentParser) -> None:
         p.epilog = (
             "Writes DIR/cosim/report.json (only when the run completes). Exit codes: 0 bit-exact, 4 a sample "
             "differs (the report locates it), 2 bad input (one line; an earlier report is kept)."
+        )
+    elif name == "predict":
+        p.add_argument("dir", help="run folder with a built design (hw/driver.json)")
+        p.add_argument(
+            "--thresholds",
+            nargs="+",
+            metavar="EXIT=VALUE",
+            help="new thresholds of early exits, e.g. conv0=0.8 fc0=0.7 (default: the design's); "
+            "EXIT=design keeps the design's",
+        )
+        p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+        p.epilog = (
+            "Predicted from the design's profile (test split) and its built pipeline, what the PYNQ driver's "
+            "set_thresholds() reports on the board: exit fractions, accuracy, and samples/s with the built gates "
+            "(the cycle simulation); a warning when a stage would set the pace."
         )
     elif name == "report":
         p.add_argument("dir", help="run folder")

@@ -6,6 +6,7 @@ too, and lets it print its lines."""
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 from exitflow.app import steps
@@ -39,6 +40,38 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_build(args: argparse.Namespace) -> int:
     steps.build(args.dir, args.design, say=print)
+    return 0
+
+
+def parse_thresholds(items: list[str] | None) -> dict[str, float | None]:
+    """``--thresholds conv0=0.8 fc0=0.7`` (or ``conv0=0.8,fc0=0.7``); ``design`` as a value is the
+    design's threshold."""
+    out: dict[str, float | None] = {}
+    for item in ",".join(items or []).split(","):
+        if not item.strip():
+            continue
+        name, sep, value = item.partition("=")
+        name, value = name.strip(), value.strip()
+        if not sep or not name or not value:
+            raise ConfigError(f"--thresholds: expected EXIT=VALUE (e.g. conv0=0.8); got {item.strip()!r}")
+        if name in out:
+            raise ConfigError(f"--thresholds: exit {name} given twice")
+        if value == "design":
+            out[name] = None
+            continue
+        try:
+            out[name] = float(value)
+        except ValueError:
+            raise ConfigError(f"--thresholds: {name}={value} is not a number (or `design`)") from None
+    return out
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    prediction, design = steps.predict(args.dir, parse_thresholds(args.thresholds))
+    if args.json:
+        print(json.dumps(prediction.to_data(), indent=1))
+    else:
+        print("\n".join(prediction.lines(design)))
     return 0
 
 

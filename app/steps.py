@@ -24,13 +24,15 @@ from tqdm import tqdm
 from exitflow.app.report import write_report
 from exitflow.boards.vivado import build_bitfile, build_with_project, missing_tools
 from exitflow.core.artifacts import RunDir
-from exitflow.core.errors import ExitflowError, MismatchError, check_interrupt
+from exitflow.core.errors import ConfigError, ExitflowError, MismatchError, check_interrupt
 from exitflow.core.files import atomic_write
 from exitflow.core.schema import dump_yaml
 from exitflow.cosim import cosimulate
 from exitflow.cosim.cycle import MIN_SAMPLES
+from exitflow.cosim.thresholds import ThresholdModel
 from exitflow.dse import sweep as search  # its sweep() is looked up when the step runs, not bound at import
 from exitflow.dse.throughput import simulate_design
+from exitflow.hw.build import is_finished
 
 Say = Callable[[str], None]
 
@@ -297,6 +299,21 @@ def cosim(
             f"{report.mismatches[0].describe()} (all in {shown})"
         )
     return tell.done(text, error)
+
+
+# ---------------------------------------------------------------------------- predict
+
+
+def predict(folder: str | Path, changes: dict[str, float | None]):
+    """(:class:`~exitflow.cosim.thresholds.Prediction` at the built design's thresholds with
+    ``changes``, the design's thresholds): what the PYNQ driver's ``set_thresholds`` reports, from
+    the files it reads (``hw/driver.json``, ``hw/driver.npz``)."""
+    run = RunDir(folder)
+    build = f"build it with `exitflow build {folder}`"
+    if not is_finished(run.hw):
+        raise ConfigError(f"{run.hw}: no finished build; {build}")
+    model = ThresholdModel.load(run.driver)
+    return model.predict(changes), model.thresholds()
 
 
 # ---------------------------------------------------------------------------- report

@@ -7,10 +7,14 @@ On the board (PYNQ installed)::
     acc = ExitflowAccelerator("exitflow.bit", "driver.json")
     result = acc.run(images)                # uint8, N x C x H x W
     result.classes, result.exits, result.codes
+    acc.predict({"conv0": 0.8})             # exit fractions, accuracy, samples/s: no hardware touched
+    acc.set_thresholds({"conv0": 0.8})      # writes the CTU's register; returns the same prediction
 
-``driver.json`` (written by ``exitflow build`` next to the bitfile) holds the record format.
-Everything but the DMA transfers is plain numpy and is tested without a board
-(``tests/boards/test_driver.py``).
+``driver.json`` and ``driver.npz`` (written by ``exitflow build`` next to the bitfile) hold the
+record format, each early exit's threshold register, and the design's profile and pipeline the
+predictions come from (:mod:`exitflow.cosim.thresholds`). Everything but the DMA transfers and
+register writes is plain numpy (the modules it imports need numpy alone) and is tested without a
+board (``tests/boards/test_driver.py``).
 
 Records leave the merge out of order (a sample that exits early overtakes ones still in later
 stages). Each is ``id | exit index | CTU record`` (see ``hls_templates/exitflow_gate.hpp``), the
@@ -21,12 +25,21 @@ and :func:`reorder` sorts them by id, checking that every sample came back exact
 from __future__ import annotations
 
 import json
+import warnings
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from exitflow.hls_templates.records import ctu_record_bits, unpack_ctu, unpack_tag
+from exitflow.cosim.thresholds import ExitRegister, Prediction, ThresholdModel, load_registers, resolve
+from exitflow.hls_templates.records import (
+    THRESHOLD_REGISTER_OFFSET,
+    ctu_record_bits,
+    threshold_register_words,
+    unpack_ctu,
+    unpack_tag,
+)
 
 
 class DriverError(RuntimeError):
@@ -128,16 +141,82 @@ def pack_images(images: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(images.transpose(0, 2, 3, 1)).reshape(-1)
 
 
+def register_writes(
+    registers: tuple[ExitRegister, ...], thresholds: Mapping[str, float | None]
+) -> list[tuple[str, int, int]]:
+    """(block design cell, byte offset, 32-bit word) to write so that each exit named in
+    ``thresholds`` compares with its new threshold's constant
+    (:func:`exitflow.quant.policies.clamped_code`), or, for None, with the design's again (the
+    register's reset value, 0)."""
+    writes = []
+    for reg in registers:
+        for key in (reg.name, reg.head):
+            if key in thresholds:
+                value = thresholds[key]
+                code = None if value is None else reg.constant(value)
+                words = threshold_register_words(code, reg.code_bits)
+                writes += [(reg.head, THRESHOLD_REGISTER_OFFSET + 4 * i, w) for i, w in enumerate(words)]
+    return writes
+
+
 class ExitflowAccelerator:
     """The generated design on a PYNQ board: one DMA in (images), one DMA out (records)."""
 
-    def __init__(self, bitfile: str | Path, driver_json: str | Path, dma_in: str = "idma0", dma_out: str = "odma0"):
-        from pynq import Overlay  # only on the board
-
+    def __init__(
+        self,
+        bitfile: str | Path,
+        driver_json: str | Path,
+        dma_in: str = "dma",  # the block design's axi_dma: images out of memory (MM2S)
+        dma_out: str = "dma",  # and records into memory (S2MM)
+        overlay: object | None = None,  # a loaded pynq Overlay (default: load ``bitfile``)
+    ):
         self.fmt = RecordFormat.load(driver_json)
-        self.overlay = Overlay(str(bitfile))
+        self.registers = load_registers(driver_json)
+        self.driver_json = Path(driver_json)
+        self.thresholds = {r.name: r.threshold for r in self.registers}  # what the registers hold
+        self._model: ThresholdModel | None = None
+        if overlay is None:
+            from pynq import Overlay  # only on the board
+
+            overlay = Overlay(str(bitfile))
+        self.overlay = overlay
         self.dma_in, self.dma_out = getattr(self.overlay, dma_in), getattr(self.overlay, dma_out)
         self._next_id = 0
+
+    @property
+    def model(self) -> ThresholdModel:
+        """The design's profile and pipeline (``driver.json`` and ``driver.npz``), read once."""
+        if self._model is None:
+            self._model = ThresholdModel.load(self.driver_json)
+        return self._model
+
+    def predict(self, thresholds: Mapping[str, float] | None = None) -> Prediction:
+        """Exit fractions, accuracy and samples/s (built gates) the design's profile predicts with
+        the thresholds now in the registers changed by ``thresholds``; nothing is written."""
+        return self.model.predict({**self.thresholds, **resolve(self.registers, thresholds or {})})
+
+    def set_thresholds(
+        self, thresholds: Mapping[str, float | None], write: Callable[[str, int, int], None] | None = None
+    ) -> Prediction | None:
+        """Write the CTU registers of the exits named (``{"conv0": 0.8}``; None: back to the
+        design's threshold); other exits keep theirs. Returns the prediction for the thresholds
+        now in force (None without ``driver.npz``) and warns when a stage would set the pace.
+        Change thresholds between batches: a sample already in the pipeline may be decided with
+        either value. ``write(cell, offset, word)`` replaces the MMIO write (tests)."""
+        new = {**self.thresholds, **resolve(self.registers, thresholds)}  # all checked before any write
+        prediction = self.model.predict(new) if self.driver_json.with_suffix(".npz").is_file() else None
+        for cell, offset, word in register_writes(self.registers, thresholds):
+            (write or self._write)(cell, offset, word)
+        self.thresholds = new
+        for message in prediction.warnings if prediction else []:
+            warnings.warn(message, stacklevel=2)
+        return prediction
+
+    def _write(self, cell: str, offset: int, word: int) -> None:
+        from pynq import MMIO
+
+        ip = self.overlay.ip_dict[cell]
+        MMIO(ip["phys_addr"], ip["addr_range"]).write(offset, word)
 
     def run(self, images: np.ndarray) -> Result:
         from pynq import allocate

@@ -6,6 +6,11 @@ HLS tops and Vitis HLS scripts for the id source, gates, tag and merge, the bloc
 gates, merge; for an agreement head after the first kept exit, the class stream from the gate
 before its stage, through a record FIFO, into the head's second input) and ``driver.json`` for
 the PYNQ driver (which needs nothing more for agreement: its records are max_prob's).
+Each early exit's CTU has its threshold in a register on an AXI-lite port, wired to the PS
+through the control interconnect; ``driver.json`` names each register (block design cell,
+policy, scale, code width, the design's threshold) and, with ``driver.npz``, carries the
+design's profile and built pipeline, from which the driver and ``exitflow predict`` predict what
+other thresholds do (:mod:`exitflow.cosim.thresholds`).
 ``build_bitfile(run_dir)`` needs Vivado and Vitis HLS on PATH: it synthesises FINN's IPs for
 every stage and head (HLSSynthIP, CreateStitchedIP), the exit IPs, then runs the block design to
 a bitfile and ``.hwh`` in ``DIR/hw/deploy/``. Without the tools it raises one clear error naming them.
@@ -26,12 +31,15 @@ from exitflow.core.catalogue import get_board
 from exitflow.core.design import load_design, reads_previous_class
 from exitflow.core.errors import NotAvailableError
 from exitflow.core.templates import template_env
+from exitflow.cosim.built import built_pipeline
+from exitflow.cosim.thresholds import ExitRegister, ThresholdModel, profile_columns
 from exitflow.hls_templates import TEMPLATE_DIR
 from exitflow.hls_templates.registry import register_finn_ops
 from exitflow.hw import build as hw_build
 from exitflow.hw.build import VIVADO_VERSION, missing_tools
 from exitflow.hw.finn_flow import finn_settings
 from exitflow.hw.folding import ID_BITS, record_fifo_depth, stream_words
+from exitflow.quant.profile import load_profile
 
 BOARD_PARTS = {  # board files Vivado knows the PYNQ boards by (used when installed)
     "Pynq-Z1": "www.digilentinc.com:pynq-z1:part0:1.0",
@@ -159,6 +167,8 @@ def write_project(run_dir: str | Path, summary: BuildSummary | None = None) -> P
                 "record_fifo_depth": record_fifo_depth(design),
                 # agreement after the first kept exit: the classes the gate before this stage sends
                 "class_source": f"{design.stages[k - 1].name}_gate/cls_out" if reads_previous_class(design, k) else "",
+                # control interconnect ports: M00 the DMA, M01 the id source, then the registers
+                "register_port": "" if last else f"ctrl_sc/M{2 + k:02d}_AXI",
             }
         )
     ips += [("ids", "exitflow_ids", {}), ("merge", "exitflow_merge", {"exits": exits})]
@@ -188,22 +198,45 @@ def write_project(run_dir: str | Path, summary: BuildSummary | None = None) -> P
         stages=stages,
         ids={"vlnv": "xilinx.com:hls:exitflow_ids:1.0"},
         merge_vlnv="xilinx.com:hls:exitflow_merge:1.0",
+        control_ports=2 + exits - 1,
         input_width=max(8, getCustomOp(stage_models[0].graph.node[0]).get_instream_width()),
         record_width=8 * fmt.word_bytes,
     )
     (out / "block_design.tcl").write_text(tcl)
     (out / "make_bitfile.sh").write_text("\n".join(script) + "\n")
     (out / "make_bitfile.sh").chmod(0o755)
-    run.driver.write_text(
-        json.dumps(
-            {
-                "records": fmt.to_json(),
-                "exits": [s.head.name for s in design.stages],
-                "input_shape": list(summary.input_shape),
-            },
-            indent=1,
+    registers = [
+        ExitRegister(
+            stage.blocks[-1],
+            stage.head.name,
+            stage.name,
+            tuple(stage.blocks),
+            ctu.policy,
+            ctu.scale,
+            ctu.frac_bits,
+            ctu.code_bits,
+            float(stage.head.threshold),
         )
-    )
+        for stage, ctu in zip(design.stages[:-1], ctus, strict=False)
+    ]
+    driver = {
+        "records": fmt.to_json(),
+        "exits": [s.head.name for s in design.stages],
+        "input_shape": list(summary.input_shape),
+        "registers": [r.to_data() for r in registers],
+    }
+    arrays = run.driver.with_suffix(".npz")
+    if run.profile.is_file():
+        profile = load_profile(run.root)  # checked: one line if damaged or foreign
+        codes, classes, labels, _ = profile_columns(profile, design, "test", str(run.profile))
+        final = str(profile["exit_names"][-1])
+        pipeline = built_pipeline(hw, design, summary.clock_mhz, f"build it again with `exitflow build {run.root}`")
+        model = ThresholdModel(tuple(registers), final, codes, classes, labels, pipeline, "test")
+        model.save(run.driver)
+        driver["prediction"] = model.to_data()
+    else:
+        arrays.unlink(missing_ok=True)
+    run.driver.write_text(json.dumps(driver, indent=1))
     return out
 
 

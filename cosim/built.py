@@ -80,6 +80,12 @@ def load_pipeline(run_dir: str | Path, design_path: str | Path | None = None) ->
     if not run.build_summary.is_file():
         raise ConfigError(f"{run.build_summary}: no built hardware; {fix}")
     clock_mhz = BuildSummary.read(hw, fix).clock_mhz  # checked: one line if damaged or foreign
+    return built_pipeline(hw, design, clock_mhz, fix), [s.head.name for s in design.stages]
+
+
+def built_pipeline(hw: Path, design, clock_mhz: float, fix: str) -> Pipeline:
+    """The pipeline of ``design``'s graphs in ``hw`` at ``clock_mhz`` (``fix``: what to do when a
+    graph is missing or damaged)."""
     _import_finn_ops()
     stages = []
     for stage in design.stages:
@@ -87,5 +93,4 @@ def load_pipeline(run_dir: str | Path, design_path: str | Path | None = None) ->
         head, _ = _graph_units(hw / stage.head.name, fix)
         words = stream_words(last)
         stages.append(Stage(stage.name, tuple(units), tuple(head), stage.gate_depth, max(1, words)))
-
-    return Pipeline(tuple(stages), clock_mhz, record_fifo_depth(design)), [s.head.name for s in design.stages]
+    return Pipeline(tuple(stages), clock_mhz, record_fifo_depth(design))

@@ -368,3 +368,57 @@ def unloaded_latency(pipeline: Pipeline, exit_index: int) -> int:
     """Cycles from stage 0 to the merge's output for one sample alone that takes ``exit_index``."""
     trace = run(pipeline, [exit_index])
     return int(trace.done[0] - trace.accept[0])
+
+
+# ------------------------------------------------------------------------------ as data
+
+
+def pipeline_to_data(pipeline: Pipeline) -> dict:
+    """The pipeline as JSON-ready data (``driver.json`` carries it to the board)."""
+    return {
+        "clock_mhz": pipeline.clock_mhz,
+        "record_fifo": pipeline.record_fifo,
+        "stages": [
+            {
+                "name": s.name,
+                "units": [[u.name, u.cycles, u.estimate] for u in s.units],
+                "head": [[u.name, u.cycles, u.estimate] for u in s.head],
+                "gate_depth": s.gate_depth,
+                "gate_cycles": s.gate_cycles,
+            }
+            for s in pipeline.stages
+        ],
+    }
+
+
+def pipeline_from_data(data: object, where: str) -> Pipeline:
+    """The pipeline :func:`pipeline_to_data` wrote, checked; anything else is one
+    :class:`ConfigError` naming ``where``."""
+
+    def units(value: object) -> tuple[Unit, ...]:
+        if not isinstance(value, list) or not all(
+            isinstance(u, list)
+            and len(u) == 3
+            and isinstance(u[0], str)
+            and isinstance(u[1], int)
+            and (u[2] is None or isinstance(u[2], int))
+            for u in value
+        ):
+            raise ValueError
+        return tuple(Unit(*u) for u in value)
+
+    try:
+        if not isinstance(data, dict) or not isinstance(data["stages"], list):
+            raise ValueError
+        stages = tuple(
+            Stage(str(s["name"]), units(s["units"]), units(s["head"]), s["gate_depth"], int(s["gate_cycles"]))
+            for s in data["stages"]
+        )
+        pipeline = Pipeline(stages, float(data["clock_mhz"]), int(data["record_fifo"]))
+    except (KeyError, TypeError, ValueError):
+        raise ConfigError(f"{where}: not a pipeline exitflow wrote (stages, units, gates, clock)") from None
+    try:
+        pipeline.check()
+    except ConfigError as err:
+        raise ConfigError(f"{where}: {err}") from None
+    return pipeline

@@ -35,6 +35,7 @@ from exitflow.hw.folding import check_folding
 from exitflow.quant import policies
 
 from .engines import FinnEngine, VectorisedEngine, _import_finn_ops, first_difference
+from .thresholds import profile_columns
 
 ENGINES = ("vectorised", "finn", "both")
 DEFAULT_REFERENCE_SAMPLES = 10
@@ -586,27 +587,21 @@ def predicted_fractions(built: Built) -> tuple[list[float] | None, str]:
         return None, f"no {path} (run `exitflow profile {built.run_dir}` for the prediction)"
     npz = load_profile(built.run_dir)  # checked: one line for a damaged or foreign file
     names = [str(n) for n in npz["exit_names"]]
-    scales = npz["scales"]
-    codes = {p: npz[f"test_code_{p}"] for p in policies.POLICIES}  # agreement's: max_prob's array
     if names != list(built.model.exit_names):
         raise ConfigError(
             f"{path}: profiled exits {names} are not the model's {list(built.model.exit_names)}; "
             f"run `exitflow profile {built.run_dir}` again"
         )
-    n = len(codes["max_prob"])
+    codes, classes, _, columns = profile_columns(npz, built.design, "test", str(path))
     early = [stage.head for stage in built.design.stages[:-1]]
-    columns = [names.index(e) for e in built.exits[: len(early)]]
-    # the final exit's column is never read: every sample left over takes it
-    exit_codes = np.zeros((n, len(early) + 1), dtype=np.result_type(*codes.values()))
-    for k, (head, j) in enumerate(zip(early, columns, strict=True)):
-        exit_codes[:, k] = codes[head.policy][:, j]
     constants = [
-        policies.threshold_code(h.policy, h.threshold, float(scales[j])) for h, j in zip(early, columns, strict=True)
+        policies.threshold_code(h.policy, h.threshold, float(npz["scales"][j]))
+        for h, j in zip(early, columns, strict=True)
     ]
-    # the class of each kept exit (the final one's, like its code, is never read)
-    classes = npz["test_pred"][:, [*columns, names.index(built.exits[-1])]]
-    taken = policies.route([h.policy for h in early], exit_codes, constants, classes)
-    return _fractions(taken, len(built.exits)), f"{path} (test split, {n} samples)"
+    # the final exit's column is never read: every sample left over takes it
+    codes = np.concatenate([codes, np.zeros((len(codes), 1), dtype=codes.dtype)], axis=1)
+    taken = policies.route([h.policy for h in early], codes, constants, classes)
+    return _fractions(taken, len(built.exits)), f"{path} (test split, {len(taken)} samples)"
 
 
 def cosimulate(

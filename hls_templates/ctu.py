@@ -97,8 +97,7 @@ class CTUParams:
         code fits in ``code_bits``)."""
         if self.threshold is None:  # the final exit: every code passes
             return (1 << self.code_bits) - 1 if self.max_prob_code else 0
-        constant = policies.threshold_code(self.policy, self.threshold, self.scale, self.frac_bits)
-        return max(0, min(constant, (1 << self.code_bits) - 1))
+        return policies.clamped_code(self.policy, self.threshold, self.scale, self.code_bits, self.frac_bits)
 
     @property
     def has_threshold_register(self) -> bool:

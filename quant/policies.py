@@ -112,6 +112,14 @@ def threshold_code(policy: Policy, threshold: float, scale: float, frac_bits: in
     raise ValueError(f"unknown exit policy {policy!r}; known: {', '.join(POLICIES)}")
 
 
+def clamped_code(
+    policy: Policy, threshold: float, scale: float, code_bits: int, frac_bits: int = DEFAULT_FRAC_BITS
+) -> int:
+    """:func:`threshold_code` clamped to a ``code_bits``-wide register, as the CTU holds it (the
+    decision is unchanged: every code fits in ``code_bits``)."""
+    return max(0, min(threshold_code(policy, threshold, scale, frac_bits), (1 << code_bits) - 1))
+
+
 def code_bits(policy: Policy, num_classes: int, logit_bits: int, frac_bits: int = DEFAULT_FRAC_BITS) -> int:
     """Width of the unsigned confidence code."""
     if code_policy(policy) == "max_prob":

@@ -9,7 +9,7 @@ import pytest
 from exitflow.app import cli
 from exitflow.app.cli import COMMANDS, main
 
-PLANNED = ["boards", "train", "profile", "export", "sweep", "build", "cosim", "report", "run"]
+PLANNED = ["boards", "train", "profile", "export", "sweep", "build", "cosim", "predict", "report", "run"]
 
 
 def run(cmd, *args, env=None):
