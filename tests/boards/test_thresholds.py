@@ -12,42 +12,18 @@ import textwrap
 
 import numpy as np
 import pytest
-import yaml
 
 from exitflow.boards.driver import ExitflowAccelerator, register_writes
-from exitflow.boards.vivado import build_with_project
 from exitflow.core.errors import ConfigError
 from exitflow.cosim.thresholds import ThresholdModel
 from exitflow.hls_templates.records import THRESHOLD_REGISTER_OFFSET
 
-DESIGN = {
-    "model": "lenet",
-    "board": "Pynq-Z2",
-    "stages": [
-        {"name": "early", "blocks": ["conv0"], "gate_depth": 4, "head": {"name": "exit0", "threshold": 0.9}},
-        {
-            "name": "middle",
-            "blocks": ["conv1", "fc0"],
-            "gate_depth": 4,
-            "head": {"name": "exit1", "policy": "agreement", "threshold": 0.8},
-        },
-        {"name": "last", "blocks": ["fc1"], "head": {"name": "final"}},
-    ],
-}
-
 
 @pytest.fixture(scope="module")
-def run_dir(digits_run, tmp_path_factory):
-    """The digits run, profiled and built with DESIGN, in a folder with a space."""
-    from exitflow.quant.profile import profile
-
-    run = tmp_path_factory.mktemp("thresholds") / "my run"
-    shutil.copytree(digits_run, run, ignore=shutil.ignore_patterns("hw", "profile*"))
-    profile(run, plot=False)
-    design = run / "design.yaml"
-    design.write_text(yaml.safe_dump(DESIGN, sort_keys=False))
-    build_with_project(run, design, log=lambda line: None)
-    return run
+def run_dir(agreement_built):
+    """The shared agreement design (tests/boards/conftest.py): conv0 max_prob at 0.9, fc0
+    agreement at 0.8, the final exit fc1; profiled, built, in a folder with a space."""
+    return agreement_built.parent
 
 
 class FakeOverlay:

@@ -188,35 +188,6 @@ def test_bitfile_for_every_board(digits_run, tmp_path, board):
 
 # ---------------------------------------------------------------------------- agreement
 
-AGREEMENT = {
-    "model": "lenet",
-    "board": "Pynq-Z2",
-    "stages": [
-        {"name": "early", "blocks": ["conv0"], "gate_depth": 4, "head": {"name": "exit0", "threshold": 0.9}},
-        {
-            "name": "middle",
-            "blocks": ["conv1", "fc0"],
-            "gate_depth": 2,
-            "head": {"name": "exit1", "policy": "agreement", "threshold": 0.8},
-        },
-        {"name": "last", "blocks": ["fc1"], "head": {"name": "final", "policy": "agreement"}},
-    ],
-}
-
-
-@pytest.fixture(scope="module")
-def agreement_built(digits_run, tmp_path_factory):
-    """The digits lenet with an agreement head after the first kept exit (and the final head
-    named agreement too, which reads nothing: every sample leaves there), in a run of its own."""
-    run = tmp_path_factory.mktemp("agreement") / "run"
-    run.mkdir()
-    for name in ("model.pt", "config.yaml"):
-        shutil.copy(digits_run / name, run / name)
-    path = run / "design.yaml"
-    path.write_text(yaml.safe_dump(AGREEMENT, sort_keys=False))
-    build(run, path, log=lambda line: None)
-    return run / "hw"
-
 
 def test_the_class_stream_of_an_agreement_head_is_wired(agreement_built, tmp_path):
     """The gate before the agreement head sends its head's classes (cls_out) through a FIFO into
