@@ -322,6 +322,8 @@ def predict(folder: str | Path, changes: dict[str, float | None]):
 def report(folder: str | Path, *, say: Say = _silent) -> StepDone:
     """The self-contained HTML report of the run folder."""
     path = write_report(folder)
+    with contextlib.suppress(ValueError):  # inside the working folder: shown as the user would type it
+        path = path.relative_to(Path.cwd())
     tell = _Lines(say)
     tell(f"wrote {path}")
     return tell.done(f"{path} ({path.stat().st_size / 1e6:.1f} MB, self-contained)")

@@ -117,7 +117,7 @@ class Prediction:
         )
         rows.append(
             f"throughput {self.fps:,.0f} samples/s with the built gates (design's thresholds: "
-            f"{self.design_fps:,.0f}); pace set by stage {self.pace}"
+            f"{self.design_fps:,.0f}); pace set by {self.pace}"
         )
         return rows + [f"warning: {w}" for w in self.warnings]
 
@@ -225,7 +225,7 @@ class ThresholdModel:
         warnings = []
         if pace != design_pace or fps < SLOWER * design_fps:
             warnings.append(
-                f"stage {self._stage_label(pace)} would set the pace: {fps:,.0f} samples/s predicted against "
+                f"{self._stage_label(pace)} would set the pace: {fps:,.0f} samples/s predicted against "
                 f"{design_fps:,.0f} at the design's thresholds (it was sized for the traffic those send it)"
             )
         names = [e.name for e in self.exits] + [self.final]

@@ -74,8 +74,8 @@ def test_a_stage_that_would_set_the_pace_is_named(model):
     harder = model.predict({"b0": 1.0, "b1": 1.0}, min_samples=2000)  # (almost) nothing leaves early
     assert np.mean(model.taken({"b0": 1.0, "b1": 1.0}) >= 1) * 400 > 100
     assert harder.pace == "stage1 (b1, b2)" and harder.fps < 0.5 * design.fps
-    assert len(harder.warnings) == 1 and "stage stage1 (b1, b2) would set the pace" in harder.warnings[0]
-    assert "warning: stage stage1" in "\n".join(harder.lines(model.thresholds()))
+    assert len(harder.warnings) == 1 and "stage1 (b1, b2) would set the pace" in harder.warnings[0]
+    assert "warning: stage1 (b1, b2)" in "\n".join(harder.lines(model.thresholds()))
 
 
 def test_names_by_exit_or_head_and_none_is_the_design_value(model):
