@@ -159,6 +159,20 @@ def register_writes(
     return writes
 
 
+def address_range(ip_dict: Mapping[str, dict], cell: str) -> dict:
+    """The ``ip_dict`` entry (``phys_addr``, ``addr_range``) of the block design cell ``cell``: keyed
+    by the cell, or by ``cell/<its AXI-lite port>`` where PYNQ names the port too."""
+    if cell in ip_dict:
+        return ip_dict[cell]
+    found = [key for key in ip_dict if key.split("/")[0] == cell]
+    if len(found) != 1:
+        raise DriverError(
+            f"the overlay has {'no' if not found else 'several'} address range(s) for cell {cell} "
+            f"({', '.join(found) or 'known: ' + ', '.join(sorted(ip_dict))}): is this driver.json the bitfile's?"
+        )
+    return ip_dict[found[0]]
+
+
 class ExitflowAccelerator:
     """The generated design on a PYNQ board: one DMA in (images), one DMA out (records)."""
 
@@ -215,7 +229,7 @@ class ExitflowAccelerator:
     def _write(self, cell: str, offset: int, word: int) -> None:
         from pynq import MMIO
 
-        ip = self.overlay.ip_dict[cell]
+        ip = address_range(self.overlay.ip_dict, cell)
         MMIO(ip["phys_addr"], ip["addr_range"]).write(offset, word)
 
     def run(self, images: np.ndarray) -> Result:

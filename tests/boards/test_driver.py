@@ -104,3 +104,13 @@ def test_accelerator_on_the_board():
     images = np.random.default_rng(0).integers(0, 256, (64, 1, 28, 28), dtype=np.uint8)
     result = acc.run(images)
     assert len(result.classes) == 64 and result.exits.max() < 4
+
+
+def test_a_register_cell_is_found_in_the_overlays_address_map():
+    from exitflow.boards.driver import address_range
+
+    ranges = {"dma": {"phys_addr": 1}, "exit0": {"phys_addr": 2}, "exit1/s_axi_control_0": {"phys_addr": 3}}
+    assert address_range(ranges, "exit0")["phys_addr"] == 2
+    assert address_range(ranges, "exit1")["phys_addr"] == 3
+    with pytest.raises(DriverError, match="no address range.*cell exit2.*known: dma, exit0"):
+        address_range(ranges, "exit2")

@@ -123,3 +123,15 @@ def test_pipeline_as_data_round_trips_and_is_checked():
         pipeline_from_data(data, "x")
     with pytest.raises(ConfigError, match="x: not a pipeline"):
         pipeline_from_data({"stages": [{"name": "s"}]}, "x")
+
+
+def test_a_design_without_early_exits_has_nothing_to_set():
+    one = Pipeline((Stage("stage0", (Unit("a", 100),), (Unit("h", 10),)),), 100.0, 2)
+    labels = np.arange(20) % 10
+    model = ThresholdModel((), "b3", np.zeros((20, 0), np.int64), labels[:, None].copy(), labels, one)
+    p = model.predict(min_samples=100)
+    assert p.fractions == [1.0] and p.accuracy == 1.0 and p.fps == pytest.approx(1e6) and p.warnings == []
+    with pytest.raises(
+        ConfigError, match=r"unknown exit 'b3'; b3 is the final exit.*none \(the design has no early exit\)"
+    ):
+        model.predict({"b3": 0.5})
