@@ -49,6 +49,7 @@ from exitflow.hw.folding import stream_words
 from exitflow.quant.policies import route, threshold_code
 
 from . import risk
+from .fifo_pricing import ATTEMPTS as PRICING_ATTEMPTS
 from .fifo_pricing import FifoPricer
 from .finn_baseline import finn_setfolding_baseline
 from .search import (
@@ -557,9 +558,7 @@ def _select(
         "best design without exits",
         log,
     )
-    equal, equal_fps = _equal_throughput(eligible, best_no_exit.fps, gates.gated_alike)
-    if equal is not None:
-        equal = pricer.price(equal)
+    equal, equal_fps = _equal_throughput(eligible, best_no_exit.fps, gates.gated_alike, pricer, limits)
     chosen, gated_fps = _deepen_gates(chosen, segments, limits, gates)
     test_fps = gates.on_test_split(chosen)
     seconds = time.perf_counter() - selecting
@@ -674,21 +673,30 @@ def _choose(eligible: list[Candidate], objective: str, gates: GateSimulator) -> 
 EQUAL_THROUGHPUT_RUNS = 4000  # simulations the search for the equal-throughput design may take
 
 
-def _equal_throughput(eligible: list[Candidate], target_fps: float, gated_fps) -> tuple[Candidate | None, float | None]:
+def _equal_throughput(
+    eligible: list[Candidate], target_fps: float, gated_fps, pricer: FifoPricer, limits: np.ndarray
+) -> tuple[Candidate | None, float | None]:
     """The design with exits that reaches ``target_fps`` (the best no-exit design's throughput)
-    with its finite gates for the fewest LUTs: candidates whose unbounded-gate throughput reaches
-    it, fewest LUTs first, each simulated with its gates (``gated_fps``) until one does (at most
-    :data:`EQUAL_THROUGHPUT_RUNS` simulations)."""
+    with its finite gates for the fewest LUTs, and still fits ``limits`` once its FIFOs are sized
+    as the build sizes them: candidates whose unbounded-gate throughput reaches it, fewest LUTs
+    first, each simulated with its gates (``gated_fps``) until one does (at most
+    :data:`EQUAL_THROUGHPUT_RUNS` simulations) and priced (at most
+    :data:`~exitflow.dse.fifo_pricing.ATTEMPTS` builds)."""
     matching = sorted(
         (c for c in eligible if c.exits and c.fps >= target_fps),
         key=lambda c: (c.resources.lut, c.resources.bram18, -c.fps),
     )
-    runs = 0
+    runs = priced = 0
     for c in matching:
         fps = gated_fps(c)
         runs += 1
         if fps >= target_fps:
-            return c, fps
+            with_fifos = pricer.price(c)
+            priced += 1
+            if with_fifos.resources.fits(limits):
+                return with_fifos, fps
+            if priced >= PRICING_ATTEMPTS:
+                break
         if runs >= EQUAL_THROUGHPUT_RUNS:
             break
     return None, None
