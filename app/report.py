@@ -31,6 +31,7 @@ from exitflow.core.files import atomic_write
 from exitflow.core.resources import NAMES, Resources
 from exitflow.core.schema import load_json_file, read_json
 from exitflow.core.templates import template_env
+from exitflow.cosim.thresholds import ThresholdModel
 from exitflow.hw.build import backup_of, is_finished
 
 TEMPLATE = Path(__file__).parent / "templates" / "report.html.j2"
@@ -91,6 +92,7 @@ class ReportData:
     cycle: tuple[Row, ...] = ()
     latency: tuple[Row, ...] = ()
     graphs: tuple[Row, ...] = ()
+    thresholds: tuple[Row, ...] = ()  # run-time thresholds: one row per setting, header row first
     not_run: list[NotRun] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)  # files that exist but could not be read
 
@@ -181,6 +183,7 @@ def collect(run_dir: str | Path) -> ReportData:
     _collect_profile(run, r)
     _collect_sweep(run, pareto, board, r)
     _collect_build(run, r)
+    _collect_thresholds(run, r)
     _collect_cosim(run, r)
     _collect_design(run, r)  # its problems follow those of the JSON files
     _collect_training(run, r)
@@ -339,10 +342,47 @@ def _collect_build(run: RunDir, r: ReportData) -> None:
         NotRun(
             "run on a PYNQ board",
             "no bitfile",
-            "copy hw/deploy/ and hw/driver.json to the board, then "
+            "copy hw/deploy/, hw/driver.json and hw/driver.npz to the board, then "
             "ExitflowAccelerator('exitflow.bit', 'driver.json').run(images)",
         )
     )
+
+
+RUN_TIME_THRESHOLDS = (0.6, 0.8, 0.9, 0.95, 0.99)  # set at once on every max_prob / agreement exit
+
+
+def _collect_thresholds(run: RunDir, r: ReportData) -> None:
+    """What the built design does with other thresholds in its CTU registers (``exitflow
+    predict``): the design's, then each of :data:`RUN_TIME_THRESHOLDS` on every exit whose policy
+    has a threshold in (0, 1]."""
+    if not run.driver.with_suffix(".npz").is_file() or not is_finished(run.hw):
+        return
+    try:
+        model = ThresholdModel.load(run.driver)
+    except ConfigError as err:
+        r.problems.append(f"{err} ({_LEFT_OUT})")
+        return
+    probability = [e.name for e in model.exits if e.policy in ("max_prob", "agreement")]
+    if not probability:
+        return
+    settings = [("the design's", {})] + [
+        (f"{t:g} on {', '.join(probability)}", dict.fromkeys(probability, t)) for t in RUN_TIME_THRESHOLDS
+    ]
+    rows = []
+    for label, changes in settings:
+        p = model.predict(changes)
+        rows.append(
+            Row(
+                label,
+                (
+                    *(_pct(f, 1) for f in p.fractions),
+                    _pct(p.accuracy),
+                    f"{_n(p.fps)}",
+                    p.pace + (" (new)" if p.warnings else ""),
+                ),
+            )
+        )
+    r.thresholds = (Row("exits", tuple(model.thresholds()) + (model.final,)), *rows)
 
 
 def _collect_cosim(run: RunDir, r: ReportData) -> None:

@@ -177,3 +177,18 @@ def test_predict_without_a_build_is_one_line(tmp_path, exitflow_cmd):
     (tmp_path / "empty run").mkdir()
     out = subprocess.run([*exitflow_cmd, "predict", "empty run"], capture_output=True, text=True, cwd=tmp_path)
     assert out.returncode == 2 and "no finished build" in out.stderr and len(out.stderr.strip().splitlines()) == 1
+
+
+def test_the_report_shows_what_other_thresholds_would_do(run_dir):
+    from exitflow.app.report import RUN_TIME_THRESHOLDS, collect, render
+
+    data = collect(run_dir)
+    model = ThresholdModel.load(run_dir / "hw" / "driver.json")
+    header, design, *others = data.thresholds
+    assert header.cells == ("conv0", "fc0", "fc1") and len(others) == len(RUN_TIME_THRESHOLDS)
+    p = model.predict()
+    assert design.cells[-3:] == (f"{100 * p.accuracy:.2f} %", f"{p.fps:,.0f}", p.pace)
+    for row, t in zip(others, RUN_TIME_THRESHOLDS, strict=True):
+        q = model.predict({"conv0": t, "fc0": t})
+        assert row.label == f"{t:g} on conv0, fc0" and row.cells[-2] == f"{q.fps:,.0f}"
+    assert 'id="thresholds-table"' in render(data)
