@@ -29,7 +29,7 @@ from exitflow.boards.driver import RecordFormat
 from exitflow.core.artifacts import BuildSummary, RunDir
 from exitflow.core.catalogue import get_board
 from exitflow.core.design import load_design, reads_previous_class
-from exitflow.core.errors import NotAvailableError
+from exitflow.core.errors import ConfigError, NotAvailableError
 from exitflow.core.templates import template_env
 from exitflow.cosim.built import built_pipeline
 from exitflow.cosim.thresholds import ExitRegister, ThresholdModel, profile_columns
@@ -226,16 +226,17 @@ def write_project(run_dir: str | Path, summary: BuildSummary | None = None) -> P
         "registers": [r.to_data() for r in registers],
     }
     arrays = run.driver.with_suffix(".npz")
-    if run.profile.is_file():
-        profile = load_profile(run.root)  # checked: one line if damaged or foreign
+    arrays.unlink(missing_ok=True)
+    try:  # the driver's predictions: a build never fails for want of them
+        profile = load_profile(run.root)  # checked: one line if missing, damaged or foreign
         codes, classes, labels, _ = profile_columns(profile, design, "test", str(run.profile))
         final = str(profile["exit_names"][-1])
         pipeline = built_pipeline(hw, design, summary.clock_mhz, f"build it again with `exitflow build {run.root}`")
         model = ThresholdModel(tuple(registers), final, codes, classes, labels, pipeline, "test")
         model.save(run.driver)
         driver["prediction"] = model.to_data()
-    else:
-        arrays.unlink(missing_ok=True)
+    except ConfigError as err:
+        driver["no_prediction"] = str(err)
     run.driver.write_text(json.dumps(driver, indent=1))
     return out
 

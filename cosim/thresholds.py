@@ -269,8 +269,9 @@ class ThresholdModel:
             final, split = str(prediction["final"]), str(prediction["split"])
             pipeline_data = prediction["pipeline"]
         except (KeyError, TypeError):
+            why = data.get("no_prediction") if isinstance(data, dict) else None
             raise ConfigError(
-                f"{driver_json}: holds no prediction (the run had no profile when it was built); "
+                f"{driver_json}: holds no prediction ({why or 'the run had no profile when it was built'}); "
                 f"run `exitflow profile` and `exitflow build` again"
             ) from None
         pipeline = pipeline_from_data(pipeline_data, str(driver_json))

@@ -12,7 +12,8 @@ from exitflow.boards.driver import RecordFormat
 from exitflow.boards.vivado import build_bitfile, missing_tools
 from exitflow.boards.vivado import build_with_project as build
 from exitflow.core.catalogue import load_catalogue
-from exitflow.core.errors import NotAvailableError
+from exitflow.core.errors import ConfigError, NotAvailableError
+from exitflow.cosim.thresholds import ThresholdModel
 from exitflow.hls_templates.csim import compile_cpp
 
 DESIGN = {
@@ -159,6 +160,12 @@ def test_driver_json(built):
     assert fmt.code_bits[0] == (10 << 10).bit_length()  # max_prob: CLASSES << FRAC_BITS
     assert fmt.code_bits[1] == ctu.logit_bits + 1 and ctu.policy == "margin"  # margin: a logit difference
     assert json.loads((built / "driver.json").read_text())["exits"] == ["exit0", "exit1", "final"]
+    # this run has no profile: the driver can still set thresholds, and says why it cannot predict
+    data = json.loads((built / "driver.json").read_text())
+    assert [r["name"] for r in data["registers"]] == ["conv0", "fc0"] and "prediction" not in data
+    assert not (built / "driver.npz").exists()
+    with pytest.raises(ConfigError, match=r"holds no prediction \(.*profile.npz: not found; run `exitflow profile"):
+        ThresholdModel.load(built / "driver.json")
 
 
 @pytest.mark.skipif(not missing_tools(), reason="Vivado is installed: the missing-tool message does not apply")
