@@ -258,10 +258,25 @@ def gate_depth_limit(board, map_bits: int = 1) -> int:
     return memory_bits(board) // max(1, map_bits)
 
 
+#: Early exits a block design can hold: its control interconnect (an AXI SmartConnect, at most 16
+#: master ports) reaches the DMA, the id source and each early exit's threshold register.
+MAX_EARLY_EXITS = 14
+
+
 def check_fits_board(design: Design, board) -> list[tuple[str, str]]:
     """What in ``design`` the board cannot hold, as (key path, message) pairs: weight memories in
-    UltraRAM on a device without it, gates deeper than :func:`gate_depth_limit`."""
+    UltraRAM on a device without it, gates deeper than :func:`gate_depth_limit`, more early exits
+    than the block design's control interconnect reaches (:data:`MAX_EARLY_EXITS`)."""
     problems: list[tuple[str, str]] = []
+    early = len(design.stages) - 1
+    if early > MAX_EARLY_EXITS:
+        problems.append(
+            (
+                "stages",
+                f"{early} early exits: the block design reaches each one's threshold register through an AXI "
+                f"SmartConnect of 16 ports, two of them for the DMA and the id source; keep at most {MAX_EARLY_EXITS}",
+            )
+        )
     limit = gate_depth_limit(board)
     for k, stage in enumerate(design.stages):
         at = f"stages[{k}]"
@@ -307,6 +322,7 @@ __all__ = [
     "Policy",
     "RamStyle",
     "Stage",
+    "MAX_EARLY_EXITS",
     "check_fits_board",
     "design_from_data",
     "gate_depth_limit",

@@ -36,7 +36,7 @@ from exitflow.core.artifacts import (
     SetFoldingPoint,
 )
 from exitflow.core.catalogue import get_board
-from exitflow.core.design import OBJECTIVES, POLICIES, Design, ExitHead, Stage, kept_exits, save_design
+from exitflow.core.design import MAX_EARLY_EXITS, OBJECTIVES, POLICIES, Design, ExitHead, Stage, kept_exits, save_design
 from exitflow.core.errors import ConfigError, ExitflowError
 from exitflow.core.files import atomic_write
 from exitflow.core.resources import LABELS, Resources
@@ -194,6 +194,11 @@ def _check_options(util: float, objective: str, max_exits: int, confidence: floa
         raise ConfigError(f"--objective: must be {' or '.join(OBJECTIVES)}; got {objective!r}")
     if isinstance(max_exits, bool) or not isinstance(max_exits, int) or max_exits < 0:
         raise ConfigError(f"--max-exits: must be an integer >= 0 (early exits per design); got {max_exits!r}")
+    if max_exits > MAX_EARLY_EXITS:
+        raise ConfigError(
+            f"--max-exits: at most {MAX_EARLY_EXITS} (the block design reaches each early exit's threshold register "
+            f"through one control interconnect); got {max_exits}"
+        )
     return policies
 
 

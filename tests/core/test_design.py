@@ -330,6 +330,25 @@ def test_ultra_ram_and_deep_gates_where_the_board_has_room():
         design_from_data(_mutate(("stages", 0, "gate_depth"), gate_depth_limit(board) + 1))
 
 
+def test_more_early_exits_than_the_control_interconnect_reaches_are_refused():
+    from exitflow.core.design import MAX_EARLY_EXITS
+
+    def chain(early):
+        stages = [
+            {"name": f"s{k}", "blocks": [f"b{k}"], "gate_depth": 2, "head": {"name": f"e{k}", "threshold": 0.9}}
+            for k in range(early)
+        ]
+        return {
+            "model": "m",
+            "board": "Pynq-Z2",
+            "stages": [*stages, {"name": "last", "blocks": ["z"], "head": {"name": "f"}}],
+        }
+
+    assert len(design_from_data(chain(MAX_EARLY_EXITS)).stages) == MAX_EARLY_EXITS + 1
+    with pytest.raises(ConfigError, match=r"stages: 15 early exits: .* keep at most 14$"):
+        design_from_data(chain(MAX_EARLY_EXITS + 1))
+
+
 def test_design_with_a_duplicated_key(tmp_path):
     file = tmp_path / "design.yaml"
     file.write_text("model: lenet\nboard: Pynq-Z2\nboard: ZCU104\nstages: []\n")

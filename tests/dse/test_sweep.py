@@ -257,6 +257,8 @@ def test_sweep_refuses_a_negative_max_exits_from_python(digits_run):
 
     with pytest.raises(ConfigError, match=r"--max-exits: must be an integer >= 0 \(early exits per design\); got -1"):
         sweep(digits_run, "Pynq-Z2", max_exits=-1)
+    with pytest.raises(ConfigError, match=r"--max-exits: at most 14 \(the block design .*\); got 15"):
+        sweep(digits_run, "Pynq-Z2", max_exits=15)
 
 
 @pytest.mark.slow
