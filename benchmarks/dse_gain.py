@@ -3,8 +3,9 @@ exits, on Pynq-Z2 under the same budget (the search finds both), at an accuracy 
 percentage point below the final exit, certified at the sweep's default confidence 0.9
 (:mod:`exitflow.dse.risk`); and the LUT share a multi-exit design needs to match the no-exit
 throughput with its finite gates. cnv (FINN's CNV-W2A2, on mnist5k padded to 3x32x32, 15 epochs,
-thresholds chosen on a 30 % validation split) is trained with each of :data:`SEEDS`, one row
-per seed and one summary row (min and median); the default lenet once.
+exit heads with a hidden layer of 32 units, thresholds chosen on a 30 % validation split) is
+trained with each of :data:`SEEDS`, one row per seed and one summary row (min and median); the
+default lenet once.
 
 Targets (cnv, issue 16): median gain >= 3.0x and min >= 2.7x at 1 pp with the certificate and
 finite gates (ATHEENA: 2.00-2.78x); LUT share at equal throughput median <= 0.40 (ATHEENA 0.46);
