@@ -171,6 +171,8 @@ class ThresholdModel:
     labels: np.ndarray  # (samples,)
     pipeline: Pipeline
     split: str = "test"
+    # min_samples -> the design's exit sequence and throughput (:meth:`_at_design`)
+    _design: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         n, early = len(self.labels), len(self.exits)
@@ -199,6 +201,14 @@ class ThresholdModel:
         codes = np.concatenate([self.codes, np.zeros((len(self.codes), 1), dtype=self.codes.dtype)], axis=1)
         return policies.route([e.policy for e in self.exits], codes, self.constants(changes), self.classes)
 
+    def _at_design(self, min_samples: int) -> tuple[np.ndarray, float]:
+        """The design's exit sequence and its simulated throughput, computed once per
+        ``min_samples`` (every prediction compares with them)."""
+        if min_samples not in self._design:
+            taken = self.taken()
+            self._design[min_samples] = (taken, steady_state(self.pipeline, taken, min_samples).fps)
+        return self._design[min_samples]
+
     def _pace(self, taken: np.ndarray) -> int:
         """The stage with the most work per input sample: reach times its slowest unit."""
         loads = [np.mean(taken >= k) * s.slowest for k, s in enumerate(self.pipeline.stages)]
@@ -212,15 +222,13 @@ class ThresholdModel:
     def predict(self, changes: Mapping[str, float | None] | None = None, min_samples: int = MIN_SAMPLES) -> Prediction:
         """Exit fractions, accuracy and throughput at the design's thresholds with ``changes``."""
         thresholds = self.thresholds(changes)
-        taken, design_taken = self.taken(changes), self.taken()
+        taken = self.taken(changes)
+        design_taken, design_fps = self._at_design(min_samples)
         n = len(taken)
         rows = np.arange(n)
         accuracy = float(np.mean(self.classes[rows, taken] == self.labels))
         final_accuracy = float(np.mean(self.classes[:, -1] == self.labels))
-        fps = steady_state(self.pipeline, taken, min_samples).fps
-        design_fps = (
-            fps if np.array_equal(taken, design_taken) else steady_state(self.pipeline, design_taken, min_samples).fps
-        )
+        fps = design_fps if np.array_equal(taken, design_taken) else steady_state(self.pipeline, taken, min_samples).fps
         pace, design_pace = self._pace(taken), self._pace(design_taken)
         warnings = []
         if pace != design_pace or fps < SLOWER * design_fps:
@@ -261,15 +269,15 @@ class ThresholdModel:
         """From ``driver.json`` and the arrays beside it (``driver.npz``); every problem is one
         :class:`ConfigError` line naming the file."""
         driver_json = Path(driver_json)
-        exits = load_registers(driver_json)
+        data = _read_driver(driver_json)
+        exits = _registers(data, driver_json)
         arrays = driver_json.with_suffix(".npz")
-        data = json.loads(driver_json.read_text())  # read and checked by load_registers
         try:
             prediction = data["prediction"]
             final, split = str(prediction["final"]), str(prediction["split"])
             pipeline_data = prediction["pipeline"]
         except (KeyError, TypeError):
-            why = data.get("no_prediction") if isinstance(data, dict) else None
+            why = data.get("no_prediction")
             raise ConfigError(
                 f"{driver_json}: holds no prediction ({why or 'the run had no profile when it was built'}); "
                 f"run `exitflow profile` and `exitflow build` again"
@@ -295,11 +303,27 @@ class ThresholdModel:
 AGAIN = "run `exitflow build` again (it writes driver.json and driver.npz)"
 
 
+def _read_driver(driver_json: Path) -> dict:
+    """``driver.json``, parsed; a missing or damaged file is one :class:`ConfigError` line."""
+    try:
+        data = json.loads(driver_json.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{driver_json}: not found; {AGAIN}") from None
+    except (OSError, ValueError):
+        data = None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{driver_json}: not a driver file with threshold registers exitflow wrote; {AGAIN}")
+    return data
+
+
 def load_registers(driver_json: str | Path) -> tuple[ExitRegister, ...]:
     """The early exits' registers in ``driver.json`` (``registers``), checked."""
     driver_json = Path(driver_json)
+    return _registers(_read_driver(driver_json), driver_json)
+
+
+def _registers(data: dict, driver_json: Path) -> tuple[ExitRegister, ...]:
     try:
-        data = json.loads(driver_json.read_text())
         exits = tuple(
             ExitRegister(
                 str(e["name"]),
@@ -314,9 +338,7 @@ def load_registers(driver_json: str | Path) -> tuple[ExitRegister, ...]:
             )
             for e in data["registers"]
         )
-    except FileNotFoundError:
-        raise ConfigError(f"{driver_json}: not found; {AGAIN}") from None
-    except (OSError, ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError):
         raise ConfigError(
             f"{driver_json}: not a driver file with threshold registers exitflow wrote; {AGAIN}"
         ) from None

@@ -144,38 +144,19 @@ class CTUParams:
                 else "this unit has no class input (only agreement after the first kept exit has one)"
             )
         constant = self.threshold_in_use(threshold_register)
-        if np.ndim(constant) == 0:
-            return policies.decide(
-                self.policy,
-                logits,
-                self.scale,
-                self.policy_bits,
-                constant,
-                self.frac_bits,
-                previous_class=previous_class,
+        if np.ndim(constant) and constant.shape != np.shape(logits)[:-1]:
+            raise ValueError(
+                f"threshold_register of shape {constant.shape} is not one per sample of {np.shape(logits)[:-1]}"
             )
-        # one register value per sample: the policy function on each group of samples that
-        # share a constant, put back in sample order
-        z = np.asarray(logits)
-        if constant.shape != z.shape[:-1]:
-            raise ValueError(f"threshold_register of shape {constant.shape} is not one per sample of {z.shape[:-1]}")
-        previous = None if previous_class is None else np.broadcast_to(np.asarray(previous_class), constant.shape)
-        leave = np.zeros(constant.shape, dtype=bool)
-        cls = np.zeros(constant.shape, dtype=np.int64)
-        code = np.zeros(constant.shape, dtype=np.int64)
-        for value in np.unique(constant):
-            rows = constant == value
-            part = policies.decide(
-                self.policy,
-                z[rows],
-                self.scale,
-                self.policy_bits,
-                int(value),
-                self.frac_bits,
-                previous_class=None if previous is None else previous[rows],
-            )
-            leave[rows], cls[rows], code[rows] = part.exit, part.cls, part.code
-        return policies.Decision(exit=leave, cls=cls, code=code)
+        return policies.decide(
+            self.policy,
+            logits,
+            self.scale,
+            self.policy_bits,
+            constant,
+            self.frac_bits,
+            previous_class=previous_class,
+        )
 
     # -- cost ------------------------------------------------------------------------------
     # LUT6 counts of the datapath, component by component (documented in hls_templates/README.md):

@@ -180,11 +180,13 @@ def decide(
     logits: np.ndarray,
     scale: float,
     logit_bits: int,
-    threshold_constant: int,
+    threshold_constant: int | np.ndarray,
     frac_bits: int = DEFAULT_FRAC_BITS,
     previous_class: np.ndarray | int | None = None,
 ) -> Decision:
     """The CTU: integer logits -> (exit flag, class, confidence code), exactly as in hardware.
+    ``threshold_constant``: one for all samples, or one per sample (a CTU whose run-time
+    threshold register changed between samples).
 
     ``previous_class``: for ``agreement`` at a kept exit after the first, each sample's class at
     the previous kept exit (one per sample, or one for all); the sample exits only when its class
