@@ -329,4 +329,4 @@ def report(folder: str | Path, *, say: Say = _silent) -> StepDone:
     return tell.done(f"{path} ({path.stat().st_size / 1e6:.1f} MB, self-contained)")
 
 
-__all__ = ["StepDone", "build", "cosim", "profile", "report", "sweep", "train"]
+__all__ = ["StepDone", "build", "cosim", "predict", "profile", "report", "sweep", "train"]
