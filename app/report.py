@@ -214,7 +214,8 @@ def _collect_figures(run: RunDir, r: ReportData) -> None:
             "pareto",
             run.sweep / "pareto.png",
             "Pareto front",
-            "Throughput against validation accuracy of the designs on the front (colour: LUT), the chosen design, "
+            "Throughput against validation accuracy of the designs on the front, those that keep the accuracy floor "
+            "(colour: LUT), the chosen design, "
             "the best design without early exits and FINN's SetFolding without exits, under the same budget.",
         ),
         (

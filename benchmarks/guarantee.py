@@ -42,7 +42,7 @@ def evaluate(model: str, splits: int = SPLITS) -> dict:
     from exitflow.dse import risk
     from exitflow.dse.sweep import _inventory, _key, _load_run, outcomes
 
-    result, _ = swept(model, 1.0)
+    result, _ = swept(model, 1.0, exhaustive=True)  # every configuration: each re-split certifies anew
     run = RunDir(run_folder(model))
     board = get_board("Pynq-Z2")
     config, net, prof = _load_run(run)

@@ -130,23 +130,37 @@ class Floor:
 
     def score(self, correct: np.ndarray, final: np.ndarray) -> np.ndarray:
         """How safe each configuration (rows of ``correct``) looks on these samples, lower is
-        safer: the normal approximation of the test statistic, the drop (or error rate) less the
-        floor in standard errors. It orders the hypotheses, so it needs no exactness."""
-        n = correct.shape[1]
+        safer (:meth:`score_counts`)."""
+        return self.score_counts(*paired_counts(correct, final), correct.shape[1])
+
+    def score_counts(self, losses: np.ndarray, gains: np.ndarray, errors: np.ndarray, n: int) -> np.ndarray:
+        """:meth:`score` from each configuration's counts on ``n`` samples (:func:`paired_counts`):
+        the normal approximation of the test statistic, the drop (or error rate) less the floor
+        in standard errors. It orders the hypotheses, so it needs no exactness."""
         if self.max_drop is not None:
-            losses = np.count_nonzero(final[None, :] & ~correct, axis=1)
-            gains = np.count_nonzero(~final[None, :] & correct, axis=1)
+            losses, gains = np.asarray(losses), np.asarray(gains)
             return (losses - gains - n * self.max_drop) / np.sqrt(np.maximum(losses + gains, 1))
-        errors = np.count_nonzero(~correct, axis=1)
         limit = 1.0 - self.min_accuracy
-        return (errors - n * limit) / np.sqrt(max(n * limit * (1.0 - limit), 1e-12))
+        return (np.asarray(errors) - n * limit) / np.sqrt(max(n * limit * (1.0 - limit), 1e-12))
+
+    def p_value_counts(self, losses: int, gains: int, errors: int, n: int, delta: float) -> float:
+        """:meth:`p_value` from one configuration's counts on ``n`` samples."""
+        if self.max_drop is not None:
+            return drop_p_value(int(losses), int(gains), n, self.max_drop, delta)
+        return error_p_value(int(errors), n, 1.0 - self.min_accuracy)
 
     def p_value(self, correct: np.ndarray, final: np.ndarray, delta: float) -> float:
-        if self.max_drop is not None:
-            losses = int(np.count_nonzero(final & ~correct))
-            gains = int(np.count_nonzero(~final & correct))
-            return drop_p_value(losses, gains, len(final), self.max_drop, delta)
-        return error_p_value(int(np.count_nonzero(~correct)), len(correct), 1.0 - self.min_accuracy)
+        losses, gains, errors = paired_counts(np.asarray(correct)[None, :], final)
+        return self.p_value_counts(losses[0], gains[0], errors[0], len(final), delta)
+
+
+def paired_counts(correct: np.ndarray, final: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per configuration (rows of ``correct``, configurations x samples): its losses (the final
+    exit right, the configuration wrong), gains (the reverse) and errors."""
+    correct, final = np.asarray(correct, bool), np.asarray(final, bool)
+    losses = np.count_nonzero(final[None, :] & ~correct, axis=1)
+    gains = np.count_nonzero(~final[None, :] & correct, axis=1)
+    return losses, gains, np.count_nonzero(~correct, axis=1)
 
 
 @dataclass(frozen=True)
@@ -194,27 +208,61 @@ def certify(
     ``disagree`` (configurations x samples): where the exit a sample takes names another class
     than the final exit (default: where the two differ in being right).
 
-    The order (:func:`sequence`) comes from the ordering part alone."""
-    if not 0.0 < confidence < 1.0:
-        raise ValueError(f"confidence must be in (0, 1) for a certificate; got {confidence}")
+    The order (:func:`sequence`) comes from the ordering part alone (:func:`certify_counts`)."""
     correct, final, work = np.asarray(correct, bool), np.asarray(final, bool), np.asarray(work, float)
     ordering, testing = split(len(final), seed)
     if disagree is None:
         disagree = correct != final[None, :] if floor.max_drop is not None else ~correct
-    left = np.setdiff1d(np.arange(len(correct)), np.asarray(list(exclude), dtype=np.int64))
-    order = sequence(
-        np.count_nonzero(np.asarray(disagree, bool)[:, ordering], axis=1)[left],
-        work[:, ordering].mean(axis=1)[left],
-        floor.score(correct[:, ordering], final[ordering])[left],
+    return certify_counts(
+        Counts(
+            disagreements=np.count_nonzero(np.asarray(disagree, bool)[:, ordering], axis=1),
+            work=work[:, ordering].mean(axis=1),
+            paired=paired_counts(correct[:, ordering], final[ordering]),
+            samples=len(ordering),
+        ),
+        Counts(paired=paired_counts(correct[:, testing], final[testing]), samples=len(testing)),
+        floor,
+        confidence,
+        exclude,
     )
-    tested_order = left[order]
+
+
+@dataclass(frozen=True)
+class Counts:
+    """What certifying needs of each configuration on one part of the validation samples:
+    ``paired`` (losses, gains, errors; :func:`paired_counts`), and on the ordering part also the
+    samples whose exit names another class than the final exit and the mean work per sample."""
+
+    paired: tuple[np.ndarray, np.ndarray, np.ndarray]
+    samples: int
+    disagreements: np.ndarray | None = None
+    work: np.ndarray | None = None
+
+
+def certify_counts(ordering: Counts, testing: Counts, floor: Floor, confidence: float, exclude=()) -> Certificate:
+    """Certify configurations from their counts on the ordering and the testing part of the
+    validation samples (:func:`split`): ordered by :func:`sequence` on the ordering part, each
+    tested on the testing part, the first not rejected ending the sequence. ``exclude``:
+    configurations left out of the sequence (those known to keep the floor)."""
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be in (0, 1) for a certificate; got {confidence}")
+    configurations = len(ordering.disagreements)
+    left = np.setdiff1d(np.arange(configurations), np.asarray(list(exclude), dtype=np.int64))
+    order = sequence(
+        np.asarray(ordering.disagreements)[left],
+        np.asarray(ordering.work)[left],
+        floor.score_counts(*ordering.paired, ordering.samples)[left],
+    )
     delta = 1.0 - confidence
+    losses, gains, errors = testing.paired
     p_values, certified, tested = {}, [], []
-    for i in tested_order.tolist():
-        p = floor.p_value(correct[i, testing], final[testing], delta)
+    for i in left[order].tolist():
+        p = floor.p_value_counts(losses[i], gains[i], errors[i], testing.samples, delta)
         p_values[i] = p
         tested.append(i)
         if p > delta:
             break
         certified.append(i)
-    return Certificate(confidence, floor, len(ordering), len(testing), tuple(tested), p_values, frozenset(certified))
+    return Certificate(
+        confidence, floor, ordering.samples, testing.samples, tuple(tested), p_values, frozenset(certified)
+    )

@@ -18,7 +18,7 @@ from __future__ import annotations
 import gc
 import itertools
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +28,7 @@ from exitflow.core.resources import COLUMN, NAMES, Resources
 from exitflow.hls_templates.routing import gate_resources, merge_resources, record_fifo_resources
 from exitflow.hw.finn_flow import read_layers
 from exitflow.hw.folding import ID_BITS, record_fifo_for
-from exitflow.quant.policies import route, threshold_code
+from exitflow.quant.policies import leaves, threshold_code
 
 from .finn_model import dwc_luts, inventory
 from .folding import EXIT_WEIGHTINGS, FoldingChoice, FoldingTable
@@ -277,13 +277,36 @@ def undominated(accuracy: np.ndarray, reach: np.ndarray) -> np.ndarray:
     at least the accuracy and no more samples reaching any stage (at least one of these strictly
     better). A beaten combination is not searched: at every interval target its stages must be
     at least as fast, so under every cost weighting its cheapest folding costs at least as much,
-    for no more accuracy."""
-    point = np.concatenate([-np.asarray(accuracy)[:, None], np.asarray(reach)[:, 1:]], axis=1)
+    for no more accuracy.
+
+    Equal combinations do not beat each other, so they are judged once; the others in
+    lexicographic order, where whatever beats a combination comes before it, each block against
+    the combinations kept so far and its own (:data:`UNDOMINATED_BLOCK` at a time)."""
+    point = np.concatenate([-np.asarray(accuracy, dtype=float)[:, None], np.asarray(reach, dtype=float)[:, 1:]], axis=1)
     if len(point) < 2:
         return np.ones(len(point), dtype=bool)
-    no_worse = np.all(point[:, None, :] <= point[None, :, :], axis=2)  # [i, j]: i no worse than j
-    better = np.any(point[:, None, :] < point[None, :, :], axis=2)
-    return ~np.any(no_worse & better, axis=0)
+    distinct, which = np.unique(point, axis=0, return_inverse=True)  # sorted lexicographically
+    kept = np.zeros(len(distinct), dtype=bool)
+    front = distinct[:0]
+    for start in range(0, len(distinct), UNDOMINATED_BLOCK):
+        block = distinct[start : start + UNDOMINATED_BLOCK]
+        beaten = _beaten(front, block) | _beaten(block, block)
+        kept[start : start + len(block)] = ~beaten
+        front = np.concatenate([front, block[~beaten]])
+    return kept[np.asarray(which).reshape(-1)]
+
+
+UNDOMINATED_BLOCK = 512  # combinations :func:`undominated` compares at once
+
+
+def _beaten(by: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """Which ``points`` a point of ``by`` beats (no worse everywhere, better somewhere: all
+    coordinates to be minimised), ``by`` taken :data:`UNDOMINATED_BLOCK` rows at a time."""
+    beaten = np.zeros(len(points), dtype=bool)
+    for start in range(0, len(by), UNDOMINATED_BLOCK):
+        b = by[start : start + UNDOMINATED_BLOCK, None, :]
+        beaten |= np.any(np.all(b <= points[None], axis=2) & np.any(b < points[None], axis=2), axis=0)
+    return beaten
 
 
 def _subsets(n_early: int, max_exits: int):
@@ -379,27 +402,57 @@ def search(
     progress=None,
     stats: dict | None = None,
 ) -> list[Candidate]:
-    """:func:`_search` with Python's cyclic garbage collector paused: the search makes hundreds of
-    thousands of small candidate objects, none of them in a reference cycle, and the collector
-    re-scanning the growing heap took about as long as the search itself."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        return _search(segments, profile, space, progress, stats)
-    finally:
-        if enabled:
-            gc.enable()
+    """Every design of every threshold configuration (:func:`configurations`) that fits the
+    budget (:func:`cost`); the caller keeps the Pareto front."""
+    return cost(segments, configurations(segments, profile, space, stats=stats), space, progress, stats)
 
 
-def _search(
+def configurations(
+    segments: list[Segment], profile: ValidationProfile, space: SearchSpace, stats: dict | None = None
+) -> list[_Routing]:
+    """The threshold configurations worth costing, one :class:`_Routing` per (policy, exit
+    subset) in search order, the designs without early exits first: every combination of the
+    grid's thresholds on the subset's exits that no other combination beats (:func:`undominated`)
+    and whose slowest design (every layer at its cheapest folding, the smallest gates, stages
+    sized for the average) fits the budget. ``stats`` receives the combinations skipped.
+
+    Routing the samples takes no costing, so this is cheap next to :func:`cost`; a caller that
+    needs only some configurations (those keeping an accuracy floor) costs only those."""
+    found, skipped = [], 0
+    work = [(policy, subset) for policy in space.policies for subset in space.subsets(len(segments) - 1, policy)]
+    for policy, subset in work:
+        routing = _route(subset, len(segments), profile, space, policy)
+        skipped += routing.skipped
+        found.append(routing.take(_slowest_fits(segments, routing, space)))
+    if stats is not None:
+        stats["skipped_threshold_combinations"] = skipped  # dominated ones (undominated)
+        stats["configurations"] = sum(len(r.combos) for r in found)
+    return found
+
+
+def _slowest_fits(segments, routing: _Routing, space: SearchSpace) -> np.ndarray:
+    """Per combination of ``routing``: whether its slowest design fits the budget under some cost
+    weighting (the slowest interval target, stages sized for their average traffic, the
+    smallest gates)."""
+    if not routing.combos:
+        return np.zeros(0, dtype=bool)
+    grid = TARGETS if space.targets is None else space.targets
+    slowest = np.array([np.max(grid if routing.subset else (FINE_TARGETS if space.targets is None else grid))])
+    n_w = min(_weightings(segments), space.exit_weightings) if routing.subset else _weightings(segments)
+    graphs = _graph_arrays(segments, routing, slowest, n_w, 1.0)
+    batch = _with_routing(segments, routing, graphs, min(space.gate_depths), 1.0, space.budget, {})
+    return batch.fits.any(axis=(1, 2))
+
+
+def cost(
     segments: list[Segment],
-    profile: ValidationProfile,
+    routings: list[_Routing],
     space: SearchSpace,
     progress=None,
     stats: dict | None = None,
 ) -> list[Candidate]:
-    """Every (exits, thresholds, interval, gate depth) that fits the budget; the caller keeps the
-    Pareto front. Resources include a gate of each of the space's gate depths after each kept
+    """Every (exits, thresholds, interval, gate depth) of the configurations ``routings`` that
+    fits the budget. Resources include a gate of each of the space's gate depths after each kept
     early exit (one candidate per depth), the merge of the exits' records and the record FIFOs.
     The gate depth changes only what sits outside the FINN graphs, so the graphs are evaluated
     once for all depths. Each headroom h sizes every stage after the first for a fraction
@@ -409,32 +462,38 @@ def _search(
 
     Per subset of exits, all threshold combinations, cost weightings and interval targets are
     evaluated at once (:func:`_subset_designs`): each layer's envelopes are looked up for the whole
-    (combinations x targets) array. ``stats`` receives the designs evaluated and the threshold
-    combinations skipped."""
-    grid = TARGETS if space.targets is None else space.targets
-    out: list[Candidate] = []
-    evaluated = skipped = 0
-    work = [(policy, subset) for policy in space.policies for subset in space.subsets(len(segments) - 1, policy)]
-    for policy, subset in progress(work) if progress else work:
-        found = _subset_designs(subset, segments, profile, space, grid, policy)
-        out.extend(found.candidates)
-        evaluated += found.evaluated
-        skipped += found.skipped
-        if found.fastest is not None and space.targets is None:
-            # the designs with exits also try the best no-exit design's interval exactly: the one
-            # that matches its throughput is then on the grid, not up to a grid step faster
-            grid = np.unique(np.r_[grid, found.fastest])
+    (combinations x targets) array. A combination's designs do not depend on which other
+    combinations are costed with it. ``stats`` receives the designs evaluated."""
+    enabled = gc.isenabled()
+    gc.disable()  # hundreds of thousands of small candidates, none in a reference cycle
+    try:
+        grid = TARGETS if space.targets is None else space.targets
+        out: list[Candidate] = []
+        evaluated = 0
+        for routing in progress(routings) if progress else routings:
+            if not routing.combos:
+                continue
+            found = _subset_designs(routing, segments, space, grid)
+            out.extend(found.candidates)
+            evaluated += found.evaluated
+            if found.fastest is not None and space.targets is None:
+                # the designs with exits also try the best no-exit design's interval exactly: the
+                # one that matches its throughput is then on the grid, not up to a grid step faster
+                grid = np.unique(np.r_[grid, found.fastest])
+    finally:
+        if enabled:
+            gc.enable()
     if stats is not None:
         stats["designs"] = evaluated  # (exits, thresholds, cost weighting, interval, gate depth) designs evaluated
-        stats["skipped_threshold_combinations"] = skipped  # dominated ones (undominated)
     return out
 
 
 @dataclass(frozen=True, eq=False)
 class _Routing:
-    """One exit subset's threshold combinations that no other beats (:func:`undominated`), and
-    what the validation samples do under each: accuracy, the fraction reaching each stage and the
-    fraction leaving at each exit (combinations x stages)."""
+    """One exit subset's threshold combinations, and what the validation samples do under each:
+    accuracy, the fraction reaching each stage and the fraction leaving at each exit
+    (combinations x stages). ``index``: each combination's position in ``itertools.product`` of
+    the grid (as :func:`route_counts` lists them)."""
 
     subset: tuple[int, ...]
     kept: list[int]  # the kept exits, the final one included
@@ -444,6 +503,25 @@ class _Routing:
     reach: np.ndarray
     share: np.ndarray
     skipped: int  # combinations another beats
+    index: np.ndarray
+
+    def take(self, which: np.ndarray) -> _Routing:
+        """The combinations where ``which`` (a mask over ``combos``) is set."""
+        which = np.asarray(which, dtype=bool)
+        return replace(
+            self,
+            combos=[c for c, w in zip(self.combos, which, strict=True) if w],
+            accuracy=self.accuracy[which],
+            reach=self.reach[which],
+            share=self.share[which],
+            index=self.index[which],
+        )
+
+    def keys(self) -> list[tuple]:
+        """Each combination's threshold configuration (policy, exits, thresholds); designs
+        without early exits have no policy."""
+        policy = self.policy if self.subset else ""
+        return [(policy, self.subset, c) for c in self.combos]
 
 
 @dataclass(frozen=True, eq=False)
@@ -485,17 +563,14 @@ class _Batch:
 class _SubsetDesigns:
     candidates: list[Candidate]
     evaluated: int  # designs evaluated
-    skipped: int  # threshold combinations skipped
     fastest: float | None  # the no-exit subset only: its fastest interval that fits
 
 
-def _subset_designs(
-    subset, segments, profile: ValidationProfile, space: SearchSpace, grid, policy: str
-) -> _SubsetDesigns:
-    """The candidates of one subset of early exits under ``policy``, every headroom and gate
-    depth, its interval targets ``grid`` (a fine grid without early exits: one design per target
-    is cheap)."""
-    routing = _route(subset, len(segments), profile, space, policy)
+def _subset_designs(routing: _Routing, segments, space: SearchSpace, grid) -> _SubsetDesigns:
+    """The candidates of one subset of early exits and its combinations (``routing``), every
+    headroom and gate depth, its interval targets ``grid`` (a fine grid without early exits: one
+    design per target is cheap)."""
+    subset = routing.subset
     if subset:
         targets, headrooms, depths = grid, space.headrooms, space.gate_depths
         n_w = min(_weightings(segments), space.exit_weightings)
@@ -513,7 +588,7 @@ def _subset_designs(
             out.extend(_candidates(batch, space.clock_mhz))
             if not subset and batch.fits.any():
                 fastest = graphs.interval[batch.fits].min()
-    return _SubsetDesigns(out, evaluated, routing.skipped, fastest)
+    return _SubsetDesigns(out, evaluated, fastest)
 
 
 def _weightings(segments) -> int:
@@ -523,35 +598,86 @@ def _weightings(segments) -> int:
 
 
 def _route(subset, n: int, profile: ValidationProfile, space: SearchSpace, policy: str) -> _Routing:
-    """Each threshold combination's exit per validation sample under ``policy``, hence accuracy,
-    reach and share; the combinations another beats are dropped."""
+    """Each threshold combination's accuracy, reach and share on the validation split under
+    ``policy`` (:func:`route_counts`); the combinations another beats are dropped."""
     kept = kept_exits(subset, n - 1)
-    codes, correct, scales = profile.codes_for(policy), profile.correct, profile.scales
-    classes = profile.classes[:, kept] if profile.classes is not None else None
     combos = list(itertools.product(*([space.threshold_grid] * len(subset))))
-    taken = np.zeros((len(combos), len(codes)), dtype=np.int64)
-    if subset:
-        for c, thresholds in enumerate(combos):
-            constants = [threshold_code(policy, t, float(scales[k])) for t, k in zip(thresholds, subset, strict=False)]
-            taken[c] = route(policy, codes[:, kept], constants, classes)
-    samples = np.arange(len(codes))
-    accuracy = correct[samples[None, :], np.asarray(kept)[taken]].mean(axis=1)
-    reach = np.stack([(taken >= s).mean(axis=1) for s in range(len(kept))], axis=1)  # (combos, stages)
+    classes = profile.classes[:, kept] if profile.classes is not None else None
+    codes = profile.codes_for(policy)[:, kept]
+    scales = [float(profile.scales[k]) for k in subset]
+    counts, (right,) = route_counts(policy, codes, classes, scales, space.threshold_grid, [profile.correct[:, kept].T])
+    samples = len(codes)
+    accuracy = right / samples
+    remaining = samples - np.cumsum(counts, axis=1)  # samples going on after each kept exit
+    reach = np.concatenate([np.full((len(combos), 1), 1.0), remaining[:, :-1] / samples], axis=1)
     useful = undominated(accuracy, reach)
     skipped = len(combos) - int(useful.sum())
     combos = [t for t, u in zip(combos, useful, strict=False) if u]
-    taken, accuracy, reach = taken[useful], accuracy[useful], reach[useful]
-    share = np.stack([(taken == s).mean(axis=1) for s in range(len(kept))], axis=1)
     return _Routing(
         subset=tuple(subset),
         kept=kept,
         combos=combos,
         policy=policy,
-        accuracy=accuracy,
-        reach=reach,
-        share=share,
+        accuracy=accuracy[useful],
+        reach=reach[useful],
+        share=counts[useful] / samples,
         skipped=skipped,
+        index=np.flatnonzero(useful),
     )
+
+
+def route_counts(
+    policy: str,
+    codes: np.ndarray,
+    classes: np.ndarray | None,
+    scales: list[float],
+    grid: tuple[float, ...],
+    marks: list[np.ndarray] = (),
+    weights: list[np.ndarray | None] | None = None,
+) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Every combination of ``grid`` thresholds on the early exits of a cascade, in
+    ``itertools.product`` order, routed as :func:`~exitflow.quant.policies.route` routes each:
+    (samples leaving at each exit (combinations x exits), and per mark the samples leaving at an
+    exit where the mark is set (combinations)).
+
+    ``codes`` and ``classes`` are ``(samples, exits)``, one column per kept exit; ``scales``
+    one logit scale per early exit. A mark is ``(exits, samples)`` booleans (e.g. whether each
+    exit is right on each sample); with ``weights[m]`` (one per exit) mark ``m`` sums the
+    weight of the exit each marked sample leaves at instead of counting it.
+
+    A combination extends a shorter one: the samples still going on after the first j exits
+    depend on those j thresholds only, so they are worked out once per prefix (as bit sets, 8
+    samples a byte) and each prefix is extended by every threshold of the next exit at once."""
+    samples, exits = codes.shape
+    weights = list(weights) if weights is not None else [None] * len(marks)
+    pack = lambda bits: np.packbits(np.asarray(bits, dtype=bool), axis=-1)  # noqa: E731
+    packed = [pack(m) for m in marks]  # (exits, bytes) each
+    going = pack(np.ones(samples, dtype=bool))[None, :]  # per prefix: samples not yet left
+    sums = [np.zeros(1, dtype=np.int64 if w is None else float) for w in weights]
+    counts = np.zeros((1, 0), dtype=np.int64)
+
+    def add(sums, left, j, rows):  # each mark's samples among those leaving at exit j
+        return [
+            (total[:, None] if rows else total) + _popcount(left & m[j]) * (1 if w is None else w[j])
+            for total, m, w in zip(sums, packed, weights, strict=True)
+        ]
+
+    if exits > 1:
+        # leave[g][:, j]: whether exit j's CTU says exit at the grid's g-th threshold
+        leave = [leaves(policy, codes, [threshold_code(policy, t, scale) for scale in scales], classes) for t in grid]
+        for j in range(exits - 1):
+            at_j = np.stack([pack(leave[g][:, j]) for g in range(len(grid))])  # (grid, bytes)
+            left = going[:, None, :] & at_j[None, :, :]  # (prefixes, grid, bytes)
+            counts = np.concatenate([np.repeat(counts, len(grid), axis=0), _popcount(left).reshape(-1, 1)], axis=1)
+            sums = [total.reshape(-1) for total in add(sums, left, j, rows=True)]
+            going = (going[:, None, :] & ~at_j[None, :, :]).reshape(-1, going.shape[-1])
+    counts = np.concatenate([counts, _popcount(going)[:, None]], axis=1)  # the final exit takes the rest
+    return counts, add(sums, going, exits - 1, rows=False)
+
+
+def _popcount(bits: np.ndarray) -> np.ndarray:
+    """Set bits along the last axis of a packed bit array."""
+    return np.bitwise_count(bits).sum(axis=-1, dtype=np.int64)
 
 
 def _graph_arrays(segments, routing: _Routing, targets: np.ndarray, n_w: int, headroom: float) -> _GraphArrays:

@@ -2,8 +2,10 @@
 
 1. Build the design that keeps every candidate exit (each segment its own stage) into
    ``DIR/sweep/inventory`` and inventory its stages and heads (FINN's estimates, once).
-2. Search exits, thresholds and interval targets (:mod:`exitflow.dse.search`) under the board's
-   resources after the shell, times the utilisation cap, on the validation split's profile.
+2. Route every threshold configuration (exits kept, a threshold per exit) on the validation
+   split's profile, certify the accuracy floor over them (:class:`AccuracyFloor`), and search
+   the interval targets and foldings of those that keep it (:mod:`exitflow.dse.search`) under
+   the board's resources after the shell, times the utilisation cap.
 3. Keep the Pareto front, pick the design for the objective under the accuracy floor, check its
    gates against bursts of hard samples (:mod:`exitflow.dse.throughput`), count the FIFOs of the
    designs it reports as the build sizes them (:mod:`exitflow.dse.fifo_pricing`), report the test split.
@@ -18,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -59,10 +62,12 @@ from .search import (
     Segment,
     ValidationProfile,
     active_bound,
+    configurations,
+    cost,
     graph_cost,
     pareto,
+    route_counts,
     routing_cost,
-    search,
 )
 from .throughput import sensitivity, stage_level_fps
 
@@ -118,11 +123,15 @@ def sweep(
     max_latency_us: float | None = None,
     confidence: float = risk.DEFAULT_CONFIDENCE,
     log=print,
+    exhaustive: bool = False,
 ) -> SweepResult:
     """Search the run for the best multi-exit design on the board and write ``sweep/`` (the steps
     are the module's). With ``confidence`` below 1, the chosen design keeps the accuracy floor
     with that probability over the draw of the validation data (:mod:`exitflow.dse.risk`); at 1,
-    the floor is met on the validation split (a point estimate)."""
+    the floor is met on the validation split (a point estimate). Only the threshold
+    configurations keeping the floor are costed, since only they can be chosen or shown on the
+    front; ``exhaustive`` costs every one (the reference that search is tested against; the same
+    result, at a time and memory that grow with every design that fits)."""
     run = RunDir(run_dir)
     policies = _check_options(util, objective, max_exits, confidence, policy)
     board = get_board(board_name)
@@ -131,14 +140,23 @@ def sweep(
     limits = np.array(budget)  # the budget as the vectorised search takes it
     segments = _inventory(run, model, config.model.backbone, board, limits, log)
     show = sys.stderr.isatty()  # progress bars on a terminal only
-    candidates, stats = _search_designs(segments, prof, policies, board.clock_mhz, limits, max_exits, show)
-    floor = AccuracyFloor.of(candidates, segments, prof, min_accuracy, max_drop_pp, confidence, log)
+    candidates, floor, stats = _search_designs(
+        segments,
+        prof,
+        policies,
+        board.clock_mhz,
+        limits,
+        max_exits,
+        show,
+        exhaustive,
+        _Floor(min_accuracy, max_drop_pp, confidence, log),
+    )
     eligible, no_exit = _eligible(candidates, floor, max_latency_us, board.name, util)
     gates = GateSimulator(prof, segments, board.clock_mhz, show)
     pricer = FifoPricer(run, segments, lambda c: _design(c, segments, config.model.backbone, board, c.gate_depth))
     log("sizing the FIFOs of the designs to report (exitflow's FINN steps, no code generation)")
     s = _select(eligible, no_exit, objective, segments, limits, gates, pricer, log)
-    front = pareto(candidates)
+    front = pareto([c for c in candidates if not c.exits or floor.admits(c)])
     log("judging FINN's SetFolding on the network without exits")
     finn_best, finn_points = finn_setfolding_baseline(run.root, model, config, board, budget, run.sweep)
     result = SweepResult(
@@ -289,9 +307,36 @@ def _streams(inventory: Path, k: int) -> tuple[int, int, int]:
 # ---------------------------------------------------------------------------- search
 
 
-def _search_designs(segments, prof, policies, clock_mhz: float, limits: np.ndarray, max_exits: int, show: bool):
-    """(every design that fits ``limits``, the search's stats: seconds, designs evaluated, candidate
-    exits, threshold combinations skipped) on the validation split's profile."""
+@dataclass(frozen=True)
+class _Floor:
+    """The accuracy floor as the sweep was asked for it."""
+
+    min_accuracy: float | None
+    max_drop_pp: float | None
+    confidence: float
+    log: Callable
+
+
+def _search_designs(
+    segments,
+    prof,
+    policies,
+    clock_mhz: float,
+    limits: np.ndarray,
+    max_exits: int,
+    show: bool,
+    exhaustive: bool,
+    asked: _Floor,
+):
+    """(the designs that fit ``limits`` and may be chosen or shown, the accuracy floor, the
+    search's stats: seconds, designs evaluated, candidate exits, threshold configurations found,
+    skipped and costed) on the validation split's profile.
+
+    The threshold configurations are routed and the floor certified before any is costed
+    (:func:`~exitflow.dse.search.configurations`, :class:`AccuracyFloor`): only those keeping the
+    floor, and the designs without early exits, are costed, since no other design can be chosen
+    or shown on the front. ``exhaustive`` costs every configuration (the reference the streamlined
+    search is tested against; its time and memory grow with every design that fits)."""
     space = SearchSpace(
         tuple(policies),
         MAX_PROB_THRESHOLDS,
@@ -304,22 +349,33 @@ def _search_designs(segments, prof, policies, clock_mhz: float, limits: np.ndarr
     profile = ValidationProfile(
         {p: prof[f"val_code_{p}"] for p in policies}, prof["val_correct"], prof["scales"], prof["val_pred"]
     )
-    stats: dict = {}
+    stats: dict = {"candidate_exits": len(segments) - 1}
     started = time.perf_counter()
-    candidates = search(
+    routings = configurations(segments, profile, space, stats=stats)
+    floor = AccuracyFloor.of(
+        routings,
+        space.threshold_grid,
         segments,
-        profile,
+        prof,
+        asked.min_accuracy,
+        asked.max_drop_pp,
+        asked.confidence,
+        asked.log,
+    )
+    if not exhaustive:
+        routings = [
+            r.take(np.array([floor.admits_key(k) for k in r.keys()], dtype=bool)) if r.subset else r for r in routings
+        ]
+    candidates = cost(
+        segments,
+        routings,
         space,
         progress=lambda items: tqdm(items, desc="sweep", unit="exit set", disable=not show, leave=False),
         stats=stats,
     )
-    seconds = time.perf_counter() - started
-    return candidates, {
-        "search_seconds": seconds,
-        "designs": stats["designs"],
-        "candidate_exits": len(segments) - 1,
-        "skipped_threshold_combinations": stats["skipped_threshold_combinations"],
-    }
+    stats["search_seconds"] = time.perf_counter() - started
+    stats["costed_configurations"] = sum(len(r.combos) for r in routings)
+    return candidates, floor, stats
 
 
 def _accuracy_floor(val_correct: np.ndarray, min_accuracy: float | None, max_drop_pp: float | None) -> float:
@@ -347,6 +403,17 @@ def _taken(prof, policy: str, exits: tuple[int, ...], thresholds: tuple[float, .
     return route(policy, codes, constants, prof[f"{split}_pred"][:, kept])
 
 
+def _reorder(counts: risk.Counts, order: list[int]) -> risk.Counts:
+    """``counts`` of configurations in the routings' order, in ``order``."""
+    pick = lambda a: None if a is None else np.asarray(a)[order]  # noqa: E731
+    return risk.Counts(
+        paired=tuple(pick(a) for a in counts.paired),
+        samples=counts.samples,
+        disagreements=pick(counts.disagreements),
+        work=pick(counts.work),
+    )
+
+
 def _key(c: Candidate) -> tuple:
     """A candidate's threshold configuration: what decides each sample's exit."""
     return (c.policy if c.exits else "", c.exits, c.thresholds)
@@ -364,10 +431,9 @@ class Outcomes:
 
 
 def outcomes(keys: list, segments: list[Segment], prof, split: str) -> Outcomes:
-    """:class:`Outcomes` of the configurations ``keys`` ((policy, exits, thresholds)) on ``split``."""
+    """:class:`Outcomes` of the configurations ``keys`` ((policy, exits, thresholds)) on ``split``
+    (sample by sample, for a few configurations: the sweep itself counts, :func:`_split_counts`)."""
     n = len(segments)
-    body = np.cumsum([_work(seg.body) for seg in segments])
-    heads = [_work(seg.head) for seg in segments]
     correct_at, pred_at = prof[f"{split}_correct"], prof[f"{split}_pred"]
     samples = np.arange(len(correct_at))
     correct = np.zeros((len(keys), len(samples)), dtype=bool)
@@ -378,9 +444,79 @@ def outcomes(keys: list, segments: list[Segment], prof, split: str) -> Outcomes:
         taken = kept[_taken(prof, policy, exits, thresholds, split, n)]  # candidate exit of each sample
         correct[i] = correct_at[samples, taken]
         disagree[i] = pred_at[samples, taken] != pred_at[:, -1]
-        per_exit = body[kept] + np.cumsum([heads[k] for k in kept])  # work of a sample leaving at each kept exit
-        work[i] = per_exit[np.searchsorted(kept, taken)]
+        work[i] = _exit_work(segments, list(kept))[np.searchsorted(kept, taken)]
     return Outcomes(correct, disagree, work)
+
+
+def _exit_work(segments: list[Segment], kept: list[int]) -> np.ndarray:
+    """The work of a sample leaving at each kept exit: the stages it runs and the heads of the
+    exits it passes."""
+    body = np.cumsum([_work(seg.body) for seg in segments])
+    return body[kept] + np.cumsum([_work(segments[k].head) for k in kept])
+
+
+@dataclass(frozen=True)
+class _Counts:
+    """Per configuration, counted over the samples of one split (:func:`_split_counts`): right
+    answers; on the certificate's ordering and testing parts (:func:`exitflow.dse.risk.split`,
+    validation split only) what :func:`exitflow.dse.risk.certify_counts` needs."""
+
+    right: np.ndarray
+    ordering: risk.Counts | None = None
+    testing: risk.Counts | None = None
+
+
+def _split_counts(routings: list, segments: list[Segment], prof, split: str, parts: bool, grid) -> _Counts:
+    """:class:`_Counts` of every combination of ``routings`` (of thresholds from ``grid``) on
+    ``split``, configurations in the routings' order, each routed by
+    :func:`~exitflow.dse.search.route_counts` (bit sets of samples; nothing per sample and
+    configuration is kept)."""
+    correct_at, pred_at = prof[f"{split}_correct"], prof[f"{split}_pred"]
+    final = correct_at[:, -1]
+    samples = len(final)
+    ordering, testing = risk.split(samples) if parts else (None, None)
+    in_ordering, in_testing = np.zeros(samples, dtype=bool), np.zeros(samples, dtype=bool)
+    if parts:
+        in_ordering[ordering], in_testing[testing] = True, True
+    o, t = in_ordering[None, :], in_testing[None, :]
+    columns: dict[str, list] = {}
+    for r in routings:
+        kept = r.kept
+        right = correct_at[:, kept].T  # (kept exits, samples)
+        marks = {"right": right}
+        if parts:
+            loss, gain = final[None, :] & ~right, ~final[None, :] & right
+            disagree = pred_at[:, kept].T != pred_at[None, :, -1]
+            marks.update(
+                o_disagree=disagree & o,
+                o_loss=loss & o,
+                o_gain=gain & o,
+                o_error=~right & o,
+                o_work=np.broadcast_to(o, right.shape),
+                t_loss=loss & t,
+                t_gain=gain & t,
+                t_error=~right & t,
+            )
+        weights = [_exit_work(segments, kept) if name == "o_work" else None for name in marks]
+        policy = r.policy or "max_prob"  # without early exits, every policy routes alike
+        codes = prof[f"{split}_code_{policy}"][:, kept]
+        scales = [float(prof["scales"][k]) for k in r.subset]
+        _, sums = route_counts(policy, codes, pred_at[:, kept], scales, grid, list(marks.values()), weights)
+        for name, total in zip(marks, sums, strict=True):
+            columns.setdefault(name, []).append(total[r.index])
+    joined = {name: np.concatenate(v) for name, v in columns.items()}
+    if not parts:
+        return _Counts(joined["right"])
+    return _Counts(
+        right=joined["right"],
+        ordering=risk.Counts(
+            paired=(joined["o_loss"], joined["o_gain"], joined["o_error"]),
+            samples=len(ordering),
+            disagreements=joined["o_disagree"],
+            work=joined["o_work"] / len(ordering),
+        ),
+        testing=risk.Counts(paired=(joined["t_loss"], joined["t_gain"], joined["t_error"]), samples=len(testing)),
+    )
 
 
 @dataclass(frozen=True, eq=False)
@@ -390,39 +526,53 @@ class AccuracyFloor:
     without, those meeting it on the validation split. Also each configuration's drop on the
     validation and test splits, for the report."""
 
-    keys: list  # (policy, exits, thresholds) of every configuration with a design that fits
+    keys: list  # (policy, exits, thresholds) of every configuration the search may cost
     val_drop: np.ndarray  # below the final exit, a fraction, per configuration
     test_drop: np.ndarray
     admitted: np.ndarray  # bool per configuration
     certificate: risk.Certificate | None
     text: str  # the floor in words
+    final_val_accuracy: float = 0.0  # the final exit's, on the validation split
 
     @classmethod
-    def of(cls, candidates, segments, prof, min_accuracy, max_drop_pp, confidence, log) -> AccuracyFloor:
-        keys = sorted({_key(c) for c in candidates})
-        val = outcomes(keys, segments, prof, "val")
-        test = outcomes(keys, segments, prof, "test")
+    def of(cls, routings, grid, segments, prof, min_accuracy, max_drop_pp, confidence, log) -> AccuracyFloor:
+        """The floor over the configurations of ``routings`` (:func:`~exitflow.dse.search.configurations`,
+        thresholds from ``grid``), counted without costing any of them."""
+        keys = [k for r in routings for k in r.keys()]
+        order = sorted(range(len(keys)), key=keys.__getitem__)  # the configurations in a fixed order
+        keys = [keys[i] for i in order]
+        certifying = confidence < 1.0
+        val = _split_counts(routings, segments, prof, "val", certifying, grid)
+        test = _split_counts(routings, segments, prof, "test", False, grid)
         val_final, test_final = prof["val_correct"][:, -1], prof["test_correct"][:, -1]
-        val_drop = val_final.mean() - val.correct.mean(axis=1)
-        test_drop = test_final.mean() - test.correct.mean(axis=1)
+        val_accuracy = val.right[order] / len(val_final)
+        val_drop = val_final.mean() - val_accuracy
+        test_drop = test_final.mean() - test.right[order] / len(test_final)
         if min_accuracy is not None:
             floor, text = risk.Floor(max_drop=None, min_accuracy=min_accuracy), f"accuracy >= {min_accuracy:g}"
         else:
             drop = max_drop_pp or 0.0
             floor, text = risk.Floor(max_drop=drop / 100.0), f"drop <= {drop:g} pp below the final exit"
-        if confidence >= 1.0:  # the point estimate: the floor met on the validation split
+        if not certifying:  # the point estimate: the floor met on the validation split
             least = _accuracy_floor(prof["val_correct"], min_accuracy, max_drop_pp)
-            return cls(keys, val_drop, test_drop, val.correct.mean(axis=1) >= least - 1e-12, None, text)
+            return cls(keys, val_drop, test_drop, val_accuracy >= least - 1e-12, None, text, val_final.mean())
         # without early exits, the drop is 0 by definition: only an absolute floor needs a test
         untested = [i for i, k in enumerate(keys) if not k[1]] if floor.max_drop is not None else []
-        certificate = risk.certify(
-            val.correct, val_final, val.work, floor, confidence, exclude=untested, disagree=val.disagree
-        )
+        ordering, testing = (_reorder(c, order) for c in (val.ordering, val.testing))
+        certificate = risk.certify_counts(ordering, testing, floor, confidence, exclude=untested)
         admitted = np.zeros(len(keys), dtype=bool)
         admitted[list(certificate.certified) + untested] = True
-        found = cls(keys, val_drop, test_drop, admitted, certificate, text)
+        found = cls(keys, val_drop, test_drop, admitted, certificate, text, val_final.mean())
         log(found.summary())
         return found
+
+    def admits_key(self, key: tuple) -> bool:
+        return bool(self.admitted[self._positions[key]])
+
+    def closest(self) -> tuple[tuple, float]:
+        """(the configuration with the best validation accuracy, its validation drop)."""
+        i = int(np.argmin(self.val_drop))
+        return self.keys[i], float(self.val_drop[i])
 
     def index(self, c: Candidate) -> int:
         return self._positions[_key(c)]
@@ -504,15 +654,17 @@ def _eligible(
     if not eligible:
         by_accuracy = [c for c in candidates if floor.admits(c)]
         if not by_accuracy:
-            closest = max(candidates, key=lambda c: (c.accuracy, c.fps))
+            key, drop = floor.closest()
             how = (
                 "reaches it"
                 if floor.certificate is None
                 else f"is certified at confidence {floor.certificate.confidence:g}"
             )
+            costed = [c.fps for c in candidates if _key(c) == key]
+            speed = f" at {max(costed):,.0f} samples/s" if costed else ""
             raise ExitflowError(
                 f"accuracy floor ({floor.text}): no design {how}; the closest reaches "
-                f"{closest.accuracy:.4f} on validation at {closest.fps:,.0f} samples/s (exits {list(closest.exits)})"
+                f"{floor.final_val_accuracy - drop:.4f} on validation{speed} (exits {list(key[1])})"
             )
         closest = min(by_accuracy, key=lambda c: c.mean_latency_us)
         raise ExitflowError(

@@ -215,19 +215,20 @@ def _check_classes(classes, name: str) -> np.ndarray:
     return c
 
 
-def route(
+def leaves(
     policy: Policy | Sequence[Policy],
     codes: np.ndarray,
     constants: np.ndarray | list[int],
     classes: np.ndarray | None = None,
 ) -> np.ndarray:
-    """The exit every sample takes in a cascade: the first early exit whose CTU says exit, else
-    the final one. ``codes`` is ``(samples, exits)``, one column per kept exit in cascade order;
+    """Whether each early exit's CTU says exit for each sample (``(samples, exits - 1)``): its
+    threshold test and, for ``agreement`` after the first exit, its class test. :func:`route`
+    takes the first of them. ``codes`` is ``(samples, exits)``, one column per kept exit in cascade order;
     ``constants`` has one threshold constant per early exit (``exits - 1``); ``policy`` is one
     policy for every early exit or one per early exit. ``classes`` (``(samples, exits)``, the
     class of each column of ``codes``) is required once an early exit uses ``agreement``: such an
     exit after the first takes a sample only if its class there equals its class in the column
-    before. Vectorised over samples. Returns exit indices ``0 .. exits-1``."""
+    before. Vectorised over samples."""
     codes = np.asarray(codes)
     constants = np.asarray(constants, dtype=np.int64)
     if codes.ndim != 2 or constants.shape != (codes.shape[1] - 1,):
@@ -253,5 +254,18 @@ def route(
             )
         later = np.flatnonzero([p == "agreement" for p in early][1:]) + 1  # the first exit has no previous one
         leave[:, later] &= classes[:, later] == classes[:, later - 1]
+    return leave
+
+
+def route(
+    policy: Policy | Sequence[Policy],
+    codes: np.ndarray,
+    constants: np.ndarray | list[int],
+    classes: np.ndarray | None = None,
+) -> np.ndarray:
+    """The exit every sample takes in a cascade: the first early exit whose CTU says exit
+    (:func:`leaves`), else the final one. Arguments as :func:`leaves`'. Returns exit indices
+    ``0 .. exits-1``."""
+    leave = leaves(policy, codes, constants, classes)
     leave = np.concatenate([leave, np.ones((len(codes), 1), dtype=bool)], axis=1)
     return np.argmax(leave, axis=1)

@@ -1,5 +1,7 @@
 """The joint search on a synthetic problem whose answer can be checked by hand, and the front."""
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -320,3 +322,117 @@ def test_several_policies_each_design_takes_one():
     assert a.reach[2] >= m.reach[2]
     alone = search(segments, profile, SearchSpace("agreement", [0.5, 0.9], BUDGET, 100.0))
     assert {c.exits for c in alone} >= {(), (0,), (1,), (0, 1)}  # alone, every subset
+
+
+@pytest.mark.parametrize("policy", ["max_prob", "margin", "agreement"])
+def test_routing_counts_every_combination_as_route_does(policy):
+    """The search routes all threshold combinations at once, each extending a shorter one (bit
+    sets of samples): for every combination its right answers and the samples leaving at each
+    exit equal those of routing it on its own with quant.policies.route, ties and saturated
+    codes included, for an odd number of samples (not a whole number of bytes)."""
+    from exitflow.dse.search import route_counts
+    from exitflow.quant.policies import route, threshold_code
+
+    rng = np.random.default_rng(7)
+    n, grid = 203, (0.5, 0.7, 0.9, 0.98)
+    codes = rng.integers(0, 4096, (n, 5))
+    codes[::9] = 4095 if policy == "max_prob" else 0  # saturated: nobody leaves
+    codes[::11, 1] = codes[::11, 2]  # ties across exits
+    correct = rng.random((n, 5)) < 0.8
+    classes = rng.integers(0, 3, (n, 5))
+    scales = np.array([0.05, 0.1, 0.2, 0.1, 0.3])
+    subset = (0, 2, 3)
+    kept = [0, 2, 3, 4]
+    work = np.array([1.5, 2.25, 4.0, 8.5])  # a weight per kept exit
+    counts, (right, heavy) = route_counts(
+        policy,
+        codes[:, kept],
+        classes[:, kept],
+        [float(scales[k]) for k in subset],
+        grid,
+        [correct[:, kept].T, np.ones((len(kept), n), dtype=bool)],
+        [None, work],
+    )
+    combos = list(itertools.product(grid, repeat=len(subset)))
+    assert right.shape == (len(combos),) and counts.shape == (len(combos), len(kept))
+    for i, thresholds in enumerate(combos):
+        constants = [threshold_code(policy, t, float(scales[k])) for t, k in zip(thresholds, subset, strict=True)]
+        taken = route(policy, codes[:, kept], constants, classes[:, kept])
+        assert right[i] == correct[np.arange(n), np.asarray(kept)[taken]].sum(), thresholds
+        assert np.array_equal(counts[i], np.bincount(taken, minlength=len(kept))), thresholds
+        assert heavy[i] == pytest.approx(work[taken].sum(), rel=1e-12)
+    assert len({tuple(c) for c in counts.tolist()}) > 1  # the thresholds do route differently
+    # no early exit: everything at the final one
+    counts, (right,) = route_counts(policy, codes[:, [4]], classes[:, [4]], [], grid, [correct[:, [4]].T])
+    assert right.tolist() == [correct[:, 4].sum()] and counts.tolist() == [[n]]
+
+
+def test_undominated_in_blocks_equals_the_pairwise_rule():
+    """Thousands of combinations, many of them equal, judged block by block in lexicographic
+    order: the same verdicts as comparing every pair."""
+    from exitflow.dse import search as search_module
+
+    rng = np.random.default_rng(5)
+    m = 1500
+    accuracy = rng.choice(np.linspace(0.9, 0.99, 12), m)
+    reach = np.concatenate([np.ones((m, 1)), rng.choice(np.linspace(0.05, 0.5, 8), (m, 3))], axis=1)
+    point = np.concatenate([-accuracy[:, None], reach[:, 1:]], axis=1)
+    no_worse = np.all(point[:, None, :] <= point[None, :, :], axis=2)
+    better = np.any(point[:, None, :] < point[None, :, :], axis=2)
+    expected = ~np.any(no_worse & better, axis=0)
+    assert 0 < expected.sum() < m and len(np.unique(point, axis=0)) < m  # some beaten, some equal
+    got = search_module.undominated(accuracy, reach)
+    assert np.array_equal(got, expected)
+
+
+def test_the_floor_counts_what_the_samples_do_under_each_configuration():
+    """The sweep's accuracy floor counts, per threshold configuration, what certifying needs
+    (bit sets of samples, no per-sample array per configuration); the counts equal those of
+    routing each configuration sample by sample (dse.sweep.outcomes), on both splits, and the
+    certificate tests the configurations in the order those counts give."""
+    from exitflow.dse import risk
+    from exitflow.dse.search import configurations
+    from exitflow.dse.sweep import AccuracyFloor, _split_counts, outcomes
+
+    segments, _, _, _ = problem()
+    third = Segment("e2", ("b2",), graph("s2", [layer("b2", 64, 32)]), graph("h2", [layer("h2c", 64, 10)]))
+    segments = [segments[0], third, segments[1]]
+    rng = np.random.default_rng(11)
+    prof = {"scales": np.array([0.1, 0.2, 0.1])}
+    for split, n in (("val", 301), ("test", 157)):
+        prof[f"{split}_code_max_prob"] = rng.integers(1024, 4096, (n, 3))
+        prof[f"{split}_pred"] = rng.integers(0, 3, (n, 3))
+        prof[f"{split}_correct"] = rng.random((n, 3)) < np.array([0.85, 0.9, 0.95])
+    grid = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98)
+    space = SearchSpace("max_prob", grid, BUDGET, 100.0)
+    profile = ValidationProfile(prof["val_code_max_prob"], prof["val_correct"], prof["scales"], prof["val_pred"])
+    routings = configurations(segments, profile, space)
+    keys = [k for r in routings for k in r.keys()]
+    assert len(keys) > 10 and any(len(k[1]) == 2 for k in keys)
+    val = _split_counts(routings, segments, prof, "val", True, grid)
+    test = _split_counts(routings, segments, prof, "test", False, grid)
+    for split, counts in (("val", val), ("test", test)):
+        by_sample = outcomes(keys, segments, prof, split)
+        assert np.array_equal(counts.right, by_sample.correct.sum(axis=1))
+    by_sample = outcomes(keys, segments, prof, "val")
+    final = prof["val_correct"][:, -1]
+    ordering, testing = risk.split(len(final))
+    assert np.array_equal(val.ordering.disagreements, by_sample.disagree[:, ordering].sum(axis=1))
+    for mine, theirs in zip(
+        (*val.ordering.paired, *val.testing.paired),
+        (
+            *risk.paired_counts(by_sample.correct[:, ordering], final[ordering]),
+            *risk.paired_counts(by_sample.correct[:, testing], final[testing]),
+        ),
+        strict=True,
+    ):
+        assert np.array_equal(mine, theirs)
+    assert np.allclose(val.ordering.work, by_sample.work[:, ordering].astype(float).mean(axis=1), rtol=1e-6)
+    floor = AccuracyFloor.of(routings, grid, segments, prof, None, 5.0, 0.9, log=lambda line: None)
+    assert floor.keys == sorted(keys)
+    assert np.allclose(
+        floor.test_drop,
+        [prof["test_correct"][:, -1].mean() - outcomes([k], segments, prof, "test").correct.mean() for k in floor.keys],
+    )
+    tested = floor.certificate.tested
+    assert tested and all(floor.keys[i][1] for i in tested)  # the designs without exits are not tested

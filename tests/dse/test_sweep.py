@@ -132,6 +132,47 @@ def test_default_sweep_certifies_the_floor(swept, exitflow_cmd, tmp_path):
     assert "accuracy floor (drop <= 1 pp below the final exit) at confidence 0.9: the chosen design" in out.stdout
 
 
+DROP = 0.2  # pp: the digits run's configurations drop 0 or 0.37 pp on validation, so some keep it and some not
+
+
+@pytest.mark.slow
+def test_costing_only_what_keeps_the_floor_changes_nothing(swept, tmp_path):
+    """The sweep costs only the threshold configurations that keep the accuracy floor (and the
+    designs without exits); costing every one (``exhaustive``) finds the same chosen design, the
+    same best design without exits, the same equal-throughput design and the same front."""
+    import shutil
+
+    from exitflow.dse.sweep import _key, sweep
+
+    run = tmp_path / "run"
+    shutil.copytree(swept[0], run, ignore=shutil.ignore_patterns("hw", "stages"))
+
+    def seen(c):
+        return None if c is None else (_key(c), c.fps, c.accuracy, tuple(c.resources), c.gate_depth, c.headroom)
+
+    found = {}
+    for exhaustive in (False, True):
+        found[exhaustive] = sweep(
+            run,
+            "Pynq-Z2",
+            confidence=1.0,
+            max_drop_pp=DROP,
+            policy=("max_prob", "agreement"),
+            log=print,
+            exhaustive=exhaustive,
+        )
+    lean, full = found[False], found[True]
+    for name in ("chosen", "no_exit", "equal_throughput"):
+        assert seen(getattr(lean, name)) == seen(getattr(full, name)), name
+    assert [seen(c) for c in lean.front] == [seen(c) for c in full.front]
+    assert lean.fps_with_gates == full.fps_with_gates
+    assert any(c.exits for c in lean.front) and all(not c.exits or lean.floor.admits(c) for c in lean.front)
+    stats, every = lean.search_stats, full.search_stats
+    assert stats["configurations"] == every["configurations"] == every["costed_configurations"]
+    assert stats["costed_configurations"] < every["costed_configurations"]
+    assert stats["designs"] < every["designs"]
+
+
 def test_sweep_needs_a_profile(tmp_path, digits_run, exitflow_cmd):
     import shutil
 
