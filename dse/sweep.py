@@ -1047,7 +1047,7 @@ def _front_plot(plt, out: Path, r: SweepResult) -> None:
         c=[c.resources.lut for c in front],
         cmap="viridis",
         s=18,
-        label="Pareto front (colour: LUT)",
+        label="Pareto front of the designs keeping the floor (colour: LUT)",
     )
     fig.colorbar(sc, ax=ax, label="LUT")
     ax.scatter(
