@@ -290,22 +290,40 @@ def undominated(accuracy: np.ndarray, reach: np.ndarray) -> np.ndarray:
     front = distinct[:0]
     for start in range(0, len(distinct), UNDOMINATED_BLOCK):
         block = distinct[start : start + UNDOMINATED_BLOCK]
-        beaten = _beaten(front, block) | _beaten(block, block)
+        beaten = _beaten(front, block)
+        rest = np.flatnonzero(~beaten)
+        # within the block: distinct points, so no worse everywhere is better somewhere, except
+        # for a point and itself
+        within = _no_worse(block[rest], block[rest])
+        np.fill_diagonal(within, False)
+        beaten[rest] = within.any(axis=0)
         kept[start : start + len(block)] = ~beaten
         front = np.concatenate([front, block[~beaten]])
     return kept[np.asarray(which).reshape(-1)]
 
 
-UNDOMINATED_BLOCK = 512  # combinations :func:`undominated` compares at once
+UNDOMINATED_BLOCK = 1024  # combinations :func:`undominated` compares at once
+
+
+def _no_worse(by: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """``[i, j]``: whether ``by[i]`` is no worse than ``points[j]`` in every coordinate (all to be
+    minimised), one coordinate at a time."""
+    out = by[:, None, 0] <= points[None, :, 0]
+    for k in range(1, by.shape[1]):
+        out &= by[:, None, k] <= points[None, :, k]
+    return out
 
 
 def _beaten(by: np.ndarray, points: np.ndarray) -> np.ndarray:
-    """Which ``points`` a point of ``by`` beats (no worse everywhere, better somewhere: all
-    coordinates to be minimised), ``by`` taken :data:`UNDOMINATED_BLOCK` rows at a time."""
+    """Which of the distinct ``points`` a point of ``by`` (distinct from them: kept earlier in
+    lexicographic order) is no worse than everywhere, so better than somewhere; ``by`` taken
+    :data:`UNDOMINATED_BLOCK` rows at a time, only against the points not yet beaten."""
     beaten = np.zeros(len(points), dtype=bool)
     for start in range(0, len(by), UNDOMINATED_BLOCK):
-        b = by[start : start + UNDOMINATED_BLOCK, None, :]
-        beaten |= np.any(np.all(b <= points[None], axis=2) & np.any(b < points[None], axis=2), axis=0)
+        open_ = np.flatnonzero(~beaten)
+        if open_.size == 0:
+            break
+        beaten[open_] = _no_worse(by[start : start + UNDOMINATED_BLOCK], points[open_]).any(axis=0)
     return beaten
 
 
@@ -646,12 +664,12 @@ def route_counts(
     weight of the exit each marked sample leaves at instead of counting it.
 
     A combination extends a shorter one: the samples still going on after the first j exits
-    depend on those j thresholds only, so they are worked out once per prefix (as bit sets, 8
-    samples a byte) and each prefix is extended by every threshold of the next exit at once."""
+    depend on those j thresholds only, so they are worked out once per prefix (as bit sets, 64
+    samples a word) and each prefix is extended by every threshold of the next exit at once."""
     samples, exits = codes.shape
     weights = list(weights) if weights is not None else [None] * len(marks)
-    pack = lambda bits: np.packbits(np.asarray(bits, dtype=bool), axis=-1)  # noqa: E731
-    packed = [pack(m) for m in marks]  # (exits, bytes) each
+    pack = lambda bits: _pack(np.asarray(bits, dtype=bool))  # noqa: E731
+    packed = [pack(m) for m in marks]  # (exits, words) each
     going = pack(np.ones(samples, dtype=bool))[None, :]  # per prefix: samples not yet left
     sums = [np.zeros(1, dtype=np.int64 if w is None else float) for w in weights]
     counts = np.zeros((1, 0), dtype=np.int64)
@@ -666,13 +684,22 @@ def route_counts(
         # leave[g][:, j]: whether exit j's CTU says exit at the grid's g-th threshold
         leave = [leaves(policy, codes, [threshold_code(policy, t, scale) for scale in scales], classes) for t in grid]
         for j in range(exits - 1):
-            at_j = np.stack([pack(leave[g][:, j]) for g in range(len(grid))])  # (grid, bytes)
-            left = going[:, None, :] & at_j[None, :, :]  # (prefixes, grid, bytes)
+            at_j = np.stack([pack(leave[g][:, j]) for g in range(len(grid))])  # (grid, words)
+            left = going[:, None, :] & at_j[None, :, :]  # (prefixes, grid, words)
             counts = np.concatenate([np.repeat(counts, len(grid), axis=0), _popcount(left).reshape(-1, 1)], axis=1)
             sums = [total.reshape(-1) for total in add(sums, left, j, rows=True)]
             going = (going[:, None, :] & ~at_j[None, :, :]).reshape(-1, going.shape[-1])
     counts = np.concatenate([counts, _popcount(going)[:, None]], axis=1)  # the final exit takes the rest
     return counts, add(sums, going, exits - 1, rows=False)
+
+
+def _pack(bits: np.ndarray) -> np.ndarray:
+    """Booleans along the last axis as bits in 64-bit words (the last one padded with zeros)."""
+    packed = np.packbits(bits, axis=-1)
+    pad = -packed.shape[-1] % 8
+    if pad:
+        packed = np.concatenate([packed, np.zeros((*packed.shape[:-1], pad), dtype=np.uint8)], axis=-1)
+    return np.ascontiguousarray(packed).view(np.uint64)
 
 
 def _popcount(bits: np.ndarray) -> np.ndarray:
