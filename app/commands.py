@@ -10,7 +10,7 @@ import json
 import sys
 
 from exitflow.app import steps
-from exitflow.app.run import RunSettings, load_config, run
+from exitflow.app.run import RunSettings, load_config, load_run_config, run
 from exitflow.core.artifacts import RunDir
 from exitflow.core.errors import ConfigError
 from exitflow.hw.build import restore_build
@@ -116,9 +116,9 @@ def cmd_cosim(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    result = run(
-        load_config(args.config), args.out, RunSettings(board=args.board, confidence=args.confidence), force=args.force
-    )
+    config, section = load_run_config(args.config)
+    settings = RunSettings(board=args.board, confidence=args.confidence, max_exits=section.max_exits)
+    result = run(config, args.out, settings, force=args.force)
     done = [s.name for s in result.steps if s.status == "done"]
     print(
         f"done in {result.seconds:.0f} s ({', '.join(done) or 'every step unchanged, nothing'} run now); "

@@ -53,10 +53,10 @@ from exitflow.app.steps import build, cosim, profile, report, sweep, train
 from exitflow.core import __version__
 from exitflow.core.artifacts import RunDir
 from exitflow.core.catalogue import DEFAULT_BOARD, get_board
-from exitflow.core.design import OBJECTIVES, Objective
+from exitflow.core.design import MAX_EARLY_EXITS, OBJECTIVES, Objective
 from exitflow.core.errors import ConfigError, MismatchError
 from exitflow.core.files import atomic_write, check_out_folder, run_folder_lock, user_path
-from exitflow.core.schema import dump_yaml, load_file
+from exitflow.core.schema import FieldError, dump_yaml, from_data, read_yaml
 from exitflow.quant.config import RunConfig
 
 STEP_NAMES = ("train", "profile", "sweep", "build", "cosim", "report")
@@ -72,6 +72,30 @@ class RunSettings:
     max_drop_pp: float = 1.0  # accuracy floor of the design search, pp below the final exit
     threads: int = 2  # torch CPU threads
     confidence: float = 0.9  # with which the chosen design keeps the floor (dse.risk; 1: point estimate)
+    max_exits: int = 3  # most early exits a design may keep (the run config's sweep.max_exits)
+
+
+MAX_EXITS = RunSettings.max_exits  # the default, left out of the resolved config (keys stay as they were)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SweepSection:
+    """The run config's optional ``sweep`` section: what ``exitflow run`` gives its sweep step
+    (``exitflow sweep`` takes the same as options)."""
+
+    max_exits: int = MAX_EXITS  # most early exits a design may keep
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.max_exits <= MAX_EARLY_EXITS:
+            raise FieldError(
+                "max_exits",
+                f"must be an integer from 0 to {MAX_EARLY_EXITS} (early exits per design); got {self.max_exits}",
+            )
+
+
+@dataclass(frozen=True, kw_only=True)
+class _SweepOnly:
+    sweep: SweepSection = field(default_factory=SweepSection)
 
 
 @dataclass(frozen=True)
@@ -143,6 +167,7 @@ def _sweep(ctx: _Context) -> str:
         objective=settings.objective,
         max_drop_pp=settings.max_drop_pp,
         confidence=settings.confidence,
+        max_exits=settings.max_exits,
         log=_quiet,
     ).summary
 
@@ -245,6 +270,7 @@ def _write_records(ctx: _Context, records: dict) -> None:
         "objective": ctx.settings.objective,
         "max_drop_pp": ctx.settings.max_drop_pp,
         "confidence": ctx.settings.confidence,
+        "max_exits": ctx.settings.max_exits,
         "config": ctx.config_text,
         "steps": records,
     }
@@ -252,10 +278,13 @@ def _write_records(ctx: _Context, records: dict) -> None:
 
 
 def _resolved(config, settings: RunSettings) -> str:
-    return (
+    text = (
         dump_yaml(config) + f"# run\nboard: {settings.board}\nobjective: {settings.objective}\n"
         f"max_drop_pp: {settings.max_drop_pp}\nconfidence: {settings.confidence}\n"
     )
+    if settings.max_exits != MAX_EXITS:  # the default leaves the keys of earlier runs as they were
+        text += f"max_exits: {settings.max_exits}\n"
+    return text
 
 
 # ------------------------------------------------------------------------- progress
@@ -266,23 +295,38 @@ def _show() -> bool:
 
 
 def load_config(path: str | Path | None):
-    """The run config in ``path`` (YAML), or the built-in default when ``path`` is None.
+    """The run config in ``path`` (YAML), or the built-in default when ``path`` is None
+    (:func:`load_run_config` less its ``sweep`` section)."""
+    return load_run_config(path)[0]
+
+
+def load_run_config(path: str | Path | None) -> tuple[RunConfig, SweepSection]:
+    """(the run config in ``path`` (YAML): its data, model and train sections, and its optional
+    ``sweep`` section), or the built-in default when ``path`` is None.
 
     Paths inside the file (``data.path``, ``train.backbone_from``) are read relative to the
     file's own folder, wherever exitflow is started from, and made absolute here, once."""
     if path is None:
-        return RunConfig()
+        return RunConfig(), SweepSection()
     path = user_path(path)
-    config = load_file(RunConfig, path)
+    data = read_yaml(path)
+    if data is None:
+        raise ConfigError(f"{path}: file is empty")
+    section = SweepSection()
+    if isinstance(data, dict) and "sweep" in data:
+        data = dict(data)
+        section = from_data(_SweepOnly, {"sweep": data.pop("sweep")}, source=str(path)).sweep
+    config = from_data(RunConfig, data, source=str(path))
 
     def near(value: str | None) -> str | None:
         return None if value is None else str(user_path(path.parent / Path(value).expanduser()))
 
-    return dataclasses.replace(
+    config = dataclasses.replace(
         config,
         data=dataclasses.replace(config.data, path=near(config.data.path)),
         train=dataclasses.replace(config.train, backbone_from=near(config.train.backbone_from)),
     )
+    return config, section
 
 
 def run(
@@ -306,6 +350,12 @@ def run(
     if not 0.0 < settings.confidence <= 1.0:
         raise ConfigError(
             f"--confidence: must be in (0, 1] (e.g. 0.9; 1 keeps the point estimate); got {settings.confidence}"
+        )
+    max_exits = settings.max_exits
+    if isinstance(max_exits, bool) or not isinstance(max_exits, int) or not 0 <= max_exits <= MAX_EARLY_EXITS:
+        raise ConfigError(
+            f"sweep.max_exits: must be an integer from 0 to {MAX_EARLY_EXITS} (early exits per design); "
+            f"got {max_exits!r}"
         )
     settings = dataclasses.replace(settings, board=board.name)
     out = user_path(out)
@@ -399,7 +449,9 @@ __all__ = [
     "RunSettings",
     "StepRecord",
     "cosim_verdict",
+    "SweepSection",
     "load_config",
+    "load_run_config",
     "read_records",
     "run",
 ]

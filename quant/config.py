@@ -1,10 +1,12 @@
 """Configuration of the model side: which network, which bits, how to train it.
 
-A run config is YAML with three sections, each optional::
+A run config is YAML with three sections of the model side, each optional::
 
     data:  {name: mnist5k, seed: 0}            # exitflow.core.data.DataSpec
     model: {backbone: lenet, preset: w4a4}      # ModelConfig
     train: {mode: end_to_end, epochs: 12}       # TrainConfig
+
+(and ``sweep``, which ``exitflow run`` reads: :class:`exitflow.app.run.SweepSection`).
 
 Unknown keys and impossible values are rejected with one line naming the key
 (see :mod:`exitflow.core.schema`).

@@ -260,3 +260,60 @@ def test_a_confidence_outside_zero_one_is_refused_before_anything_starts(tmp_pat
         with pytest.raises(ConfigError, match=r"--confidence: must be in \(0, 1\]"):
             run(load_config(None), tmp_path / "out", RunSettings(confidence=bad))
     assert not (tmp_path / "out").exists()
+
+
+def test_the_run_configs_sweep_section_reaches_the_sweep(tmp_path, monkeypatch, exitflow_cmd):
+    """``sweep: {max_exits: N}`` in the run config: `exitflow run` gives its sweep step N and
+    records it; the other commands read the config without it; left at its default, the
+    resolved config (every step's key) is what it was before the section existed, so finished
+    runs are not redone. A bad section is one line, exit code 2, before anything is written."""
+    from exitflow.app import run as run_module
+    from exitflow.app.run import RunSettings, SweepSection, _resolved, load_run_config
+    from exitflow.core.errors import ConfigError
+
+    config_file = tmp_path / "my config.yaml"
+    config_file.write_text("model: {backbone: lenet}\nsweep: {max_exits: 2}\n")
+    config, section = load_run_config(config_file)
+    assert section == SweepSection(max_exits=2) and load_config(config_file) == config
+    assert "max_exits" not in _resolved(config, RunSettings())  # the default: keys as before
+    assert _resolved(config, RunSettings(max_exits=2)).endswith("max_exits: 2\n")
+    seen = {}
+
+    def fake_sweep(out, board, **options):
+        seen.update(options)
+        (Path(out) / "sweep").mkdir(parents=True, exist_ok=True)
+        return type("Done", (), {"summary": "swept (recorded)"})()
+
+    monkeypatch.setattr(run_module, "sweep", fake_sweep)
+    only_sweep = tuple(replace(s, inputs=(), outputs=()) for s in STEPS if s.name == "sweep")
+    out = tmp_path / "out"
+    run(config, out, RunSettings(max_exits=section.max_exits), log=lambda line: None, steps=only_sweep)
+    assert seen["max_exits"] == 2
+    assert json.loads((out / "run.json").read_text())["max_exits"] == 2
+    # the command line passes the section on
+    from exitflow.app import commands
+
+    given = []
+    monkeypatch.setattr(
+        commands, "run", lambda config, out, settings, force: given.append(settings) or run_module.RunResult(Path(out))
+    )
+    assert main(["run", str(config_file), "--out", str(tmp_path / "cli")]) == 0
+    assert given[0].max_exits == 2
+    for text, message in (
+        ("sweep: {max_exits: 15}\n", "sweep.max_exits: must be an integer from 0 to 14"),
+        ("sweep: {max_exit: 2}\n", "sweep.max_exit: unknown key; allowed keys here: max_exits"),
+        ("sweep: {max_exits: two}\n", "sweep.max_exits: must be an integer"),
+        ("sweep: 3\n", "sweep: must be a mapping"),
+    ):
+        bad = tmp_path / "bad.yaml"
+        bad.write_text(text)
+        done = subprocess.run(
+            [*exitflow_cmd, "run", str(bad), "--out", str(tmp_path / "never")], capture_output=True, text=True
+        )
+        assert done.returncode == 2 and message in done.stderr and len(done.stderr.strip().splitlines()) == 1, (
+            done.stderr
+        )
+        assert not (tmp_path / "never").exists()
+    with pytest.raises(ConfigError, match="sweep.max_exits: must be an integer from 0 to 14"):
+        run(config, tmp_path / "never", RunSettings(max_exits=-1))
+    assert not (tmp_path / "never").exists()
