@@ -22,8 +22,12 @@ HERE = Path(__file__).resolve().parent
 
 
 def available() -> dict[str, Path]:
+    """The benchmarks: every module here with a top-level ``run()`` (others, such as the model
+    of ``vgg_chain.py``, are what benchmarks use)."""
     return {
-        p.stem: p for p in sorted(HERE.glob("*.py")) if p.stem not in ("run", "__init__") and not p.stem.startswith("_")
+        p.stem: p
+        for p in sorted(HERE.glob("*.py"))
+        if p.stem not in ("run", "__init__") and not p.stem.startswith("_") and "\ndef run(" in p.read_text()
     }
 
 
