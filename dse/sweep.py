@@ -151,7 +151,7 @@ def sweep(
         exhaustive,
         _Floor(min_accuracy, max_drop_pp, confidence, log),
     )
-    eligible, no_exit = _eligible(candidates, floor, max_latency_us, board.name, util)
+    eligible, no_exit = _eligible(candidates, floor, max_latency_us, board.name, util, model.exit_names)
     gates = GateSimulator(prof, segments, board.clock_mhz, show)
     pricer = FifoPricer(run, segments, lambda c: _design(c, segments, config.model.backbone, board, c.gate_depth))
     log("sizing the FIFOs of the designs to report (exitflow's FINN steps, no code generation)")
@@ -637,7 +637,12 @@ class AccuracyFloor:
 
 
 def _eligible(
-    candidates: list[Candidate], floor: AccuracyFloor, max_latency_us: float | None, board_name: str, util: float
+    candidates: list[Candidate],
+    floor: AccuracyFloor,
+    max_latency_us: float | None,
+    board_name: str,
+    util: float,
+    names: list[str],
 ):
     """(the candidates keeping the accuracy floor and the latency limit, those without early
     exits); no design without exits, or none meeting the constraints, is one error naming the
@@ -664,7 +669,8 @@ def _eligible(
             speed = f" at {max(costed):,.0f} samples/s" if costed else ""
             raise ExitflowError(
                 f"accuracy floor ({floor.text}): no design {how}; the closest reaches "
-                f"{floor.final_val_accuracy - drop:.4f} on validation{speed} (exits {list(key[1])})"
+                f"{floor.final_val_accuracy - drop:.4f} on validation{speed} "
+                f"(exits: {', '.join(names[k] for k in key[1]) or 'none, the final exit alone'})"
             )
         closest = min(by_accuracy, key=lambda c: c.mean_latency_us)
         raise ExitflowError(

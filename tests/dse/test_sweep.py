@@ -198,6 +198,8 @@ def test_constraints_no_design_meets_name_the_closest(swept, exitflow_cmd):
     )
     assert out.returncode == 2 and out.stderr.count("\n") == 1
     assert "accuracy floor (accuracy >= 1): no design is certified at confidence 0.9; the closest" in out.stderr
+    closest = out.stderr.split("the closest")[1]
+    assert "on validation" in closest and "(exits: " in closest and "[" not in closest  # names, not indices
     point = subprocess.run(
         [*exitflow_cmd, "sweep", str(run), "--board", "Pynq-Z2", "--min-accuracy", "1.0", "--confidence", "1"],
         capture_output=True,
