@@ -86,11 +86,15 @@ class SweepSection:
     max_exits: int = MAX_EXITS  # most early exits a design may keep
 
     def __post_init__(self) -> None:
-        if not 0 <= self.max_exits <= MAX_EARLY_EXITS:
-            raise FieldError(
-                "max_exits",
-                f"must be an integer from 0 to {MAX_EARLY_EXITS} (early exits per design); got {self.max_exits}",
-            )
+        if (problem := _max_exits_problem(self.max_exits)) is not None:
+            raise FieldError("max_exits", problem)
+
+
+def _max_exits_problem(value) -> str | None:
+    """What is wrong with ``value`` as the most early exits of a design, or None."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_EARLY_EXITS:
+        return f"must be an integer from 0 to {MAX_EARLY_EXITS} (early exits per design); got {value!r}"
+    return None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -351,12 +355,8 @@ def run(
         raise ConfigError(
             f"--confidence: must be in (0, 1] (e.g. 0.9; 1 keeps the point estimate); got {settings.confidence}"
         )
-    max_exits = settings.max_exits
-    if isinstance(max_exits, bool) or not isinstance(max_exits, int) or not 0 <= max_exits <= MAX_EARLY_EXITS:
-        raise ConfigError(
-            f"sweep.max_exits: must be an integer from 0 to {MAX_EARLY_EXITS} (early exits per design); "
-            f"got {max_exits!r}"
-        )
+    if (problem := _max_exits_problem(settings.max_exits)) is not None:
+        raise ConfigError(f"sweep.max_exits: {problem}")
     settings = dataclasses.replace(settings, board=board.name)
     out = user_path(out)
     check_out_folder(out)

@@ -454,11 +454,9 @@ def _slowest_fits(segments, routing: _Routing, space: SearchSpace) -> np.ndarray
     smallest gates)."""
     if not routing.combos:
         return np.zeros(0, dtype=bool)
-    grid = TARGETS if space.targets is None else space.targets
-    slowest = np.array([np.max(grid if routing.subset else (FINE_TARGETS if space.targets is None else grid))])
-    n_w = min(_weightings(segments), space.exit_weightings) if routing.subset else _weightings(segments)
-    graphs = _graph_arrays(segments, routing, slowest, n_w, 1.0)
-    batch = _with_routing(segments, routing, graphs, min(space.gate_depths), 1.0, space.budget, {})
+    targets, _, depths, n_w = _plan(routing, segments, space, TARGETS if space.targets is None else space.targets)
+    graphs = _graph_arrays(segments, routing, np.array([np.max(targets)]), n_w, 1.0)
+    batch = _with_routing(segments, routing, graphs, min(depths), 1.0, space.budget, {})
     return batch.fits.any(axis=(1, 2))
 
 
@@ -589,12 +587,7 @@ def _subset_designs(routing: _Routing, segments, space: SearchSpace, grid) -> _S
     headroom and gate depth, its interval targets ``grid`` (a fine grid without early exits: one
     design per target is cheap)."""
     subset = routing.subset
-    if subset:
-        targets, headrooms, depths = grid, space.headrooms, space.gate_depths
-        n_w = min(_weightings(segments), space.exit_weightings)
-    else:  # no gates without exits
-        targets = FINE_TARGETS if space.targets is None else space.targets
-        headrooms, depths, n_w = (1.0,), space.gate_depths[:1], _weightings(segments)
+    targets, headrooms, depths, n_w = _plan(routing, segments, space, grid)
     out: list[Candidate] = []
     evaluated, fastest = 0, None
     earlier: dict = {}  # gate depth -> what smaller headrooms gave (feasible, total, slowest)
@@ -607,6 +600,16 @@ def _subset_designs(routing: _Routing, segments, space: SearchSpace, grid) -> _S
             if not subset and batch.fits.any():
                 fastest = graphs.interval[batch.fits].min()
     return _SubsetDesigns(out, evaluated, fastest)
+
+
+def _plan(routing: _Routing, segments, space: SearchSpace, grid):
+    """(interval targets, headrooms, gate depths, cost weightings) the designs of ``routing`` are
+    costed at: ``grid`` and every headroom and gate depth of the space with early exits; without,
+    a fine grid (one design per target is cheap), no headroom and no gates."""
+    if routing.subset:
+        return grid, space.headrooms, space.gate_depths, min(_weightings(segments), space.exit_weightings)
+    targets = FINE_TARGETS if space.targets is None else space.targets
+    return targets, (1.0,), space.gate_depths[:1], _weightings(segments)
 
 
 def _weightings(segments) -> int:
@@ -668,9 +671,8 @@ def route_counts(
     samples a word) and each prefix is extended by every threshold of the next exit at once."""
     samples, exits = codes.shape
     weights = list(weights) if weights is not None else [None] * len(marks)
-    pack = lambda bits: _pack(np.asarray(bits, dtype=bool))  # noqa: E731
-    packed = [pack(m) for m in marks]  # (exits, words) each
-    going = pack(np.ones(samples, dtype=bool))[None, :]  # per prefix: samples not yet left
+    packed = [_pack(m) for m in marks]  # (exits, words) each
+    going = _pack(np.ones(samples, dtype=bool))[None, :]  # per prefix: samples not yet left
     sums = [np.zeros(1, dtype=np.int64 if w is None else float) for w in weights]
     counts = np.zeros((1, 0), dtype=np.int64)
 
@@ -684,7 +686,7 @@ def route_counts(
         # leave[g][:, j]: whether exit j's CTU says exit at the grid's g-th threshold
         leave = [leaves(policy, codes, [threshold_code(policy, t, scale) for scale in scales], classes) for t in grid]
         for j in range(exits - 1):
-            at_j = np.stack([pack(leave[g][:, j]) for g in range(len(grid))])  # (grid, words)
+            at_j = np.stack([_pack(leave[g][:, j]) for g in range(len(grid))])  # (grid, words)
             left = going[:, None, :] & at_j[None, :, :]  # (prefixes, grid, words)
             counts = np.concatenate([np.repeat(counts, len(grid), axis=0), _popcount(left).reshape(-1, 1)], axis=1)
             sums = [total.reshape(-1) for total in add(sums, left, j, rows=True)]
@@ -695,7 +697,7 @@ def route_counts(
 
 def _pack(bits: np.ndarray) -> np.ndarray:
     """Booleans along the last axis as bits in 64-bit words (the last one padded with zeros)."""
-    packed = np.packbits(bits, axis=-1)
+    packed = np.packbits(np.asarray(bits, dtype=bool), axis=-1)
     pad = -packed.shape[-1] % 8
     if pad:
         packed = np.concatenate([packed, np.zeros((*packed.shape[:-1], pad), dtype=np.uint8)], axis=-1)

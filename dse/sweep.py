@@ -542,10 +542,9 @@ class AccuracyFloor:
         order = sorted(range(len(keys)), key=keys.__getitem__)  # the configurations in a fixed order
         keys = [keys[i] for i in order]
         certifying = confidence < 1.0
-        val = _split_counts(routings, segments, prof, "val", certifying, grid)
         test = _split_counts(routings, segments, prof, "test", False, grid)
         val_final, test_final = prof["val_correct"][:, -1], prof["test_correct"][:, -1]
-        val_accuracy = val.right[order] / len(val_final)
+        val_accuracy = np.concatenate([r.accuracy for r in routings])[order]  # as the search routed it
         val_drop = val_final.mean() - val_accuracy
         test_drop = test_final.mean() - test.right[order] / len(test_final)
         if min_accuracy is not None:
@@ -558,6 +557,7 @@ class AccuracyFloor:
             return cls(keys, val_drop, test_drop, val_accuracy >= least - 1e-12, None, text, val_final.mean())
         # without early exits, the drop is 0 by definition: only an absolute floor needs a test
         untested = [i for i, k in enumerate(keys) if not k[1]] if floor.max_drop is not None else []
+        val = _split_counts(routings, segments, prof, "val", True, grid)
         ordering, testing = (_reorder(c, order) for c in (val.ordering, val.testing))
         certificate = risk.certify_counts(ordering, testing, floor, confidence, exclude=untested)
         admitted = np.zeros(len(keys), dtype=bool)
