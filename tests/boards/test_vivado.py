@@ -34,10 +34,17 @@ DESIGN = {
 
 @pytest.fixture(scope="module")
 def built(digits_run, tmp_path_factory):
-    path = tmp_path_factory.mktemp("design") / "design.yaml"
+    """The design built in a private copy of the digits run without a profile (other tests
+    profile the shared run, in an order that xdist decides)."""
+    folder = tmp_path_factory.mktemp("design")
+    run = folder / "run"
+    shutil.copytree(
+        digits_run, run, ignore=shutil.ignore_patterns("hw", "stages", "sweep", "cosim", "profile.*", "report.html")
+    )
+    path = folder / "design.yaml"
     path.write_text(yaml.safe_dump(DESIGN, sort_keys=False))
-    build(digits_run, path, log=lambda line: None)
-    return digits_run / "hw"
+    build(run, path, log=lambda line: None)
+    return run / "hw"
 
 
 def test_project_files(built):
